@@ -1,0 +1,30 @@
+"""Campaigns that creators upload videos for."""
+
+from typing import Any, Literal
+
+from server import ConvexError, mutation, query
+
+
+@query
+async def list(ctx, status: Literal["active", "closed"] | None = None) -> list[dict[str, Any]]:
+    """All campaigns, newest first; only those with `status` when given."""
+    q = ctx.db.query("campaigns")
+    if status is not None:
+        q = q.with_index("by_status", lambda r: r.eq("status", status))
+    return await q.order("desc").collect()
+
+
+@query
+async def get(ctx, id: str) -> dict[str, Any] | None:
+    if ctx.db.normalize_id("campaigns", id) is None:
+        raise ConvexError({"code": "INVALID_ID", "message": f"{id!r} is not a campaign id"})
+    return await ctx.db.get(id)
+
+
+@mutation
+async def create(ctx, name: str, brand: str, description: str = "") -> str:
+    """Create a campaign; names are unique."""
+    taken = await ctx.db.query("campaigns").with_index("by_name", lambda r: r.eq("name", name)).first()
+    if taken is not None:
+        raise ConvexError({"code": "NAME_TAKEN", "message": f"a campaign named {name!r} exists"})
+    return await ctx.db.insert("campaigns", {"name": name, "brand": brand, "description": description})

@@ -1,0 +1,70 @@
+"""Creator videos: the upload & approval workflow of the example app (docs/example-app.md).
+
+The query exported as `list` (path `videos:list`) shadows the builtin in this module, so
+annotations below spell it `builtins.list`.
+"""
+
+import builtins
+import time
+from typing import Any, Literal
+
+from server import ConvexError, mutation, query
+
+Status = Literal["uploaded", "processing", "under_review", "approved", "changes_needed", "rejected"]
+
+
+@query
+async def list(
+    ctx,
+    paginationOpts: dict[str, Any],
+    status: Status | None = None,
+    campaignId: str | None = None,
+) -> dict[str, Any]:
+    """A page of videos, newest first, filtered by campaign and/or status through an index."""
+    q = ctx.db.query("videos")
+    if campaignId is not None:
+        if status is not None:
+            q = q.with_index("by_campaign", lambda r: r.eq("campaignId", campaignId).eq("status", status))
+        else:
+            q = q.with_index("by_campaign", lambda r: r.eq("campaignId", campaignId))
+    elif status is not None:
+        q = q.with_index("by_status", lambda r: r.eq("status", status))
+    return await q.order("desc").paginate(paginationOpts)
+
+
+@query
+async def get(ctx, id: str) -> dict[str, Any] | None:
+    if ctx.db.normalize_id("videos", id) is None:
+        raise ConvexError({"code": "INVALID_ID", "message": f"{id!r} is not a video id"})
+    return await ctx.db.get(id)
+
+
+@mutation
+async def create(
+    ctx,
+    creatorId: str,
+    campaignId: str,
+    caption: str = "",
+    storageId: str | None = None,
+    platformSelections: builtins.list[Literal["tiktok", "instagram", "youtube", "x"]] | None = None,
+    hashtags: builtins.list[str] | None = None,
+) -> str:
+    """Record an uploaded video for a campaign, with status `uploaded`."""
+    campaign = await ctx.db.get(campaignId) if ctx.db.normalize_id("campaigns", campaignId) else None
+    if campaign is None:
+        raise ConvexError({"code": "CAMPAIGN_NOT_FOUND", "message": f"no campaign {campaignId!r}"})
+    if campaign["status"] != "active":
+        raise ConvexError({"code": "CAMPAIGN_CLOSED", "message": f"campaign {campaign['name']!r} is closed"})
+    now = time.time() * 1000
+    video_id = await ctx.db.insert("videos", {
+        "creatorId": creatorId,
+        "campaignId": campaignId,
+        "storageId": storageId,
+        "caption": caption,
+        "platformSelections": platformSelections or [],
+        "hashtags": [h.lstrip("#").lower() for h in hashtags or []],
+        "status": "uploaded",
+        "approvalHistory": [{"status": "uploaded", "at": now}],
+    })
+    print(f"video {video_id} created for campaign {campaign['name']}")
+    return video_id

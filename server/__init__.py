@@ -1,0 +1,36 @@
+"""Ripple: a reactive backend runtime that speaks the Convex protocol.
+
+User code imports its building blocks from here (see docs/functions.md).
+"""
+
+from server.core.executor import ActionCtx, Identity, MutationCtx, QueryCtx
+from server.core.registry import (
+    FunctionDef,
+    action,
+    internal_action,
+    internal_mutation,
+    internal_query,
+    mutation,
+    query,
+)
+from server.core.schema import Schema, Table
+from server.core.values import Int64
+from server.errors import ConvexError
+
+__all__ = [
+    "ActionCtx",
+    "ConvexError",
+    "FunctionDef",
+    "Identity",
+    "Int64",
+    "MutationCtx",
+    "QueryCtx",
+    "Schema",
+    "Table",
+    "action",
+    "internal_action",
+    "internal_mutation",
+    "internal_query",
+    "mutation",
+    "query",
+]

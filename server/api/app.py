@@ -1,0 +1,141 @@
+"""The Starlette application: HTTP API, operations endpoints, CORS, error hygiene."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.api.http_api import HttpApi, error_response, json_response
+from server.core.executor import Runtime
+
+log = logging.getLogger("ripple.app")
+
+
+class CorsMiddleware:
+    """Mirror the Origin and allow credentials, as Convex does; answer preflights."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        origin = headers.get(b"origin")
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        cors = [
+            (b"access-control-allow-origin", origin),
+            (b"access-control-allow-credentials", b"true"),
+            (b"vary", b"Origin"),
+        ]
+        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            allow_headers = headers.get(b"access-control-request-headers", b"content-type, authorization, convex-client")
+            await send({
+                "type": "http.response.start",
+                "status": 204,
+                "headers": [*cors, (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+                            (b"access-control-allow-headers", allow_headers), (b"access-control-max-age", b"86400")],
+            })
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *cors]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def build_app(runtime: Runtime, lifespan: Callable[[], Any] | None = None) -> Starlette:
+    api = HttpApi(runtime)
+
+    def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def wrapped(request: Request) -> Response:
+            if not runtime.ready:
+                return error_response(503, "NotReady", "functions are not loaded yet")
+            try:
+                response = await handler(request)
+            except Exception:  # never leak internals; keep serving
+                request_id = secrets.token_hex(8)
+                log.exception("internal error [request %s] on %s", request_id, request.url.path)
+                response = error_response(500, "InternalServerError", f"[Request ID: {request_id}] Internal Server Error")
+            runtime.metrics.inc("ripple_http_requests_total", route=request.url.path.split("/")[2] if request.url.path.startswith("/api/") else "other", status=str(response.status_code))
+            return response
+
+        return wrapped
+
+    async def call_query(request: Request) -> Response:
+        return await api.run(request, "query")
+
+    async def call_mutation(request: Request) -> Response:
+        return await api.run(request, "mutation")
+
+    async def call_action(request: Request) -> Response:
+        return await api.run(request, "action")
+
+    async def call_any(request: Request) -> Response:
+        return await api.run(request, None)
+
+    async def call_run(request: Request) -> Response:
+        ident = request.path_params["ident"].strip("/")
+        module, _, name = ident.rpartition("/")
+        return await api.run(request, None, path_override=f"{module}:{name}" if module else ident)
+
+    async def call_query_at_ts(request: Request) -> Response:
+        return await api.run(request, "query", at_ts=True)
+
+    async def health(request: Request) -> Response:
+        if not runtime.ready:
+            return json_response({"status": "starting"}, 503)
+        try:
+            await runtime.latest_ts()
+        except Exception:
+            log.exception("health check could not reach the database")
+            return json_response({"status": "database unavailable"}, 503)
+        return json_response({"status": "ok", "functions": len(runtime.app.registry.functions)})
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return error_response(404, "NotFound", f"no route for {request.method} {request.url.path}")
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return error_response(405, "MethodNotAllowed", f"{request.method} is not allowed on {request.url.path}")
+
+    routes = [
+        Route("/api/query", endpoint(call_query), methods=["POST"]),
+        Route("/api/mutation", endpoint(call_mutation), methods=["POST"]),
+        Route("/api/action", endpoint(call_action), methods=["POST"]),
+        Route("/api/function", endpoint(call_any), methods=["POST"]),
+        Route("/api/run/{ident:path}", endpoint(call_run), methods=["POST"]),
+        Route("/api/query_ts", endpoint(api.query_ts), methods=["POST", "GET"]),
+        Route("/api/query_at_ts", endpoint(call_query_at_ts), methods=["POST"]),
+        Route("/_ripple/health", health, methods=["GET"]),
+        Route("/_ripple/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(CorsMiddleware)],
+        exception_handlers={404: not_found, 405: method_not_allowed},
+        lifespan=lifespan,
+    )
+
+
+@asynccontextmanager
+async def no_lifespan(app: Starlette) -> AsyncIterator[None]:
+    yield

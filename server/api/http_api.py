@@ -1,0 +1,176 @@
+"""The Convex HTTP API: what `ConvexHttpClient` (npm) and `ConvexHttpClient` (PyPI) call.
+
+Success and function errors are HTTP 200 with `{"status": ...}` (what both official clients
+accept); mistakes by the caller are 4xx `{"code", "message"}`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import struct
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from server.core.executor import FunctionFailure, Identity, Runtime
+from server.core.registry import Kind
+from server.core.values import from_convex_json, from_plain_json, to_convex_json, to_plain_json
+from server.errors import FunctionNotFound, RippleUsageError, ValueValidationError
+
+log = logging.getLogger("ripple.http")
+
+FORMATS = ("json", "convex_encoded_json")
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    return json_response({"code": code, "message": message}, status)
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HttpError(400, "BadRequest", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise HttpError(413, "BodyTooLarge", f"request body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(413, "BodyTooLarge", f"request body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise HttpError(400, "BadJsonBody", "request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, "BadJsonBody", f"request body is not valid JSON: {exc}") from exc
+
+
+def encode_ts(ts: int) -> str:
+    return base64.b64encode(struct.pack("<Q", ts)).decode()
+
+
+def decode_ts(raw: Any) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
+        return raw
+    if isinstance(raw, str):
+        if raw.isdigit():
+            return int(raw)
+        try:
+            data = base64.b64decode(raw, validate=True)
+        except ValueError:
+            data = b""
+        if len(data) == 8:
+            return int(struct.unpack("<Q", data)[0])
+    raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {raw!r}")
+
+
+class HttpApi:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # -- request parsing --------------------------------------------------------------------
+
+    def caller(self, request: Request) -> tuple[Identity | None, bool]:
+        """(identity, is_admin) from the Authorization header."""
+        header = request.headers.get("authorization")
+        if not header:
+            return None, False
+        scheme, _, value = header.partition(" ")
+        if scheme == "Convex":
+            key = self.runtime.config.admin_key
+            if key and secrets.compare_digest(value.strip().encode(), key.encode()):
+                return None, True
+            raise HttpError(401, "BadAdminKey", "the admin key in the Authorization header is not valid")
+        if scheme == "Bearer":
+            raise HttpError(
+                401, "AuthNotConfigured",
+                "a Bearer token was sent but no auth providers are configured (functions/auth_config.py)",
+            )
+        raise HttpError(401, "BadAuthHeader", "Authorization must be `Bearer <token>` or `Convex <admin key>`")
+
+    @staticmethod
+    def parse_call(body: Any, path_override: str | None = None) -> tuple[str, Any, str]:
+        if not isinstance(body, dict):
+            raise HttpError(400, "BadJsonBody", "request body must be a JSON object with `path` and `args`")
+        unknown = set(body) - {"path", "args", "format", "ts"}
+        if unknown:
+            raise HttpError(400, "BadJsonBody", f"unexpected field(s) in request body: {', '.join(sorted(unknown))}")
+        fmt = body.get("format", "json")
+        if fmt not in FORMATS:
+            raise HttpError(400, "BadFormat", f"`format` must be 'json' or 'convex_encoded_json', not {fmt!r}")
+        path = path_override if path_override is not None else body.get("path")
+        if not isinstance(path, str) or not path:
+            raise HttpError(400, "BadJsonBody", "`path` must be the function path, e.g. 'videos:list'")
+        raw_args = body.get("args", {})
+        if isinstance(raw_args, list):
+            if len(raw_args) != 1:
+                raise HttpError(400, "BadJsonBody", "`args` as an array must hold exactly one object")
+            raw_args = raw_args[0]
+        if not isinstance(raw_args, dict):
+            raise HttpError(400, "BadJsonBody", "`args` must be a JSON object")
+        try:
+            args = from_convex_json(raw_args) if fmt == "convex_encoded_json" else from_plain_json(raw_args)
+        except ValueValidationError as exc:
+            raise HttpError(400, "BadConvexValue", f"invalid argument value: {exc}") from exc
+        return path, args, fmt
+
+    # -- endpoint bodies --------------------------------------------------------------------
+
+    async def run(self, request: Request, kind: Kind | None, path_override: str | None = None, at_ts: bool = False) -> Response:
+        try:
+            body = await read_json_body(request, self.runtime.config.max_body_bytes)
+            identity, admin = self.caller(request)
+            path, args, fmt = self.parse_call(body, path_override)
+            ts = decode_ts(body.get("ts")) if at_ts else None
+            if ts is not None:
+                latest = await self.runtime.latest_ts()
+                if ts > latest:
+                    raise HttpError(400, "InvalidTimestamp", f"timestamp {ts} is ahead of the server's latest ({latest})")
+            if kind is None:
+                kind = self.runtime.app.registry.resolve(path, allow_internal=admin).kind
+            outcome = await self.runtime.call(kind, path, args, identity, allow_internal=admin, at_ts=ts)
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        except FunctionNotFound as exc:
+            return error_response(404, exc.code, str(exc))
+        except RippleUsageError as exc:
+            return error_response(400, exc.code, str(exc))
+        except FunctionFailure as failure:
+            body_out: dict[str, Any] = {
+                "status": "error",
+                "errorMessage": failure.message,
+                "logLines": self._log_lines(failure.log_lines),
+            }
+            if failure.has_data:
+                body_out["errorData"] = failure.data if fmt == "convex_encoded_json" else to_plain_json(from_convex_json(failure.data))
+            return json_response(body_out)
+        value = to_convex_json(outcome.value) if fmt == "convex_encoded_json" else to_plain_json(outcome.value)
+        return json_response({"status": "success", "value": value, "logLines": self._log_lines(outcome.log_lines)})
+
+    def _log_lines(self, lines: list[str]) -> list[str]:
+        if self.runtime.config.dev:
+            return lines
+        for line in lines:  # production: to the server log, not to clients (as Convex does)
+            log.info("function log: %s", line)
+        return []
+
+    async def query_ts(self, request: Request) -> Response:
+        return json_response({"ts": encode_ts(await self.runtime.latest_ts())})

@@ -1,0 +1,126 @@
+"""`ripple dev`, `ripple serve`, `ripple run`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from server.config import Config
+
+
+def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
+    p.add_argument("--port", type=int, default=default_port, help="port to listen on (default 3210)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--dir", type=Path, default=None, help="app directory holding schema.py and functions/ (default: current directory)")
+    p.add_argument("--database-url", default=None, help="PostgreSQL URL (default: $DATABASE_URL)")
+    p.add_argument("--db-schema", default=None, help="PostgreSQL schema holding Ripple's tables (default: ripple, or $RIPPLE_DB_SCHEMA)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ripple", description="Ripple: a reactive backend that speaks the Convex protocol")
+    sub = parser.add_subparsers(dest="command", required=True)
+    dev = sub.add_parser("dev", help="run the app in development mode (embedded PostgreSQL unless a database URL is set)")
+    _common(dev, 3210)
+    srv = sub.add_parser("serve", help="run the app in production mode (database URL required)")
+    _common(srv, 3210)
+    run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
+    run.add_argument("path", help="function path, e.g. videos:list")
+    run.add_argument("args", nargs="?", default="{}", help="JSON object of arguments (default {})")
+    run.add_argument("--url", default=os.environ.get("RIPPLE_URL", "http://127.0.0.1:3210"), help="server URL (default http://127.0.0.1:3210 or $RIPPLE_URL)")
+    run.add_argument("--admin-key", default=None, help="admin key (default: $RIPPLE_ADMIN_KEY, else .ripple/admin_key of --dir)")
+    run.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev admin key in")
+    return parser
+
+
+def _config(args: argparse.Namespace, dev: bool) -> Config:
+    app_dir = (args.dir or Path.cwd()).resolve()
+    return Config.from_env(
+        app_dir=app_dir, dev=dev, host=args.host, port=args.port,
+        database_url=args.database_url, db_schema=args.db_schema,
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> None:
+    from server.embedded import start_embedded_postgres
+    from server.runner import dev_admin_key, serve
+
+    config = _config(args, dev=True)
+    if not (config.app_dir / "functions").is_dir() and not (config.app_dir / "schema.py").exists():
+        sys.exit(f"ripple dev: {config.app_dir} has no schema.py or functions/; run it in your app directory or pass --dir")
+    if config.admin_key is None:
+        config.admin_key = dev_admin_key(config.app_dir)
+    if not config.database_url:
+        print("Starting embedded PostgreSQL under .ripple/ ...", flush=True)
+        config.database_url = start_embedded_postgres(config.app_dir)
+    serve(config)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from server.runner import serve
+
+    config = _config(args, dev=False)
+    if not config.database_url:
+        sys.exit("ripple serve: a database URL is required (--database-url or DATABASE_URL)")
+    serve(config)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        fn_args = json.loads(args.args)
+    except json.JSONDecodeError as exc:
+        print(f"ripple run: arguments are not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    key = args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY")
+    key_file = args.dir / ".ripple" / "admin_key"
+    if key is None and key_file.exists():
+        key = key_file.read_text().strip()
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Convex {key}"
+    body = json.dumps({"path": args.path, "args": fn_args, "format": "json"}).encode()
+    request = urllib.request.Request(f"{args.url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=660) as response:
+            result = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        payload = exc.read().decode(errors="replace")
+        try:
+            payload = json.loads(payload)["message"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        print(f"ripple run: {exc.code}: {payload}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"ripple run: no Ripple server at {args.url} ({exc.reason}); start one with `ripple dev`", file=sys.stderr)
+        return 1
+    for line in result.get("logLines", []):
+        print(line, file=sys.stderr)
+    if result.get("status") == "success":
+        print(json.dumps(result["value"], indent=2))
+        return 0
+    print(result.get("errorMessage", "function failed"), file=sys.stderr)
+    if "errorData" in result:
+        print(json.dumps(result["errorData"], indent=2), file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if args.command == "dev":
+        cmd_dev(args)
+    elif args.command == "serve":
+        cmd_serve(args)
+    else:
+        sys.exit(cmd_run(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The PostgreSQL side: connection pool, bootstrap, and applying `schema.py` to tables and indexes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from server.core import sql
+from server.core.keys import index_key
+from server.core.schema import Schema, Table
+from server.core.values import from_convex_json
+from server.errors import DocumentValidationError, SchemaError
+
+log = logging.getLogger("ripple.database")
+
+
+def _encode_jsonb(value: Any) -> bytes:
+    return b"\x01" + orjson.dumps(value)
+
+
+def _decode_jsonb(data: bytes) -> Any:
+    return orjson.loads(data[1:])
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", encoder=_encode_jsonb, decoder=_decode_jsonb, format="binary"
+    )
+
+
+@dataclass
+class TableInfo:
+    number: int
+    table: Table
+    sql: sql.TableSql
+    index_fields: dict[str, list[str]]
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+
+class Catalog:
+    """What the runtime knows about tables: numbers (ids embed them), indexes, statements."""
+
+    def __init__(self, tables: list[TableInfo]) -> None:
+        self.by_name = {t.name: t for t in tables}
+        self.by_number = {t.number: t for t in tables}
+
+    def table(self, name: str) -> TableInfo:
+        from server.errors import RippleUsageError
+
+        info = self.by_name.get(name)
+        if info is None:
+            raise RippleUsageError(
+                f"table {name!r} is not in the schema (known tables: {', '.join(sorted(self.by_name)) or 'none'})"
+            )
+        return info
+
+
+def decode_doc(doc_id: str, creation_time: float, fields: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"_id": doc_id, "_creationTime": creation_time}
+    out.update(from_convex_json(fields))
+    return out
+
+
+class Database:
+    """A pool of connections to one PostgreSQL schema (namespace) holding one Ripple deployment."""
+
+    def __init__(self, url: str, namespace: str = "ripple") -> None:
+        if not sql.IDENT_RE.match(namespace):
+            raise SchemaError(f"database schema name {namespace!r} is invalid")
+        self.url = url
+        self.namespace = namespace
+        self.commit_lock = sql.lock_key(namespace, "commit")
+        self.schema_lock = sql.lock_key(namespace, "schema")
+        self.channel = sql.notify_channel(namespace)
+        self.pool: asyncpg.Pool | None = None
+
+    async def connect(self, min_size: int = 2, max_size: int = 20) -> None:
+        conn = await asyncpg.connect(self.url)
+        try:
+            await conn.execute(sql.CREATE_SCHEMA.format(schema=sql.quote_ident(self.namespace)))
+        except asyncpg.UniqueViolationError:
+            pass  # another process created it at the same moment
+        finally:
+            await conn.close()
+        self.pool = await asyncpg.create_pool(
+            self.url,
+            min_size=min_size,
+            max_size=max_size,
+            init=init_connection,
+            server_settings={"search_path": self.namespace, "application_name": "ripple"},
+        )
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+
+    def acquire(self) -> Any:
+        assert self.pool is not None, "Database.connect() was not called"
+        return self.pool.acquire()
+
+    async def apply_schema(self, schema: Schema) -> Catalog:
+        """Create or update tables and indexes; refuse changes that stored documents violate."""
+        async with self.acquire() as conn, conn.transaction():
+            await conn.execute(sql.SCHEMA_LOCK, self.schema_lock)
+            await conn.execute(sql.BOOTSTRAP)
+            known = {r["name"]: r for r in await conn.fetch(sql.LIST_TABLES)}
+            infos = []
+            for name, table in schema.tables.items():
+                row = known.get(name)
+                number = row["number"] if row else await conn.fetchval(sql.INSERT_TABLE, name)
+                infos.append(await self._apply_table(conn, number, table, row))
+            return Catalog(infos)
+
+    async def _apply_table(
+        self, conn: asyncpg.Connection, number: int, table: Table, row: Any
+    ) -> TableInfo:
+        fields = table.index_fields()
+        tsql = sql.TableSql(table.name, list(fields))
+        await conn.execute(tsql.create)
+        old_indexes: dict[str, list[str]] = row["indexes"] if row else {}
+        old_fingerprint = row["fingerprint"] if row else ""
+        fingerprint = table.fingerprint()
+        if fingerprint != old_fingerprint:
+            await self._validate_existing(conn, table, tsql)
+        changed = [name for name, f in fields.items() if old_indexes.get(name) != f]
+        for name in old_indexes:
+            if name not in fields:
+                log.info("dropping index %s.%s", table.name, name)
+                await conn.execute(sql.TableSql.drop_key_column(table.name, name))
+        if changed:
+            for name in changed:
+                if name in old_indexes:
+                    await conn.execute(sql.TableSql.drop_key_column(table.name, name))
+                await conn.execute(tsql.add_key_column(name))
+            await self._backfill(conn, tsql, {n: fields[n] for n in changed})
+            for name in changed:
+                await conn.execute(tsql.key_not_null(name))
+                await conn.execute(tsql.create_index(name))
+        if changed or fingerprint != old_fingerprint or set(old_indexes) != set(fields):
+            await conn.execute(sql.UPDATE_TABLE, table.name, fields, fingerprint)
+        return TableInfo(number=number, table=table, sql=tsql, index_fields=fields)
+
+    async def _validate_existing(
+        self, conn: asyncpg.Connection, table: Table, tsql: sql.TableSql
+    ) -> None:
+        async for rec in conn.cursor(tsql.scan_all):
+            try:
+                table.validate(from_convex_json(rec["doc"]), doc_id=rec["id"])
+            except DocumentValidationError as exc:
+                raise SchemaError(
+                    f"schema change refused: existing documents violate it. {exc}"
+                ) from exc
+
+    async def _backfill(
+        self, conn: asyncpg.Connection, tsql: sql.TableSql, changed: dict[str, list[str]]
+    ) -> None:
+        rows = await conn.fetch(tsql.scan_all)
+        for name, index_fields in changed.items():
+            updates = []
+            for rec in rows:
+                doc = decode_doc(rec["id"], rec["creation_time"], rec["doc"])
+                updates.append((rec["id"], index_key(doc, index_fields)))
+            if updates:
+                await conn.executemany(tsql.set_key(name), updates)

@@ -1,0 +1,300 @@
+"""Running functions: argument validation, contexts, transactions with retries, logs, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+
+from server.config import Config
+from server.core import logs, sandbox, sql
+from server.core.database import Catalog, Database
+from server.core.documents import DatabaseReader, DatabaseWriter, Transaction
+from server.core.loader import App, load_app
+from server.core.metrics import Metrics, standard_metrics
+from server.core.readsets import overlaps
+from server.core.registry import FunctionDef, Kind
+from server.core.values import to_convex_json
+from server.errors import (
+    ConvexError,
+    RippleUsageError,
+    TooManyConflicts,
+    TransactionConflict,
+    ValueValidationError,
+)
+
+log = logging.getLogger("ripple.functions")
+
+_CONFLICTS = (TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+MAX_TS_LOOKBACK_COMMITS = 10_000
+
+
+@dataclass
+class Outcome:
+    value: Any
+    log_lines: list[str]
+    ts: int | None = None  # commit timestamp of a writing mutation, or the snapshot read
+
+
+class FunctionFailure(Exception):
+    """A function ran and failed. `message` is what clients may see; `data` is ConvexError data."""
+
+    def __init__(self, message: str, log_lines: list[str], data: Any = None, has_data: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_lines = log_lines
+        self.data = data
+        self.has_data = has_data
+
+
+class Identity(dict[str, Any]):
+    """A verified user identity (claims in Convex's camelCase form), or absent (None)."""
+
+    @property
+    def subject(self) -> str:
+        return str(self["subject"])
+
+    @property
+    def issuer(self) -> str:
+        return str(self["issuer"])
+
+    @property
+    def token_identifier(self) -> str:
+        return str(self["tokenIdentifier"])
+
+
+class Auth:
+    def __init__(self, identity: Identity | None) -> None:
+        self._identity = identity
+
+    async def get_user_identity(self) -> Identity | None:
+        return self._identity
+
+
+class QueryCtx:
+    def __init__(self, db: DatabaseReader, auth: Auth) -> None:
+        self.db = db
+        self.auth = auth
+
+
+class MutationCtx(QueryCtx):
+    db: DatabaseWriter
+
+
+class ActionCtx:
+    """Actions run outside transactions and may do network I/O; they reach the database through
+    queries and mutations."""
+
+    def __init__(self, runtime: Runtime, identity: Identity | None, logs_: logs.LogBuffer) -> None:
+        self._runtime = runtime
+        self._identity = identity
+        self._logs = logs_
+        self.auth = Auth(identity)
+
+    async def _nested(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
+        path = self._runtime.app.registry.path_of(ref)
+        try:
+            outcome = await self._runtime.call(kind, path, args or {}, self._identity, allow_internal=True)
+        except FunctionFailure as failure:
+            self._logs.extend(failure.log_lines)
+            if failure.has_data:
+                raise ConvexError(failure.data) from None
+            raise RuntimeError(failure.message) from None
+        self._logs.extend(outcome.log_lines)
+        return outcome.value
+
+    async def run_query(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        return await self._nested("query", ref, args)
+
+    async def run_mutation(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        return await self._nested("mutation", ref, args)
+
+    async def run_action(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        return await self._nested("action", ref, args)
+
+
+def backoff(base: float = 0.004, cap: float = 0.25) -> Iterator[float]:
+    """Full-jitter exponential backoff delays for conflict retries."""
+    attempt = 0
+    while True:
+        yield random.uniform(0, min(cap, base * (2**attempt)))
+        attempt += 1
+
+
+class Runtime:
+    """One loaded app over one database."""
+
+    def __init__(self, config: Config, db: Database, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.metrics = metrics or standard_metrics()
+        self._app: App | None = None
+        self._catalog: Catalog | None = None
+        self.on_reload: list[Callable[[], None]] = []
+        logs.install()
+        sandbox.install()
+
+    @property
+    def app(self) -> App:
+        assert self._app is not None, "Runtime.load() was not called"
+        return self._app
+
+    @property
+    def catalog(self) -> Catalog:
+        assert self._catalog is not None, "Runtime.load() was not called"
+        return self._catalog
+
+    @property
+    def ready(self) -> bool:
+        return self._app is not None
+
+    async def load(self, directory: Path | None = None) -> None:
+        """Import the app and apply its schema; on any failure the previous version stays."""
+        app = load_app(directory or self.config.app_dir)
+        catalog = await self.db.apply_schema(app.schema)
+        self._app, self._catalog = app, catalog
+        for callback in self.on_reload:
+            callback()
+
+    # -- entry point --------------------------------------------------------------------------
+
+    async def call(
+        self,
+        kind: Kind,
+        path: str,
+        args: Any,
+        identity: Identity | None = None,
+        *,
+        allow_internal: bool = False,
+        at_ts: int | None = None,
+    ) -> Outcome:
+        """Resolve, validate and run a function. Raises RippleUsageError for caller mistakes
+        (unknown function, bad arguments) and FunctionFailure when the function itself fails."""
+        fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
+        kwargs = fn.validate_args(args)
+        if kind == "query":
+            return await self._run_query(fn, kwargs, identity, at_ts)
+        if kind == "mutation":
+            return await self._run_mutation(fn, kwargs, identity)
+        return await self._run_action(fn, kwargs, identity)
+
+    async def latest_ts(self) -> int:
+        async with self.db.acquire() as conn:
+            return int(await conn.fetchval(sql.LATEST_TS))
+
+    # -- kinds --------------------------------------------------------------------------------
+
+    async def _invoke(self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float) -> Any:
+        log_token = logs.current.set(buffer)
+        kind_token = sandbox.running_kind.set(fn.kind)
+        try:
+            async with asyncio.timeout(timeout):
+                value = await fn.handler(ctx, **kwargs)
+        except TimeoutError:
+            raise TimeoutError(f"{fn.path} ran longer than {timeout:g} s") from None
+        finally:
+            sandbox.running_kind.reset(kind_token)
+            logs.current.reset(log_token)
+        value = fn.validate_return(value)
+        to_convex_json(value)  # a result that cannot be sent is the function's error
+        return value
+
+    async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
+        buffer = logs.LogBuffer()
+        self.metrics.inc("ripple_query_executions_total")
+        try:
+            async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                tx = Transaction(conn, self.catalog, writable=False)
+                snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
+                value = await self._invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
+                if at_ts is not None and snapshot_ts is not None:
+                    await self._check_unchanged_since(conn, tx, at_ts, snapshot_ts)
+        except Exception as exc:
+            raise self._failure(fn, exc, buffer) from exc
+        return Outcome(value, buffer.finish(), at_ts)
+
+    async def _check_unchanged_since(self, conn: Any, tx: Transaction, at_ts: int, snapshot_ts: int) -> None:
+        """A query at an older ts is answered from the current snapshot when no commit since
+        then wrote into what the query read; otherwise the caller must retry at a newer ts."""
+        if at_ts >= snapshot_ts:
+            return
+        rows = await conn.fetch(
+            "SELECT writes FROM _ripple_commits WHERE ts > $1 AND ts <= $2 ORDER BY ts LIMIT $3",
+            at_ts, snapshot_ts, MAX_TS_LOOKBACK_COMMITS + 1,
+        )
+        if len(rows) > MAX_TS_LOOKBACK_COMMITS or overlaps(tx.reads, (w for r in rows for w in r["writes"])):
+            raise RippleUsageError(
+                f"timestamp {at_ts} is too old: documents this query reads changed since; "
+                "fetch a new timestamp from /api/query_ts"
+            )
+
+    async def _run_mutation(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
+        delays = backoff()
+        for attempt in range(1, self.config.max_mutation_attempts + 1):
+            buffer = logs.LogBuffer()
+            tx: Transaction | None = None
+            try:
+                async with self.db.acquire() as conn, conn.transaction(isolation="serializable"):
+                    tx = Transaction(conn, self.catalog, writable=True)
+                    ctx = MutationCtx(DatabaseWriter(tx), Auth(identity))
+                    value = await self._invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
+                    if tx.conflicted:
+                        raise TransactionConflict("conflict observed during the mutation")
+                    ts = None
+                    if tx.writes:
+                        writes = [w.to_json() for w in tx.writes.values()]
+                        ts = int(await conn.fetchval(sql.COMMIT_TAIL, writes, self.db.commit_lock, self.db.channel))
+            except Exception as exc:
+                if isinstance(exc, _CONFLICTS) or (tx is not None and tx.conflicted):
+                    self.metrics.inc("ripple_mutation_retries_total")
+                    await asyncio.sleep(next(delays))
+                    continue
+                self.metrics.inc("ripple_mutations_total", outcome="error")
+                raise self._failure(fn, exc, buffer) from exc
+            self.metrics.inc("ripple_mutations_total", outcome="success")
+            return Outcome(value, buffer.finish(), ts)
+        self.metrics.inc("ripple_mutations_total", outcome="error")
+        exc = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({attempt} attempts)")
+        raise self._failure(fn, exc, logs.LogBuffer())
+
+    async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
+        buffer = logs.LogBuffer()
+        ctx = ActionCtx(self, identity, buffer)
+        try:
+            value = await self._invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)
+        except Exception as exc:
+            self.metrics.inc("ripple_actions_total", outcome="error")
+            raise self._failure(fn, exc, buffer) from exc
+        self.metrics.inc("ripple_actions_total", outcome="success")
+        return Outcome(value, buffer.finish())
+
+    # -- errors -------------------------------------------------------------------------------
+
+    def _failure(self, fn: FunctionDef, exc: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
+        lines = buffer.finish()
+        self.metrics.inc("ripple_function_errors_total", kind=fn.kind)
+        if isinstance(exc, ConvexError):
+            try:
+                data = to_convex_json(exc.data)
+            except ValueValidationError as bad:
+                exc = bad
+            else:
+                text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
+                return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=data, has_data=True)
+        request_id = secrets.token_hex(8)
+        log.error("%s failed [request %s]", fn.path, request_id, exc_info=exc)
+        if self.config.dev:
+            detail = "".join(traceback.format_exception_only(exc)).strip()
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/server/" not in f.filename]
+            where = "".join(traceback.format_list(frames[-5:]))
+            return FunctionFailure(f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip(), lines)
+        return FunctionFailure(f"[Request ID: {request_id}] Server Error", lines)

@@ -1,0 +1,65 @@
+"""Process-wide counters and gauges, rendered in the Prometheus text format."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self.gauges: dict[str, Callable[[], float]] = {}
+        self.help: dict[str, tuple[str, str]] = {}
+
+    def describe(self, name: str, kind: str, text: str) -> None:
+        self.help[name] = (kind, text)
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        self.counters[(name, tuple(sorted(labels.items())))] += amount
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def gauge(self, name: str, read: Callable[[], float]) -> None:
+        self.gauges[name] = read
+
+    def render(self) -> str:
+        lines: list[str] = []
+        seen: set[str] = set()
+
+        def header(name: str) -> None:
+            if name not in seen and name in self.help:
+                kind, text = self.help[name]
+                lines.append(f"# HELP {name} {text}")
+                lines.append(f"# TYPE {name} {kind}")
+            seen.add(name)
+
+        for name in sorted(self.help):
+            if name in self.gauges or any(key[0] == name for key in self.counters):
+                continue
+            if self.help[name][0] == "counter":
+                header(name)
+                lines.append(f"{name} 0")
+        for (name, labels), value in sorted(self.counters.items()):
+            header(name)
+            label_text = ",".join(f'{k}="{v}"' for k, v in labels)
+            lines.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
+        for name, read in sorted(self.gauges.items()):
+            header(name)
+            lines.append(f"{name} {read():g}")
+        return "\n".join(lines) + "\n"
+
+
+def standard_metrics() -> Metrics:
+    m = Metrics()
+    m.describe("ripple_query_executions_total", "counter", "Query function executions")
+    m.describe("ripple_mutations_total", "counter", "Mutation executions by outcome")
+    m.describe("ripple_mutation_retries_total", "counter", "Mutation attempts retried after a conflict")
+    m.describe("ripple_actions_total", "counter", "Action executions by outcome")
+    m.describe("ripple_function_errors_total", "counter", "Function calls that ended in an error")
+    m.describe("ripple_subscriptions", "gauge", "Live query subscriptions")
+    m.describe("ripple_websocket_clients", "gauge", "Connected websocket clients")
+    m.describe("ripple_scheduled_jobs_total", "counter", "Scheduled jobs by final state")
+    m.describe("ripple_http_requests_total", "counter", "HTTP API requests by route and status")
+    return m

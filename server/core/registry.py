@@ -1,0 +1,180 @@
+"""Function decorators and the registry of an app's functions, keyed by Convex path."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, overload
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from server.core.schema import describe_validation_error
+from server.errors import (
+    ArgumentValidationError,
+    FunctionNotFound,
+    ReturnValidationError,
+    RippleUsageError,
+)
+
+Kind = Literal["query", "mutation", "action"]
+Handler = Callable[..., Any]
+
+
+class FunctionDef:
+    """A registered function: what `@query`, `@mutation`, `@action` (and internal_*) return."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        kind: Kind,
+        internal: bool,
+        args: type[BaseModel] | None = None,
+        returns: Any = None,
+    ) -> None:
+        if not inspect.iscoroutinefunction(handler):
+            raise TypeError(f"{handler.__qualname__}: Ripple functions must be `async def`")
+        self.handler = handler
+        self.kind: Kind = kind
+        self.internal = internal
+        self.path: str | None = None
+        self.explicit_args = args is not None
+        self.args_model = args if args is not None else _model_from_signature(handler)
+        self.returns: TypeAdapter[Any] | None = TypeAdapter(returns) if returns is not None else None
+        self.__doc__ = handler.__doc__
+        self.__name__ = handler.__name__
+        self.__module__ = handler.__module__
+        self.__wrapped__ = handler
+
+    def __repr__(self) -> str:
+        vis = "internal " if self.internal else ""
+        return f"<{vis}{self.kind} {self.path or self.handler.__qualname__}>"
+
+    def validate_args(self, args: Any) -> dict[str, Any]:
+        if not isinstance(args, Mapping):
+            raise ArgumentValidationError(
+                f"arguments to {self.path} must be an object, not {type(args).__name__}"
+            )
+        try:
+            model = self.args_model.model_validate(dict(args))
+        except ValidationError as exc:
+            raise ArgumentValidationError(
+                f"invalid arguments for {self.path}: {describe_validation_error(exc)}"
+            ) from exc
+        if self.explicit_args:
+            return {"args": model}
+        return {name: getattr(model, name) for name in type(model).model_fields}
+
+    def validate_return(self, value: Any) -> Any:
+        if self.returns is None:
+            return value
+        try:
+            return self.returns.validate_python(value)
+        except ValidationError as exc:
+            raise ReturnValidationError(
+                f"{self.path} returned a value that does not match its declared type: "
+                f"{describe_validation_error(exc)}"
+            ) from exc
+
+
+def _model_from_signature(handler: Handler) -> type[BaseModel]:
+    sig = inspect.signature(handler)
+    params = list(sig.parameters.values())
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise TypeError(f"{handler.__qualname__}: the first parameter must be the context (ctx)")
+    hints = inspect.get_annotations(handler, eval_str=True)
+    fields: dict[str, Any] = {}
+    for p in params[1:]:
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            raise TypeError(f"{handler.__qualname__}: *args/**kwargs are not supported; name each argument")
+        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise TypeError(f"{handler.__qualname__}: argument {p.name} must not be positional-only")
+        annotation = hints.get(p.name, Any)
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[p.name] = (annotation, default)
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        f"{handler.__name__}_args",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
+        **fields,
+    )
+
+
+def _decorator(kind: Kind, internal: bool) -> Any:
+    @overload
+    def deco(handler: Handler, /) -> FunctionDef: ...
+
+    @overload
+    def deco(*, args: type[BaseModel] | None = None, returns: Any = None) -> Callable[[Handler], FunctionDef]: ...
+
+    def deco(
+        handler: Handler | None = None, /, *, args: type[BaseModel] | None = None, returns: Any = None
+    ) -> Any:
+        if handler is not None:
+            return FunctionDef(handler, kind, internal)
+        return lambda h: FunctionDef(h, kind, internal, args=args, returns=returns)
+
+    return deco
+
+
+query = _decorator("query", False)
+mutation = _decorator("mutation", False)
+action = _decorator("action", False)
+internal_query = _decorator("query", True)
+internal_mutation = _decorator("mutation", True)
+internal_action = _decorator("action", True)
+
+
+def canonical_path(path: object) -> str:
+    """`videos` -> `videos:default`; `dir/mod.js:fn` -> `dir/mod:fn`. Raises on malformed paths."""
+    if not isinstance(path, str) or not path or len(path) > 1024:
+        raise RippleUsageError(f"function path must be a non-empty string, not {path!r}")
+    module, sep, name = path.partition(":")
+    if not sep:
+        name = "default"
+    if module.endswith(".js"):
+        module = module[:-3]
+    parts = module.split("/")
+    if not all(part.isidentifier() for part in parts) or not name.isidentifier():
+        raise RippleUsageError(
+            f"malformed function path {path!r}: expected 'module:function' or 'folder/module:function'"
+        )
+    return f"{module}:{name}"
+
+
+class Registry:
+    """The loaded functions of one app version."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, FunctionDef] = {}
+
+    def add(self, path: str, fn: FunctionDef) -> None:
+        if path in self.functions and self.functions[path] is not fn:
+            raise RippleUsageError(f"two functions registered at {path}")
+        fn.path = path
+        self.functions[path] = fn
+
+    def resolve(self, path: object, *, allow_internal: bool = False, kind: Kind | None = None) -> FunctionDef:
+        canonical = canonical_path(path)
+        fn = self.functions.get(canonical)
+        if fn is None or (fn.internal and not allow_internal):
+            close = difflib.get_close_matches(
+                canonical, [p for p, f in self.functions.items() if allow_internal or not f.internal], n=1
+            )
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise FunctionNotFound(f"Could not find public function for '{canonical}'.{hint}")
+        if kind is not None and fn.kind != kind:
+            raise FunctionNotFound(
+                f"'{canonical}' is a {fn.kind}, not a {kind}; call it as a {fn.kind}"
+            )
+        return fn
+
+    def path_of(self, ref: FunctionDef | str) -> str:
+        """A function reference (the decorated object) or a path string -> canonical path."""
+        if isinstance(ref, FunctionDef):
+            if ref.path is None:
+                raise RippleUsageError(f"{ref!r} is not registered (is its module under functions/?)")
+            return ref.path
+        return canonical_path(ref)

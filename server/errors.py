@@ -1,0 +1,89 @@
+"""Ripple's exceptions. Three kinds stay apart:
+
+- ConvexError: an application error a client may catch and read (`data` reaches it as errorData);
+- RippleUsageError and its children: the caller or the app developer did something wrong
+  (bad arguments, unknown function, misuse of the document API); the message is safe to show;
+- anything else: an internal failure; clients see only a redacted message with a request id
+  outside dev mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RippleError(Exception):
+    """Base of every exception Ripple raises on purpose."""
+
+
+class ConvexError(RippleError):
+    """An application error carrying `data`; clients receive it as `errorData`."""
+
+    def __init__(self, data: Any = None) -> None:
+        self.data = data
+        super().__init__(data if isinstance(data, str) else repr(data))
+
+
+class RippleUsageError(RippleError):
+    """Misuse by a caller or by function code. Its message is shown to clients."""
+
+    code = "BadRequest"
+
+
+class ValueValidationError(RippleUsageError):
+    """A value is not a valid Convex value (or does not fit a schema)."""
+
+    code = "BadConvexValue"
+
+
+class ArgumentValidationError(RippleUsageError):
+    code = "ArgumentValidationError"
+
+
+class ReturnValidationError(RippleUsageError):
+    code = "ReturnValidationError"
+
+
+class DocumentValidationError(RippleUsageError):
+    code = "DocumentValidationError"
+
+
+class FunctionNotFound(RippleUsageError):
+    code = "FunctionNotFound"
+
+
+class SchemaError(RippleError):
+    """The schema is invalid, or existing documents violate it. Refuses start-up."""
+
+
+class InvalidIdError(RippleUsageError):
+    code = "InvalidId"
+
+
+class ForbiddenOperation(RippleUsageError):
+    """Something the current function kind may not do (network I/O in a query, writes in one)."""
+
+    code = "ForbiddenOperation"
+
+
+class LimitExceeded(RippleUsageError):
+    code = "LimitExceeded"
+
+
+class PaginationError(ConvexError):
+    """A bad pagination cursor; clients receive `{"paginationError": kind}` as data and reset."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__({"paginationError": kind})
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TransactionConflict(RippleError):
+    """Internal: a serializable transaction lost a conflict; the runner retries it."""
+
+
+class TooManyConflicts(RippleError):
+    """A mutation kept conflicting beyond the retry budget."""

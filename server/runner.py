@@ -1,0 +1,105 @@
+"""Wiring a server process together: database, runtime, HTTP app, file watching."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from server.api.app import build_app
+from server.config import Config
+from server.core.database import Database
+from server.core.executor import Runtime
+
+log = logging.getLogger("ripple")
+
+
+def dev_admin_key(app_dir: Path) -> str:
+    """The dev deployment's admin key, kept in .ripple/admin_key so `ripple run` can use it."""
+    path = app_dir / ".ripple" / "admin_key"
+    path.parent.mkdir(exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+async def watch_and_reload(runtime: Runtime) -> None:
+    """Reload functions and schema whenever a .py file of the app changes (dev mode)."""
+    from watchfiles import PythonFilter, awatch
+
+    app_dir = runtime.config.app_dir
+    targets = [p for p in (app_dir / "functions", app_dir / "schema.py") if p.exists()]
+    if not targets:
+        return
+    async for changes in awatch(*targets, watch_filter=PythonFilter()):
+        names = ", ".join(sorted({Path(p).name for _, p in changes}))
+        try:
+            await runtime.load()
+        except Exception as exc:
+            log.error("reload after change to %s failed; still serving the previous version:\n%s: %s",
+                      names, type(exc).__name__, exc)
+            continue
+        log.info("reloaded after change to %s: %d functions", names, len(runtime.app.registry.functions))
+
+
+def create_server_app(config: Config) -> Starlette:
+    """An ASGI app whose lifespan connects to the database and loads the app."""
+    assert config.database_url, "a database URL is required"
+    db = Database(config.database_url, config.db_schema)
+    runtime = Runtime(config, db)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await db.connect(min_size=config.pool_min, max_size=config.pool_max)
+        watcher: asyncio.Task[None] | None = None
+        try:
+            await runtime.load()
+            log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
+            if config.dev:
+                watcher = asyncio.create_task(watch_and_reload(runtime), name="ripple-reload")
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                with suppress(asyncio.CancelledError):
+                    await watcher
+            await db.close()
+
+    app = build_app(runtime, lifespan=lifespan)
+    app.state.runtime = runtime
+    return app
+
+
+def serve(config: Config) -> None:
+    app = create_server_app(config)
+    uv = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        lifespan="on",
+        log_level="info",
+        access_log=False,
+        ws="websockets-sansio" if _has_sansio() else "websockets",
+        timeout_graceful_shutdown=10,
+    )
+    server = uvicorn.Server(uv)
+    if config.dev:
+        print(f"Ripple dev server: http://{config.host}:{config.port}  (app: {config.app_dir})", flush=True)
+    server.run()
+    if not server.started:
+        raise SystemExit(1)
+
+
+def _has_sansio() -> bool:
+    try:
+        from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
+    except ImportError:
+        return False
+    return True
