@@ -294,7 +294,8 @@ class Runtime:
         log.error("%s failed [request %s]", fn.path, request_id, exc_info=exc)
         if self.config.dev:
             detail = "".join(traceback.format_exception_only(exc)).strip()
-            frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/server/" not in f.filename]
+            app_dir = str(self.app.directory)
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(app_dir)]
             where = "".join(traceback.format_list(frames[-5:]))
             return FunctionFailure(f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip(), lines)
         return FunctionFailure(f"[Request ID: {request_id}] Server Error", lines)

@@ -31,6 +31,7 @@ TAG_BYTES = 0x08
 TAG_ARRAY = 0x09
 TAG_OBJECT = 0x0A
 END = b"\x00"
+OBJECT_ENTRY = 0x01
 AFTER_PREFIX = b"\xff"  # greater than every tag: P + AFTER_PREFIX bounds all keys with prefix P
 
 
@@ -73,7 +74,8 @@ def encode_value(value: Any, out: bytearray) -> None:
         out += _escape(bytes(value))
     elif isinstance(value, Mapping):
         out.append(TAG_OBJECT)
-        for k in sorted(value):
+        for k in sorted(value, key=lambda k: k.encode("utf-8")):
+            out.append(OBJECT_ENTRY)  # sorts above END, so a shorter object sorts first
             out += _escape(k.encode("utf-8"))
             encode_value(value[k], out)
         out += END

@@ -13,6 +13,7 @@ from server.core.schema import Schema
 from server.errors import SchemaError
 
 FUNCTIONS_PACKAGE = "functions"
+_loaded_dir: str | None = None
 
 
 @dataclass
@@ -44,9 +45,13 @@ def module_paths(directory: Path) -> list[tuple[str, str]]:
 
 def load_app(directory: Path) -> App:
     """Import (or re-import) the app. Errors in user modules propagate with their traceback."""
+    global _loaded_dir
     directory = directory.resolve()
-    if str(directory) not in sys.path:
-        sys.path.insert(0, str(directory))
+    for stale in {_loaded_dir, str(directory)}:
+        while stale is not None and stale in sys.path:
+            sys.path.remove(stale)
+    sys.path.insert(0, str(directory))  # the app's `schema` and `functions` win over any other
+    _loaded_dir = str(directory)
     _forget_app_modules()
     importlib.invalidate_caches()
 

@@ -1,0 +1,102 @@
+import asyncio
+import socket
+
+from server import ConvexError, action, internal_mutation, mutation, query
+
+
+@query
+async def get(ctx, name: str) -> int:
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+    return doc["value"] if doc else 0
+
+
+@mutation
+async def inc(ctx, name: str, by: int = 1) -> int:
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+    if doc is None:
+        await ctx.db.insert("counters", {"name": name, "value": by})
+        return by
+    await ctx.db.patch(doc["_id"], {"value": doc["value"] + by})
+    return doc["value"] + by
+
+
+@mutation
+async def fail(ctx, code: str) -> None:
+    raise ConvexError({"code": code})
+
+
+@mutation
+async def inc_then_fail(ctx, name: str) -> None:
+    await inc.handler(ctx, name=name)
+    raise ConvexError("rolled back")
+
+
+@mutation
+async def boom(ctx) -> None:
+    raise ValueError("secret internal detail 42")
+
+
+@query
+async def chatty(ctx, n: int = 2) -> str:
+    for i in range(n):
+        print("line", i)
+    print("no newline at end", end="")
+    return "done"
+
+
+@query
+async def sneaky_network(ctx) -> str:
+    socket.create_connection(("127.0.0.1", 9), timeout=1)
+    return "connected?"
+
+
+@mutation
+async def sneaky_network_mutation(ctx) -> str:
+    await asyncio.open_connection("127.0.0.1", 9)
+    return "connected?"
+
+
+@query
+async def sneaky_write(ctx) -> None:
+    await ctx.db.insert("counters", {"name": "x", "value": 1})
+
+
+@action
+async def twice(ctx, name: str) -> int:
+    await ctx.run_mutation("counters:inc", {"name": name})
+    return await ctx.run_mutation(inc, {"name": name})
+
+
+@action
+async def fetch_port(ctx, port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"ping\n")
+    await writer.drain()
+    line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return line.decode().strip()
+
+
+@internal_mutation
+async def reset(ctx, name: str) -> None:
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+    if doc is not None:
+        await ctx.db.delete(doc["_id"])
+
+
+@action
+async def call_internal(ctx, name: str) -> int:
+    await ctx.run_mutation("counters:reset", {"name": name})
+    return await ctx.run_query(get, {"name": name})
+
+
+@action
+async def action_fail(ctx) -> None:
+    await ctx.run_mutation(fail, {"code": "FROM_ACTION"})
+
+
+@query
+async def slow(ctx, seconds: float) -> str:
+    await asyncio.sleep(seconds)
+    return "finished"

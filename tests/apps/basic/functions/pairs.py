@@ -1,0 +1,32 @@
+"""Two fields always written together: readers must never see them differ."""
+
+from server import mutation, query
+
+
+@mutation
+async def setup(ctx) -> str:
+    return await ctx.db.insert("pairs", {"left": 0, "right": 0})
+
+
+@mutation
+async def bump(ctx, id: str) -> None:
+    doc = await ctx.db.get(id)
+    await ctx.db.patch(id, {"left": doc["left"] + 1})
+    await ctx.db.patch(id, {"right": doc["right"] + 1})
+
+
+@mutation
+async def bump_two_docs(ctx, first: str, second: str) -> None:
+    for doc_id in (first, second):
+        doc = await ctx.db.get(doc_id)
+        await ctx.db.replace(doc_id, {"left": doc["left"] + 1, "right": doc["right"] + 1})
+
+
+@query
+async def read(ctx, id: str) -> dict:
+    return await ctx.db.get(id)
+
+
+@query
+async def read_two(ctx, first: str, second: str) -> list:
+    return [await ctx.db.get(first), await ctx.db.get(second)]

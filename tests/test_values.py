@@ -1,0 +1,161 @@
+"""Pure unit tests: value encodings, index key order, ids."""
+
+from __future__ import annotations
+
+import functools
+import math
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import convex_cmp
+
+from server.core import keys
+from server.core.ids import new_id, table_number_of
+from server.core.values import (
+    Int64,
+    from_convex_json,
+    from_plain_json,
+    to_convex_json,
+    to_plain_json,
+)
+from server.errors import InvalidIdError, ValueValidationError
+
+# -- Convex values -------------------------------------------------------------------------
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1).map(Int64),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+field_names = st.text(min_size=1, max_size=5).filter(lambda s: not s.startswith("$"))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(field_names, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """Structural equality that tells Int64 from int, -0.0 from 0.0 and NaN from NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+@given(values)
+def test_convex_json_round_trips(value: Any) -> None:
+    assert same(from_convex_json(to_convex_json(value)), value)
+
+
+def test_special_encodings() -> None:
+    assert to_convex_json(Int64(1)) == {"$integer": "AQAAAAAAAAA="}
+    assert to_convex_json(b"\x00\x01") == {"$bytes": "AAE="}
+    assert to_convex_json(float("inf")) == {"$float": "AAAAAAAA8H8="}
+    assert to_convex_json(-0.0) == {"$float": "AAAAAAAAAIA="}
+    assert to_convex_json(1.5) == 1.5 and to_convex_json(3) == 3
+    assert from_convex_json({"$integer": "AQAAAAAAAAA="}) == 1
+    assert isinstance(from_convex_json({"$integer": "AQAAAAAAAAA="}), Int64)
+    assert from_convex_json({"$bytes": "AAE="}) == b"\x00\x01"
+
+
+def test_plain_json_export() -> None:
+    assert to_plain_json({"a": Int64(5), "b": b"\x01", "c": float("nan")}) == {"a": 5, "b": "AQ==", "c": "NaN"}
+    assert from_plain_json({"a": [1, 2.5]}) == {"a": [1, 2.5]}
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"$weird": 1, "x": 2}, "field names may not start with '$'"),
+        ({"a": {"$integer": "AQ=="}}, "a: $integer must hold 8 bytes"),
+        ({"a": [{"$bytes": "%%%"}]}, "a[0]: $bytes is not valid base64"),
+        (2**60, "outside the float64-exact range"),
+    ],
+)
+def test_invalid_values_name_the_path(bad: Any, message: str) -> None:
+    with pytest.raises(ValueValidationError, match=message.replace("[", r"\[").replace("$", r"\$")):
+        from_convex_json(bad)
+
+
+def test_unencodable_python_values_are_refused() -> None:
+    with pytest.raises(ValueValidationError, match="x: set is not a Convex value"):
+        to_convex_json({"x": {1, 2}})
+    with pytest.raises(ValueValidationError, match="nested deeper"):
+        deep: Any = 1
+        for _ in range(70):
+            deep = [deep]
+        to_convex_json(deep)
+
+
+# -- index key order -----------------------------------------------------------------------
+
+key_values = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.floats(),
+        st.integers(-(2**63), 2**63 - 1).map(Int64), st.text(max_size=4), st.binary(max_size=4),
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=2), inner, max_size=2)),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400)
+@given(key_values, key_values)
+def test_key_encoding_preserves_convex_order(a: Any, b: Any) -> None:
+    ka, kb = keys.encode_values([a]), keys.encode_values([b])
+    expected = convex_cmp(a, b)
+    got = (ka > kb) - (ka < kb)
+    if expected == 0:
+        assert got == 0 or (isinstance(a, float) and math.isnan(a))
+    else:
+        assert got == expected, (a, b)
+
+
+@given(st.lists(key_values, min_size=1, max_size=3), key_values)
+def test_prefix_bounds_hold_all_extensions(prefix: list[Any], extra: Any) -> None:
+    p = keys.encode_values(prefix)
+    full = keys.encode_values([*prefix, extra])
+    assert p <= full < p + keys.AFTER_PREFIX
+
+
+def test_missing_fields_sort_first() -> None:
+    doc = {"_id": "x" * 32, "_creationTime": 1.0}
+    k_missing = keys.index_key(doc, ["a", "_creationTime"])
+    k_null = keys.index_key({**doc, "a": None}, ["a", "_creationTime"])
+    assert k_missing < k_null
+
+
+def test_sorting_many_values_matches_reference() -> None:
+    sample = [None, True, False, 0, -1, 2.5, float("-inf"), Int64(-3), Int64(7), "", "a", "ab", "b",
+              b"", b"\x00", [], [1], [1, 2], {}, {"a": 1}, keys.UNDEFINED, -0.0, "a\x00b"]
+    by_key = sorted(sample, key=lambda v: keys.encode_values([v]))
+    by_ref = sorted(sample, key=functools.cmp_to_key(convex_cmp))
+    assert [repr(v) for v in by_key] == [repr(v) for v in by_ref]
+
+
+# -- ids -----------------------------------------------------------------------------------
+
+
+def test_ids_name_their_table_and_reject_typos() -> None:
+    doc_id = new_id(7)
+    assert len(doc_id) == 32 and doc_id.isalnum()
+    assert table_number_of(doc_id) == 7
+    typo = doc_id[:-1] + ("a" if doc_id[-1] != "a" else "b")
+    with pytest.raises(InvalidIdError):
+        table_number_of(typo)
+    for bad in ("", "x" * 32, 17, None):
+        with pytest.raises(InvalidIdError):
+            table_number_of(bad)
