@@ -52,6 +52,16 @@ class FunctionNotFound(RippleUsageError):
     code = "FunctionNotFound"
 
 
+class WrongFunctionKind(RippleUsageError):
+    code = "WrongFunctionKind"
+
+
+class StaleTimestamp(RippleUsageError):
+    """A query at an old timestamp cannot be answered: what it read changed since."""
+
+    code = "InvalidTimestamp"
+
+
 class SchemaError(RippleError):
     """The schema is invalid, or existing documents violate it. Refuses start-up."""
 

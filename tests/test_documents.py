@@ -14,7 +14,7 @@ from reference import convex_cmp
 from server.core import keys
 from server.core.executor import FunctionFailure, Runtime
 from server.core.values import Int64
-from server.errors import ArgumentValidationError, FunctionNotFound
+from server.errors import ArgumentValidationError, FunctionNotFound, WrongFunctionKind
 
 from conftest import BASIC_APP, open_runtime
 
@@ -157,7 +157,7 @@ async def test_print_becomes_log_lines(runtime: Runtime) -> None:
 async def test_internal_functions_hidden_from_clients(runtime: Runtime) -> None:
     with pytest.raises(FunctionNotFound):
         await runtime.call("mutation", "counters:reset", {"name": "x"})
-    with pytest.raises(FunctionNotFound, match="is a query, not a mutation"):
+    with pytest.raises(WrongFunctionKind, match="is a query, not a mutation"):
         await runtime.call("mutation", "counters:get", {"name": "x"})
 
 

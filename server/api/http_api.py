@@ -110,7 +110,9 @@ class HttpApi:
     def parse_call(body: Any, path_override: str | None = None) -> tuple[str, Any, str]:
         if not isinstance(body, dict):
             raise HttpError(400, "BadJsonBody", "request body must be a JSON object with `path` and `args`")
-        unknown = set(body) - {"path", "args", "format", "ts"}
+        if body.get("componentPath"):
+            raise HttpError(400, "BadJsonBody", "components are not supported: `componentPath` must be empty")
+        unknown = set(body) - {"path", "args", "format", "ts", "componentPath"}
         if unknown:
             raise HttpError(400, "BadJsonBody", f"unexpected field(s) in request body: {', '.join(sorted(unknown))}")
         fmt = body.get("format", "json")

@@ -26,7 +26,7 @@ from server.core.registry import FunctionDef, Kind
 from server.core.values import to_convex_json
 from server.errors import (
     ConvexError,
-    RippleUsageError,
+    StaleTimestamp,
     TooManyConflicts,
     TransactionConflict,
     ValueValidationError,
@@ -211,15 +211,15 @@ class Runtime:
     async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
         buffer = logs.LogBuffer()
         self.metrics.inc("ripple_query_executions_total")
-        try:
-            async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-                tx = Transaction(conn, self.catalog, writable=False)
-                snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
+        async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            tx = Transaction(conn, self.catalog, writable=False)
+            snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
+            try:
                 value = await self._invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
-                if at_ts is not None and snapshot_ts is not None:
-                    await self._check_unchanged_since(conn, tx, at_ts, snapshot_ts)
-        except Exception as exc:
-            raise self._failure(fn, exc, buffer) from exc
+            except Exception as exc:
+                raise self._failure(fn, exc, buffer) from exc
+            if at_ts is not None and snapshot_ts is not None:
+                await self._check_unchanged_since(conn, tx, at_ts, snapshot_ts)
         return Outcome(value, buffer.finish(), at_ts)
 
     async def _check_unchanged_since(self, conn: Any, tx: Transaction, at_ts: int, snapshot_ts: int) -> None:
@@ -232,7 +232,7 @@ class Runtime:
             at_ts, snapshot_ts, MAX_TS_LOOKBACK_COMMITS + 1,
         )
         if len(rows) > MAX_TS_LOOKBACK_COMMITS or overlaps(tx.reads, (w for r in rows for w in r["writes"])):
-            raise RippleUsageError(
+            raise StaleTimestamp(
                 f"timestamp {at_ts} is too old: documents this query reads changed since; "
                 "fetch a new timestamp from /api/query_ts"
             )

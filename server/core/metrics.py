@@ -38,9 +38,8 @@ class Metrics:
         for name in sorted(self.help):
             if name in self.gauges or any(key[0] == name for key in self.counters):
                 continue
-            if self.help[name][0] == "counter":
-                header(name)
-                lines.append(f"{name} 0")
+            header(name)  # nothing counted yet (or no such component running): zero
+            lines.append(f"{name} 0")
         for (name, labels), value in sorted(self.counters.items()):
             header(name)
             label_text = ",".join(f'{k}="{v}"' for k, v in labels)

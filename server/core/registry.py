@@ -15,6 +15,7 @@ from server.errors import (
     FunctionNotFound,
     ReturnValidationError,
     RippleUsageError,
+    WrongFunctionKind,
 )
 
 Kind = Literal["query", "mutation", "action"]
@@ -166,7 +167,7 @@ class Registry:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise FunctionNotFound(f"Could not find public function for '{canonical}'.{hint}")
         if kind is not None and fn.kind != kind:
-            raise FunctionNotFound(
+            raise WrongFunctionKind(
                 f"'{canonical}' is a {fn.kind}, not a {kind}; call it as a {fn.kind}"
             )
         return fn

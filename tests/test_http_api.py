@@ -1,0 +1,288 @@
+"""The HTTP API end to end: a real `ripple serve` / `ripple dev` process on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from conftest import BASIC_APP, PG_URL, ServerProcess, free_port, wait_healthy
+
+pytestmark = pytest.mark.e2e
+
+ADMIN_KEY = "test-admin-key-" + secrets.token_hex(8)
+
+
+def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str) -> ServerProcess:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("srv") / f"{mode}.log"
+    env = {**os.environ, "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": schema, "RIPPLE_ADMIN_KEY": ADMIN_KEY,
+           "RIPPLE_MAX_BODY_BYTES": str(64 * 1024)}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", mode, "--port", str(port), "--dir", str(BASIC_APP)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    wait_healthy(server.url, proc, log_path)
+    return server
+
+
+@pytest.fixture(scope="module")
+def schema_name() -> Iterator[str]:
+    name = "t_http_" + secrets.token_hex(4)
+    yield name
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_URL)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await conn.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture(scope="module")
+def prod_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str) -> Iterator[ServerProcess]:
+    server = _start("serve", tmp_path_factory, schema_name)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str, prod_server: ServerProcess) -> Iterator[ServerProcess]:
+    server = _start("dev", tmp_path_factory, schema_name)  # same database: two processes, one deployment
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def client(prod_server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=prod_server.url, timeout=30) as c:
+        yield c
+
+
+async def call(c: httpx.AsyncClient, kind: str, path: str, args: Any = None, **extra: Any) -> httpx.Response:
+    return await c.post(f"/api/{kind}", json={"path": path, "args": args if args is not None else {}, **extra})
+
+
+async def still_serving(c: httpx.AsyncClient) -> None:
+    assert (await c.get("/_ripple/health")).status_code == 200
+    r = await call(c, "query", "counters:get", {"name": "alive"})
+    assert r.status_code == 200 and r.json()["status"] == "success"
+
+
+# -- the concurrency promises ------------------------------------------------------------------
+
+
+async def test_50_concurrent_increments_end_at_50(client: httpx.AsyncClient) -> None:
+    name = "c50-" + secrets.token_hex(3)
+    responses = await asyncio.gather(*(call(client, "mutation", "counters:inc", {"name": name}) for _ in range(50)))
+    assert all(r.status_code == 200 and r.json()["status"] == "success" for r in responses), [r.text for r in responses if r.status_code != 200][:3]
+    assert sorted(r.json()["value"] for r in responses) == list(range(1, 51))
+    r = await call(client, "query", "counters:get", {"name": name})
+    assert r.json()["value"] == 50
+
+
+async def test_queries_never_see_half_applied_mutations(client: httpx.AsyncClient) -> None:
+    a = (await call(client, "mutation", "pairs:setup")).json()["value"]
+    b = (await call(client, "mutation", "pairs:setup")).json()["value"]
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        for _ in range(40):
+            assert (await call(client, "mutation", "pairs:bump", {"id": a})).json()["status"] == "success"
+            assert (await call(client, "mutation", "pairs:bump_two_docs", {"first": a, "second": b})).json()["status"] == "success"
+        stop.set()
+
+    observations = 0
+
+    async def reader() -> None:
+        nonlocal observations
+        while not stop.is_set():
+            first, second = (await call(client, "query", "pairs:read_two", {"first": a, "second": b})).json()["value"]
+            assert first["left"] == first["right"], first
+            assert second["left"] == second["right"], second
+            # bump_two_docs moves both documents together: a is ahead of b only by its own bumps.
+            assert first["left"] >= second["left"]
+            observations += 1
+
+    await asyncio.gather(writer(), writer(), reader(), reader(), reader())
+    assert observations > 20
+    final = (await call(client, "query", "pairs:read", {"id": a})).json()["value"]
+    assert final["left"] == final["right"] == 160
+
+
+# -- bad input gets a clear 4xx and the server keeps serving ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "fragment"),
+    [
+        (b"{not json", 400, "BadJsonBody", "not valid JSON"),
+        (b"", 400, "BadJsonBody", "empty"),
+        (b"[1, 2]", 400, "BadJsonBody", "JSON object"),
+        (b'{"path": "counters:get", "args": "x"}', 400, "BadJsonBody", "`args` must be a JSON object"),
+        (b'{"path": 5, "args": {}}', 400, "BadJsonBody", "`path`"),
+        (b'{"path": "counters:get", "args": {}, "format": "xml"}', 400, "BadFormat", "'xml'"),
+        (b'{"path": "counters:get", "args": {"name": 7}}', 400, "ArgumentValidationError", "`name`: Input should be a valid string"),
+        (b'{"path": "values:add_one", "args": {"x": "lots"}}', 400, "ArgumentValidationError", "`x`"),
+        (b'{"path": "counters:inc", "args": {"name": "a"}}', 400, "WrongFunctionKind", "is a mutation, not a query"),
+        (b'{"path": "counters:get", "args": {}}', 400, "ArgumentValidationError", "`name`: Field required"),
+        (b'{"path": "counters:get", "args": {"name": "a", "extra": 1}}', 400, "ArgumentValidationError", "`extra`"),
+        (b'{"path": "counters:nope", "args": {}}', 404, "FunctionNotFound", "counters:nope"),
+        (b'{"path": "nomodule:get", "args": {}}', 404, "FunctionNotFound", "nomodule:get"),
+        (b'{"path": "bad path!", "args": {}}', 400, "BadRequest", "malformed function path"),
+        (b'{"path": "counters:get", "args": {"name": {"$integer": "x"}}, "format": "convex_encoded_json"}', 400, "BadConvexValue", "name"),
+        (b'{"path": "counters:get", "args": {"name": "a"}, "surprise": 1}', 400, "BadJsonBody", "surprise"),
+    ],
+)
+async def test_bad_requests_get_clear_4xx(client: httpx.AsyncClient, body: bytes, status: int, code: str, fragment: str) -> None:
+    r = await client.post("/api/query", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    assert r.json()["code"] == code
+    assert fragment in r.json()["message"]
+    await still_serving(client)
+
+
+async def test_oversized_body_is_refused(client: httpx.AsyncClient) -> None:
+    big = {"path": "values:echo", "args": {"value": "x" * 100_000}}
+    r = await client.post("/api/query", json=big)
+    assert r.status_code == 413 and r.json()["code"] == "BodyTooLarge" and "limit" in r.json()["message"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit still holds
+        for _ in range(100):
+            yield b" " * 1024
+
+    r = await client.post("/api/query", content=chunks())
+    assert r.status_code == 413
+    await still_serving(client)
+
+
+async def test_wrong_function_kind_and_internal_functions(client: httpx.AsyncClient) -> None:
+    r = await call(client, "mutation", "counters:get", {"name": "x"})
+    assert r.status_code == 400 and "is a query, not a mutation" in r.json()["message"]
+    r = await call(client, "mutation", "counters:reset", {"name": "x"})
+    assert r.status_code == 404 and r.json()["code"] == "FunctionNotFound"
+    r = await client.post("/api/function", json={"path": "counters:reset", "args": {"name": "x"}}, headers={"Authorization": f"Convex {ADMIN_KEY}"})
+    assert r.status_code == 200 and r.json()["status"] == "success"
+    r = await client.post("/api/function", json={"path": "counters:reset", "args": {"name": "x"}}, headers={"Authorization": "Convex wrong"})
+    assert r.status_code == 401 and r.json()["code"] == "BadAdminKey"
+    r = await client.post("/api/query", json={"path": "counters:get", "args": {"name": "x"}}, headers={"Authorization": "Bearer abc"})
+    assert r.status_code == 401 and "auth" in r.json()["message"]
+
+
+async def test_unknown_routes_and_methods(client: httpx.AsyncClient) -> None:
+    r = await client.get("/api/nothing-here")
+    assert r.status_code == 404 and r.json()["code"] == "NotFound"
+    r = await client.get("/api/query")
+    assert r.status_code == 405
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+async def test_convex_error_carries_data(client: httpx.AsyncClient) -> None:
+    r = await call(client, "mutation", "counters:fail", {"code": "E42"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "error" and body["errorData"] == {"code": "E42"} and "ConvexError" in body["errorMessage"]
+
+
+async def test_internal_errors_are_redacted_in_production(client: httpx.AsyncClient, prod_server: ServerProcess) -> None:
+    body = (await call(client, "mutation", "counters:boom")).json()
+    assert body["status"] == "error" and "errorData" not in body
+    assert "secret internal detail" not in body["errorMessage"]
+    assert body["errorMessage"].startswith("[Request ID: ")
+    request_id = body["errorMessage"].split("]")[0].split(": ")[1]
+    assert "secret internal detail 42" in prod_server.log() and request_id in prod_server.log()
+    logs = (await call(client, "query", "counters:chatty", {"n": 1})).json()["logLines"]
+    assert logs == []  # production keeps function logs in the server log
+
+
+async def test_dev_mode_shows_errors_and_log_lines(dev_server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=dev_server.url) as c:
+        body = (await call(c, "mutation", "counters:boom")).json()
+        assert "ValueError: secret internal detail 42" in body["errorMessage"]
+        body = (await call(c, "query", "counters:chatty", {"n": 1})).json()
+        assert body["logLines"] == ["[LOG] line 0", "[LOG] no newline at end"]
+
+
+async def test_two_processes_share_one_deployment(client: httpx.AsyncClient, dev_server: ServerProcess) -> None:
+    name = "shared-" + secrets.token_hex(3)
+    async with httpx.AsyncClient(base_url=dev_server.url) as other:
+        await asyncio.gather(*(call(c, "mutation", "counters:inc", {"name": name}) for c in (client, other) for _ in range(10)))
+        assert (await call(other, "query", "counters:get", {"name": name})).json()["value"] == 20
+
+
+async def test_formats_and_value_encoding(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/query", json={"path": "values:add_one", "format": "convex_encoded_json", "args": [{"x": {"$integer": "KQAAAAAAAAA="}}]})
+    assert r.json()["value"] == {"$integer": "KgAAAAAAAAA="}
+    r = await client.post("/api/query", json={"path": "values:add_one", "format": "json", "args": {"x": 41}})
+    assert r.json()["value"] == 42
+    enc = {"b": {"$bytes": "AAEC"}, "f": {"$float": "AAAAAAAA+H8="}, "n": [1, 2.5, None, True, "s"]}
+    r = await client.post("/api/query", json={"path": "values:echo", "format": "convex_encoded_json", "args": [{"value": enc}]})
+    assert r.json()["value"] == enc
+    r = await client.post("/api/query", json={"path": "values:echo", "format": "json", "args": {"value": {"b": [1, 2]}}})
+    assert r.json()["value"] == {"b": [1, 2]}
+    r = await client.post("/api/query", json={"path": "values:describe", "format": "convex_encoded_json", "args": [{"value": 3}]})
+    assert r.json()["value"] == "int"
+
+
+async def test_run_endpoint_and_nested_paths(client: httpx.AsyncClient) -> None:
+    r = await client.post("/api/run/counters/inc", json={"args": {"name": "run-ep"}, "format": "json"})
+    assert r.json() == {"status": "success", "value": 1, "logLines": []}
+    r = await client.post("/api/run/nested/deep/mod/hello", json={"args": {"who": "run"}})
+    assert r.json()["value"] == "hello run"
+    r = await client.post("/api/query", json={"path": "nested/deep/mod", "args": {}})
+    assert r.json()["value"] == "default export"
+
+
+async def test_query_ts_and_query_at_ts(client: httpx.AsyncClient) -> None:
+    name = "ts-" + secrets.token_hex(3)
+    await call(client, "mutation", "counters:inc", {"name": name})
+    ts = (await client.post("/api/query_ts")).json()["ts"]
+    assert isinstance(ts, str)
+    at = {"path": "counters:get", "args": {"name": name}, "format": "json", "ts": ts}
+    assert (await client.post("/api/query_at_ts", json=at)).json()["value"] == 1
+    await call(client, "mutation", "counters:inc", {"name": "unrelated-" + name})
+    assert (await client.post("/api/query_at_ts", json=at)).json()["value"] == 1  # nothing it read changed
+    await call(client, "mutation", "counters:inc", {"name": name})
+    r = await client.post("/api/query_at_ts", json=at)
+    assert r.status_code == 400 and r.json()["code"] == "InvalidTimestamp"  # never a wrong answer
+    assert "too old" in r.json()["message"]
+    r = await client.post("/api/query_at_ts", json={**at, "ts": str(2**63)})
+    assert r.status_code == 400 and r.json()["code"] == "InvalidTimestamp"
+    r = await client.post("/api/query_at_ts", json={**at, "ts": "garbage"})
+    assert r.status_code == 400 and r.json()["code"] == "InvalidTimestamp"
+
+
+async def test_cors(client: httpx.AsyncClient) -> None:
+    r = await client.options("/api/query", headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
+                                                      "Access-Control-Request-Headers": "content-type,convex-client"})
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "http://app.example"
+    assert r.headers["access-control-allow-credentials"] == "true"
+    r = await client.post(
+        "/api/query", json={"path": "counters:get", "args": {"name": "x"}}, headers={"Origin": "http://app.example"})
+    assert r.headers["access-control-allow-origin"] == "http://app.example"
+
+
+async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
+    r = await client.get("/_ripple/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    await call(client, "query", "counters:get", {"name": "m"})
+    text = (await client.get("/_ripple/metrics")).text
+    for name in ("ripple_query_executions_total", "ripple_mutations_total", "ripple_subscriptions",
+                 "ripple_websocket_clients", "ripple_scheduled_jobs_total"):
+        assert f"# TYPE {name}" in text, name
+    executed = [line for line in text.splitlines() if line.startswith("ripple_query_executions_total ")]
+    assert executed and float(executed[0].split()[1]) >= 1

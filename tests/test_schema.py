@@ -1,0 +1,121 @@
+"""Applying schema.py to PostgreSQL: tables, indexes, backfills, and refused changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+from pydantic import BaseModel
+
+from server import Schema, Table
+from server.errors import SchemaError
+
+from conftest import PG_URL, open_runtime
+
+FUNCTIONS = '''
+from typing import Any
+from server import mutation, query
+
+@mutation
+async def add(ctx, doc: dict) -> str:
+    return await ctx.db.insert("people", doc)
+
+@query
+async def by(ctx, index: str, field: str, value: Any) -> list[str]:
+    docs = await ctx.db.query("people").with_index(index, lambda q: q.eq(field, value)).collect()
+    return [d["name"] for d in docs]
+'''
+
+
+def write_app(app: Path, model_body: str, indexes: str) -> None:
+    (app / "functions").mkdir(parents=True, exist_ok=True)
+    (app / "functions" / "people.py").write_text(FUNCTIONS)
+    fields = "".join(f"    {line}\n" for line in model_body.strip().splitlines())
+    (app / "schema.py").write_text(
+        "from pydantic import BaseModel\nfrom server import Schema, Table\n\n"
+        f"class Person(BaseModel):\n{fields}\n"
+        f"schema = Schema(people=Table(Person, indexes={indexes}))\n"
+    )
+
+
+async def test_index_added_later_is_backfilled(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    write_app(app, "name: str\ncity: str = 'x'\n", "{}")
+    async with open_runtime(app, namespace) as rt:
+        for name, city in (("ann", "oslo"), ("bob", "rome"), ("cy", "oslo")):
+            await rt.call("mutation", "people:add", {"doc": {"name": name, "city": city}})
+        write_app(app, "name: str\ncity: str = 'x'\n", "{'by_city': ['city']}")
+        await rt.load()
+        assert (await rt.call("query", "people:by", {"index": "by_city", "field": "city", "value": "oslo"})).value == ["ann", "cy"]
+        # Changing the index's fields recomputes every key.
+        write_app(app, "name: str\ncity: str = 'x'\n", "{'by_city': ['name']}")
+        await rt.load()
+        assert (await rt.call("query", "people:by", {"index": "by_city", "field": "name", "value": "bob"})).value == ["bob"]
+        # Removing it drops the key column; the index is gone for queries.
+        write_app(app, "name: str\ncity: str = 'x'\n", "{}")
+        await rt.load()
+        conn = await asyncpg.connect(PG_URL)
+        try:
+            cols = {r["column_name"] for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'people'", namespace)}
+        finally:
+            await conn.close()
+        assert cols == {"id", "creation_time", "doc", "k_by_creation_time"}
+        with pytest.raises(Exception, match="has no index 'by_city'"):
+            await rt.call("query", "people:by", {"index": "by_city", "field": "city", "value": "oslo"})
+
+
+async def test_violating_schema_change_is_refused_and_old_version_keeps_serving(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    write_app(app, "name: str\nage: int | None = None\n", "{}")
+    async with open_runtime(app, namespace) as rt:
+        doc_id = (await rt.call("mutation", "people:add", {"doc": {"name": "ann"}})).value
+        write_app(app, "name: str\nage: int\n", "{}")  # now every person needs an age
+        with pytest.raises(SchemaError) as err:
+            await rt.load()
+        message = str(err.value)
+        assert "people" in message and doc_id in message and "`age`" in message and "valid integer" in message
+        # The runtime still serves the version it had.
+        assert (await rt.call("mutation", "people:add", {"doc": {"name": "bob"}})).value
+        # A compatible change (a new optional field) is accepted.
+        write_app(app, "name: str\nage: int | None = None\nemail: str | None = None\n", "{}")
+        await rt.load()
+        assert (await rt.call("mutation", "people:add", {"doc": {"name": "cy", "email": "c@x"}})).value
+
+
+def test_invalid_schema_definitions_are_explained() -> None:
+    class M(BaseModel):
+        a: int
+
+    with pytest.raises(SchemaError, match="field 'b' is not in model M"):
+        Schema(t=Table(M, indexes={"by_b": ["b"]}))
+    with pytest.raises(SchemaError, match="reserved"):
+        Schema(_t=Table(M))
+    with pytest.raises(SchemaError, match="index name 'by_creation_time' is reserved"):
+        Schema(t=Table(M, indexes={"by_creation_time": ["a"]}))
+    with pytest.raises(SchemaError, match="table name 'bad-name' is invalid"):
+        Schema(**{"bad-name": Table(M)})
+    with pytest.raises(SchemaError, match="give a non-empty list"):
+        Schema(t=Table(M, indexes={"by_a": "a"}))
+    with pytest.raises(SchemaError, match="cannot be indexed"):
+        Schema(t=Table(M, indexes={"by_a": ["_creationTime"]}))
+    with pytest.raises(SchemaError, match="must be a Table"):
+        Schema(t=M)  # type: ignore[arg-type]
+
+
+async def test_app_without_schema_file_loads(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    (app / "functions" / "hello.py").write_text("from server import query\n@query\nasync def hi(ctx) -> str:\n    return 'hi'\n")
+    async with open_runtime(app, namespace) as rt:
+        assert (await rt.call("query", "hello:hi", {})).value == "hi"
+
+
+async def test_broken_function_module_reports_its_error(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    (app / "functions" / "bad.py").write_text("from server import query\n@query\ndef not_async(ctx):\n    return 1\n")
+    with pytest.raises(TypeError, match="must be `async def`"):
+        async with open_runtime(app, namespace):
+            pass
