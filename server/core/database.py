@@ -12,6 +12,7 @@ import orjson
 from server.core import sql
 from server.core.keys import index_key
 from server.core.schema import Schema, Table
+from server.core.system_tables import SYSTEM_TABLE_NUMBERS, SYSTEM_TABLES
 from server.core.values import from_convex_json
 from server.errors import DocumentValidationError, SchemaError
 
@@ -116,6 +117,14 @@ class Database:
             for name, table in schema.tables.items():
                 row = known.get(name)
                 number = row["number"] if row else await conn.fetchval(sql.INSERT_TABLE, name)
+                infos.append(await self._apply_table(conn, number, table, row))
+            for name, table in SYSTEM_TABLES.items():
+                number = SYSTEM_TABLE_NUMBERS[name]
+                row = known.get(name)
+                if row is None:
+                    await conn.execute(sql.INSERT_SYSTEM_TABLE, number, name)
+                elif row["number"] != number:
+                    raise SchemaError(f"system table {name} has number {row['number']}, expected {number}")
                 infos.append(await self._apply_table(conn, number, table, row))
             return Catalog(infos)
 

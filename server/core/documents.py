@@ -390,22 +390,53 @@ class Query:
         return True
 
 
-class DatabaseReader:
-    """`ctx.db` in queries."""
+class SystemReader:
+    """`ctx.db.system`: read access to system tables (`_scheduled_functions`, ...)."""
 
     def __init__(self, tx: Transaction) -> None:
         self._tx = tx
 
+    def _info(self, table: str) -> TableInfo:
+        if not isinstance(table, str) or not table.startswith("_"):
+            raise RippleUsageError(f"{table!r} is not a system table; use ctx.db.query for user tables")
+        return self._tx.catalog.table(table)
+
     async def get(self, doc_id: str) -> dict[str, Any] | None:
         info = _resolve_id(self._tx.catalog, doc_id)
-        row = await self._tx._run("fetchrow", info.sql.get, doc_id)
-        self._tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
-        if row is None:
-            return None
-        self._tx.count_read(1)
-        return decode_doc(doc_id, row["creation_time"], row["doc"])
+        if not info.name.startswith("_"):
+            raise RippleUsageError(f"{doc_id} is a document of user table {info.name}; use ctx.db.get")
+        return await _get(self._tx, info, doc_id)
 
     def query(self, table: str) -> Query:
+        return Query(self._tx, self._info(table))
+
+
+async def _get(tx: Transaction, info: TableInfo, doc_id: str) -> dict[str, Any] | None:
+    row = await tx._run("fetchrow", info.sql.get, doc_id)
+    tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
+    if row is None:
+        return None
+    tx.count_read(1)
+    return decode_doc(doc_id, row["creation_time"], row["doc"])
+
+
+class DatabaseReader:
+    """`ctx.db` in queries."""
+
+    def __init__(self, tx: Transaction, system: bool = False) -> None:
+        self._tx = tx
+        self._system_access = system  # runtime-internal writers may touch system tables
+        self.system = SystemReader(tx)
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        info = _resolve_id(self._tx.catalog, doc_id)
+        if info.name.startswith("_") and not self._system_access:
+            raise RippleUsageError(f"{doc_id} is a document of system table {info.name}; use ctx.db.system.get")
+        return await _get(self._tx, info, doc_id)
+
+    def query(self, table: str) -> Query:
+        if self._system_access and isinstance(table, str) and table.startswith("_"):
+            return Query(self._tx, self._tx.catalog.table(table))
         if not isinstance(table, str) or table.startswith("_"):
             raise RippleUsageError(f"{table!r} is not a user table; system tables are under ctx.db.system")
         return Query(self._tx, self._tx.catalog.table(table))
@@ -438,7 +469,7 @@ class DatabaseWriter(DatabaseReader):
             self._tx.writes[doc_id] = Write(info.name, doc_id, old, new)
 
     async def insert(self, table: str, doc: Mapping[str, Any]) -> str:
-        if not isinstance(table, str) or table.startswith("_"):
+        if not isinstance(table, str) or (table.startswith("_") and not self._system_access):
             raise RippleUsageError(f"cannot insert into {table!r}: not a user table")
         info = self._tx.catalog.table(table)
         if not isinstance(doc, Mapping):
@@ -459,7 +490,7 @@ class DatabaseWriter(DatabaseReader):
 
     async def _load(self, doc_id: str, verb: str) -> tuple[TableInfo, dict[str, Any]]:
         info = _resolve_id(self._tx.catalog, doc_id)
-        if info.name.startswith("_"):
+        if info.name.startswith("_") and not self._system_access:
             raise ForbiddenOperation(f"cannot {verb} documents of system table {info.name}")
         row = await self._tx._run("fetchrow", info.sql.get, doc_id)
         self._tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))

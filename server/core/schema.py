@@ -57,8 +57,11 @@ class Table:
     name: str = ""
     _strict: type[BaseModel] | None = field(default=None, repr=False)
 
-    def bind(self, name: str) -> None:
-        if not NAME_RE.match(name):
+    def bind(self, name: str, system: bool = False) -> None:
+        if system:
+            if not (name.startswith("_") and NAME_RE.match(name[1:])):
+                raise SchemaError(f"system table name {name!r} must be '_' followed by a valid name")
+        elif not NAME_RE.match(name):
             raise SchemaError(
                 f"table name {name!r} is invalid: use letters, digits and '_', starting with a letter"
             )

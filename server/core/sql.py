@@ -73,6 +73,10 @@ INSERT INTO _ripple_tables (number, name, indexes, fingerprint)
 VALUES ((SELECT coalesce(max(number), 0) + 1 FROM _ripple_tables WHERE number < 10000), $1, '{}', '')
 RETURNING number
 """
+INSERT_SYSTEM_TABLE = """
+INSERT INTO _ripple_tables (number, name, indexes, fingerprint) VALUES ($1, $2, '{}', '')
+ON CONFLICT (number) DO NOTHING
+"""
 UPDATE_TABLE = "UPDATE _ripple_tables SET indexes = $2, fingerprint = $3 WHERE name = $1"
 COMMIT_TAIL = "SELECT _ripple_commit($1, $2, $3)"
 LATEST_TS = "SELECT coalesce(max(ts), 0) FROM _ripple_commits"
