@@ -70,6 +70,11 @@ class Transaction:
     writes: dict[str, Write] = field(default_factory=dict)
     docs_read: int = 0
     conflicted: bool = False
+    # Reactive pagination (Convex "journal"): a re-run of a subscribed query ends its first
+    # paginate() at the cursor the previous run ended at, so pages never gap or overlap.
+    journal_in: str | None = None
+    journal_out: str | None = None
+    _paginated: bool = False
     _last_creation_time: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -335,6 +340,10 @@ class Query:
         num = min(num, MAX_PAGE_ITEMS)
         lo, hi = self._lo, self._hi
         cursor, end_cursor = opts.get("cursor"), opts.get("endCursor")
+        first_paginate = not self._tx._paginated
+        self._tx._paginated = True
+        if first_paginate and end_cursor is None and self._tx.journal_in is not None:
+            end_cursor = self._tx.journal_in
         if cursor is not None:
             position = self._decode_cursor(cursor)
             if self._desc:
@@ -370,6 +379,8 @@ class Query:
             continue_cursor = cursor if cursor is not None else self._encode_cursor(self._hi if self._desc else b"")
         else:
             continue_cursor = self._encode_cursor(last_key)
+        if first_paginate:
+            self._tx.journal_out = continue_cursor
         return {
             "page": page,
             "isDone": done,

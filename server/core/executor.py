@@ -18,12 +18,12 @@ import orjson
 from server.config import Config
 from server.core import logs, sandbox, sql
 from server.core.database import Catalog, Database
-from server.core.documents import DatabaseReader, DatabaseWriter, Transaction
+from server.core.documents import DatabaseReader, DatabaseWriter, ReadRange, Transaction
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import overlaps
 from server.core.registry import FunctionDef, Kind
-from server.core.values import to_convex_json
+from server.core.values import from_convex_json, to_convex_json
 from server.errors import (
     ConvexError,
     StaleTimestamp,
@@ -34,7 +34,9 @@ from server.errors import (
 
 log = logging.getLogger("ripple.functions")
 
-_CONFLICTS = (TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+# A unique violation can only come from two runs of one idempotent mutation racing: retrying
+# finds the stored result of the winner.
+_CONFLICTS = (TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError)
 MAX_TS_LOOKBACK_COMMITS = 10_000
 
 
@@ -43,6 +45,18 @@ class Outcome:
     value: Any
     log_lines: list[str]
     ts: int | None = None  # commit timestamp of a writing mutation, or the snapshot read
+
+
+@dataclass
+class QueryRun:
+    """One query execution: its result (or failure), what it read, and its pagination journal."""
+
+    value: Any
+    log_lines: list[str]
+    reads: list[ReadRange]
+    journal: str | None
+    failure: FunctionFailure | None
+    broken: bool = False  # the transaction it ran in can no longer be used
 
 
 class FunctionFailure(Exception):
@@ -176,15 +190,19 @@ class Runtime:
         *,
         allow_internal: bool = False,
         at_ts: int | None = None,
+        idempotency_key: tuple[str, int] | None = None,
     ) -> Outcome:
         """Resolve, validate and run a function. Raises RippleUsageError for caller mistakes
-        (unknown function, bad arguments) and FunctionFailure when the function itself fails."""
+        (unknown function, bad arguments) and FunctionFailure when the function itself fails.
+
+        `idempotency_key` (session id, request id) makes a mutation run at most once: a repeat
+        with the same key returns the stored result of the first successful run."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
         kwargs = fn.validate_args(args)
         if kind == "query":
             return await self._run_query(fn, kwargs, identity, at_ts)
         if kind == "mutation":
-            return await self._run_mutation(fn, kwargs, identity)
+            return await self._run_mutation(fn, kwargs, identity, idempotency_key=idempotency_key)
         return await self._run_action(fn, kwargs, identity)
 
     async def latest_ts(self) -> int:
@@ -208,21 +226,33 @@ class Runtime:
         to_convex_json(value)  # a result that cannot be sent is the function's error
         return value
 
-    async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
+    async def execute_query(
+        self, conn: Any, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, journal: str | None = None
+    ) -> QueryRun:
+        """Run a query inside the caller's (read-only, snapshot) transaction on `conn`; report
+        its result or failure together with what it read, for reactivity."""
         buffer = logs.LogBuffer()
         self.metrics.inc("ripple_query_executions_total")
-        async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            tx = Transaction(conn, self.catalog, writable=False)
-            snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
-            try:
-                value = await self._invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
-            except Exception as exc:
-                raise self._failure(fn, exc, buffer) from exc
-            if at_ts is not None and snapshot_ts is not None:
-                await self._check_unchanged_since(conn, tx, at_ts, snapshot_ts)
-        return Outcome(value, buffer.finish(), at_ts)
+        tx = Transaction(conn, self.catalog, writable=False, journal_in=journal)
+        try:
+            value = await self._invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
+        except Exception as exc:
+            failure = self._failure(fn, exc, buffer)
+            failure.__cause__ = exc
+            return QueryRun(None, failure.log_lines, tx.reads, tx.journal_out, failure, broken=tx.conflicted)
+        return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None)
 
-    async def _check_unchanged_since(self, conn: Any, tx: Transaction, at_ts: int, snapshot_ts: int) -> None:
+    async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
+        async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
+            run = await self.execute_query(conn, fn, kwargs, identity)
+            if run.failure is not None:
+                raise run.failure
+            if at_ts is not None and snapshot_ts is not None:
+                await self._check_unchanged_since(conn, run.reads, at_ts, snapshot_ts)
+        return Outcome(run.value, run.log_lines, at_ts)
+
+    async def _check_unchanged_since(self, conn: Any, reads: list[ReadRange], at_ts: int, snapshot_ts: int) -> None:
         """A query at an older ts is answered from the current snapshot when no commit since
         then wrote into what the query read; otherwise the caller must retry at a newer ts."""
         if at_ts >= snapshot_ts:
@@ -231,19 +261,28 @@ class Runtime:
             "SELECT writes FROM _ripple_commits WHERE ts > $1 AND ts <= $2 ORDER BY ts LIMIT $3",
             at_ts, snapshot_ts, MAX_TS_LOOKBACK_COMMITS + 1,
         )
-        if len(rows) > MAX_TS_LOOKBACK_COMMITS or overlaps(tx.reads, (w for r in rows for w in r["writes"])):
+        pruned_through = await conn.fetchval(sql.PRUNED_THROUGH)
+        too_far = len(rows) > MAX_TS_LOOKBACK_COMMITS or (pruned_through is not None and at_ts < int(pruned_through))
+        if too_far or overlaps(reads, (w for r in rows for w in r["writes"])):
             raise StaleTimestamp(
                 f"timestamp {at_ts} is too old: documents this query reads changed since; "
                 "fetch a new timestamp from /api/query_ts"
             )
 
-    async def _run_mutation(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
+    async def _run_mutation(
+        self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
+        idempotency_key: tuple[str, int] | None = None,
+    ) -> Outcome:
         delays = backoff()
         for _ in range(self.config.max_mutation_attempts):
             buffer = logs.LogBuffer()
             tx: Transaction | None = None
             try:
                 async with self.db.acquire() as conn, conn.transaction(isolation="serializable"):
+                    if idempotency_key is not None:
+                        done = await conn.fetchrow(sql.GET_MUTATION_RESULT, *idempotency_key)
+                        if done is not None:  # a resend of a mutation that already committed
+                            return Outcome(from_convex_json(done["value"]), list(done["log_lines"]), int(done["ts"]))
                     tx = Transaction(conn, self.catalog, writable=True)
                     ctx = MutationCtx(DatabaseWriter(tx), Auth(identity))
                     value = await self._invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
@@ -253,6 +292,10 @@ class Runtime:
                     if tx.writes:
                         writes = [w.to_json() for w in tx.writes.values()]
                         ts = int(await conn.fetchval(sql.COMMIT_TAIL, writes, self.db.commit_lock, self.db.channel))
+                    if idempotency_key is not None:
+                        if ts is None:
+                            ts = int(await conn.fetchval(sql.LATEST_TS))
+                        await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, to_convex_json(value), buffer.lines, ts)
             except Exception as exc:
                 if isinstance(exc, _CONFLICTS) or (tx is not None and tx.conflicted):
                     self.metrics.inc("ripple_mutation_retries_total")

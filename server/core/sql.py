@@ -42,6 +42,15 @@ CREATE TABLE IF NOT EXISTS _ripple_commits (
     writes       jsonb NOT NULL,
     committed_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS _ripple_mutation_results (
+    session_id text NOT NULL,
+    request_id bigint NOT NULL,
+    value      jsonb NOT NULL,
+    log_lines  jsonb NOT NULL,
+    ts         bigint NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (session_id, request_id)
+);
 CREATE TABLE IF NOT EXISTS _ripple_meta (
     key   text PRIMARY KEY,
     value jsonb NOT NULL
@@ -80,6 +89,25 @@ ON CONFLICT (number) DO NOTHING
 UPDATE_TABLE = "UPDATE _ripple_tables SET indexes = $2, fingerprint = $3 WHERE name = $1"
 COMMIT_TAIL = "SELECT _ripple_commit($1, $2, $3)"
 LATEST_TS = "SELECT coalesce(max(ts), 0) FROM _ripple_commits"
+GET_MUTATION_RESULT = "SELECT value, log_lines, ts FROM _ripple_mutation_results WHERE session_id = $1 AND request_id = $2"
+PUT_MUTATION_RESULT = (
+    "INSERT INTO _ripple_mutation_results (session_id, request_id, value, log_lines, ts) VALUES ($1, $2, $3, $4, $5)"
+)
+PRUNED_THROUGH = "SELECT (value #>> '{}')::bigint FROM _ripple_meta WHERE key = 'commits_pruned_through'"
+# Change log reading for live queries: everything after what a process has processed.
+COMMITS_AFTER = "SELECT ts, writes FROM _ripple_commits WHERE ts > $1 ORDER BY ts LIMIT $2"
+PRUNE_COMMITS = """
+WITH cutoff AS (
+    SELECT least($1::bigint, (SELECT max(ts) FROM _ripple_commits)) AS ts
+), gone AS (
+    DELETE FROM _ripple_commits WHERE ts < (SELECT ts FROM cutoff) RETURNING ts
+)
+INSERT INTO _ripple_meta (key, value)
+SELECT 'commits_pruned_through', to_jsonb(max(ts)) FROM gone HAVING count(*) > 0
+ON CONFLICT (key) DO UPDATE SET value = to_jsonb(greatest(
+    (_ripple_meta.value #>> '{}')::bigint, (EXCLUDED.value #>> '{}')::bigint))
+"""
+PRUNE_MUTATION_RESULTS = "DELETE FROM _ripple_mutation_results WHERE created_at < now() - make_interval(secs => $1)"
 CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 
 
