@@ -307,3 +307,21 @@ def test_index_ranges_match_brute_force(namespace: str) -> None:
     finally:
         loop.run_until_complete(cm.__aexit__(None, None, None))
         loop.close()
+
+
+async def test_explicit_args_model_and_return_validation(runtime: Runtime) -> None:
+    assert (await runtime.call("query", "values:norm", {"x": 3, "y": 4})).value == 5.0
+    with pytest.raises(ArgumentValidationError, match="`y`: Field required"):
+        await runtime.call("query", "values:norm", {"x": 3})
+    with pytest.raises(FunctionFailure, match="does not match its declared type"):
+        await runtime.call("query", "values:bad_return", {})
+
+
+async def test_returns_models_are_dumped_to_convex_values(runtime: Runtime) -> None:
+    # A model (with an aliased field and a nested model) reaches the client as an object keyed by
+    # alias; lists and dicts of models work the same way; dicts are validated into models first.
+    assert await q(runtime, "values:labelled", label="here", x=1, y=2) == {
+        "labelText": "here", "at": {"x": 1.0, "y": 2.0}
+    }
+    assert await q(runtime, "values:points", n=2) == [{"x": 0.0, "y": 0.0}, {"x": 1.0, "y": -1.0}]
+    assert await q(runtime, "values:named_points") == {"origin": {"x": 0.0, "y": 0.0}}

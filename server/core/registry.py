@@ -67,15 +67,18 @@ class FunctionDef:
         return {name: getattr(model, name) for name in type(model).model_fields}
 
     def validate_return(self, value: Any) -> Any:
+        """The value checked against `returns=` and dumped back to plain Python, so that models,
+        dataclasses and TypedDicts of models reach the client as Convex objects."""
         if self.returns is None:
             return value
         try:
-            return self.returns.validate_python(value)
+            validated = self.returns.validate_python(value)
         except ValidationError as exc:
             raise ReturnValidationError(
                 f"{self.path} returned a value that does not match its declared type: "
                 f"{describe_validation_error(exc)}"
             ) from exc
+        return self.returns.dump_python(validated, mode="python", by_alias=True)
 
 
 def _model_from_signature(handler: Handler) -> type[BaseModel]:

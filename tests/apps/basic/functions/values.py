@@ -1,5 +1,7 @@
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from server import Int64, mutation, query
 
 
@@ -22,3 +24,38 @@ async def describe(ctx, value: Any) -> str:
 async def store_message(ctx, author: str, body: str, big: Int64 | None = None, blob: bytes | None = None) -> dict:
     doc_id = await ctx.db.insert("messages", {"author": author, "body": body, "big": big, "blob": blob})
     return await ctx.db.get(doc_id)
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+@query(args=Point, returns=float)
+async def norm(ctx, args: Point) -> float:
+    return (args.x**2 + args.y**2) ** 0.5
+
+
+@query(returns=int)
+async def bad_return(ctx) -> int:
+    return "not an int"  # type: ignore[return-value]
+
+
+class Labelled(BaseModel):
+    label_text: str = Field(alias="labelText")
+    at: Point
+
+
+@query(returns=Labelled)
+async def labelled(ctx, label: str, x: float, y: float) -> Labelled:
+    return Labelled(labelText=label, at=Point(x=x, y=y))
+
+
+@query(returns=list[Point])
+async def points(ctx, n: int) -> list[Point]:
+    return [Point(x=i, y=-i) for i in range(n)]
+
+
+@query(returns=dict[str, Point])
+async def named_points(ctx) -> dict:
+    return {"origin": {"x": 0, "y": 0}}
