@@ -119,3 +119,18 @@ async def test_broken_function_module_reports_its_error(tmp_path: Path, namespac
     with pytest.raises(TypeError, match="must be `async def`"):
         async with open_runtime(app, namespace):
             pass
+
+
+async def test_function_exported_under_two_names_keeps_its_first_path(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    (app / "functions" / "mod.py").write_text(
+        "from server import query\n@query\nasync def get(ctx) -> str:\n    return 'got'\nalias = get\n"
+    )
+    async with open_runtime(app, namespace) as rt:
+        registry = rt.app.registry
+        fn = registry.resolve("mod:get")
+        assert registry.resolve("mod:alias") is fn
+        assert fn.path == "mod:get" and registry.path_of(fn) == "mod:get"
+        assert (await rt.call("query", "mod:alias", {})).value == "got"
+        assert (await rt.call("query", "mod:get", {})).value == "got"

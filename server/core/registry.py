@@ -155,9 +155,12 @@ class Registry:
         self.functions: dict[str, FunctionDef] = {}
 
     def add(self, path: str, fn: FunctionDef) -> None:
+        """Register `fn` at `path`. A function exported under several names (`alias = fn`) is
+        callable at each of them; `fn.path` stays the first (canonical) one."""
         if path in self.functions and self.functions[path] is not fn:
             raise RippleUsageError(f"two functions registered at {path}")
-        fn.path = path
+        if fn.path is None:
+            fn.path = path
         self.functions[path] = fn
 
     def resolve(self, path: object, *, allow_internal: bool = False, kind: Kind | None = None) -> FunctionDef:
