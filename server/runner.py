@@ -16,6 +16,7 @@ from server.api.app import build_app
 from server.config import Config
 from server.core.database import Database
 from server.core.executor import Runtime
+from server.core.subscriptions import SubscriptionManager
 
 log = logging.getLogger("ripple")
 
@@ -54,14 +55,18 @@ def create_server_app(config: Config) -> Starlette:
     assert config.database_url, "a database URL is required"
     db = Database(config.database_url, config.db_schema)
     runtime = Runtime(config, db)
+    subscriptions = SubscriptionManager(runtime)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await db.connect(min_size=config.pool_min, max_size=config.pool_max)
         watcher: asyncio.Task[None] | None = None
+        live_queries = False
         try:
             await runtime.load()
             log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
+            await subscriptions.start()
+            live_queries = True
             if config.dev:
                 watcher = asyncio.create_task(watch_and_reload(runtime), name="ripple-reload")
             yield
@@ -70,10 +75,11 @@ def create_server_app(config: Config) -> Starlette:
                 watcher.cancel()
                 with suppress(asyncio.CancelledError):
                     await watcher
+            if live_queries:
+                await subscriptions.stop()
             await db.close()
 
-    app = build_app(runtime, lifespan=lifespan)
-    app.state.runtime = runtime
+    app = build_app(runtime, subscriptions, lifespan=lifespan)
     return app
 
 

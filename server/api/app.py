@@ -6,16 +6,19 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.http_api import HttpApi, error_response, json_response
+from server.api.sync_ws import sync_endpoint
 from server.core.executor import Runtime
+from server.core.subscriptions import SubscriptionManager
 
 log = logging.getLogger("ripple.app")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
@@ -60,8 +63,14 @@ class CorsMiddleware:
         await self.app(scope, receive, send_with_cors)
 
 
-def build_app(runtime: Runtime, lifespan: Lifespan | None = None) -> Starlette:
+def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None, lifespan: Lifespan | None = None) -> Starlette:
     api = HttpApi(runtime)
+    subscriptions = subscriptions or SubscriptionManager(runtime)
+    websocket_clients: set[Any] = set()
+    runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
+    runtime.metrics.gauge("ripple_shared_queries", lambda: float(len(subscriptions.queries)))
+    runtime.metrics.gauge("ripple_websocket_clients", lambda: float(len(websocket_clients)))
+    runtime.metrics.gauge("ripple_live_query_ts", lambda: float(subscriptions.current_ts))
 
     def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
@@ -127,13 +136,19 @@ def build_app(runtime: Runtime, lifespan: Lifespan | None = None) -> Starlette:
         Route("/api/query_at_ts", endpoint(call_query_at_ts), methods=["POST"]),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
+        WebSocketRoute("/api/sync", sync_endpoint),
+        WebSocketRoute("/api/{version}/sync", sync_endpoint),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(CorsMiddleware)],
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )
+    app.state.runtime = runtime
+    app.state.subscriptions = subscriptions
+    app.state.websocket_clients = websocket_clients
+    return app
 
 
 @asynccontextmanager

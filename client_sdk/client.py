@@ -1,0 +1,274 @@
+"""The asyncio Python client: live queries, mutations and actions over the Convex sync protocol.
+
+    async with RippleClient("http://127.0.0.1:3210") as client:
+        await client.mutation("counters:inc", {"name": "a"})
+        print(await client.query("counters:get", {"name": "a"}))
+        async for value in client.subscribe("counters:get", {"name": "a"}):
+            ...
+
+It reconnects by itself (exponential backoff with jitter), resubscribes, and resends
+unconfirmed mutations, which the server deduplicates; actions in flight fail with
+ConnectionLost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Iterator
+from enum import Enum
+from typing import Any
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from client_sdk.protocol import (
+    AuthRejected,
+    ClientProtocol,
+    QueriesUpdated,
+    QueryResult,
+    RequestFinished,
+    ServerFatal,
+)
+from server.core.values import from_convex_json
+
+log = logging.getLogger("client_sdk")
+
+
+class RippleClientError(Exception):
+    """Base of the client's errors."""
+
+
+class ConvexError(RippleClientError):
+    """An application error raised by a function with `ConvexError(data)`; `data` is decoded."""
+
+    def __init__(self, message: str, data: Any) -> None:
+        super().__init__(message)
+        self.data = data
+
+
+class FunctionError(RippleClientError):
+    """A function failed with a server error (the message is redacted outside dev mode)."""
+
+
+class ConnectionLost(RippleClientError):
+    """The connection dropped while an action was running; actions are never resent."""
+
+
+class AuthenticationError(RippleClientError):
+    """The server refused the auth token."""
+
+
+class State(Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    CLOSED = "closed"
+
+
+def backoff(first: float = 0.1, cap: float = 10.0) -> Iterator[float]:
+    """Reconnect delays: exponential with full jitter, capped."""
+    delay = first
+    while True:
+        yield random.uniform(0, delay)
+        delay = min(cap, delay * 2)
+
+
+def _error_from(response: dict[str, Any]) -> RippleClientError:
+    message = str(response.get("result") or response.get("errorMessage") or "function failed")
+    if "errorData" in response:
+        return ConvexError(message, from_convex_json(response["errorData"]))
+    if message == "Connection lost while action was in flight":
+        return ConnectionLost(message)
+    return FunctionError(message)
+
+
+def _query_value(result: QueryResult) -> Any:
+    if result.ok:
+        return from_convex_json(result.value)
+    message = result.error_message or "query failed"
+    if result.has_error_data:
+        raise ConvexError(message, from_convex_json(result.error_data))
+    raise FunctionError(message)
+
+
+class RippleClient:
+    def __init__(self, url: str, *, token: str | None = None) -> None:
+        base = url.rstrip("/")
+        if base.startswith("http://"):
+            base = "ws://" + base[len("http://"):]
+        elif base.startswith("https://"):
+            base = "wss://" + base[len("https://"):]
+        self.ws_url = base + "/api/sync"
+        self.protocol = ClientProtocol()
+        self.protocol.auth_token = token
+        self.state = State.DISCONNECTED
+        self.reconnects = 0
+        self._ws: ClientConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._watchers: dict[int, set[asyncio.Queue[QueryResult]]] = {}
+        self._connected = asyncio.Event()
+        self._fatal: RippleClientError | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RippleClient:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="ripple-client")
+
+    async def close(self) -> None:
+        self.state = State.CLOSED
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(ConnectionLost("client closed"))
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def _run(self) -> None:
+        delays = backoff()
+        close_reason = "InitialConnect"
+        while self.state is not State.CLOSED:
+            self.state = State.CONNECTING
+            try:
+                async with connect(self.ws_url, max_size=None, open_timeout=10) as ws:
+                    self._ws = ws
+                    for message in self.protocol.on_connect(close_reason):
+                        await ws.send(_dumps(message))
+                    self.state = State.CONNECTED
+                    self._connected.set()
+                    delays = backoff()
+                    async for text in ws:
+                        self._handle(text)
+                close_reason = "ServerClosed"
+            except asyncio.CancelledError:
+                raise
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                close_reason = type(exc).__name__
+                log.debug("connection to %s lost: %s", self.ws_url, exc)
+            finally:
+                self._ws = None
+                self._connected.clear()
+                for event in self.protocol.on_disconnect():
+                    self._dispatch(event)
+            if self._fatal is not None or self.state is State.CLOSED:
+                break
+            self.state = State.DISCONNECTED
+            self.reconnects += 1
+            await asyncio.sleep(next(delays))
+
+    def _handle(self, text: str | bytes) -> None:
+        for event in self.protocol.receive(text):
+            self._dispatch(event)
+
+    def _dispatch(self, event: object) -> None:
+        if isinstance(event, QueriesUpdated):
+            for query_id in event.query_ids:
+                result = self.protocol.results.get(query_id)
+                if result is not None:
+                    for queue in self._watchers.get(query_id, ()):
+                        _put_latest(queue, result)
+        elif isinstance(event, RequestFinished):
+            future = self._pending.pop(event.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(event.response)
+        elif isinstance(event, AuthRejected):
+            self._fail_all(AuthenticationError(event.error))
+        elif isinstance(event, ServerFatal):
+            self._fatal = FunctionError(f"server closed the connection: {event.error}")
+            self._fail_all(self._fatal)
+
+    def _fail_all(self, error: RippleClientError) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        for queues in self._watchers.values():
+            for queue in queues:
+                _put_latest(queue, QueryResult(False, error_message=str(error)))
+
+    async def _send(self, message: dict[str, Any] | None) -> None:
+        if message is not None and self._ws is not None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await self._ws.send(_dumps(message))
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def set_auth(self, token: str | None) -> None:
+        """Use `token` (a JWT) for this and future connections; None signs out."""
+        message = self.protocol.set_auth(token)
+        if message is not None:
+            asyncio.get_running_loop().create_task(self._send(message))
+
+    async def mutation(self, path: str, args: dict[str, Any] | None = None) -> Any:
+        """Run a mutation; returns once its effects are visible to this client's queries."""
+        return await self._request("Mutation", path, args or {})
+
+    async def action(self, path: str, args: dict[str, Any] | None = None) -> Any:
+        return await self._request("Action", path, args or {})
+
+    async def _request(self, kind: str, path: str, args: dict[str, Any]) -> Any:
+        self.start()
+        request_id, message = self.protocol.request(kind, path, args)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        await self._send(message)
+        response = await future
+        if not response.get("success"):
+            raise _error_from(response)
+        return from_convex_json(response.get("result"))
+
+    async def query(self, path: str, args: dict[str, Any] | None = None) -> Any:
+        """The current result of a query (subscribes until the first result arrives)."""
+        async for value in self.subscribe(path, args):
+            return value
+        raise ConnectionLost("subscription ended")  # pragma: no cover
+
+    async def subscribe(self, path: str, args: dict[str, Any] | None = None) -> AsyncIterator[Any]:
+        """Yield the query's result now and after every change; raises ConvexError or
+        FunctionError if the query fails. Stop iterating to unsubscribe."""
+        self.start()
+        query_id, message, _ = self.protocol.subscribe(path, args or {})
+        queue: asyncio.Queue[QueryResult] = asyncio.Queue(maxsize=1)
+        self._watchers.setdefault(query_id, set()).add(queue)
+        await self._send(message)
+        current = self.protocol.results.get(query_id)
+        if current is not None:
+            _put_latest(queue, current)
+        try:
+            while True:
+                result = await queue.get()
+                yield _query_value(result)
+        finally:
+            watchers = self._watchers.get(query_id, set())
+            watchers.discard(queue)
+            if not watchers:
+                self._watchers.pop(query_id, None)
+                await self._send(self.protocol.unsubscribe(query_id))
+
+
+def _put_latest(queue: asyncio.Queue[QueryResult], result: QueryResult) -> None:
+    """Keep only the newest result for a slow consumer."""
+    if queue.full():
+        with contextlib.suppress(asyncio.QueueEmpty):
+            queue.get_nowait()
+    queue.put_nowait(result)
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return orjson.dumps(message).decode()

@@ -1,0 +1,110 @@
+"""LISTEN on a dedicated PostgreSQL connection: a hint that the change log advanced.
+
+NOTIFY is never the truth (payloads are capped and a disconnected listener misses them); the
+change log is. So the listener only wakes its owner; after every (re)connect it wakes it too,
+so the owner catches up from the log. While the connection is down the owner polls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Iterator
+from enum import Enum
+from typing import Any
+
+import asyncpg
+
+log = logging.getLogger("ripple.listener")
+
+
+class ListenerState(Enum):
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    STOPPED = "stopped"
+
+
+def reconnect_delays(first: float = 0.05, cap: float = 5.0) -> Iterator[float]:
+    """Exponential backoff with jitter: 50 ms, 100 ms, ... up to `cap` seconds."""
+    delay = first
+    while True:
+        yield delay * random.uniform(0.5, 1.0)
+        delay = min(cap, delay * 2)
+
+
+class Listener:
+    """Keeps one connection LISTENing on `channel`; calls `wake()` on every notification and
+    after every successful (re)connect."""
+
+    def __init__(self, url: str, channel: str, wake: Callable[[], None], server_settings: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.channel = channel
+        self.wake = wake
+        self.server_settings = server_settings or {}
+        self.state = ListenerState.CONNECTING
+        self.reconnects = 0
+        self.backend_pid: int | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is ListenerState.LISTENING
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"ripple-listener-{self.channel}")
+        self._task.add_done_callback(self._crashed)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("listener task died", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        self.state = ListenerState.STOPPED
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self.wake()
+
+    def _on_terminate(self, conn: Any) -> None:
+        self._lost.set()
+
+    async def _run(self) -> None:
+        delays = reconnect_delays()
+        while self.state is not ListenerState.STOPPED:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.url, server_settings={**self.server_settings, "application_name": "ripple-listener"})
+                self._lost.clear()
+                conn.add_termination_listener(self._on_terminate)
+                await conn.add_listener(self.channel, self._on_notify)
+                self.backend_pid = conn.get_server_pid()
+                self.state = ListenerState.LISTENING
+                delays = reconnect_delays()
+                self.wake()  # catch up on whatever happened while we were not listening
+                while not self._lost.is_set():
+                    # Detect half-dead connections: a cheap round trip every few seconds.
+                    try:
+                        await asyncio.wait_for(self._lost.wait(), timeout=5.0)
+                    except TimeoutError:
+                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # connection refused, terminated backend, timeout...
+                if self.state is not ListenerState.STOPPED:
+                    log.warning("listener on %s lost its connection (%s: %s); reconnecting", self.channel, type(exc).__name__, exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            if self.state is ListenerState.STOPPED:
+                return
+            self.state = ListenerState.CONNECTING
+            self.reconnects += 1
+            self.wake()  # the owner falls back to polling until we are back
+            await asyncio.sleep(next(delays))

@@ -1,0 +1,316 @@
+"""Live queries: shared query executions kept valid as commits land.
+
+One `SubscriptionManager` per process. Identical subscriptions (function, arguments, identity,
+pagination journal) share one `SharedQuery`: one execution, one serialized result.
+
+The manager advances in *ticks*. A tick opens one read-only snapshot, reads the change log past
+what it processed (those rows are exactly the commits visible in the snapshot, because a commit
+writes its log row atomically with its data), re-runs in that same snapshot every shared query
+whose read set overlaps a logged write (and every new one), then publishes all new results at
+once together with the snapshot's timestamp. So after each tick every result is valid at one
+ts, and every client's Transition is a consistent state. Queries the commits did not touch are
+not re-run: their results stay valid at the new ts.
+
+Ticks are woken by the commit listener (NOTIFY), by new subscriptions, by local mutations, and
+by a poll timer (fast when the listener is down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import bisect
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from server.core import sql
+from server.core.documents import ReadRange
+from server.core.executor import FunctionFailure, Identity, QueryRun, Runtime
+from server.core.listener import Listener, reconnect_delays
+from server.core.registry import FunctionDef
+from server.core.values import from_convex_json, to_convex_json
+from server.errors import RippleUsageError
+
+log = logging.getLogger("ripple.subscriptions")
+
+MAX_COMMITS_PER_TICK = 5_000
+POLL_WHEN_LISTENING = 5.0
+POLL_WHEN_DOWN = 0.5
+PRUNE_EVERY = 60.0
+COMMIT_LOG_RETENTION_S = 3600.0
+MUTATION_RESULT_RETENTION_S = 86_400.0
+
+
+class Subscriber(Protocol):
+    def notify(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """What a client receives for a query: QueryUpdated or QueryFailed."""
+
+    ok: bool
+    value: Any  # convex_encoded_json
+    log_lines: tuple[str, ...]
+    journal: str | None
+    error_message: str | None = None
+    error_data: Any = None
+    has_error_data: bool = False
+    digest: bytes = b""
+
+    @staticmethod
+    def of(run: QueryRun) -> QueryResult:
+        if run.failure is None:
+            value = to_convex_json(run.value)
+            body: Any = ["ok", value, run.log_lines, run.journal]
+            return QueryResult(True, value, tuple(run.log_lines), run.journal, digest=_digest(body))
+        return QueryResult.failed(run.failure, run.journal)
+
+    @staticmethod
+    def failed(failure: FunctionFailure, journal: str | None = None) -> QueryResult:
+        body = ["err", failure.message, failure.data if failure.has_data else None, failure.log_lines, journal]
+        return QueryResult(
+            False, None, tuple(failure.log_lines), journal, failure.message, failure.data, failure.has_data, _digest(body)
+        )
+
+
+def _digest(body: Any) -> bytes:
+    return hashlib.blake2b(orjson.dumps(body), digest_size=16).digest()
+
+
+SubKey = tuple[str, bytes, bytes, str | None]
+
+
+@dataclass(eq=False)
+class SharedQuery:
+    key: SubKey
+    path: str
+    args: Any  # decoded argument object
+    identity: Identity | None
+    journal: str | None
+    subscribers: set[Subscriber] = field(default_factory=set)
+    reads: list[ReadRange] = field(default_factory=list)
+    result: QueryResult | None = None
+    stale: bool = True
+    executions: int = 0
+
+
+def subscription_key(path: str, args_json: Any, identity: Identity | None, journal: str | None) -> SubKey:
+    args_key = orjson.dumps(args_json, option=orjson.OPT_SORT_KEYS)
+    identity_key = orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS) if identity is not None else b""
+    return (path, args_key, identity_key, journal)
+
+
+class _WriteIndex:
+    """The keys a batch of commits wrote, sorted per (table, index), for range look-ups."""
+
+    def __init__(self, writes: Iterable[dict[str, Any]]) -> None:
+        keys: dict[tuple[str, str], list[bytes]] = {}
+        for w in writes:
+            table = w["table"]
+            keys.setdefault((table, "by_id"), []).append(w["id"].encode())
+            for side in ("old", "new"):
+                for index, encoded in (w.get(side) or {}).items():
+                    keys.setdefault((table, index), []).append(base64.b64decode(encoded))
+        self.keys = {k: sorted(v) for k, v in keys.items()}
+
+    def touches(self, reads: Iterable[ReadRange]) -> bool:
+        for r in reads:
+            keys = self.keys.get((r.table, r.index))
+            if keys:
+                i = bisect.bisect_left(keys, r.lo)
+                if i < len(keys) and keys[i] < r.hi:
+                    return True
+        return False
+
+
+class SubscriptionManager:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.queries: dict[SubKey, SharedQuery] = {}
+        self.current_ts = 0  # every non-stale result is valid at this ts
+        self.ticks = 0
+        self._processed_ts = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: Listener | None = None
+        self._ts_waiters: set[Subscriber] = set()
+        self._last_prune = 0.0
+        self._stopping = False
+        runtime.on_reload.append(self._functions_reloaded)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._processed_ts = self.current_ts = await self.runtime.latest_ts()
+        db = self.runtime.db
+        self._listener = Listener(db.url, db.channel, self.trigger, {"search_path": db.namespace})
+        self._listener.start()
+        self._task = asyncio.create_task(self._loop(), name="ripple-subscriptions")
+        self._task.add_done_callback(self._crashed)
+
+    def _crashed(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("the live-query loop died; subscriptions are no longer updated", exc_info=task.exception())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._listener is not None:
+            await self._listener.stop()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def listener(self) -> Listener | None:
+        return self._listener
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def subscribe(self, path: str, args_json: Any, identity: Identity | None, journal: str | None, subscriber: Subscriber) -> SharedQuery:
+        try:
+            canonical = self.runtime.app.registry.path_of(path)
+        except RippleUsageError:
+            canonical = path
+        key = subscription_key(canonical, args_json, identity, journal)
+        sq = self.queries.get(key)
+        if sq is None:
+            sq = SharedQuery(key, canonical, args_json, identity, journal)
+            self.queries[key] = sq
+            self.trigger()
+        sq.subscribers.add(subscriber)
+        return sq
+
+    def unsubscribe(self, sq: SharedQuery, subscriber: Subscriber) -> None:
+        sq.subscribers.discard(subscriber)
+        if not sq.subscribers and self.queries.get(sq.key) is sq:
+            del self.queries[sq.key]
+
+    def wait_for_ts(self, subscriber: Subscriber) -> None:
+        """Wake `subscriber` after the next tick (it awaits a mutation's ts)."""
+        self._ts_waiters.add(subscriber)
+        self.trigger()
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(sq.subscribers) for sq in self.queries.values())
+
+    def _functions_reloaded(self) -> None:
+        for sq in self.queries.values():
+            sq.stale = True
+        self.trigger()
+
+    # -- the tick loop ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        delays = reconnect_delays(first=0.05, cap=2.0)
+        while not self._stopping:
+            listening = self._listener is not None and self._listener.healthy
+            try:
+                await asyncio.wait_for(self._wake.wait(), POLL_WHEN_LISTENING if listening else POLL_WHEN_DOWN)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._tick()
+                await self._maybe_prune()
+                delays = reconnect_delays(first=0.05, cap=2.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("live-query tick failed; retrying")
+                await asyncio.sleep(next(delays))
+                self.trigger()
+
+    async def _tick(self) -> None:
+        runtime = self.runtime
+        new_results: list[tuple[SharedQuery, QueryRun | QueryResult]] = []
+        async with runtime.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(sql.COMMITS_AFTER, self._processed_ts, MAX_COMMITS_PER_TICK + 1)
+            pruned_through = await conn.fetchval(sql.PRUNED_THROUGH)
+            everything = len(rows) > MAX_COMMITS_PER_TICK or (
+                pruned_through is not None and self._processed_ts < int(pruned_through)
+            )
+            if everything:  # too much to compare: re-run all at the snapshot's ts
+                snapshot_ts = int(await conn.fetchval(sql.LATEST_TS))
+            else:
+                snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
+            if everything:
+                affected = set(self.queries.values())
+            elif rows:
+                index = _WriteIndex(w for r in rows for w in r["writes"])
+                affected = {sq for sq in self.queries.values() if not sq.stale and index.touches(sq.reads)}
+            else:
+                affected = set()
+            to_run = [sq for sq in list(self.queries.values()) if sq.stale or sq in affected]
+            for sq in to_run:
+                outcome = await self._execute(conn, sq)
+                new_results.append((sq, outcome))
+                if isinstance(outcome, QueryRun) and outcome.broken:
+                    raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
+        # Publish everything at once: no client can observe a half-applied tick.
+        changed: set[Subscriber] = set()
+        for sq, outcome in new_results:
+            sq.executions += 1
+            if isinstance(outcome, QueryRun):
+                if not self.runtime.config.dev:  # production: function logs stay in the server log
+                    for line in outcome.log_lines:
+                        log.info("function log (%s): %s", sq.path, line)
+                    outcome.log_lines = []
+                    if outcome.failure is not None:
+                        outcome.failure.log_lines = []
+                result = QueryResult.of(outcome)
+                sq.reads = outcome.reads
+            else:
+                result = outcome
+                sq.reads = []
+            if result.journal is not None and result.journal != sq.journal:
+                pinned: SubKey = (*sq.key[:3], result.journal)
+                if self.queries.get(sq.key) is sq and pinned not in self.queries:
+                    # A first page is now pinned to where it ended; a later subscriber asking
+                    # for a first page gets its own execution.
+                    del self.queries[sq.key]
+                    sq.key = pinned
+                    self.queries[pinned] = sq
+                sq.journal = result.journal
+            if sq.result is None or sq.result.digest != result.digest:
+                changed |= sq.subscribers
+            sq.result = result
+            sq.stale = False
+        self._processed_ts = snapshot_ts
+        self.current_ts = max(self.current_ts, snapshot_ts)
+        self.ticks += 1
+        waiters, self._ts_waiters = self._ts_waiters, set()
+        for subscriber in changed | waiters:
+            subscriber.notify()
+
+    async def _execute(self, conn: Any, sq: SharedQuery) -> QueryRun | QueryResult:
+        runtime = self.runtime
+        try:
+            fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=False)
+            kwargs = fn.validate_args(from_convex_json(sq.args))
+        except RippleUsageError as exc:
+            return QueryResult.failed(FunctionFailure(str(exc), []), sq.journal)
+        return await runtime.execute_query(conn, fn, kwargs, sq.identity, sq.journal)
+
+    async def _maybe_prune(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        cutoff_ns = int((time.time() - COMMIT_LOG_RETENTION_S) * 1e9)
+        async with self.runtime.db.acquire() as conn:
+            await conn.execute(sql.PRUNE_COMMITS, cutoff_ns)
+            await conn.execute(sql.PRUNE_MUTATION_RESULTS, MUTATION_RESULT_RETENTION_S)

@@ -1,0 +1,304 @@
+"""The Convex sync protocol, server side, as a sans-I/O state machine.
+
+`SyncSession` is fed client messages (`receive`) and tells the transport what work to start
+(`Request`s); it is asked for the messages to send (`transition`, `mutation_response`, ...).
+It never touches sockets, the database or the clock, so it is unit-tested message in / message
+out. The websocket route (server/api/sync_ws.py) only pumps bytes and runs the requests.
+
+Versions: per connection the client starts at {querySet: 0, identity: 0, ts: 0}; every
+Transition's startVersion is exactly the previous endVersion (the client throws otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from server.core.subscriptions import QueryResult
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol: answer with FatalError and close."""
+
+
+@dataclass(frozen=True)
+class Version:
+    query_set: int = 0
+    identity: int = 0
+    ts: int = 0
+
+    def encode(self) -> dict[str, Any]:
+        return {"querySet": self.query_set, "identity": self.identity, "ts": encode_ts(self.ts)}
+
+
+def encode_ts(ts: int) -> str:
+    return base64.b64encode(struct.pack("<Q", ts)).decode()
+
+
+def decode_ts(raw: Any, what: str) -> int:
+    if not isinstance(raw, str):
+        raise ProtocolError(f"{what} must be a base64-encoded u64")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except ValueError as exc:
+        raise ProtocolError(f"{what} is not valid base64") from exc
+    if len(data) != 8:
+        raise ProtocolError(f"{what} must encode 8 bytes")
+    return int(struct.unpack("<Q", data)[0])
+
+
+@dataclass
+class ClientQuery:
+    query_id: int
+    udf_path: str
+    args: Any  # the argument object, convex_encoded_json
+    journal: str | None
+
+
+# -- what the transport must do -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuerySetChanged:
+    """Reconcile subscriptions with `session.queries`."""
+
+
+@dataclass(frozen=True)
+class RunMutation:
+    request_id: int
+    udf_path: str
+    args: Any
+
+
+@dataclass(frozen=True)
+class RunAction:
+    request_id: int
+    udf_path: str
+    args: Any
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    token_type: str  # "User" | "Admin" | "None"
+    value: str | None
+
+
+Request = QuerySetChanged | RunMutation | RunAction | Authenticate
+
+
+def _int(message: dict[str, Any], key: str) -> int:
+    value = message.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"{message.get('type')}.{key} must be a non-negative integer")
+    return value
+
+
+def _args(message: dict[str, Any]) -> Any:
+    args = message.get("args")
+    if not (isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict)):
+        raise ProtocolError(f"{message.get('type')}.args must be a one-element array holding an object")
+    return args[0]
+
+
+def _path(message: dict[str, Any]) -> str:
+    path = message.get("udfPath")
+    if not isinstance(path, str) or not path:
+        raise ProtocolError(f"{message.get('type')}.udfPath must be a non-empty string")
+    return path
+
+
+class SyncSession:
+    """The protocol state of one websocket connection."""
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+        self.connection_count = 0
+        self.max_observed_ts = 0
+        self.query_set_version = 0
+        self.identity_version = 0
+        self.queries: dict[int, ClientQuery] = {}
+        self.sent = Version()
+        self._sent_digests: dict[int, bytes] = {}
+        self.awaiting_ts = 0  # a successful mutation's ts the client still waits to see
+
+    @property
+    def connected(self) -> bool:
+        return self.session_id is not None
+
+    # -- client -> server ---------------------------------------------------------------------
+
+    def receive(self, text: str | bytes) -> list[Request]:
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError(f"message is not valid JSON: {exc}") from exc
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ProtocolError("message must be a JSON object with a string `type`")
+        kind = message["type"]
+        if kind == "Connect":
+            return self._connect(message)
+        if not self.connected:
+            raise ProtocolError(f"{kind} received before Connect")
+        if kind == "ModifyQuerySet":
+            return self._modify_query_set(message)
+        if kind == "Mutation":
+            return [RunMutation(_int(message, "requestId"), _path(message), _args(message))]
+        if kind == "Action":
+            return [RunAction(_int(message, "requestId"), _path(message), _args(message))]
+        if kind == "Authenticate":
+            return self._authenticate(message)
+        if kind == "Event":
+            return []
+        raise ProtocolError(f"unknown message type {kind!r}")
+
+    def _connect(self, message: dict[str, Any]) -> list[Request]:
+        if self.connected:
+            raise ProtocolError("Connect sent twice on one connection")
+        session_id = message.get("sessionId")
+        if not isinstance(session_id, str) or not 0 < len(session_id) <= 128:
+            raise ProtocolError("Connect.sessionId must be a non-empty string")
+        self.connection_count = _int(message, "connectionCount") if "connectionCount" in message else 0
+        observed = message.get("maxObservedTimestamp")
+        if observed is not None:
+            self.max_observed_ts = decode_ts(observed, "Connect.maxObservedTimestamp")
+        self.session_id = session_id
+        return []
+
+    def _modify_query_set(self, message: dict[str, Any]) -> list[Request]:
+        base, new = _int(message, "baseVersion"), _int(message, "newVersion")
+        if base != self.query_set_version:
+            raise ProtocolError(f"ModifyQuerySet baseVersion {base} does not match the query set version {self.query_set_version}")
+        if new != base + 1:
+            raise ProtocolError(f"ModifyQuerySet newVersion must be {base + 1}, not {new}")
+        modifications = message.get("modifications")
+        if not isinstance(modifications, list):
+            raise ProtocolError("ModifyQuerySet.modifications must be an array")
+        queries = dict(self.queries)
+        for mod in modifications:
+            if not isinstance(mod, dict):
+                raise ProtocolError("each query set modification must be an object")
+            query_id = _int(mod, "queryId")
+            if mod.get("type") == "Add":
+                if query_id in queries:
+                    raise ProtocolError(f"query {query_id} added twice")
+                journal = mod.get("journal")
+                if journal is not None and not isinstance(journal, str):
+                    raise ProtocolError("Add.journal must be a string or null")
+                if mod.get("componentPath"):
+                    raise ProtocolError("components are not supported (Add.componentPath)")
+                queries[query_id] = ClientQuery(query_id, _path(mod), _args(mod), journal)
+            elif mod.get("type") == "Remove":
+                if query_id not in queries:
+                    raise ProtocolError(f"query {query_id} removed but not in the query set")
+                del queries[query_id]
+            else:
+                raise ProtocolError(f"unknown query set modification {mod.get('type')!r}")
+        self.queries = queries
+        self.query_set_version = new
+        return [QuerySetChanged()]
+
+    def _authenticate(self, message: dict[str, Any]) -> list[Request]:
+        base = _int(message, "baseVersion")
+        if base != self.identity_version:
+            raise ProtocolError(f"Authenticate baseVersion {base} does not match the identity version {self.identity_version}")
+        token_type = message.get("tokenType")
+        if token_type not in ("User", "Admin", "None"):
+            raise ProtocolError("Authenticate.tokenType must be User, Admin or None")
+        value = message.get("value")
+        if token_type != "None" and not isinstance(value, str):
+            raise ProtocolError("Authenticate.value must be the token string")
+        return [Authenticate(token_type, value if token_type != "None" else None)]
+
+    # -- server -> client ---------------------------------------------------------------------
+
+    def identity_changed(self) -> None:
+        """The transport accepted an Authenticate: the next Transition confirms it."""
+        self.identity_version += 1
+
+    def auth_error(self, error: str) -> dict[str, Any]:
+        return {"type": "AuthError", "error": error, "baseVersion": self.identity_version, "authUpdateAttempted": True}
+
+    @staticmethod
+    def fatal_error(error: str) -> dict[str, Any]:
+        return {"type": "FatalError", "error": error}
+
+    @staticmethod
+    def ping() -> dict[str, Any]:
+        return {"type": "Ping"}
+
+    def mutation_response(self, request_id: int, result: FunctionResult) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "MutationResponse", "requestId": request_id, "success": result.success,
+                                   "result": result.payload, "logLines": list(result.log_lines)}
+        if result.success:
+            assert result.ts is not None
+            message["ts"] = encode_ts(result.ts)
+            self.awaiting_ts = max(self.awaiting_ts, result.ts)
+        elif result.has_error_data:
+            message["errorData"] = result.error_data
+        return message
+
+    @staticmethod
+    def action_response(request_id: int, result: FunctionResult) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "ActionResponse", "requestId": request_id, "success": result.success,
+                                   "result": result.payload, "logLines": list(result.log_lines)}
+        if not result.success and result.has_error_data:
+            message["errorData"] = result.error_data
+        return message
+
+    def transition(self, ts: int, result_of: Callable[[int], QueryResult | None]) -> dict[str, Any] | None:
+        """The next Transition to ts, or None when there is nothing to tell the client yet.
+
+        `result_of(query_id)` gives each current query's result valid at `ts`, or None when it
+        is not computed yet (then no Transition: all queries move together)."""
+        if not self.connected or ts < self.max_observed_ts or ts < self.sent.ts:
+            return None
+        results: dict[int, QueryResult] = {}
+        for query_id in self.queries:
+            result = result_of(query_id)
+            if result is None:
+                return None
+            results[query_id] = result
+        target = Version(self.query_set_version, self.identity_version, ts)
+        modifications: list[dict[str, Any]] = []
+        for query_id, result in results.items():
+            if self._sent_digests.get(query_id) == result.digest:
+                continue
+            if result.ok:
+                modifications.append({"type": "QueryUpdated", "queryId": query_id, "value": result.value,
+                                      "logLines": list(result.log_lines), "journal": result.journal})
+            else:
+                failed: dict[str, Any] = {"type": "QueryFailed", "queryId": query_id, "errorMessage": result.error_message,
+                                          "logLines": list(result.log_lines), "journal": result.journal}
+                if result.has_error_data:
+                    failed["errorData"] = result.error_data
+                modifications.append(failed)
+        for query_id in self._sent_digests.keys() - results.keys():
+            modifications.append({"type": "QueryRemoved", "queryId": query_id})
+        versions_moved = (target.query_set, target.identity) != (self.sent.query_set, self.sent.identity)
+        owes_mutation = self.awaiting_ts > self.sent.ts and ts >= self.awaiting_ts
+        if not modifications and not versions_moved and not owes_mutation:
+            return None
+        message = {"type": "Transition", "startVersion": self.sent.encode(), "endVersion": target.encode(),
+                   "modifications": modifications}
+        self.sent = target
+        self._sent_digests = {query_id: result.digest for query_id, result in results.items()}
+        return message
+
+
+@dataclass(frozen=True)
+class FunctionResult:
+    """A mutation's or action's outcome, ready for the wire."""
+
+    success: bool
+    payload: Any  # the value (convex_encoded_json) on success, the error message otherwise
+    log_lines: tuple[str, ...] = ()
+    ts: int | None = None
+    error_data: Any = None
+    has_error_data: bool = False

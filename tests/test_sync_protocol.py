@@ -1,0 +1,171 @@
+"""The sync protocol state machines, message in / message out (no sockets, no database)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from client_sdk.protocol import ClientProtocol, QueriesUpdated, RequestFinished
+from server.core.subscriptions import QueryResult
+from server.sync.protocol import (
+    Authenticate,
+    FunctionResult,
+    ProtocolError,
+    QuerySetChanged,
+    RunAction,
+    RunMutation,
+    SyncSession,
+    decode_ts,
+    encode_ts,
+)
+
+
+def send(session: SyncSession, message: dict[str, Any]) -> list[Any]:
+    return session.receive(orjson.dumps(message))
+
+
+def connected() -> SyncSession:
+    s = SyncSession()
+    assert send(s, {"type": "Connect", "sessionId": "s1", "connectionCount": 0, "lastCloseReason": "InitialConnect", "clientTs": 1}) == []
+    return s
+
+
+def ok(value: Any, digest: bytes = b"") -> QueryResult:
+    return QueryResult(True, value, (), None, digest=digest or orjson.dumps(value))
+
+
+def test_ts_encoding_round_trips() -> None:
+    for ts in (0, 1, 2**63, 1795871929506422900):
+        assert decode_ts(encode_ts(ts), "ts") == ts
+
+
+def test_query_set_and_transitions_chain_versions() -> None:
+    s = connected()
+    reqs = send(s, {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+        {"type": "Add", "queryId": 0, "udfPath": "a:b", "args": [{"x": 1}]},
+        {"type": "Add", "queryId": 1, "udfPath": "a:c", "args": [{}]},
+    ]})
+    assert reqs == [QuerySetChanged()]
+    results: dict[int, QueryResult] = {0: ok(1)}
+    assert s.transition(10, results.get) is None  # query 1 not computed yet: nothing partial
+    results[1] = ok("x")
+    t1 = s.transition(10, results.get)
+    assert t1 is not None
+    assert t1["startVersion"] == {"querySet": 0, "identity": 0, "ts": encode_ts(0)}
+    assert t1["endVersion"] == {"querySet": 1, "identity": 0, "ts": encode_ts(10)}
+    assert {m["queryId"]: m["value"] for m in t1["modifications"]} == {0: 1, 1: "x"}
+    # Same results at a later ts: nothing to send.
+    assert s.transition(20, results.get) is None
+    results[0] = ok(2)
+    t2 = s.transition(30, results.get)
+    assert t2 is not None and t2["startVersion"] == t1["endVersion"]
+    assert [m["queryId"] for m in t2["modifications"]] == [0]
+    # Time never goes backwards.
+    results[0] = ok(3)
+    assert s.transition(25, results.get) is None
+    send(s, {"type": "ModifyQuerySet", "baseVersion": 1, "newVersion": 2, "modifications": [{"type": "Remove", "queryId": 1}]})
+    t3 = s.transition(40, results.get)
+    assert t3 is not None
+    mods = {m["type"] for m in t3["modifications"]}
+    assert mods == {"QueryUpdated", "QueryRemoved"} and t3["endVersion"]["querySet"] == 2
+
+
+def test_mutation_response_then_transition_covering_its_ts() -> None:
+    s = connected()
+    assert send(s, {"type": "Mutation", "requestId": 0, "udfPath": "m:inc", "args": [{}]}) == [RunMutation(0, "m:inc", {})]
+    response = s.mutation_response(0, FunctionResult(True, 5, ("[LOG] hi",), ts=100))
+    assert response["ts"] == encode_ts(100) and response["result"] == 5 and response["success"]
+    assert s.transition(99, {}.get) is None  # not there yet
+    t = s.transition(100, {}.get)
+    assert t is not None and t["modifications"] == [] and t["endVersion"]["ts"] == encode_ts(100)
+    failed = s.mutation_response(1, FunctionResult(False, "boom", error_data={"c": 1}, has_error_data=True))
+    assert failed["errorData"] == {"c": 1} and "ts" not in failed
+
+
+def test_failed_query_carries_error_data() -> None:
+    s = connected()
+    send(s, {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+        {"type": "Add", "queryId": 7, "udfPath": "a:b", "args": [{}]}]})
+    failed = QueryResult(False, None, ("[ERROR] x",), None, "Uncaught ConvexError", {"code": 1}, True, b"d")
+    t = s.transition(5, {7: failed}.get)
+    assert t is not None
+    (mod,) = t["modifications"]
+    assert mod["type"] == "QueryFailed" and mod["errorData"] == {"code": 1} and mod["logLines"] == ["[ERROR] x"]
+
+
+def test_actions_events_and_authenticate() -> None:
+    s = connected()
+    assert send(s, {"type": "Action", "requestId": 3, "udfPath": "a:x", "args": [{"k": 1}]}) == [RunAction(3, "a:x", {"k": 1})]
+    assert send(s, {"type": "Event", "eventType": "x", "event": {}}) == []
+    assert send(s, {"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": "jwt"}) == [Authenticate("User", "jwt")]
+    s.identity_changed()
+    t = s.transition(1, {}.get)
+    assert t is not None and t["endVersion"]["identity"] == 1  # confirms the new identity
+    assert s.auth_error("bad")["baseVersion"] == 1
+
+
+@pytest.mark.parametrize(
+    ("messages", "fragment"),
+    [
+        ([b"not json"], "not valid JSON"),
+        ([{"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": []}], "before Connect"),
+        (["connect", {"type": "ModifyQuerySet", "baseVersion": 3, "newVersion": 4, "modifications": []}], "baseVersion 3"),
+        (["connect", {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 5, "modifications": []}], "newVersion must be 1"),
+        (["connect", {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [{"type": "Remove", "queryId": 1}]}], "not in the query set"),
+        (["connect", {"type": "Mutation", "requestId": 0, "udfPath": "a:b", "args": {"x": 1}}], "one-element array"),
+        (["connect", {"type": "Mutation", "requestId": -1, "udfPath": "a:b", "args": [{}]}], "non-negative integer"),
+        (["connect", {"type": "Authenticate", "baseVersion": 4, "tokenType": "None"}], "identity version"),
+        (["connect", {"type": "Bogus"}], "unknown message type"),
+        (["connect", "connect"], "Connect sent twice"),
+        ([{"type": "Connect"}], "sessionId"),
+    ],
+)
+def test_protocol_errors(messages: list[Any], fragment: str) -> None:
+    s = SyncSession()
+    with pytest.raises(ProtocolError, match=fragment):
+        for m in messages:
+            if m == "connect":
+                m = {"type": "Connect", "sessionId": "s", "connectionCount": 0}
+            s.receive(m if isinstance(m, bytes) else orjson.dumps(m))
+
+
+def test_client_and_server_sessions_agree() -> None:
+    """Drive our client state machine against the server one, in memory."""
+    client, server = ClientProtocol(), SyncSession()
+    for message in client.on_connect():
+        server.receive(orjson.dumps(message))
+    query_id, add, new = client.subscribe("c:get", {"n": "a"})
+    assert new and add is not None
+    assert server.receive(orjson.dumps(add)) == [QuerySetChanged()]
+    assert client.subscribe("c:get", {"n": "a"})[0] == query_id  # identical queries share one id
+    results = {query_id: ok(1)}
+    events = client.receive(orjson.dumps(server.transition(5, results.get)))
+    assert events == [QueriesUpdated(frozenset({query_id}))] and client.results[query_id].value == 1
+    request_id, mutation = client.request("Mutation", "c:inc", {"n": "a"})
+    assert mutation is not None
+    (run,) = server.receive(orjson.dumps(mutation))
+    assert isinstance(run, RunMutation)
+    assert client.receive(orjson.dumps(server.mutation_response(request_id, FunctionResult(True, 2, ts=9)))) == []
+    results[query_id] = ok(2)
+    events = client.receive(orjson.dumps(server.transition(9, results.get)))
+    assert RequestFinished(request_id, {"type": "MutationResponse", "requestId": request_id, "success": True,
+                                        "result": 2, "logLines": [], "ts": encode_ts(9)}) in events
+    # Reconnect: the whole query set is re-added 0 -> 1, with journals.
+    client.on_disconnect()
+    resend = client.on_connect("ServerClosed")
+    assert [m["type"] for m in resend] == ["Connect", "ModifyQuerySet"]
+    assert resend[1]["baseVersion"] == 0 and resend[1]["modifications"][0]["queryId"] == query_id
+    assert resend[0]["maxObservedTimestamp"] == encode_ts(9)
+
+
+def test_client_resends_unconfirmed_mutations_and_fails_actions() -> None:
+    client = ClientProtocol()
+    client.on_connect()
+    m_id, _ = client.request("Mutation", "c:inc", {})
+    a_id, _ = client.request("Action", "c:act", {})
+    events = client.on_disconnect()
+    assert [e.request_id for e in events if isinstance(e, RequestFinished)] == [a_id]
+    resend = client.on_connect("Lost")
+    assert [m.get("requestId") for m in resend if m["type"] == "Mutation"] == [m_id]
