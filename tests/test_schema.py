@@ -6,7 +6,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from server import Schema, Table
 from server.errors import SchemaError
@@ -134,3 +134,59 @@ async def test_function_exported_under_two_names_keeps_its_first_path(tmp_path: 
         assert fn.path == "mod:get" and registry.path_of(fn) == "mod:get"
         assert (await rt.call("query", "mod:alias", {})).value == "got"
         assert (await rt.call("query", "mod:get", {})).value == "got"
+
+
+ALIASED_FUNCTIONS = FUNCTIONS + '''
+@mutation
+async def patch(ctx, id: str, fields: dict) -> dict:
+    await ctx.db.patch(id, fields)
+    return await ctx.db.get(id)
+'''
+
+
+def write_aliased_app(app: Path, extra_field: str = "") -> None:
+    (app / "functions").mkdir(parents=True, exist_ok=True)
+    (app / "functions" / "people.py").write_text(ALIASED_FUNCTIONS)
+    (app / "schema.py").write_text(
+        "from pydantic import BaseModel, ConfigDict, Field\nfrom pydantic.alias_generators import to_camel\n"
+        "from server import Schema, Table\n\n"
+        "class Address(BaseModel):\n    model_config = ConfigDict(alias_generator=to_camel)\n    zip_code: str\n\n"
+        "class Person(BaseModel):\n    name: str\n    camel_name: str = Field(alias='camelName')\n"
+        f"    home: Address | None = None\n{extra_field}\n"
+        "schema = Schema(people=Table(Person, indexes={'by_camel': ['camelName']}))\n"
+    )
+
+
+async def test_aliased_fields_are_stored_by_alias_and_validate_again(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    write_aliased_app(app)
+    async with open_runtime(app, namespace) as rt:
+        ann = (await rt.call("mutation", "people:add", {"doc": {"name": "ann", "camelName": "A", "home": {"zipCode": "1"}}})).value
+        # The Python field name is accepted on input too; either way the alias is stored.
+        bob = (await rt.call("mutation", "people:add", {"doc": {"name": "bob", "camel_name": "B"}})).value
+        doc = (await rt.call("mutation", "people:patch", {"id": ann, "fields": {"name": "anne"}})).value
+        assert {k: doc[k] for k in ("name", "camelName", "home")} == {"name": "anne", "camelName": "A", "home": {"zipCode": "1"}}
+        doc = (await rt.call("mutation", "people:patch", {"id": bob, "fields": {"home": {"zipCode": "2"}}})).value
+        assert doc["camelName"] == "B" and doc["home"] == {"zipCode": "2"} and "camel_name" not in doc
+        assert (await rt.call("query", "people:by", {"index": "by_camel", "field": "camelName", "value": "B"})).value == ["bob"]
+        # A model change re-validates every stored document: the stored (aliased) form passes.
+        write_aliased_app(app, "    email: str | None = None\n")
+        await rt.load()
+        assert (await rt.call("mutation", "people:patch", {"id": bob, "fields": {"email": "b@x"}})).value["email"] == "b@x"
+
+
+def test_alias_mistakes_are_schema_errors() -> None:
+    class Aliased(BaseModel):
+        camel_name: str = Field(alias="camelName")
+
+    with pytest.raises(SchemaError, match="field 'camel_name' is not in model Aliased \\(it is stored as 'camelName'\\)"):
+        Schema(t=Table(Aliased, indexes={"by_c": ["camel_name"]}))
+
+    class Inner(BaseModel):
+        x: int = Field(serialization_alias="y")
+
+    class Outer(BaseModel):
+        inner: list[Inner]
+
+    with pytest.raises(SchemaError, match=r"Inner\.x would be stored as 'y'"):
+        Schema(t=Table(Outer))

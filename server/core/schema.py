@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 
 from server.core.values import to_convex_json
 from server.errors import DocumentValidationError, SchemaError, ValueValidationError
@@ -44,6 +45,43 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def stored_name(name: str, info: FieldInfo) -> str:
+    """The key a model field is stored under: documents are dumped by alias."""
+    return info.serialization_alias or name
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for arg in get_args(annotation):
+        yield from _models_in(arg)
+
+
+def _check_aliases(model: type[BaseModel], table: str, top: bool, seen: set[type[BaseModel]]) -> None:
+    """Refuse fields whose stored key (serialization alias) would not validate again."""
+    if model in seen:
+        return
+    seen.add(model)
+    config = model.model_config
+    by_name = top or bool(config.get("populate_by_name") or config.get("validate_by_name"))
+    for name, info in model.model_fields.items():
+        accepted = {name}
+        alias = info.validation_alias
+        if alias is not None:
+            accepted = {name} if by_name else set()
+            choices = alias.choices if isinstance(alias, AliasChoices) else [alias]
+            accepted.update(c for c in choices if isinstance(c, str))
+        stored = stored_name(name, info)
+        if stored not in accepted:
+            raise SchemaError(
+                f"table {table}: field {model.__name__}.{name} would be stored as {stored!r} but "
+                f"validated from {sorted(accepted)}; give it a single `alias=` instead"
+            )
+        for nested in _models_in(info.annotation):
+            _check_aliases(nested, table, False, seen)
+
+
 @dataclass
 class Table:
     """A table of documents validated by `model` (None: any object), with named indexes.
@@ -70,8 +108,15 @@ class Table:
             if not (isinstance(self.model, type) and issubclass(self.model, BaseModel)):
                 raise SchemaError(f"table {name}: model must be a pydantic BaseModel subclass")
             base = self.model
-            config = ConfigDict(**{**base.model_config, "extra": "forbid"})
+            _check_aliases(base, name, True, set())
+            # Stored documents are keyed by alias; accept field names as well on input.
+            config = ConfigDict(**{**base.model_config, "extra": "forbid", "populate_by_name": True})
             self._strict = type(f"{base.__name__}Document", (base,), {"model_config": config})
+        stored_names = (
+            {stored_name(n, i): n for n, i in self.model.model_fields.items()}
+            if self.model is not None
+            else {}
+        )
         for index_name, fields in self.indexes.items():
             if not NAME_RE.match(index_name):
                 raise SchemaError(f"table {name}: index name {index_name!r} is invalid")
@@ -88,10 +133,12 @@ class Table:
                         "(system fields are added automatically)"
                     )
                 top = f.split(".")[0]
-                if self.model is not None and top not in self.model.model_fields:
+                if self.model is not None and top not in stored_names:
+                    info = self.model.model_fields.get(top)
+                    hint = f" (it is stored as {stored_name(top, info)!r})" if info else ""
                     raise SchemaError(
                         f"table {name}, index {index_name}: field {top!r} is not in model "
-                        f"{self.model.__name__}"
+                        f"{self.model.__name__}{hint}"
                     )
             if len(set(fields)) != len(fields):
                 raise SchemaError(f"table {name}, index {index_name}: a field is listed twice")
@@ -129,7 +176,7 @@ class Table:
                 f"{where} does not match {self.model.__name__ if self.model else 'schema'}: "
                 f"{describe_validation_error(exc)}"
             ) from exc
-        stored = model.model_dump(mode="python")
+        stored = model.model_dump(mode="python", by_alias=True)
         try:
             to_convex_json(stored)
         except ValueValidationError as exc:
