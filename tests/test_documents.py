@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from server.core import keys
 from server.core.executor import FunctionFailure, Runtime
 from server.core.values import Int64
-from server.errors import ArgumentValidationError, FunctionNotFound, WrongFunctionKind
+from server.errors import (
+    ArgumentValidationError,
+    DocumentValidationError,
+    FunctionNotFound,
+    WrongFunctionKind,
+)
 
 from conftest import BASIC_APP, open_runtime
 from reference import convex_cmp
@@ -325,3 +330,16 @@ async def test_returns_models_are_dumped_to_convex_values(runtime: Runtime) -> N
     }
     assert await q(runtime, "values:points", n=2) == [{"x": 0.0, "y": 0.0}, {"x": 1.0, "y": -1.0}]
     assert await q(runtime, "values:named_points") == {"origin": {"x": 0.0, "y": 0.0}}
+
+
+async def test_top_level_field_names_starting_with_underscore_are_refused(runtime: Runtime) -> None:
+    # Schemaless table, through a real mutation: refused, naming the field; nothing is written.
+    with pytest.raises(FunctionFailure, match="field name '_secret' starts with '_'"):
+        await m(runtime, "items:insert_many", docs=[{"n": 1}, {"n": 2, "_secret": 1}])
+    assert await q(runtime, "items:filtered", parity=1, limit=10) == []
+    # Only top-level names are reserved; nested objects may use them.
+    await m(runtime, "items:insert_many", docs=[{"n": 3, "a": {"_inner": 1}}])
+    # A table with a model refuses them too (before pydantic's extra-field check).
+    counters = runtime.catalog.table("counters").table
+    with pytest.raises(DocumentValidationError, match="field name '_x' starts with '_'"):
+        counters.validate({"name": "c", "value": 1, "_x": 2})

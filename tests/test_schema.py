@@ -190,3 +190,9 @@ def test_alias_mistakes_are_schema_errors() -> None:
 
     with pytest.raises(SchemaError, match=r"Inner\.x would be stored as 'y'"):
         Schema(t=Table(Outer))
+
+    class Underscored(BaseModel):
+        secret: int = Field(alias="_secret")
+
+    with pytest.raises(SchemaError, match="table t: field '_secret' starts with '_'"):
+        Schema(t=Table(Underscored))

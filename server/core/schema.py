@@ -45,6 +45,16 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _refuse_system_names(fields: Mapping[str, Any], where: str) -> None:
+    """Top-level field names starting with '_' belong to the system (`_id`, `_creationTime`)."""
+    for key in fields:
+        if isinstance(key, str) and key.startswith("_"):
+            raise DocumentValidationError(
+                f"{where}: field name {key!r} starts with '_'; top-level names starting with '_' "
+                "are reserved for system fields"
+            )
+
+
 def stored_name(name: str, info: FieldInfo) -> str:
     """The key a model field is stored under: documents are dumped by alias."""
     return info.serialization_alias or name
@@ -117,6 +127,12 @@ class Table:
             if self.model is not None
             else {}
         )
+        for key in stored_names:
+            if key.startswith("_"):
+                raise SchemaError(
+                    f"table {name}: field {key!r} starts with '_'; top-level names starting "
+                    "with '_' are reserved for system fields"
+                )
         for index_name, fields in self.indexes.items():
             if not NAME_RE.match(index_name):
                 raise SchemaError(f"table {name}: index name {index_name!r} is invalid")
@@ -163,6 +179,7 @@ class Table:
         where = f"table `{self.name}`" + (f", document {doc_id}" if doc_id else "")
         if not isinstance(fields, Mapping):
             raise DocumentValidationError(f"{where}: a document must be an object")
+        _refuse_system_names(fields, where)
         if self._strict is None:
             try:
                 to_convex_json(fields)
@@ -177,6 +194,7 @@ class Table:
                 f"{describe_validation_error(exc)}"
             ) from exc
         stored = model.model_dump(mode="python", by_alias=True)
+        _refuse_system_names(stored, where)
         try:
             to_convex_json(stored)
         except ValueValidationError as exc:
