@@ -343,3 +343,11 @@ async def test_top_level_field_names_starting_with_underscore_are_refused(runtim
     counters = runtime.catalog.table("counters").table
     with pytest.raises(DocumentValidationError, match="field name '_x' starts with '_'"):
         counters.validate({"name": "c", "value": 1, "_x": 2})
+
+
+async def test_normalize_id_accepts_only_ids_get_can_find(runtime: Runtime) -> None:
+    doc = await m(runtime, "values:store_message", author="a", body="b")
+    doc_id = doc["_id"]
+    assert await q(runtime, "values:normalize", table="messages", id=doc_id) == doc_id
+    assert await q(runtime, "values:normalize", table="counters", id=doc_id) is None
+    assert await q(runtime, "values:normalize", table="messages", id=doc_id.upper()) is None

@@ -160,3 +160,11 @@ def test_ids_name_their_table_and_reject_typos() -> None:
     for bad in ("", "x" * 32, 17, None):
         with pytest.raises(InvalidIdError):
             table_number_of(bad)
+
+
+def test_ids_are_exactly_lowercase_base32() -> None:
+    doc_id = new_id(3)
+    for variant in (doc_id.upper(), doc_id[:5].upper() + doc_id[5:], doc_id + "\n", " " + doc_id[1:]):
+        if variant != doc_id:
+            with pytest.raises(InvalidIdError, match="is not a valid document id"):
+                table_number_of(variant)

@@ -2,7 +2,9 @@
 
 Layout before encoding: table number (2 bytes, big endian) + 16 random bytes + 2-byte checksum
 (the first two bytes of blake2b over the rest). Encoded in lowercase base32 without padding:
-32 characters, like Convex ids. A typo or an id from another deployment fails the checksum.
+32 characters, like Convex ids. The checksum catches typos (all but about 1 in 65536); it is not
+keyed, so it does not tell deployments apart: an id from another deployment passes it and is
+looked up by its table number like any other.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 
 from server.errors import InvalidIdError
 
 ID_LENGTH = 32
+_ID_RE = re.compile(f"[a-z2-7]{{{ID_LENGTH}}}")  # exactly what new_id produces
 
 
 def _checksum(body: bytes) -> bytes:
@@ -28,7 +32,9 @@ def new_id(table_number: int) -> str:
 
 def table_number_of(doc_id: object) -> int:
     """The table number an id belongs to; InvalidIdError when `doc_id` is not a Ripple id."""
-    if not isinstance(doc_id, str) or len(doc_id) != ID_LENGTH:
+    # Only the canonical (lowercase) spelling: ids are compared and stored as strings, so an
+    # upper-case variant that decodes to the same bytes would name no document.
+    if not isinstance(doc_id, str) or not _ID_RE.fullmatch(doc_id):
         raise InvalidIdError(f"{doc_id!r} is not a valid document id")
     try:
         raw = base64.b32decode(doc_id.upper())

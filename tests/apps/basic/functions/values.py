@@ -59,3 +59,8 @@ async def points(ctx, n: int) -> list[Point]:
 @query(returns=dict[str, Point])
 async def named_points(ctx) -> dict:
     return {"origin": {"x": 0, "y": 0}}
+
+
+@query
+async def normalize(ctx, table: str, id: Any) -> str | None:
+    return ctx.db.normalize_id(table, id)
