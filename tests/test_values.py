@@ -168,3 +168,16 @@ def test_ids_are_exactly_lowercase_base32() -> None:
         if variant != doc_id:
             with pytest.raises(InvalidIdError, match="is not a valid document id"):
                 table_number_of(variant)
+
+
+def test_plain_json_input_has_the_same_depth_limit() -> None:
+    def nest(levels: int) -> Any:
+        value: Any = 1
+        for i in range(levels):
+            value = [value] if i % 2 else {"k": value}
+        return value
+
+    for decode in (from_plain_json, from_convex_json):
+        assert decode(nest(64)) == nest(64)
+        with pytest.raises(ValueValidationError, match=r"^k(\[0\]\.k)+: nested deeper than 64 levels$"):
+            decode(nest(65))

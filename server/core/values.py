@@ -182,13 +182,18 @@ def to_plain_json(value: Value) -> Any:
     raise ValueValidationError(f"{type(value).__name__} is not a Convex value")
 
 
-def from_plain_json(value: Any, path: str = "") -> Value:
+def from_plain_json(value: Any, path: str = "", depth: int = 0) -> Value:
     """The `json` input format: plain JSON, no `$` encodings; keys starting with '$' refused."""
+    if depth > MAX_NESTING:
+        raise ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
     if isinstance(value, int) and not isinstance(value, bool):
         _check_plain_int(value, path)
         return value
     if isinstance(value, list):
-        return [from_plain_json(v, _join(path, i)) for i, v in enumerate(value)]
+        return [from_plain_json(v, _join(path, i), depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {check_field_name(k, path): from_plain_json(v, _join(path, k)) for k, v in value.items()}
+        return {
+            check_field_name(k, path): from_plain_json(v, _join(path, k), depth + 1)
+            for k, v in value.items()
+        }
     return value
