@@ -120,6 +120,12 @@ async def test_unique_rejects_duplicates(runtime: Runtime) -> None:
         await q(runtime, "counters:get", name="d")
 
 
+@pytest.mark.parametrize("how", ["posix_spawn", "fork", "forkpty", "to_thread"])
+async def test_queries_cannot_start_processes(runtime: Runtime, how: str) -> None:
+    with pytest.raises(FunctionFailure, match=r"a query may not start a process \((os|subprocess)\."):
+        await q(runtime, "values:sneaky_process", how=how)
+
+
 async def test_queries_and_mutations_cannot_use_the_network(runtime: Runtime) -> None:
     for kind, path in (("query", "counters:sneaky_network"), ("mutation", "counters:sneaky_network_mutation")):
         with pytest.raises(FunctionFailure, match=f"a {kind} may not (open a network connection|resolve a host name)"):

@@ -1,7 +1,12 @@
 """Queries and mutations must be deterministic over the database: no network I/O.
 
-An audit hook (PEP 578) refuses socket connections, DNS look-ups and subprocesses while a
+An audit hook (PEP 578) refuses socket connections, DNS look-ups and starting processes while a
 query or mutation runs in the current asyncio context. Actions are not restricted.
+
+The check reads a context variable, so it covers what runs in the function's context: its own
+code, tasks it creates, and `asyncio.to_thread` (which copies the context). Work handed to
+`loop.run_in_executor` or a `threading.Thread` runs in another thread without the context
+variable and is NOT checked. The hook is a guard against mistakes, not a security boundary.
 """
 
 from __future__ import annotations
@@ -20,10 +25,19 @@ _FORBIDDEN = {
     "socket.sendto": "send network packets",
     "socket.bind": "bind a socket",
     "urllib.Request": "make an HTTP request",
+    # Every process-starting event of the CPython 3.11 audit events table.
     "subprocess.Popen": "start a process",
     "os.system": "start a process",
     "os.exec": "start a process",
     "os.spawn": "start a process",
+    "os.posix_spawn": "start a process",  # also os.posix_spawnp
+    "os.fork": "start a process",  # also os.spawn* and multiprocessing on POSIX
+    "os.forkpty": "start a process",
+    "os.startfile": "start a process",
+    "os.startfile/2": "start a process",
+    "pty.spawn": "start a process",
+    "webbrowser.open": "start a process",
+    "_winapi.CreateProcess": "start a process",
 }
 _installed = False
 

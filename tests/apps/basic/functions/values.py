@@ -64,3 +64,28 @@ async def named_points(ctx) -> dict:
 @query
 async def normalize(ctx, table: str, id: Any) -> str | None:
     return ctx.db.normalize_id(table, id)
+
+
+@query
+async def sneaky_process(ctx, how: str) -> str:
+    # Each way of starting a process must be refused before it happens (blocking calls on purpose).
+    import os
+
+    if how == "posix_spawn":
+        os.waitpid(os.posix_spawn("/bin/true", ["true"], dict(os.environ)), 0)  # noqa: ASYNC221, ASYNC222
+    elif how == "fork":
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # only reached if the sandbox failed to refuse the fork
+        os.waitpid(pid, 0)  # noqa: ASYNC222
+    elif how == "forkpty":
+        pid, _fd = os.forkpty()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)  # noqa: ASYNC222
+    elif how == "to_thread":
+        import asyncio
+        import subprocess
+
+        await asyncio.to_thread(subprocess.run, ["true"])
+    return "started a process"
