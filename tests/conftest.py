@@ -109,8 +109,8 @@ def start_server(tmp_path: Path, namespace: str) -> Iterator[Callable[..., Serve
     started: list[ServerProcess] = []
 
     def start(mode: str = "serve", app_dir: Path = BASIC_APP, extra_env: dict[str, str] | None = None,
-              args: list[str] | None = None, schema: str | None = None) -> ServerProcess:
-        port = free_port()
+              args: list[str] | None = None, schema: str | None = None, port: int | None = None) -> ServerProcess:
+        port = port or free_port()
         log_path = tmp_path / f"server-{port}.log"
         env = {**os.environ, "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": schema or namespace, **(extra_env or {})}
         cmd = [sys.executable, "-m", "server.cli", mode, "--port", str(port), "--dir", str(app_dir), *(args or [])]

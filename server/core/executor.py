@@ -282,7 +282,7 @@ class Runtime:
                     if idempotency_key is not None:
                         done = await conn.fetchrow(sql.GET_MUTATION_RESULT, *idempotency_key)
                         if done is not None:  # a resend of a mutation that already committed
-                            return Outcome(from_convex_json(done["value"]), list(done["log_lines"]), int(done["ts"]))
+                            return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"]))
                     tx = Transaction(conn, self.catalog, writable=True)
                     ctx = MutationCtx(DatabaseWriter(tx), Auth(identity))
                     value = await self._invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
@@ -295,7 +295,7 @@ class Runtime:
                     if idempotency_key is not None:
                         if ts is None:
                             ts = int(await conn.fetchval(sql.LATEST_TS))
-                        await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, to_convex_json(value), buffer.lines, ts)
+                        await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], buffer.lines, ts)
             except Exception as exc:
                 if isinstance(exc, _CONFLICTS) or (tx is not None and tx.conflicted):
                     self.metrics.inc("ripple_mutation_retries_total")

@@ -80,7 +80,7 @@ class Listener:
         while self.state is not ListenerState.STOPPED:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self.url, server_settings={**self.server_settings, "application_name": "ripple-listener"})
+                conn = await asyncpg.connect(self.url, server_settings={**self.server_settings, "application_name": f"ripple-listener {self.channel}"[:63]})
                 self._lost.clear()
                 conn.add_termination_listener(self._on_terminate)
                 await conn.add_listener(self.channel, self._on_notify)

@@ -100,3 +100,10 @@ async def action_fail(ctx) -> None:
 async def slow(ctx, seconds: float) -> str:
     await asyncio.sleep(seconds)
     return "finished"
+
+
+@query
+async def big(ctx, name: str, size: int = 200_000) -> str:
+    """A large result that changes with the counter (for slow-client tests)."""
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+    return "x" * size + str(doc["value"] if doc else 0)

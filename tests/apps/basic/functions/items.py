@@ -61,3 +61,9 @@ async def clear(ctx) -> int:
         await ctx.db.delete(doc["_id"])
         n += 1
     return n
+
+
+@mutation
+async def clear_ids(ctx, ids: list[str]) -> None:
+    for doc_id in ids:
+        await ctx.db.delete(doc_id)
