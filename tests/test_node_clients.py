@@ -1,7 +1,7 @@
-"""The official npm `convex` package's ConvexHttpClient, run by Node against a real `ripple dev`.
-
-The JavaScript side is tests/js/http_client.test.mjs (a `node --test` script); its dependencies
-are pinned in tests/js/package-lock.json. Install them once with `npm ci --prefix tests/js`.
+"""The official npm `convex` package's clients, run by Node against a real `ripple dev`:
+ConvexHttpClient (tests/js/http_client.test.mjs) and the websocket ConvexClient
+(tests/js/live_client.test.mjs), each a `node --test` script. Their dependencies are pinned in
+tests/js/package-lock.json; install them once with `npm ci --prefix tests/js`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 JS_DIR = ROOT / "tests" / "js"
-SCRIPT = JS_DIR / "http_client.test.mjs"
 NODE_TIMEOUT = 120
 
 pytestmark = [pytest.mark.node, pytest.mark.e2e]
@@ -27,7 +26,8 @@ def _text(output: str | bytes | None) -> str:
     return output or ""
 
 
-def test_convex_http_client_against_ripple_dev(start_server) -> None:
+@pytest.mark.parametrize("script", ["http_client.test.mjs", "live_client.test.mjs"])
+def test_official_npm_client_against_ripple_dev(start_server, script: str) -> None:
     node = shutil.which("node")
     if node is None:
         pytest.fail("Node.js is not installed (`node` is not on PATH); this test needs Node 18+")
@@ -41,7 +41,7 @@ def test_convex_http_client_against_ripple_dev(start_server) -> None:
     env = {**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1"}
     try:
         result = subprocess.run(
-            [node, "--test", str(SCRIPT.relative_to(ROOT))],
+            [node, "--test", str((JS_DIR / script).relative_to(ROOT))],
             cwd=ROOT,
             env=env,
             capture_output=True,
