@@ -79,3 +79,26 @@ test("a failing query reports its error to onUpdate's error callback", async () 
   await nextValue(errors, (e) => /name/.test(String(e.message)));
   await client.close();
 });
+
+test("paginated subscriptions (onPaginatedUpdate_experimental) stay gap-free", async () => {
+  const client = makeClient();
+  const ids = await client.mutation(anyApi.items.insert_many, { docs: [...Array(10).keys()].map((n) => ({ n })) });
+  const updates = [];
+  client.onPaginatedUpdate_experimental(anyApi.items.page, {}, { initialNumItems: 3 }, (r) => updates.push(r));
+  const ns = (r) => r.results.map((d) => d.n);
+  let latest = await nextValue(updates, (r) => r.status === "CanLoadMore");
+  assert.deepEqual(ns(latest), [0, 1, 2]);
+  latest.loadMore(3);
+  latest = await nextValue(updates, (r) => ns(r).length === 6);
+  assert.deepEqual(ns(latest), [0, 1, 2, 3, 4, 5]);
+  // Writes around the page boundary: nothing lost, nothing twice.
+  await client.mutation(anyApi.items.insert_many, { docs: [{ n: 2 }, { n: -1 }] });
+  await client.mutation(anyApi.items.clear_ids, { ids: [ids[2]] });
+  latest = await nextValue(updates, (r) => JSON.stringify(ns(r)) === JSON.stringify([-1, 0, 1, 2, 3, 4, 5]));
+  const seen = latest.results.map((d) => d._id);
+  assert.equal(new Set(seen).size, seen.length);
+  latest.loadMore(100);
+  latest = await nextValue(updates, (r) => r.status === "Exhausted");
+  assert.deepEqual(ns(latest), [-1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  await client.close();
+});
