@@ -56,7 +56,7 @@ class QueryResult:
     """What a client receives for a query: QueryUpdated or QueryFailed."""
 
     ok: bool
-    value: Any  # convex_encoded_json
+    value: Any  # convex_encoded_json, serialized once (an orjson.Fragment) for every client
     log_lines: tuple[str, ...]
     journal: str | None
     error_message: str | None = None
@@ -67,9 +67,9 @@ class QueryResult:
     @staticmethod
     def of(run: QueryRun) -> QueryResult:
         if run.failure is None:
-            value = to_convex_json(run.value)
-            body: Any = ["ok", value, run.log_lines, run.journal]
-            return QueryResult(True, value, tuple(run.log_lines), run.journal, digest=_digest(body))
+            encoded = orjson.dumps(to_convex_json(run.value))
+            digest = _digest(["ok", orjson.Fragment(encoded), run.log_lines, run.journal])
+            return QueryResult(True, orjson.Fragment(encoded), tuple(run.log_lines), run.journal, digest=digest)
         return QueryResult.failed(run.failure, run.journal)
 
     @staticmethod
