@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from server import Schema, Table
+from server.core import database
 from server.errors import SchemaError
 
 from conftest import PG_URL, open_runtime
@@ -196,3 +197,18 @@ def test_alias_mistakes_are_schema_errors() -> None:
 
     with pytest.raises(SchemaError, match="table t: field '_secret' starts with '_'"):
         Schema(t=Table(Underscored))
+
+
+async def test_backfill_reads_in_batches(tmp_path: Path, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(database, "BACKFILL_BATCH", 3)  # 10 documents: 4 batches, the last partial
+    app = tmp_path / "app"
+    write_app(app, "name: str\ncity: str = 'x'\n", "{}")
+    async with open_runtime(app, namespace) as rt:
+        for i in range(10):
+            await rt.call("mutation", "people:add", {"doc": {"name": f"p{i}", "city": "oslo" if i % 3 else "rome"}})
+        write_app(app, "name: str\ncity: str = 'x'\n", "{'by_city': ['city'], 'by_name': ['name']}")
+        await rt.load()
+        by = "people:by"
+        assert (await rt.call("query", by, {"index": "by_city", "field": "city", "value": "rome"})).value == ["p0", "p3", "p6", "p9"]
+        assert len((await rt.call("query", by, {"index": "by_city", "field": "city", "value": "oslo"})).value) == 6
+        assert (await rt.call("query", by, {"index": "by_name", "field": "name", "value": "p7"})).value == ["p7"]

@@ -18,6 +18,8 @@ from server.errors import DocumentValidationError, SchemaError
 
 log = logging.getLogger("ripple.database")
 
+BACKFILL_BATCH = 1000  # rows read and key columns written per round trip when an index changes
+
 
 def _encode_jsonb(value: Any) -> bytes:
     return b"\x01" + orjson.dumps(value)
@@ -171,11 +173,21 @@ class Database:
     async def _backfill(
         self, conn: asyncpg.Connection, tsql: sql.TableSql, changed: dict[str, list[str]]
     ) -> None:
-        rows = await conn.fetch(tsql.scan_all)
-        for name, index_fields in changed.items():
-            updates = []
-            for rec in rows:
-                doc = decode_doc(rec["id"], rec["creation_time"], rec["doc"])
-                updates.append((rec["id"], index_key(doc, index_fields)))
-            if updates:
+        """Fill the key columns of `changed` indexes for every stored document, BACKFILL_BATCH
+        rows at a time through a server-side cursor (inside apply_schema's transaction; the
+        cursor does not see the rows this updates). The iterator form closes its portal when
+        exhausted, which the ALTER TABLE that follows needs."""
+
+        async def flush(docs: list[dict[str, Any]]) -> None:
+            for name, index_fields in changed.items():
+                updates = [(doc["_id"], index_key(doc, index_fields)) for doc in docs]
                 await conn.executemany(tsql.set_key(name), updates)
+
+        batch: list[dict[str, Any]] = []
+        async for rec in conn.cursor(tsql.scan_all, prefetch=BACKFILL_BATCH):
+            batch.append(decode_doc(rec["id"], rec["creation_time"], rec["doc"]))
+            if len(batch) >= BACKFILL_BATCH:
+                await flush(batch)
+                batch = []
+        if batch:
+            await flush(batch)
