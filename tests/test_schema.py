@@ -212,3 +212,14 @@ async def test_backfill_reads_in_batches(tmp_path: Path, namespace: str, monkeyp
         assert (await rt.call("query", by, {"index": "by_city", "field": "city", "value": "rome"})).value == ["p0", "p3", "p6", "p9"]
         assert len((await rt.call("query", by, {"index": "by_city", "field": "city", "value": "oslo"})).value) == 6
         assert (await rt.call("query", by, {"index": "by_name", "field": "name", "value": "p7"})).value == ["p7"]
+
+
+def test_index_name_length_limits() -> None:
+    class M(BaseModel):
+        a: int
+
+    Schema(t=Table(M, indexes={"i" * 61: ["a"]}))  # k_ + 61 = 63 characters: fits
+    with pytest.raises(SchemaError, match="longer than 61 characters"):
+        Schema(t=Table(M, indexes={"i" * 62: ["a"]}))
+    with pytest.raises(SchemaError, match="index name 'by-a' is invalid"):
+        Schema(t=Table(M, indexes={"by-a": ["a"]}))

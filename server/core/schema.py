@@ -16,6 +16,8 @@ from server.core.values import to_convex_json
 from server.errors import DocumentValidationError, SchemaError, ValueValidationError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+MAX_NAME_LEN = 63  # PostgreSQL's identifier limit (NAMEDATALEN - 1), for table names
+MAX_INDEX_NAME_LEN = MAX_NAME_LEN - len("k_")  # an index's key column is `k_<index name>`
 SYSTEM_FIELDS = ("_id", "_creationTime")
 CREATION_TIME = "_creationTime"
 BY_CREATION_TIME = "by_creation_time"
@@ -107,8 +109,11 @@ class Table:
 
     def bind(self, name: str, system: bool = False) -> None:
         if system:
-            if not (name.startswith("_") and NAME_RE.match(name[1:])):
-                raise SchemaError(f"system table name {name!r} must be '_' followed by a valid name")
+            if not (name.startswith("_") and NAME_RE.match(name[1:]) and len(name) <= MAX_NAME_LEN):
+                raise SchemaError(
+                    f"system table name {name!r} must be '_' followed by a valid name, "
+                    f"at most {MAX_NAME_LEN} characters in all"
+                )
         elif not NAME_RE.match(name):
             raise SchemaError(
                 f"table name {name!r} is invalid: use letters, digits and '_', starting with a letter"
@@ -134,8 +139,14 @@ class Table:
                     "with '_' are reserved for system fields"
                 )
         for index_name, fields in self.indexes.items():
-            if not NAME_RE.match(index_name):
+            if not isinstance(index_name, str) or not NAME_RE.match(index_name):
                 raise SchemaError(f"table {name}: index name {index_name!r} is invalid")
+            if len(index_name) > MAX_INDEX_NAME_LEN:
+                raise SchemaError(
+                    f"table {name}: index name {index_name!r} is longer than "
+                    f"{MAX_INDEX_NAME_LEN} characters (its key column k_<name> must fit "
+                    f"PostgreSQL's {MAX_NAME_LEN})"
+                )
             if index_name in (BY_CREATION_TIME, BY_ID):
                 raise SchemaError(f"table {name}: index name {index_name!r} is reserved")
             if isinstance(fields, str) or not fields:
