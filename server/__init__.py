@@ -3,6 +3,7 @@
 User code imports its building blocks from here (see docs/functions.md).
 """
 
+from server.core.crons import Crons
 from server.core.executor import ActionCtx, Identity, MutationCtx, QueryCtx
 from server.core.registry import (
     FunctionDef,
@@ -20,6 +21,7 @@ from server.errors import ConvexError
 __all__ = [
     "ActionCtx",
     "ConvexError",
+    "Crons",
     "FunctionDef",
     "Identity",
     "Int64",

@@ -16,6 +16,7 @@ from server.api.app import build_app
 from server.config import Config
 from server.core.database import Database
 from server.core.executor import Runtime
+from server.core.scheduler import Scheduler
 from server.core.subscriptions import SubscriptionManager
 
 log = logging.getLogger("ripple")
@@ -56,17 +57,22 @@ def create_server_app(config: Config) -> Starlette:
     db = Database(config.database_url, config.db_schema)
     runtime = Runtime(config, db)
     subscriptions = SubscriptionManager(runtime)
+    scheduler = Scheduler(runtime)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await db.connect(min_size=config.pool_min, max_size=config.pool_max)
         watcher: asyncio.Task[None] | None = None
         live_queries = False
+        scheduling = False
         try:
             await runtime.load()
             log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
             await subscriptions.start()
             live_queries = True
+            if scheduler.settings.enabled:
+                await scheduler.start()
+                scheduling = True
             if config.dev:
                 watcher = asyncio.create_task(watch_and_reload(runtime), name="ripple-reload")
             yield
@@ -75,6 +81,8 @@ def create_server_app(config: Config) -> Starlette:
                 watcher.cancel()
                 with suppress(asyncio.CancelledError):
                     await watcher
+            if scheduling:
+                await scheduler.stop()
             if live_queries:
                 await subscriptions.stop()
             await db.close()

@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from server.config import Config
+from server.core import crons as _crons  # noqa: F401  (registers the _cron_jobs system table)
 from server.core import logs, sandbox, sql
 from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter, ReadRange, Transaction
@@ -23,6 +24,7 @@ from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import overlaps
 from server.core.registry import FunctionDef, Kind
+from server.core.scheduling import ActionScheduler, MutationScheduler
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import (
     ConvexError,
@@ -103,6 +105,10 @@ class QueryCtx:
 class MutationCtx(QueryCtx):
     db: DatabaseWriter
 
+    def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: MutationScheduler) -> None:
+        super().__init__(db, auth)
+        self.scheduler = scheduler
+
 
 class ActionCtx:
     """Actions run outside transactions and may do network I/O; they reach the database through
@@ -113,6 +119,7 @@ class ActionCtx:
         self._identity = identity
         self._logs = logs_
         self.auth = Auth(identity)
+        self.scheduler = ActionScheduler(runtime)
 
     async def _nested(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
         path = self._runtime.app.registry.path_of(ref)
@@ -284,7 +291,7 @@ class Runtime:
                         if done is not None:  # a resend of a mutation that already committed
                             return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"]))
                     tx = Transaction(conn, self.catalog, writable=True)
-                    ctx = MutationCtx(DatabaseWriter(tx), Auth(identity))
+                    ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), MutationScheduler(tx, self))
                     value = await self._invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
                     if tx.conflicted:
                         raise TransactionConflict("conflict observed during the mutation")
@@ -303,6 +310,7 @@ class Runtime:
                     continue
                 self.metrics.inc("ripple_mutations_total", outcome="error")
                 raise self._failure(fn, exc, buffer) from exc
+            ctx.scheduler.committed()
             self.metrics.inc("ripple_mutations_total", outcome="success")
             return Outcome(value, buffer.finish(), ts)
         self.metrics.inc("ripple_mutations_total", outcome="error")

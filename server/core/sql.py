@@ -159,3 +159,60 @@ class TableSql:
     @staticmethod
     def drop_key_column(table: str, index: str) -> str:
         return f"ALTER TABLE {quote_ident(table)} DROP COLUMN IF EXISTS {quote_ident('k_' + index)}"
+
+
+# -- Scheduler and crons (server/core/jobs.py, scheduler.py, crons.py) ---------------------------
+# The job and cron documents live in ordinary document tables (system tables `_scheduled_functions`
+# and `_cron_jobs`); these statements find and row-lock them, and the scheduler's one guarded
+# update records its write set like DatabaseWriter does (jobs.write_claimed), so every change is
+# validated, indexed and logged by the commit tail.
+#
+# Jobs are found by a plain read (PEEK_DUE_JOBS) and claimed by their physical row address
+# (ctid): a TID scan takes no SSI predicate locks on index pages, so concurrent SERIALIZABLE
+# claimers and their writes do not conflict with one another (see docs/scheduler.md).
+
+def jobs_channel(namespace: str) -> str:
+    """NOTIFY channel that wakes sleeping scheduler loops; the payload is a due time in ms."""
+    return f"ripple_jobs_{namespace}"[:63]
+
+
+_JOBS = quote_ident("_scheduled_functions")
+_CRONS = quote_ident("_cron_jobs")
+
+NOTIFY = "SELECT pg_notify($1, $2)"
+ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock($1)"
+# Candidates: the earliest due pending jobs, unlocked (a hint; the claim decides).
+PEEK_DUE_JOBS = (
+    f"SELECT id, ctid, creation_time, doc FROM {_JOBS} WHERE k_by_state >= $1 AND k_by_state < $2 "
+    "ORDER BY k_by_state LIMIT $3"
+)
+# The claim: that very row version, if it is still pending and due and nobody holds it.
+CLAIM_JOB_AT = (
+    f"SELECT id, creation_time, doc FROM {_JOBS} WHERE ctid = $1 AND id = $2 "
+    "AND k_by_state >= $3 AND k_by_state < $4 FOR UPDATE SKIP LOCKED"
+)
+# The earliest pending job in a by_state range, unlocked (to arm the timer).
+FIRST_JOB_IN_RANGE = (
+    f"SELECT id, creation_time, doc FROM {_JOBS} WHERE k_by_state >= $1 AND k_by_state < $2 "
+    "ORDER BY k_by_state LIMIT 1"
+)
+LOCK_JOBS = f"SELECT id, creation_time, doc FROM {_JOBS} WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE"
+LOCK_JOBS_IN_STATE_RANGE = (
+    f"SELECT id, creation_time, doc FROM {_JOBS} WHERE k_by_state >= $1 AND k_by_state < $2 "
+    "ORDER BY k_by_state LIMIT $3 FOR UPDATE SKIP LOCKED"
+)
+LOCK_JOBS_COMPLETED_BEFORE = (
+    f"SELECT id, creation_time, doc FROM {_JOBS} WHERE k_by_completed_time >= $1 "
+    "AND k_by_completed_time < $2 ORDER BY k_by_completed_time LIMIT $3 FOR UPDATE SKIP LOCKED"
+)
+LOCK_DUE_CRONS = (
+    f"SELECT id, creation_time, doc FROM {_CRONS} WHERE k_by_next_run >= $1 AND k_by_next_run < $2 "
+    "ORDER BY k_by_next_run LIMIT $3 FOR UPDATE SKIP LOCKED"
+)
+FIRST_CRON = f"SELECT id, creation_time, doc FROM {_CRONS} ORDER BY k_by_next_run LIMIT 1"
+
+
+def update_at_ctid(tsql: TableSql) -> str:
+    """TableSql.update, but for the row version at ctid $2 only (the one the caller locked)."""
+    sets = ", ".join(f"{tsql.key_columns[i]} = ${n}" for n, i in enumerate(tsql.indexes, start=4))
+    return f"UPDATE {quote_ident(tsql.table)} SET doc = $3, {sets} WHERE id = $1 AND ctid = $2"

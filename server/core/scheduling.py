@@ -1,0 +1,175 @@
+"""`ctx.scheduler`: `run_after`, `run_at` and `cancel` for mutations and actions.
+
+In a mutation the job is written in the mutation's own transaction: it exists only if the
+mutation commits. In an action each call is its own small transaction, committed at once.
+The limits below apply per function execution and are the only place they are defined.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from server.core import jobs, sql
+from server.core.documents import DatabaseWriter, Transaction
+from server.core.registry import FunctionDef
+from server.core.values import to_convex_json
+from server.errors import LimitExceeded, RippleUsageError
+
+if TYPE_CHECKING:
+    from server.core.executor import Runtime
+
+MAX_SCHEDULES_PER_CALL = 1000
+MAX_SCHEDULED_ARGS_BYTES_PER_CALL = 8 * 1024 * 1024
+
+# The scheduled job whose run is executing in this context (set by the scheduler loop; inherited
+# by the mutations and actions a scheduled action calls). What runs under it records it as parent.
+current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("ripple_job", default=None)
+
+FunctionRef = FunctionDef | str
+
+
+def _delay_ms(seconds: object) -> float:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        raise RippleUsageError(f"run_after: the delay must be a number of seconds, not {seconds!r}")
+    if seconds < 0:
+        raise RippleUsageError(f"run_after: the delay must not be negative (got {seconds!r})")
+    return time.time() * 1000.0 + float(seconds) * 1000.0
+
+
+def _when_ms(when: object) -> float:
+    if isinstance(when, dt.datetime):
+        if when.tzinfo is None or when.utcoffset() is None:
+            raise RippleUsageError(
+                "run_at: a naive datetime has no time zone; pass an aware one "
+                "(e.g. datetime.now(timezone.utc) + timedelta(hours=1)) or epoch seconds"
+            )
+        return when.timestamp() * 1000.0
+    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        raise RippleUsageError(
+            f"run_at: `when` must be epoch seconds (float) or an aware datetime, not {when!r}"
+        )
+    return float(when) * 1000.0
+
+
+class _Scheduler:
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._count = 0
+        self._args_bytes = 0
+
+    def _prepare(self, ref: object, args: object) -> tuple[str, dict[str, Any]]:
+        """Resolve the function, check the arguments, and charge this call's budget."""
+        registry = self._runtime.app.registry
+        if not isinstance(ref, (FunctionDef, str)):
+            raise RippleUsageError(f"schedule a function reference or a 'module:function' path, not {ref!r}")
+        fn = registry.resolve(registry.path_of(ref), allow_internal=True)
+        if fn.kind == "query":
+            raise RippleUsageError(f"{fn.path} is a query; only mutations and actions can be scheduled")
+        if args is None:
+            args = {}
+        if not isinstance(args, Mapping):
+            raise RippleUsageError(f"arguments scheduled for {fn.path} must be a dict, not {type(args).__name__}")
+        fn.validate_args(args)
+        size = len(orjson.dumps(to_convex_json(dict(args))))
+        if self._count + 1 > MAX_SCHEDULES_PER_CALL:
+            raise LimitExceeded(
+                f"too many functions scheduled by one function call ({MAX_SCHEDULES_PER_CALL} at most)"
+            )
+        if self._args_bytes + size > MAX_SCHEDULED_ARGS_BYTES_PER_CALL:
+            raise LimitExceeded(
+                f"arguments of functions scheduled by one function call exceed "
+                f"{MAX_SCHEDULED_ARGS_BYTES_PER_CALL // (1024 * 1024)} MiB in total"
+            )
+        self._count += 1
+        self._args_bytes += size
+        assert fn.path is not None
+        return fn.path, dict(args)
+
+    async def run_after(self, seconds: float, fn: FunctionRef, args: Mapping[str, Any] | None = None) -> str:
+        """Run `fn(args)` `seconds` from now (0: as soon as possible). Returns the job id."""
+        return await self._schedule(_delay_ms(seconds), fn, args)
+
+    async def run_at(self, when: float | dt.datetime, fn: FunctionRef, args: Mapping[str, Any] | None = None) -> str:
+        """Run `fn(args)` at `when` (epoch seconds or an aware datetime; past: at once)."""
+        return await self._schedule(_when_ms(when), fn, args)
+
+    async def _schedule(self, due_ms: float, ref: object, args: object) -> str:
+        raise NotImplementedError
+
+    async def _parent_may_be_canceled(self, parent: str) -> bool:
+        return True
+
+    async def _insert(self, writer: DatabaseWriter, due_ms: float, path: str, args: dict[str, Any]) -> str:
+        parent = current_job.get()
+        parent_canceled = False
+        if parent is not None and await self._parent_may_be_canceled(parent):
+            doc = await writer.get(parent)
+            parent_canceled = doc is not None and doc["state"]["kind"] == jobs.CANCELED
+        return await jobs.insert_job(writer, path, args, due_ms, parent_id=parent, canceled=parent_canceled)
+
+
+class MutationScheduler(_Scheduler):
+    """`ctx.scheduler` in a mutation: jobs commit or roll back with the mutation."""
+
+    def __init__(self, tx: Transaction, runtime: Runtime, running_job: str | None = None) -> None:
+        super().__init__(runtime)
+        self._tx = tx
+        self._running_job = running_job  # the scheduled job this transaction runs, if any
+        self._writer = DatabaseWriter(tx, system=True)
+        self._notified_ms: float | None = None
+        self._canceled = 0
+
+    async def _parent_may_be_canceled(self, parent: str) -> bool:
+        # The scheduled job this transaction runs is row-locked by its claim, so it cannot be
+        # canceled meanwhile. Not reading it keeps the transaction free of SSI predicate locks on
+        # the job table's index pages (which would make concurrent job runs conflict).
+        return parent != self._running_job
+
+    async def _schedule(self, due_ms: float, ref: object, args: object) -> str:
+        path, plain = self._prepare(ref, args)
+        job_id = await self._insert(self._writer, due_ms, path, plain)
+        if self._notified_ms is None or due_ms < self._notified_ms:
+            await jobs.notify_due(self._tx, sql.jobs_channel(self._runtime.db.namespace), due_ms)
+            self._notified_ms = due_ms
+        return job_id
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a scheduled function (no-op once it finished); see docs/scheduler.md."""
+        self._canceled += await jobs.cancel(self._writer, job_id)
+
+    def committed(self) -> None:
+        """Called once the mutation committed."""
+        if self._canceled:
+            self._runtime.metrics.inc("ripple_scheduled_jobs_total", self._canceled, state="canceled")
+
+
+class ActionScheduler(_Scheduler):
+    """`ctx.scheduler` in an action: each call commits on its own, at once."""
+
+    async def _schedule(self, due_ms: float, ref: object, args: object) -> str:
+        path, plain = self._prepare(ref, args)
+
+        async def body(writer: DatabaseWriter, tx: Transaction) -> str:
+            job_id = await self._insert(writer, due_ms, path, plain)
+            await jobs.notify_due(tx, sql.jobs_channel(self._runtime.db.namespace), due_ms)
+            return job_id
+
+        return await jobs.system_transaction(self._runtime, body)
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a scheduled function (no-op once it finished); see docs/scheduler.md."""
+        jobs.check_job_id(job_id)
+
+        async def body(writer: DatabaseWriter, tx: Transaction) -> int:
+            return await jobs.cancel(writer, job_id)
+
+        changed = await jobs.system_transaction(self._runtime, body)
+        if changed:
+            self._runtime.metrics.inc("ripple_scheduled_jobs_total", changed, state="canceled")
