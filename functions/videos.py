@@ -8,6 +8,7 @@ import builtins
 import time
 from typing import Any, Literal
 
+from functions import processing
 from server import ConvexError, mutation, query
 
 Status = Literal["uploaded", "processing", "under_review", "approved", "changes_needed", "rejected"]
@@ -49,7 +50,8 @@ async def create(
     platformSelections: builtins.list[Literal["tiktok", "instagram", "youtube", "x"]] | None = None,
     hashtags: builtins.list[str] | None = None,
 ) -> str:
-    """Record an uploaded video for a campaign, with status `uploaded`."""
+    """Record an uploaded video for a campaign, with status `uploaded`, and schedule its
+    processing (functions/processing.py), which takes it on to `under_review`."""
     campaign = await ctx.db.get(campaignId) if ctx.db.normalize_id("campaigns", campaignId) else None
     if campaign is None:
         raise ConvexError({"code": "CAMPAIGN_NOT_FOUND", "message": f"no campaign {campaignId!r}"})
@@ -66,5 +68,6 @@ async def create(
         "status": "uploaded",
         "approvalHistory": [{"status": "uploaded", "at": now}],
     })
+    await ctx.scheduler.run_after(0, processing.process_video, {"videoId": video_id})
     print(f"video {video_id} created for campaign {campaign['name']}")
     return video_id

@@ -30,7 +30,7 @@ from server.core.scheduler import (
 )
 from server.errors import RippleUsageError
 
-from conftest import APPS, PG_URL, ServerProcess, open_runtime
+from conftest import APPS, PG_URL, ROOT, ServerProcess, open_runtime
 
 SCHED_APP = APPS / "scheduler"
 FAST = SchedulerSettings(poll_seconds=30.0, fallback_poll_seconds=0.2, lease_seconds=1.0, shutdown_seconds=1.0)
@@ -433,3 +433,35 @@ def test_cron_ticks_across_two_processes_fire_once_each_and_overlaps_are_skipped
     (slow_cron,) = [c for c in _call(a, "query", "jobs:cron_jobs") if c["name"] == "slow"]
     assert slow_cron["skippedRuns"] >= 1 and "lastSkipped" in slow_cron
     assert _call(a, "query", "jobs:counter", key="cron:slow:start") == len(ran)
+
+
+# -- the example app ------------------------------------------------------------------------------
+
+async def _system_docs(rt: Runtime, table: str) -> list[dict[str, Any]]:
+    async def body(writer: DatabaseWriter, tx: Transaction) -> list[dict[str, Any]]:
+        return await writer.query(table).collect()
+
+    return await jobs.system_transaction(rt, body)
+
+
+async def test_the_example_app_processes_a_new_video_through_the_scheduler(namespace: str) -> None:
+    async with open_runtime(ROOT, namespace) as rt:
+        scheduler = Scheduler(rt, dataclasses.replace(FAST))
+        await scheduler.start()
+        try:
+            app = App(rt, scheduler)
+            campaign = await app.mutation("campaigns:create", name="Launch", brand="Acme")
+            video = await app.mutation("videos:create", creatorId="u1", campaignId=campaign)
+
+            async def reviewed() -> dict[str, Any] | None:
+                doc = await app.query("videos:get", id=video)
+                return doc if doc["status"] == "under_review" else None
+
+            doc = await eventually(reviewed, 10, "video under review")
+            assert [h["status"] for h in doc["approvalHistory"]] == ["uploaded", "processing", "under_review"]
+            assert doc["thumbnailUrl"].endswith(".jpg")
+            (job,) = await _system_docs(rt, jobs.TABLE)
+            assert job["name"] == "processing:process_video" and job["state"] == {"kind": "success"}
+            assert [c["name"] for c in await _system_docs(rt, crons.TABLE)] == ["requeue stuck videos"]
+        finally:
+            await scheduler.stop()
