@@ -20,14 +20,16 @@ commit tail, so job documents are validated, indexed and in the change log like 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import asyncpg
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from server.core import keys, sql
@@ -171,28 +173,32 @@ def _update_at_ctid(tsql: sql.TableSql) -> str:
     return sql.update_at_ctid(tsql)
 
 
-async def write_claimed(tx: Transaction, job: dict[str, Any], ctid: Any, fields: dict[str, Any]) -> None:
-    """Patch a job row this transaction holds locked, addressing it by `ctid`: no index lookup,
-    hence no SSI predicate lock on shared index pages. The document is validated and the write
-    recorded in the transaction's write set exactly as DatabaseWriter.patch does."""
+def _claimed_update(tx: Transaction, job: dict[str, Any], ctid: Any, fields: dict[str, Any]) -> list[Any]:
+    """Validate the patched job and record the write in the transaction's write set exactly as
+    DatabaseWriter.patch does; returns the arguments of the ctid-addressed UPDATE."""
     info = tx.catalog.table(TABLE)
     job_id = job["_id"]
     merged = {k: v for k, v in job.items() if k not in ("_id", "_creationTime")}
     merged.update(fields)
     stored = info.table.validate(merged, doc_id=job_id)
     full = {"_id": job_id, "_creationTime": job["_creationTime"], **stored}
-    old_keys = {name: keys.index_key(job, f) for name, f in info.index_fields.items()}
     new_keys = {name: keys.index_key(full, f) for name, f in info.index_fields.items()}
-    status = await tx._run(
-        "execute", _update_at_ctid(info.sql), job_id, ctid, to_convex_json(stored), *new_keys.values()
-    )
-    if status != "UPDATE 1":
-        raise RuntimeError(f"scheduled job {job_id} moved while locked ({status})")
     prior = tx.writes.get(job_id)
     if prior is not None:
         prior.new_keys = new_keys
     else:
+        old_keys = {name: keys.index_key(job, f) for name, f in info.index_fields.items()}
         tx.writes[job_id] = Write(TABLE, job_id, old_keys, new_keys)
+    return [job_id, ctid, to_convex_json(stored), *new_keys.values()]
+
+
+async def write_claimed(tx: Transaction, job: dict[str, Any], ctid: Any, fields: dict[str, Any]) -> None:
+    """Patch a job row this transaction holds locked, addressing it by `ctid`: no index lookup,
+    hence no SSI predicate lock on shared index pages (see sql.py)."""
+    args = _claimed_update(tx, job, ctid, fields)
+    status = await tx._run("execute", _update_at_ctid(tx.catalog.table(TABLE).sql), *args)
+    if status != "UPDATE 1":
+        raise RuntimeError(f"scheduled job {job['_id']} moved while locked ({status})")
 
 
 # -- state changes --------------------------------------------------------------------------------
@@ -277,6 +283,37 @@ def retry_delays(base: float = 0.004, cap: float = 0.25) -> Iterator[float]:
         attempt += 1
 
 
+@contextlib.asynccontextmanager
+async def transaction(conn: asyncpg.Connection, runtime: Runtime, isolation: str) -> AsyncIterator[Transaction]:
+    """A writable transaction on `conn` that commits, on leaving the block, together with its
+    commit tail in one round trip (sql.commit_with_tail): the commit lock is never held while
+    PostgreSQL waits for this process to send COMMIT. Rolled back if the block raises."""
+    await conn.execute(sql.BEGIN[isolation])
+    tx = Transaction(conn, runtime.catalog, writable=True)
+    try:
+        yield tx
+        if tx.conflicted:
+            raise TransactionConflict("conflict observed in a scheduler transaction")
+        if tx.writes:
+            writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
+            await conn.execute(sql.commit_with_tail(writes, runtime.db.commit_lock, runtime.db.channel))
+        else:
+            await conn.execute(sql.COMMIT)
+    except BaseException:
+        await rollback(conn)
+        raise
+
+
+async def rollback(conn: asyncpg.Connection) -> None:
+    """Leave a failed transaction; a connection that cannot is closed (the pool replaces it)."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
+        await conn.execute(sql.ROLLBACK)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        conn.terminate()
+
+
 async def system_transaction(
     runtime: Runtime,
     body: Callable[[DatabaseWriter, Transaction], Awaitable[T]],
@@ -289,14 +326,8 @@ async def system_transaction(
     delays = retry_delays()
     for attempt in range(attempts):
         try:
-            async with runtime.db.acquire() as conn, conn.transaction(isolation=isolation):
-                tx = Transaction(conn, runtime.catalog, writable=True)
+            async with runtime.db.acquire() as conn, transaction(conn, runtime, isolation) as tx:
                 result = await body(DatabaseWriter(tx, system=True), tx)
-                if tx.conflicted:
-                    raise TransactionConflict("conflict observed in a scheduler transaction")
-                if tx.writes:
-                    writes = [w.to_json() for w in tx.writes.values()]
-                    await conn.fetchval(sql.COMMIT_TAIL, writes, runtime.db.commit_lock, runtime.db.channel)
             return result
         except CONFLICTS:
             if attempt + 1 == attempts:

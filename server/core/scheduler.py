@@ -47,6 +47,7 @@ log = logging.getLogger("ripple.scheduler")
 
 LOST_ACTION_ERROR = "the server running this action stopped before it finished; actions are not retried"
 SHUTDOWN_ACTION_ERROR = "the server shut down before this action finished; actions are not retried"
+PEEK_SPREAD = 4
 RECOVER_BATCH = 100
 PRUNE_BATCH = 500
 
@@ -176,11 +177,24 @@ class _Candidate:
     ctid: Any  # the physical address of that row version; the claim locks exactly it
 
 
-@dataclass
-class _MutationRun:
-    state: str
-    tx: Transaction | None = None  # the user's writes (success only)
-    scheduler: MutationScheduler | None = None
+class _HeldConnection:
+    """A worker keeps one pooled connection while it has jobs to run (no acquire and reset per
+    job) and gives it back when it goes idle."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._conn: asyncpg.Connection | None = None
+
+    async def get(self) -> asyncpg.Connection:
+        if self._conn is None:
+            self._conn = await self._db.acquire()
+        return self._conn
+
+    async def release(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            assert self._db.pool is not None
+            await self._db.pool.release(conn)
 
 
 class Scheduler:
@@ -203,6 +217,7 @@ class Scheduler:
         self._queue: deque[_Candidate] = deque()
         self._in_flight: set[str] = set()
         self._peek_lock = asyncio.Lock()
+        self._backlog = False  # the last peek found a full window of due jobs
         self._workers: list[asyncio.Task[None]] = []
         self._services: list[asyncio.Task[None]] = []
         self.listener = JobListener(runtime.db, self._on_due, self._on_listener_connect)
@@ -210,6 +225,7 @@ class Scheduler:
         metrics.describe("ripple_scheduler_running_jobs", "gauge", "Scheduled jobs running in this process")
         metrics.describe("ripple_scheduler_listener_connected", "gauge", "1 while the scheduler's LISTEN connection is up")
         metrics.describe("ripple_scheduler_conflicts_total", "counter", "Scheduled-mutation runs retried after a conflict")
+        metrics.describe("ripple_scheduler_claim_misses_total", "counter", "Claims that found their job taken by another process")
         metrics.describe("ripple_scheduler_lost_actions_total", "counter", "Actions failed because their lease expired")
         metrics.describe("ripple_scheduler_pruned_total", "counter", "Finished jobs deleted after the retention")
         metrics.describe("ripple_cron_runs_total", "counter", "Cron ticks by cron and outcome (scheduled, skipped)")
@@ -335,26 +351,32 @@ class Scheduler:
 
     async def _worker(self) -> None:
         errors = reconnect_delays(0.1, 5.0)
-        while not self._stopping:
-            try:
-                candidate = await self._next_candidate()
-                if candidate is None:
-                    await self._refresh_timer()
-                    await self._doorbell.wait()
-                    continue
-                self._busy += 1
+        conn = _HeldConnection(self.runtime.db)
+        try:
+            while not self._stopping:
                 try:
-                    await self._attempt(candidate)
-                finally:
-                    self._busy -= 1
-                    self._in_flight.discard(candidate.job["_id"])
-                errors = reconnect_delays(0.1, 5.0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = next(errors)
-                log.exception("scheduler worker failed; retrying in %.1f s", delay)
-                await asyncio.sleep(delay)
+                    candidate = await self._next_candidate()
+                    if candidate is None:
+                        await conn.release()  # idle workers hold no pooled connection
+                        await self._refresh_timer()
+                        await self._doorbell.wait()
+                        continue
+                    self._busy += 1
+                    try:
+                        await self._attempt(candidate, conn)
+                    finally:
+                        self._busy -= 1
+                        self._in_flight.discard(candidate.job["_id"])
+                    errors = reconnect_delays(0.1, 5.0)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    await conn.release()
+                    delay = next(errors)
+                    log.exception("scheduler worker failed; retrying in %.1f s", delay)
+                    await asyncio.sleep(delay)
+        finally:
+            await conn.release()
 
     async def _next_candidate(self) -> _Candidate | None:
         """A due job no other worker of this process is on. Candidates come from a plain read
@@ -366,24 +388,35 @@ class Scheduler:
                     self._in_flight.add(candidate.job["_id"])
                     return candidate
             async with self._peek_lock:
-                if self._queue:
-                    continue
-                async with self.runtime.db.acquire() as conn:
-                    rows = await conn.fetch(sql.PEEK_DUE_JOBS, *jobs.due_range(jobs.now_ms()), 2 * self.settings.concurrency)
-                fresh = [
-                    _Candidate(decode_doc(r["id"], r["creation_time"], r["doc"]), r["ctid"])
-                    for r in rows if r["id"] not in self._in_flight
-                ]
-                if not fresh:
-                    return None
-                # Other processes read the same earliest jobs: a different order per process
-                # makes two of them rarely reach for the same row at once.
-                random.shuffle(fresh)
-                self._queue.extend(fresh)
-                self._doorbell.ring(min(len(fresh), self.settings.concurrency) - 1)
+                if not self._queue:
+                    fresh = await self._peek()
+                    if not fresh:
+                        return None
+                    self._queue.extend(fresh)
+                    self._doorbell.ring(min(len(fresh), self.settings.concurrency) - 1)
         return None
 
-    async def _attempt(self, candidate: _Candidate) -> None:
+    async def _peek(self) -> list[_Candidate]:
+        """Read a window of due jobs. With a backlog, every process reads at a random offset into
+        its head (up to PEEK_SPREAD windows deep), so processes mostly work on different jobs
+        rather than all reaching for the same earliest ones: due jobs start roughly, not
+        strictly, in due order. The window is shuffled for the same reason."""
+        window = 2 * self.settings.concurrency
+        offset = random.randrange(PEEK_SPREAD * window) if self._backlog else 0
+        lo, hi = jobs.due_range(jobs.now_ms())
+        async with self.runtime.db.acquire() as conn:
+            rows = await conn.fetch(sql.PEEK_DUE_JOBS, lo, hi, window, offset)
+            if not rows and offset:
+                rows = await conn.fetch(sql.PEEK_DUE_JOBS, lo, hi, window, 0)
+        self._backlog = len(rows) == window
+        fresh = [
+            _Candidate(decode_doc(r["id"], r["creation_time"], r["doc"]), r["ctid"])
+            for r in rows if r["id"] not in self._in_flight
+        ]
+        random.shuffle(fresh)
+        return fresh
+
+    async def _attempt(self, candidate: _Candidate, conn: _HeldConnection) -> None:
         job = candidate.job
         try:
             fn = self.runtime.app.registry.resolve(job["name"], allow_internal=True)
@@ -394,12 +427,13 @@ class Scheduler:
                 self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=jobs.FAILED)
             return
         if fn.kind == "action":
+            await conn.release()  # an action may run for minutes: hold no pooled connection
             claimed = await self._claim_action(candidate)
             if claimed is not None:
                 await self._run_action(claimed, fn)
             return
         try:
-            state = await self._run_mutation_job(candidate, fn)
+            state = await self._run_mutation_job(await conn.get(), candidate, fn)
         except (TransactionConflict, *jobs.CONFLICTS):
             await self._conflicted(job["_id"])
             return
@@ -429,63 +463,67 @@ class Scheduler:
             metrics.inc("ripple_mutations_total", outcome="error")
 
     async def _claim(self, tx: Transaction, candidate: _Candidate) -> dict[str, Any] | None:
-        """The one atomic claim: lock this job's row if it is still pending, due and free."""
+        """The one atomic claim: lock this job's row if it is still pending, due and free. The
+        row version at the peeked ctid is the peeked document, so that is what is returned."""
         lo, hi = jobs.due_range(jobs.now_ms())
-        rows = await jobs.fetch_locked(tx, sql.CLAIM_JOB_AT, candidate.ctid, candidate.job["_id"], lo, hi)
-        return rows[0] if rows else None
+        claimed = await tx._run("fetchval", sql.CLAIM_JOB_AT, candidate.ctid, candidate.job["_id"], lo, hi)
+        return candidate.job if claimed is not None else None
 
-    async def _run_mutation_job(self, candidate: _Candidate, fn: FunctionDef) -> str | None:
+    async def _run_mutation_job(self, conn: asyncpg.Connection, candidate: _Candidate, fn: FunctionDef) -> str | None:
         """Claim a scheduled mutation and run it in the same SERIALIZABLE transaction, which also
-        records its final state: it commits exactly once. None: someone else had it."""
+        records the job's final state: it commits exactly once. None: another worker had it."""
         runtime = self.runtime
-        async with runtime.db.acquire() as conn, conn.transaction(isolation="serializable"):
-            tx = Transaction(conn, runtime.catalog, writable=True)
+        job_id = candidate.job["_id"]
+        async with jobs.transaction(conn, runtime, "serializable") as tx:
             job = await self._claim(tx, candidate)
             if job is None:
+                self.runtime.metrics.inc("ripple_scheduler_claim_misses_total")
                 return None
-            run = await self._run_mutation(conn, tx, job, candidate.ctid, fn)
-            if tx.conflicted or (run.tx is not None and run.tx.conflicted):
-                raise _JobConflict(job["_id"])
-            writes = [*(run.tx.writes.values() if run.tx is not None else ()), *tx.writes.values()]
-            await conn.fetchval(sql.COMMIT_TAIL, [w.to_json() for w in writes], runtime.db.commit_lock, runtime.db.channel)
-        if run.scheduler is not None:
-            run.scheduler.committed()
-        runtime.metrics.inc("ripple_mutations_total", outcome="success" if run.state == jobs.SUCCESS else "error")
-        return run.state
+            started = jobs.now_ms()
+            user_tx, scheduler, error = await self._run_mutation(conn, job, fn)
+            if user_tx is not None:
+                if user_tx.conflicted:
+                    raise _JobConflict(job_id)
+                tx.writes.update(user_tx.writes)  # one write set, one commit
+            final = jobs.final_fields(jobs.SUCCESS if error is None else jobs.FAILED, error, startedTime=started)
+            await jobs.write_claimed(tx, job, candidate.ctid, final)
+        if scheduler is not None:
+            scheduler.committed()
+        runtime.metrics.inc("ripple_mutations_total", outcome="success" if error is None else "error")
+        return jobs.SUCCESS if error is None else jobs.FAILED
 
-    async def _run_mutation(self, conn: Any, tx: Transaction, job: dict[str, Any], ctid: Any, fn: FunctionDef) -> _MutationRun:
-        """Run the user's mutation inside the claiming transaction, its writes under a savepoint:
-        if it raises they roll back and the failure is recorded in the same commit."""
+    async def _run_mutation(
+        self, conn: asyncpg.Connection, job: dict[str, Any], fn: FunctionDef
+    ) -> tuple[Transaction | None, MutationScheduler | None, str | None]:
+        """Run the user's mutation inside the claiming transaction under a savepoint. Returns its
+        transaction and scheduler, and the error if it failed (its writes are then rolled back)."""
         runtime = self.runtime
         job_id = job["_id"]
-        started = jobs.now_ms()
         try:
             kwargs = fn.validate_args(job["args"][0])
         except RippleUsageError as exc:
-            await jobs.write_claimed(tx, job, ctid, jobs.final_fields(jobs.FAILED, str(exc), startedTime=started))
-            return _MutationRun(jobs.FAILED)
+            return None, None, str(exc)
         user_tx = Transaction(conn, runtime.catalog, writable=True)
         scheduler = MutationScheduler(user_tx, runtime, running_job=job_id)
         ctx = MutationCtx(DatabaseWriter(user_tx), Auth(None), scheduler)
         buffer = logs.LogBuffer()
         token = current_job.set(job_id)
+        await conn.execute(sql.SAVEPOINT_JOB)  # no RELEASE needed: COMMIT keeps what it holds
         try:
-            async with conn.transaction():  # a savepoint
-                await runtime._invoke(fn, ctx, kwargs, buffer, runtime.config.mutation_timeout)
-                if user_tx.conflicted:
-                    raise _JobConflict(job_id)
+            await runtime._invoke(fn, ctx, kwargs, buffer, runtime.config.mutation_timeout)
+            if user_tx.conflicted:
+                raise _JobConflict(job_id)
         except Exception as exc:
             if isinstance(exc, jobs.CONFLICTS) or user_tx.conflicted:
                 raise _JobConflict(job_id) from exc
+            await conn.execute(sql.ROLLBACK_TO_JOB)
             failure = runtime._failure(fn, exc, buffer)
             self._log_lines(job, failure.log_lines)
-            await jobs.write_claimed(tx, job, ctid, jobs.final_fields(jobs.FAILED, failure.message, startedTime=started))
-            return _MutationRun(jobs.FAILED)
+            return None, None, failure.message
         finally:
             current_job.reset(token)
         self._log_lines(job, buffer.finish())
-        await jobs.write_claimed(tx, job, ctid, jobs.final_fields(jobs.SUCCESS, startedTime=started))
-        return _MutationRun(jobs.SUCCESS, user_tx, scheduler)
+        return user_tx, scheduler, None
 
     async def _claim_action(self, candidate: _Candidate) -> dict[str, Any] | None:
         """Claim a scheduled action: mark it inProgress under this process's lease and commit."""
@@ -494,6 +532,7 @@ class Scheduler:
         async def body(writer: DatabaseWriter, tx: Transaction) -> dict[str, Any] | None:
             job = await self._claim(tx, candidate)
             if job is None:
+                self.runtime.metrics.inc("ripple_scheduler_claim_misses_total")
                 return None
             now = jobs.now_ms()
             fields = {"state": {"kind": jobs.IN_PROGRESS}, "startedTime": now,

@@ -184,11 +184,12 @@ ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock($1)"
 # Candidates: the earliest due pending jobs, unlocked (a hint; the claim decides).
 PEEK_DUE_JOBS = (
     f"SELECT id, ctid, creation_time, doc FROM {_JOBS} WHERE k_by_state >= $1 AND k_by_state < $2 "
-    "ORDER BY k_by_state LIMIT $3"
+    "ORDER BY k_by_state LIMIT $3 OFFSET $4"
 )
-# The claim: that very row version, if it is still pending and due and nobody holds it.
+# The claim: that very row version (so its document is the one peeked), if it is still pending
+# and due and nobody holds it.
 CLAIM_JOB_AT = (
-    f"SELECT id, creation_time, doc FROM {_JOBS} WHERE ctid = $1 AND id = $2 "
+    f"SELECT id FROM {_JOBS} WHERE ctid = $1 AND id = $2 "
     "AND k_by_state >= $3 AND k_by_state < $4 FOR UPDATE SKIP LOCKED"
 )
 # The earliest pending job in a by_state range, unlocked (to arm the timer).
@@ -212,7 +213,32 @@ LOCK_DUE_CRONS = (
 FIRST_CRON = f"SELECT id, creation_time, doc FROM {_CRONS} ORDER BY k_by_next_run LIMIT 1"
 
 
+# A scheduled mutation's user code runs under this savepoint (inside the claiming transaction):
+# if it raises, its writes roll back and the job's failure is recorded in the same commit.
+SAVEPOINT_JOB = "SAVEPOINT ripple_job"
+ROLLBACK_TO_JOB = "ROLLBACK TO SAVEPOINT ripple_job"
+
+
 def update_at_ctid(tsql: TableSql) -> str:
     """TableSql.update, but for the row version at ctid $2 only (the one the caller locked)."""
     sets = ", ".join(f"{tsql.key_columns[i]} = ${n}" for n, i in enumerate(tsql.indexes, start=4))
     return f"UPDATE {quote_ident(tsql.table)} SET doc = $3, {sets} WHERE id = $1 AND ctid = $2"
+
+
+BEGIN = {
+    "serializable": "BEGIN ISOLATION LEVEL SERIALIZABLE",
+    "read_committed": "BEGIN ISOLATION LEVEL READ COMMITTED",
+}
+COMMIT = "COMMIT"
+ROLLBACK = "ROLLBACK"
+_CHANNEL_RE = re.compile(r"^[A-Za-z0-9_]{1,63}$")
+
+
+def commit_with_tail(writes_json: str, lock: int, channel: str) -> str:
+    """The commit tail and COMMIT as one simple-protocol message, so the commit lock taken by
+    _ripple_commit is released by the same round trip that takes it. Simple-protocol messages
+    take no parameters: the write set is inlined as a dollar-quoted literal. Write sets hold
+    table names, ids and base64 keys only, never a `$`; anything else is refused."""
+    if "$" in writes_json or not _CHANNEL_RE.match(channel):
+        raise ValueError("refusing to inline a write set or channel with unexpected characters")
+    return f"SELECT _ripple_commit($w${writes_json}$w$::jsonb, {int(lock)}, '{channel}'); COMMIT"
