@@ -465,3 +465,19 @@ async def test_the_example_app_processes_a_new_video_through_the_scheduler(names
             assert [c["name"] for c in await _system_docs(rt, crons.TABLE)] == ["requeue stuck videos"]
         finally:
             await scheduler.stop()
+
+
+@pytest.mark.e2e
+async def test_scheduled_functions_are_live_queryable(start_server: Callable[..., ServerProcess]) -> None:
+    from client_sdk import RippleClient
+
+    server = start_server(app_dir=SCHED_APP, extra_env=SERVE_ENV)
+    async with RippleClient(server.url) as client:
+        job_id = await client.mutation("jobs:schedule", {"fn": "jobs:slow", "args": {"key": "live", "ms": 400}, "delay": 0.3})
+        seen: list[str] = []
+        async for doc in client.subscribe("jobs:job", {"id": job_id}):
+            seen.append(doc["state"]["kind"])
+            if doc["state"]["kind"] in ("success", "failed"):
+                break
+        states = [s for i, s in enumerate(seen) if i == 0 or seen[i - 1] != s]  # lease renewals repeat one
+        assert states == ["pending", "inProgress", "success"], seen
