@@ -133,7 +133,7 @@ async def test_actions_run_at_most_once_and_may_schedule(app: App) -> None:
 
 
 async def test_run_at_arms_a_timer_and_past_times_run_at_once(app: App) -> None:
-    soon = await app.mutation("jobs:schedule_at", when=time.time() + 0.4, fn="jobs:bump", args={"key": "soon"})
+    soon = await app.mutation("jobs:schedule_at", when=time.time() + 1.0, fn="jobs:bump", args={"key": "soon"})
     past = await app.mutation("jobs:schedule_at", when=time.time() - 60, fn="jobs:bump", args={"key": "past"})
     aware = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.2)).isoformat()
     by_datetime = await app.mutation("jobs:schedule_at_datetime", iso=aware, key="dt")
@@ -184,7 +184,7 @@ async def test_cancel_pending_and_finished_jobs(app: App) -> None:
 
 
 async def test_canceling_a_running_action_lets_it_finish_but_stops_what_it_scheduled(app: App) -> None:
-    spawner = await app.mutation("jobs:schedule", fn="jobs:spawner", args={"key": "sp", "ms": 600})
+    spawner = await app.mutation("jobs:schedule", fn="jobs:spawner", args={"key": "sp", "ms": 1500})
     await eventually(lambda: app.counter("sp:started"), what="spawner started")
     await app.mutation("jobs:cancel", id=spawner)
     await eventually(lambda: app.counter("sp:finished"), what="spawner finished")
@@ -422,8 +422,11 @@ def test_cron_ticks_across_two_processes_fire_once_each_and_overlaps_are_skipped
     all_jobs = _call(a, "query", "jobs:jobs")
     ticks = sorted(j["scheduledTime"] for j in all_jobs if j.get("cronName") == "tick")
     assert len(ticks) >= 4
-    gaps = {round(t2 - t1) for t1, t2 in itertools.pairwise(ticks)}
-    assert gaps == {500}, gaps  # one job per tick: no duplicates, no gaps
+    gaps = [round(t2 - t1) for t1, t2 in itertools.pairwise(ticks)]
+    # One job per tick: never two for one tick; ticks on the 500 ms grid (a tick the loop was
+    # too late for is not made up, so a gap may be a multiple).
+    assert all(g > 0 and g % 500 == 0 for g in gaps), gaps
+    assert gaps.count(500) >= len(gaps) - 1, gaps
     tick_runs = [j for j in all_jobs if j.get("cronName") == "tick" and j["state"]["kind"] == "success"]
     assert _call(a, "query", "jobs:counter", key="cron:tick") == len(tick_runs)
     slow = sorted((j for j in all_jobs if j.get("cronName") == "slow"), key=lambda j: j["scheduledTime"])
