@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -32,15 +33,35 @@ def dev_admin_key(app_dir: Path) -> str:
     return path.read_text().strip()
 
 
-async def watch_and_reload(runtime: Runtime) -> None:
-    """Reload functions and schema whenever a .py file of the app changes (dev mode)."""
-    from watchfiles import PythonFilter, awatch
+def app_source_filter(app_dir: Path) -> Callable[[Any, str], bool]:
+    """A watchfiles filter keeping `schema.py`, the `functions/` folder itself and `.py` files
+    under it; everything else in the app directory (`.ripple/`, caches, data) is ignored."""
+    root = app_dir.resolve()
 
-    app_dir = runtime.config.app_dir
-    targets = [p for p in (app_dir / "functions", app_dir / "schema.py") if p.exists()]
-    if not targets:
-        return
-    async for changes in awatch(*targets, watch_filter=PythonFilter()):
+    def keep(change: Any, path: str) -> bool:
+        try:
+            parts = Path(path).relative_to(root).parts
+        except ValueError:
+            return False
+        if parts in (("schema.py",), ("functions",)):
+            return True
+        return (
+            len(parts) >= 2 and parts[0] == "functions" and parts[-1].endswith(".py")
+            and not any(p.startswith(".") or p == "__pycache__" for p in parts)
+        )
+
+    return keep
+
+
+async def watch_and_reload(runtime: Runtime) -> None:
+    """Reload functions and schema whenever a .py file of the app changes (dev mode).
+
+    The app directory itself is watched (not `functions/` and `schema.py`), so that a folder
+    or schema created after the start is picked up too."""
+    from watchfiles import awatch
+
+    app_dir = runtime.config.app_dir.resolve()
+    async for changes in awatch(app_dir, watch_filter=app_source_filter(app_dir)):
         names = ", ".join(sorted({Path(p).name for _, p in changes}))
         try:
             await runtime.load()

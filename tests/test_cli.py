@@ -115,3 +115,34 @@ def test_run_calls_internal_functions_with_the_admin_key(start_server: object, t
     assert out.returncode == 0, out.stderr
     out = ripple("run", "counters:reset", '{"name": "cli"}', "--url", server.url, cwd=tmp_path)
     assert out.returncode == 1 and "Could not find public function" in out.stderr
+
+
+def test_reload_filter_keeps_only_app_sources(tmp_path: Path) -> None:
+    from server.runner import app_source_filter
+
+    keep = app_source_filter(tmp_path)
+    kept = ["schema.py", "functions", "functions/a.py", "functions/sub/b.py"]
+    ignored = [".ripple/admin_key", ".ripple/pgdata/x.py", "other.py", "data/schema.py", "functions/notes.txt",
+               "functions/__pycache__/a.cpython-311.pyc", "functions/.hidden/c.py", "functions/__pycache__/x.py"]
+    assert [p for p in kept if keep(None, str(tmp_path / p))] == kept
+    assert [p for p in ignored if keep(None, str(tmp_path / p))] == []
+    assert not keep(None, str(tmp_path.parent / (tmp_path.name + "2") / "schema.py"))
+
+
+def test_dev_reload_picks_up_a_functions_folder_created_after_start(start_server: object, tmp_path: Path) -> None:
+    app = tmp_path / "late"
+    app.mkdir()
+    (app / "schema.py").write_text("from server import Schema, Table\nschema = Schema(notes=Table())\n")
+    server: ServerProcess = start_server("dev", app_dir=app)  # type: ignore[operator]
+    (app / "functions").mkdir()
+    source = "from server import query\n@query\nasync def hi(ctx) -> str:\n    return 'hi'\n"
+
+    def hello_works() -> bool:
+        r = httpx.post(f"{server.url}/api/query", json={"path": "hello:hi", "args": {}})
+        if r.status_code == 200 and r.json().get("value") == "hi":
+            return True
+        (app / "functions" / "hello.py").write_text(source)  # (re)written: the watcher may start late
+        return False
+
+    wait_for(hello_works)
+    assert "reloaded after change to" in server.log()

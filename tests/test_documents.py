@@ -357,3 +357,24 @@ async def test_normalize_id_accepts_only_ids_get_can_find(runtime: Runtime) -> N
     assert await q(runtime, "values:normalize", table="messages", id=doc_id) == doc_id
     assert await q(runtime, "values:normalize", table="counters", id=doc_id) is None
     assert await q(runtime, "values:normalize", table="messages", id=doc_id.upper()) is None
+
+
+async def test_dev_traceback_shows_only_frames_of_the_app_directory(namespace: str, tmp_path: Any) -> None:
+    # `app2` shares the prefix of `app` but is another directory: its frames are not the app's.
+    app, other = tmp_path / "app", tmp_path / "app2"
+    (app / "functions").mkdir(parents=True)
+    other.mkdir()
+    (other / "helper.py").write_text("def explode():\n    raise ValueError('from the helper')\n")
+    (app / "functions" / "mod.py").write_text(
+        "import importlib.util, pathlib\nfrom server import query\n"
+        "spec = importlib.util.spec_from_file_location('helper2', pathlib.Path(__file__).parents[2] / 'app2' / 'helper.py')\n"
+        "helper = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(helper)\n"
+        "@query\nasync def boom(ctx) -> None:\n    helper.explode()\n"
+    )
+    async with open_runtime(app, namespace, dev=True) as rt:
+        with pytest.raises(FunctionFailure) as err:
+            await rt.call("query", "mod:boom", {})
+    message = err.value.message
+    assert "ValueError: from the helper" in message
+    assert "mod.py" in message and "in boom" in message
+    assert "helper.py" not in message

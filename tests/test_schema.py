@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import asyncpg
@@ -9,7 +10,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from server import Schema, Table
-from server.core import database
+from server.core import database, sql
 from server.errors import SchemaError
 
 from conftest import PG_URL, open_runtime
@@ -199,6 +200,33 @@ def test_alias_mistakes_are_schema_errors() -> None:
         Schema(t=Table(Underscored))
 
 
+async def test_tables_named_like_builtin_types_work_and_catalog_names_are_refused(tmp_path: Path, namespace: str) -> None:
+    with pytest.raises(SchemaError, match="'pg_class' is reserved"):
+        Schema(pg_class=Table())
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    (app / "schema.py").write_text(
+        "from server import Schema, Table\n"
+        "schema = Schema(text=Table(indexes={'by_a': ['a']}), date=Table(), point=Table())\n"
+    )
+    (app / "functions" / "cat.py").write_text(
+        "from server import mutation, query\n"
+        "@mutation\nasync def add(ctx, table: str, a: int) -> str:\n    return await ctx.db.insert(table, {'a': a})\n"
+        "@query\nasync def by_a(ctx, a: int) -> list[int]:\n"
+        "    docs = await ctx.db.query('text').with_index('by_a', lambda q: q.eq('a', a)).collect()\n"
+        "    return [d['a'] for d in docs]\n"
+        "@query\nasync def count(ctx, table: str) -> int:\n    return len(await ctx.db.query(table).collect())\n"
+    )
+    async with open_runtime(app, namespace) as rt:
+        for a in (1, 2, 2):
+            await rt.call("mutation", "cat:add", {"table": "text", "a": a})
+        await rt.call("mutation", "cat:add", {"table": "point", "a": 9})
+        assert (await rt.call("query", "cat:by_a", {"a": 2})).value == [2, 2]
+        assert (await rt.call("query", "cat:count", {"table": "text"})).value == 3
+        assert (await rt.call("query", "cat:count", {"table": "point"})).value == 1
+        await rt.load()  # applying the schema again with such tables present still works
+
+
 async def test_backfill_reads_in_batches(tmp_path: Path, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(database, "BACKFILL_BATCH", 3)  # 10 documents: 4 batches, the last partial
     app = tmp_path / "app"
@@ -223,3 +251,52 @@ def test_index_name_length_limits() -> None:
         Schema(t=Table(M, indexes={"i" * 62: ["a"]}))
     with pytest.raises(SchemaError, match="index name 'by-a' is invalid"):
         Schema(t=Table(M, indexes={"by-a": ["a"]}))
+
+
+def test_postgres_index_names_are_short_unique_and_stable() -> None:
+    assert sql.index_name("people", "by_city") == "people__by_city"  # what existing deployments have
+    table, a, b = "t" * 40, "by_" + "x" * 30 + "_a", "by_" + "x" * 30 + "_b"
+    na, nb = sql.index_name(table, a), sql.index_name(table, b)
+    assert na != nb and len(na) <= 63 and len(nb) <= 63
+    assert na == sql.index_name(table, a) and na.startswith("t" * 24 + "__by_")
+
+
+async def test_long_index_names_that_share_a_prefix_each_get_an_index(tmp_path: Path, namespace: str) -> None:
+    table, a, b = "people_" + "t" * 40, "by_" + "x" * 30 + "_a", "by_" + "x" * 30 + "_b"
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    (app / "schema.py").write_text(
+        f"from server import Schema, Table\nschema = Schema({table}=Table(indexes={{'{a}': ['a'], '{b}': ['b']}}))\n"
+    )
+    (app / "functions" / "p.py").write_text(
+        "from server import mutation, query\n"
+        f"@mutation\nasync def add(ctx, a: int, b: int) -> str:\n    return await ctx.db.insert('{table}', {{'a': a, 'b': b}})\n"
+        f"@query\nasync def by(ctx, index: str, field: str, v: int) -> list[int]:\n"
+        f"    docs = await ctx.db.query('{table}').with_index(index, lambda q: q.eq(field, v)).collect()\n"
+        "    return [d['a'] for d in docs]\n"
+    )
+    async with open_runtime(app, namespace) as rt:
+        await rt.call("mutation", "p:add", {"a": 1, "b": 2})
+        await rt.call("mutation", "p:add", {"a": 2, "b": 1})
+        assert (await rt.call("query", "p:by", {"index": a, "field": "a", "v": 1})).value == [1]
+        assert (await rt.call("query", "p:by", {"index": b, "field": "b", "v": 1})).value == [2]
+    conn = await asyncpg.connect(PG_URL)
+    try:
+        indexed = {r["indexdef"].rsplit("(", 1)[1].rstrip(")") for r in await conn.fetch(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2", namespace, table)}
+    finally:
+        await conn.close()
+    assert {f"k_{a}", f"k_{b}", "k_by_creation_time"} <= indexed
+
+
+async def test_clashing_relation_names_are_refused(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    for tables, message in (
+        ("a__b=Table(indexes={'c': ['x']}), a=Table(indexes={'b__c': ['x']})", "index a.b__c would be the PostgreSQL relation 'a__b__c', which index a__b.c already is"),
+        ("people=Table(indexes={'by_city': ['city']}), people__by_city=Table()", "index people.by_city would be the PostgreSQL relation 'people__by_city', which table people__by_city already is"),
+    ):
+        (app / "schema.py").write_text(f"from server import Schema, Table\nschema = Schema({tables})\n")
+        with pytest.raises(SchemaError, match=re.escape(message)):
+            async with open_runtime(app, namespace):
+                pass

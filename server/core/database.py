@@ -65,6 +65,21 @@ class Catalog:
         return info
 
 
+def _check_relation_names(tables: list[Table]) -> None:
+    """Tables and their PostgreSQL indexes share one namespace of relation names. Index names
+    are created IF NOT EXISTS, so a clash would silently leave an index out: refuse it."""
+    owners = {t.name: f"table {t.name}" for t in tables}
+    for t in tables:
+        for index in t.index_fields():
+            me, pg_name = f"index {t.name}.{index}", sql.index_name(t.name, index)
+            other = owners.setdefault(pg_name, me)
+            if other != me:
+                raise SchemaError(
+                    f"{me} would be the PostgreSQL relation {pg_name!r}, which {other} already is; "
+                    "rename one of them"
+                )
+
+
 def decode_doc(doc_id: str, creation_time: float, fields: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"_id": doc_id, "_creationTime": creation_time}
     out.update(from_convex_json(fields))
@@ -82,6 +97,10 @@ class Database:
         self.commit_lock = sql.lock_key(namespace, "commit")
         self.schema_lock = sql.lock_key(namespace, "schema")
         self.channel = sql.notify_channel(namespace)
+        # pg_catalog stays implicit, so PostgreSQL searches it first: Ripple's own SQL always
+        # means the built-in types (`text`, `bytea`, ...) even when a user table is named like
+        # one. User tables cannot be named like catalogs: schema.py refuses the `pg_` prefix.
+        self.search_path = sql.quote_ident(namespace)
         self.pool: asyncpg.Pool | None = None
 
     async def connect(self, min_size: int = 2, max_size: int = 20) -> None:
@@ -97,7 +116,7 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             init=init_connection,
-            server_settings={"search_path": self.namespace, "application_name": "ripple"},
+            server_settings={"search_path": self.search_path, "application_name": "ripple"},
         )
 
     async def close(self) -> None:
@@ -111,6 +130,7 @@ class Database:
 
     async def apply_schema(self, schema: Schema) -> Catalog:
         """Create or update tables and indexes; refuse changes that stored documents violate."""
+        _check_relation_names([*schema.tables.values(), *SYSTEM_TABLES.values()])
         async with self.acquire() as conn, conn.transaction():
             await conn.execute(sql.SCHEMA_LOCK, self.schema_lock)
             await conn.execute(sql.BOOTSTRAP)

@@ -346,8 +346,8 @@ class Runtime:
         log.error("%s failed [request %s]", fn.path, request_id, exc_info=exc)
         if self.config.dev:
             detail = "".join(traceback.format_exception_only(exc)).strip()
-            app_dir = str(self.app.directory)
-            frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(app_dir)]
+            app_dir = self.app.directory  # a path prefix match, not a string one: /srv/app2 is not in /srv/app
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(app_dir)]
             where = "".join(traceback.format_list(frames[-5:]))
             return FunctionFailure(f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip(), lines)
         return FunctionFailure(f"[Request ID: {request_id}] Server Error", lines)

@@ -114,6 +114,10 @@ class Table:
                     f"system table name {name!r} must be '_' followed by a valid name, "
                     f"at most {MAX_NAME_LEN} characters in all"
                 )
+        elif name.lower().startswith("pg_"):
+            raise SchemaError(
+                f"table name {name!r} is reserved: PostgreSQL names its system catalogs with the pg_ prefix"
+            )
         elif not NAME_RE.match(name):
             raise SchemaError(
                 f"table name {name!r} is invalid: use letters, digits and '_', starting with a letter"

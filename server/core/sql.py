@@ -29,6 +29,17 @@ def notify_channel(namespace: str) -> str:
     return f"ripple_commits_{namespace}"[:63]
 
 
+def index_name(table: str, index: str) -> str:
+    """The PostgreSQL index over an index's key column. `{table}__{index}` when that fits in 63
+    characters (the names existing deployments have); otherwise both parts are cut to 24
+    characters and an 8-hex-digit hash of the full pair keeps the name unique (<= 59 chars)."""
+    name = f"{table}__{index}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.blake2b(f"{table}.{index}".encode(), digest_size=4).hexdigest()
+    return f"{table[:24]}__{index[:24]}_{digest}"
+
+
 BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS _ripple_tables (
     number      integer PRIMARY KEY,
@@ -45,7 +56,7 @@ CREATE TABLE IF NOT EXISTS _ripple_commits (
 CREATE TABLE IF NOT EXISTS _ripple_mutation_results (
     session_id text NOT NULL,
     request_id bigint NOT NULL,
-    value      jsonb NOT NULL,
+    value      jsonb NOT NULL,  -- [result], so that a null result is JSON null, not SQL NULL
     log_lines  jsonb NOT NULL,
     ts         bigint NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
@@ -110,7 +121,6 @@ ON CONFLICT (key) DO UPDATE SET value = to_jsonb(greatest(
 PRUNE_MUTATION_RESULTS = "DELETE FROM _ripple_mutation_results WHERE created_at < now() - make_interval(secs => $1)"
 CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
 
-
 class TableSql:
     """The statements for one document table."""
 
@@ -153,7 +163,7 @@ class TableSql:
         return f"ALTER TABLE {quote_ident(self.table)} ALTER COLUMN {self.key_columns[index]} SET NOT NULL"
 
     def create_index(self, index: str) -> str:
-        name = quote_ident(f"{self.table}__{index}"[:63])
+        name = quote_ident(index_name(self.table, index))
         return f"CREATE INDEX IF NOT EXISTS {name} ON {quote_ident(self.table)} ({self.key_columns[index]})"
 
     @staticmethod
