@@ -96,6 +96,7 @@ def create_server_app(config: Config) -> Starlette:
                 scheduling = True
             if config.dev:
                 watcher = asyncio.create_task(watch_and_reload(runtime), name="ripple-reload")
+            log.info("serving http://%s:%d (%s mode)", config.host, config.port, "dev" if config.dev else "production")
             yield
         finally:
             if watcher is not None:
@@ -119,9 +120,11 @@ def serve(config: Config) -> None:
         host=config.host,
         port=config.port,
         lifespan="on",
-        log_level="info",
+        log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
         access_log=False,
         ws="websockets-sansio" if _has_sansio() else "websockets",
+        http="httptools" if _installed("httptools") else "h11",
+        loop="uvloop" if _installed("uvloop") else "asyncio",
         timeout_graceful_shutdown=10,
     )
     server = uvicorn.Server(uv)
@@ -138,3 +141,9 @@ def _has_sansio() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

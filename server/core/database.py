@@ -35,6 +35,15 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def reset_connection(conn: asyncpg.Connection) -> None:
+    """Before a connection goes back to the pool. asyncpg's default reset costs a round trip on
+    every release (unlock advisory locks, UNLISTEN, RESET ALL); pooled connections here take only
+    transaction-scoped locks, never LISTEN and never SET, so ending a stray transaction is all
+    there is to undo."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 @dataclass
 class TableInfo:
     number: int
@@ -116,6 +125,7 @@ class Database:
             min_size=min_size,
             max_size=max_size,
             init=init_connection,
+            reset=reset_connection,
             server_settings={"search_path": self.search_path, "application_name": "ripple"},
         )
 

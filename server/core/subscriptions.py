@@ -150,7 +150,7 @@ class SubscriptionManager:
     async def start(self) -> None:
         self._processed_ts = self.current_ts = await self.runtime.latest_ts()
         db = self.runtime.db
-        self._listener = Listener(db.url, db.channel, self.trigger, {"search_path": db.namespace})
+        self._listener = Listener(db.url, db.channel, self.trigger, {"search_path": db.search_path})
         self._listener.start()
         self._task = asyncio.create_task(self._loop(), name="ripple-subscriptions")
         self._task.add_done_callback(self._crashed)
