@@ -2,7 +2,8 @@
 
 - ConvexError: an application error a client may catch and read (`data` reaches it as errorData);
 - RippleUsageError and its children: the caller or the app developer did something wrong
-  (bad arguments, unknown function, misuse of the document API); the message is safe to show;
+  (bad arguments, unknown function, misuse of the document API); the message is safe to show
+  to the caller it concerns (inside a function it is the function's failure, see below);
 - anything else: an internal failure; clients see only a redacted message with a request id
   outside dev mode.
 """
@@ -25,7 +26,10 @@ class ConvexError(RippleError):
 
 
 class RippleUsageError(RippleError):
-    """Misuse by a caller or by function code. Its message is shown to clients."""
+    """Misuse by a caller (bad arguments, unknown function: answered with a 4xx naming what was
+    wrong) or by function code (a bad index range, too many documents read...). Raised inside a
+    function it is that function's failure: shown in dev mode, redacted like any other exception
+    in production."""
 
     code = "BadRequest"
 

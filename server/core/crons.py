@@ -203,7 +203,7 @@ async def sync(runtime: Runtime, crons: Crons) -> None:
     desired = _desired(runtime, crons)
 
     async def body(writer: DatabaseWriter, tx: Transaction) -> None:
-        await tx._run("execute", sql.ADVISORY_XACT_LOCK, sql.lock_key(runtime.db.namespace, "crons"))
+        await tx.execute("execute", sql.ADVISORY_XACT_LOCK, sql.lock_key(runtime.db.namespace, "crons"))
         now = jobs.now_ms()
         seen: set[str] = set()
         for doc in await writer.query(TABLE).collect():

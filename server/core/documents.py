@@ -78,7 +78,7 @@ class Transaction:
     _last_creation_time: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def _run(self, method: str, query: str, *args: Any) -> Any:
+    async def execute(self, method: str, query: str, *args: Any) -> Any:
         async with self._lock:  # one statement at a time, even under asyncio.gather
             try:
                 return await getattr(self.conn, method)(query, *args)
@@ -242,7 +242,7 @@ class Query:
         try:
             while True:
                 batch = SCAN_BATCH if limit is None else min(SCAN_BATCH, max(limit - yielded, 1))
-                rows = await tx._run("fetch", statement, cur_lo, cur_hi, batch)
+                rows = await tx.execute("fetch", statement, cur_lo, cur_hi, batch)
                 tx.count_read(len(rows))
                 for row in rows:
                     key = bytes(row[3])
@@ -423,7 +423,7 @@ class SystemReader:
 
 
 async def _get(tx: Transaction, info: TableInfo, doc_id: str) -> dict[str, Any] | None:
-    row = await tx._run("fetchrow", info.sql.get, doc_id)
+    row = await tx.execute("fetchrow", info.sql.get, doc_id)
     tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
     if row is None:
         return None
@@ -493,7 +493,7 @@ class DatabaseWriter(DatabaseReader):
         creation_time = self._tx.next_creation_time()
         full = {"_id": doc_id, CREATION_TIME: creation_time, **stored}
         new_keys = self._keys(info, full)
-        await self._tx._run(
+        await self._tx.execute(
             "execute", info.sql.insert, doc_id, creation_time, to_convex_json(stored), *new_keys.values()
         )
         self._record(info, doc_id, None, new_keys)
@@ -503,7 +503,7 @@ class DatabaseWriter(DatabaseReader):
         info = _resolve_id(self._tx.catalog, doc_id)
         if info.name.startswith("_") and not self._system_access:
             raise ForbiddenOperation(f"cannot {verb} documents of system table {info.name}")
-        row = await self._tx._run("fetchrow", info.sql.get, doc_id)
+        row = await self._tx.execute("fetchrow", info.sql.get, doc_id)
         self._tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
         if row is None:
             raise RippleUsageError(f"cannot {verb} {doc_id}: no such document in {info.name}")
@@ -515,7 +515,7 @@ class DatabaseWriter(DatabaseReader):
         stored = info.table.validate(fields, doc_id=doc_id)
         full = {"_id": doc_id, CREATION_TIME: current[CREATION_TIME], **stored}
         old_keys, new_keys = self._keys(info, current), self._keys(info, full)
-        await self._tx._run("execute", info.sql.update, doc_id, to_convex_json(stored), *new_keys.values())
+        await self._tx.execute("execute", info.sql.update, doc_id, to_convex_json(stored), *new_keys.values())
         self._record(info, doc_id, old_keys, new_keys)
 
     @staticmethod
@@ -545,5 +545,5 @@ class DatabaseWriter(DatabaseReader):
 
     async def delete(self, doc_id: str) -> None:
         info, current = await self._load(doc_id, "delete")
-        await self._tx._run("execute", info.sql.delete, doc_id)
+        await self._tx.execute("execute", info.sql.delete, doc_id)
         self._record(info, doc_id, self._keys(info, current), None)

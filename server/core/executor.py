@@ -218,7 +218,7 @@ class Runtime:
 
     # -- kinds --------------------------------------------------------------------------------
 
-    async def _invoke(self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float) -> Any:
+    async def invoke(self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float) -> Any:
         log_token = logs.current.set(buffer)
         kind_token = sandbox.running_kind.set(fn.kind)
         try:
@@ -242,9 +242,9 @@ class Runtime:
         self.metrics.inc("ripple_query_executions_total")
         tx = Transaction(conn, self.catalog, writable=False, journal_in=journal)
         try:
-            value = await self._invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
+            value = await self.invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
         except Exception as exc:
-            failure = self._failure(fn, exc, buffer)
+            failure = self.failure(fn, exc, buffer)
             failure.__cause__ = exc
             return QueryRun(None, failure.log_lines, tx.reads, tx.journal_out, failure, broken=tx.conflicted)
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None)
@@ -292,7 +292,7 @@ class Runtime:
                             return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"]))
                     tx = Transaction(conn, self.catalog, writable=True)
                     ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), MutationScheduler(tx, self))
-                    value = await self._invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
+                    value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
                     if tx.conflicted:
                         raise TransactionConflict("conflict observed during the mutation")
                     ts = None
@@ -309,28 +309,28 @@ class Runtime:
                     await asyncio.sleep(next(delays))
                     continue
                 self.metrics.inc("ripple_mutations_total", outcome="error")
-                raise self._failure(fn, exc, buffer) from exc
+                raise self.failure(fn, exc, buffer) from exc
             ctx.scheduler.committed()
             self.metrics.inc("ripple_mutations_total", outcome="success")
             return Outcome(value, buffer.finish(), ts)
         self.metrics.inc("ripple_mutations_total", outcome="error")
         conflict = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({self.config.max_mutation_attempts} attempts)")
-        raise self._failure(fn, conflict, logs.LogBuffer())
+        raise self.failure(fn, conflict, logs.LogBuffer())
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = logs.LogBuffer()
         ctx = ActionCtx(self, identity, buffer)
         try:
-            value = await self._invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)
+            value = await self.invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)
         except Exception as exc:
             self.metrics.inc("ripple_actions_total", outcome="error")
-            raise self._failure(fn, exc, buffer) from exc
+            raise self.failure(fn, exc, buffer) from exc
         self.metrics.inc("ripple_actions_total", outcome="success")
         return Outcome(value, buffer.finish())
 
     # -- errors -------------------------------------------------------------------------------
 
-    def _failure(self, fn: FunctionDef, error: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
+    def failure(self, fn: FunctionDef, error: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
         exc = error
         lines = buffer.finish()
         self.metrics.inc("ripple_function_errors_total", kind=fn.kind)

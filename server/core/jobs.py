@@ -164,7 +164,7 @@ def check_job_id(job_id: object) -> str:
 # -- rows found and locked by the scheduler's own statements --------------------------------------
 
 async def fetch_locked(tx: Transaction, statement: str, *args: Any) -> list[dict[str, Any]]:
-    rows = await tx._run("fetch", statement, *args)
+    rows = await tx.execute("fetch", statement, *args)
     return [decode_doc(r["id"], r["creation_time"], r["doc"]) for r in rows]
 
 
@@ -196,7 +196,7 @@ async def write_claimed(tx: Transaction, job: dict[str, Any], ctid: Any, fields:
     """Patch a job row this transaction holds locked, addressing it by `ctid`: no index lookup,
     hence no SSI predicate lock on shared index pages (see sql.py)."""
     args = _claimed_update(tx, job, ctid, fields)
-    status = await tx._run("execute", _update_at_ctid(tx.catalog.table(TABLE).sql), *args)
+    status = await tx.execute("execute", _update_at_ctid(tx.catalog.table(TABLE).sql), *args)
     if status != "UPDATE 1":
         raise RuntimeError(f"scheduled job {job['_id']} moved while locked ({status})")
 
@@ -266,7 +266,7 @@ async def _unfinished_children(writer: DatabaseWriter, parent_id: str) -> list[s
 async def notify_due(tx: Transaction, channel: str, due_ms: float) -> None:
     """Tell sleeping scheduler loops (all processes) that a job is due at `due_ms`; delivered at
     commit, and not at all if the transaction rolls back."""
-    await tx._run("execute", sql.NOTIFY, channel, str(int(due_ms)))
+    await tx.execute("execute", sql.NOTIFY, channel, str(int(due_ms)))
 
 
 # -- runtime-owned transactions -------------------------------------------------------------------

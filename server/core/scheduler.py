@@ -466,7 +466,7 @@ class Scheduler:
         """The one atomic claim: lock this job's row if it is still pending, due and free. The
         row version at the peeked ctid is the peeked document, so that is what is returned."""
         lo, hi = jobs.due_range(jobs.now_ms())
-        claimed = await tx._run("fetchval", sql.CLAIM_JOB_AT, candidate.ctid, candidate.job["_id"], lo, hi)
+        claimed = await tx.execute("fetchval", sql.CLAIM_JOB_AT, candidate.ctid, candidate.job["_id"], lo, hi)
         return candidate.job if claimed is not None else None
 
     async def _run_mutation_job(self, conn: asyncpg.Connection, candidate: _Candidate, fn: FunctionDef) -> str | None:
@@ -510,14 +510,14 @@ class Scheduler:
         token = current_job.set(job_id)
         await conn.execute(sql.SAVEPOINT_JOB)  # no RELEASE needed: COMMIT keeps what it holds
         try:
-            await runtime._invoke(fn, ctx, kwargs, buffer, runtime.config.mutation_timeout)
+            await runtime.invoke(fn, ctx, kwargs, buffer, runtime.config.mutation_timeout)
             if user_tx.conflicted:
                 raise _JobConflict(job_id)
         except Exception as exc:
             if isinstance(exc, jobs.CONFLICTS) or user_tx.conflicted:
                 raise _JobConflict(job_id) from exc
             await conn.execute(sql.ROLLBACK_TO_JOB)
-            failure = runtime._failure(fn, exc, buffer)
+            failure = runtime.failure(fn, exc, buffer)
             self._log_lines(job, failure.log_lines)
             return None, None, failure.message
         finally:
