@@ -80,6 +80,17 @@ def test_mutation_response_then_transition_covering_its_ts() -> None:
     assert s.transition(99, {}.get) is None  # not there yet
     t = s.transition(100, {}.get)
     assert t is not None and t["modifications"] == [] and t["endVersion"]["ts"] == encode_ts(100)
+    assert s.transition(100, {}.get) is None  # owed only once
+    # The tick can reach a mutation's ts before its response goes out: one more (empty)
+    # Transition must follow the response, or the client never resolves the mutation.
+    send(s, {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+        {"type": "Add", "queryId": 0, "udfPath": "m:get", "args": [{}]}]})
+    results = {0: ok(6)}
+    early = s.transition(120, results.get)  # already carries the mutation's effect
+    assert early is not None and early["endVersion"]["ts"] == encode_ts(120)
+    s.mutation_response(2, FunctionResult(True, 6, ts=110))
+    late = s.transition(120, results.get)
+    assert late is not None and late["startVersion"] == late["endVersion"] and late["modifications"] == []
     failed = s.mutation_response(1, FunctionResult(False, "boom", error_data={"c": 1}, has_error_data=True))
     assert failed["errorData"] == {"c": 1} and "ts" not in failed
 

@@ -126,7 +126,11 @@ class SyncSession:
         self.queries: dict[int, ClientQuery] = {}
         self.sent = Version()
         self._sent_digests: dict[int, bytes] = {}
-        self.awaiting_ts = 0  # a successful mutation's ts the client still waits to see
+        self.awaiting_ts = 0  # the ts of the latest successful mutation
+        # Clients resolve a mutation on the first Transition *after* its MutationResponse whose
+        # ts covers it, so after every successful MutationResponse one more Transition is owed,
+        # even when an earlier one already reached that ts (the tick can beat the response).
+        self.owes_transition = False
 
     @property
     def connected(self) -> bool:
@@ -240,6 +244,7 @@ class SyncSession:
             assert result.ts is not None
             message["ts"] = encode_ts(result.ts)
             self.awaiting_ts = max(self.awaiting_ts, result.ts)
+            self.owes_transition = True
         elif result.has_error_data:
             message["errorData"] = result.error_data
         return message
@@ -282,9 +287,11 @@ class SyncSession:
         for query_id in self._sent_digests.keys() - results.keys():
             modifications.append({"type": "QueryRemoved", "queryId": query_id})
         versions_moved = (target.query_set, target.identity) != (self.sent.query_set, self.sent.identity)
-        owes_mutation = self.awaiting_ts > self.sent.ts and ts >= self.awaiting_ts
+        owes_mutation = self.owes_transition and ts >= self.awaiting_ts
         if not modifications and not versions_moved and not owes_mutation:
             return None
+        if ts >= self.awaiting_ts:
+            self.owes_transition = False
         message = {"type": "Transition", "startVersion": self.sent.encode(), "endVersion": target.encode(),
                    "modifications": modifications}
         self.sent = target
