@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Iterator
 from enum import Enum
 from typing import Any
@@ -33,6 +32,7 @@ from client_sdk.protocol import (
     RequestFinished,
     ServerFatal,
 )
+from server.core.backoff import exponential_backoff
 from server.core.values import from_convex_json
 
 log = logging.getLogger("client_sdk")
@@ -69,12 +69,9 @@ class State(Enum):
     CLOSED = "closed"
 
 
-def backoff(first: float = 0.1, cap: float = 10.0) -> Iterator[float]:
-    """Reconnect delays: exponential with full jitter, capped."""
-    delay = first
-    while True:
-        yield random.uniform(0, delay)
-        delay = min(cap, delay * 2)
+def backoff() -> Iterator[float]:
+    """Reconnect delays: 0.1 s doubling to 10 s, full jitter."""
+    return exponential_backoff(0.1, 10.0, jitter="full")
 
 
 def _error_from(response: dict[str, Any]) -> RippleClientError:

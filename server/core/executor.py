@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import orjson
 from server.config import Config
 from server.core import crons as _crons  # noqa: F401  (registers the _cron_jobs system table)
 from server.core import logs, sandbox, sql
+from server.core.backoff import conflict_retry_delays
 from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter, ReadRange, Transaction
 from server.core.loader import App, load_app
@@ -141,14 +141,6 @@ class ActionCtx:
 
     async def run_action(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         return await self._nested("action", ref, args)
-
-
-def backoff(base: float = 0.004, cap: float = 0.25) -> Iterator[float]:
-    """Full-jitter exponential backoff delays for conflict retries."""
-    attempt = 0
-    while True:
-        yield random.uniform(0, min(cap, base * (2**attempt)))
-        attempt += 1
 
 
 class Runtime:
@@ -280,7 +272,7 @@ class Runtime:
         self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
         idempotency_key: tuple[str, int] | None = None,
     ) -> Outcome:
-        delays = backoff()
+        delays = conflict_retry_delays()
         for _ in range(self.config.max_mutation_attempts):
             buffer = logs.LogBuffer()
             tx: Transaction | None = None

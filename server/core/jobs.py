@@ -23,9 +23,8 @@ import asyncio
 import contextlib
 import functools
 import math
-import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import asyncpg
@@ -33,6 +32,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from server.core import keys, sql
+from server.core.backoff import conflict_retry_delays
 from server.core.database import decode_doc
 from server.core.documents import DatabaseWriter, Transaction, Write
 from server.core.ids import table_number_of
@@ -275,12 +275,7 @@ T = TypeVar("T")
 CONFLICTS = (TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 
-def retry_delays(base: float = 0.004, cap: float = 0.25) -> Iterator[float]:
-    """Full-jitter exponential backoff for retrying a transaction that lost a conflict."""
-    attempt = 0
-    while True:
-        yield random.uniform(0, min(cap, base * (2**attempt)))
-        attempt += 1
+retry_delays = conflict_retry_delays
 
 
 @contextlib.asynccontextmanager

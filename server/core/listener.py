@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
 import asyncpg
+
+from server.core.backoff import reconnect_delays
 
 log = logging.getLogger("ripple.listener")
 
@@ -23,14 +24,6 @@ class ListenerState(Enum):
     CONNECTING = "connecting"
     LISTENING = "listening"
     STOPPED = "stopped"
-
-
-def reconnect_delays(first: float = 0.05, cap: float = 5.0) -> Iterator[float]:
-    """Exponential backoff with jitter: 50 ms, 100 ms, ... up to `cap` seconds."""
-    delay = first
-    while True:
-        yield delay * random.uniform(0.5, 1.0)
-        delay = min(cap, delay * 2)
 
 
 class Listener:

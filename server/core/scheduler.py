@@ -29,13 +29,14 @@ import random
 import secrets
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from server.core import crons, jobs, logs, sql
+from server.core.backoff import reconnect_delays
 from server.core.database import Database, decode_doc
 from server.core.documents import DatabaseWriter, Transaction
 from server.core.executor import Auth, FunctionFailure, MutationCtx, Runtime
@@ -113,13 +114,6 @@ class Doorbell:
         finally:
             if not waiter.done():
                 waiter.cancel()
-
-
-def reconnect_delays(first: float = 0.05, cap: float = 5.0) -> Iterator[float]:
-    delay = first
-    while True:
-        yield delay
-        delay = min(cap, delay * 2)
 
 
 def _set_event(event: asyncio.Event, *_: object) -> None:

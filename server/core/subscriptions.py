@@ -30,9 +30,10 @@ from typing import Any, Protocol
 import orjson
 
 from server.core import sql
+from server.core.backoff import reconnect_delays
 from server.core.documents import ReadRange
 from server.core.executor import FunctionFailure, Identity, QueryRun, Runtime
-from server.core.listener import Listener, reconnect_delays
+from server.core.listener import Listener
 from server.core.registry import FunctionDef
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import RippleUsageError
