@@ -28,6 +28,7 @@ class Config:
     mutation_timeout: float = 10.0
     action_timeout: float = 600.0
     max_mutation_attempts: int = 40
+    ws_compression: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -40,6 +41,7 @@ class Config:
             query_timeout=_env_float("RIPPLE_QUERY_TIMEOUT", 10.0),
             mutation_timeout=_env_float("RIPPLE_MUTATION_TIMEOUT", 10.0),
             action_timeout=_env_float("RIPPLE_ACTION_TIMEOUT", 600.0),
+            ws_compression=os.environ.get("RIPPLE_WS_COMPRESSION", "").lower() in ("1", "true", "yes", "on"),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -123,6 +123,9 @@ def serve(config: Config) -> None:
         log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
         access_log=False,
         ws="websockets-sansio" if _has_sansio() else "websockets",
+        # permessage-deflate costs a zlib pass per frame per client: with a thousand clients on
+        # one query that dominates fan-out. Off unless asked for (slow links, large results).
+        ws_per_message_deflate=config.ws_compression,
         http="httptools" if _installed("httptools") else "h11",
         loop="uvloop" if _installed("uvloop") else "asyncio",
         timeout_graceful_shutdown=10,
