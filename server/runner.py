@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -13,7 +14,7 @@ from typing import Any
 import uvicorn
 from starlette.applications import Starlette
 
-from server.api.app import build_app
+from server.api.app import RippleApp, build_app
 from server.config import Config
 from server.core.database import Database
 from server.core.executor import Runtime
@@ -72,7 +73,17 @@ async def watch_and_reload(runtime: Runtime) -> None:
         log.info("reloaded after change to %s: %d functions", names, len(runtime.app.registry.functions))
 
 
-def create_server_app(config: Config) -> Starlette:
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes: the start-up heap (modules, schema, functions) is frozen out of
+    collection, and the young generation is collected every 10,000 allocations instead of 700.
+    Profiling a thousand-client fan-out showed a fifth of the server's time in gc_collect."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(10_000, gen1, gen2)
+
+
+def create_server_app(config: Config) -> RippleApp:
     """An ASGI app whose lifespan connects to the database and loads the app."""
     assert config.database_url, "a database URL is required"
     db = Database(config.database_url, config.db_schema)
@@ -97,6 +108,7 @@ def create_server_app(config: Config) -> Starlette:
             if config.dev:
                 watcher = asyncio.create_task(watch_and_reload(runtime), name="ripple-reload")
             log.info("serving http://%s:%d (%s mode)", config.host, config.port, "dev" if config.dev else "production")
+            tune_gc()
             yield
         finally:
             if watcher is not None:

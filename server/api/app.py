@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -12,11 +13,12 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from server.api.http_api import HttpApi, error_response, json_response
-from server.api.sync_ws import sync_endpoint
+from server.api.sync_ws import serve_sync
 from server.core.executor import Runtime
 from server.core.subscriptions import SubscriptionManager
 
@@ -63,7 +65,7 @@ class CorsMiddleware:
         await self.app(scope, receive, send_with_cors)
 
 
-def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None, lifespan: Lifespan | None = None) -> Starlette:
+def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None, lifespan: Lifespan | None = None) -> RippleApp:
     api = HttpApi(runtime)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
@@ -136,8 +138,6 @@ def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None
         Route("/api/query_at_ts", endpoint(call_query_at_ts), methods=["POST"]),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
-        WebSocketRoute("/api/sync", sync_endpoint),
-        WebSocketRoute("/api/{version}/sync", sync_endpoint),
     ]
     app = Starlette(
         routes=routes,
@@ -148,7 +148,30 @@ def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None
     app.state.runtime = runtime
     app.state.subscriptions = subscriptions
     app.state.websocket_clients = websocket_clients
-    return app
+    return RippleApp(app, runtime, subscriptions, websocket_clients)
+
+
+SYNC_PATH = re.compile(r"^/api/(?:[^/]+/)?sync$")
+
+
+class RippleApp:
+    """The ASGI application. Sync-protocol websockets (`/api/sync`, `/api/<version>/sync`) go
+    straight to the sync endpoint with the server's own `send`, which the fan-out fast path in
+    server/api/sync_ws.py writes frames through; everything else goes to Starlette."""
+
+    def __init__(self, starlette: Starlette, runtime: Runtime, subscriptions: SubscriptionManager, clients: set[Any]) -> None:
+        self.starlette = starlette
+        self.state = starlette.state
+        self._runtime, self._subscriptions, self._clients = runtime, subscriptions, clients
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and SYNC_PATH.match(scope["path"]):
+            if not self._runtime.ready:
+                await send({"type": "websocket.close", "code": 1013})  # try again later
+                return
+            await serve_sync(WebSocket(scope, receive, send), self._runtime, self._subscriptions, self._clients)
+            return
+        await self.starlette(scope, receive, send)
 
 
 @asynccontextmanager

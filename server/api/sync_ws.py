@@ -287,10 +287,9 @@ class ClientConnection:
         return []
 
 
-async def sync_endpoint(websocket: WebSocket) -> None:
-    state = websocket.app.state
-    connection = ClientConnection(websocket, state.runtime, state.subscriptions)
-    clients = state.websocket_clients
+async def serve_sync(websocket: WebSocket, runtime: Runtime, manager: SubscriptionManager, clients: set[Any]) -> None:
+    """One websocket connection of the sync protocol, from accept to close."""
+    connection = ClientConnection(websocket, runtime, manager)
     clients.add(connection)
     try:
         await connection.run()
