@@ -37,6 +37,14 @@ from server.sync.protocol import (
 log = logging.getLogger("ripple.sync")
 
 PING_INTERVAL = 15.0
+
+
+def _text_frame_header(length: int) -> bytes:
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -93,8 +101,11 @@ class ClientConnection:
 
     def _write_now(self, data: bytes) -> None:
         proto = self._proto
-        proto.conn.send_text(data)
-        proto.transport.write(b"".join(proto.conn.data_to_send()))
+        if proto.conn.extensions:  # e.g. permessage-deflate: let the protocol encode the frame
+            proto.conn.send_text(data)
+            proto.transport.write(b"".join(proto.conn.data_to_send()))
+        else:  # a single unmasked, unfragmented text frame (RFC 6455 5.2), as the protocol would write
+            proto.transport.write(_text_frame_header(len(data)) + data)
 
     # -- main -------------------------------------------------------------------------------------
 
