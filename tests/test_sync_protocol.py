@@ -180,3 +180,21 @@ def test_client_resends_unconfirmed_mutations_and_fails_actions() -> None:
     assert [e.request_id for e in events if isinstance(e, RequestFinished)] == [a_id]
     resend = client.on_connect("Lost")
     assert [m.get("requestId") for m in resend if m["type"] == "Mutation"] == [m_id]
+
+
+def test_clients_in_the_same_state_share_one_encoding() -> None:
+    a, b = connected(), connected()
+    for s in (a, b):
+        send(s, {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+            {"type": "Add", "queryId": 3, "udfPath": "a:b", "args": [{}]}]})
+    results = {3: ok(1)}
+    cache: dict[Any, bytes | None] = {}
+    first = a.encoded_transition(7, results.get, cache)
+    second = b.encoded_transition(7, results.get, cache)
+    assert first is not None and first is second and len(cache) == 1
+    assert a.sent == b.sent and a.sent.ts == 7
+    assert a.encoded_transition(7, results.get, cache) is None  # nothing new for a
+    results[3] = ok(2)
+    third = b.encoded_transition(9, results.get, cache)
+    assert third is not None and orjson.loads(third)["modifications"][0]["value"] == 2
+    assert orjson.loads(third) == orjson.loads(orjson.dumps(a.transition(9, results.get)))

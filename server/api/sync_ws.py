@@ -75,9 +75,9 @@ class ClientConnection:
         if self._sending or self.outbox or self._closing or not self._writable_now():
             self._dirty.set()
             return
-        message = self.session.transition(self.manager.current_ts, self._result_of)
-        if message is not None:
-            self._write_now(orjson.dumps(message))
+        encoded = self.session.encoded_transition(self.manager.current_ts, self._result_of, self.manager.encode_cache)
+        if encoded is not None:
+            self._write_now(encoded)
         elif self.session.owes_transition:
             self.manager.wait_for_ts(self)
 

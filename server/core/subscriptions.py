@@ -142,6 +142,7 @@ class SubscriptionManager:
         self._task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
         self._ts_waiters: set[Subscriber] = set()
+        self.encode_cache: dict[Any, bytes | None] = {}
         self._last_prune = 0.0
         self._stopping = False
         runtime.on_reload.append(self._functions_reloaded)
@@ -293,6 +294,7 @@ class SubscriptionManager:
         self._processed_ts = snapshot_ts
         self.current_ts = max(self.current_ts, snapshot_ts)
         self.ticks += 1
+        self.encode_cache = {}  # Transitions shared by clients in the same state, this publish only
         waiters, self._ts_waiters = self._ts_waiters, set()
         for subscriber in changed | waiters:
             subscriber.notify()

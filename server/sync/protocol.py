@@ -299,6 +299,40 @@ class SyncSession:
         return message
 
 
+    def encoded_transition(
+        self, ts: int, result_of: Callable[[int], QueryResult | None], cache: dict[Any, bytes | None]
+    ) -> bytes | None:
+        """`transition()` serialized. Clients in the same state at the same ts (the common case
+        when one commit fans out to many clients of one query) share one encoding through
+        `cache`, which the caller keeps for one publish."""
+        if not self.connected or ts < self.max_observed_ts or ts < self.sent.ts:
+            return None
+        results: list[tuple[int, QueryResult]] = []
+        for query_id in self.queries:
+            result = result_of(query_id)
+            if result is None:
+                return None
+            results.append((query_id, result))
+        key = (
+            self.sent, self.query_set_version, self.identity_version, ts,
+            self.owes_transition and ts >= self.awaiting_ts,
+            tuple((query_id, result.digest, self._sent_digests.get(query_id)) for query_id, result in results),
+            frozenset(self._sent_digests.keys() - self.queries.keys()),
+        )
+        if key in cache:
+            encoded = cache[key]
+            if encoded is not None:  # the same state change transition() makes
+                if ts >= self.awaiting_ts:
+                    self.owes_transition = False
+                self.sent = Version(self.query_set_version, self.identity_version, ts)
+                self._sent_digests = {query_id: result.digest for query_id, result in results}
+            return encoded
+        message = self.transition(ts, result_of)
+        encoded = None if message is None else orjson.dumps(message)
+        cache[key] = encoded
+        return encoded
+
+
 @dataclass(frozen=True)
 class FunctionResult:
     """A mutation's or action's outcome, ready for the wire."""
