@@ -18,12 +18,9 @@ by a poll timer (fast when the listener is down).
 from __future__ import annotations
 
 import asyncio
-import base64
-import bisect
 import hashlib
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -34,6 +31,7 @@ from server.core.backoff import reconnect_delays
 from server.core.documents import ReadRange
 from server.core.executor import FunctionFailure, Identity, QueryRun, Runtime
 from server.core.listener import Listener
+from server.core.readsets import ReadIndex
 from server.core.registry import FunctionDef
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import RippleUsageError
@@ -108,33 +106,12 @@ def subscription_key(path: str, args_json: Any, identity: Identity | None, journ
     return (path, args_key, identity_key, journal)
 
 
-class _WriteIndex:
-    """The keys a batch of commits wrote, sorted per (table, index), for range look-ups."""
-
-    def __init__(self, writes: Iterable[dict[str, Any]]) -> None:
-        keys: dict[tuple[str, str], list[bytes]] = {}
-        for w in writes:
-            table = w["table"]
-            keys.setdefault((table, "by_id"), []).append(w["id"].encode())
-            for side in ("old", "new"):
-                for index, encoded in (w.get(side) or {}).items():
-                    keys.setdefault((table, index), []).append(base64.b64decode(encoded))
-        self.keys = {k: sorted(v) for k, v in keys.items()}
-
-    def touches(self, reads: Iterable[ReadRange]) -> bool:
-        for r in reads:
-            keys = self.keys.get((r.table, r.index))
-            if keys:
-                i = bisect.bisect_left(keys, r.lo)
-                if i < len(keys) and keys[i] < r.hi:
-                    return True
-        return False
-
-
 class SubscriptionManager:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.queries: dict[SubKey, SharedQuery] = {}
+        self._reads: ReadIndex[SharedQuery] = ReadIndex()  # read sets of live shared queries
+        self._stale: set[SharedQuery] = set()  # to run at the next tick whatever was written
         self.current_ts = 0  # every non-stale result is valid at this ts
         self.ticks = 0
         self._processed_ts = 0
@@ -191,6 +168,7 @@ class SubscriptionManager:
         if sq is None:
             sq = SharedQuery(key, canonical, args_json, identity, journal)
             self.queries[key] = sq
+            self._stale.add(sq)
             self.trigger()
         sq.subscribers.add(subscriber)
         return sq
@@ -199,6 +177,8 @@ class SubscriptionManager:
         sq.subscribers.discard(subscriber)
         if not sq.subscribers and self.queries.get(sq.key) is sq:
             del self.queries[sq.key]
+            self._reads.discard(sq)
+            self._stale.discard(sq)
 
     def wait_for_ts(self, subscriber: Subscriber) -> None:
         """Wake `subscriber` after the next tick (it awaits a mutation's ts)."""
@@ -212,6 +192,7 @@ class SubscriptionManager:
     def _functions_reloaded(self) -> None:
         for sq in self.queries.values():
             sq.stale = True
+        self._stale.update(self.queries.values())
         self.trigger()
 
     # -- the tick loop ------------------------------------------------------------------------
@@ -249,14 +230,11 @@ class SubscriptionManager:
                 snapshot_ts = int(await conn.fetchval(sql.LATEST_TS))
             else:
                 snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
+            to_run: set[SharedQuery] = set(self._stale)
             if everything:
-                affected = set(self.queries.values())
-            elif rows:
-                index = _WriteIndex(w for r in rows for w in r["writes"])
-                affected = {sq for sq in self.queries.values() if not sq.stale and index.touches(sq.reads)}
-            else:
-                affected = set()
-            to_run = [sq for sq in list(self.queries.values()) if sq.stale or sq in affected]
+                to_run.update(self.queries.values())
+            elif rows:  # only live queries are filed in the index: unsubscribe removes them
+                to_run.update(self._reads.touched_by(w for r in rows for w in r["writes"]))
             for sq in to_run:
                 outcome = await self._execute(conn, sq)
                 new_results.append((sq, outcome))
@@ -291,6 +269,9 @@ class SubscriptionManager:
                 changed |= sq.subscribers
             sq.result = result
             sq.stale = False
+            self._stale.discard(sq)
+            if self.queries.get(sq.key) is sq:  # still subscribed after the tick's awaits
+                self._reads.put(sq, sq.reads)
         self._processed_ts = snapshot_ts
         self.current_ts = max(self.current_ts, snapshot_ts)
         self.ticks += 1
