@@ -11,6 +11,8 @@ import asyncpg
 import httpx
 import pytest
 
+from server.core.metrics import Metrics
+
 from conftest import BASIC_APP, PG_URL, ServerProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
@@ -286,3 +288,15 @@ async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
         assert f"# TYPE {name}" in text, name
     executed = [line for line in text.splitlines() if line.startswith("ripple_query_executions_total ")]
     assert executed and float(executed[0].split()[1]) >= 1
+
+
+def test_metrics_text_prints_large_counters_in_full_and_escapes_labels() -> None:
+    m = Metrics()
+    m.describe("big_total", "counter", "A counter past a million")
+    m.inc("big_total", 1_234_567)
+    m.inc("big_total", 2.5, path='a"b\\c\nd')
+    m.gauge("ratio", lambda: 0.125)
+    lines = m.render().splitlines()
+    assert "big_total 1234567" in lines
+    assert 'big_total{path="a\\"b\\\\c\\nd"} 2.5' in lines
+    assert "ratio 0.125" in lines

@@ -42,12 +42,28 @@ class Metrics:
             lines.append(f"{name} 0")
         for (name, labels), value in sorted(self.counters.items()):
             header(name)
-            label_text = ",".join(f'{k}="{v}"' for k, v in labels)
-            lines.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
+            label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels)
+            text = _number(value)
+            lines.append(f"{name}{{{label_text}}} {text}" if labels else f"{name} {text}")
         for name, read in sorted(self.gauges.items()):
             header(name)
-            lines.append(f"{name} {read():g}")
+            lines.append(f"{name} {_number(read())}")
         return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Exposition-format number: whole values in full (a counter of 1,234,567 is not 1.23457e+06)."""
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    if float(value).is_integer() and abs(value) < 2**63:
+        return str(int(value))
+    return repr(float(value))
+
+
+def _escape(label_value: str) -> str:
+    return label_value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def standard_metrics() -> Metrics:
