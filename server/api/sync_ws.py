@@ -37,6 +37,7 @@ from server.sync.protocol import (
 log = logging.getLogger("ripple.sync")
 
 PING_INTERVAL = 15.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _text_frame_header(length: int) -> bytes:
@@ -45,7 +46,6 @@ def _text_frame_header(length: int) -> bytes:
     if length < 1 << 16:
         return b"\x81\x7e" + length.to_bytes(2, "big")
     return b"\x81\x7f" + length.to_bytes(8, "big")
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class ClientConnection:

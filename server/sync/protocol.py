@@ -298,7 +298,6 @@ class SyncSession:
         self._sent_digests = {query_id: result.digest for query_id, result in results.items()}
         return message
 
-
     def encoded_transition(
         self, ts: int, result_of: Callable[[int], QueryResult | None], cache: dict[Any, bytes | None]
     ) -> bytes | None:
