@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client_sdk.protocol import ClientProtocol, QueriesUpdated, RequestFinished
 from server.core.subscriptions import QueryResult
@@ -198,3 +200,44 @@ def test_clients_in_the_same_state_share_one_encoding() -> None:
     third = b.encoded_transition(9, results.get, cache)
     assert third is not None and orjson.loads(third)["modifications"][0]["value"] == 2
     assert orjson.loads(third) == orjson.loads(orjson.dumps(a.transition(9, results.get)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(
+    st.integers(0, 5),  # which session acts
+    st.sampled_from(["add", "remove", "mutation", "publish"]),
+    st.integers(0, 2),  # query id / result choice
+), max_size=40))
+def test_shared_encodings_equal_what_each_session_would_send_alone(steps: list[tuple[int, str, int]]) -> None:
+    """Sessions publishing through one cache end in exactly the states, and send exactly the
+    messages, of twin sessions that build every Transition on their own."""
+    shared = [connected() for _ in range(6)]
+    alone = [connected() for _ in range(6)]
+    results: dict[int, QueryResult] = {}
+    ts, request_id = 10, 0
+    for who, op, n in steps:
+        if op == "publish":
+            ts += 1
+            for q in range(3):
+                results[q] = ok(n + q)
+            cache: dict[Any, Any] = {}
+            for s, twin in zip(shared, alone, strict=True):
+                encoded = s.encoded_transition(ts, results.get, cache)
+                expected = twin.transition(ts, results.get)
+                assert (None if encoded is None else orjson.loads(encoded)) == orjson.loads(orjson.dumps(expected))
+                assert (s.sent, s.owes_transition) == (twin.sent, twin.owes_transition)
+            continue
+        for s in (shared[who], alone[who]):
+            queries = {q: {"type": "Add", "queryId": q, "udfPath": "a:b", "args": [{"q": q}]} for q in s.queries}
+            if op == "add":
+                queries[n] = {"type": "Add", "queryId": n, "udfPath": "a:b", "args": [{"q": n}]}
+            elif op == "remove":
+                queries.pop(n, None)
+            if op in ("add", "remove"):
+                version = s.query_set_version
+                mods: list[dict[str, Any]] = [{"type": "Remove", "queryId": q} for q in s.queries if q not in queries]
+                mods += [m for q, m in queries.items() if q not in s.queries]
+                send(s, {"type": "ModifyQuerySet", "baseVersion": version, "newVersion": version + 1, "modifications": mods})
+            else:
+                s.mutation_response(request_id, FunctionResult(True, None, ts=ts))
+        request_id += 1

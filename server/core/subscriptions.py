@@ -119,7 +119,7 @@ class SubscriptionManager:
         self._task: asyncio.Task[None] | None = None
         self._listener: Listener | None = None
         self._ts_waiters: set[Subscriber] = set()
-        self.encode_cache: dict[Any, bytes | None] = {}
+        self.encode_cache: dict[Any, Any] = {}
         self._last_prune = 0.0
         self._stopping = False
         runtime.on_reload.append(self._functions_reloaded)

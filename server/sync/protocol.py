@@ -299,36 +299,38 @@ class SyncSession:
         return message
 
     def encoded_transition(
-        self, ts: int, result_of: Callable[[int], QueryResult | None], cache: dict[Any, bytes | None]
+        self, ts: int, result_of: Callable[[int], QueryResult | None], cache: dict[Any, Any]
     ) -> bytes | None:
         """`transition()` serialized. Clients in the same state at the same ts (the common case
-        when one commit fans out to many clients of one query) share one encoding through
-        `cache`, which the caller keeps for one publish."""
-        if not self.connected or ts < self.max_observed_ts or ts < self.sent.ts:
+        when one commit fans out to many clients of one query) share one encoding, and the
+        (immutable) state it leads to, through `cache`, which the caller keeps for one publish."""
+        sent = self.sent
+        if not self.connected or ts < self.max_observed_ts or ts < sent.ts:
             return None
-        results: list[tuple[int, QueryResult]] = []
+        digests = self._sent_digests
+        state = []
         for query_id in self.queries:
             result = result_of(query_id)
             if result is None:
                 return None
-            results.append((query_id, result))
+            state.append((query_id, result.digest, digests.get(query_id)))
+        removed = digests.keys() - self.queries.keys()
         key = (
-            self.sent, self.query_set_version, self.identity_version, ts,
-            self.owes_transition and ts >= self.awaiting_ts,
-            tuple((query_id, result.digest, self._sent_digests.get(query_id)) for query_id, result in results),
-            frozenset(self._sent_digests.keys() - self.queries.keys()),
+            sent.query_set, sent.identity, sent.ts, self.query_set_version, self.identity_version, ts,
+            self.owes_transition and ts >= self.awaiting_ts, tuple(state), frozenset(removed) if removed else None,
         )
-        if key in cache:
-            encoded = cache[key]
+        hit = cache.get(key)
+        if hit is not None:
+            encoded, target, target_digests = hit
             if encoded is not None:  # the same state change transition() makes
                 if ts >= self.awaiting_ts:
                     self.owes_transition = False
-                self.sent = Version(self.query_set_version, self.identity_version, ts)
-                self._sent_digests = {query_id: result.digest for query_id, result in results}
-            return encoded
+                self.sent = target
+                self._sent_digests = target_digests  # never mutated, only replaced: safe to share
+            return encoded  # type: ignore[no-any-return]
         message = self.transition(ts, result_of)
         encoded = None if message is None else orjson.dumps(message)
-        cache[key] = encoded
+        cache[key] = (encoded, self.sent, self._sent_digests)
         return encoded
 
 
