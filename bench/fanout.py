@@ -89,17 +89,13 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
-import http.client
 import json
 import math
 import os
-import platform
 import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -109,15 +105,31 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from common import (
+    CLK_TCK,
+    DEFAULT_DB,
+    HOST,
+    ROOT,
+    Processes,
+    command_output,
+    describe_machine,
+    free_port,
+    http_call,
+    local_tcp_ports,
+    machine_busy_ticks,
+    process_ticks,
+    run_cancellable,
+    tail,
+    wait_port,
+    wait_ready,
+)
+
 SCRIPT = Path(__file__).resolve()
 BENCH = SCRIPT.parent
-ROOT = BENCH.parent
 APP_DIR = BENCH / "fanout_app"
 CLIENTS_JS = BENCH / "fanout_clients.mjs"
 BASELINES = BENCH / "fanout_baselines.py"
 RESULTS_DIR = BENCH / "results"
-DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/test"
-HOST = "127.0.0.1"
 PREFIX = "q"
 OTHER_CPU_WARN = 15.0  # % of one core used by unrelated processes during a write phase
 
@@ -130,81 +142,8 @@ SERVERS = {
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes
+# Server probes
 # ---------------------------------------------------------------------------------------------
-
-class Processes:
-    """Every subprocess this script starts; `stop_all` ends them (by pid, in reverse order)."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        fd, log_name = tempfile.mkstemp(prefix=f"fanout-{name}-", suffix=".log")
-        with os.fdopen(fd, "wb") as log_file:
-            # Own session: a Ctrl-C in the terminal reaches only this script, which stops them.
-            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                                    start_new_session=True)
-        proc.log_path = Path(log_name)  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], keep_log: bool = False) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if not keep_log:
-            with contextlib.suppress(OSError):
-                proc.log_path.unlink()  # type: ignore[attr-defined]
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                self.stop(proc)
-        self.procs.clear()
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def http_call(port: int, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"} if payload else {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-async def wait_healthy(proc: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(proc.log_path)}")  # type: ignore[attr-defined]
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            status, _ = await asyncio.to_thread(http_call, port, "GET", "/_ripple/health", None, 2)
-            if status == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"server not healthy after {timeout} s:\n{tail(proc.log_path)}")  # type: ignore[attr-defined]
-
 
 async def metrics(port: int) -> dict[str, float]:
     status, body = await asyncio.to_thread(http_call, port, "GET", "/_ripple/metrics")
@@ -229,50 +168,6 @@ def rss_kb(pid: int) -> int:
 # CPU accounting over a write phase
 # ---------------------------------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_ticks() -> dict[int, tuple[str, int]]:
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                raw = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            head, _, rest = raw.rpartition(b")")
-            fields = rest.split()
-            out[int(entry)] = (head.partition(b"(")[2].decode(errors="replace"), int(fields[11]) + int(fields[12]))
-    return out
-
-
-def machine_ticks() -> tuple[int, int]:
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + parts[4]
-    return sum(parts) - idle, sum(parts)
-
-
-def local_tcp_ports(pids: list[int]) -> set[int]:
-    """Local ports of the TCP sockets the processes `pids` hold open."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("socket:["):
-                        inodes.add(int(target[8:-1]))
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                parts = line.split()
-                if int(parts[9]) in inodes:
-                    ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 class CpuWindow:
     """CPU used during a window by the server, the Node clients, PostgreSQL for this benchmark
     (the backends connected to the server, plus the cluster's background processes), and
@@ -290,10 +185,10 @@ class CpuWindow:
 
     async def begin(self) -> None:
         await self._classify()
-        self.start = (process_ticks(), machine_ticks(), time.perf_counter())
+        self.start = (process_ticks(), machine_busy_ticks(), time.perf_counter())
 
     async def stop(self) -> dict[str, Any]:
-        (pa, ma, ta), (pb, mb, tb) = self.start, (process_ticks(), machine_ticks(), time.perf_counter())
+        (pa, ma, ta), (pb, mb, tb) = self.start, (process_ticks(), machine_busy_ticks(), time.perf_counter())
         await self._classify()
         wall = tb - ta
         used = {pid: ticks - pa.get(pid, ("", 0))[1] for pid, (_, ticks) in pb.items()}
@@ -324,9 +219,9 @@ async def wait_quiet(max_wait: float) -> tuple[float, float]:
     waited = 0.0
     me = os.getpid()
     while True:
-        pa, ma = process_ticks(), machine_ticks()
+        pa, ma = process_ticks(), machine_busy_ticks()
         await asyncio.sleep(1.0)
-        pb, mb = process_ticks(), machine_ticks()
+        pb, mb = process_ticks(), machine_busy_ticks()
         mine = pb.get(me, ("", 0))[1] - pa.get(me, ("", 0))[1]
         busy = (mb[0] - ma[0]) - mine
         total = (mb[1] - ma[1]) or 1
@@ -366,22 +261,14 @@ async def start_server(kind: str, processes: Processes, args: argparse.Namespace
                                       "--http-port", str(http_port), "--database-url", args.database_url,
                                       "--db-schema", ctx["base_schema"], "--channel", ctx["base_channel"]], env=env)
         server = Server(kind, proc, port, http_port)
-    await wait_healthy(proc, server.http_port)
+    await wait_ready(proc, server.http_port)
     if kind == "ripple":  # load the query's code paths before the RSS baseline
         status, body = await asyncio.to_thread(http_call, port, "POST", "/api/query",
                                                {"path": "counters:get", "args": {"name": PREFIX + "0"}, "format": "json"})
         if status != 200 or not body.startswith(b'{"status":"success"'):
             raise RuntimeError(f"warm-up query failed: {status} {body[:300]!r}")
     else:  # wait until the websocket side accepts connections too
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection((HOST, port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{kind} websocket port not open:\n{tail(proc.log_path)}") from None  # type: ignore[attr-defined]
-                await asyncio.sleep(0.1)
+        await wait_port(proc, port, f"{kind} websocket port not open")
     return server
 
 
@@ -604,56 +491,20 @@ def summarize_profile(path: Path, top: int = 20) -> dict[str, Any]:
 # Machine information, aggregation, reporting
 # ---------------------------------------------------------------------------------------------
 
-def command_output(argv: list[str], cwd: Path = ROOT) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, cwd=cwd, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def code_digest() -> str:
-    """sha256 over server/ and the bench's own sources: identifies the code measured even when the
-    working tree differs from the commit."""
-    h = hashlib.sha256()
-    paths = [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, BASELINES, SCRIPT]
-    for path in sorted(paths):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def machine_info(pg_version: str) -> dict[str, Any]:
-    from importlib.metadata import version
-
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    packages: dict[str, str | None] = {}
-    for mod in ("uvicorn", "starlette", "websockets", "asyncpg", "orjson", "uvloop", "httptools"):
-        try:
-            packages[mod] = version(mod)
-        except Exception:
-            packages[mod] = None
+    """The shared machine description (the code digest covers server/, the app, the Node clients,
+    the baselines, this script and bench/common.py), plus Node, its `ws` package and the fd limit."""
     ws_version = None
     with contextlib.suppress(Exception):
         ws_version = json.loads((BENCH / "node_modules" / "ws" / "package.json").read_text())["version"]
     return {
-        "git_commit": command_output(["git", "rev-parse", "HEAD"]),
-        "git_dirty": bool(command_output(["git", "status", "--porcelain", "--untracked-files=no", "--", "server", "bench"])),
-        "code_sha256": code_digest(),
-        "nproc": command_output(["nproc"]) or str(os.cpu_count()),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
+        **describe_machine(pg_version, ("uvicorn", "starlette", "websockets", "asyncpg", "orjson", "uvloop", "httptools"),
+                           [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, BASELINES, SCRIPT],
+                           git_status_args=("--untracked-files=no", "--", "server", "bench")),
         "node": command_output(["node", "--version"]),
         "node_ws": ws_version,
-        "postgresql": pg_version,
-        "packages": packages,
         "fd_limit": resource.getrlimit(resource.RLIMIT_NOFILE),
     }
-
 
 def med(runs: list[dict[str, Any]], path: str) -> float:
     values = []
@@ -858,7 +709,7 @@ async def bench(args: argparse.Namespace) -> None:
     servers = args.servers
     token = secrets.token_hex(4)
     ctx = {"ripple_schema": f"fanout_{token}", "base_schema": f"fanout_{token}_base", "base_channel": f"fanout_{token}_base"}
-    processes = Processes()
+    processes = Processes("fanout")
     admin = await asyncpg.connect(args.database_url)
     try:
         pg_version = await admin.fetchval("SELECT version()")
@@ -1067,17 +918,7 @@ def main() -> None:
             print(f"warning: fd limit {hard} is below the {need} this run needs", file=sys.stderr)
     ensure_node_modules()
 
-    async def guarded() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        await bench(args)
-
-    try:
-        asyncio.run(guarded())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; processes stopped and schemas dropped", file=sys.stderr)
-        sys.exit(130)
+    run_cancellable(lambda: bench(args), "interrupted; processes stopped and schemas dropped")
 
 
 if __name__ == "__main__":

@@ -72,30 +72,42 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import http.client
 import json
 import math
 import os
-import platform
 import resource
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from common import (
+    CLK_TCK,
+    DEFAULT_DB,
+    HOST,
+    ROOT,
+    Processes,
+    describe_machine,
+    free_port,
+    http_call,
+    local_tcp_ports,
+    machine_busy_ticks,
+    percentile,
+    process_ticks,
+    run_cancellable,
+    tail,
+    wait_port,
+    wait_ready,
+)
+
 SCRIPT = Path(__file__).resolve()
-ROOT = SCRIPT.parent.parent
 APP_DIR = SCRIPT.parent / "app"
 RESULTS_DIR = SCRIPT.parent / "results"
-DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/test"
-HOST = "127.0.0.1"
 QUERY_KEY_PREFIX = "k"  # seeded documents: keys k000000 .. k009999
 INSERT_KEY_PREFIX = "new-"  # inserted documents never collide with the looked-up keys
 BODIES_PER_CLIENT = 256
@@ -143,14 +155,6 @@ def build_requests(workload: str, client: int, n_seed: int, port: int) -> list[b
 # Statistics and CPU sampling
 # ---------------------------------------------------------------------------------------------
 
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
 def summarize(latencies_s: list[float], elapsed_s: float, errors: int, **extra: Any) -> dict[str, Any]:
     lat = sorted(latencies_s)
     return {
@@ -163,53 +167,6 @@ def summarize(latencies_s: list[float], elapsed_s: float, errors: int, **extra: 
         "max_ms": (lat[-1] if lat else math.nan) * 1e3,
         **extra,
     }
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def all_process_ticks() -> dict[int, tuple[bytes, int]]:
-    """pid -> (command name, utime + stime ticks) for every process on the machine."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    raw = f.read()
-            except OSError:
-                continue
-            head, _, rest = raw.rpartition(b")")
-            fields = rest.split()
-            out[int(entry)] = (head.partition(b"(")[2], int(fields[11]) + int(fields[12]))
-    return out
-
-
-def machine_busy_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies over all CPUs from /proc/stat."""
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + parts[4]
-    return sum(parts) - idle, sum(parts)
-
-
-def local_tcp_ports(pids: list[int]) -> set[int]:
-    """Local ports of the TCP sockets the processes `pids` hold open."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("socket:["):
-                        inodes.add(int(target[8:-1]))
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError), open(table) as f:
-            for line in f.readlines()[1:]:
-                parts = line.split()
-                if int(parts[9]) in inodes:
-                    ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 class CpuSampler:
@@ -237,8 +194,8 @@ class CpuSampler:
         self.listeners |= {r["pid"] for r in rows if (r["application_name"] or "").startswith(("ripple-listener", "ripple-scheduler"))}
         self.listeners -= self.backends
 
-    def _snapshot(self) -> tuple[dict[int, tuple[bytes, int]], tuple[int, int], float]:
-        return all_process_ticks(), machine_busy_ticks(), time.perf_counter()
+    def _snapshot(self) -> tuple[dict[int, tuple[str, int]], tuple[int, int], float]:
+        return process_ticks(), machine_busy_ticks(), time.perf_counter()
 
     async def start(self) -> None:
         self._a = self._snapshot()
@@ -249,7 +206,7 @@ class CpuSampler:
         await self._classify_backends()  # pools may have grown during the window
         (pa, ma, ta), (pb, mb, tb) = self._a, b
         wall = tb - ta
-        used = {pid: ticks - pa.get(pid, (b"", 0))[1] for pid, (_, ticks) in pb.items()}
+        used = {pid: ticks - pa.get(pid, ("", 0))[1] for pid, (_, ticks) in pb.items()}
         ours = {*self.pids.values(), *OUR_PIDS, os.getpid()}
 
         def pct(ticks: float) -> float:
@@ -261,7 +218,7 @@ class CpuSampler:
         mine = ours | self.backends | self.listeners
         others = sorted(((t, pid) for pid, t in used.items() if pid not in mine and t > 0), reverse=True)
         out["other_cpu_pct"] = pct(sum(t for t, _ in others))
-        out["other_top"] = ", ".join(f"{pb[pid][0].decode(errors='replace')}[{pid}] {pct(t):g}%" for t, pid in others[:4])  # type: ignore[assignment]
+        out["other_top"] = ", ".join(f"{pb[pid][0]}[{pid}] {pct(t):g}%" for t, pid in others[:4])  # type: ignore[assignment]
         busy, total = mb[0] - ma[0], mb[1] - ma[1]
         out["machine_busy_pct"] = round(100.0 * busy / total, 1) if total else math.nan
         return out
@@ -395,83 +352,8 @@ def floor_main(kind: str, port: int, body: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Processes, HTTP helpers, cleanup
+# Running the load generator
 # ---------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def http_call(port: int, method: str, path: str, body: Any = None, timeout: float = 60.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"} if payload else {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-class Processes:
-    """Subprocesses started by this script; all of them are stopped by `stop_all`."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.logs: list[Path] = []
-
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        log_path = Path(tempfile.mkstemp(prefix=f"http_api-{name}-", suffix=".log")[1])
-        self.logs.append(log_path)
-        with open(log_path, "wb") as log_file:
-            # Own session: a Ctrl-C in the terminal reaches only this script, which then stops
-            # its children in order.
-            proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                    start_new_session=True)
-        proc.log_path = log_path  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        OUR_PIDS.add(proc.pid)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            with contextlib.suppress(Exception):
-                self.stop(proc)
-        for path in self.logs:
-            with contextlib.suppress(OSError):
-                path.unlink()
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-async def wait_ready(proc: subprocess.Popen[bytes], port: int, path: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before it was ready:\n{tail(proc.log_path)}")  # type: ignore[attr-defined]
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            status, _ = await asyncio.to_thread(http_call, port, "GET", path, None, 2)
-            if status == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"not ready after {timeout} s:\n{tail(proc.log_path)}")  # type: ignore[attr-defined]
-
 
 async def run_loadgen(port: int, workload: str, args: argparse.Namespace, sampler: CpuSampler, procs: list[asyncio.subprocess.Process]) -> dict[str, Any]:
     """Run one generator subprocess; sample CPU between its MEASURE_START/END markers."""
@@ -619,53 +501,14 @@ class RawAsyncpg:
 # Machine information and reporting
 # ---------------------------------------------------------------------------------------------
 
-def command_output(argv: list[str]) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def code_digest() -> str:
-    """sha256 over server/ and bench/app/ sources: identifies the code measured even when the
-    working tree differs from the commit."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for path in sorted([*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py")]):
-        h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
 def machine_info(pg_version: str) -> dict[str, Any]:
-    cpu_model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for mod in ("asyncpg", "uvicorn", "starlette", "orjson", "pydantic", "h11", "httptools", "uvloop"):
-        try:
-            from importlib.metadata import version
-
-            versions[mod] = version(mod)
-        except Exception:
-            versions[mod] = None
-    return {
-        "git_commit": command_output(["git", "rev-parse", "HEAD"]),
-        "git_dirty": bool(command_output(["git", "status", "--porcelain"])),
-        "code_sha256": code_digest(),
-        "nproc": command_output(["nproc"]) or str(os.cpu_count()),
-        "cpu_model": cpu_model,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "postgresql": pg_version,
-        "packages": versions,
-        # what uvicorn's "auto" settings (server/runner.py) choose in this environment
-        "uvicorn_http": "httptools" if versions["httptools"] else "h11",
-        "uvicorn_loop": "uvloop" if versions["uvloop"] else "asyncio",
-    }
+    """The shared machine description (the code digest covers server/, the app and
+    bench/common.py), plus what uvicorn's "auto" settings (server/runner.py) choose here."""
+    info = describe_machine(pg_version, ("asyncpg", "uvicorn", "starlette", "orjson", "pydantic", "h11", "httptools", "uvloop"),
+                            [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py")])
+    info["uvicorn_http"] = "httptools" if info["packages"]["httptools"] else "h11"
+    info["uvicorn_loop"] = "uvloop" if info["packages"]["uvloop"] else "asyncio"
+    return info
 
 
 CASES = [
@@ -732,7 +575,7 @@ async def bench(args: argparse.Namespace) -> None:
     from server.config import Config
 
     namespace = "bench_" + secrets.token_hex(4)
-    processes = Processes()
+    processes = Processes("http_api", pids=OUR_PIDS)
     loadgens: list[asyncio.subprocess.Process] = []
     admin = await asyncpg.connect(args.database_url)
     pool = None
@@ -798,14 +641,7 @@ async def bench(args: argparse.Namespace) -> None:
             if kind == "starlette":
                 await wait_ready(proc, fport, "/_ripple/health")
             else:
-                deadline = time.monotonic() + 30
-                while True:
-                    with contextlib.suppress(OSError):
-                        socket.create_connection((HOST, fport), timeout=1).close()
-                        break
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"raw floor server did not start:\n{tail(proc.log_path)}")  # type: ignore[attr-defined]
-                    await asyncio.sleep(0.1)
+                await wait_port(proc, fport, "raw floor server did not start")
 
         # Raw asyncpg pool on the same schema --------------------------------------------------
         from server.core.database import init_connection
@@ -962,18 +798,8 @@ def main() -> None:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
 
-    async def guarded() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        await bench(args)
-
-    try:
-        with asyncio.Runner(loop_factory=baseline_loop_factory()) as runner:
-            runner.run(guarded())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("\ninterrupted; subprocesses stopped and schema dropped", file=sys.stderr)
-        sys.exit(130)
+    run_cancellable(lambda: bench(args), "interrupted; subprocesses stopped and schema dropped",
+                    loop_factory=baseline_loop_factory())
 
 
 if __name__ == "__main__":

@@ -53,30 +53,17 @@ from typing import Any
 
 import asyncpg
 import httpx
+from common import DEFAULT_DB, ROOT, command_output, cpu_model, free_port, percentile
 
-ROOT = Path(__file__).resolve().parent.parent
 APP_DIR = ROOT / "bench" / "scheduler_app"
 RESULTS_DIR = ROOT / "bench" / "results"
-DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/test"
 BASELINE_WORKERS = 10
 ENQUEUE_CHUNK = 1000
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1]
-
-
 def delays_summary(delays_ms: list[float]) -> dict[str, float]:
-    return {"p50_ms": percentile(delays_ms, 50), "p99_ms": percentile(delays_ms, 99), "max_ms": max(delays_ms)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    ordered = sorted(delays_ms)
+    return {"p50_ms": percentile(ordered, 50), "p99_ms": percentile(ordered, 99), "max_ms": max(delays_ms)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,17 +323,10 @@ async def baseline_latency(db_url: str, n_spread: int, n_kicks: int) -> dict[str
 # ---------------------------------------------------------------------------------------------
 
 def machine_info(pg_version: str) -> dict[str, Any]:
-    def out(argv: list[str]) -> str:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"git_commit": out(["git", "rev-parse", "HEAD"]), "git_dirty": bool(out(["git", "status", "--porcelain"])),
-            "nproc": os.cpu_count(), "cpu": cpu, "kernel": platform.release(), "python": platform.python_version(),
-            "postgres": pg_version, "host": socket.gethostname()}
+    return {"git_commit": command_output(["git", "rev-parse", "HEAD"]),
+            "git_dirty": bool(command_output(["git", "status", "--porcelain"])),
+            "nproc": os.cpu_count(), "cpu": cpu_model(fallback=platform.processor()), "kernel": platform.release(),
+            "python": platform.python_version(), "postgres": pg_version, "host": socket.gethostname()}
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
