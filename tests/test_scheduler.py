@@ -4,6 +4,7 @@ through real `ripple serve` processes for exactly-once, kill -9, waking and cron
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -262,6 +263,62 @@ async def test_prune_deletes_only_finished_jobs_past_retention(app: App) -> None
     await eventually(gone, 5, "finished job pruned")  # by the maintenance loop
     assert (await app.job(pending))["state"] == {"kind": "pending"}
     assert app.rt.metrics.value("ripple_scheduler_pruned_total") == 1
+
+
+async def test_a_timer_refresh_that_predates_a_commit_looks_again(namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker finding nothing due reads the earliest future job to arm the timer. When a job
+    commits while such a read is in flight (and its NOTIFY is lost: the listener was still
+    connecting), the next worker's request to look must not be dropped: it once was, and the
+    job then waited for the poll (seconds late)."""
+    async with open_runtime(SCHED_APP, namespace) as rt:
+        scheduler = Scheduler(rt, dataclasses.replace(FAST))  # not started: no listener, no workers
+        real_acquire = rt.db.acquire
+        read, release = asyncio.Event(), asyncio.Event()
+        stalled = False
+
+        class StalledAfterReading:
+            def __init__(self, conn: Any) -> None:
+                self.conn = conn
+
+            async def fetchrow(self, *args: Any) -> Any:
+                row = await self.conn.fetchrow(*args)  # reads before the job commits
+                read.set()
+                await release.wait()
+                return row
+
+        @contextlib.asynccontextmanager
+        async def acquire() -> AsyncIterator[Any]:
+            nonlocal stalled
+            async with real_acquire() as conn:
+                if stalled:
+                    yield conn
+                else:
+                    stalled = True
+                    yield StalledAfterReading(conn)
+
+        monkeypatch.setattr(rt.db, "acquire", acquire)
+        first = asyncio.create_task(scheduler._refresh_timer())
+        await read.wait()
+        when = time.time() + 30
+        await rt.call("mutation", "jobs:schedule_at", {"when": when, "fn": "jobs:bump", "args": {"key": "t"}})
+        await scheduler._refresh_timer()  # the look the commit asked for, while the first read is in flight
+        release.set()
+        await first
+        assert scheduler._timer_ms is not None and abs(scheduler._timer_ms - when * 1000) < 1
+
+
+async def test_a_job_that_fell_due_between_a_peek_and_the_timer_read_is_not_left_to_the_poll(namespace: str) -> None:
+    """A worker peeks (nothing due yet), the job falls due, then the worker reads the earliest
+    future job to arm the timer: the job is no longer "future", but it must still arm the timer
+    (it once waited for the 5 s poll: the drain benchmark saw whole batches start 2.7 s late)."""
+    async with open_runtime(SCHED_APP, namespace) as rt:
+        scheduler = Scheduler(rt, dataclasses.replace(FAST))  # not started: only its timer logic
+        due = time.time() + 0.05
+        await rt.call("mutation", "jobs:schedule_at", {"when": due, "fn": "jobs:bump", "args": {"key": "g"}})
+        assert await scheduler._peek() == []  # not due yet
+        await asyncio.sleep(0.1)  # now it is
+        await scheduler._refresh_timer()
+        assert scheduler._timer_ms is not None and abs(scheduler._timer_ms - due * 1000) < 1
 
 
 async def test_doorbell_keeps_rings_that_nobody_waited_for() -> None:

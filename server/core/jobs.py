@@ -266,7 +266,7 @@ async def _unfinished_children(writer: DatabaseWriter, parent_id: str) -> list[s
 async def notify_due(tx: Transaction, channel: str, due_ms: float) -> None:
     """Tell sleeping scheduler loops (all processes) that a job is due at `due_ms`; delivered at
     commit, and not at all if the transaction rolls back."""
-    await tx.execute("execute", sql.NOTIFY, channel, str(int(due_ms)))
+    await tx.execute("execute", sql.NOTIFY, channel, repr(float(due_ms)))  # exact: a timer must not fire early
 
 
 # -- runtime-owned transactions -------------------------------------------------------------------

@@ -204,6 +204,8 @@ class Scheduler:
         self._cron_ms: float | None = None  # earliest cron tick
         self._crons_dirty = False
         self._refreshing = False
+        self._refresh_again = False
+        self._peeked_through = 0.0  # the due time up to which the latest peek looked
         self._stopping = False
         self._busy = 0
         self._running_actions: set[str] = set()
@@ -329,15 +331,28 @@ class Scheduler:
                 self._cron_ms = await crons.next_due_ms(self.runtime)
 
     async def _refresh_timer(self) -> None:
-        """After finding nothing due: arm the timer for the earliest future job."""
+        """After finding nothing due: arm the timer for the earliest job later than what the last
+        peek covered. Not "later than now": a job that fell due between that peek and this read
+        would be in neither range and wait for the next poll (seen: seconds late). If it is due
+        already, the timer fires at once and a worker peeks again.
+
+        One read at a time. A caller arriving while a read is in flight makes it read again
+        afterwards: the read in flight may predate the commit that made the caller look (a
+        job scheduled while the listener was still connecting, say), and skipping the second
+        look would leave that job to the next poll."""
         if self._refreshing:
+            self._refresh_again = True
             return
         self._refreshing = True
         try:
-            async with self.runtime.db.acquire() as conn:
-                row = await conn.fetchrow(sql.FIRST_JOB_IN_RANGE, *jobs.future_range(jobs.now_ms()))
-            if row is not None:
-                self._arm(float(row["doc"]["scheduledTime"]))
+            while True:
+                self._refresh_again = False
+                async with self.runtime.db.acquire() as conn:
+                    row = await conn.fetchrow(sql.FIRST_JOB_IN_RANGE, *jobs.future_range(self._peeked_through))
+                if row is not None:
+                    self._arm(float(row["doc"]["scheduledTime"]))
+                if not self._refresh_again:
+                    break
         finally:
             self._refreshing = False
 
@@ -397,7 +412,8 @@ class Scheduler:
         strictly, in due order. The window is shuffled for the same reason."""
         window = 2 * self.settings.concurrency
         offset = random.randrange(PEEK_SPREAD * window) if self._backlog else 0
-        lo, hi = jobs.due_range(jobs.now_ms())
+        self._peeked_through = now = jobs.now_ms()
+        lo, hi = jobs.due_range(now)
         async with self.runtime.db.acquire() as conn:
             rows = await conn.fetch(sql.PEEK_DUE_JOBS, lo, hi, window, offset)
             if not rows and offset:
