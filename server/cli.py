@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -58,7 +59,15 @@ def cmd_dev(args: argparse.Namespace) -> None:
     if not config.database_url:
         print("Starting embedded PostgreSQL under .ripple/ ...", flush=True)
         config.database_url = start_embedded_postgres(config.app_dir)
+        # The embedded server is stopped at interpreter exit. After a graceful shutdown uvicorn
+        # re-raises the signal that stopped it; SIGTERM's default action would then kill the
+        # process before exit handlers run, leaving PostgreSQL behind. Exit through SystemExit.
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     serve(config)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

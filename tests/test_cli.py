@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -86,6 +87,12 @@ def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:
     finally:
         server.stop()
 
+    # SIGTERM (what process managers and CI send) stops the embedded PostgreSQL too: it used to
+    # outlive `ripple dev`. PostgreSQL removes postmaster.pid when it has shut down.
+    postmaster_pid = app / ".ripple" / "pgdata" / "postmaster.pid"
+    assert server.proc.returncode == 128 + signal.SIGTERM
+    wait_for(lambda: not postmaster_pid.exists())
+
     # Data survives a restart of `ripple dev` (the embedded database persists under .ripple/).
     server = start()
     try:
@@ -93,6 +100,7 @@ def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:
         assert [c["name"] for c in r.json()["value"]] == ["Launch"]
     finally:
         server.stop()
+    wait_for(lambda: not postmaster_pid.exists())
 
 
 def test_helpful_errors(tmp_path: Path) -> None:
