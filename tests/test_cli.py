@@ -102,6 +102,16 @@ def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:
         server.stop()
     wait_for(lambda: not postmaster_pid.exists())
 
+    # A `ripple dev` killed with SIGKILL leaves PostgreSQL running; the next one reuses it and,
+    # when it exits, still stops it (the killed one is not counted as a user any more).
+    server = start()
+    server.proc.kill()
+    server.proc.wait()
+    assert postmaster_pid.exists()
+    server = start()
+    server.stop()
+    wait_for(lambda: not postmaster_pid.exists())
+
 
 def test_helpful_errors(tmp_path: Path) -> None:
     out = ripple("serve", "--port", str(free_port()), "--dir", str(ROOT), cwd=tmp_path)
