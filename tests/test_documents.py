@@ -378,3 +378,19 @@ async def test_dev_traceback_shows_only_frames_of_the_app_directory(namespace: s
     assert "ValueError: from the helper" in message
     assert "mod.py" in message and "in boom" in message
     assert "helper.py" not in message
+
+
+async def test_concurrent_duplicates_of_an_idempotent_mutation_run_once(runtime: Runtime) -> None:
+    """Resends of one (session id, request id) racing each other, as after a quick reconnect:
+    one runs, the others get its stored result (the primary key stops a second run even though
+    the look-up happens outside the mutation's transaction)."""
+    key = ("session-dup", 7)
+    outs = await asyncio.gather(*(runtime.call("mutation", "counters:inc", {"name": "dup"}, idempotency_key=key)
+                                  for _ in range(6)))
+    assert [o.value for o in outs] == [1] * 6
+    first = min(o.ts or 0 for o in outs)  # the run's own commit ts; replays answer a ts covering it
+    assert first > 0 and all((o.ts or 0) >= first for o in outs)
+    assert await q(runtime, "counters:get", name="dup") == 1
+    again = await runtime.call("mutation", "counters:inc", {"name": "dup"}, idempotency_key=key)
+    assert again.value == 1 and (again.ts or 0) >= first
+    assert await q(runtime, "counters:get", name="dup") == 1

@@ -520,7 +520,13 @@ async def test_the_example_app_processes_a_new_video_through_the_scheduler(names
             doc = await eventually(reviewed, 10, "video under review")
             assert [h["status"] for h in doc["approvalHistory"]] == ["uploaded", "processing", "under_review"]
             assert doc["thumbnailUrl"].endswith(".jpg")
-            (job,) = await _system_docs(rt, jobs.TABLE)
+            # The job is marked done in its own transaction after the action returns, so a moment
+            # after the action's last mutation.
+            async def finished() -> list[dict[str, Any]] | None:
+                found = await _system_docs(rt, jobs.TABLE)
+                return found if found and found[0]["state"]["kind"] != "inProgress" else None
+
+            (job,) = await eventually(finished, 10, "processing job finished")
             assert job["name"] == "processing:process_video" and job["state"] == {"kind": "success"}
             assert [c["name"] for c in await _system_docs(rt, crons.TABLE)] == ["requeue stuck videos"]
         finally:

@@ -44,6 +44,16 @@ async def reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+async def rollback(conn: asyncpg.Connection) -> None:
+    """Leave a failed transaction; a connection that cannot is closed (the pool replaces it)."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
+        await conn.execute(sql.ROLLBACK)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        conn.terminate()
+
+
 @dataclass
 class TableInfo:
     number: int

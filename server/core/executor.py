@@ -18,7 +18,7 @@ from server.config import Config
 from server.core import crons as _crons  # noqa: F401  (registers the _cron_jobs system table)
 from server.core import logs, sandbox, sql
 from server.core.backoff import conflict_retry_delays
-from server.core.database import Catalog, Database
+from server.core.database import Catalog, Database, rollback
 from server.core.documents import DatabaseReader, DatabaseWriter, ReadRange, Transaction
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
@@ -277,24 +277,26 @@ class Runtime:
             buffer = logs.LogBuffer()
             tx: Transaction | None = None
             try:
-                async with self.db.acquire() as conn, conn.transaction(isolation="serializable"):
+                async with self.db.acquire() as conn:
                     if idempotency_key is not None:
                         done = await conn.fetchrow(sql.GET_MUTATION_RESULT, *idempotency_key)
                         if done is not None:  # a resend of a mutation that already committed
                             return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"]))
-                    tx = Transaction(conn, self.catalog, writable=True)
-                    ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), MutationScheduler(tx, self))
-                    value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
-                    if tx.conflicted:
-                        raise TransactionConflict("conflict observed during the mutation")
-                    ts = None
-                    if tx.writes:
-                        writes = [w.to_json() for w in tx.writes.values()]
-                        ts = int(await conn.fetchval(sql.COMMIT_TAIL, writes, self.db.commit_lock, self.db.channel))
-                    if idempotency_key is not None:
-                        if ts is None:
-                            ts = int(await conn.fetchval(sql.LATEST_TS))
-                        await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], buffer.lines, ts)
+                    await conn.execute(sql.BEGIN["serializable"])
+                    try:
+                        tx = Transaction(conn, self.catalog, writable=True)
+                        ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), MutationScheduler(tx, self))
+                        value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
+                        if tx.conflicted:
+                            raise TransactionConflict("conflict observed during the mutation")
+                        if idempotency_key is not None:
+                            await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], buffer.lines)
+                        ts = await self._commit(conn, tx)
+                    except BaseException:
+                        await rollback(conn)
+                        raise
+                    if ts is None and idempotency_key is not None:
+                        ts = int(await conn.fetchval(sql.LATEST_TS))  # covers what it read
             except Exception as exc:
                 if isinstance(exc, _CONFLICTS) or (tx is not None and tx.conflicted):
                     self.metrics.inc("ripple_mutation_retries_total")
@@ -308,6 +310,17 @@ class Runtime:
         self.metrics.inc("ripple_mutations_total", outcome="error")
         conflict = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({self.config.max_mutation_attempts} attempts)")
         raise self.failure(fn, conflict, logs.LogBuffer())
+
+    async def _commit(self, conn: asyncpg.Connection, tx: Transaction) -> int | None:
+        """Commit; a transaction that wrote gets its commit ts. The commit tail (which takes the
+        global commit lock) and COMMIT travel in one message, so PostgreSQL releases the lock
+        without waiting for this process: a busy event loop here never holds up other writers."""
+        if not tx.writes:
+            await conn.execute(sql.COMMIT)
+            return None
+        writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
+        await conn.execute(sql.commit_with_tail(writes, self.db.commit_lock, self.db.channel))
+        return int(await conn.fetchval(sql.LAST_COMMIT_TS))
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = logs.LogBuffer()

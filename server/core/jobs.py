@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler
 
 from server.core import keys, sql
 from server.core.backoff import conflict_retry_delays
-from server.core.database import decode_doc
+from server.core.database import decode_doc, rollback
 from server.core.documents import DatabaseWriter, Transaction, Write
 from server.core.ids import table_number_of
 from server.core.schema import Table
@@ -297,16 +297,6 @@ async def transaction(conn: asyncpg.Connection, runtime: Runtime, isolation: str
     except BaseException:
         await rollback(conn)
         raise
-
-
-async def rollback(conn: asyncpg.Connection) -> None:
-    """Leave a failed transaction; a connection that cannot is closed (the pool replaces it)."""
-    if conn.is_closed() or not conn.is_in_transaction():
-        return
-    try:
-        await conn.execute(sql.ROLLBACK)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-        conn.terminate()
 
 
 async def system_transaction(

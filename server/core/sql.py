@@ -99,10 +99,19 @@ ON CONFLICT (number) DO NOTHING
 """
 UPDATE_TABLE = "UPDATE _ripple_tables SET indexes = $2, fingerprint = $3 WHERE name = $1"
 COMMIT_TAIL = "SELECT _ripple_commit($1, $2, $3)"
+LAST_COMMIT_TS = "SELECT currval('_ripple_ts')"  # the ts this session's last commit tail took
 LATEST_TS = "SELECT coalesce(max(ts), 0) FROM _ripple_commits"
-GET_MUTATION_RESULT = "SELECT value, log_lines, ts FROM _ripple_mutation_results WHERE session_id = $1 AND request_id = $2"
+# Idempotent mutations. The stored ts is a lower bound (0 when the row is written, before the
+# commit's ts exists): a replay answers with the latest commit ts, which covers the mutation
+# because its row, committed with it, was found. Read outside the mutation's transaction, so the
+# look-up takes no serializable predicate lock on the shared primary key (which made concurrent
+# sessions' mutations conflict); the primary key still makes a concurrent duplicate fail.
+GET_MUTATION_RESULT = """
+SELECT value, log_lines, greatest(ts, (SELECT coalesce(max(ts), 0) FROM _ripple_commits)) AS ts
+FROM _ripple_mutation_results WHERE session_id = $1 AND request_id = $2
+"""
 PUT_MUTATION_RESULT = (
-    "INSERT INTO _ripple_mutation_results (session_id, request_id, value, log_lines, ts) VALUES ($1, $2, $3, $4, $5)"
+    "INSERT INTO _ripple_mutation_results (session_id, request_id, value, log_lines, ts) VALUES ($1, $2, $3, $4, 0)"
 )
 PRUNED_THROUGH = "SELECT (value #>> '{}')::bigint FROM _ripple_meta WHERE key = 'commits_pruned_through'"
 # Change log reading for live queries: everything after what a process has processed.
