@@ -394,3 +394,18 @@ async def test_concurrent_duplicates_of_an_idempotent_mutation_run_once(runtime:
     again = await runtime.call("mutation", "counters:inc", {"name": "dup"}, idempotency_key=key)
     assert again.value == 1 and (again.ts or 0) >= first
     assert await q(runtime, "counters:get", name="dup") == 1
+
+
+async def test_queries_of_one_statement_or_several_give_the_same_answers_and_count_once(runtime: Runtime) -> None:
+    """HTTP queries first run without a transaction, allowed one statement; one that needs more
+    runs again in a snapshot transaction. Either way: the same answer, one counted execution, and
+    function code cannot keep the abandoned attempt's result by catching what stopped it."""
+    a = await m(runtime, "pairs:setup")
+    b = await m(runtime, "pairs:setup")
+    await m(runtime, "pairs:bump", id=b)
+    before = runtime.metrics.value("ripple_query_executions_total")
+    one = await q(runtime, "pairs:read", id=b)
+    two = await q(runtime, "pairs:read_two", first=a, second=b)
+    swallowing = await q(runtime, "pairs:read_two_swallowing", first=a, second=b)
+    assert one["left"] == 1 and [d["left"] for d in two] == [0, 1] and swallowing == two
+    assert runtime.metrics.value("ripple_query_executions_total") - before == 3

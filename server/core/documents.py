@@ -59,6 +59,12 @@ class Write:
         return {"table": self.table, "id": self.id, "old": enc(self.old_keys), "new": enc(self.new_keys)}
 
 
+class NeedsSnapshot(BaseException):
+    """A query run with a one-statement budget wants a second statement: run it again in a
+    snapshot transaction. A BaseException, so that `except Exception` in function code does not
+    swallow it (and Transaction.needs_snapshot is set anyway)."""
+
+
 @dataclass
 class Transaction:
     """One function execution's view of the database."""
@@ -77,8 +83,18 @@ class Transaction:
     _paginated: bool = False
     _last_creation_time: float = 0.0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A query first runs on a connection outside any transaction, allowed one statement (which
+    # is its own consistent snapshot). A second statement aborts that run (NeedsSnapshot) and
+    # the caller runs the query again in a snapshot transaction. None: no limit.
+    statement_budget: int | None = None
+    needs_snapshot: bool = False
 
     async def execute(self, method: str, query: str, *args: Any) -> Any:
+        if self.statement_budget is not None:
+            if self.statement_budget <= 0:
+                self.needs_snapshot = True  # noticed even if function code swallows the exception
+                raise NeedsSnapshot()
+            self.statement_budget -= 1
         async with self._lock:  # one statement at a time, even under asyncio.gather
             try:
                 return await getattr(self.conn, method)(query, *args)

@@ -19,7 +19,13 @@ from server.core import crons as _crons  # noqa: F401  (registers the _cron_jobs
 from server.core import logs, sandbox, sql
 from server.core.backoff import conflict_retry_delays
 from server.core.database import Catalog, Database, rollback
-from server.core.documents import DatabaseReader, DatabaseWriter, ReadRange, Transaction
+from server.core.documents import (
+    DatabaseReader,
+    DatabaseWriter,
+    NeedsSnapshot,
+    ReadRange,
+    Transaction,
+)
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import overlaps
@@ -59,6 +65,7 @@ class QueryRun:
     journal: str | None
     failure: FunctionFailure | None
     broken: bool = False  # the transaction it ran in can no longer be used
+    needs_snapshot: bool = False  # a one-statement run wanted more: run it again in a snapshot
 
 
 class FunctionFailure(Exception):
@@ -226,22 +233,42 @@ class Runtime:
         return value
 
     async def execute_query(
-        self, conn: Any, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, journal: str | None = None
+        self, conn: Any, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, journal: str | None = None,
+        *, single_statement: bool = False,
     ) -> QueryRun:
         """Run a query inside the caller's (read-only, snapshot) transaction on `conn`; report
-        its result or failure together with what it read, for reactivity."""
+        its result or failure together with what it read, for reactivity. With
+        `single_statement`, `conn` is outside any transaction and the run is abandoned (result
+        `needs_snapshot`) if the query issues more than one statement."""
         buffer = logs.LogBuffer()
-        self.metrics.inc("ripple_query_executions_total")
-        tx = Transaction(conn, self.catalog, writable=False, journal_in=journal)
+        tx = Transaction(conn, self.catalog, writable=False, journal_in=journal,
+                         statement_budget=1 if single_statement else None)
         try:
             value = await self.invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
+        except NeedsSnapshot:
+            return QueryRun(None, [], [], None, None, needs_snapshot=True)
         except Exception as exc:
+            if tx.needs_snapshot:
+                return QueryRun(None, [], [], None, None, needs_snapshot=True)
+            self.metrics.inc("ripple_query_executions_total")
             failure = self.failure(fn, exc, buffer)
             failure.__cause__ = exc
             return QueryRun(None, failure.log_lines, tx.reads, tx.journal_out, failure, broken=tx.conflicted)
+        if tx.needs_snapshot:
+            return QueryRun(None, [], [], None, None, needs_snapshot=True)
+        self.metrics.inc("ripple_query_executions_total")
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None)
 
     async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
+        if at_ts is None:
+            # Most queries issue one statement (a get, one index range): run it on its own, with
+            # no BEGIN and COMMIT round trips; a query that needs more runs again below.
+            async with self.db.acquire() as conn:
+                run = await self.execute_query(conn, fn, kwargs, identity, single_statement=True)
+            if not run.needs_snapshot:
+                if run.failure is not None:
+                    raise run.failure
+                return Outcome(run.value, run.log_lines, None)
         async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
             run = await self.execute_query(conn, fn, kwargs, identity)

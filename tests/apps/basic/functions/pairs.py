@@ -30,3 +30,15 @@ async def read(ctx, id: str) -> dict:
 @query
 async def read_two(ctx, first: str, second: str) -> list:
     return [await ctx.db.get(first), await ctx.db.get(second)]
+
+
+@query
+async def read_two_swallowing(ctx, first: str, second: str) -> list:
+    """Function code that catches everything around its second read must still get a correct
+    result (the one-statement first attempt is abandoned however its signal is handled)."""
+    out = [await ctx.db.get(first)]
+    try:
+        out.append(await ctx.db.get(second))
+    except BaseException:
+        out.append("swallowed")
+    return out
