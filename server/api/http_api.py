@@ -148,7 +148,8 @@ class HttpApi:
                     raise HttpError(400, "InvalidTimestamp", f"timestamp {ts} is ahead of the server's latest ({latest})")
             if kind is None:
                 kind = self.runtime.app.registry.resolve(path, allow_internal=admin).kind
-            outcome = await self.runtime.call(kind, path, args, identity, allow_internal=admin, at_ts=ts)
+            # The HTTP API reports no commit ts: skip reading it back.
+            outcome = await self.runtime.call(kind, path, args, identity, allow_internal=admin, at_ts=ts, commit_ts=False)
         except HttpError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except FunctionNotFound as exc:

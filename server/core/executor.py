@@ -52,7 +52,7 @@ MAX_TS_LOOKBACK_COMMITS = 10_000
 class Outcome:
     value: Any
     log_lines: list[str]
-    ts: int | None = None  # commit timestamp of a writing mutation, or the snapshot read
+    ts: int | None = None  # commit ts of a writing mutation (unless not asked for), or the ts read at
 
 
 @dataclass
@@ -131,7 +131,7 @@ class ActionCtx:
     async def _nested(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
         path = self._runtime.app.registry.path_of(ref)
         try:
-            outcome = await self._runtime.call(kind, path, args or {}, self._identity, allow_internal=True)
+            outcome = await self._runtime.call(kind, path, args or {}, self._identity, allow_internal=True, commit_ts=False)
         except FunctionFailure as failure:
             self._logs.extend(failure.log_lines)
             if failure.has_data:
@@ -197,6 +197,7 @@ class Runtime:
         allow_internal: bool = False,
         at_ts: int | None = None,
         idempotency_key: tuple[str, int] | None = None,
+        commit_ts: bool = True,
     ) -> Outcome:
         """Resolve, validate and run a function. Raises RippleUsageError for caller mistakes
         (unknown function, bad arguments) and FunctionFailure when the function itself fails.
@@ -208,7 +209,7 @@ class Runtime:
         if kind == "query":
             return await self._run_query(fn, kwargs, identity, at_ts)
         if kind == "mutation":
-            return await self._run_mutation(fn, kwargs, identity, idempotency_key=idempotency_key)
+            return await self._run_mutation(fn, kwargs, identity, idempotency_key=idempotency_key, commit_ts=commit_ts)
         return await self._run_action(fn, kwargs, identity)
 
     async def latest_ts(self) -> int:
@@ -297,7 +298,7 @@ class Runtime:
 
     async def _run_mutation(
         self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
-        idempotency_key: tuple[str, int] | None = None,
+        idempotency_key: tuple[str, int] | None = None, commit_ts: bool = True,
     ) -> Outcome:
         delays = conflict_retry_delays()
         for _ in range(self.config.max_mutation_attempts):
@@ -318,7 +319,7 @@ class Runtime:
                             raise TransactionConflict("conflict observed during the mutation")
                         if idempotency_key is not None:
                             await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], buffer.lines)
-                        ts = await self._commit(conn, tx)
+                        ts = await self._commit(conn, tx, commit_ts)
                     except BaseException:
                         await rollback(conn)
                         raise
@@ -338,16 +339,18 @@ class Runtime:
         conflict = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({self.config.max_mutation_attempts} attempts)")
         raise self.failure(fn, conflict, logs.LogBuffer())
 
-    async def _commit(self, conn: asyncpg.Connection, tx: Transaction) -> int | None:
-        """Commit; a transaction that wrote gets its commit ts. The commit tail (which takes the
-        global commit lock) and COMMIT travel in one message, so PostgreSQL releases the lock
-        without waiting for this process: a busy event loop here never holds up other writers."""
+    async def _commit(self, conn: asyncpg.Connection, tx: Transaction, want_ts: bool) -> int | None:
+        """Commit; a transaction that wrote gets its commit ts when `want_ts`. The commit tail
+        (which takes the global commit lock) and COMMIT travel in one message, so PostgreSQL
+        releases the lock without waiting for this process: a busy event loop here never holds
+        up other writers. Reading the ts back costs one more round trip, so only callers that
+        report it (the sync protocol's MutationResponse) ask for it."""
         if not tx.writes:
             await conn.execute(sql.COMMIT)
             return None
         writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
         await conn.execute(sql.commit_with_tail(writes, self.db.commit_lock, self.db.channel))
-        return int(await conn.fetchval(sql.LAST_COMMIT_TS))
+        return int(await conn.fetchval(sql.LAST_COMMIT_TS)) if want_ts else None
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = logs.LogBuffer()
