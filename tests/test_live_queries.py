@@ -136,6 +136,36 @@ async def test_official_pypi_client_subscription(start_server: StartServer) -> N
             await proc.wait()
 
 
+PYPI_BIG = """
+import sys
+from convex import ConvexClient
+client = ConvexClient(sys.argv[1])
+for value in client.subscribe("values:big_text", {"n": 10_000_000, "fill": "\u00e9\u20ac"}):
+    print(len(value), value[:4] == "\u00e9\u20ac\u00e9\u20ac", flush=True)
+    break
+"""
+
+
+async def test_results_over_16_mib_reach_the_official_pypi_client(start_server: StartServer) -> None:
+    """A 50 MB Transition (multi-byte characters) goes out as 1 MiB frames: the PyPI client's
+    websocket library refuses frames over 16 MiB (it used to reconnect forever), and no frame
+    boundary may split a UTF-8 sequence."""
+    import sys
+
+    server = start_server("serve")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PYPI_BIG, server.url,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)  # type: ignore[union-attr]
+        assert line.split() == [b"20000000", b"True"], line
+        async with RippleClient(server.url) as client:
+            assert len(await client.query("values:big_text", {"n": 20_000_000})) == 20_000_000
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 async def test_subscriber_on_one_process_writer_on_another(start_server: StartServer) -> None:
     reader, writer = start_server("serve"), start_server("serve")
     async with RippleClient(reader.url) as sub, RippleClient(writer.url) as pub:

@@ -38,14 +38,33 @@ log = logging.getLogger("ripple.sync")
 
 PING_INTERVAL = 15.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Larger messages go out as several frames of one message (RFC 6455 5.4): the official PyPI client
+# (Rust, tungstenite) refuses any single frame over 16 MiB and then reconnects forever.
+FRAME_BYTES = 1024 * 1024
 
 
-def _text_frame_header(length: int) -> bytes:
+def _frame_header(first_byte: int, length: int) -> bytes:
+    """FIN/opcode byte, then the unmasked payload length (RFC 6455 5.2)."""
     if length < 126:
-        return bytes((0x81, length))
+        return bytes((first_byte, length))
     if length < 1 << 16:
-        return b"\x81\x7e" + length.to_bytes(2, "big")
-    return b"\x81\x7f" + length.to_bytes(8, "big")
+        return bytes((first_byte, 126)) + length.to_bytes(2, "big")
+    return bytes((first_byte, 127)) + length.to_bytes(8, "big")
+
+
+def _fragments(data: bytes, size: int = FRAME_BYTES) -> list[bytes]:
+    """`data` cut into pieces of at most `size` bytes, never inside a UTF-8 sequence (clients
+    may validate text frame by frame)."""
+    assert size >= 4, "a UTF-8 sequence is up to 4 bytes"
+    pieces, start = [], 0
+    while len(data) - start > size:
+        cut = start + size
+        while data[cut] & 0xC0 == 0x80:  # a continuation byte: move the cut to the sequence's start
+            cut -= 1
+        pieces.append(data[start:cut])
+        start = cut
+    pieces.append(data[start:])
+    return pieces
 
 
 class ClientConnection:
@@ -101,11 +120,22 @@ class ClientConnection:
 
     def _write_now(self, data: bytes) -> None:
         proto = self._proto
-        if proto.conn.extensions:  # e.g. permessage-deflate: let the protocol encode the frame
-            proto.conn.send_text(data)
+        pieces = [data] if len(data) <= FRAME_BYTES else _fragments(data)
+        last = len(pieces) - 1
+        if proto.conn.extensions:  # e.g. permessage-deflate: let the protocol encode the frames
+            for i, piece in enumerate(pieces):
+                if i == 0:
+                    proto.conn.send_text(piece, fin=i == last)
+                else:
+                    proto.conn.send_continuation(piece, fin=i == last)
             proto.transport.write(b"".join(proto.conn.data_to_send()))
-        else:  # a single unmasked, unfragmented text frame (RFC 6455 5.2), as the protocol would write
-            proto.transport.write(_text_frame_header(len(data)) + data)
+        elif not last:  # one unmasked text frame, as the protocol would write it
+            proto.transport.write(_frame_header(0x81, len(data)) + data)
+        else:  # a text frame, then continuation frames; FIN on the last
+            proto.transport.write(b"".join(
+                _frame_header((0x80 if i == last else 0) | (0x1 if i == 0 else 0x0), len(piece)) + piece
+                for i, piece in enumerate(pieces)
+            ))
 
     # -- main -------------------------------------------------------------------------------------
 

@@ -89,3 +89,9 @@ async def sneaky_process(ctx, how: str) -> str:
 
         await asyncio.to_thread(subprocess.run, ["true"])
     return "started a process"
+
+
+@query
+async def big_text(ctx, n: int, fill: str = "x") -> str:
+    """A result of about `n` characters (large transitions go out as several frames)."""
+    return fill * n
