@@ -409,3 +409,16 @@ async def test_queries_of_one_statement_or_several_give_the_same_answers_and_cou
     swallowing = await q(runtime, "pairs:read_two_swallowing", first=a, second=b)
     assert one["left"] == 1 and [d["left"] for d in two] == [0, 1] and swallowing == two
     assert runtime.metrics.value("ripple_query_executions_total") - before == 3
+
+
+async def test_a_committed_mutation_is_reported_committed_even_if_reading_its_ts_fails(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit ts is read after COMMIT, in a separate round trip. If that read fails, the
+    mutation has still committed: it must succeed, with the latest ts (which covers it)."""
+    from server.core import sql
+
+    monkeypatch.setattr(sql, "LAST_COMMIT_TS", "SELECT currval('no_such_sequence')")
+    out = await runtime.call("mutation", "counters:inc", {"name": "after"}, idempotency_key=("s-after", 1))
+    assert out.value == 1 and out.ts == await runtime.latest_ts() and out.ts > 0
+    assert await q(runtime, "counters:get", name="after") == 1

@@ -319,12 +319,13 @@ class Runtime:
                             raise TransactionConflict("conflict observed during the mutation")
                         if idempotency_key is not None:
                             await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], buffer.lines)
-                        ts = await self._commit(conn, tx, commit_ts)
+                        await self._commit(conn, tx)
                     except BaseException:
                         await rollback(conn)
                         raise
-                    if ts is None and idempotency_key is not None:
-                        ts = int(await conn.fetchval(sql.LATEST_TS))  # covers what it read
+                    ts = None
+                    if (commit_ts and tx.writes) or idempotency_key is not None:
+                        ts = await self._ts_after_commit(conn, bool(tx.writes))
             except Exception as exc:
                 if isinstance(exc, _CONFLICTS) or (tx is not None and tx.conflicted):
                     self.metrics.inc("ripple_mutation_retries_total")
@@ -339,18 +340,27 @@ class Runtime:
         conflict = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({self.config.max_mutation_attempts} attempts)")
         raise self.failure(fn, conflict, logs.LogBuffer())
 
-    async def _commit(self, conn: asyncpg.Connection, tx: Transaction, want_ts: bool) -> int | None:
-        """Commit; a transaction that wrote gets its commit ts when `want_ts`. The commit tail
-        (which takes the global commit lock) and COMMIT travel in one message, so PostgreSQL
-        releases the lock without waiting for this process: a busy event loop here never holds
-        up other writers. Reading the ts back costs one more round trip, so only callers that
-        report it (the sync protocol's MutationResponse) ask for it."""
+    async def _commit(self, conn: asyncpg.Connection, tx: Transaction) -> None:
+        """The commit tail (which takes the global commit lock) and COMMIT travel in one message,
+        so PostgreSQL releases the lock without waiting for this process: a busy event loop here
+        never holds up other writers."""
         if not tx.writes:
             await conn.execute(sql.COMMIT)
-            return None
+            return
         writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
         await conn.execute(sql.commit_with_tail(writes, self.db.commit_lock, self.db.channel))
-        return int(await conn.fetchval(sql.LAST_COMMIT_TS)) if want_ts else None
+
+    async def _ts_after_commit(self, conn: asyncpg.Connection, wrote: bool) -> int:
+        """A ts covering a committed mutation: its own (currval of the ts sequence on its
+        connection) or, when it wrote nothing, the latest. Costs a round trip, so only callers
+        that report a ts (the sync protocol's MutationResponse) ask. The mutation has committed:
+        if its connection fails now, the latest ts read on another one covers it too, rather
+        than reporting a committed mutation as failed."""
+        try:
+            return int(await conn.fetchval(sql.LAST_COMMIT_TS if wrote else sql.LATEST_TS))
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("reading a commit ts failed (%s); using the latest ts instead", exc)
+            return await self.latest_ts()
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = logs.LogBuffer()
