@@ -284,7 +284,8 @@ async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
     await call(client, "query", "counters:get", {"name": "m"})
     text = (await client.get("/_ripple/metrics")).text
     for name in ("ripple_query_executions_total", "ripple_mutations_total", "ripple_subscriptions",
-                 "ripple_websocket_clients", "ripple_scheduled_jobs_total"):
+                 "ripple_websocket_clients", "ripple_scheduled_jobs_total", "ripple_shared_queries",
+                 "ripple_websocket_connections_total", "ripple_live_query_ts"):
         assert f"# TYPE {name}" in text, name
     executed = [line for line in text.splitlines() if line.startswith("ripple_query_executions_total ")]
     assert executed and float(executed[0].split()[1]) >= 1

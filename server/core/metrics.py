@@ -75,6 +75,9 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_function_errors_total", "counter", "Function calls that ended in an error")
     m.describe("ripple_subscriptions", "gauge", "Live query subscriptions")
     m.describe("ripple_websocket_clients", "gauge", "Connected websocket clients")
+    m.describe("ripple_shared_queries", "gauge", "Distinct shared query executions kept live")
+    m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")
+    m.describe("ripple_live_query_ts", "gauge", "Commit ts every live result of this process is valid at")
     m.describe("ripple_scheduled_jobs_total", "counter", "Scheduled jobs by final state")
     m.describe("ripple_http_requests_total", "counter", "HTTP API requests by route and status")
     return m
