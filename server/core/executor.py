@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,19 +311,13 @@ class Runtime:
                         done = await conn.fetchrow(sql.GET_MUTATION_RESULT, *idempotency_key)
                         if done is not None:  # a resend of a mutation that already committed
                             return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"]))
-                    await conn.execute(sql.BEGIN["serializable"])
-                    try:
-                        tx = Transaction(conn, self.catalog, writable=True)
+                    async with self.transaction(conn, "serializable") as tx:
                         ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), MutationScheduler(tx, self))
                         value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
                         if tx.conflicted:
                             raise TransactionConflict("conflict observed during the mutation")
                         if idempotency_key is not None:
                             await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], buffer.lines)
-                        await self._commit(conn, tx)
-                    except BaseException:
-                        await rollback(conn)
-                        raise
                     ts = None
                     if (commit_ts and tx.writes) or idempotency_key is not None:
                         ts = await self._ts_after_commit(conn, bool(tx.writes))
@@ -340,15 +335,27 @@ class Runtime:
         conflict = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({self.config.max_mutation_attempts} attempts)")
         raise self.failure(fn, conflict, logs.LogBuffer())
 
-    async def _commit(self, conn: asyncpg.Connection, tx: Transaction) -> None:
-        """The commit tail (which takes the global commit lock) and COMMIT travel in one message,
-        so PostgreSQL releases the lock without waiting for this process: a busy event loop here
-        never holds up other writers."""
-        if not tx.writes:
-            await conn.execute(sql.COMMIT)
-            return
-        writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
-        await conn.execute(sql.commit_with_tail(writes, self.db.commit_lock, self.db.channel))
+    @contextlib.asynccontextmanager
+    async def transaction(self, conn: asyncpg.Connection, isolation: str) -> AsyncIterator[Transaction]:
+        """A writable transaction on `conn` (mutations, scheduler and system writes) that commits
+        on leaving the block. The commit tail (which takes the global commit lock) and COMMIT
+        travel in one message (sql.commit_with_tail), so PostgreSQL releases the lock without
+        waiting for this process: a busy event loop here never holds up other writers. Rolled
+        back if the block raises; a transaction that observed a conflict raises one."""
+        await conn.execute(sql.BEGIN[isolation])
+        tx = Transaction(conn, self.catalog, writable=True)
+        try:
+            yield tx
+            if tx.conflicted:
+                raise TransactionConflict("conflict observed in the transaction")
+            if tx.writes:
+                writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
+                await conn.execute(sql.commit_with_tail(writes, self.db.commit_lock, self.db.channel))
+            else:
+                await conn.execute(sql.COMMIT)
+        except BaseException:
+            await rollback(conn)
+            raise
 
     async def _ts_after_commit(self, conn: asyncpg.Connection, wrote: bool) -> int:
         """A ts covering a committed mutation: its own (currval of the ts sequence on its

@@ -20,20 +20,18 @@ commit tail, so job documents are validated, indexed and in the change log like 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import asyncpg
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from server.core import keys, sql
 from server.core.backoff import conflict_retry_delays
-from server.core.database import decode_doc, rollback
+from server.core.database import decode_doc
 from server.core.documents import DatabaseWriter, Transaction, Write
 from server.core.ids import table_number_of
 from server.core.schema import Table
@@ -275,30 +273,6 @@ T = TypeVar("T")
 CONFLICTS = (TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 
 
-retry_delays = conflict_retry_delays
-
-
-@contextlib.asynccontextmanager
-async def transaction(conn: asyncpg.Connection, runtime: Runtime, isolation: str) -> AsyncIterator[Transaction]:
-    """A writable transaction on `conn` that commits, on leaving the block, together with its
-    commit tail in one round trip (sql.commit_with_tail): the commit lock is never held while
-    PostgreSQL waits for this process to send COMMIT. Rolled back if the block raises."""
-    await conn.execute(sql.BEGIN[isolation])
-    tx = Transaction(conn, runtime.catalog, writable=True)
-    try:
-        yield tx
-        if tx.conflicted:
-            raise TransactionConflict("conflict observed in a scheduler transaction")
-        if tx.writes:
-            writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
-            await conn.execute(sql.commit_with_tail(writes, runtime.db.commit_lock, runtime.db.channel))
-        else:
-            await conn.execute(sql.COMMIT)
-    except BaseException:
-        await rollback(conn)
-        raise
-
-
 async def system_transaction(
     runtime: Runtime,
     body: Callable[[DatabaseWriter, Transaction], Awaitable[T]],
@@ -308,10 +282,10 @@ async def system_transaction(
 ) -> T:
     """Run `body` with a system writer in one transaction ending with the commit tail (change
     log + NOTIFY of the commit channel); retried on serialization conflicts."""
-    delays = retry_delays()
+    delays = conflict_retry_delays()
     for attempt in range(attempts):
         try:
-            async with runtime.db.acquire() as conn, transaction(conn, runtime, isolation) as tx:
+            async with runtime.db.acquire() as conn, runtime.transaction(conn, isolation) as tx:
                 result = await body(DatabaseWriter(tx, system=True), tx)
             return result
         except CONFLICTS:

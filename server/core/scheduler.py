@@ -36,7 +36,7 @@ from typing import Any
 import asyncpg
 
 from server.core import crons, jobs, logs, sql
-from server.core.backoff import reconnect_delays
+from server.core.backoff import conflict_retry_delays, reconnect_delays
 from server.core.database import Database, decode_doc
 from server.core.documents import DatabaseWriter, Transaction
 from server.core.executor import Auth, FunctionFailure, MutationCtx, Runtime
@@ -462,7 +462,7 @@ class Scheduler:
             self._conflicts.clear()
         count = self._conflicts[job_id] = self._conflicts.get(job_id, 0) + 1
         if count < attempts:
-            delays = jobs.retry_delays()
+            delays = conflict_retry_delays()
             for _ in range(count - 1):
                 next(delays)
             await asyncio.sleep(next(delays))
@@ -484,7 +484,7 @@ class Scheduler:
         records the job's final state: it commits exactly once. None: another worker had it."""
         runtime = self.runtime
         job_id = candidate.job["_id"]
-        async with jobs.transaction(conn, runtime, "serializable") as tx:
+        async with runtime.transaction(conn, "serializable") as tx:
             job = await self._claim(tx, candidate)
             if job is None:
                 self.runtime.metrics.inc("ripple_scheduler_claim_misses_total")
