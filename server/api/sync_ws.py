@@ -129,7 +129,7 @@ class ClientConnection:
                 else:
                     proto.conn.send_continuation(piece, fin=i == last)
             proto.transport.write(b"".join(proto.conn.data_to_send()))
-        elif not last:  # one unmasked text frame, as the protocol would write it
+        elif len(pieces) == 1:  # one unmasked text frame, as the protocol would write it
             proto.transport.write(_frame_header(0x81, len(data)) + data)
         else:  # a text frame, then continuation frames; FIN on the last
             proto.transport.write(b"".join(
@@ -268,7 +268,7 @@ class ClientConnection:
 
     def _result_of(self, query_id: int) -> QueryResult | None:
         sq = self.subs.get(query_id)
-        if sq is None or sq.stale or sq.result is None:
+        if sq is None or sq.result is None or sq in self.manager.stale:
             return None
         return sq.result
 

@@ -96,7 +96,6 @@ class SharedQuery:
     subscribers: set[Subscriber] = field(default_factory=set)
     reads: list[ReadRange] = field(default_factory=list)
     result: QueryResult | None = None
-    stale: bool = True
     executions: int = 0
 
 
@@ -111,7 +110,9 @@ class SubscriptionManager:
         self.runtime = runtime
         self.queries: dict[SubKey, SharedQuery] = {}
         self._reads: ReadIndex[SharedQuery] = ReadIndex()  # read sets of live shared queries
-        self._stale: set[SharedQuery] = set()  # to run at the next tick whatever was written
+        # Shared queries to run at the next tick whatever was written (new ones, and all after
+        # a reload); their results, if any, are not valid at current_ts.
+        self.stale: set[SharedQuery] = set()
         self.current_ts = 0  # every non-stale result is valid at this ts
         self.ticks = 0
         self._processed_ts = 0
@@ -168,7 +169,7 @@ class SubscriptionManager:
         if sq is None:
             sq = SharedQuery(key, canonical, args_json, identity, journal)
             self.queries[key] = sq
-            self._stale.add(sq)
+            self.stale.add(sq)
             self.trigger()
         sq.subscribers.add(subscriber)
         return sq
@@ -178,7 +179,7 @@ class SubscriptionManager:
         if not sq.subscribers and self.queries.get(sq.key) is sq:
             del self.queries[sq.key]
             self._reads.discard(sq)
-            self._stale.discard(sq)
+            self.stale.discard(sq)
 
     def wait_for_ts(self, subscriber: Subscriber) -> None:
         """Wake `subscriber` after the next tick (it awaits a mutation's ts)."""
@@ -190,9 +191,7 @@ class SubscriptionManager:
         return sum(len(sq.subscribers) for sq in self.queries.values())
 
     def _functions_reloaded(self) -> None:
-        for sq in self.queries.values():
-            sq.stale = True
-        self._stale.update(self.queries.values())
+        self.stale.update(self.queries.values())
         self.trigger()
 
     # -- the tick loop ------------------------------------------------------------------------
@@ -230,7 +229,7 @@ class SubscriptionManager:
                 snapshot_ts = int(await conn.fetchval(sql.LATEST_TS))
             else:
                 snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
-            to_run: set[SharedQuery] = set(self._stale)
+            to_run: set[SharedQuery] = set(self.stale)
             if everything:
                 to_run.update(self.queries.values())
             elif rows:  # only live queries are filed in the index: unsubscribe removes them
@@ -268,8 +267,7 @@ class SubscriptionManager:
             if sq.result is None or sq.result.digest != result.digest:
                 changed |= sq.subscribers
             sq.result = result
-            sq.stale = False
-            self._stale.discard(sq)
+            self.stale.discard(sq)
             if self.queries.get(sq.key) is sq:  # still subscribed after the tick's awaits
                 self._reads.put(sq, sq.reads)
         self._processed_ts = snapshot_ts
