@@ -145,9 +145,6 @@ def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )
-    app.state.runtime = runtime
-    app.state.subscriptions = subscriptions
-    app.state.websocket_clients = websocket_clients
     return RippleApp(app, runtime, subscriptions, websocket_clients)
 
 
@@ -161,7 +158,6 @@ class RippleApp:
 
     def __init__(self, starlette: Starlette, runtime: Runtime, subscriptions: SubscriptionManager, clients: set[Any]) -> None:
         self.starlette = starlette
-        self.state = starlette.state
         self._runtime, self._subscriptions, self._clients = runtime, subscriptions, clients
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
