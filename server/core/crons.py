@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.core import jobs, keys, sql
 from server.core.documents import DatabaseWriter, Transaction
 from server.core.loader import App
 from server.core.registry import FunctionDef
 from server.core.schema import Table
-from server.core.system_tables import register_system_table
+from server.core.system_tables import SystemDocument, register_system_table
 from server.core.values import to_convex_json
 from server.errors import RippleUsageError
 
@@ -60,10 +60,9 @@ class CronSchedule(BaseModel):
     expression: str
 
 
-_OPTIONAL = ("lastRun", "lastJobId", "lastSkipped")
+class CronJob(SystemDocument):
+    OMIT_WHEN_NONE = ("lastRun", "lastJobId", "lastSkipped")
 
-
-class CronJob(BaseModel):
     name: str
     schedule: Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]
     function: str
@@ -73,11 +72,6 @@ class CronJob(BaseModel):
     lastJobId: str | None = None
     skippedRuns: int = 0
     lastSkipped: float | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if not (v is None and k in _OPTIONAL)}
 
 
 register_system_table(

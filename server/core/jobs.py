@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from server.core import keys, sql
 from server.core.backoff import conflict_retry_delays
@@ -35,7 +35,7 @@ from server.core.database import decode_doc
 from server.core.documents import DatabaseWriter, Transaction, Write
 from server.core.ids import table_number_of
 from server.core.schema import Table
-from server.core.system_tables import register_system_table
+from server.core.system_tables import SystemDocument, register_system_table
 from server.core.values import to_convex_json
 from server.errors import InvalidIdError, TransactionConflict
 
@@ -87,10 +87,9 @@ class Lease(BaseModel):
     expiresAt: float
 
 
-_OPTIONAL = ("completedTime", "startedTime", "parentId", "cronName", "lease")
+class ScheduledFunction(SystemDocument):
+    OMIT_WHEN_NONE = ("completedTime", "startedTime", "parentId", "cronName", "lease")
 
-
-class ScheduledFunction(BaseModel):
     name: str
     args: list[dict[str, Any]] = Field(min_length=1, max_length=1)
     scheduledTime: float
@@ -100,12 +99,6 @@ class ScheduledFunction(BaseModel):
     parentId: str | None = None
     cronName: str | None = None
     lease: Lease | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Optional fields are left out rather than stored as null, as Convex does."""
-        data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if not (v is None and k in _OPTIONAL)}
 
 
 register_system_table(

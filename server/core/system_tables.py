@@ -7,10 +7,26 @@ Their table numbers are fixed (user tables get numbers below 10000), so ids stay
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+
 from server.core.schema import Table
 
 SYSTEM_TABLE_NUMBERS: dict[str, int] = {}
 SYSTEM_TABLES: dict[str, Table] = {}
+
+
+class SystemDocument(BaseModel):
+    """A system table's document model. The fields named in OMIT_WHEN_NONE are left out rather
+    than stored as null when they have no value, as Convex does."""
+
+    OMIT_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if not (v is None and k in self.OMIT_WHEN_NONE)}
 
 
 def register_system_table(name: str, number: int, table: Table) -> Table:
