@@ -17,7 +17,7 @@ import orjson
 
 from server.config import Config
 from server.core import crons as _crons  # noqa: F401  (registers the _cron_jobs system table)
-from server.core import logs, sandbox, sql
+from server.core import jobs, logs, sandbox, sql
 from server.core.backoff import conflict_retry_delays
 from server.core.database import Catalog, Database, rollback
 from server.core.documents import (
@@ -45,7 +45,7 @@ log = logging.getLogger("ripple.functions")
 
 # A unique violation can only come from two runs of one idempotent mutation racing: retrying
 # finds the stored result of the winner.
-_CONFLICTS = (TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError)
+_CONFLICTS = (*jobs.CONFLICTS, asyncpg.UniqueViolationError)
 MAX_TS_LOOKBACK_COMMITS = 10_000
 
 
