@@ -1,10 +1,10 @@
 """Ripple: a reactive backend runtime that speaks the Convex protocol.
 
-User code imports its building blocks from here (see docs/functions.md).
+User code imports its building blocks from here (see docs/functions.md). Importing them loads
+no database driver and no server: only the modules that define them (a test checks it).
 """
 
-from server.core.crons import Crons
-from server.core.executor import ActionCtx, Identity, MutationCtx, QueryCtx
+from server.core.contexts import ActionCtx, Identity, MutationCtx, QueryCtx
 from server.core.registry import (
     FunctionDef,
     action,
@@ -14,6 +14,7 @@ from server.core.registry import (
     mutation,
     query,
 )
+from server.core.scheduler.crons import Crons
 from server.core.schema import Schema, Table
 from server.core.values import Int64
 from server.errors import ConvexError

@@ -1,4 +1,8 @@
-"""Runtime configuration, from CLI flags and RIPPLE_* environment variables."""
+"""Runtime configuration: CLI flags and RIPPLE_* environment variables.
+
+This is the one place the environment is read for settings; every component takes what it needs
+from a `Config` (docs/operations.md lists the variables).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,42 @@ from pathlib import Path
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    return raw.lower() not in ("0", "off", "false", "no")
+
+
+@dataclass
+class SchedulerConfig:
+    """The scheduler loop of this process (docs/scheduler.md, Configuration)."""
+
+    enabled: bool = True
+    concurrency: int = 10  # jobs running at once in this process
+    poll_seconds: float = 5.0  # safety poll while the listener is connected
+    fallback_poll_seconds: float = 1.0  # poll while it is not
+    lease_seconds: float = 30.0  # a running action's lease; renewed every third of it
+    retention_seconds: float = 7 * 24 * 3600.0  # finished jobs are deleted after this
+    shutdown_seconds: float = 10.0  # on shutdown, how long running jobs may take to finish
+
+    @classmethod
+    def from_env(cls) -> SchedulerConfig:
+        return cls(
+            enabled=_env_flag("RIPPLE_SCHEDULER", True),
+            concurrency=max(1, int(_env_float("RIPPLE_SCHEDULER_CONCURRENCY", 10))),
+            poll_seconds=_env_float("RIPPLE_SCHEDULER_POLL_SECONDS", 5.0),
+            fallback_poll_seconds=_env_float("RIPPLE_SCHEDULER_FALLBACK_POLL_SECONDS", 1.0),
+            lease_seconds=_env_float("RIPPLE_SCHEDULER_LEASE_SECONDS", 30.0),
+            retention_seconds=_env_float("RIPPLE_SCHEDULER_RETENTION_SECONDS", 7 * 24 * 3600.0),
+            shutdown_seconds=_env_float("RIPPLE_SCHEDULER_SHUTDOWN_SECONDS", 10.0),
+        )
+
+    @property
+    def maintenance_seconds(self) -> float:
+        return max(0.05, min(self.lease_seconds / 3.0, 10.0))
 
 
 @dataclass
@@ -29,6 +69,7 @@ class Config:
     action_timeout: float = 600.0
     max_mutation_attempts: int = 40
     ws_compression: bool = False
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -41,7 +82,8 @@ class Config:
             query_timeout=_env_float("RIPPLE_QUERY_TIMEOUT", 10.0),
             mutation_timeout=_env_float("RIPPLE_MUTATION_TIMEOUT", 10.0),
             action_timeout=_env_float("RIPPLE_ACTION_TIMEOUT", 600.0),
-            ws_compression=os.environ.get("RIPPLE_WS_COMPRESSION", "").lower() in ("1", "true", "yes", "on"),
+            ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
+            scheduler=SchedulerConfig.from_env(),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -5,12 +5,21 @@
   (bad arguments, unknown function, misuse of the document API); the message is safe to show
   to the caller it concerns (inside a function it is the function's failure, see below);
 - anything else: an internal failure; clients see only a redacted message with a request id
-  outside dev mode.
+  outside dev mode. `redact` is the one place that decides what such a client sees.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
+import site
+import sys
+import traceback
+from functools import cache
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("ripple.errors")
 
 
 class RippleError(Exception):
@@ -101,3 +110,52 @@ class TransactionConflict(RippleError):
 
 class TooManyConflicts(RippleError):
     """A mutation kept conflicting beyond the retry budget."""
+
+
+class FunctionFailure(Exception):
+    """A function ran and failed. `message` is what clients may see (already redacted outside
+    dev mode); `data` is ConvexError data when `has_data`."""
+
+    def __init__(self, message: str, log_lines: list[str], data: Any = None, has_data: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log_lines = log_lines
+        self.data = data
+        self.has_data = has_data
+
+
+# -- what a client sees of an internal error -------------------------------------------------------
+
+def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = None) -> str:
+    """Log `exc` (with its traceback and a fresh request id) as the failure of `what`, and return
+    the message a client may see: in dev mode the error and the frames of the app's own files
+    under `app_dir` (never Ripple's, the standard library's or installed packages'); otherwise
+    only the request id, to find the log entry by."""
+    request_id = secrets.token_hex(8)
+    log.error("%s failed [request %s]", what, request_id, exc_info=exc)
+    if not dev:
+        return f"[Request ID: {request_id}] Server Error"
+    detail = "".join(traceback.format_exception_only(exc)).strip()
+    frames = [] if app_dir is None else user_frames(exc, app_dir)
+    where = "".join(traceback.format_list(frames[-5:]))
+    return f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip()
+
+
+def user_frames(exc: BaseException, app_dir: Path) -> list[traceback.FrameSummary]:
+    """The traceback frames of `exc` that run the app's own code: files under `app_dir` (a path
+    prefix match: /srv/app2 is not in /srv/app) that are not library code, even when a virtual
+    environment or Ripple itself lives inside the app directory."""
+    root = app_dir.resolve()
+    out = []
+    for frame in traceback.extract_tb(exc.__traceback__):
+        path = Path(frame.filename)
+        if path.is_relative_to(root) and not any(path.is_relative_to(lib) for lib in _library_roots()):
+            out.append(frame)
+    return out
+
+
+@cache
+def _library_roots() -> tuple[Path, ...]:
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages(), *site.getsitepackages()}
+    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return (*(Path(r).resolve() for r in roots), Path(__file__).resolve().parent)  # and Ripple itself

@@ -17,8 +17,8 @@ from starlette.applications import Starlette
 from server.api.app import RippleApp, build_app
 from server.config import Config
 from server.core.database import Database
-from server.core.executor import Runtime
-from server.core.scheduler import Scheduler
+from server.core.runtime import Runtime
+from server.core.scheduler.loop import Scheduler
 from server.core.subscriptions import SubscriptionManager
 
 log = logging.getLogger("ripple")
@@ -102,7 +102,7 @@ def create_server_app(config: Config) -> RippleApp:
             log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
             await subscriptions.start()
             live_queries = True
-            if scheduler.settings.enabled:
+            if config.scheduler.enabled:
                 await scheduler.start()
                 scheduling = True
             if config.dev:

@@ -21,7 +21,7 @@ import pytest
 
 from server.config import Config
 from server.core.database import Database
-from server.core.executor import Runtime
+from server.core.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"

@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.core import keys
-from server.core.executor import FunctionFailure, Runtime
+from server.core.runtime import Runtime
 from server.core.values import Int64
 from server.errors import (
     ArgumentValidationError,
     DocumentValidationError,
+    FunctionFailure,
     FunctionNotFound,
     WrongFunctionKind,
 )

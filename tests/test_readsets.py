@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.core.documents import ReadRange
 from server.core.readsets import ReadIndex, overlaps
+from server.core.transaction import ReadRange
 
 # Small alphabets so that ranges, prefixes and keys collide often.
 key_bytes = st.binary(max_size=5).map(lambda b: bytes(x % 4 for x in b))

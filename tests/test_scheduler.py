@@ -19,22 +19,24 @@ import httpx
 import pytest
 
 from server import Crons
-from server.core import crons, jobs
-from server.core.documents import DatabaseWriter, Transaction
-from server.core.executor import FunctionFailure, Runtime
-from server.core.scheduler import (
+from server.config import SchedulerConfig
+from server.core.documents import DatabaseWriter
+from server.core.runtime import Runtime
+from server.core.scheduler import crons
+from server.core.scheduler import table as jobs
+from server.core.scheduler.loop import (
     LOST_ACTION_ERROR,
     SHUTDOWN_ACTION_ERROR,
     Doorbell,
     Scheduler,
-    SchedulerSettings,
 )
-from server.errors import RippleUsageError
+from server.core.transaction import Transaction
+from server.errors import FunctionFailure, RippleUsageError
 
 from conftest import APPS, PG_URL, ROOT, ServerProcess, open_runtime
 
 SCHED_APP = APPS / "scheduler"
-FAST = SchedulerSettings(poll_seconds=30.0, fallback_poll_seconds=0.2, lease_seconds=1.0, shutdown_seconds=1.0)
+FAST = SchedulerConfig(poll_seconds=30.0, fallback_poll_seconds=0.2, lease_seconds=1.0, shutdown_seconds=1.0)
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -205,7 +207,7 @@ async def _insert_job(rt: Runtime, fields: dict[str, Any]) -> str:
         await writer.patch(job_id, fields)
         return job_id
 
-    return await jobs.system_transaction(rt, body)
+    return await rt.system_transaction(body)
 
 
 async def test_an_action_whose_lease_expired_is_failed_not_rerun(app: App) -> None:
@@ -224,7 +226,7 @@ async def test_an_action_whose_lease_expired_is_failed_not_rerun(app: App) -> No
 
 async def test_shutdown_fails_an_action_that_does_not_finish_in_time(namespace: str) -> None:
     async with open_runtime(SCHED_APP, namespace) as rt:
-        scheduler = Scheduler(rt, SchedulerSettings(poll_seconds=30, shutdown_seconds=0.2))
+        scheduler = Scheduler(rt, SchedulerConfig(poll_seconds=30, shutdown_seconds=0.2))
         await scheduler.start()
         app = App(rt, scheduler)
         job_id = await app.mutation("jobs:schedule", fn="jobs:slow", args={"key": "sd", "ms": 10_000})
@@ -243,7 +245,7 @@ async def test_listener_reconnects_and_polling_covers_the_gap(app: App) -> None:
         await conn.close()
 
     async def reconnected() -> bool:
-        return app.scheduler.listener.connected and app.scheduler.listener.backend_pid != old_pid
+        return app.scheduler.listener.healthy and app.scheduler.listener.backend_pid != old_pid
 
     await eventually(reconnected, 5, "listener reconnected")
     job_id = await app.mutation("jobs:schedule", fn="jobs:bump", args={"key": "r"})
@@ -364,14 +366,15 @@ def test_cron_definitions_and_next_runs() -> None:
 
 async def test_a_cron_tick_schedules_one_run_even_when_two_processes_race(namespace: str) -> None:
     async with open_runtime(SCHED_APP, namespace) as a, open_runtime(SCHED_APP, namespace) as b:
+        sa, sb = Scheduler(a, dataclasses.replace(FAST)), Scheduler(b, dataclasses.replace(FAST))  # not started
         c = Crons()
         c.interval("race", seconds=0.3, fn="jobs:noop")
-        await asyncio.gather(crons.sync(a, c), crons.sync(b, c))
+        await asyncio.gather(sa.sync_crons(c), sb.sync_crons(c))
         await asyncio.sleep(0.4)
-        (first,) = [o for batch in await asyncio.gather(crons.tick(a), crons.tick(b)) for o in batch]
+        (first,) = [o for batch in await asyncio.gather(sa.tick_crons(), sb.tick_crons()) for o in batch]
         assert first.scheduled_job is not None
         await asyncio.sleep(0.3)
-        again = [o for batch in await asyncio.gather(crons.tick(a), crons.tick(b)) for o in batch]
+        again = [o for batch in await asyncio.gather(sa.tick_crons(), sb.tick_crons()) for o in batch]
         assert again and all(o.scheduled_job is None for o in again)  # the first run is still pending
         (doc,) = (await a.call("query", "jobs:cron_jobs", {})).value
         assert doc["skippedRuns"] == len(again) and doc["lastJobId"] == first.scheduled_job
@@ -379,7 +382,7 @@ async def test_a_cron_tick_schedules_one_run_even_when_two_processes_race(namesp
         assert skipped == len(again)
         c2 = Crons()
         c2.cron("other", "0 0 * * *", fn="jobs:noop")
-        await crons.sync(a, c2)  # removed crons go, new ones come
+        await sa.sync_crons(c2)  # removed crons go, new ones come
         assert [d["name"] for d in (await a.call("query", "jobs:cron_jobs", {})).value] == ["other"]
 
 
@@ -501,7 +504,7 @@ async def _system_docs(rt: Runtime, table: str) -> list[dict[str, Any]]:
     async def body(writer: DatabaseWriter, tx: Transaction) -> list[dict[str, Any]]:
         return await writer.query(table).collect()
 
-    return await jobs.system_transaction(rt, body)
+    return await rt.system_transaction(body)
 
 
 async def test_the_example_app_processes_a_new_video_through_the_scheduler(namespace: str) -> None:
@@ -523,12 +526,12 @@ async def test_the_example_app_processes_a_new_video_through_the_scheduler(names
             # The job is marked done in its own transaction after the action returns, so a moment
             # after the action's last mutation.
             async def finished() -> list[dict[str, Any]] | None:
-                found = await _system_docs(rt, jobs.TABLE)
+                found = await _system_docs(rt, jobs.JOBS)
                 return found if found and found[0]["state"]["kind"] != "inProgress" else None
 
             (job,) = await eventually(finished, 10, "processing job finished")
             assert job["name"] == "processing:process_video" and job["state"] == {"kind": "success"}
-            assert [c["name"] for c in await _system_docs(rt, crons.TABLE)] == ["requeue stuck videos"]
+            assert [c["name"] for c in await _system_docs(rt, jobs.CRONS)] == ["requeue stuck videos"]
         finally:
             await scheduler.stop()
 

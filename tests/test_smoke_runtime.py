@@ -1,4 +1,4 @@
-from server.core.executor import Runtime
+from server.core.runtime import Runtime
 
 
 async def test_inc_and_get(runtime: Runtime) -> None:

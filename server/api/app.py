@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -19,8 +18,9 @@ from starlette.websockets import WebSocket
 
 from server.api.http_api import HttpApi, error_response, json_response
 from server.api.sync_ws import serve_sync
-from server.core.executor import Runtime
+from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
+from server.errors import redact
 
 log = logging.getLogger("ripple.app")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
@@ -80,10 +80,9 @@ def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None
                 return error_response(503, "NotReady", "functions are not loaded yet")
             try:
                 response = await handler(request)
-            except Exception:  # never leak internals; keep serving
-                request_id = secrets.token_hex(8)
-                log.exception("internal error [request %s] on %s", request_id, request.url.path)
-                response = error_response(500, "InternalServerError", f"[Request ID: {request_id}] Internal Server Error")
+            except Exception as exc:  # never leak internals; keep serving
+                message = redact(exc, f"{request.method} {request.url.path}", dev=runtime.config.dev)
+                response = error_response(500, "InternalServerError", message)
             runtime.metrics.inc("ripple_http_requests_total", route=request.url.path.split("/")[2] if request.url.path.startswith("/api/") else "other", status=str(response.status_code))
             return response
 
@@ -168,8 +167,3 @@ class RippleApp:
             await serve_sync(WebSocket(scope, receive, send), self._runtime, self._subscriptions, self._clients)
             return
         await self.starlette(scope, receive, send)
-
-
-@asynccontextmanager
-async def no_lifespan(app: Starlette) -> AsyncIterator[None]:
-    yield

@@ -6,22 +6,19 @@ accept); mistakes by the caller are 4xx `{"code", "message"}`.
 
 from __future__ import annotations
 
-import base64
-import logging
 import secrets
-import struct
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.core.executor import FunctionFailure, Identity, Runtime
+from server.core.contexts import Identity
 from server.core.registry import Kind
+from server.core.runtime import Runtime
 from server.core.values import from_convex_json, from_plain_json, to_convex_json, to_plain_json
-from server.errors import FunctionNotFound, RippleUsageError, ValueValidationError
-
-log = logging.getLogger("ripple.http")
+from server.errors import FunctionFailure, FunctionNotFound, RippleUsageError, ValueValidationError
+from server.wire import decode_ts, encode_ts
 
 FORMATS = ("json", "convex_encoded_json")
 
@@ -63,23 +60,16 @@ async def read_json_body(request: Request, limit: int) -> Any:
         raise HttpError(400, "BadJsonBody", f"request body is not valid JSON: {exc}") from exc
 
 
-def encode_ts(ts: int) -> str:
-    return base64.b64encode(struct.pack("<Q", ts)).decode()
-
-
-def decode_ts(raw: Any) -> int:
+def parse_ts(raw: Any) -> int:
+    """A `ts` from a request: as /api/query_ts encodes it, or a plain non-negative integer."""
     if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0:
         return raw
-    if isinstance(raw, str):
-        if raw.isdigit():
-            return int(raw)
-        try:
-            data = base64.b64decode(raw, validate=True)
-        except ValueError:
-            data = b""
-        if len(data) == 8:
-            return int(struct.unpack("<Q", data)[0])
-    raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {raw!r}")
+    if isinstance(raw, str) and raw.isdigit():
+        return int(raw)
+    try:
+        return decode_ts(raw)
+    except ValueError:
+        raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {raw!r}") from None
 
 
 class HttpApi:
@@ -141,7 +131,7 @@ class HttpApi:
             body = await read_json_body(request, self.runtime.config.max_body_bytes)
             identity, admin = self.caller(request)
             path, args, fmt = self.parse_call(body, path_override)
-            ts = decode_ts(body.get("ts")) if at_ts else None
+            ts = parse_ts(body.get("ts")) if at_ts else None
             if ts is not None:
                 latest = await self.runtime.latest_ts()
                 if ts > latest:
@@ -160,20 +150,13 @@ class HttpApi:
             body_out: dict[str, Any] = {
                 "status": "error",
                 "errorMessage": failure.message,
-                "logLines": self._log_lines(failure.log_lines),
+                "logLines": failure.log_lines,
             }
             if failure.has_data:
                 body_out["errorData"] = failure.data if fmt == "convex_encoded_json" else to_plain_json(from_convex_json(failure.data))
             return json_response(body_out)
         value = to_convex_json(outcome.value) if fmt == "convex_encoded_json" else to_plain_json(outcome.value)
-        return json_response({"status": "success", "value": value, "logLines": self._log_lines(outcome.log_lines)})
-
-    def _log_lines(self, lines: list[str]) -> list[str]:
-        if self.runtime.config.dev:
-            return lines
-        for line in lines:  # production: to the server log, not to clients (as Convex does)
-            log.info("function log: %s", line)
-        return []
+        return json_response({"status": "success", "value": value, "logLines": outcome.log_lines})
 
     async def query_ts(self, request: Request) -> Response:
         return json_response({"ts": encode_ts(await self.runtime.latest_ts())})

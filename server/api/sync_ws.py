@@ -20,19 +20,20 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from server.core.executor import FunctionFailure, Identity, Outcome, Runtime
-from server.core.subscriptions import QueryResult, SharedQuery, SubscriptionManager
+from server.core.contexts import Identity, Outcome
+from server.core.runtime import Runtime
+from server.core.subscriptions import SharedQuery, SubscriptionManager
 from server.core.values import from_convex_json, to_convex_json
-from server.errors import RippleUsageError, ValueValidationError
+from server.errors import FunctionFailure, RippleUsageError, ValueValidationError, redact
 from server.sync.protocol import (
     Authenticate,
-    FunctionResult,
     ProtocolError,
     QuerySetChanged,
     RunAction,
     RunMutation,
     SyncSession,
 )
+from server.wire import FunctionResult, QueryResult
 
 log = logging.getLogger("ripple.sync")
 
@@ -309,23 +310,14 @@ class ClientConnection:
                 kind, path, args, self.identity, allow_internal=self.admin, idempotency_key=idempotency_key  # type: ignore[arg-type]
             )
         except FunctionFailure as failure:
-            return FunctionResult(False, failure.message, tuple(self._lines(failure.log_lines)),
+            return FunctionResult(False, failure.message, tuple(failure.log_lines),
                                   error_data=failure.data, has_error_data=failure.has_data)
         except (RippleUsageError, ValueValidationError) as exc:
             return FunctionResult(False, str(exc))
-        except Exception:
-            request_id = secrets.token_hex(8)
-            log.exception("internal error running %s %s [request %s]", kind, path, request_id)
-            return FunctionResult(False, f"[Request ID: {request_id}] Internal Server Error")
+        except Exception as exc:
+            return FunctionResult(False, redact(exc, f"{kind} {path}", dev=self.runtime.config.dev))
         ts = outcome.ts if outcome.ts is not None else self.manager.current_ts
-        return FunctionResult(True, to_convex_json(outcome.value), tuple(self._lines(outcome.log_lines)), ts=ts)
-
-    def _lines(self, lines: list[str]) -> list[str]:
-        if self.runtime.config.dev:
-            return lines
-        for line in lines:
-            log.info("function log: %s", line)
-        return []
+        return FunctionResult(True, to_convex_json(outcome.value), tuple(outcome.log_lines), ts=ts)
 
 
 async def serve_sync(websocket: WebSocket, runtime: Runtime, manager: SubscriptionManager, clients: set[Any]) -> None:

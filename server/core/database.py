@@ -10,11 +10,11 @@ import asyncpg
 import orjson
 
 from server.core import sql
-from server.core.keys import index_key
+from server.core.keys import index_keys
 from server.core.schema import Schema, Table
-from server.core.system_tables import SYSTEM_TABLE_NUMBERS, SYSTEM_TABLES
+from server.core.system_tables import SYSTEM_TABLES
 from server.core.values import from_convex_json
-from server.errors import DocumentValidationError, SchemaError
+from server.errors import DocumentValidationError, LimitExceeded, RippleUsageError, SchemaError
 
 log = logging.getLogger("ripple.database")
 
@@ -74,8 +74,6 @@ class Catalog:
         self.by_number = {t.number: t for t in tables}
 
     def table(self, name: str) -> TableInfo:
-        from server.errors import RippleUsageError
-
         info = self.by_name.get(name)
         if info is None:
             raise RippleUsageError(
@@ -150,7 +148,7 @@ class Database:
 
     async def apply_schema(self, schema: Schema) -> Catalog:
         """Create or update tables and indexes; refuse changes that stored documents violate."""
-        _check_relation_names([*schema.tables.values(), *SYSTEM_TABLES.values()])
+        _check_relation_names([*schema.tables.values(), *(t.table for t in SYSTEM_TABLES)])
         async with self.acquire() as conn, conn.transaction():
             await conn.execute(sql.SCHEMA_LOCK, self.schema_lock)
             await conn.execute(sql.BOOTSTRAP)
@@ -160,14 +158,13 @@ class Database:
                 row = known.get(name)
                 number = row["number"] if row else await conn.fetchval(sql.INSERT_TABLE, name)
                 infos.append(await self._apply_table(conn, number, table, row))
-            for name, table in SYSTEM_TABLES.items():
-                number = SYSTEM_TABLE_NUMBERS[name]
-                row = known.get(name)
+            for system in SYSTEM_TABLES:
+                row = known.get(system.name)
                 if row is None:
-                    await conn.execute(sql.INSERT_SYSTEM_TABLE, number, name)
-                elif row["number"] != number:
-                    raise SchemaError(f"system table {name} has number {row['number']}, expected {number}")
-                infos.append(await self._apply_table(conn, number, table, row))
+                    await conn.execute(sql.INSERT_SYSTEM_TABLE, system.number, system.name)
+                elif row["number"] != system.number:
+                    raise SchemaError(f"system table {system.name} has number {row['number']}, expected {system.number}")
+                infos.append(await self._apply_table(conn, system.number, system.table, row))
             return Catalog(infos)
 
     async def _apply_table(
@@ -220,7 +217,10 @@ class Database:
 
         async def flush(docs: list[dict[str, Any]]) -> None:
             for name, index_fields in changed.items():
-                updates = [(doc["_id"], index_key(doc, index_fields)) for doc in docs]
+                try:
+                    updates = [(doc["_id"], index_keys(doc, {name: index_fields}, tsql.table)[name]) for doc in docs]
+                except LimitExceeded as exc:
+                    raise SchemaError(f"index {tsql.table}.{name} cannot be built: {exc}") from exc
                 await conn.executemany(tsql.set_key(name), updates)
 
         batch: list[dict[str, Any]] = []

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from server.core.values import Int64
+from server.errors import LimitExceeded
 
 UNDEFINED = object()  # a field missing from a document
 
@@ -33,6 +34,9 @@ TAG_OBJECT = 0x0A
 END = b"\x00"
 OBJECT_ENTRY = 0x01
 AFTER_PREFIX = b"\xff"  # greater than every tag: P + AFTER_PREFIX bounds all keys with prefix P
+# PostgreSQL's btree stores an index entry of at most ~2,700 bytes (a third of a page; a bytea key
+# column adds its headers). Longer keys are refused before they reach it, with a clear error.
+MAX_INDEX_KEY_BYTES = 2_600
 
 
 def _escape(raw: bytes) -> bytes:
@@ -112,3 +116,21 @@ def index_key(doc: Mapping[str, Any], fields: Sequence[str]) -> bytes:
         encode_value(field_value(doc, f), out)
     encode_value(doc["_id"], out)
     return bytes(out)
+
+
+def index_keys(doc: Mapping[str, Any], indexes: Mapping[str, Sequence[str]], table: str) -> dict[str, bytes]:
+    """The keys of `doc` (with `_id` and `_creationTime`) in each of a table's indexes. Raises
+    LimitExceeded, naming the table, document, index and fields, for a key PostgreSQL cannot
+    store."""
+    out: dict[str, bytes] = {}
+    for name, fields in indexes.items():
+        key = index_key(doc, fields)
+        if len(key) > MAX_INDEX_KEY_BYTES:
+            indexed = ", ".join(f for f in fields if f != "_creationTime") or "_creationTime"
+            raise LimitExceeded(
+                f"table `{table}`, document {doc['_id']}: its entry in index {name} ({indexed}) would be "
+                f"{len(key):,} bytes, over the {MAX_INDEX_KEY_BYTES:,}-byte limit of an index entry; "
+                "index a shorter field (e.g. a prefix or a hash of this value) instead"
+            )
+        out[name] = key
+    return out

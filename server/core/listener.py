@@ -1,8 +1,10 @@
 """LISTEN on a dedicated PostgreSQL connection: a hint that the change log advanced.
 
 NOTIFY is never the truth (payloads are capped and a disconnected listener misses them); the
-change log is. So the listener only wakes its owner; after every (re)connect it wakes it too,
-so the owner catches up from the log. While the connection is down the owner polls.
+tables are (the change log, the scheduler table). So the listener only wakes its owner, with the
+payload as a hint; after every (re)connect and every loss it wakes it too (payload None), so the
+owner catches up from the tables and knows to poll while the connection is down. The live-query
+manager listens on the commit channel, the scheduler on the jobs channel: one class for both.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ class ListenerState(Enum):
 
 
 class Listener:
-    """Keeps one connection LISTENing on `channel`; calls `wake()` on every notification and
-    after every successful (re)connect."""
+    """Keeps one connection LISTENing on `channel`; calls `wake(payload)` on every notification
+    and `wake(None)` after every successful (re)connect and every loss of the connection."""
 
-    def __init__(self, url: str, channel: str, wake: Callable[[], None], server_settings: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, channel: str, wake: Callable[[str | None], None], server_settings: dict[str, str] | None = None) -> None:
         self.url = url
         self.channel = channel
         self.wake = wake
@@ -63,7 +65,7 @@ class Listener:
                 pass
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        self.wake()
+        self.wake(payload)
 
     def _on_terminate(self, conn: Any) -> None:
         self._lost.set()
@@ -80,7 +82,7 @@ class Listener:
                 self.backend_pid = conn.get_server_pid()
                 self.state = ListenerState.LISTENING
                 delays = reconnect_delays()
-                self.wake()  # catch up on whatever happened while we were not listening
+                self.wake(None)  # catch up on whatever happened while we were not listening
                 while not self._lost.is_set():
                     # Detect half-dead connections: a cheap round trip every few seconds.
                     try:
@@ -99,5 +101,5 @@ class Listener:
                 return
             self.state = ListenerState.CONNECTING
             self.reconnects += 1
-            self.wake()  # the owner falls back to polling until we are back
+            self.wake(None)  # the owner falls back to polling until we are back
             await asyncio.sleep(next(delays))

@@ -11,7 +11,7 @@ import base64
 from collections.abc import Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
-from server.core.documents import ReadRange
+from server.core.transaction import ReadRange
 
 
 def write_keys(write: dict[str, Any]) -> Iterable[tuple[str, str, bytes]]:

@@ -1,8 +1,8 @@
-"""Every SQL statement Ripple runs, in one place.
+"""The SQL Ripple runs, as named statements (STYLE.md: no SQL scattered through the code).
 
-Fixed statements are constants. Statements over user tables are built by `TableSql` from names
-that the schema has already validated (NAME_RE); `quote_ident` is the only place identifiers are
-quoted.
+Fixed statements are constants. Statements over document tables are built by `TableSql` from
+names that the schema has already validated (NAME_RE); `quote_ident` is the only place
+identifiers are quoted. The one exception: `SELECT 1`, the listeners' keep-alive probe.
 """
 
 from __future__ import annotations
@@ -116,6 +116,8 @@ PUT_MUTATION_RESULT = (
 PRUNED_THROUGH = "SELECT (value #>> '{}')::bigint FROM _ripple_meta WHERE key = 'commits_pruned_through'"
 # Change log reading for live queries: everything after what a process has processed.
 COMMITS_AFTER = "SELECT ts, writes FROM _ripple_commits WHERE ts > $1 ORDER BY ts LIMIT $2"
+# ... and for a query at an older ts (/api/query_at_ts): the commits between it and the snapshot.
+COMMITS_BETWEEN = "SELECT writes FROM _ripple_commits WHERE ts > $1 AND ts <= $2 ORDER BY ts LIMIT $3"
 PRUNE_COMMITS = """
 WITH cutoff AS (
     SELECT least($1::bigint, (SELECT max(ts) FROM _ripple_commits)) AS ts
@@ -146,11 +148,13 @@ class TableSql:
             "id text PRIMARY KEY, creation_time double precision NOT NULL, doc jsonb NOT NULL)"
         )
         self.get = f"SELECT creation_time, doc FROM {t} WHERE id = $1"
-        self.get_with_keys = f"SELECT creation_time, doc, {cols} FROM {t} WHERE id = $1"
         self.insert = (
             f"INSERT INTO {t} (id, creation_time, doc, {cols}) VALUES ($1, $2, $3, {params})"
         )
         self.update = f"UPDATE {t} SET doc = $2, {sets} WHERE id = $1"
+        # The row version at ctid $2 only (one the transaction holds locked): no index lookup.
+        at_ctid_sets = ", ".join(f"{self.key_columns[i]} = ${n}" for n, i in enumerate(indexes, start=4))
+        self.update_at_ctid = f"UPDATE {t} SET doc = $3, {at_ctid_sets} WHERE id = $1 AND ctid = $2"
         self.delete = f"DELETE FROM {t} WHERE id = $1"
         self.scan_all = f"SELECT id, creation_time, doc FROM {t}"
         self.range: dict[tuple[str, bool], str] = {}
@@ -180,11 +184,11 @@ class TableSql:
         return f"ALTER TABLE {quote_ident(table)} DROP COLUMN IF EXISTS {quote_ident('k_' + index)}"
 
 
-# -- Scheduler and crons (server/core/jobs.py, scheduler.py, crons.py) ---------------------------
+# -- Scheduler and crons (server/core/scheduler/) ----------------------------------------------------
 # The job and cron documents live in ordinary document tables (system tables `_scheduled_functions`
-# and `_cron_jobs`); these statements find and row-lock them, and the scheduler's one guarded
-# update records its write set like DatabaseWriter does (jobs.write_claimed), so every change is
-# validated, indexed and logged by the commit tail.
+# and `_cron_jobs`); these statements find and row-lock them, and every change goes through a
+# system DatabaseWriter (DatabaseWriter.patch_locked for rows locked here), so it is validated,
+# indexed and logged by the commit tail.
 #
 # Jobs are found by a plain read (PEEK_DUE_JOBS) and claimed by their physical row address
 # (ctid): a TID scan takes no SSI predicate locks on index pages, so concurrent SERIALIZABLE
@@ -232,16 +236,11 @@ LOCK_DUE_CRONS = (
 FIRST_CRON = f"SELECT id, creation_time, doc FROM {_CRONS} ORDER BY k_by_next_run LIMIT 1"
 
 
-# A scheduled mutation's user code runs under this savepoint (inside the claiming transaction):
-# if it raises, its writes roll back and the job's failure is recorded in the same commit.
-SAVEPOINT_JOB = "SAVEPOINT ripple_job"
-ROLLBACK_TO_JOB = "ROLLBACK TO SAVEPOINT ripple_job"
-
-
-def update_at_ctid(tsql: TableSql) -> str:
-    """TableSql.update, but for the row version at ctid $2 only (the one the caller locked)."""
-    sets = ", ".join(f"{tsql.key_columns[i]} = ${n}" for n, i in enumerate(tsql.indexes, start=4))
-    return f"UPDATE {quote_ident(tsql.table)} SET doc = $3, {sets} WHERE id = $1 AND ctid = $2"
+# Transaction.savepoint(): e.g. a scheduled mutation's user code runs under one inside the
+# claiming transaction; if it raises, its writes roll back and the job's failure is recorded in
+# the same commit.
+SAVEPOINT = "SAVEPOINT ripple_savepoint"
+ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT ripple_savepoint"
 
 
 BEGIN = {

@@ -18,7 +18,6 @@ by a poll timer (fast when the listener is down).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -28,13 +27,15 @@ import orjson
 
 from server.core import sql
 from server.core.backoff import reconnect_delays
-from server.core.documents import ReadRange
-from server.core.executor import FunctionFailure, Identity, QueryRun, Runtime
+from server.core.contexts import Identity
 from server.core.listener import Listener
 from server.core.readsets import ReadIndex
 from server.core.registry import FunctionDef
+from server.core.runtime import QueryRun, Runtime
+from server.core.transaction import ReadRange
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import RippleUsageError
+from server.wire import QueryResult
 
 log = logging.getLogger("ripple.subscriptions")
 
@@ -50,37 +51,12 @@ class Subscriber(Protocol):
     def notify(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class QueryResult:
-    """What a client receives for a query: QueryUpdated or QueryFailed."""
-
-    ok: bool
-    value: Any  # convex_encoded_json, serialized once (an orjson.Fragment) for every client
-    log_lines: tuple[str, ...]
-    journal: str | None
-    error_message: str | None = None
-    error_data: Any = None
-    has_error_data: bool = False
-    digest: bytes = b""
-
-    @staticmethod
-    def of(run: QueryRun) -> QueryResult:
-        if run.failure is None:
-            encoded = orjson.dumps(to_convex_json(run.value))
-            digest = _digest(["ok", orjson.Fragment(encoded), run.log_lines, run.journal])
-            return QueryResult(True, orjson.Fragment(encoded), tuple(run.log_lines), run.journal, digest=digest)
-        return QueryResult.failed(run.failure, run.journal)
-
-    @staticmethod
-    def failed(failure: FunctionFailure, journal: str | None = None) -> QueryResult:
-        body = ["err", failure.message, failure.data if failure.has_data else None, failure.log_lines, journal]
-        return QueryResult(
-            False, None, tuple(failure.log_lines), journal, failure.message, failure.data, failure.has_data, _digest(body)
-        )
-
-
-def _digest(body: Any) -> bytes:
-    return hashlib.blake2b(orjson.dumps(body), digest_size=16).digest()
+def query_result(run: QueryRun) -> QueryResult:
+    """A query run as clients receive it; the value is serialized once for every subscriber."""
+    if run.failure is None:
+        return QueryResult.success(orjson.dumps(to_convex_json(run.value)), run.log_lines, run.journal)
+    failure = run.failure
+    return QueryResult.failed(failure.message, failure.log_lines, run.journal, failure.data, failure.has_data)
 
 
 SubKey = tuple[str, bytes, bytes, str | None]
@@ -130,7 +106,7 @@ class SubscriptionManager:
     async def start(self) -> None:
         self._processed_ts = self.current_ts = await self.runtime.latest_ts()
         db = self.runtime.db
-        self._listener = Listener(db.url, db.channel, self.trigger, {"search_path": db.search_path})
+        self._listener = Listener(db.url, db.channel, self._notified, {"search_path": db.search_path})
         self._listener.start()
         self._task = asyncio.create_task(self._loop(), name="ripple-subscriptions")
         self._task.add_done_callback(self._crashed)
@@ -156,6 +132,9 @@ class SubscriptionManager:
 
     def trigger(self) -> None:
         self._wake.set()
+
+    def _notified(self, payload: str | None) -> None:
+        self._wake.set()  # a commit (or the listener's state changed): look at the change log
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -244,13 +223,7 @@ class SubscriptionManager:
         for sq, outcome in new_results:
             sq.executions += 1
             if isinstance(outcome, QueryRun):
-                if not self.runtime.config.dev:  # production: function logs stay in the server log
-                    for line in outcome.log_lines:
-                        log.info("function log (%s): %s", sq.path, line)
-                    outcome.log_lines = []
-                    if outcome.failure is not None:
-                        outcome.failure.log_lines = []
-                result = QueryResult.of(outcome)
+                result = query_result(outcome)
                 sq.reads = outcome.reads
             else:
                 result = outcome
@@ -284,7 +257,7 @@ class SubscriptionManager:
             fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=False)
             kwargs = fn.validate_args(from_convex_json(sq.args))
         except RippleUsageError as exc:
-            return QueryResult.failed(FunctionFailure(str(exc), []), sq.journal)
+            return QueryResult.failed(str(exc), [], sq.journal)
         return await runtime.execute_query(conn, fn, kwargs, sq.identity, sq.journal)
 
     async def _maybe_prune(self) -> None:

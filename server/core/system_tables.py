@@ -1,20 +1,26 @@
-"""System tables: document tables the runtime owns (names start with `_`).
+"""System tables: document tables the runtime owns (names start with `_`), all listed here.
 
 Functions read them through `ctx.db.system` like any table (indexes, ranges, pagination, live
-queries); only the runtime writes them, through a DatabaseWriter made with `system=True`.
-Their table numbers are fixed (user tables get numbers below 10000), so ids stay stable.
+queries); only the runtime writes them, through a DatabaseWriter made with `system=True`. Their
+table numbers are fixed (user tables get numbers below 10000), so ids stay stable: a number is
+never reused for another table.
+
+| table                  | number | written by                  | documents           |
+|------------------------|--------|-----------------------------|---------------------|
+| `_scheduled_functions` | 10001  | server/core/scheduler/      | `ScheduledFunction` |
+| `_cron_jobs`           | 10002  | server/core/scheduler/      | `CronJob`           |
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from server.core.schema import Table
 
-SYSTEM_TABLE_NUMBERS: dict[str, int] = {}
-SYSTEM_TABLES: dict[str, Table] = {}
+_CLOSED = ConfigDict(extra="forbid")
 
 
 class SystemDocument(BaseModel):
@@ -29,14 +35,120 @@ class SystemDocument(BaseModel):
         return {k: v for k, v in data.items() if not (v is None and k in self.OMIT_WHEN_NONE)}
 
 
-def register_system_table(name: str, number: int, table: Table) -> Table:
-    if number < 10000:
-        raise ValueError("system table numbers start at 10000")
-    if SYSTEM_TABLE_NUMBERS.get(name, number) != number or number in {
-        n for other, n in SYSTEM_TABLE_NUMBERS.items() if other != name
-    }:
-        raise ValueError(f"system table {name} or number {number} registered twice")
-    table.bind(name, system=True)
-    SYSTEM_TABLE_NUMBERS[name] = number
-    SYSTEM_TABLES[name] = table
-    return table
+# -- _scheduled_functions (docs/scheduler.md) -------------------------------------------------------
+
+class Pending(BaseModel):
+    model_config = _CLOSED
+    kind: Literal["pending"]
+
+
+class InProgress(BaseModel):
+    model_config = _CLOSED
+    kind: Literal["inProgress"]
+
+
+class Success(BaseModel):
+    model_config = _CLOSED
+    kind: Literal["success"]
+
+
+class Failed(BaseModel):
+    model_config = _CLOSED
+    kind: Literal["failed"]
+    error: str
+
+
+class Canceled(BaseModel):
+    model_config = _CLOSED
+    kind: Literal["canceled"]
+
+
+class Lease(BaseModel):
+    model_config = _CLOSED
+    owner: str
+    expiresAt: float
+
+
+class ScheduledFunction(SystemDocument):
+    """Convex's shape (name, args, scheduledTime, state, completedTime) plus Ripple's own
+    optional fields: startedTime, parentId (the job whose run scheduled this one), cronName,
+    lease (the process running this action, until when)."""
+
+    OMIT_WHEN_NONE = ("completedTime", "startedTime", "parentId", "cronName", "lease")
+
+    name: str
+    args: list[dict[str, Any]] = Field(min_length=1, max_length=1)
+    scheduledTime: float
+    state: Annotated[Pending | InProgress | Success | Failed | Canceled, Field(discriminator="kind")]
+    completedTime: float | None = None
+    startedTime: float | None = None
+    parentId: str | None = None
+    cronName: str | None = None
+    lease: Lease | None = None
+
+
+# -- _cron_jobs (docs/scheduler.md, Crons) ----------------------------------------------------------
+
+class IntervalSchedule(BaseModel):
+    model_config = _CLOSED
+    kind: Literal["interval"]
+    seconds: float
+
+
+class CronSchedule(BaseModel):
+    model_config = _CLOSED
+    kind: Literal["cron"]
+    expression: str
+
+
+class CronJob(SystemDocument):
+    OMIT_WHEN_NONE = ("lastRun", "lastJobId", "lastSkipped")
+
+    name: str
+    schedule: Annotated[IntervalSchedule | CronSchedule, Field(discriminator="kind")]
+    function: str
+    args: list[dict[str, Any]] = Field(min_length=1, max_length=1)
+    nextRun: float
+    lastRun: float | None = None
+    lastJobId: str | None = None
+    skippedRuns: int = 0
+    lastSkipped: float | None = None
+
+
+# -- the list -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SystemTable:
+    name: str
+    number: int
+    table: Table
+
+
+SCHEDULED_FUNCTIONS = SystemTable(
+    "_scheduled_functions",
+    10001,
+    Table(
+        ScheduledFunction,
+        indexes={
+            "by_state": ["state.kind", "scheduledTime"],
+            "by_parent": ["parentId"],
+            "by_completed_time": ["completedTime"],
+        },
+    ),
+)
+CRON_JOBS = SystemTable("_cron_jobs", 10002, Table(CronJob, indexes={"by_name": ["name"], "by_next_run": ["nextRun"]}))
+
+SYSTEM_TABLES: tuple[SystemTable, ...] = (SCHEDULED_FUNCTIONS, CRON_JOBS)
+
+
+def _check(tables: tuple[SystemTable, ...]) -> None:
+    names, numbers = [t.name for t in tables], [t.number for t in tables]
+    if len(set(names)) != len(names) or len(set(numbers)) != len(numbers):
+        raise ValueError("two system tables share a name or a number")
+    for t in tables:
+        if t.number < 10000:
+            raise ValueError(f"system table {t.name}: numbers start at 10000")
+        t.table.bind(t.name, system=True)
+
+
+_check(SYSTEM_TABLES)

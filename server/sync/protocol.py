@@ -11,15 +11,13 @@ Transition's startVersion is exactly the previous endVersion (the client throws 
 
 from __future__ import annotations
 
-import base64
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from server.core.subscriptions import QueryResult
+from server.wire import FunctionResult, QueryResult, decode_ts, encode_ts
 
 
 class ProtocolError(Exception):
@@ -36,20 +34,11 @@ class Version:
         return {"querySet": self.query_set, "identity": self.identity, "ts": encode_ts(self.ts)}
 
 
-def encode_ts(ts: int) -> str:
-    return base64.b64encode(struct.pack("<Q", ts)).decode()
-
-
-def decode_ts(raw: Any, what: str) -> int:
-    if not isinstance(raw, str):
-        raise ProtocolError(f"{what} must be a base64-encoded u64")
+def _decode_ts(raw: Any, what: str) -> int:
     try:
-        data = base64.b64decode(raw, validate=True)
+        return decode_ts(raw)
     except ValueError as exc:
-        raise ProtocolError(f"{what} is not valid base64") from exc
-    if len(data) != 8:
-        raise ProtocolError(f"{what} must encode 8 bytes")
-    return int(struct.unpack("<Q", data)[0])
+        raise ProtocolError(f"{what}: {exc}") from exc
 
 
 @dataclass
@@ -171,7 +160,7 @@ class SyncSession:
         self.connection_count = _int(message, "connectionCount") if "connectionCount" in message else 0
         observed = message.get("maxObservedTimestamp")
         if observed is not None:
-            self.max_observed_ts = decode_ts(observed, "Connect.maxObservedTimestamp")
+            self.max_observed_ts = _decode_ts(observed, "Connect.maxObservedTimestamp")
         self.session_id = session_id
         return []
 
@@ -332,15 +321,3 @@ class SyncSession:
         encoded = None if message is None else orjson.dumps(message)
         cache[key] = (encoded, self.sent, self._sent_digests)
         return encoded
-
-
-@dataclass(frozen=True)
-class FunctionResult:
-    """A mutation's or action's outcome, ready for the wire."""
-
-    success: bool
-    payload: Any  # the value (convex_encoded_json) on success, the error message otherwise
-    log_lines: tuple[str, ...] = ()
-    ts: int | None = None
-    error_data: Any = None
-    has_error_data: bool = False

@@ -2,27 +2,27 @@
 
 Every server process runs one. Its parts:
 
-* workers (RIPPLE_SCHEDULER_CONCURRENCY of them): each claims the earliest due pending job with
-  one `FOR UPDATE SKIP LOCKED` statement in a SERIALIZABLE transaction and
-  - a mutation: runs it in that same transaction (a savepoint around the user code) and marks
-    the job success, or failed with the error if it raised; one commit, so it runs exactly once;
+* workers (`concurrency` of them): each claims a due pending job with one
+  `FOR UPDATE SKIP LOCKED` statement in a SERIALIZABLE transaction and
+  - a mutation: runs it in that same transaction (Runtime.execute_mutation under a savepoint)
+    and marks the job success, or failed with the error if it raised; one commit, so it runs
+    exactly once. A conflict rolls everything back and the claim and run are retried by
+    Runtime.retry_conflicts, the policy every writing transaction uses;
   - an action: marks it inProgress with a lease (owner process + expiry) and commits, runs it
     outside any transaction, then records success or failed; a lease that expires (the process
     died) ends the job failed, never re-run: at most once.
-* a listener on a dedicated connection: a NOTIFY on the jobs channel carries the due time of a
+* a listener (server/core/listener.py) on the jobs channel: a NOTIFY carries the due time of a
   newly scheduled job; due now wakes one idle worker, later arms the timer.
 * a clock: fires the timer for the next future job, ticks crons, and polls as a safety net (every
-  RIPPLE_SCHEDULER_POLL_SECONDS, or RIPPLE_SCHEDULER_FALLBACK_POLL_SECONDS while the listener is
-  down).
+  `poll_seconds`, or `fallback_poll_seconds` while the listener is down).
 * maintenance: renews the leases of this process's running actions, fails expired leases of any
   process, prunes finished jobs older than the retention.
-See docs/scheduler.md.
+Settings: server/config.py (SchedulerConfig). See docs/scheduler.md.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import random
@@ -35,14 +35,19 @@ from typing import Any
 
 import asyncpg
 
-from server.core import crons, jobs, logs, sql
-from server.core.backoff import conflict_retry_delays, reconnect_delays
-from server.core.database import Database, decode_doc
-from server.core.documents import DatabaseWriter, Transaction
-from server.core.executor import Auth, FunctionFailure, MutationCtx, Runtime
+from server.config import SchedulerConfig
+from server.core import sql
+from server.core.backoff import reconnect_delays
+from server.core.database import Database
+from server.core.documents import DatabaseWriter
+from server.core.listener import Listener
 from server.core.registry import FunctionDef
-from server.core.scheduling import MutationScheduler, current_job
-from server.errors import RippleUsageError, TransactionConflict
+from server.core.runtime import Runtime
+from server.core.scheduler import table
+from server.core.scheduler.api import current_job
+from server.core.scheduler.crons import Crons, app_crons
+from server.core.transaction import Transaction
+from server.errors import FunctionFailure, RippleUsageError, TooManyConflicts
 
 log = logging.getLogger("ripple.scheduler")
 
@@ -51,38 +56,6 @@ SHUTDOWN_ACTION_ERROR = "the server shut down before this action finished; actio
 PEEK_SPREAD = 4
 RECOVER_BATCH = 100
 PRUNE_BATCH = 500
-
-
-def _env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    return float(raw) if raw else default
-
-
-@dataclass
-class SchedulerSettings:
-    enabled: bool = True
-    concurrency: int = 10  # jobs running at once in this process
-    poll_seconds: float = 5.0  # safety poll while the listener is connected
-    fallback_poll_seconds: float = 1.0  # poll while it is not
-    lease_seconds: float = 30.0  # a running action's lease; renewed every third of it
-    retention_seconds: float = 7 * 24 * 3600.0  # finished jobs are deleted after this
-    shutdown_seconds: float = 10.0  # on shutdown, how long running jobs may take to finish
-
-    @classmethod
-    def from_env(cls) -> SchedulerSettings:
-        return cls(
-            enabled=os.environ.get("RIPPLE_SCHEDULER", "on").lower() not in ("0", "off", "false", "no"),
-            concurrency=max(1, int(_env("RIPPLE_SCHEDULER_CONCURRENCY", 10))),
-            poll_seconds=_env("RIPPLE_SCHEDULER_POLL_SECONDS", 5.0),
-            fallback_poll_seconds=_env("RIPPLE_SCHEDULER_FALLBACK_POLL_SECONDS", 1.0),
-            lease_seconds=_env("RIPPLE_SCHEDULER_LEASE_SECONDS", 30.0),
-            retention_seconds=_env("RIPPLE_SCHEDULER_RETENTION_SECONDS", 7 * 24 * 3600.0),
-            shutdown_seconds=_env("RIPPLE_SCHEDULER_SHUTDOWN_SECONDS", 10.0),
-        )
-
-    @property
-    def maintenance_seconds(self) -> float:
-        return max(0.05, min(self.lease_seconds / 3.0, 10.0))
 
 
 class Doorbell:
@@ -116,55 +89,6 @@ class Doorbell:
                 waiter.cancel()
 
 
-def _set_event(event: asyncio.Event, *_: object) -> None:
-    event.set()
-
-
-class JobListener:
-    """LISTEN on the jobs channel on a dedicated connection (never a pooled one: the pool runs
-    `UNLISTEN *` on release). Reconnects with backoff; `connected` says whether it listens now."""
-
-    def __init__(self, db: Database, on_due: Callable[[float], None], on_connect: Callable[[], None]) -> None:
-        self._db = db
-        self.channel = sql.jobs_channel(db.namespace)
-        self._on_due, self._on_connect = on_due, on_connect
-        self.connected = False
-        self.backend_pid: int | None = None
-
-    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        try:
-            due = float(payload)
-        except ValueError:
-            due = 0.0
-        self._on_due(due)
-
-    async def run(self) -> None:
-        delays = reconnect_delays()
-        while True:
-            lost = asyncio.Event()
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._db.url, server_settings={"application_name": "ripple-scheduler"})
-                conn.add_termination_listener(functools.partial(_set_event, lost))
-                await conn.add_listener(self.channel, self._notified)
-                self.connected, self.backend_pid = True, conn.get_server_pid()
-                delays = reconnect_delays()
-                self._on_connect()  # anything scheduled while we were away is due now or timed
-                while not lost.is_set():
-                    try:
-                        await asyncio.wait_for(lost.wait(), timeout=5.0)
-                    except TimeoutError:
-                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=5.0)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("scheduler listener lost its connection (%s: %s); polling until it is back",
-                            type(exc).__name__, exc)
-            finally:
-                self.connected = False
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(next(delays))
-
-
 @dataclass
 class _Candidate:
     job: dict[str, Any]  # as read, unlocked
@@ -194,9 +118,9 @@ class _HeldConnection:
 class Scheduler:
     """Runs scheduled functions and crons in this process; see the module docstring."""
 
-    def __init__(self, runtime: Runtime, settings: SchedulerSettings | None = None) -> None:
+    def __init__(self, runtime: Runtime, settings: SchedulerConfig | None = None) -> None:
         self.runtime = runtime
-        self.settings = settings or SchedulerSettings.from_env()
+        self.settings = settings or runtime.config.scheduler
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._doorbell = Doorbell(self.settings.concurrency)
         self._poke = asyncio.Event()  # the clock has a new deadline to consider
@@ -209,14 +133,14 @@ class Scheduler:
         self._stopping = False
         self._busy = 0
         self._running_actions: set[str] = set()
-        self._conflicts: dict[str, int] = {}
         self._queue: deque[_Candidate] = deque()
         self._in_flight: set[str] = set()
         self._peek_lock = asyncio.Lock()
         self._backlog = False  # the last peek found a full window of due jobs
         self._workers: list[asyncio.Task[None]] = []
         self._services: list[asyncio.Task[None]] = []
-        self.listener = JobListener(runtime.db, self._on_due, self._on_listener_connect)
+        db = runtime.db
+        self.listener = Listener(db.url, runtime.jobs_channel, self._on_wake)
         metrics = runtime.metrics
         metrics.describe("ripple_scheduler_running_jobs", "gauge", "Scheduled jobs running in this process")
         metrics.describe("ripple_scheduler_listener_connected", "gauge", "1 while the scheduler's LISTEN connection is up")
@@ -230,13 +154,13 @@ class Scheduler:
 
     async def start(self) -> None:
         """Sync the app's crons (a bad cron definition fails start-up) and start the loops."""
-        await crons.sync(self.runtime, crons.app_crons(self.runtime.app))
-        self._cron_ms = await crons.next_due_ms(self.runtime)
+        await self.sync_crons(app_crons(self.runtime.app.modules))
+        self._cron_ms = await self._next_cron_ms()
         self.runtime.on_reload.append(self._on_reload)
         self.runtime.metrics.gauge("ripple_scheduler_running_jobs", lambda: float(self._busy))
-        self.runtime.metrics.gauge("ripple_scheduler_listener_connected", lambda: float(self.listener.connected))
+        self.runtime.metrics.gauge("ripple_scheduler_listener_connected", lambda: float(self.listener.healthy))
+        self.listener.start()
         self._services = [
-            asyncio.create_task(self._supervise("listener", self.listener.run), name="ripple-scheduler-listener"),
             asyncio.create_task(self._supervise("clock", self._clock), name="ripple-scheduler-clock"),
             asyncio.create_task(self._supervise("maintenance", self._maintenance), name="ripple-scheduler-maintenance"),
         ]
@@ -252,6 +176,7 @@ class Scheduler:
         self._stopping = True
         if self._on_reload in self.runtime.on_reload:
             self.runtime.on_reload.remove(self._on_reload)
+        await self.listener.stop()
         for task in self._services:
             task.cancel()
         self._doorbell.ring(len(self._workers))
@@ -281,17 +206,53 @@ class Scheduler:
         self._crons_dirty = True
         self._poke.set()
 
+    # -- crons -----------------------------------------------------------------------------------
+
+    async def sync_crons(self, crons: Crons) -> None:
+        """Make `_cron_jobs` match the app's crons (READ COMMITTED: see table.sync_crons)."""
+        desired = table.desired_crons(self.runtime.app.registry, crons)
+        lock = sql.lock_key(self.runtime.db.namespace, "crons")
+
+        async def body(writer: DatabaseWriter, tx: Transaction) -> None:
+            await table.sync_crons(writer, tx, desired, lock)
+
+        await self.runtime.system_transaction(body, isolation="read_committed")
+
+    async def tick_crons(self) -> list[table.TickOutcome]:
+        """Schedule the run of every due cron (or skip it if its previous run is still going)."""
+
+        async def body(writer: DatabaseWriter, tx: Transaction) -> list[table.TickOutcome]:
+            return await table.tick_crons(writer, tx, self.runtime.jobs_channel)
+
+        outcomes = await self.runtime.system_transaction(body, isolation="read_committed")
+        for o in outcomes:
+            if o.scheduled_job is None:
+                log.warning("cron %r: run skipped because its previous run %s is still %s",
+                            o.cron, o.previous_job, o.previous_state)
+            outcome = "skipped" if o.scheduled_job is None else "scheduled"
+            self.runtime.metrics.inc("ripple_cron_runs_total", cron=o.cron, outcome=outcome)
+        return outcomes
+
+    async def _next_cron_ms(self) -> float | None:
+        async with self.runtime.db.acquire() as conn:
+            return await table.next_cron_due_ms(conn)
+
     # -- waking ----------------------------------------------------------------------------------
 
-    def _on_due(self, due_ms: float) -> None:
-        if due_ms <= jobs.now_ms() + 1.0:
+    def _on_wake(self, payload: str | None) -> None:
+        if payload is None:  # the listener (re)connected or lost its connection
+            if self.listener.healthy:
+                self._doorbell.ring()  # anything scheduled while we were away is due now or timed
+            self._poke.set()
+            return
+        try:
+            due_ms = float(payload)
+        except ValueError:
+            due_ms = 0.0
+        if due_ms <= table.now_ms() + 1.0:
             self._doorbell.ring()
         else:
             self._arm(due_ms)
-
-    def _on_listener_connect(self) -> None:
-        self._doorbell.ring()
-        self._poke.set()
 
     def _arm(self, due_ms: float) -> None:
         if self._timer_ms is None or due_ms < self._timer_ms:
@@ -299,10 +260,10 @@ class Scheduler:
             self._poke.set()
 
     async def _clock(self) -> None:
-        last_poll = jobs.now_ms()
+        last_poll = table.now_ms()
         while True:
-            now = jobs.now_ms()
-            poll = self.settings.poll_seconds if self.listener.connected else self.settings.fallback_poll_seconds
+            now = table.now_ms()
+            poll = self.settings.poll_seconds if self.listener.healthy else self.settings.fallback_poll_seconds
             deadline = min(x for x in (last_poll + poll * 1000.0, self._timer_ms, self._cron_ms) if x is not None)
             if deadline > now:
                 try:
@@ -311,24 +272,24 @@ class Scheduler:
                 except TimeoutError:
                     pass
             self._poke.clear()
-            now = jobs.now_ms()
+            now = table.now_ms()
             if self._timer_ms is not None and self._timer_ms <= now:
                 self._timer_ms = None
                 self._doorbell.ring()
             if now >= last_poll + poll * 1000.0:
                 last_poll = now
                 self._doorbell.ring()
-                self._cron_ms = await crons.next_due_ms(self.runtime)
+                self._cron_ms = await self._next_cron_ms()
             if self._crons_dirty:
                 self._crons_dirty = False
                 try:
-                    await crons.sync(self.runtime, crons.app_crons(self.runtime.app))
+                    await self.sync_crons(app_crons(self.runtime.app.modules))
                 except RippleUsageError as exc:
                     log.error("crons not updated after reload: %s", exc)
-                self._cron_ms = await crons.next_due_ms(self.runtime)
+                self._cron_ms = await self._next_cron_ms()
             if self._cron_ms is not None and self._cron_ms <= now:
-                await crons.tick(self.runtime)
-                self._cron_ms = await crons.next_due_ms(self.runtime)
+                await self.tick_crons()
+                self._cron_ms = await self._next_cron_ms()
 
     async def _refresh_timer(self) -> None:
         """After finding nothing due: arm the timer for the earliest job later than what the last
@@ -348,7 +309,7 @@ class Scheduler:
             while True:
                 self._refresh_again = False
                 async with self.runtime.db.acquire() as conn:
-                    row = await conn.fetchrow(sql.FIRST_JOB_IN_RANGE, *jobs.future_range(self._peeked_through))
+                    row = await conn.fetchrow(sql.FIRST_JOB_IN_RANGE, *table.future_range(self._peeked_through))
                 if row is not None:
                     self._arm(float(row["doc"]["scheduledTime"]))
                 if not self._refresh_again:
@@ -412,17 +373,13 @@ class Scheduler:
         strictly, in due order. The window is shuffled for the same reason."""
         window = 2 * self.settings.concurrency
         offset = random.randrange(PEEK_SPREAD * window) if self._backlog else 0
-        self._peeked_through = now = jobs.now_ms()
-        lo, hi = jobs.due_range(now)
+        self._peeked_through = table.now_ms()
         async with self.runtime.db.acquire() as conn:
-            rows = await conn.fetch(sql.PEEK_DUE_JOBS, lo, hi, window, offset)
-            if not rows and offset:
-                rows = await conn.fetch(sql.PEEK_DUE_JOBS, lo, hi, window, 0)
-        self._backlog = len(rows) == window
-        fresh = [
-            _Candidate(decode_doc(r["id"], r["creation_time"], r["doc"]), r["ctid"])
-            for r in rows if r["id"] not in self._in_flight
-        ]
+            found = await table.peek_due(conn, window, offset)
+            if not found and offset:
+                found = await table.peek_due(conn, window, 0)
+        self._backlog = len(found) == window
+        fresh = [_Candidate(job, ctid) for job, ctid in found if job["_id"] not in self._in_flight]
         random.shuffle(fresh)
         return fresh
 
@@ -434,7 +391,7 @@ class Scheduler:
                 raise RippleUsageError(f"{fn.path} is a query; only mutations and actions can be scheduled")
         except RippleUsageError as exc:
             if await self._fail_unrunnable(candidate, str(exc)):
-                self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=jobs.FAILED)
+                self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=table.FAILED)
             return
         if fn.kind == "action":
             await conn.release()  # an action may run for minutes: hold no pooled connection
@@ -443,173 +400,115 @@ class Scheduler:
                 await self._run_action(claimed, fn)
             return
         try:
-            state = await self._run_mutation_job(await conn.get(), candidate, fn)
-        except (TransactionConflict, *jobs.CONFLICTS):
-            await self._conflicted(job["_id"])
+            state = await self.runtime.retry_conflicts(
+                lambda: self._run_mutation_job(conn, candidate, fn), f"scheduled job {job['_id']} ({job['name']})",
+                retries_metrics=("ripple_scheduler_conflicts_total", "ripple_mutation_retries_total"),
+            )
+        except TooManyConflicts as exc:
+            if await self._finish_if(job["_id"], (table.PENDING,), table.FAILED, str(exc)):
+                self.runtime.metrics.inc("ripple_mutations_total", outcome="error")
             return
         if state is not None:
-            self._conflicts.pop(job["_id"], None)
             self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=state)
 
-    async def _conflicted(self, job_id: str) -> None:
-        """A scheduled mutation lost a conflict (the rollback released it). Back off and let it
-        be claimed again; after max_mutation_attempts conflicts it fails, as a mutation would."""
-        metrics = self.runtime.metrics
-        metrics.inc("ripple_scheduler_conflicts_total")
-        metrics.inc("ripple_mutation_retries_total")
-        attempts = self.runtime.config.max_mutation_attempts
-        if len(self._conflicts) > 10_000:
-            self._conflicts.clear()
-        count = self._conflicts[job_id] = self._conflicts.get(job_id, 0) + 1
-        if count < attempts:
-            delays = conflict_retry_delays()
-            for _ in range(count - 1):
-                next(delays)
-            await asyncio.sleep(next(delays))
-            return
-        self._conflicts.pop(job_id, None)
-        error = f"kept conflicting with concurrent writes ({attempts} attempts)"
-        if await self._finish_if(job_id, (jobs.PENDING,), jobs.FAILED, error):
-            metrics.inc("ripple_mutations_total", outcome="error")
-
-    async def _claim(self, tx: Transaction, candidate: _Candidate) -> dict[str, Any] | None:
-        """The one atomic claim: lock this job's row if it is still pending, due and free. The
-        row version at the peeked ctid is the peeked document, so that is what is returned."""
-        lo, hi = jobs.due_range(jobs.now_ms())
-        claimed = await tx.execute("fetchval", sql.CLAIM_JOB_AT, candidate.ctid, candidate.job["_id"], lo, hi)
-        return candidate.job if claimed is not None else None
-
-    async def _run_mutation_job(self, conn: asyncpg.Connection, candidate: _Candidate, fn: FunctionDef) -> str | None:
+    async def _run_mutation_job(self, held: _HeldConnection, candidate: _Candidate, fn: FunctionDef) -> str | None:
         """Claim a scheduled mutation and run it in the same SERIALIZABLE transaction, which also
-        records the job's final state: it commits exactly once. None: another worker had it."""
+        records the job's final state: it commits exactly once. The mutation runs under a
+        savepoint, so if it fails its writes roll back and the failure commits. Returns the
+        final state; None: another worker or process had the job."""
         runtime = self.runtime
-        job_id = candidate.job["_id"]
-        async with runtime.transaction(conn, "serializable") as tx:
-            job = await self._claim(tx, candidate)
-            if job is None:
-                self.runtime.metrics.inc("ripple_scheduler_claim_misses_total")
+        job, job_id = candidate.job, candidate.job["_id"]
+        scheduler = None
+        async with runtime.transaction(await held.get(), "serializable") as tx:
+            if not await table.claim(tx, job_id, candidate.ctid):
+                runtime.metrics.inc("ripple_scheduler_claim_misses_total")
                 return None
-            started = jobs.now_ms()
-            user_tx, scheduler, error = await self._run_mutation(conn, job, fn)
-            if user_tx is not None:
-                if user_tx.conflicted:
-                    raise _JobConflict(job_id)
-                tx.writes.update(user_tx.writes)  # one write set, one commit
-            final = jobs.final_fields(jobs.SUCCESS if error is None else jobs.FAILED, error, startedTime=started)
-            await jobs.write_claimed(tx, job, candidate.ctid, final)
+            started = table.now_ms()
+            error: str | None = None
+            token = current_job.set(job_id)
+            try:
+                kwargs = fn.validate_args(job["args"][0])
+                async with tx.savepoint():
+                    _, _, scheduler = await runtime.execute_mutation(tx, fn, kwargs, None, running_job=job_id)
+            except (RippleUsageError, FunctionFailure) as exc:
+                error = exc.message if isinstance(exc, FunctionFailure) else str(exc)
+            finally:
+                current_job.reset(token)
+            final = table.final_fields(table.SUCCESS if error is None else table.FAILED, error, startedTime=started)
+            await DatabaseWriter(tx, system=True).patch_locked(job, candidate.ctid, final)
         if scheduler is not None:
             scheduler.committed()
         runtime.metrics.inc("ripple_mutations_total", outcome="success" if error is None else "error")
-        return jobs.SUCCESS if error is None else jobs.FAILED
-
-    async def _run_mutation(
-        self, conn: asyncpg.Connection, job: dict[str, Any], fn: FunctionDef
-    ) -> tuple[Transaction | None, MutationScheduler | None, str | None]:
-        """Run the user's mutation inside the claiming transaction under a savepoint. Returns its
-        transaction and scheduler, and the error if it failed (its writes are then rolled back)."""
-        runtime = self.runtime
-        job_id = job["_id"]
-        try:
-            kwargs = fn.validate_args(job["args"][0])
-        except RippleUsageError as exc:
-            return None, None, str(exc)
-        user_tx = Transaction(conn, runtime.catalog, writable=True)
-        scheduler = MutationScheduler(user_tx, runtime, running_job=job_id)
-        ctx = MutationCtx(DatabaseWriter(user_tx), Auth(None), scheduler)
-        buffer = logs.LogBuffer()
-        token = current_job.set(job_id)
-        await conn.execute(sql.SAVEPOINT_JOB)  # no RELEASE needed: COMMIT keeps what it holds
-        try:
-            await runtime.invoke(fn, ctx, kwargs, buffer, runtime.config.mutation_timeout)
-            if user_tx.conflicted:
-                raise _JobConflict(job_id)
-        except Exception as exc:
-            if isinstance(exc, jobs.CONFLICTS) or user_tx.conflicted:
-                raise _JobConflict(job_id) from exc
-            await conn.execute(sql.ROLLBACK_TO_JOB)
-            failure = runtime.failure(fn, exc, buffer)
-            self._log_lines(job, failure.log_lines)
-            return None, None, failure.message
-        finally:
-            current_job.reset(token)
-        self._log_lines(job, buffer.finish())
-        return user_tx, scheduler, None
+        return table.SUCCESS if error is None else table.FAILED
 
     async def _claim_action(self, candidate: _Candidate) -> dict[str, Any] | None:
         """Claim a scheduled action: mark it inProgress under this process's lease and commit."""
         lease_ms = self.settings.lease_seconds * 1000.0
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> dict[str, Any] | None:
-            job = await self._claim(tx, candidate)
-            if job is None:
+            if not await table.claim(tx, candidate.job["_id"], candidate.ctid):
                 self.runtime.metrics.inc("ripple_scheduler_claim_misses_total")
                 return None
-            now = jobs.now_ms()
-            fields = {"state": {"kind": jobs.IN_PROGRESS}, "startedTime": now,
+            now = table.now_ms()
+            fields = {"state": {"kind": table.IN_PROGRESS}, "startedTime": now,
                       "lease": {"owner": self.owner, "expiresAt": now + lease_ms}}
-            await jobs.write_claimed(tx, job, candidate.ctid, fields)
-            return {**job, **fields}
+            await writer.patch_locked(candidate.job, candidate.ctid, fields)
+            return {**candidate.job, **fields}
 
-        return await jobs.system_transaction(self.runtime, body, isolation="read_committed")
+        return await self.runtime.system_transaction(body, isolation="read_committed")
 
     async def _fail_unrunnable(self, candidate: _Candidate, error: str) -> bool:
         async def body(writer: DatabaseWriter, tx: Transaction) -> bool:
-            job = await self._claim(tx, candidate)
-            if job is not None:
-                await jobs.write_claimed(tx, job, candidate.ctid, jobs.final_fields(jobs.FAILED, error))
-            return job is not None
+            if not await table.claim(tx, candidate.job["_id"], candidate.ctid):
+                return False
+            await writer.patch_locked(candidate.job, candidate.ctid, table.final_fields(table.FAILED, error))
+            return True
 
-        return await jobs.system_transaction(self.runtime, body, isolation="read_committed")
+        return await self.runtime.system_transaction(body, isolation="read_committed")
 
     async def _run_action(self, job: dict[str, Any], fn: FunctionDef) -> None:
         job_id = job["_id"]
         self._running_actions.add(job_id)
         token = current_job.set(job_id)
-        state: jobs.StateKind = jobs.SUCCESS
+        state: table.StateKind = table.SUCCESS
         error: str | None = None
         try:
-            outcome = await self.runtime.call("action", job["name"], job["args"][0], None, allow_internal=True)
-            self._log_lines(job, outcome.log_lines)
+            await self.runtime.call("action", job["name"], job["args"][0], None, allow_internal=True)
         except FunctionFailure as failure:
-            self._log_lines(job, failure.log_lines)
-            state, error = jobs.FAILED, failure.message
+            state, error = table.FAILED, failure.message
         except RippleUsageError as exc:
-            state, error = jobs.FAILED, str(exc)
+            state, error = table.FAILED, str(exc)
         except Exception:
             log.exception("scheduled action %s (%s) could not be run", job_id, job["name"])
-            state, error = jobs.FAILED, "internal error running the scheduled action"
+            state, error = table.FAILED, "internal error running the scheduled action"
         except asyncio.CancelledError:
-            await self._finish_if(job_id, (jobs.IN_PROGRESS,), jobs.FAILED, SHUTDOWN_ACTION_ERROR, owner=self.owner)
+            await self._finish_if(job_id, (table.IN_PROGRESS,), table.FAILED, SHUTDOWN_ACTION_ERROR, owner=self.owner)
             raise
         finally:
             current_job.reset(token)
             self._running_actions.discard(job_id)
-        if not await self._finish_if(job_id, (jobs.IN_PROGRESS,), state, error, owner=self.owner):
+        if not await self._finish_if(job_id, (table.IN_PROGRESS,), state, error, owner=self.owner):
             log.info("scheduled action %s (%s) finished, but its job was canceled or failed meanwhile",
                      job_id, job["name"])
 
-    async def _finish_if(self, job_id: str, states: tuple[str, ...], kind: jobs.StateKind, error: str | None,
+    async def _finish_if(self, job_id: str, states: tuple[str, ...], kind: table.StateKind, error: str | None,
                          owner: str | None = None) -> bool:
         """Move a job to a final state if it is still in one of `states` (and, for a running
         action, still under our lease). Returns whether it did."""
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> bool:
-            locked = await jobs.fetch_locked(tx, sql.LOCK_JOBS, [job_id])
+            locked = await table.fetch_locked(tx, sql.LOCK_JOBS, [job_id])
             if not locked or locked[0]["state"]["kind"] not in states:
                 return False
             if owner is not None and (locked[0].get("lease") or {}).get("owner") != owner:
                 return False
-            await jobs.finish(writer, locked[0], kind, error)
+            await table.finish(writer, locked[0], kind, error)
             return True
 
-        done = await jobs.system_transaction(self.runtime, body, isolation="read_committed")
+        done = await self.runtime.system_transaction(body, isolation="read_committed")
         if done:
             self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=kind)
         return done
-
-    def _log_lines(self, job: dict[str, Any], lines: list[str]) -> None:
-        for line in lines:
-            log.info("%s [job %s] %s", job["name"], job["_id"], line)
 
     # -- maintenance -----------------------------------------------------------------------------
 
@@ -624,49 +523,50 @@ class Scheduler:
         ids = sorted(self._running_actions)
         if not ids:
             return
-        expires = jobs.now_ms() + self.settings.lease_seconds * 1000.0
+        expires = table.now_ms() + self.settings.lease_seconds * 1000.0
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> None:
-            for job in await jobs.fetch_locked(tx, sql.LOCK_JOBS, ids):
+            for job in await table.fetch_locked(tx, sql.LOCK_JOBS, ids):
                 lease = job.get("lease") or {}
-                if job["state"]["kind"] == jobs.IN_PROGRESS and lease.get("owner") == self.owner:
+                if job["state"]["kind"] == table.IN_PROGRESS and lease.get("owner") == self.owner:
                     await writer.patch(job["_id"], {"lease": {"owner": self.owner, "expiresAt": expires}})
 
-        await jobs.system_transaction(self.runtime, body, isolation="read_committed")
+        await self.runtime.system_transaction(body, isolation="read_committed")
 
     async def fail_lost_actions(self) -> int:
         """Fail running actions whose lease expired: their process died (or hung) mid-run."""
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> list[dict[str, Any]]:
-            now = jobs.now_ms()
+            now = table.now_ms()
             lost = []
-            for job in await jobs.fetch_locked(tx, sql.LOCK_JOBS_IN_STATE_RANGE, *jobs.state_range(jobs.IN_PROGRESS), RECOVER_BATCH):
+            running = table.state_range(table.IN_PROGRESS)
+            for job in await table.fetch_locked(tx, sql.LOCK_JOBS_IN_STATE_RANGE, *running, RECOVER_BATCH):
                 lease = job.get("lease") or {}
                 if lease.get("expiresAt", 0.0) < now and job["_id"] not in self._running_actions:
-                    await jobs.finish(writer, job, jobs.FAILED, LOST_ACTION_ERROR)
+                    await table.finish(writer, job, table.FAILED, LOST_ACTION_ERROR)
                     lost.append(job)
             return lost
 
-        lost = await jobs.system_transaction(self.runtime, body, isolation="read_committed")
+        lost = await self.runtime.system_transaction(body, isolation="read_committed")
         for job in lost:
             log.error("scheduled action %s (%s) lost: its lease held by %s expired; marked failed, not re-run",
                       job["_id"], job["name"], (job.get("lease") or {}).get("owner"))
             self.runtime.metrics.inc("ripple_scheduler_lost_actions_total")
-            self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=jobs.FAILED)
+            self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=table.FAILED)
         return len(lost)
 
     async def prune(self) -> int:
         """Delete finished jobs older than the retention, in batches."""
-        cutoff = jobs.now_ms() - self.settings.retention_seconds * 1000.0
+        cutoff = table.now_ms() - self.settings.retention_seconds * 1000.0
         total = 0
         while True:
             async def body(writer: DatabaseWriter, tx: Transaction) -> int:
-                rows = await jobs.fetch_locked(tx, sql.LOCK_JOBS_COMPLETED_BEFORE, *jobs.completed_before_range(cutoff), PRUNE_BATCH)
+                rows = await table.fetch_locked(tx, sql.LOCK_JOBS_COMPLETED_BEFORE, *table.completed_before_range(cutoff), PRUNE_BATCH)
                 for job in rows:
                     await writer.delete(job["_id"])
                 return len(rows)
 
-            n = await jobs.system_transaction(self.runtime, body, isolation="read_committed")
+            n = await self.runtime.system_transaction(body, isolation="read_committed")
             total += n
             if n < PRUNE_BATCH:
                 break
@@ -674,11 +574,3 @@ class Scheduler:
             self.runtime.metrics.inc("ripple_scheduler_pruned_total", total)
             log.info("pruned %d finished scheduled jobs older than %g s", total, self.settings.retention_seconds)
         return total
-
-
-class _JobConflict(TransactionConflict):
-    """A conflict while running a claimed job: the job is released by the rollback."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(f"scheduled job {job_id} conflicted; it will be retried")
-        self.job_id = job_id

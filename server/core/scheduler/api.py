@@ -11,19 +11,23 @@ import contextvars
 import datetime as dt
 import math
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 
-from server.core import jobs, sql
-from server.core.documents import DatabaseWriter, Transaction
-from server.core.registry import FunctionDef
+from server.core.documents import DatabaseWriter
+from server.core.metrics import Metrics
+from server.core.registry import FunctionDef, Registry
+from server.core.scheduler import table
+from server.core.transaction import Transaction
 from server.core.values import to_convex_json
 from server.errors import LimitExceeded, RippleUsageError
 
-if TYPE_CHECKING:
-    from server.core.executor import Runtime
+T = TypeVar("T")
+# Runs `body` in a transaction of its own with a system writer, committed at once (the runtime's
+# Runtime.system_transaction).
+SystemTransaction = Callable[[Callable[[DatabaseWriter, Transaction], Awaitable[T]]], Awaitable[T]]
 
 MAX_SCHEDULES_PER_CALL = 1000
 MAX_SCHEDULED_ARGS_BYTES_PER_CALL = 8 * 1024 * 1024
@@ -59,14 +63,16 @@ def _when_ms(when: object) -> float:
 
 
 class _Scheduler:
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+    def __init__(self, registry: Registry, channel: str, metrics: Metrics) -> None:
+        self._registry = registry
+        self._channel = channel  # the jobs NOTIFY channel (sql.jobs_channel)
+        self._metrics = metrics
         self._count = 0
         self._args_bytes = 0
 
     def _prepare(self, ref: object, args: object) -> tuple[str, dict[str, Any]]:
         """Resolve the function, check the arguments, and charge this call's budget."""
-        registry = self._runtime.app.registry
+        registry = self._registry
         if not isinstance(ref, (FunctionDef, str)):
             raise RippleUsageError(f"schedule a function reference or a 'module:function' path, not {ref!r}")
         fn = registry.resolve(registry.path_of(ref), allow_internal=True)
@@ -111,15 +117,16 @@ class _Scheduler:
         parent_canceled = False
         if parent is not None and await self._parent_may_be_canceled(parent):
             doc = await writer.get(parent)
-            parent_canceled = doc is not None and doc["state"]["kind"] == jobs.CANCELED
-        return await jobs.insert_job(writer, path, args, due_ms, parent_id=parent, canceled=parent_canceled)
+            parent_canceled = doc is not None and doc["state"]["kind"] == table.CANCELED
+        return await table.insert_job(writer, path, args, due_ms, parent_id=parent, canceled=parent_canceled)
 
 
 class MutationScheduler(_Scheduler):
     """`ctx.scheduler` in a mutation: jobs commit or roll back with the mutation."""
 
-    def __init__(self, tx: Transaction, runtime: Runtime, running_job: str | None = None) -> None:
-        super().__init__(runtime)
+    def __init__(self, tx: Transaction, registry: Registry, channel: str, metrics: Metrics,
+                 running_job: str | None = None) -> None:
+        super().__init__(registry, channel, metrics)
         self._tx = tx
         self._running_job = running_job  # the scheduled job this transaction runs, if any
         self._writer = DatabaseWriter(tx, system=True)
@@ -136,40 +143,45 @@ class MutationScheduler(_Scheduler):
         path, plain = self._prepare(ref, args)
         job_id = await self._insert(self._writer, due_ms, path, plain)
         if self._notified_ms is None or due_ms < self._notified_ms:
-            await jobs.notify_due(self._tx, sql.jobs_channel(self._runtime.db.namespace), due_ms)
+            await table.notify_due(self._tx, self._channel, due_ms)
             self._notified_ms = due_ms
         return job_id
 
     async def cancel(self, job_id: str) -> None:
         """Cancel a scheduled function (no-op once it finished); see docs/scheduler.md."""
-        self._canceled += await jobs.cancel(self._writer, job_id)
+        self._canceled += await table.cancel(self._writer, job_id)
 
     def committed(self) -> None:
         """Called once the mutation committed."""
         if self._canceled:
-            self._runtime.metrics.inc("ripple_scheduled_jobs_total", self._canceled, state="canceled")
+            self._metrics.inc("ripple_scheduled_jobs_total", self._canceled, state="canceled")
 
 
 class ActionScheduler(_Scheduler):
     """`ctx.scheduler` in an action: each call commits on its own, at once."""
+
+    def __init__(self, registry: Registry, channel: str, metrics: Metrics, transact: SystemTransaction[Any]) -> None:
+        super().__init__(registry, channel, metrics)
+        self._transact = transact
 
     async def _schedule(self, due_ms: float, ref: object, args: object) -> str:
         path, plain = self._prepare(ref, args)
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> str:
             job_id = await self._insert(writer, due_ms, path, plain)
-            await jobs.notify_due(tx, sql.jobs_channel(self._runtime.db.namespace), due_ms)
+            await table.notify_due(tx, self._channel, due_ms)
             return job_id
 
-        return await jobs.system_transaction(self._runtime, body)
+        job_id: str = await self._transact(body)
+        return job_id
 
     async def cancel(self, job_id: str) -> None:
         """Cancel a scheduled function (no-op once it finished); see docs/scheduler.md."""
-        jobs.check_job_id(job_id)
+        table.check_job_id(job_id)
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> int:
-            return await jobs.cancel(writer, job_id)
+            return await table.cancel(writer, job_id)
 
-        changed = await jobs.system_transaction(self._runtime, body)
+        changed: int = await self._transact(body)
         if changed:
-            self._runtime.metrics.inc("ripple_scheduled_jobs_total", changed, state="canceled")
+            self._metrics.inc("ripple_scheduled_jobs_total", changed, state="canceled")

@@ -1,59 +1,61 @@
-"""Running functions: argument validation, contexts, transactions with retries, logs, errors."""
+"""The Runtime: one loaded app over one database, and the one way functions are run.
+
+`call` resolves a function, validates its arguments and runs it by kind:
+
+* a query runs on one snapshot (first outside any transaction, allowed one statement; again in
+  a REPEATABLE READ snapshot if it needs more);
+* a mutation runs in a SERIALIZABLE transaction (`transaction`: the commit tail and COMMIT in
+  one message), retried on conflicts by `retry_conflicts`, the one retry policy for every
+  writing transaction (mutations, scheduled mutations, the runtime's own system writes);
+* an action runs outside any transaction with an ActionCtx.
+
+`execute_query` and `execute_mutation` run a function inside a transaction someone else owns:
+the live-query tick (one snapshot for many queries) and the scheduler (a job's claim and its
+mutation commit together). A failure becomes a `FunctionFailure` whose message `redact` made
+safe for clients.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import secrets
-import traceback
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
 
 from server.config import Config
-from server.core import crons as _crons  # noqa: F401  (registers the _cron_jobs system table)
-from server.core import jobs, logs, sandbox, sql
+from server.core import logs, sandbox, sql
 from server.core.backoff import conflict_retry_delays
+from server.core.contexts import ActionCtx, Auth, Identity, MutationCtx, Outcome, QueryCtx
 from server.core.database import Catalog, Database, rollback
-from server.core.documents import (
-    DatabaseReader,
-    DatabaseWriter,
-    NeedsSnapshot,
-    ReadRange,
-    Transaction,
-)
+from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import overlaps
 from server.core.registry import FunctionDef, Kind
-from server.core.scheduling import ActionScheduler, MutationScheduler
+from server.core.scheduler.api import ActionScheduler, MutationScheduler
+from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import (
     ConvexError,
+    FunctionFailure,
     StaleTimestamp,
     TooManyConflicts,
     TransactionConflict,
     ValueValidationError,
+    redact,
 )
 
 log = logging.getLogger("ripple.functions")
 
-# A unique violation can only come from two runs of one idempotent mutation racing: retrying
-# finds the stored result of the winner.
-_CONFLICTS = (*jobs.CONFLICTS, asyncpg.UniqueViolationError)
+T = TypeVar("T")
 MAX_TS_LOOKBACK_COMMITS = 10_000
-
-
-@dataclass
-class Outcome:
-    value: Any
-    log_lines: list[str]
-    ts: int | None = None  # commit ts of a writing mutation (unless not asked for), or the ts read at
+KIND_LABELS = {"query": "Q", "mutation": "M", "action": "A"}
 
 
 @dataclass
@@ -69,88 +71,6 @@ class QueryRun:
     needs_snapshot: bool = False  # a one-statement run wanted more: run it again in a snapshot
 
 
-class FunctionFailure(Exception):
-    """A function ran and failed. `message` is what clients may see; `data` is ConvexError data."""
-
-    def __init__(self, message: str, log_lines: list[str], data: Any = None, has_data: bool = False) -> None:
-        super().__init__(message)
-        self.message = message
-        self.log_lines = log_lines
-        self.data = data
-        self.has_data = has_data
-
-
-class Identity(dict[str, Any]):
-    """A verified user identity (claims in Convex's camelCase form), or absent (None)."""
-
-    @property
-    def subject(self) -> str:
-        return str(self["subject"])
-
-    @property
-    def issuer(self) -> str:
-        return str(self["issuer"])
-
-    @property
-    def token_identifier(self) -> str:
-        return str(self["tokenIdentifier"])
-
-
-class Auth:
-    def __init__(self, identity: Identity | None) -> None:
-        self._identity = identity
-
-    async def get_user_identity(self) -> Identity | None:
-        return self._identity
-
-
-class QueryCtx:
-    def __init__(self, db: DatabaseReader, auth: Auth) -> None:
-        self.db = db
-        self.auth = auth
-
-
-class MutationCtx(QueryCtx):
-    db: DatabaseWriter
-
-    def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: MutationScheduler) -> None:
-        super().__init__(db, auth)
-        self.scheduler = scheduler
-
-
-class ActionCtx:
-    """Actions run outside transactions and may do network I/O; they reach the database through
-    queries and mutations."""
-
-    def __init__(self, runtime: Runtime, identity: Identity | None, logs_: logs.LogBuffer) -> None:
-        self._runtime = runtime
-        self._identity = identity
-        self._logs = logs_
-        self.auth = Auth(identity)
-        self.scheduler = ActionScheduler(runtime)
-
-    async def _nested(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
-        path = self._runtime.app.registry.path_of(ref)
-        try:
-            outcome = await self._runtime.call(kind, path, args or {}, self._identity, allow_internal=True, commit_ts=False)
-        except FunctionFailure as failure:
-            self._logs.extend(failure.log_lines)
-            if failure.has_data:
-                raise ConvexError(failure.data) from None
-            raise RuntimeError(failure.message) from None
-        self._logs.extend(outcome.log_lines)
-        return outcome.value
-
-    async def run_query(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
-        return await self._nested("query", ref, args)
-
-    async def run_mutation(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
-        return await self._nested("mutation", ref, args)
-
-    async def run_action(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
-        return await self._nested("action", ref, args)
-
-
 class Runtime:
     """One loaded app over one database."""
 
@@ -158,6 +78,7 @@ class Runtime:
         self.config = config
         self.db = db
         self.metrics = metrics or standard_metrics()
+        self.jobs_channel = sql.jobs_channel(db.namespace)
         self._app: App | None = None
         self._catalog: Catalog | None = None
         self.on_reload: list[Callable[[], None]] = []
@@ -210,14 +131,23 @@ class Runtime:
         if kind == "query":
             return await self._run_query(fn, kwargs, identity, at_ts)
         if kind == "mutation":
-            return await self._run_mutation(fn, kwargs, identity, idempotency_key=idempotency_key, commit_ts=commit_ts)
+            return await self._run_mutation(fn, kwargs, identity, idempotency_key, commit_ts)
         return await self._run_action(fn, kwargs, identity)
+
+    async def _nested_call(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any], identity: Identity | None) -> Outcome:
+        """An action's run_query / run_mutation / run_action."""
+        path = self.app.registry.path_of(ref)
+        return await self.call(kind, path, args, identity, allow_internal=True, commit_ts=False)
 
     async def latest_ts(self) -> int:
         async with self.db.acquire() as conn:
             return int(await conn.fetchval(sql.LATEST_TS))
 
-    # -- kinds --------------------------------------------------------------------------------
+    # -- running user code --------------------------------------------------------------------
+
+    def log_buffer(self, fn: FunctionDef) -> logs.LogBuffer:
+        """Where a run's print() lines go: the server log always, the client in dev mode."""
+        return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev)
 
     async def invoke(self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float) -> Any:
         log_token = logs.current.set(buffer)
@@ -234,6 +164,25 @@ class Runtime:
         to_convex_json(value)  # a result that cannot be sent is the function's error
         return value
 
+    def failure(self, fn: FunctionDef, error: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
+        """A function's failure as clients may see it: ConvexError data as is, anything else
+        redacted (server/errors.py, `redact`)."""
+        exc = error
+        lines = buffer.finish()
+        self.metrics.inc("ripple_function_errors_total", kind=fn.kind)
+        if isinstance(exc, ConvexError):
+            try:
+                data = to_convex_json(exc.data)
+            except ValueValidationError as bad:
+                exc = ValueValidationError(f"ConvexError data is not a Convex value: {bad}")
+            else:
+                text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
+                return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=data, has_data=True)
+        message = redact(exc, str(fn.path), dev=self.config.dev, app_dir=self.app.directory)
+        return FunctionFailure(message, lines)
+
+    # -- queries ------------------------------------------------------------------------------
+
     async def execute_query(
         self, conn: Any, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, journal: str | None = None,
         *, single_statement: bool = False,
@@ -242,7 +191,7 @@ class Runtime:
         its result or failure together with what it read, for reactivity. With
         `single_statement`, `conn` is outside any transaction and the run is abandoned (result
         `needs_snapshot`) if the query issues more than one statement."""
-        buffer = logs.LogBuffer()
+        buffer = self.log_buffer(fn)
         tx = Transaction(conn, self.catalog, writable=False, journal_in=journal,
                          statement_budget=1 if single_statement else None)
         try:
@@ -285,10 +234,7 @@ class Runtime:
         then wrote into what the query read; otherwise the caller must retry at a newer ts."""
         if at_ts >= snapshot_ts:
             return
-        rows = await conn.fetch(
-            "SELECT writes FROM _ripple_commits WHERE ts > $1 AND ts <= $2 ORDER BY ts LIMIT $3",
-            at_ts, snapshot_ts, MAX_TS_LOOKBACK_COMMITS + 1,
-        )
+        rows = await conn.fetch(sql.COMMITS_BETWEEN, at_ts, snapshot_ts, MAX_TS_LOOKBACK_COMMITS + 1)
         pruned_through = await conn.fetchval(sql.PRUNED_THROUGH)
         too_far = len(rows) > MAX_TS_LOOKBACK_COMMITS or (pruned_through is not None and at_ts < int(pruned_through))
         if too_far or overlaps(reads, (w for r in rows for w in r["writes"])):
@@ -297,43 +243,75 @@ class Runtime:
                 "fetch a new timestamp from /api/query_ts"
             )
 
+    # -- mutations and writing transactions ---------------------------------------------------
+
+    async def execute_mutation(
+        self, tx: Transaction, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
+        *, running_job: str | None = None,
+    ) -> tuple[Any, list[str], MutationScheduler]:
+        """Run a mutation inside the caller's writable transaction. Returns its value, log lines
+        and scheduler (call `scheduler.committed()` once the transaction committed). Raises
+        TransactionConflict on a conflict (even one the function swallowed), FunctionFailure
+        when the function fails. `running_job`: the scheduled job this transaction runs."""
+        buffer = self.log_buffer(fn)
+        scheduler = MutationScheduler(tx, self.app.registry, self.jobs_channel, self.metrics, running_job)
+        ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler)
+        try:
+            value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
+        except Exception as exc:
+            if isinstance(exc, CONFLICTS) or tx.conflicted:
+                raise TransactionConflict(f"{fn.path} conflicted; it will be retried") from exc
+            raise self.failure(fn, exc, buffer) from exc
+        if tx.conflicted:
+            raise TransactionConflict(f"{fn.path} observed a conflict; it will be retried")
+        return value, buffer.finish(), scheduler
+
     async def _run_mutation(
         self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
-        idempotency_key: tuple[str, int] | None = None, commit_ts: bool = True,
+        idempotency_key: tuple[str, int] | None, commit_ts: bool,
     ) -> Outcome:
-        delays = conflict_retry_delays()
-        for _ in range(self.config.max_mutation_attempts):
-            buffer = logs.LogBuffer()
-            tx: Transaction | None = None
-            try:
-                async with self.db.acquire() as conn:
+        async def attempt() -> tuple[Outcome, MutationScheduler | None]:
+            async with self.db.acquire() as conn:
+                if idempotency_key is not None:
+                    done = await conn.fetchrow(sql.GET_MUTATION_RESULT, *idempotency_key)
+                    if done is not None:  # a resend of a mutation that already committed
+                        return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"])), None
+                async with self.transaction(conn, "serializable") as tx:
+                    value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity)
                     if idempotency_key is not None:
-                        done = await conn.fetchrow(sql.GET_MUTATION_RESULT, *idempotency_key)
-                        if done is not None:  # a resend of a mutation that already committed
-                            return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"]))
-                    async with self.transaction(conn, "serializable") as tx:
-                        ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), MutationScheduler(tx, self))
-                        value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
-                        if tx.conflicted:
-                            raise TransactionConflict("conflict observed during the mutation")
-                        if idempotency_key is not None:
-                            await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], buffer.lines)
-                    ts = None
-                    if (commit_ts and tx.writes) or idempotency_key is not None:
-                        ts = await self._ts_after_commit(conn, bool(tx.writes))
-            except Exception as exc:
-                if isinstance(exc, _CONFLICTS) or (tx is not None and tx.conflicted):
-                    self.metrics.inc("ripple_mutation_retries_total")
-                    await asyncio.sleep(next(delays))
-                    continue
-                self.metrics.inc("ripple_mutations_total", outcome="error")
-                raise self.failure(fn, exc, buffer) from exc
-            ctx.scheduler.committed()
+                        await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], lines)
+                ts = None
+                if (commit_ts and tx.writes) or idempotency_key is not None:
+                    ts = await self._ts_after_commit(conn, bool(tx.writes))
+            return Outcome(value, lines, ts), scheduler
+
+        try:
+            outcome, scheduler = await self.retry_conflicts(attempt, str(fn.path), retries_metrics=("ripple_mutation_retries_total",))
+        except FunctionFailure:
+            self.metrics.inc("ripple_mutations_total", outcome="error")
+            raise
+        except TooManyConflicts as exc:
+            self.metrics.inc("ripple_mutations_total", outcome="error")
+            raise self.failure(fn, exc, self.log_buffer(fn)) from None
+        if scheduler is not None:  # None: the stored result of an earlier run
+            scheduler.committed()
             self.metrics.inc("ripple_mutations_total", outcome="success")
-            return Outcome(value, buffer.finish(), ts)
-        self.metrics.inc("ripple_mutations_total", outcome="error")
-        conflict = TooManyConflicts(f"{fn.path} kept conflicting with concurrent writes ({self.config.max_mutation_attempts} attempts)")
-        raise self.failure(fn, conflict, logs.LogBuffer())
+        return outcome
+
+    async def retry_conflicts(self, attempt: Callable[[], Awaitable[T]], what: str, *, retries_metrics: tuple[str, ...] = ()) -> T:
+        """Run `attempt` (one whole transaction) until it does not lose a conflict, waiting a
+        full-jitter exponential backoff between tries; TooManyConflicts after
+        `max_mutation_attempts`."""
+        delays = conflict_retry_delays()
+        attempts = self.config.max_mutation_attempts
+        for _ in range(attempts):
+            try:
+                return await attempt()
+            except CONFLICTS:
+                for name in retries_metrics:
+                    self.metrics.inc(name)
+                await asyncio.sleep(next(delays))
+        raise TooManyConflicts(f"{what} kept conflicting with concurrent writes ({attempts} attempts)")
 
     @contextlib.asynccontextmanager
     async def transaction(self, conn: asyncpg.Connection, isolation: str) -> AsyncIterator[Transaction]:
@@ -357,6 +335,18 @@ class Runtime:
             await rollback(conn)
             raise
 
+    async def system_transaction(
+        self, body: Callable[[DatabaseWriter, Transaction], Awaitable[T]], *, isolation: str = "serializable",
+    ) -> T:
+        """Run `body` with a system writer (it may write system tables) in one transaction of its
+        own, retried on conflicts like a mutation."""
+
+        async def attempt() -> T:
+            async with self.db.acquire() as conn, self.transaction(conn, isolation) as tx:
+                return await body(DatabaseWriter(tx, system=True), tx)
+
+        return await self.retry_conflicts(attempt, "a system transaction")
+
     async def _ts_after_commit(self, conn: asyncpg.Connection, wrote: bool) -> int:
         """A ts covering a committed mutation: its own (currval of the ts sequence on its
         connection) or, when it wrote nothing, the latest. Costs a round trip, so only callers
@@ -369,9 +359,12 @@ class Runtime:
             log.warning("reading a commit ts failed (%s); using the latest ts instead", exc)
             return await self.latest_ts()
 
+    # -- actions ------------------------------------------------------------------------------
+
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
-        buffer = logs.LogBuffer()
-        ctx = ActionCtx(self, identity, buffer)
+        buffer = self.log_buffer(fn)
+        scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction)
+        ctx = ActionCtx(self._nested_call, identity, buffer, scheduler)
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)
         except Exception as exc:
@@ -379,27 +372,3 @@ class Runtime:
             raise self.failure(fn, exc, buffer) from exc
         self.metrics.inc("ripple_actions_total", outcome="success")
         return Outcome(value, buffer.finish())
-
-    # -- errors -------------------------------------------------------------------------------
-
-    def failure(self, fn: FunctionDef, error: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
-        exc = error
-        lines = buffer.finish()
-        self.metrics.inc("ripple_function_errors_total", kind=fn.kind)
-        if isinstance(exc, ConvexError):
-            try:
-                data = to_convex_json(exc.data)
-            except ValueValidationError as bad:
-                exc = ValueValidationError(f"ConvexError data is not a Convex value: {bad}")
-            else:
-                text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
-                return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=data, has_data=True)
-        request_id = secrets.token_hex(8)
-        log.error("%s failed [request %s]", fn.path, request_id, exc_info=exc)
-        if self.config.dev:
-            detail = "".join(traceback.format_exception_only(exc)).strip()
-            app_dir = self.app.directory  # a path prefix match, not a string one: /srv/app2 is not in /srv/app
-            frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(app_dir)]
-            where = "".join(traceback.format_list(frames[-5:]))
-            return FunctionFailure(f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip(), lines)
-        return FunctionFailure(f"[Request ID: {request_id}] Server Error", lines)

@@ -1,0 +1,312 @@
+"""`ctx.db.query(table)`: index ranges, order, filters, reading, and reactive pagination.
+
+A query reads one index range in key order, in batches, and records in its transaction's read
+set the part of the range it actually covered (all of it when it reached the end, else up to
+and including the last key returned), so a live query is re-run only for writes into that part.
+Pagination cursors are index keys (see docs/internals.md, Index keys).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from typing import Any
+
+from server.core import keys
+from server.core.database import TableInfo, decode_doc
+from server.core.schema import BY_CREATION_TIME
+from server.core.transaction import ReadRange, Transaction
+from server.core.values import to_convex_json
+from server.errors import PaginationError, RippleUsageError
+
+SCAN_BATCH = 128
+MAX_PAGE_ITEMS = 8_192
+
+
+class IndexRange:
+    """Built by the lambda given to `with_index`: `q.eq("a", 1).gt("b", 2).lt("b", 9)`."""
+
+    def __init__(self, table: str, index: str, fields: list[str]) -> None:
+        self._table, self._index, self._fields = table, index, fields
+        self._eq: list[Any] = []
+        self._lower: tuple[Any, bool] | None = None  # (value, inclusive)
+        self._upper: tuple[Any, bool] | None = None
+        self._range_field: str | None = None
+
+    def _expect(self, name: str, op: str) -> None:
+        where = f"index {self._table}.{self._index} ({', '.join(self._fields)})"
+        if self._range_field is not None:
+            if op == "eq" or name != self._range_field:
+                raise RippleUsageError(
+                    f"{where}: after a range on {self._range_field!r} only its other bound may follow"
+                )
+            return
+        pos = len(self._eq)
+        if pos >= len(self._fields) or self._fields[pos] != name:
+            expected = self._fields[pos] if pos < len(self._fields) else "nothing"
+            raise RippleUsageError(
+                f"{where}: fields must be constrained in index order; expected {expected!r}, got {name!r}"
+            )
+
+    def eq(self, name: str, value: Any) -> IndexRange:
+        self._expect(name, "eq")
+        to_convex_json(value, name)
+        self._eq.append(value)
+        return self
+
+    def _bound(self, name: str, value: Any, lower: bool, inclusive: bool) -> IndexRange:
+        self._expect(name, "range")
+        to_convex_json(value, name)
+        if (self._lower if lower else self._upper) is not None:
+            raise RippleUsageError(f"index {self._table}.{self._index}: {name!r} has two {'lower' if lower else 'upper'} bounds")
+        self._range_field = name
+        if lower:
+            self._lower = (value, inclusive)
+        else:
+            self._upper = (value, inclusive)
+        return self
+
+    def gt(self, name: str, value: Any) -> IndexRange:
+        return self._bound(name, value, lower=True, inclusive=False)
+
+    def gte(self, name: str, value: Any) -> IndexRange:
+        return self._bound(name, value, lower=True, inclusive=True)
+
+    def lt(self, name: str, value: Any) -> IndexRange:
+        return self._bound(name, value, lower=False, inclusive=False)
+
+    def lte(self, name: str, value: Any) -> IndexRange:
+        return self._bound(name, value, lower=False, inclusive=True)
+
+    def bytes_range(self) -> tuple[bytes, bytes]:
+        prefix = keys.encode_values(self._eq)
+        lo, hi = prefix, prefix + keys.AFTER_PREFIX
+        if self._lower is not None:
+            value, inclusive = self._lower
+            lo = prefix + keys.encode_values([value])
+            if not inclusive:
+                lo += keys.AFTER_PREFIX
+        if self._upper is not None:
+            value, inclusive = self._upper
+            hi = prefix + keys.encode_values([value])
+            if inclusive:
+                hi += keys.AFTER_PREFIX
+        return lo, hi
+
+
+Predicate = Callable[[dict[str, Any]], Any]
+
+
+class Query:
+    """`ctx.db.query(table)`: choose an index range, order and filter, then read."""
+
+    def __init__(self, tx: Transaction, info: TableInfo) -> None:
+        self._tx, self._info = tx, info
+        self._index = BY_CREATION_TIME
+        self._lo, self._hi = b"", keys.AFTER_PREFIX
+        self._desc = False
+        self._filters: list[Predicate] = []
+        self._index_chosen = False
+        self._order_chosen = False
+
+    def with_index(self, name: str, range_fn: Callable[[IndexRange], Any] | None = None) -> Query:
+        if self._index_chosen:
+            raise RippleUsageError("with_index may be called once per query")
+        fields = self._info.index_fields.get(name)
+        if fields is None:
+            raise RippleUsageError(
+                f"table {self._info.name!r} has no index {name!r} (indexes: {', '.join(self._info.index_fields)})"
+            )
+        self._index, self._index_chosen = name, True
+        if range_fn is not None:
+            builder = IndexRange(self._info.name, name, fields)
+            result = range_fn(builder)
+            if result is not None and result is not builder:
+                raise RippleUsageError("the with_index range function must return the builder it was given")
+            self._lo, self._hi = builder.bytes_range()
+        return self
+
+    def order(self, order: str) -> Query:
+        if order not in ("asc", "desc"):
+            raise RippleUsageError(f"order must be 'asc' or 'desc', not {order!r}")
+        if self._order_chosen:
+            raise RippleUsageError("order may be called once per query")
+        self._desc, self._order_chosen = order == "desc", True
+        return self
+
+    def filter(self, predicate: Predicate) -> Query:
+        if not callable(predicate):
+            raise RippleUsageError("filter takes a function of the document returning a bool")
+        self._filters.append(predicate)
+        return self
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def _scan(self, lo: bytes, hi: bytes, limit: int | None) -> AsyncGenerator[tuple[bytes, dict[str, Any]], None]:
+        """Yield (key, doc) in order within [lo, hi); record what was covered as read."""
+        tx, info = self._tx, self._info
+        statement = info.sql.range[(self._index, self._desc)]
+        covered_to: bytes | None = None  # the position reached so far, for the read set
+        cur_lo, cur_hi = lo, hi
+        yielded = 0
+        try:
+            while True:
+                batch = SCAN_BATCH if limit is None else min(SCAN_BATCH, max(limit - yielded, 1))
+                rows = await tx.execute("fetch", statement, cur_lo, cur_hi, batch)
+                tx.count_read(len(rows))
+                for row in rows:
+                    key = bytes(row[3])
+                    covered_to = key
+                    yielded_doc = decode_doc(row["id"], row["creation_time"], row["doc"])
+                    yield key, yielded_doc
+                    yielded += 1
+                if len(rows) < batch:
+                    covered_to = None  # reached the end of the range
+                    return
+                last = bytes(rows[-1][3])
+                if self._desc:
+                    cur_hi = last
+                else:
+                    cur_lo = last + b"\x00"
+        finally:
+            if covered_to is None:
+                tx.reads.append(ReadRange(info.name, self._index, lo, hi))
+            elif self._desc:
+                tx.reads.append(ReadRange(info.name, self._index, covered_to, hi))
+            else:
+                tx.reads.append(ReadRange(info.name, self._index, lo, covered_to + b"\x00"))
+
+    def _matches(self, doc: dict[str, Any]) -> bool:
+        return all(f(doc) for f in self._filters)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for _, doc in self._scan(self._lo, self._hi, None):
+            if self._matches(doc):
+                yield doc
+
+    async def take(self, n: int) -> list[dict[str, Any]]:
+        if not isinstance(n, int) or n < 0:
+            raise RippleUsageError(f"take expects a non-negative integer, not {n!r}")
+        out: list[dict[str, Any]] = []
+        if n == 0:
+            return out
+        scan = self._scan(self._lo, self._hi, None if self._filters else n)
+        try:
+            async for _, doc in scan:
+                if self._matches(doc):
+                    out.append(doc)
+                    if len(out) >= n:
+                        break
+        finally:
+            await scan.aclose()
+        return out
+
+    async def collect(self) -> list[dict[str, Any]]:
+        return [doc async for doc in self]
+
+    async def first(self) -> dict[str, Any] | None:
+        docs = await self.take(1)
+        return docs[0] if docs else None
+
+    async def unique(self) -> dict[str, Any] | None:
+        docs = await self.take(2)
+        if len(docs) > 1:
+            raise RippleUsageError(
+                f"unique() found more than one document in {self._info.name} "
+                f"({docs[0]['_id']}, {docs[1]['_id']})"
+            )
+        return docs[0] if docs else None
+
+    # -- pagination -------------------------------------------------------------------------
+
+    def _fingerprint(self) -> bytes:
+        h = hashlib.blake2b(digest_size=6)
+        for part in (self._info.name.encode(), self._index.encode(), self._lo, self._hi, b"d" if self._desc else b"a"):
+            h.update(len(part).to_bytes(4, "big") + part)
+        return h.digest()
+
+    def _encode_cursor(self, key: bytes) -> str:
+        return base64.urlsafe_b64encode(b"\x01" + self._fingerprint() + key).decode().rstrip("=")
+
+    def _decode_cursor(self, cursor: object) -> bytes:
+        if not isinstance(cursor, str):
+            raise PaginationError("InvalidCursor", f"pagination cursor must be a string, not {cursor!r}")
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except ValueError as exc:
+            raise PaginationError("InvalidCursor", "pagination cursor is not valid") from exc
+        if len(raw) < 7 or raw[0] != 1 or raw[1:7] != self._fingerprint():
+            raise PaginationError("InvalidCursor", "pagination cursor belongs to a different query")
+        return raw[7:]
+
+    async def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(opts, Mapping):
+            raise RippleUsageError("paginate expects {'numItems': n, 'cursor': str | None}")
+        num = opts.get("numItems")
+        if isinstance(num, float) and num.is_integer():
+            num = int(num)
+        if not isinstance(num, int) or isinstance(num, bool) or num < 0:
+            raise RippleUsageError(f"paginationOpts.numItems must be a non-negative integer, not {num!r}")
+        num = min(num, MAX_PAGE_ITEMS)
+        lo, hi = self._lo, self._hi
+        cursor, end_cursor = opts.get("cursor"), opts.get("endCursor")
+        first_paginate = not self._tx.paginated
+        self._tx.paginated = True
+        if first_paginate and end_cursor is None and self._tx.journal_in is not None:
+            end_cursor = self._tx.journal_in
+        if cursor is not None:
+            position = self._decode_cursor(cursor)
+            if self._desc:
+                hi = min(hi, position)
+            else:
+                lo = max(lo, position + b"\x00")
+        if end_cursor is not None:
+            end = self._decode_cursor(end_cursor)
+            if self._desc:
+                lo = max(lo, end)
+            else:
+                hi = min(hi, end + b"\x00")
+        page: list[dict[str, Any]] = []
+        last_key: bytes | None = None
+        done = True
+        scan = self._scan(lo, hi, None if (self._filters or end_cursor is not None) else num + 1)
+        try:
+            async for key, doc in scan:
+                if end_cursor is None and len(page) >= num:
+                    done = False
+                    break
+                last_key = key
+                if self._matches(doc):
+                    page.append(doc)
+        finally:
+            await scan.aclose()
+        if end_cursor is not None:
+            continue_cursor = end_cursor
+            done = await self._nothing_after(lo if self._desc else hi)
+        elif done:
+            continue_cursor = self._encode_cursor(self._lo if self._desc else self._hi)
+        elif last_key is None:  # numItems == 0: stay where we are
+            continue_cursor = cursor if cursor is not None else self._encode_cursor(self._hi if self._desc else b"")
+        else:
+            continue_cursor = self._encode_cursor(last_key)
+        if first_paginate:
+            self._tx.journal_out = continue_cursor
+        return {
+            "page": page,
+            "isDone": done,
+            "continueCursor": continue_cursor,
+            "splitCursor": None,
+            "pageStatus": None,
+        }
+
+    async def _nothing_after(self, boundary: bytes) -> bool:
+        """With an endCursor: is the whole query exhausted past it?"""
+        lo, hi = (self._lo, boundary) if self._desc else (boundary, self._hi)
+        scan = self._scan(lo, hi, 1)
+        try:
+            async for _ in scan:
+                return False
+        finally:
+            await scan.aclose()
+        return True

@@ -1,0 +1,141 @@
+"""One function execution's view of the database: a PostgreSQL transaction plus what it read
+and wrote.
+
+Every read records the index key range it covered (the read set) and every write records the
+old and new index keys of the document it touched (the write set); the reactivity layer compares
+the two. Ranges are half-open byte ranges [lo, hi) over the keys of `server.core.keys`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import asyncpg
+
+from server.core import sql
+from server.core.database import Catalog
+from server.errors import LimitExceeded, TransactionConflict
+
+MAX_DOCS_READ = 32_000
+MAX_DOCS_WRITTEN = 8_192
+# What PostgreSQL tells apart as "this transaction lost a conflict; run it again". A unique
+# violation can only come from two runs of one idempotent mutation racing (ids are random):
+# retrying finds the stored result of the winner.
+CONFLICTS: tuple[type[BaseException], ...] = (
+    TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError,
+)
+
+
+@dataclass(frozen=True)
+class ReadRange:
+    table: str
+    index: str
+    lo: bytes
+    hi: bytes  # exclusive
+
+
+@dataclass
+class Write:
+    table: str
+    id: str
+    old_keys: dict[str, bytes] | None  # None: the document did not exist
+    new_keys: dict[str, bytes] | None  # None: the document was deleted
+
+    def to_json(self) -> dict[str, Any]:
+        def enc(k: dict[str, bytes] | None) -> dict[str, str] | None:
+            return None if k is None else {n: base64.b64encode(v).decode() for n, v in k.items()}
+
+        return {"table": self.table, "id": self.id, "old": enc(self.old_keys), "new": enc(self.new_keys)}
+
+
+class NeedsSnapshot(BaseException):
+    """A query run with a one-statement budget wants a second statement: run it again in a
+    snapshot transaction. A BaseException, so that `except Exception` in function code does not
+    swallow it (and Transaction.needs_snapshot is set anyway)."""
+
+
+@dataclass
+class Transaction:
+    """One function execution's view of the database."""
+
+    conn: asyncpg.Connection
+    catalog: Catalog
+    writable: bool
+    reads: list[ReadRange] = field(default_factory=list)
+    writes: dict[str, Write] = field(default_factory=dict)
+    docs_read: int = 0
+    conflicted: bool = False
+    # Reactive pagination (Convex "journal"): a re-run of a subscribed query ends its first
+    # paginate() at the cursor the previous run ended at, so pages never gap or overlap.
+    journal_in: str | None = None
+    journal_out: str | None = None
+    paginated: bool = False
+    _last_creation_time: float = 0.0
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # A query first runs on a connection outside any transaction, allowed one statement (which
+    # is its own consistent snapshot). A second statement aborts that run (NeedsSnapshot) and
+    # the caller runs the query again in a snapshot transaction. None: no limit.
+    statement_budget: int | None = None
+    needs_snapshot: bool = False
+
+    async def execute(self, method: str, query: str, *args: Any) -> Any:
+        if self.statement_budget is not None:
+            if self.statement_budget <= 0:
+                self.needs_snapshot = True  # noticed even if function code swallows the exception
+                raise NeedsSnapshot()
+            self.statement_budget -= 1
+        async with self._lock:  # one statement at a time, even under asyncio.gather
+            try:
+                return await getattr(self.conn, method)(query, *args)
+            except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+                self.conflicted = True
+                raise TransactionConflict("transaction conflict; it will be retried") from exc
+            except asyncpg.InFailedSQLTransactionError as exc:
+                self.conflicted = True
+                raise TransactionConflict("transaction aborted earlier") from exc
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """Writes in the block are undone, in PostgreSQL and in the write set, if it raises
+        (a conflict excepted: that aborts the whole transaction)."""
+        saved = {doc_id: replace(w) for doc_id, w in self.writes.items()}
+        await self.execute("execute", sql.SAVEPOINT)
+        try:
+            yield
+        except Exception:
+            if not self.conflicted:
+                await self.execute("execute", sql.ROLLBACK_TO_SAVEPOINT)
+                self.writes = saved
+            raise
+
+    def count_read(self, n: int) -> None:
+        self.docs_read += n
+        if self.docs_read > MAX_DOCS_READ:
+            raise LimitExceeded(
+                f"too many documents read in one function ({MAX_DOCS_READ} at most); "
+                "use an index range or paginate"
+            )
+
+    def record_write(self, table: str, doc_id: str, old: dict[str, bytes] | None, new: dict[str, bytes] | None) -> None:
+        """Add a document's index keys before and after to the write set; a document written
+        twice keeps the keys it had before the transaction as its old ones."""
+        prior = self.writes.get(doc_id)
+        if prior is not None:
+            prior.new_keys = new
+            return
+        if len(self.writes) >= MAX_DOCS_WRITTEN:
+            raise LimitExceeded(f"too many documents written in one mutation ({MAX_DOCS_WRITTEN} at most)")
+        self.writes[doc_id] = Write(table, doc_id, old, new)
+
+    def next_creation_time(self) -> float:
+        now = time.time() * 1000.0
+        if now <= self._last_creation_time:
+            now = self._last_creation_time + 0.001
+        self._last_creation_time = now
+        return now
