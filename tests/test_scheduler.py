@@ -24,12 +24,8 @@ from server.core.documents import DatabaseWriter
 from server.core.runtime import Runtime
 from server.core.scheduler import crons
 from server.core.scheduler import table as jobs
-from server.core.scheduler.loop import (
-    LOST_ACTION_ERROR,
-    SHUTDOWN_ACTION_ERROR,
-    Doorbell,
-    Scheduler,
-)
+from server.core.scheduler.loop import Doorbell, Scheduler
+from server.core.scheduler.runs import LOST_ACTION_ERROR, SHUTDOWN_ACTION_ERROR
 from server.core.transaction import Transaction
 from server.errors import FunctionFailure, RippleUsageError
 
@@ -256,7 +252,7 @@ async def test_prune_deletes_only_finished_jobs_past_retention(app: App) -> None
     done = await app.mutation("jobs:schedule", fn="jobs:bump", args={"key": "p"})
     pending = await app.mutation("jobs:schedule", fn="jobs:bump", args={"key": "q"}, delay=60)
     await app.wait_state(done, "success")
-    assert await app.scheduler.prune() == 0  # within the 7-day retention
+    assert await app.scheduler.runner.prune() == 0  # within the 7-day retention
     app.scheduler.settings.retention_seconds = 0.05
 
     async def gone() -> bool:

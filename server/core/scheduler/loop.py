@@ -2,21 +2,16 @@
 
 Every server process runs one. Its parts:
 
-* workers (`concurrency` of them): each claims a due pending job with one
-  `FOR UPDATE SKIP LOCKED` statement in a SERIALIZABLE transaction and
-  - a mutation: runs it in that same transaction (Runtime.execute_mutation under a savepoint)
-    and marks the job success, or failed with the error if it raised; one commit, so it runs
-    exactly once. A conflict rolls everything back and the claim and run are retried by
-    Runtime.retry_conflicts, the policy every writing transaction uses;
-  - an action: marks it inProgress with a lease (owner process + expiry) and commits, runs it
-    outside any transaction, then records success or failed; a lease that expires (the process
-    died) ends the job failed, never re-run: at most once.
+* workers (`concurrency` of them): each takes a due pending job found by a plain read (a
+  hint) and hands it to the JobRunner (runs.py), which claims it with one
+  `FOR UPDATE SKIP LOCKED` statement and runs it: a mutation exactly once, in its claim's
+  transaction; an action at most once, under a lease.
 * a listener (server/core/listener.py) on the jobs channel: a NOTIFY carries the due time of a
   newly scheduled job; due now wakes one idle worker, later arms the timer.
 * a clock: fires the timer for the next future job, ticks crons, and polls as a safety net (every
   `poll_seconds`, or `fallback_poll_seconds` while the listener is down).
-* maintenance: renews the leases of this process's running actions, fails expired leases of any
-  process, prunes finished jobs older than the retention.
+* maintenance (runs.py): renews the leases of this process's running actions, fails expired
+  leases of any process, prunes finished jobs older than the retention.
 Settings: server/config.py (SchedulerConfig). See docs/scheduler.md.
 """
 
@@ -30,32 +25,22 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
-import asyncpg
 
 from server.config import SchedulerConfig
 from server.core import sql
 from server.core.backoff import reconnect_delays
-from server.core.database import Database
 from server.core.documents import DatabaseWriter
 from server.core.listener import Listener
-from server.core.registry import FunctionDef
 from server.core.runtime import Runtime
 from server.core.scheduler import table
-from server.core.scheduler.api import current_job
 from server.core.scheduler.crons import Crons, app_crons
+from server.core.scheduler.runs import Candidate, HeldConnection, JobRunner
 from server.core.transaction import Transaction
-from server.errors import FunctionFailure, RippleUsageError, TooManyConflicts
+from server.errors import RippleUsageError
 
 log = logging.getLogger("ripple.scheduler")
 
-LOST_ACTION_ERROR = "the server running this action stopped before it finished; actions are not retried"
-SHUTDOWN_ACTION_ERROR = "the server shut down before this action finished; actions are not retried"
 PEEK_SPREAD = 4
-RECOVER_BATCH = 100
-PRUNE_BATCH = 500
 
 
 class Doorbell:
@@ -89,39 +74,13 @@ class Doorbell:
                 waiter.cancel()
 
 
-@dataclass
-class _Candidate:
-    job: dict[str, Any]  # as read, unlocked
-    ctid: Any  # the physical address of that row version; the claim locks exactly it
-
-
-class _HeldConnection:
-    """A worker keeps one pooled connection while it has jobs to run (no acquire and reset per
-    job) and gives it back when it goes idle."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._conn: asyncpg.Connection | None = None
-
-    async def get(self) -> asyncpg.Connection:
-        if self._conn is None:
-            self._conn = await self._db.acquire()
-        return self._conn
-
-    async def release(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            assert self._db.pool is not None
-            await self._db.pool.release(conn)
-
-
 class Scheduler:
     """Runs scheduled functions and crons in this process; see the module docstring."""
 
     def __init__(self, runtime: Runtime, settings: SchedulerConfig | None = None) -> None:
         self.runtime = runtime
         self.settings = settings or runtime.config.scheduler
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.runner = JobRunner(runtime, self.settings, f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
         self._doorbell = Doorbell(self.settings.concurrency)
         self._poke = asyncio.Event()  # the clock has a new deadline to consider
         self._timer_ms: float | None = None  # earliest known future job
@@ -132,8 +91,7 @@ class Scheduler:
         self._peeked_through = 0.0  # the due time up to which the latest peek looked
         self._stopping = False
         self._busy = 0
-        self._running_actions: set[str] = set()
-        self._queue: deque[_Candidate] = deque()
+        self._queue: deque[Candidate] = deque()
         self._in_flight: set[str] = set()
         self._peek_lock = asyncio.Lock()
         self._backlog = False  # the last peek found a full window of due jobs
@@ -321,7 +279,7 @@ class Scheduler:
 
     async def _worker(self) -> None:
         errors = reconnect_delays(0.1, 5.0)
-        conn = _HeldConnection(self.runtime.db)
+        conn = HeldConnection(self.runtime.db)
         try:
             while not self._stopping:
                 try:
@@ -333,7 +291,7 @@ class Scheduler:
                         continue
                     self._busy += 1
                     try:
-                        await self._attempt(candidate, conn)
+                        await self.runner.run(candidate, conn)
                     finally:
                         self._busy -= 1
                         self._in_flight.discard(candidate.job["_id"])
@@ -348,7 +306,7 @@ class Scheduler:
         finally:
             await conn.release()
 
-    async def _next_candidate(self) -> _Candidate | None:
+    async def _next_candidate(self) -> Candidate | None:
         """A due job no other worker of this process is on. Candidates come from a plain read
         (no locks) and are only a hint: the claim decides."""
         for _ in range(3):
@@ -366,7 +324,7 @@ class Scheduler:
                     self._doorbell.ring(min(len(fresh), self.settings.concurrency) - 1)
         return None
 
-    async def _peek(self) -> list[_Candidate]:
+    async def _peek(self) -> list[Candidate]:
         """Read a window of due jobs. With a backlog, every process reads at a random offset into
         its head (up to PEEK_SPREAD windows deep), so processes mostly work on different jobs
         rather than all reaching for the same earliest ones: due jobs start roughly, not
@@ -379,198 +337,15 @@ class Scheduler:
             if not found and offset:
                 found = await table.peek_due(conn, window, 0)
         self._backlog = len(found) == window
-        fresh = [_Candidate(job, ctid) for job, ctid in found if job["_id"] not in self._in_flight]
+        fresh = [Candidate(job, ctid) for job, ctid in found if job["_id"] not in self._in_flight]
         random.shuffle(fresh)
         return fresh
-
-    async def _attempt(self, candidate: _Candidate, conn: _HeldConnection) -> None:
-        job = candidate.job
-        try:
-            fn = self.runtime.app.registry.resolve(job["name"], allow_internal=True)
-            if fn.kind == "query":
-                raise RippleUsageError(f"{fn.path} is a query; only mutations and actions can be scheduled")
-        except RippleUsageError as exc:
-            if await self._fail_unrunnable(candidate, str(exc)):
-                self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=table.FAILED)
-            return
-        if fn.kind == "action":
-            await conn.release()  # an action may run for minutes: hold no pooled connection
-            claimed = await self._claim_action(candidate)
-            if claimed is not None:
-                await self._run_action(claimed, fn)
-            return
-        try:
-            state = await self.runtime.retry_conflicts(
-                lambda: self._run_mutation_job(conn, candidate, fn), f"scheduled job {job['_id']} ({job['name']})",
-                retries_metrics=("ripple_scheduler_conflicts_total", "ripple_mutation_retries_total"),
-            )
-        except TooManyConflicts as exc:
-            if await self._finish_if(job["_id"], (table.PENDING,), table.FAILED, str(exc)):
-                self.runtime.metrics.inc("ripple_mutations_total", outcome="error")
-            return
-        if state is not None:
-            self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=state)
-
-    async def _run_mutation_job(self, held: _HeldConnection, candidate: _Candidate, fn: FunctionDef) -> str | None:
-        """Claim a scheduled mutation and run it in the same SERIALIZABLE transaction, which also
-        records the job's final state: it commits exactly once. The mutation runs under a
-        savepoint, so if it fails its writes roll back and the failure commits. Returns the
-        final state; None: another worker or process had the job."""
-        runtime = self.runtime
-        job, job_id = candidate.job, candidate.job["_id"]
-        scheduler = None
-        async with runtime.transaction(await held.get(), "serializable") as tx:
-            if not await table.claim(tx, job_id, candidate.ctid):
-                runtime.metrics.inc("ripple_scheduler_claim_misses_total")
-                return None
-            started = table.now_ms()
-            error: str | None = None
-            token = current_job.set(job_id)
-            try:
-                kwargs = fn.validate_args(job["args"][0])
-                async with tx.savepoint():
-                    _, _, scheduler = await runtime.execute_mutation(tx, fn, kwargs, None, running_job=job_id)
-            except (RippleUsageError, FunctionFailure) as exc:
-                error = exc.message if isinstance(exc, FunctionFailure) else str(exc)
-            finally:
-                current_job.reset(token)
-            final = table.final_fields(table.SUCCESS if error is None else table.FAILED, error, startedTime=started)
-            await DatabaseWriter(tx, system=True).patch_locked(job, candidate.ctid, final)
-        if scheduler is not None:
-            scheduler.committed()
-        runtime.metrics.inc("ripple_mutations_total", outcome="success" if error is None else "error")
-        return table.SUCCESS if error is None else table.FAILED
-
-    async def _claim_action(self, candidate: _Candidate) -> dict[str, Any] | None:
-        """Claim a scheduled action: mark it inProgress under this process's lease and commit."""
-        lease_ms = self.settings.lease_seconds * 1000.0
-
-        async def body(writer: DatabaseWriter, tx: Transaction) -> dict[str, Any] | None:
-            if not await table.claim(tx, candidate.job["_id"], candidate.ctid):
-                self.runtime.metrics.inc("ripple_scheduler_claim_misses_total")
-                return None
-            now = table.now_ms()
-            fields = {"state": {"kind": table.IN_PROGRESS}, "startedTime": now,
-                      "lease": {"owner": self.owner, "expiresAt": now + lease_ms}}
-            await writer.patch_locked(candidate.job, candidate.ctid, fields)
-            return {**candidate.job, **fields}
-
-        return await self.runtime.system_transaction(body, isolation="read_committed")
-
-    async def _fail_unrunnable(self, candidate: _Candidate, error: str) -> bool:
-        async def body(writer: DatabaseWriter, tx: Transaction) -> bool:
-            if not await table.claim(tx, candidate.job["_id"], candidate.ctid):
-                return False
-            await writer.patch_locked(candidate.job, candidate.ctid, table.final_fields(table.FAILED, error))
-            return True
-
-        return await self.runtime.system_transaction(body, isolation="read_committed")
-
-    async def _run_action(self, job: dict[str, Any], fn: FunctionDef) -> None:
-        job_id = job["_id"]
-        self._running_actions.add(job_id)
-        token = current_job.set(job_id)
-        state: table.StateKind = table.SUCCESS
-        error: str | None = None
-        try:
-            await self.runtime.call("action", job["name"], job["args"][0], None, allow_internal=True)
-        except FunctionFailure as failure:
-            state, error = table.FAILED, failure.message
-        except RippleUsageError as exc:
-            state, error = table.FAILED, str(exc)
-        except Exception:
-            log.exception("scheduled action %s (%s) could not be run", job_id, job["name"])
-            state, error = table.FAILED, "internal error running the scheduled action"
-        except asyncio.CancelledError:
-            await self._finish_if(job_id, (table.IN_PROGRESS,), table.FAILED, SHUTDOWN_ACTION_ERROR, owner=self.owner)
-            raise
-        finally:
-            current_job.reset(token)
-            self._running_actions.discard(job_id)
-        if not await self._finish_if(job_id, (table.IN_PROGRESS,), state, error, owner=self.owner):
-            log.info("scheduled action %s (%s) finished, but its job was canceled or failed meanwhile",
-                     job_id, job["name"])
-
-    async def _finish_if(self, job_id: str, states: tuple[str, ...], kind: table.StateKind, error: str | None,
-                         owner: str | None = None) -> bool:
-        """Move a job to a final state if it is still in one of `states` (and, for a running
-        action, still under our lease). Returns whether it did."""
-
-        async def body(writer: DatabaseWriter, tx: Transaction) -> bool:
-            locked = await table.fetch_locked(tx, sql.LOCK_JOBS, [job_id])
-            if not locked or locked[0]["state"]["kind"] not in states:
-                return False
-            if owner is not None and (locked[0].get("lease") or {}).get("owner") != owner:
-                return False
-            await table.finish(writer, locked[0], kind, error)
-            return True
-
-        done = await self.runtime.system_transaction(body, isolation="read_committed")
-        if done:
-            self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=kind)
-        return done
 
     # -- maintenance -----------------------------------------------------------------------------
 
     async def _maintenance(self) -> None:
         while True:
             await asyncio.sleep(self.settings.maintenance_seconds)
-            await self.renew_leases()
-            await self.fail_lost_actions()
-            await self.prune()
-
-    async def renew_leases(self) -> None:
-        ids = sorted(self._running_actions)
-        if not ids:
-            return
-        expires = table.now_ms() + self.settings.lease_seconds * 1000.0
-
-        async def body(writer: DatabaseWriter, tx: Transaction) -> None:
-            for job in await table.fetch_locked(tx, sql.LOCK_JOBS, ids):
-                lease = job.get("lease") or {}
-                if job["state"]["kind"] == table.IN_PROGRESS and lease.get("owner") == self.owner:
-                    await writer.patch(job["_id"], {"lease": {"owner": self.owner, "expiresAt": expires}})
-
-        await self.runtime.system_transaction(body, isolation="read_committed")
-
-    async def fail_lost_actions(self) -> int:
-        """Fail running actions whose lease expired: their process died (or hung) mid-run."""
-
-        async def body(writer: DatabaseWriter, tx: Transaction) -> list[dict[str, Any]]:
-            now = table.now_ms()
-            lost = []
-            running = table.state_range(table.IN_PROGRESS)
-            for job in await table.fetch_locked(tx, sql.LOCK_JOBS_IN_STATE_RANGE, *running, RECOVER_BATCH):
-                lease = job.get("lease") or {}
-                if lease.get("expiresAt", 0.0) < now and job["_id"] not in self._running_actions:
-                    await table.finish(writer, job, table.FAILED, LOST_ACTION_ERROR)
-                    lost.append(job)
-            return lost
-
-        lost = await self.runtime.system_transaction(body, isolation="read_committed")
-        for job in lost:
-            log.error("scheduled action %s (%s) lost: its lease held by %s expired; marked failed, not re-run",
-                      job["_id"], job["name"], (job.get("lease") or {}).get("owner"))
-            self.runtime.metrics.inc("ripple_scheduler_lost_actions_total")
-            self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=table.FAILED)
-        return len(lost)
-
-    async def prune(self) -> int:
-        """Delete finished jobs older than the retention, in batches."""
-        cutoff = table.now_ms() - self.settings.retention_seconds * 1000.0
-        total = 0
-        while True:
-            async def body(writer: DatabaseWriter, tx: Transaction) -> int:
-                rows = await table.fetch_locked(tx, sql.LOCK_JOBS_COMPLETED_BEFORE, *table.completed_before_range(cutoff), PRUNE_BATCH)
-                for job in rows:
-                    await writer.delete(job["_id"])
-                return len(rows)
-
-            n = await self.runtime.system_transaction(body, isolation="read_committed")
-            total += n
-            if n < PRUNE_BATCH:
-                break
-        if total:
-            self.runtime.metrics.inc("ripple_scheduler_pruned_total", total)
-            log.info("pruned %d finished scheduled jobs older than %g s", total, self.settings.retention_seconds)
-        return total
+            await self.runner.renew_leases()
+            await self.runner.fail_lost_actions()
+            await self.runner.prune()
