@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import traceback
 from typing import Any
 
 import pytest
@@ -12,16 +14,19 @@ from hypothesis import strategies as st
 
 from server.core import keys
 from server.core.runtime import Runtime
-from server.core.values import Int64
+from server.core.values import Int64, to_convex_json
 from server.errors import (
     ArgumentValidationError,
     DocumentValidationError,
     FunctionFailure,
     FunctionNotFound,
+    ValueValidationError,
     WrongFunctionKind,
+    redact,
+    user_frames,
 )
 
-from conftest import BASIC_APP, open_runtime
+from conftest import BASIC_APP, ROOT, open_runtime
 from reference import convex_cmp
 
 
@@ -164,6 +169,57 @@ async def test_print_becomes_log_lines(runtime: Runtime) -> None:
     assert out.log_lines == ["[LOG] line 0", "[LOG] line 1", "[LOG] no newline at end"]
     out = await runtime.call("query", "counters:chatty", {"n": 300})
     assert len(out.log_lines) == 256 and out.log_lines[-1].startswith("[ERROR] Log overflow")
+
+
+async def test_print_lines_stream_to_the_server_log_and_reach_clients_only_in_dev(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for dev in (True, False):
+        caplog.clear()
+        async with open_runtime(BASIC_APP, namespace, dev=dev) as rt:
+            with caplog.at_level(logging.INFO, logger="ripple.functions.log"):
+                out = await rt.call("query", "counters:chatty", {"n": 1})
+        streamed = [r.getMessage() for r in caplog.records if r.name == "ripple.functions.log"]
+        assert streamed == ["[Q counters:chatty] [LOG] line 0", "[Q counters:chatty] [LOG] no newline at end"]
+        assert out.log_lines == (["[LOG] line 0", "[LOG] no newline at end"] if dev else [])
+
+
+async def test_index_keys_too_large_for_postgresql_are_refused_clearly(runtime: Runtime) -> None:
+    with pytest.raises(FunctionFailure) as err:
+        await m(runtime, "items:insert_many", docs=[{"a": "x" * 3000}])
+    assert "index by_a (a)" in err.value.message and "over the 2,600-byte limit" in err.value.message
+    assert "table `items`" in err.value.message
+    # just under the limit: stored and found (the key adds ~50 bytes: _creationTime, _id, tags)
+    (doc_id,) = await m(runtime, "items:insert_many", docs=[{"a": "y" * 2500, "n": 7}])
+    assert await q(runtime, "items:by_range", index="by_a", eq=["y" * 2500]) == [doc_id]
+    with pytest.raises(FunctionFailure, match="over the 2,600-byte limit"):  # a patch too
+        await m(runtime, "items:patch", id=doc_id, fields={"a": "z" * 2700})
+
+
+def _app_code_calling_libraries() -> None:
+    from croniter import croniter
+
+    try:
+        croniter("not a cron expression")  # raises inside an installed package
+    except ValueError as exc:
+        to_convex_json({"bad": exc})  # raises inside Ripple
+
+
+def test_dev_tracebacks_show_only_the_apps_frames_even_with_libraries_inside_the_app_dir() -> None:
+    """The repository root is an app directory (the example app) holding Ripple (server/) and,
+    in CI, the virtual environment (.venv/): neither is the app's code."""
+    with pytest.raises(ValueValidationError) as err:
+        _app_code_calling_libraries()
+    everything = [f.filename for f in traceback.extract_tb(err.value.__traceback__)]
+    assert any("/server/core/" in f for f in everything)  # Ripple's frames are in the traceback ...
+    frames = user_frames(err.value, ROOT)  # ... but not among the app's
+    assert [f.name for f in frames] == ["test_dev_tracebacks_show_only_the_apps_frames_even_with_libraries_inside_the_app_dir", "_app_code_calling_libraries"]
+    chained = err.value.__context__
+    assert chained is not None and any("croniter" in f.filename for f in traceback.extract_tb(chained.__traceback__))
+    assert [f.name for f in user_frames(chained, ROOT)] == ["_app_code_calling_libraries"]
+    message = redact(err.value, "test", dev=True, app_dir=ROOT)
+    assert "_app_code_calling_libraries" in message and "server/core" not in message and "site-packages" not in message
+    assert redact(err.value, "test", dev=False, app_dir=ROOT).endswith("] Server Error")
 
 
 async def test_internal_functions_hidden_from_clients(runtime: Runtime) -> None:

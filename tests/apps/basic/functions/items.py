@@ -10,6 +10,11 @@ async def insert_many(ctx, docs: list[dict[str, Any]]) -> list[str]:
     return [await ctx.db.insert("items", d) for d in docs]
 
 
+@mutation
+async def patch(ctx, id: str, fields: dict[str, Any]) -> None:
+    await ctx.db.patch(id, fields)
+
+
 @query
 async def by_range(
     ctx,
