@@ -38,7 +38,6 @@ class Listener:
         self.wake = wake
         self.server_settings = server_settings or {}
         self.state = ListenerState.CONNECTING
-        self.reconnects = 0
         self.backend_pid: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
@@ -100,6 +99,5 @@ class Listener:
             if self.state is ListenerState.STOPPED:
                 return
             self.state = ListenerState.CONNECTING
-            self.reconnects += 1
             self.wake(None)  # the owner falls back to polling until we are back
             await asyncio.sleep(next(delays))

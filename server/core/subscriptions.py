@@ -72,7 +72,6 @@ class SharedQuery:
     subscribers: set[Subscriber] = field(default_factory=set)
     reads: list[ReadRange] = field(default_factory=list)
     result: QueryResult | None = None
-    executions: int = 0
 
 
 def subscription_key(path: str, args_json: Any, identity: Identity | None, journal: str | None) -> SubKey:
@@ -90,7 +89,6 @@ class SubscriptionManager:
         # a reload); their results, if any, are not valid at current_ts.
         self.stale: set[SharedQuery] = set()
         self.current_ts = 0  # every non-stale result is valid at this ts
-        self.ticks = 0
         self._processed_ts = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -221,7 +219,6 @@ class SubscriptionManager:
         # Publish everything at once: no client can observe a half-applied tick.
         changed: set[Subscriber] = set()
         for sq, outcome in new_results:
-            sq.executions += 1
             if isinstance(outcome, QueryRun):
                 result = query_result(outcome)
                 sq.reads = outcome.reads
@@ -245,7 +242,6 @@ class SubscriptionManager:
                 self._reads.put(sq, sq.reads)
         self._processed_ts = snapshot_ts
         self.current_ts = max(self.current_ts, snapshot_ts)
-        self.ticks += 1
         self.encode_cache = {}  # Transitions shared by clients in the same state, this publish only
         waiters, self._ts_waiters = self._ts_waiters, set()
         for subscriber in changed | waiters:
