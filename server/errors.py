@@ -66,6 +66,16 @@ class StaleTimestamp(RippleUsageError):
     code = "InvalidTimestamp"
 
 
+class AppLoadError(RippleError):
+    """Importing the app's code failed; the message names the file, line and error."""
+
+
+class FunctionUnavailable(FunctionNotFound):
+    """The function's module failed to load (dev mode serves the modules that did)."""
+
+    code = "FunctionUnavailable"
+
+
 class SchemaError(RippleError):
     """The schema is invalid, or existing documents violate it. Refuses start-up."""
 
