@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, ServerProcess, free_port, wait_healthy
+from conftest import BASIC_APP, PG_URL, ROOT, ServerProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +81,8 @@ def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:
 
         # A broken edit keeps the previous version serving and says why in the log.
         (app / "functions" / "broken.py").write_text("def oops(:\n")
-        wait_for(lambda: "reload after change to broken.py failed" in server.log())
+        wait_for(lambda: "reload after change to broken.py failed; still serving the previous version: "
+                         "functions/broken.py:1: SyntaxError: invalid syntax" in server.log())
         assert count_works()
         (app / "functions" / "broken.py").unlink()
     finally:
@@ -164,3 +165,109 @@ def test_dev_reload_picks_up_a_functions_folder_created_after_start(start_server
 
     wait_for(hello_works)
     assert "reloaded after change to" in server.log()
+
+
+# -- starting with errors ---------------------------------------------------------------------------
+
+BROKEN_MODULE = "from server import query\n\nvalue = undefined_name\n\n\n@query\nasync def hello(ctx) -> str:\n    return 'hello'\n"
+BROKEN_ERROR = "functions/broken.py:3: NameError: name 'undefined_name' is not defined"
+
+
+def example_app(tmp_path: Path) -> Path:
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "schema.py", app / "schema.py")
+    shutil.copytree(ROOT / "functions", app / "functions", ignore=shutil.ignore_patterns("__pycache__"))
+    return app
+
+
+def db_env(namespace: str) -> dict[str, str]:
+    return {**clean_env(), "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": namespace}
+
+
+def call(url: str, path: str, kind: str = "query") -> httpx.Response:
+    return httpx.post(f"{url}/api/{kind}", json={"path": path, "args": {}})
+
+
+def test_dev_starts_with_a_broken_module_and_serves_the_others(start_server: object, tmp_path: Path) -> None:
+    app = example_app(tmp_path)
+    broken = app / "functions" / "broken.py"
+    broken.write_text(BROKEN_MODULE)
+    server: ServerProcess = start_server("dev", app_dir=app)  # type: ignore[operator]
+
+    health = httpx.get(f"{server.url}/_ripple/health").json()
+    assert health["status"] == "ok" and health["loadErrors"] == {"functions/broken.py": BROKEN_ERROR}
+    assert call(server.url, "campaigns:list").json()["status"] == "success"
+    r = call(server.url, "broken:hello")
+    assert r.status_code == 404 and r.json() == {
+        "code": "FunctionUnavailable",
+        "message": f"Function 'broken:hello' is unavailable: functions/broken.py failed to load: {BROKEN_ERROR}",
+    }
+    log = server.log()
+    assert BROKEN_ERROR in log and "Traceback" not in log
+
+    def hello_works() -> bool:
+        if call(server.url, "broken:hello").json().get("value") == "hello":
+            return True
+        broken.write_text(BROKEN_MODULE.replace("undefined_name", "42"))  # (re)written: the watcher may start late
+        return False
+
+    wait_for(hello_works)
+    assert "loadErrors" not in httpx.get(f"{server.url}/_ripple/health").json()
+
+
+def test_dev_with_a_broken_schema_stays_up_and_reports_it_until_fixed(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    (app / "schema.py").write_text("from server import Schema, Table\n\nschema = Schema(notes=Table(\n")
+    (app / "functions" / "notes.py").write_text(
+        "from server import query\n\n\n@query\nasync def count(ctx) -> int:\n"
+        "    return len(await ctx.db.query('notes').collect())\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "dev", "--port", str(port)], cwd=str(app),
+                                env=db_env(namespace), stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(proc, url, log_path)
+    error = "schema.py:3: SyntaxError: '(' was never closed"
+    try:
+        def health() -> httpx.Response | None:
+            assert proc.poll() is None, server.log()
+            try:
+                return httpx.get(f"{url}/_ripple/health", timeout=1)
+            except httpx.HTTPError:
+                return None
+
+        wait_for(lambda: (r := health()) is not None and r.status_code == 503 and r.json()["status"] == "load failed")
+        assert health().json() == {"status": "load failed", "error": error}  # type: ignore[union-attr]
+        r = call(url, "notes:count")
+        assert r.status_code == 503 and r.json() == {"code": "AppLoadFailed", "message": f"the app failed to load: {error}"}
+        out = ripple("run", "notes:count", "--url", url, cwd=app)
+        assert out.returncode == 1 and f"503: the app failed to load: {error}" in out.stderr
+        assert "Traceback" not in server.log()
+
+        def count_works() -> bool:
+            if call(url, "notes:count").json().get("value") == 0:
+                return True
+            (app / "schema.py").write_text("from server import Schema, Table\n\nschema = Schema(notes=Table())\n")
+            return False
+
+        wait_for(count_works)
+        assert health().json()["status"] == "ok"  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_an_app_that_does_not_load_in_one_paragraph(tmp_path: Path, namespace: str) -> None:
+    app = example_app(tmp_path)
+    (app / "functions" / "broken.py").write_text(BROKEN_MODULE)
+    out = ripple("serve", "--port", str(free_port()), "--dir", str(app), cwd=tmp_path, env=db_env(namespace))
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == f"ripple serve: the app in {app.resolve()} failed to load: {BROKEN_ERROR}"
+    assert "Traceback" not in out.stderr + out.stdout and "serving" not in out.stderr + out.stdout
+
+    dead_db = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    out = ripple("serve", "--port", str(free_port()), "--dir", str(BASIC_APP), "--database-url", dead_db, cwd=tmp_path)
+    assert out.returncode == 1 and "ripple serve: cannot connect to the database: " in out.stderr.splitlines()[-1]
+    assert "Traceback" not in out.stderr
