@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -47,6 +49,19 @@ def _config(args: argparse.Namespace, dev: bool) -> Config:
     )
 
 
+def _listen(config: Config, command: str) -> socket.socket:
+    """Bind the port first: a port in use fails before anything starts or claims to serve."""
+    from server.runner import listen
+
+    try:
+        return listen(config.host, config.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            sys.exit(f"ripple {command}: port {config.port} on {config.host} is already in use "
+                     "(another server is listening there); choose another with --port")
+        sys.exit(f"ripple {command}: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     from server.embedded import start_embedded_postgres
     from server.runner import dev_admin_key, serve
@@ -56,6 +71,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         sys.exit(f"ripple dev: {config.app_dir} has no schema.py or functions/; run it in your app directory or pass --dir")
     if config.admin_key is None:
         config.admin_key = dev_admin_key(config.app_dir)
+    sock = _listen(config, "dev")
     if not config.database_url:
         print("Starting embedded PostgreSQL under .ripple/ ...", flush=True)
         config.database_url = start_embedded_postgres(config.app_dir)
@@ -63,7 +79,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         # re-raises the signal that stopped it; SIGTERM's default action would then kill the
         # process before exit handlers run, leaving PostgreSQL behind. Exit through SystemExit.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    serve(config)
+    serve(config, sock)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -76,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = _config(args, dev=False)
     if not config.database_url:
         sys.exit("ripple serve: a database URL is required (--database-url or DATABASE_URL)")
-    serve(config)
+    serve(config, _listen(config, "serve"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -24,6 +25,7 @@ from server.core.subscriptions import SubscriptionManager
 from server.errors import RippleError
 
 log = logging.getLogger("ripple")
+BACKLOG = 2048
 
 
 def dev_admin_key(app_dir: Path) -> str:
@@ -203,8 +205,25 @@ def listen_url(config: Config) -> str:
     return f"http://{host}:{config.port}"
 
 
-def serve(config: Config) -> None:
-    """Serve until stopped. A start-up that cannot go on exits with status 1 and its reason."""
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket. Bound before anything else starts, so that a port in use
+    fails at once (an OSError with errno EADDRINUSE), before anything claims to serve."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)  # listening now: a second server cannot bind the port meanwhile
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(config: Config, sock: socket.socket) -> None:
+    """Serve on `sock` (from `listen`) until stopped. A start-up that cannot go on exits with
+    status 1 and its reason."""
+    config.port = sock.getsockname()[1]  # --port 0 means any free port
     failures: list[str] = []
 
     def stop(reason: str) -> None:
@@ -216,6 +235,7 @@ def serve(config: Config) -> None:
         app,
         host=config.host,
         port=config.port,
+        backlog=BACKLOG,
         lifespan="on",
         log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
         access_log=False,
@@ -230,7 +250,7 @@ def serve(config: Config) -> None:
     server = uvicorn.Server(uv)
     if config.dev:
         print(f"Ripple dev server: {listen_url(config)}  (app: {config.app_dir})", flush=True)
-    server.run()
+    server.run(sockets=[sock])
     if failures:
         raise SystemExit(f"ripple {'dev' if config.dev else 'serve'}: {failures[0]}")
     if not server.started:

@@ -271,3 +271,20 @@ def test_serve_refuses_an_app_that_does_not_load_in_one_paragraph(tmp_path: Path
     out = ripple("serve", "--port", str(free_port()), "--dir", str(BASIC_APP), "--database-url", dead_db, cwd=tmp_path)
     assert out.returncode == 1 and "ripple serve: cannot connect to the database: " in out.stderr.splitlines()[-1]
     assert "Traceback" not in out.stderr
+
+
+def test_a_port_in_use_fails_at_once_without_claiming_to_serve(start_server: object, tmp_path: Path, namespace: str) -> None:
+    first: ServerProcess = start_server("serve")  # type: ignore[operator]
+    port = first.url.rsplit(":", 1)[1]
+    out = ripple("serve", "--port", port, "--dir", str(BASIC_APP), cwd=tmp_path, env=db_env(namespace))
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == (f"ripple serve: port {port} on 127.0.0.1 is already in use (another server is listening "
+                          "there); choose another with --port\n")
+    assert "serving" not in out.stdout
+
+    app = tmp_path / "app"
+    shutil.copytree(BASIC_APP, app)
+    out = ripple("dev", "--port", port, cwd=app)  # no database URL: it would start the embedded PostgreSQL
+    assert out.returncode == 1 and out.stderr.startswith(f"ripple dev: port {port} on 127.0.0.1 is already in use")
+    assert out.stdout == "" and not (app / ".ripple" / "pgdata").exists()
+    assert httpx.get(f"{first.url}/_ripple/health").status_code == 200
