@@ -14,7 +14,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from server import devserver
 from server.config import Config
+
+DEFAULT_URL = "http://127.0.0.1:3210"
 
 
 def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
@@ -35,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
     run.add_argument("path", help="function path, e.g. videos:list")
     run.add_argument("args", nargs="?", default="{}", help="JSON object of arguments (default {})")
-    run.add_argument("--url", default=os.environ.get("RIPPLE_URL", "http://127.0.0.1:3210"), help="server URL (default http://127.0.0.1:3210 or $RIPPLE_URL)")
+    run.add_argument("--url", default=None, help=f"server URL (default: $RIPPLE_URL, else the `ripple dev` running in --dir, else {DEFAULT_URL})")
     run.add_argument("--admin-key", default=None, help="admin key (default: $RIPPLE_ADMIN_KEY, else .ripple/admin_key of --dir)")
-    run.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev admin key in")
+    run.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev server and its admin key in (default: current directory)")
     return parser
 
 
@@ -95,6 +98,19 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(config, _listen(config, "serve"))
 
 
+def server_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The server `ripple run` calls, and where that choice comes from: --url, else $RIPPLE_URL,
+    else the `ripple dev` serving --dir (its record in .ripple/), else the default."""
+    if args.url:
+        return args.url, "from --url"
+    if os.environ.get("RIPPLE_URL"):
+        return os.environ["RIPPLE_URL"], "from RIPPLE_URL"
+    recorded = devserver.recorded_url(args.dir)
+    if recorded is not None:
+        return recorded, f"the ripple dev recorded in {args.dir / devserver.RECORD}"
+    return DEFAULT_URL, "the default; no ripple dev is recorded as running in " + str(args.dir)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         fn_args = json.loads(args.args)
@@ -108,8 +124,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Convex {key}"
+    url, source = server_url(args)
     body = json.dumps({"path": args.path, "args": fn_args, "format": "json"}).encode()
-    request = urllib.request.Request(f"{args.url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
+    try:
+        request = urllib.request.Request(f"{url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
+    except ValueError as exc:
+        print(f"ripple run: the server URL {url!r} ({source}) is not an http:// URL: {exc}", file=sys.stderr)
+        return 2
     try:
         with urllib.request.urlopen(request, timeout=660) as response:
             result = json.loads(response.read())
@@ -122,7 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"ripple run: {exc.code}: {payload}", file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
-        print(f"ripple run: no Ripple server at {args.url} ({exc.reason}); start one with `ripple dev`", file=sys.stderr)
+        print(f"ripple run: no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
+              "or choose the server with --url or RIPPLE_URL", file=sys.stderr)
         return 1
     for line in result.get("logLines", []):
         print(line, file=sys.stderr)

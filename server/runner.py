@@ -16,6 +16,7 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
+from server import devserver
 from server.api.app import RippleApp, build_app
 from server.config import Config
 from server.core.database import Database
@@ -176,6 +177,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         watcher: asyncio.Task[None] | None = None
+        recorded = False
         try:
             failure = await start()
             if failure is not None:
@@ -183,10 +185,14 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             else:
                 if config.dev:
                     watcher = asyncio.create_task(loader.watch(), name="ripple-reload")
+                    devserver.record(config.app_dir, devserver.connect_url(config.host, config.port))
+                    recorded = True
                 log.info("serving %s (%s mode)", listen_url(config), "dev" if config.dev else "production")
                 tune_gc()
             yield
         finally:
+            if recorded:
+                devserver.forget(config.app_dir)
             if watcher is not None:
                 watcher.cancel()
                 with suppress(asyncio.CancelledError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from server import devserver
+from server.cli import DEFAULT_URL, build_parser, server_url
 
 from conftest import BASIC_APP, PG_URL, ROOT, ServerProcess, free_port, wait_healthy
 
@@ -243,7 +247,7 @@ def test_dev_with_a_broken_schema_stays_up_and_reports_it_until_fixed(tmp_path: 
         assert health().json() == {"status": "load failed", "error": error}  # type: ignore[union-attr]
         r = call(url, "notes:count")
         assert r.status_code == 503 and r.json() == {"code": "AppLoadFailed", "message": f"the app failed to load: {error}"}
-        out = ripple("run", "notes:count", "--url", url, cwd=app)
+        out = ripple("run", "notes:count", cwd=app)  # finds the server in .ripple/, says what is wrong
         assert out.returncode == 1 and f"503: the app failed to load: {error}" in out.stderr
         assert "Traceback" not in server.log()
 
@@ -288,3 +292,48 @@ def test_a_port_in_use_fails_at_once_without_claiming_to_serve(start_server: obj
     assert out.returncode == 1 and out.stderr.startswith(f"ripple dev: port {port} on 127.0.0.1 is already in use")
     assert out.stdout == "" and not (app / ".ripple" / "pgdata").exists()
     assert httpx.get(f"{first.url}/_ripple/health").status_code == 200
+
+
+# -- ripple run finds ripple dev ----------------------------------------------------------------------
+
+def test_run_finds_the_dev_server_on_its_port(start_server: object, tmp_path: Path) -> None:
+    app = example_app(tmp_path)
+    server: ServerProcess = start_server("dev", app_dir=app)  # type: ignore[operator]
+    record = json.loads((app / ".ripple" / "dev_server.json").read_text())
+    assert record == {"url": server.url, "pid": server.proc.pid}
+
+    out = ripple("run", "campaigns:list", cwd=app)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = ripple("run", "campaigns:list", cwd=app, env={**clean_env(), "RIPPLE_URL": dead})
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"ripple run: no Ripple server at {dead} (from RIPPLE_URL): ")
+    assert "--url or RIPPLE_URL" in out.stderr
+
+    server.stop()
+    assert not (app / ".ripple" / "dev_server.json").exists()
+
+
+def test_run_chooses_url_then_env_then_the_dev_record_then_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RIPPLE_URL", raising=False)
+
+    def chosen(*extra: str) -> str:
+        return server_url(build_parser().parse_args(["run", "x:y", "--dir", str(tmp_path), *extra]))[0]
+
+    assert chosen() == DEFAULT_URL
+    devserver.record(tmp_path, "http://127.0.0.1:4000")  # recorded by this (live) process
+    assert chosen() == "http://127.0.0.1:4000"
+    monkeypatch.setenv("RIPPLE_URL", "http://env:1")
+    assert chosen() == "http://env:1"
+    assert chosen("--url", "http://flag:2") == "http://flag:2"
+    monkeypatch.delenv("RIPPLE_URL")
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    record = tmp_path / ".ripple" / "dev_server.json"
+    record.write_text(json.dumps({"url": "http://127.0.0.1:4000", "pid": exited.pid}))
+    assert chosen() == DEFAULT_URL  # its `ripple dev` is gone (killed: it could not remove it)
+    devserver.forget(tmp_path)
+    assert record.exists()  # not this process's record: left to its owner
