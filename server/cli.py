@@ -12,12 +12,21 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 
 from server import devserver
 from server.config import Config
 
+DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
 DEFAULT_URL = "http://127.0.0.1:3210"
+
+
+def version() -> str:
+    try:
+        return f"{DISTRIBUTION} {metadata.version(DISTRIBUTION)}"
+    except metadata.PackageNotFoundError:
+        return f"{DISTRIBUTION} (version unknown: the distribution is not installed; pip install -e . installs it)"
 
 
 def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
@@ -30,6 +39,7 @@ def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ripple", description="Ripple: a reactive backend that speaks the Convex protocol")
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the app in development mode (embedded PostgreSQL unless a database URL is set)")
     _common(dev, 3210)

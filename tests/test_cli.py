@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -337,3 +338,13 @@ def test_run_chooses_url_then_env_then_the_dev_record_then_the_default(tmp_path:
     assert chosen() == DEFAULT_URL  # its `ripple dev` is gone (killed: it could not remove it)
     devserver.forget(tmp_path)
     assert record.exists()  # not this process's record: left to its owner
+
+
+# -- version and distribution --------------------------------------------------------------------------
+
+def test_version_comes_from_the_ripple_backend_distribution(tmp_path: Path) -> None:
+    out = ripple("--version", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"ripple-backend {metadata.version('ripple-backend')}\n"
+    scripts = metadata.distribution("ripple-backend").entry_points.select(group="console_scripts")
+    assert [(e.name, e.value) for e in scripts] == [("ripple", "server.cli:main")]
