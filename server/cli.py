@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from importlib import metadata
 from pathlib import Path
@@ -136,11 +137,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         headers["Authorization"] = f"Convex {key}"
     url, source = server_url(args)
     body = json.dumps({"path": args.path, "args": fn_args, "format": "json"}).encode()
-    try:
-        request = urllib.request.Request(f"{url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
-    except ValueError as exc:
-        print(f"ripple run: the server URL {url!r} ({source}) is not an http:// URL: {exc}", file=sys.stderr)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        print(f"ripple run: the server URL {url!r} ({source}) is not an http:// URL, such as {DEFAULT_URL}", file=sys.stderr)
         return 2
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=660) as response:
             result = json.loads(response.read())

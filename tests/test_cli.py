@@ -128,6 +128,10 @@ def test_helpful_errors(tmp_path: Path) -> None:
     assert out.returncode == 2 and "not valid JSON" in out.stderr
     out = ripple("run", "videos:list", "{}", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert out.returncode == 1 and "no Ripple server at" in out.stderr
+    out = ripple("run", "videos:list", "{}", "--url", "localhost:3210", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr == ("ripple run: the server URL 'localhost:3210' (from --url) is not an http:// URL, "
+                          "such as http://127.0.0.1:3210\n")
 
 
 def test_run_calls_internal_functions_with_the_admin_key(start_server: object, tmp_path: Path) -> None:
