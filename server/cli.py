@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
 import signal
+import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 
+from server import devserver
 from server.config import Config
+
+DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
+DEFAULT_URL = "http://127.0.0.1:3210"
+
+
+def version() -> str:
+    try:
+        return f"{DISTRIBUTION} {metadata.version(DISTRIBUTION)}"
+    except metadata.PackageNotFoundError:
+        return f"{DISTRIBUTION} (version unknown: the distribution is not installed; pip install -e . installs it)"
 
 
 def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
@@ -25,6 +40,7 @@ def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ripple", description="Ripple: a reactive backend that speaks the Convex protocol")
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the app in development mode (embedded PostgreSQL unless a database URL is set)")
     _common(dev, 3210)
@@ -33,9 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
     run.add_argument("path", help="function path, e.g. videos:list")
     run.add_argument("args", nargs="?", default="{}", help="JSON object of arguments (default {})")
-    run.add_argument("--url", default=os.environ.get("RIPPLE_URL", "http://127.0.0.1:3210"), help="server URL (default http://127.0.0.1:3210 or $RIPPLE_URL)")
+    run.add_argument("--url", default=None, help=f"server URL (default: $RIPPLE_URL, else the `ripple dev` running in --dir, else {DEFAULT_URL})")
     run.add_argument("--admin-key", default=None, help="admin key (default: $RIPPLE_ADMIN_KEY, else .ripple/admin_key of --dir)")
-    run.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev admin key in")
+    run.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev server and its admin key in (default: current directory)")
     return parser
 
 
@@ -47,6 +63,19 @@ def _config(args: argparse.Namespace, dev: bool) -> Config:
     )
 
 
+def _listen(config: Config, command: str) -> socket.socket:
+    """Bind the port first: a port in use fails before anything starts or claims to serve."""
+    from server.runner import listen
+
+    try:
+        return listen(config.host, config.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            sys.exit(f"ripple {command}: port {config.port} on {config.host} is already in use "
+                     "(another server is listening there); choose another with --port")
+        sys.exit(f"ripple {command}: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}")
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     from server.embedded import start_embedded_postgres
     from server.runner import dev_admin_key, serve
@@ -56,6 +85,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         sys.exit(f"ripple dev: {config.app_dir} has no schema.py or functions/; run it in your app directory or pass --dir")
     if config.admin_key is None:
         config.admin_key = dev_admin_key(config.app_dir)
+    sock = _listen(config, "dev")
     if not config.database_url:
         print("Starting embedded PostgreSQL under .ripple/ ...", flush=True)
         config.database_url = start_embedded_postgres(config.app_dir)
@@ -63,7 +93,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
         # re-raises the signal that stopped it; SIGTERM's default action would then kill the
         # process before exit handlers run, leaving PostgreSQL behind. Exit through SystemExit.
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    serve(config)
+    serve(config, sock)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -76,7 +106,20 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = _config(args, dev=False)
     if not config.database_url:
         sys.exit("ripple serve: a database URL is required (--database-url or DATABASE_URL)")
-    serve(config)
+    serve(config, _listen(config, "serve"))
+
+
+def server_url(args: argparse.Namespace) -> tuple[str, str]:
+    """The server `ripple run` calls, and where that choice comes from: --url, else $RIPPLE_URL,
+    else the `ripple dev` serving --dir (its record in .ripple/), else the default."""
+    if args.url:
+        return args.url, "from --url"
+    if os.environ.get("RIPPLE_URL"):
+        return os.environ["RIPPLE_URL"], "from RIPPLE_URL"
+    recorded = devserver.recorded_url(args.dir)
+    if recorded is not None:
+        return recorded, f"the ripple dev recorded in {args.dir / devserver.RECORD}"
+    return DEFAULT_URL, "the default; no ripple dev is recorded as running in " + str(args.dir)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -92,8 +135,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Convex {key}"
+    url, source = server_url(args)
     body = json.dumps({"path": args.path, "args": fn_args, "format": "json"}).encode()
-    request = urllib.request.Request(f"{args.url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        print(f"ripple run: the server URL {url!r} ({source}) is not an http:// URL, such as {DEFAULT_URL}", file=sys.stderr)
+        return 2
+    request = urllib.request.Request(f"{url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=660) as response:
             result = json.loads(response.read())
@@ -106,7 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"ripple run: {exc.code}: {payload}", file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
-        print(f"ripple run: no Ripple server at {args.url} ({exc.reason}); start one with `ripple dev`", file=sys.stderr)
+        print(f"ripple run: no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
+              "or choose the server with --url or RIPPLE_URL", file=sys.stderr)
         return 1
     for line in result.get("logLines", []):
         print(line, file=sys.stderr)

@@ -7,9 +7,10 @@ It lives under `<app>/.ripple/pgdata`, listens only on a Unix socket, survives r
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
+
+from server.devserver import process_alive
 
 log = logging.getLogger("ripple.embedded")
 
@@ -42,17 +43,8 @@ def _forget_dead_users(pgdata: Path) -> None:
     users = DiskList(pgdata / ".handle_pids.json")
     with PostgresServer._lock:
         pids = users.get()
-        alive = [pid for pid in pids if _alive(pid)]
+        alive = [pid for pid in pids if process_alive(pid)]
         if alive != pids:
             log.info("embedded PostgreSQL: forgetting %d exited user(s)", len(pids) - len(alive))
             users.put(alive)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

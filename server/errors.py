@@ -75,6 +75,16 @@ class StaleTimestamp(RippleUsageError):
     code = "InvalidTimestamp"
 
 
+class AppLoadError(RippleError):
+    """Importing the app's code failed; the message names the file, line and error."""
+
+
+class FunctionUnavailable(FunctionNotFound):
+    """The function's module failed to load (dev mode serves the modules that did)."""
+
+    code = "FunctionUnavailable"
+
+
 class SchemaError(RippleError):
     """The schema is invalid, or existing documents violate it. Refuses start-up."""
 
@@ -142,16 +152,20 @@ def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = N
 
 
 def user_frames(exc: BaseException, app_dir: Path) -> list[traceback.FrameSummary]:
-    """The traceback frames of `exc` that run the app's own code: files under `app_dir` (a path
-    prefix match: /srv/app2 is not in /srv/app) that are not library code, even when a virtual
-    environment or Ripple itself lives inside the app directory."""
+    """The traceback frames of `exc` that run the app's own code (see is_app_file)."""
     root = app_dir.resolve()
-    out = []
-    for frame in traceback.extract_tb(exc.__traceback__):
-        path = Path(frame.filename)
-        if path.is_relative_to(root) and not any(path.is_relative_to(lib) for lib in _library_roots()):
-            out.append(frame)
-    return out
+    return [f for f in traceback.extract_tb(exc.__traceback__) if is_app_file(f.filename, root)]
+
+
+def is_app_file(filename: str, app_dir: Path) -> bool:
+    """A file of the app: under `app_dir` (a path prefix match: /srv/app2 is not in /srv/app),
+    and not library code kept there: not the running interpreter's environment or Ripple itself,
+    and not under a hidden folder (`.venv/`) or a site-packages folder."""
+    path = Path(filename).resolve()
+    if not path.is_relative_to(app_dir) or any(path.is_relative_to(lib) for lib in _library_roots()):
+        return False
+    folders = path.relative_to(app_dir).parts[:-1]
+    return not any(p.startswith(".") or p in ("site-packages", "dist-packages", "__pycache__") for p in folders)
 
 
 @cache

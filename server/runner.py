@@ -6,22 +6,27 @@ import asyncio
 import gc
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
+from server import devserver
 from server.api.app import RippleApp, build_app
 from server.config import Config
 from server.core.database import Database
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
 from server.core.subscriptions import SubscriptionManager
+from server.errors import RippleError
 
 log = logging.getLogger("ripple")
+BACKLOG = 2048
 
 
 def dev_admin_key(app_dir: Path) -> str:
@@ -54,23 +59,66 @@ def app_source_filter(app_dir: Path) -> Callable[[Any, str], bool]:
     return keep
 
 
-async def watch_and_reload(runtime: Runtime) -> None:
-    """Reload functions and schema whenever a .py file of the app changes (dev mode).
+def describe_load_error(exc: BaseException) -> str:
+    """One line for a failed load: Ripple's own errors (an import error with its file and line,
+    a schema refused) say everything already; others get their type."""
+    if isinstance(exc, RippleError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
-    The app directory itself is watched (not `functions/` and `schema.py`), so that a folder
-    or schema created after the start is picked up too."""
-    from watchfiles import awatch
 
-    app_dir = runtime.config.app_dir.resolve()
-    async for changes in awatch(app_dir, watch_filter=app_source_filter(app_dir)):
-        names = ", ".join(sorted({Path(p).name for _, p in changes}))
+class AppLoader:
+    """Loads the app in dev mode, at start and after every change, and keeps serving what it can.
+
+    A version that loaded completely is replaced only by another complete one: a reload with an
+    error keeps the previous version serving. At start there is no previous version, so the
+    load goes module by module (see loader.load_app); while the version served is incomplete,
+    so do reloads. When nothing can be served at all (schema.py fails, or applying the schema
+    does), `error` says why; health checks and API calls report it until a change fixes it."""
+
+    def __init__(self, runtime: Runtime, start_services: Callable[[], Awaitable[None]]) -> None:
+        self.runtime = runtime
+        self.error: str | None = None
+        self._start_services = start_services
+
+    async def load(self, changed: str | None = None) -> None:
+        """Load at start (`changed` None) or after a change to the files named; never raises."""
+        runtime = self.runtime
+        previous = runtime.app if runtime.ready else None
+        event = "loading the app" if changed is None else f"reload after change to {changed}"
         try:
-            await runtime.load()
+            await runtime.load(partial=previous is None or bool(previous.load_errors))
         except Exception as exc:
-            log.error("reload after change to %s failed; still serving the previous version:\n%s: %s",
-                      names, type(exc).__name__, exc)
-            continue
-        log.info("reloaded after change to %s: %d functions", names, len(runtime.app.registry.functions))
+            message = describe_load_error(exc)
+            if previous is not None:
+                log.error("%s failed; still serving the previous version: %s", event, message)
+            else:
+                self.error = message
+                log.error("%s failed; nothing is served until a change fixes it: %s", event, message)
+            return
+        self.error = None
+        app = runtime.app
+        for file, error in app.load_errors.items():
+            log.error("%s failed to load; its functions are not served until a change fixes it: %s", file, error)
+        if changed is None:
+            log.info("loaded %d functions from %s", len(app.registry.functions), app.directory)
+        else:
+            log.info("reloaded after change to %s: %d functions", changed, len(app.registry.functions))
+        try:
+            await self._start_services()
+        except Exception as exc:
+            log.error("live queries or the scheduler did not start; a change to the app retries: %s",
+                      describe_load_error(exc))
+
+    async def watch(self) -> None:
+        """Reload whenever a .py file of the app changes. The app directory itself is watched
+        (not `functions/` and `schema.py`), so that a folder or schema created after the start is
+        picked up too."""
+        from watchfiles import awatch
+
+        app_dir = self.runtime.config.app_dir.resolve()
+        async for changes in awatch(app_dir, watch_filter=app_source_filter(app_dir)):
+            await self.load(", ".join(sorted({Path(p).name for _, p in changes})))
 
 
 def tune_gc() -> None:
@@ -83,34 +131,68 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, gen1, gen2)
 
 
-def create_server_app(config: Config) -> RippleApp:
-    """An ASGI app whose lifespan connects to the database and loads the app."""
+_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> RippleApp:
+    """An ASGI app whose lifespan connects to the database and loads the app. When start-up
+    cannot go on (no database; in production, an app that does not load), it calls `on_fatal`
+    with a one-line reason, which must stop the server."""
     assert config.database_url, "a database URL is required"
     db = Database(config.database_url, config.db_schema)
     runtime = Runtime(config, db)
     subscriptions = SubscriptionManager(runtime)
     scheduler = Scheduler(runtime)
+    live_queries = scheduling = False
+
+    async def start_services() -> None:
+        """Live queries and the scheduler, once a version of the app is loaded."""
+        nonlocal live_queries, scheduling
+        if not live_queries:
+            await subscriptions.start()
+            live_queries = True
+        if config.scheduler.enabled and not scheduling:
+            await scheduler.start()
+            scheduling = True
+
+    loader = AppLoader(runtime, start_services)
+
+    async def start() -> str | None:
+        """Connect and load; the reason start-up must stop, if any."""
+        try:
+            await db.connect(min_size=config.pool_min, max_size=config.pool_max)
+        except _DATABASE_ERRORS as exc:
+            return f"cannot connect to the database: {describe_load_error(exc)}"
+        if config.dev:
+            await loader.load()
+            return None
+        try:
+            await runtime.load()
+            await start_services()
+        except (RippleError, *_DATABASE_ERRORS) as exc:
+            return f"the app in {config.app_dir} failed to load: {describe_load_error(exc)}"
+        log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
+        return None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await db.connect(min_size=config.pool_min, max_size=config.pool_max)
         watcher: asyncio.Task[None] | None = None
-        live_queries = False
-        scheduling = False
+        recorded = False
         try:
-            await runtime.load()
-            log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
-            await subscriptions.start()
-            live_queries = True
-            if config.scheduler.enabled:
-                await scheduler.start()
-                scheduling = True
-            if config.dev:
-                watcher = asyncio.create_task(watch_and_reload(runtime), name="ripple-reload")
-            log.info("serving http://%s:%d (%s mode)", config.host, config.port, "dev" if config.dev else "production")
-            tune_gc()
+            failure = await start()
+            if failure is not None:
+                on_fatal(failure)
+            else:
+                if config.dev:
+                    watcher = asyncio.create_task(loader.watch(), name="ripple-reload")
+                    devserver.record(config.app_dir, devserver.connect_url(config.host, config.port))
+                    recorded = True
+                log.info("serving %s (%s mode)", listen_url(config), "dev" if config.dev else "production")
+                tune_gc()
             yield
         finally:
+            if recorded:
+                devserver.forget(config.app_dir)
             if watcher is not None:
                 watcher.cancel()
                 with suppress(asyncio.CancelledError):
@@ -121,16 +203,45 @@ def create_server_app(config: Config) -> RippleApp:
                 await subscriptions.stop()
             await db.close()
 
-    app = build_app(runtime, subscriptions, lifespan=lifespan)
-    return app
+    return build_app(runtime, subscriptions, lifespan=lifespan, load_error=lambda: loader.error)
 
 
-def serve(config: Config) -> None:
-    app = create_server_app(config)
+def listen_url(config: Config) -> str:
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"http://{host}:{config.port}"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket. Bound before anything else starts, so that a port in use
+    fails at once (an OSError with errno EADDRINUSE), before anything claims to serve."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(BACKLOG)  # listening now: a second server cannot bind the port meanwhile
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(config: Config, sock: socket.socket) -> None:
+    """Serve on `sock` (from `listen`) until stopped. A start-up that cannot go on exits with
+    status 1 and its reason."""
+    config.port = sock.getsockname()[1]  # --port 0 means any free port
+    failures: list[str] = []
+
+    def stop(reason: str) -> None:
+        failures.append(reason)
+        server.should_exit = True
+
+    app = create_server_app(config, on_fatal=stop)
     uv = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
+        backlog=BACKLOG,
         lifespan="on",
         log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
         access_log=False,
@@ -144,8 +255,10 @@ def serve(config: Config) -> None:
     )
     server = uvicorn.Server(uv)
     if config.dev:
-        print(f"Ripple dev server: http://{config.host}:{config.port}  (app: {config.app_dir})", flush=True)
-    server.run()
+        print(f"Ripple dev server: {listen_url(config)}  (app: {config.app_dir})", flush=True)
+    server.run(sockets=[sock])
+    if failures:
+        raise SystemExit(f"ripple {'dev' if config.dev else 'serve'}: {failures[0]}")
     if not server.started:
         raise SystemExit(1)
 

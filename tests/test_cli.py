@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ROOT, ServerProcess, free_port, wait_healthy
+from server import devserver
+from server.cli import DEFAULT_URL, build_parser, server_url
+
+from conftest import BASIC_APP, PG_URL, ROOT, ServerProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +86,8 @@ def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:
 
         # A broken edit keeps the previous version serving and says why in the log.
         (app / "functions" / "broken.py").write_text("def oops(:\n")
-        wait_for(lambda: "reload after change to broken.py failed" in server.log())
+        wait_for(lambda: "reload after change to broken.py failed; still serving the previous version: "
+                         "functions/broken.py:1: SyntaxError: invalid syntax" in server.log())
         assert count_works()
         (app / "functions" / "broken.py").unlink()
     finally:
@@ -122,6 +128,10 @@ def test_helpful_errors(tmp_path: Path) -> None:
     assert out.returncode == 2 and "not valid JSON" in out.stderr
     out = ripple("run", "videos:list", "{}", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert out.returncode == 1 and "no Ripple server at" in out.stderr
+    out = ripple("run", "videos:list", "{}", "--url", "localhost:3210", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr == ("ripple run: the server URL 'localhost:3210' (from --url) is not an http:// URL, "
+                          "such as http://127.0.0.1:3210\n")
 
 
 def test_run_calls_internal_functions_with_the_admin_key(start_server: object, tmp_path: Path) -> None:
@@ -164,3 +174,181 @@ def test_dev_reload_picks_up_a_functions_folder_created_after_start(start_server
 
     wait_for(hello_works)
     assert "reloaded after change to" in server.log()
+
+
+# -- starting with errors ---------------------------------------------------------------------------
+
+BROKEN_MODULE = "from server import query\n\nvalue = undefined_name\n\n\n@query\nasync def hello(ctx) -> str:\n    return 'hello'\n"
+BROKEN_ERROR = "functions/broken.py:3: NameError: name 'undefined_name' is not defined"
+
+
+def example_app(tmp_path: Path) -> Path:
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(ROOT / "schema.py", app / "schema.py")
+    shutil.copytree(ROOT / "functions", app / "functions", ignore=shutil.ignore_patterns("__pycache__"))
+    return app
+
+
+def db_env(namespace: str) -> dict[str, str]:
+    return {**clean_env(), "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": namespace}
+
+
+def call(url: str, path: str, kind: str = "query") -> httpx.Response:
+    return httpx.post(f"{url}/api/{kind}", json={"path": path, "args": {}})
+
+
+def test_dev_starts_with_a_broken_module_and_serves_the_others(start_server: object, tmp_path: Path) -> None:
+    app = example_app(tmp_path)
+    broken = app / "functions" / "broken.py"
+    broken.write_text(BROKEN_MODULE)
+    server: ServerProcess = start_server("dev", app_dir=app)  # type: ignore[operator]
+
+    health = httpx.get(f"{server.url}/_ripple/health").json()
+    assert health["status"] == "ok" and health["loadErrors"] == {"functions/broken.py": BROKEN_ERROR}
+    assert call(server.url, "campaigns:list").json()["status"] == "success"
+    r = call(server.url, "broken:hello")
+    assert r.status_code == 404 and r.json() == {
+        "code": "FunctionUnavailable",
+        "message": f"Function 'broken:hello' is unavailable: functions/broken.py failed to load: {BROKEN_ERROR}",
+    }
+    log = server.log()
+    assert BROKEN_ERROR in log and "Traceback" not in log
+
+    def hello_works() -> bool:
+        if call(server.url, "broken:hello").json().get("value") == "hello":
+            return True
+        broken.write_text(BROKEN_MODULE.replace("undefined_name", "42"))  # (re)written: the watcher may start late
+        return False
+
+    wait_for(hello_works)
+    assert "loadErrors" not in httpx.get(f"{server.url}/_ripple/health").json()
+
+
+def test_dev_with_a_broken_schema_stays_up_and_reports_it_until_fixed(tmp_path: Path, namespace: str) -> None:
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    (app / "schema.py").write_text("from server import Schema, Table\n\nschema = Schema(notes=Table(\n")
+    (app / "functions" / "notes.py").write_text(
+        "from server import query\n\n\n@query\nasync def count(ctx) -> int:\n"
+        "    return len(await ctx.db.query('notes').collect())\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "dev.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "dev", "--port", str(port)], cwd=str(app),
+                                env=db_env(namespace), stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(proc, url, log_path)
+    error = "schema.py:3: SyntaxError: '(' was never closed"
+    try:
+        def health() -> httpx.Response | None:
+            assert proc.poll() is None, server.log()
+            try:
+                return httpx.get(f"{url}/_ripple/health", timeout=1)
+            except httpx.HTTPError:
+                return None
+
+        wait_for(lambda: (r := health()) is not None and r.status_code == 503 and r.json()["status"] == "load failed")
+        assert health().json() == {"status": "load failed", "error": error}  # type: ignore[union-attr]
+        r = call(url, "notes:count")
+        assert r.status_code == 503 and r.json() == {"code": "AppLoadFailed", "message": f"the app failed to load: {error}"}
+        out = ripple("run", "notes:count", cwd=app)  # finds the server in .ripple/, says what is wrong
+        assert out.returncode == 1 and f"503: the app failed to load: {error}" in out.stderr
+        assert "Traceback" not in server.log()
+
+        def count_works() -> bool:
+            if call(url, "notes:count").json().get("value") == 0:
+                return True
+            (app / "schema.py").write_text("from server import Schema, Table\n\nschema = Schema(notes=Table())\n")
+            return False
+
+        wait_for(count_works)
+        assert health().json()["status"] == "ok"  # type: ignore[union-attr]
+    finally:
+        server.stop()
+
+
+def test_serve_refuses_an_app_that_does_not_load_in_one_paragraph(tmp_path: Path, namespace: str) -> None:
+    app = example_app(tmp_path)
+    (app / "functions" / "broken.py").write_text(BROKEN_MODULE)
+    out = ripple("serve", "--port", str(free_port()), "--dir", str(app), cwd=tmp_path, env=db_env(namespace))
+    assert out.returncode == 1
+    assert out.stderr.splitlines()[-1] == f"ripple serve: the app in {app.resolve()} failed to load: {BROKEN_ERROR}"
+    assert "Traceback" not in out.stderr + out.stdout and "serving" not in out.stderr + out.stdout
+
+    dead_db = f"postgresql://postgres@127.0.0.1:{free_port()}/test"
+    out = ripple("serve", "--port", str(free_port()), "--dir", str(BASIC_APP), "--database-url", dead_db, cwd=tmp_path)
+    assert out.returncode == 1 and "ripple serve: cannot connect to the database: " in out.stderr.splitlines()[-1]
+    assert "Traceback" not in out.stderr
+
+
+def test_a_port_in_use_fails_at_once_without_claiming_to_serve(start_server: object, tmp_path: Path, namespace: str) -> None:
+    first: ServerProcess = start_server("serve")  # type: ignore[operator]
+    port = first.url.rsplit(":", 1)[1]
+    out = ripple("serve", "--port", port, "--dir", str(BASIC_APP), cwd=tmp_path, env=db_env(namespace))
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == (f"ripple serve: port {port} on 127.0.0.1 is already in use (another server is listening "
+                          "there); choose another with --port\n")
+    assert "serving" not in out.stdout
+
+    app = tmp_path / "app"
+    shutil.copytree(BASIC_APP, app)
+    out = ripple("dev", "--port", port, cwd=app)  # no database URL: it would start the embedded PostgreSQL
+    assert out.returncode == 1 and out.stderr.startswith(f"ripple dev: port {port} on 127.0.0.1 is already in use")
+    assert out.stdout == "" and not (app / ".ripple" / "pgdata").exists()
+    assert httpx.get(f"{first.url}/_ripple/health").status_code == 200
+
+
+# -- ripple run finds ripple dev ----------------------------------------------------------------------
+
+def test_run_finds_the_dev_server_on_its_port(start_server: object, tmp_path: Path) -> None:
+    app = example_app(tmp_path)
+    server: ServerProcess = start_server("dev", app_dir=app)  # type: ignore[operator]
+    record = json.loads((app / ".ripple" / "dev_server.json").read_text())
+    assert record == {"url": server.url, "pid": server.proc.pid}
+
+    out = ripple("run", "campaigns:list", cwd=app)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = ripple("run", "campaigns:list", cwd=app, env={**clean_env(), "RIPPLE_URL": dead})
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"ripple run: no Ripple server at {dead} (from RIPPLE_URL): ")
+    assert "--url or RIPPLE_URL" in out.stderr
+
+    server.stop()
+    assert not (app / ".ripple" / "dev_server.json").exists()
+
+
+def test_run_chooses_url_then_env_then_the_dev_record_then_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RIPPLE_URL", raising=False)
+
+    def chosen(*extra: str) -> str:
+        return server_url(build_parser().parse_args(["run", "x:y", "--dir", str(tmp_path), *extra]))[0]
+
+    assert chosen() == DEFAULT_URL
+    devserver.record(tmp_path, "http://127.0.0.1:4000")  # recorded by this (live) process
+    assert chosen() == "http://127.0.0.1:4000"
+    monkeypatch.setenv("RIPPLE_URL", "http://env:1")
+    assert chosen() == "http://env:1"
+    assert chosen("--url", "http://flag:2") == "http://flag:2"
+    monkeypatch.delenv("RIPPLE_URL")
+
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    record = tmp_path / ".ripple" / "dev_server.json"
+    record.write_text(json.dumps({"url": "http://127.0.0.1:4000", "pid": exited.pid}))
+    assert chosen() == DEFAULT_URL  # its `ripple dev` is gone (killed: it could not remove it)
+    devserver.forget(tmp_path)
+    assert record.exists()  # not this process's record: left to its owner
+
+
+# -- version and distribution --------------------------------------------------------------------------
+
+def test_version_comes_from_the_ripple_backend_distribution(tmp_path: Path) -> None:
+    out = ripple("--version", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"ripple-backend {metadata.version('ripple-backend')}\n"
+    scripts = metadata.distribution("ripple-backend").entry_points.select(group="console_scripts")
+    assert [(e.name, e.value) for e in scripts] == [("ripple", "server.cli:main")]

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from server import Schema, Table
 from server.core import database, sql
-from server.errors import SchemaError
+from server.errors import AppLoadError, SchemaError
 
 from conftest import PG_URL, open_runtime
 
@@ -118,9 +118,11 @@ async def test_broken_function_module_reports_its_error(tmp_path: Path, namespac
     app = tmp_path / "app"
     (app / "functions").mkdir(parents=True)
     (app / "functions" / "bad.py").write_text("from server import query\n@query\ndef not_async(ctx):\n    return 1\n")
-    with pytest.raises(TypeError, match="must be `async def`"):
+    with pytest.raises(AppLoadError) as err:
         async with open_runtime(app, namespace):
             pass
+    assert str(err.value) == "functions/bad.py:2: TypeError: not_async: Ripple functions must be `async def`"
+    assert isinstance(err.value.__cause__, TypeError)
 
 
 async def test_function_exported_under_two_names_keeps_its_first_path(tmp_path: Path, namespace: str) -> None:

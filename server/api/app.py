@@ -65,7 +65,12 @@ class CorsMiddleware:
         await self.app(scope, receive, send_with_cors)
 
 
-def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None, lifespan: Lifespan | None = None) -> RippleApp:
+def build_app(
+    runtime: Runtime, subscriptions: SubscriptionManager | None = None, lifespan: Lifespan | None = None,
+    load_error: Callable[[], str | None] = lambda: None,
+) -> RippleApp:
+    """`load_error`: why no version of the app is loaded, when loading failed (dev mode keeps
+    serving and reports it here until a change fixes it)."""
     api = HttpApi(runtime)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
@@ -77,6 +82,9 @@ def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None
     def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             if not runtime.ready:
+                error = load_error()
+                if error is not None and runtime.config.dev:
+                    return error_response(503, "AppLoadFailed", f"the app failed to load: {error}")
                 return error_response(503, "NotReady", "functions are not loaded yet")
             try:
                 response = await handler(request)
@@ -110,13 +118,20 @@ def build_app(runtime: Runtime, subscriptions: SubscriptionManager | None = None
 
     async def health(request: Request) -> Response:
         if not runtime.ready:
+            error = load_error()
+            if error is not None:
+                return json_response({"status": "load failed", "error": error}, 503)
             return json_response({"status": "starting"}, 503)
         try:
             await runtime.latest_ts()
         except Exception:
             log.exception("health check could not reach the database")
             return json_response({"status": "database unavailable"}, 503)
-        return json_response({"status": "ok", "functions": len(runtime.app.registry.functions)})
+        app = runtime.app
+        body: dict[str, Any] = {"status": "ok", "functions": len(app.registry.functions)}
+        if app.load_errors:  # dev mode serves the modules that loaded
+            body["loadErrors"] = app.load_errors
+        return json_response(body)
 
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(runtime.metrics.render(), media_type="text/plain; version=0.0.4")

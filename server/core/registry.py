@@ -13,6 +13,7 @@ from server.core.schema import describe_validation_error
 from server.errors import (
     ArgumentValidationError,
     FunctionNotFound,
+    FunctionUnavailable,
     ReturnValidationError,
     RippleUsageError,
     WrongFunctionKind,
@@ -153,6 +154,9 @@ class Registry:
 
     def __init__(self) -> None:
         self.functions: dict[str, FunctionDef] = {}
+        # Modules left out of a partial load: Convex module path -> why ("functions/x.py failed
+        # to load: ..."). Their functions are absent; calling one says so.
+        self.unavailable: dict[str, str] = {}
 
     def add(self, path: str, fn: FunctionDef) -> None:
         """Register `fn` at `path`. A function exported under several names (`alias = fn`) is
@@ -166,6 +170,9 @@ class Registry:
     def resolve(self, path: object, *, allow_internal: bool = False, kind: Kind | None = None) -> FunctionDef:
         canonical = canonical_path(path)
         fn = self.functions.get(canonical)
+        module = canonical.partition(":")[0]
+        if fn is None and module in self.unavailable:
+            raise FunctionUnavailable(f"Function '{canonical}' is unavailable: {self.unavailable[module]}")
         if fn is None or (fn.internal and not allow_internal):
             close = difflib.get_close_matches(
                 canonical, [p for p, f in self.functions.items() if allow_internal or not f.internal], n=1

@@ -99,9 +99,10 @@ class Runtime:
     def ready(self) -> bool:
         return self._app is not None
 
-    async def load(self, directory: Path | None = None) -> None:
-        """Import the app and apply its schema; on any failure the previous version stays."""
-        app = load_app(directory or self.config.app_dir)
+    async def load(self, directory: Path | None = None, *, partial: bool = False) -> None:
+        """Import the app and apply its schema; on any failure the previous version stays.
+        `partial`: serve the function modules that import (see loader.load_app)."""
+        app = load_app(directory or self.config.app_dir, partial=partial)
         catalog = await self.db.apply_schema(app.schema)
         self._app, self._catalog = app, catalog
         for callback in self.on_reload:
