@@ -15,6 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from server.api.app import RippleApp, build_app
+from server.api.uvicorn_frames import ws_implementation
 from server.config import Config
 from server.core.database import Database
 from server.core.executor import Runtime
@@ -125,16 +126,16 @@ def create_server_app(config: Config) -> RippleApp:
     return app
 
 
-def serve(config: Config) -> None:
-    app = create_server_app(config)
-    uv = uvicorn.Config(
+def uvicorn_config(app: Any, config: Config) -> uvicorn.Config:
+    """The uvicorn settings `serve` runs with (tests/test_uvicorn_frames.py runs them too)."""
+    return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
         lifespan="on",
         log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
         access_log=False,
-        ws="websockets-sansio" if _has_sansio() else "websockets",
+        ws=ws_implementation(),  # the websocket fan-out fast path needs it: server/api/uvicorn_frames.py
         # permessage-deflate costs a zlib pass per frame per client: with a thousand clients on
         # one query that dominates fan-out. Off unless asked for (slow links, large results).
         ws_per_message_deflate=config.ws_compression,
@@ -142,20 +143,15 @@ def serve(config: Config) -> None:
         loop="uvloop" if _installed("uvloop") else "asyncio",
         timeout_graceful_shutdown=10,
     )
-    server = uvicorn.Server(uv)
+
+
+def serve(config: Config) -> None:
+    server = uvicorn.Server(uvicorn_config(create_server_app(config), config))
     if config.dev:
         print(f"Ripple dev server: http://{config.host}:{config.port}  (app: {config.app_dir})", flush=True)
     server.run()
     if not server.started:
         raise SystemExit(1)
-
-
-def _has_sansio() -> bool:
-    try:
-        from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _installed(module: str) -> bool:

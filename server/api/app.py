@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from server.api.http_api import HttpApi, error_response, json_response
 from server.api.sync_ws import serve_sync
@@ -165,7 +164,7 @@ class RippleApp:
             if not self._runtime.ready:
                 await send({"type": "websocket.close", "code": 1013})  # try again later
                 return
-            await serve_sync(WebSocket(scope, receive, send), self._runtime, self._subscriptions, self._clients)
+            await serve_sync(scope, receive, send, self._runtime, self._subscriptions, self._clients)
             return
         await self.starlette(scope, receive, send)
 
