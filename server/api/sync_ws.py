@@ -191,22 +191,23 @@ class ClientConnection:
     # -- sender -----------------------------------------------------------------------------------
 
     async def _sender(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._dirty.wait(), PING_INTERVAL)
-            except TimeoutError:
-                await self._send(SyncSession.ping())
-                continue
-            self._dirty.clear()
-            while self.outbox:
-                await self._send(self.outbox.popleft())
-            if self._closing:
-                return
-            message = self.session.transition(self.manager.current_ts, self._result_of)
-            if message is not None:
-                await self._send(message)
-            elif self.session.owes_transition:
-                self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
+        with contextlib.suppress(WebSocketDisconnect):  # the client is gone: the end, not a failure
+            while True:
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), PING_INTERVAL)
+                except TimeoutError:
+                    await self._send(SyncSession.ping())
+                    continue
+                self._dirty.clear()
+                while self.outbox:
+                    await self._send(self.outbox.popleft())
+                if self._closing:
+                    return
+                message = self.session.transition(self.manager.current_ts, self._result_of)
+                if message is not None:
+                    await self._send(message)
+                elif self.session.owes_transition:
+                    self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
 
     def _result_of(self, query_id: int) -> QueryResult | None:
         sq = self.subs.get(query_id)
@@ -215,6 +216,7 @@ class ClientConnection:
         return sq.result
 
     async def _send(self, message: dict[str, Any]) -> None:
+        """Raises WebSocketDisconnect when the client is gone."""
         data = orjson.dumps(message)
         writer = self._writer
         if writer is None:
