@@ -12,6 +12,13 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _cors_origins(raw: str | None) -> tuple[str, ...]:
+    """RIPPLE_CORS_ORIGINS: comma-separated origins (`https://app.example.com`); empty, unset or
+    `*` means any origin."""
+    origins = tuple(o.strip().rstrip("/") for o in (raw or "").split(",") if o.strip())
+    return () if "*" in origins else origins
+
+
 @dataclass
 class Config:
     app_dir: Path = field(default_factory=Path.cwd)
@@ -29,6 +36,7 @@ class Config:
     action_timeout: float = 600.0
     max_mutation_attempts: int = 40
     ws_compression: bool = False
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -42,6 +50,7 @@ class Config:
             mutation_timeout=_env_float("RIPPLE_MUTATION_TIMEOUT", 10.0),
             action_timeout=_env_float("RIPPLE_ACTION_TIMEOUT", 600.0),
             ws_compression=os.environ.get("RIPPLE_WS_COMPRESSION", "").lower() in ("1", "true", "yes", "on"),
+            cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),
         )
         for key, value in overrides.items():
             if value is not None:
