@@ -8,8 +8,9 @@ the server's time. A `FrameWriter` writes whole text messages to one connection,
 when the transport can take them.
 
 What it relies on, verified with uvicorn 0.54.0 (pyproject.toml pins `uvicorn>=0.54,<0.55`,
-`VERIFIED_UVICORN` below) and websockets 17.4; tests/test_uvicorn_frames.py fails when the
-installed uvicorn is outside that range or no longer behaves so:
+`VERIFIED_UVICORN` below) and websockets 17.4, under httptools and uvloop as server/runner.py
+runs it; tests/test_uvicorn_frames.py fails when the installed uvicorn is outside that range or
+no longer behaves so:
 
 - uvicorn runs with `ws="websockets-sansio"` (`WS_IMPLEMENTATION`; server/runner.py), and the
   ASGI `send` it hands the application is the bound method `send` of the connection's
@@ -18,7 +19,7 @@ installed uvicorn is outside that range or no longer behaves so:
   `writable` (an `asyncio.Event`: cleared by `pause_writing`, set by `resume_writing` and by
   `connection_lost`), and the flags `handshake_complete`, `disconnected` and `close_sent`;
 - its `conn`, a websockets sans-I/O `ServerProtocol`: `conn.extensions` (the extensions
-  negotiated in the handshake). Without extensions, frames are built here (RFC 6455 5.2,
+  negotiated in the handshake, set before the application runs; read once per connection). Without extensions, frames are built here (RFC 6455 5.2,
   unmasked) and `conn` never sees them; every message is complete (FIN on its last frame), so
   uvicorn's own frames through `conn` (pings, close) never land inside one. With an extension
   (permessage-deflate, `ws_per_message_deflate=True`), every frame goes through
