@@ -52,6 +52,13 @@ class SchedulerConfig:
         return max(0.05, min(self.lease_seconds / 3.0, 10.0))
 
 
+def _cors_origins(raw: str | None) -> tuple[str, ...]:
+    """RIPPLE_CORS_ORIGINS: comma-separated origins (`https://app.example.com`); empty, unset or
+    `*` means any origin."""
+    origins = tuple(o.strip().rstrip("/") for o in (raw or "").split(",") if o.strip())
+    return () if "*" in origins else origins
+
+
 @dataclass
 class Config:
     app_dir: Path = field(default_factory=Path.cwd)
@@ -70,6 +77,7 @@ class Config:
     max_mutation_attempts: int = 40
     ws_compression: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -84,6 +92,7 @@ class Config:
             action_timeout=_env_float("RIPPLE_ACTION_TIMEOUT", 600.0),
             ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
             scheduler=SchedulerConfig.from_env(),
+            cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 
 from server import devserver
 from server.api.app import RippleApp, build_app
+from server.api.uvicorn_frames import ws_implementation
 from server.config import Config
 from server.core.database import Database
 from server.core.runtime import Runtime
@@ -226,6 +227,26 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_config(app: Any, config: Config) -> uvicorn.Config:
+    """The uvicorn settings `serve` runs with (tests/test_uvicorn_frames.py runs them too)."""
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        backlog=BACKLOG,
+        lifespan="on",
+        log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
+        access_log=False,
+        ws=ws_implementation(),  # the websocket fan-out fast path needs it: server/api/uvicorn_frames.py
+        # permessage-deflate costs a zlib pass per frame per client: with a thousand clients on
+        # one query that dominates fan-out. Off unless asked for (slow links, large results).
+        ws_per_message_deflate=config.ws_compression,
+        http="httptools" if _installed("httptools") else "h11",
+        loop="uvloop" if _installed("uvloop") else "asyncio",
+        timeout_graceful_shutdown=10,
+    )
+
+
 def serve(config: Config, sock: socket.socket) -> None:
     """Serve on `sock` (from `listen`) until stopped. A start-up that cannot go on exits with
     status 1 and its reason."""
@@ -236,24 +257,7 @@ def serve(config: Config, sock: socket.socket) -> None:
         failures.append(reason)
         server.should_exit = True
 
-    app = create_server_app(config, on_fatal=stop)
-    uv = uvicorn.Config(
-        app,
-        host=config.host,
-        port=config.port,
-        backlog=BACKLOG,
-        lifespan="on",
-        log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
-        access_log=False,
-        ws="websockets-sansio" if _has_sansio() else "websockets",
-        # permessage-deflate costs a zlib pass per frame per client: with a thousand clients on
-        # one query that dominates fan-out. Off unless asked for (slow links, large results).
-        ws_per_message_deflate=config.ws_compression,
-        http="httptools" if _installed("httptools") else "h11",
-        loop="uvloop" if _installed("uvloop") else "asyncio",
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(uv)
+    server = uvicorn.Server(uvicorn_config(create_server_app(config, on_fatal=stop), config))
     if config.dev:
         print(f"Ripple dev server: {listen_url(config)}  (app: {config.app_dir})", flush=True)
     server.run(sockets=[sock])
@@ -261,14 +265,6 @@ def serve(config: Config, sock: socket.socket) -> None:
         raise SystemExit(f"ripple {'dev' if config.dev else 'serve'}: {failures[0]}")
     if not server.started:
         raise SystemExit(1)
-
-
-def _has_sansio() -> bool:
-    try:
-        from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _installed(module: str) -> bool:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+from server.config import Config
 from server.core.metrics import Metrics
 
 from conftest import BASIC_APP, PG_URL, ServerProcess, free_port, wait_healthy
@@ -267,15 +268,62 @@ async def test_query_ts_and_query_at_ts(client: httpx.AsyncClient) -> None:
     assert r.status_code == 400 and r.json()["code"] == "InvalidTimestamp"
 
 
-async def test_cors(client: httpx.AsyncClient) -> None:
+async def test_cors_allows_any_origin_without_credentials(client: httpx.AsyncClient) -> None:
     r = await client.options("/api/query", headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST",
-                                                      "Access-Control-Request-Headers": "content-type,convex-client"})
+                                                      "Access-Control-Request-Headers": "content-type,convex-client,authorization"})
     assert r.status_code == 204
-    assert r.headers["access-control-allow-origin"] == "http://app.example"
-    assert r.headers["access-control-allow-credentials"] == "true"
-    r = await client.post(
-        "/api/query", json={"path": "counters:get", "args": {"name": "x"}}, headers={"Origin": "http://app.example"})
-    assert r.headers["access-control-allow-origin"] == "http://app.example"
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in r.headers  # bearer tokens, never cookies
+    assert "POST" in r.headers["access-control-allow-methods"]
+    assert r.headers["access-control-allow-headers"] == "content-type,convex-client,authorization"
+    assert r.headers["access-control-max-age"] == "86400"
+    r = await client.options("/api/mutation", headers={"Origin": "https://other.example", "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 204 and r.headers["access-control-allow-origin"] == "*"
+    assert {h.strip() for h in r.headers["access-control-allow-headers"].split(",")} >= {"authorization", "content-type", "convex-client"}
+    for origin in ("http://app.example", None):
+        r = await client.post("/api/query", json={"path": "counters:get", "args": {"name": "x"}},
+                              headers={"Origin": origin} if origin else {})
+        assert r.status_code == 200
+        assert r.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in r.headers
+    r = await client.post("/api/query", json={"path": "nope:nope", "args": {}}, headers={"Origin": "http://app.example"})
+    assert r.status_code == 404 and r.headers["access-control-allow-origin"] == "*"  # errors are readable too
+
+
+async def test_cors_allow_list(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server("serve", extra_env={"RIPPLE_CORS_ORIGINS": "https://app.example, http://localhost:5173/"})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        for origin in ("https://app.example", "http://localhost:5173"):
+            r = await c.post("/api/query", json={"path": "counters:get", "args": {"name": "x"}}, headers={"Origin": origin})
+            assert r.status_code == 200
+            assert r.headers["access-control-allow-origin"] == origin
+            assert r.headers["vary"] == "Origin"
+            assert "access-control-allow-credentials" not in r.headers
+            r = await c.options("/api/query", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                                                       "Access-Control-Request-Headers": "authorization"})
+            assert r.status_code == 204 and r.headers["access-control-allow-origin"] == origin
+            assert r.headers["access-control-allow-headers"] == "authorization"
+            assert "access-control-allow-credentials" not in r.headers
+        for origin in ("https://evil.example", "https://app.example.evil.example", "http://app.example"):
+            r = await c.post("/api/query", json={"path": "counters:get", "args": {"name": "x"}}, headers={"Origin": origin})
+            assert r.status_code == 200  # answered, but the browser does not let the page read it
+            assert not [h for h in r.headers if h.startswith("access-control-")], r.headers
+            assert r.headers["vary"] == "Origin"
+            r = await c.options("/api/query", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+            assert r.status_code == 403
+            assert not [h for h in r.headers if h.startswith("access-control-")], r.headers
+        r = await c.get("/_ripple/health")
+        assert "access-control-allow-origin" not in r.headers and r.headers["vary"] == "Origin"
+
+
+def test_cors_origins_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw, expected in [(None, ()), ("", ()), ("*", ()), (" , ", ()),
+                          ("https://a.example, http://localhost:5173/", ("https://a.example", "http://localhost:5173"))]:
+        if raw is None:
+            monkeypatch.delenv("RIPPLE_CORS_ORIGINS", raising=False)
+        else:
+            monkeypatch.setenv("RIPPLE_CORS_ORIGINS", raw)
+        assert Config.from_env().cors_origins == expected, raw
 
 
 async def test_health_and_metrics(client: httpx.AsyncClient) -> None:

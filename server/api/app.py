@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -14,7 +14,6 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
 
 from server.api.http_api import HttpApi, error_response, json_response
 from server.api.sync_ws import serve_sync
@@ -26,11 +25,29 @@ log = logging.getLogger("ripple.app")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 
 
-class CorsMiddleware:
-    """Mirror the Origin and allow credentials, as Convex does; answer preflights."""
+ALLOW_METHODS = b"GET, POST, OPTIONS"
+DEFAULT_ALLOW_HEADERS = b"authorization, content-type, convex-client"
+PREFLIGHT_MAX_AGE = b"86400"
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class CorsMiddleware:
+    """CORS for clients that authenticate with bearer tokens: Ripple reads no cookies, so it never
+    sends Access-Control-Allow-Credentials. Without an allow-list every response says
+    `Access-Control-Allow-Origin: *`; with one (`Config.cors_origins`), a listed origin is
+    reflected, and other origins get no CORS headers (`Vary: Origin` on every response, since
+    the answer depends on it). Preflights are answered here."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: Collection[str] = ()) -> None:
         self.app = app
+        self.allowed = frozenset(origin.encode("latin-1") for origin in allowed_origins)  # empty: any
+
+    def headers_for(self, origin: bytes | None) -> list[tuple[bytes, bytes]] | None:
+        """The CORS headers for a request from `origin`; None for an origin not allowed."""
+        if not self.allowed:
+            return [(b"access-control-allow-origin", b"*")]
+        if origin is not None and origin in self.allowed:
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -38,31 +55,34 @@ class CorsMiddleware:
             return
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
-        if origin is None:
-            await self.app(scope, receive, send)
+        cors = self.headers_for(origin)
+        if origin is not None and scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
+            await self.preflight(cors, headers.get(b"access-control-request-headers"), send)
             return
-        cors = [
-            (b"access-control-allow-origin", origin),
-            (b"access-control-allow-credentials", b"true"),
-            (b"vary", b"Origin"),
-        ]
-        if scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
-            allow_headers = headers.get(b"access-control-request-headers", b"content-type, authorization, convex-client")
-            await send({
-                "type": "http.response.start",
-                "status": 204,
-                "headers": [*cors, (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
-                            (b"access-control-allow-headers", allow_headers), (b"access-control-max-age", b"86400")],
-            })
-            await send({"type": "http.response.body", "body": b""})
-            return
+        added = cors if cors is not None else [(b"vary", b"Origin")]
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *cors]
+                message["headers"] = [*message.get("headers", []), *added]
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+    @staticmethod
+    async def preflight(cors: list[tuple[bytes, bytes]] | None, requested_headers: bytes | None, send: Send) -> None:
+        if cors is None:
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"vary", b"Origin")]})
+            await send({"type": "http.response.body", "body": b"origin not allowed (RIPPLE_CORS_ORIGINS)"})
+            return
+        await send({
+            "type": "http.response.start",
+            "status": 204,
+            "headers": [*cors, (b"access-control-allow-methods", ALLOW_METHODS),
+                        (b"access-control-allow-headers", requested_headers or DEFAULT_ALLOW_HEADERS),
+                        (b"access-control-max-age", PREFLIGHT_MAX_AGE)],
+        })
+        await send({"type": "http.response.body", "body": b""})
 
 
 def build_app(
@@ -155,7 +175,7 @@ def build_app(
     ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CorsMiddleware)],
+        middleware=[Middleware(CorsMiddleware, allowed_origins=runtime.config.cors_origins)],
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )
@@ -179,6 +199,6 @@ class RippleApp:
             if not self._runtime.ready:
                 await send({"type": "websocket.close", "code": 1013})  # try again later
                 return
-            await serve_sync(WebSocket(scope, receive, send), self._runtime, self._subscriptions, self._clients)
+            await serve_sync(scope, receive, send, self._runtime, self._subscriptions, self._clients)
             return
         await self.starlette(scope, receive, send)

@@ -18,8 +18,10 @@ from collections import deque
 from typing import Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from server.api.uvicorn_frames import FrameWriter, frame_writer
 from server.core.contexts import Identity, Outcome
 from server.core.runtime import Runtime
 from server.core.subscriptions import SharedQuery, SubscriptionManager
@@ -39,38 +41,12 @@ log = logging.getLogger("ripple.sync")
 
 PING_INTERVAL = 15.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# Larger messages go out as several frames of one message (RFC 6455 5.4): the official PyPI client
-# (Rust, tungstenite) refuses any single frame over 16 MiB and then reconnects forever.
-FRAME_BYTES = 1024 * 1024
-
-
-def _frame_header(first_byte: int, length: int) -> bytes:
-    """FIN/opcode byte, then the unmasked payload length (RFC 6455 5.2)."""
-    if length < 126:
-        return bytes((first_byte, length))
-    if length < 1 << 16:
-        return bytes((first_byte, 126)) + length.to_bytes(2, "big")
-    return bytes((first_byte, 127)) + length.to_bytes(8, "big")
-
-
-def _fragments(data: bytes, size: int = FRAME_BYTES) -> list[bytes]:
-    """`data` cut into pieces of at most `size` bytes, never inside a UTF-8 sequence (clients
-    may validate text frame by frame)."""
-    assert size >= 4, "a UTF-8 sequence is up to 4 bytes"
-    pieces, start = [], 0
-    while len(data) - start > size:
-        cut = start + size
-        while data[cut] & 0xC0 == 0x80:  # a continuation byte: move the cut to the sequence's start
-            cut -= 1
-        pieces.append(data[start:cut])
-        start = cut
-    pieces.append(data[start:])
-    return pieces
 
 
 class ClientConnection:
-    def __init__(self, websocket: WebSocket, runtime: Runtime, manager: SubscriptionManager) -> None:
-        self.ws = websocket
+    def __init__(self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager) -> None:
+        self.ws = WebSocket(scope, receive, send)
+        self._asgi_send = send
         self.runtime = runtime
         self.manager = manager
         self.session = SyncSession()
@@ -84,7 +60,9 @@ class ClientConnection:
         self._closing = False
         self._close_code = 1000
         self._sending = False
-        self._proto: Any = None
+        # With uvicorn's sans-I/O websockets protocol, frames are written to its transport
+        # directly (server/api/uvicorn_frames.py); any other server gets ASGI sends.
+        self._writer: FrameWriter | None = None
 
     # -- Subscriber -----------------------------------------------------------------------------
 
@@ -92,57 +70,21 @@ class ClientConnection:
         """Called by the subscription manager after a tick. When the socket can take a frame
         right now, the Transition is built and written here, synchronously: fanning one commit
         out to a thousand clients then costs no task switches. Otherwise the sender does it."""
-        if self._sending or self.outbox or self._closing or not self._writable_now():
+        writer = self._writer
+        if self._sending or self.outbox or self._closing or writer is None or not writer.writable_now():
             self._dirty.set()
             return
         encoded = self.session.encoded_transition(self.manager.current_ts, self._result_of, self.manager.encode_cache)
         if encoded is not None:
-            self._write_now(encoded)
+            writer.write(encoded)
         elif self.session.owes_transition:
             self.manager.wait_for_ts(self)
-
-    # -- the socket -------------------------------------------------------------------------------
-    # With uvicorn's sans-I/O websockets protocol, frames are written to its transport directly
-    # (the ASGI send path costs several times more per message); any other server gets ASGI.
-
-    def _fast_protocol(self) -> Any:
-        proto = getattr(getattr(self.ws, "_send", None), "__self__", None)
-        needed = ("conn", "transport", "writable", "disconnected", "close_sent", "handshake_complete")
-        if proto is None or not all(hasattr(proto, name) for name in needed):
-            return None
-        return proto
-
-    def _writable_now(self) -> bool:
-        proto = self._proto
-        return (
-            proto is not None and proto.handshake_complete and proto.writable.is_set()
-            and not proto.disconnected and not proto.close_sent
-        )
-
-    def _write_now(self, data: bytes) -> None:
-        proto = self._proto
-        pieces = [data] if len(data) <= FRAME_BYTES else _fragments(data)
-        last = len(pieces) - 1
-        if proto.conn.extensions:  # e.g. permessage-deflate: let the protocol encode the frames
-            for i, piece in enumerate(pieces):
-                if i == 0:
-                    proto.conn.send_text(piece, fin=i == last)
-                else:
-                    proto.conn.send_continuation(piece, fin=i == last)
-            proto.transport.write(b"".join(proto.conn.data_to_send()))
-        elif len(pieces) == 1:  # one unmasked text frame, as the protocol would write it
-            proto.transport.write(_frame_header(0x81, len(data)) + data)
-        else:  # a text frame, then continuation frames; FIN on the last
-            proto.transport.write(b"".join(
-                _frame_header((0x80 if i == last else 0) | (0x1 if i == 0 else 0x0), len(piece)) + piece
-                for i, piece in enumerate(pieces)
-            ))
 
     # -- main -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         await self.ws.accept()
-        self._proto = self._fast_protocol()
+        self._writer = frame_writer(self._asgi_send)
         tasks = [
             asyncio.create_task(self._reader(), name="ripple-ws-reader"),
             asyncio.create_task(self._sender(), name="ripple-ws-sender"),
@@ -250,22 +192,23 @@ class ClientConnection:
     # -- sender -----------------------------------------------------------------------------------
 
     async def _sender(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._dirty.wait(), PING_INTERVAL)
-            except TimeoutError:
-                await self._send(SyncSession.ping())
-                continue
-            self._dirty.clear()
-            while self.outbox:
-                await self._send(self.outbox.popleft())
-            if self._closing:
-                return
-            message = self.session.transition(self.manager.current_ts, self._result_of)
-            if message is not None:
-                await self._send(message)
-            elif self.session.owes_transition:
-                self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
+        with contextlib.suppress(WebSocketDisconnect):  # the client is gone: the end, not a failure
+            while True:
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), PING_INTERVAL)
+                except TimeoutError:
+                    await self._send(SyncSession.ping())
+                    continue
+                self._dirty.clear()
+                while self.outbox:
+                    await self._send(self.outbox.popleft())
+                if self._closing:
+                    return
+                message = self.session.transition(self.manager.current_ts, self._result_of)
+                if message is not None:
+                    await self._send(message)
+                elif self.session.owes_transition:
+                    self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
 
     def _result_of(self, query_id: int) -> QueryResult | None:
         sq = self.subs.get(query_id)
@@ -274,17 +217,17 @@ class ClientConnection:
         return sq.result
 
     async def _send(self, message: dict[str, Any]) -> None:
+        """Raises WebSocketDisconnect when the client is gone."""
         data = orjson.dumps(message)
-        proto = self._proto
-        if proto is None:
+        writer = self._writer
+        if writer is None:
             await self.ws.send_text(data.decode())
             return
         self._sending = True
         try:
-            await proto.writable.wait()  # the transport's buffer is over its high-water mark
-            if proto.disconnected or proto.close_sent:
+            if not await writer.wait_writable():  # waits while the transport's buffer is full
                 raise WebSocketDisconnect(1006)
-            self._write_now(data)
+            writer.write(data)
         finally:
             self._sending = False
 
@@ -320,9 +263,11 @@ class ClientConnection:
         return FunctionResult(True, to_convex_json(outcome.value), tuple(outcome.log_lines), ts=ts)
 
 
-async def serve_sync(websocket: WebSocket, runtime: Runtime, manager: SubscriptionManager, clients: set[Any]) -> None:
-    """One websocket connection of the sync protocol, from accept to close."""
-    connection = ClientConnection(websocket, runtime, manager)
+async def serve_sync(scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager,
+                     clients: set[Any]) -> None:
+    """One websocket connection of the sync protocol, from accept to close. `send` must be the
+    server's own (see server/api/uvicorn_frames.py)."""
+    connection = ClientConnection(scope, receive, send, runtime, manager)
     clients.add(connection)
     try:
         await connection.run()

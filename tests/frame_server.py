@@ -1,0 +1,75 @@
+"""A real uvicorn server with Ripple's own uvicorn settings (`server.runner.uvicorn_config`)
+whose websocket writes through server/api/uvicorn_frames.py, for tests/test_uvicorn_frames.py.
+
+    python tests/frame_server.py PORT [--deflate] [--ws IMPLEMENTATION]
+
+A websocket client first receives `{"fast": <whether a FrameWriter engaged>}` (sent through
+ASGI). Then each message `{"repeat": n, "text": s}` is answered with n messages `s`, written
+through the FrameWriter (waiting whenever it is not writable now), or through ASGI sends when
+none engaged. `GET /waits` answers how many times a write had to wait for the transport.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+import uvicorn
+
+from server.api.uvicorn_frames import frame_writer
+from server.config import Config
+from server.runner import uvicorn_config
+
+waits = 0
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global waits
+    if scope["type"] == "lifespan":
+        assert (await receive())["type"] == "lifespan.startup"
+        await send({"type": "lifespan.startup.complete"})
+        assert (await receive())["type"] == "lifespan.shutdown"
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["type"] == "http":
+        body = json.dumps({"waits": waits}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    writer = frame_writer(send)
+    await send({"type": "websocket.send", "text": json.dumps({"fast": writer is not None})})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        request = json.loads(message["text"])
+        for _ in range(request["repeat"]):
+            if writer is None:
+                await send({"type": "websocket.send", "text": request["text"]})
+                continue
+            if not writer.writable_now():
+                waits += 1
+                if not await writer.wait_writable():
+                    return
+            writer.write(request["text"].encode())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("--deflate", action="store_true")
+    parser.add_argument("--ws")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn_config(app, Config(host="127.0.0.1", port=args.port, ws_compression=args.deflate))
+    if args.ws:
+        config.ws = args.ws  # read when the server loads its protocol classes
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
