@@ -13,14 +13,14 @@ import pytest
 
 from server.core.metrics import Metrics
 
-from conftest import BASIC_APP, PG_URL, ServerProcess, free_port, wait_healthy
+from conftest import BASIC_APP, ServerProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
 ADMIN_KEY = "test-admin-key-" + secrets.token_hex(8)
 
 
-def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str) -> ServerProcess:
+def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str, pg_url: str) -> ServerProcess:
     import os
     import subprocess
     import sys
@@ -29,7 +29,7 @@ def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str) -> 
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("srv") / f"{mode}.log"
-    env = {**os.environ, "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": schema, "RIPPLE_ADMIN_KEY": ADMIN_KEY,
+    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": schema, "RIPPLE_ADMIN_KEY": ADMIN_KEY,
            "RIPPLE_MAX_BODY_BYTES": str(64 * 1024)}
     with log_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", mode, "--port", str(port), "--dir", str(BASIC_APP)],
@@ -40,12 +40,12 @@ def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str) -> 
 
 
 @pytest.fixture(scope="module")
-def schema_name() -> Iterator[str]:
+def schema_name(pg_url: str) -> Iterator[str]:
     name = "t_http_" + secrets.token_hex(4)
     yield name
 
     async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL)
+        conn = await asyncpg.connect(pg_url)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         await conn.close()
 
@@ -53,15 +53,15 @@ def schema_name() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def prod_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str) -> Iterator[ServerProcess]:
-    server = _start("serve", tmp_path_factory, schema_name)
+def prod_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str, pg_url: str) -> Iterator[ServerProcess]:
+    server = _start("serve", tmp_path_factory, schema_name, pg_url)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str, prod_server: ServerProcess) -> Iterator[ServerProcess]:
-    server = _start("dev", tmp_path_factory, schema_name)  # same database: two processes, one deployment
+def dev_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str, pg_url: str, prod_server: ServerProcess) -> Iterator[ServerProcess]:
+    server = _start("dev", tmp_path_factory, schema_name, pg_url)  # same database: two processes, one deployment
     yield server
     server.stop()
 

@@ -22,7 +22,7 @@ import websockets
 
 from client_sdk import RippleClient
 
-from conftest import PG_URL, ServerProcess, free_port
+from conftest import ServerProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -232,9 +232,9 @@ async def test_only_affected_subscriptions_re_execute(start_server: StartServer)
             await w.stop()
 
 
-async def test_no_write_missed_when_listener_connection_is_killed(start_server: StartServer, namespace: str) -> None:
+async def test_no_write_missed_when_listener_connection_is_killed(start_server: StartServer, namespace: str, pg_url: str) -> None:
     server = start_server("serve")
-    admin = await asyncpg.connect(PG_URL)
+    admin = await asyncpg.connect(pg_url)
     try:
         async with RippleClient(server.url) as client:
             watcher = Watcher(client, "counters:get", {"name": "burst"})

@@ -31,7 +31,7 @@ from server.core.scheduler import (
 )
 from server.errors import RippleUsageError
 
-from conftest import APPS, PG_URL, ROOT, ServerProcess, open_runtime
+from conftest import APPS, ROOT, ServerProcess, open_runtime
 
 SCHED_APP = APPS / "scheduler"
 FAST = SchedulerSettings(poll_seconds=30.0, fallback_poll_seconds=0.2, lease_seconds=1.0, shutdown_seconds=1.0)
@@ -234,9 +234,9 @@ async def test_shutdown_fails_an_action_that_does_not_finish_in_time(namespace: 
         assert doc["state"] == {"kind": "failed", "error": SHUTDOWN_ACTION_ERROR}
 
 
-async def test_listener_reconnects_and_polling_covers_the_gap(app: App) -> None:
+async def test_listener_reconnects_and_polling_covers_the_gap(app: App, pg_url: str) -> None:
     old_pid = app.scheduler.listener.backend_pid
-    conn = await asyncpg.connect(PG_URL)
+    conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("SELECT pg_terminate_backend($1)", old_pid)
     finally:
