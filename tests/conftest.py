@@ -5,6 +5,7 @@ schema, so tests never see each other's tables and can share one database."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -185,6 +186,15 @@ def start_server(tmp_path: Path, namespace: str, pg_url: str) -> Iterator[Callab
     yield start
     for server in started:
         server.stop()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> None:
+    """Wait (polling) until `predicate()` holds; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
 
 
 async def call(client: httpx.AsyncClient, kind: str, path: str, args: Any = None, **body: Any) -> httpx.Response:

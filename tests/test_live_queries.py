@@ -23,19 +23,11 @@ import websockets
 from client_sdk import RippleClient
 from client_sdk.protocol import decode_ts
 
-from conftest import ServerProcess, free_port
+from conftest import ServerProcess, free_port, until
 
 pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)
 
 
 async def http_call(url: str, kind: str, path: str, args: dict[str, Any]) -> Any:
