@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ROOT, ServerProcess, free_port, wait_healthy
+from conftest import BASIC_APP, ROOT, ServerProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +122,24 @@ def test_helpful_errors(tmp_path: Path) -> None:
     assert out.returncode == 2 and "not valid JSON" in out.stderr
     out = ripple("run", "videos:list", "{}", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert out.returncode == 1 and "no Ripple server at" in out.stderr
+
+
+def test_serve_takes_the_database_url_and_schema_as_arguments(pg_url: str, namespace: str, tmp_path: Path) -> None:
+    """--database-url with the suite's database (a Unix-socket URL when it is the embedded one)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--dir", str(BASIC_APP),
+                                 "--database-url", pg_url, "--db-schema", namespace],
+                                cwd=str(tmp_path), env=clean_env(), stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(proc, url, log_path)
+    try:
+        wait_healthy(url, proc, log_path)
+        out = ripple("run", "counters:inc", '{"name": "arg-url"}', "--url", url, cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+    finally:
+        server.stop()
 
 
 def test_run_calls_internal_functions_with_the_admin_key(start_server: object, tmp_path: Path) -> None:
