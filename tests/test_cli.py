@@ -18,7 +18,7 @@ import pytest
 from server import devserver
 from server.cli import DEFAULT_URL, build_parser, server_url
 
-from conftest import BASIC_APP, PG_URL, ROOT, ServerProcess, free_port, wait_healthy
+from conftest import BASIC_APP, ROOT, ServerProcess, free_port, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -134,6 +134,24 @@ def test_helpful_errors(tmp_path: Path) -> None:
                           "such as http://127.0.0.1:3210\n")
 
 
+def test_serve_takes_the_database_url_and_schema_as_arguments(pg_url: str, namespace: str, tmp_path: Path) -> None:
+    """--database-url with the suite's database (a Unix-socket URL when it is the embedded one)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--dir", str(BASIC_APP),
+                                 "--database-url", pg_url, "--db-schema", namespace],
+                                cwd=str(tmp_path), env=clean_env(), stdout=out, stderr=subprocess.STDOUT)
+    server = ServerProcess(proc, url, log_path)
+    try:
+        wait_healthy(url, proc, log_path)
+        out = ripple("run", "counters:inc", '{"name": "arg-url"}', "--url", url, cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+    finally:
+        server.stop()
+
+
 def test_run_calls_internal_functions_with_the_admin_key(start_server: object, tmp_path: Path) -> None:
     server = start_server("serve", extra_env={"RIPPLE_ADMIN_KEY": "k-123"})  # type: ignore[operator]
     env = {**clean_env(), "RIPPLE_ADMIN_KEY": "k-123"}
@@ -190,8 +208,8 @@ def example_app(tmp_path: Path) -> Path:
     return app
 
 
-def db_env(namespace: str) -> dict[str, str]:
-    return {**clean_env(), "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": namespace}
+def db_env(pg_url: str, namespace: str) -> dict[str, str]:
+    return {**clean_env(), "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": namespace}
 
 
 def call(url: str, path: str, kind: str = "query") -> httpx.Response:
@@ -225,7 +243,7 @@ def test_dev_starts_with_a_broken_module_and_serves_the_others(start_server: obj
     assert "loadErrors" not in httpx.get(f"{server.url}/_ripple/health").json()
 
 
-def test_dev_with_a_broken_schema_stays_up_and_reports_it_until_fixed(tmp_path: Path, namespace: str) -> None:
+def test_dev_with_a_broken_schema_stays_up_and_reports_it_until_fixed(tmp_path: Path, pg_url: str, namespace: str) -> None:
     app = tmp_path / "app"
     (app / "functions").mkdir(parents=True)
     (app / "schema.py").write_text("from server import Schema, Table\n\nschema = Schema(notes=Table(\n")
@@ -237,7 +255,7 @@ def test_dev_with_a_broken_schema_stays_up_and_reports_it_until_fixed(tmp_path: 
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "dev", "--port", str(port)], cwd=str(app),
-                                env=db_env(namespace), stdout=out, stderr=subprocess.STDOUT)
+                                env=db_env(pg_url, namespace), stdout=out, stderr=subprocess.STDOUT)
     server = ServerProcess(proc, url, log_path)
     error = "schema.py:3: SyntaxError: '(' was never closed"
     try:
@@ -268,10 +286,10 @@ def test_dev_with_a_broken_schema_stays_up_and_reports_it_until_fixed(tmp_path: 
         server.stop()
 
 
-def test_serve_refuses_an_app_that_does_not_load_in_one_paragraph(tmp_path: Path, namespace: str) -> None:
+def test_serve_refuses_an_app_that_does_not_load_in_one_paragraph(tmp_path: Path, pg_url: str, namespace: str) -> None:
     app = example_app(tmp_path)
     (app / "functions" / "broken.py").write_text(BROKEN_MODULE)
-    out = ripple("serve", "--port", str(free_port()), "--dir", str(app), cwd=tmp_path, env=db_env(namespace))
+    out = ripple("serve", "--port", str(free_port()), "--dir", str(app), cwd=tmp_path, env=db_env(pg_url, namespace))
     assert out.returncode == 1
     assert out.stderr.splitlines()[-1] == f"ripple serve: the app in {app.resolve()} failed to load: {BROKEN_ERROR}"
     assert "Traceback" not in out.stderr + out.stdout and "serving" not in out.stderr + out.stdout
@@ -282,10 +300,10 @@ def test_serve_refuses_an_app_that_does_not_load_in_one_paragraph(tmp_path: Path
     assert "Traceback" not in out.stderr
 
 
-def test_a_port_in_use_fails_at_once_without_claiming_to_serve(start_server: object, tmp_path: Path, namespace: str) -> None:
+def test_a_port_in_use_fails_at_once_without_claiming_to_serve(start_server: object, tmp_path: Path, pg_url: str, namespace: str) -> None:
     first: ServerProcess = start_server("serve")  # type: ignore[operator]
     port = first.url.rsplit(":", 1)[1]
-    out = ripple("serve", "--port", port, "--dir", str(BASIC_APP), cwd=tmp_path, env=db_env(namespace))
+    out = ripple("serve", "--port", port, "--dir", str(BASIC_APP), cwd=tmp_path, env=db_env(pg_url, namespace))
     assert out.returncode == 1, out.stderr
     assert out.stderr == (f"ripple serve: port {port} on 127.0.0.1 is already in use (another server is listening "
                           "there); choose another with --port\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -11,17 +12,19 @@ import asyncpg
 import httpx
 import pytest
 
+from client_sdk import RippleClient
+from client_sdk.protocol import decode_ts
 from server.config import Config
 from server.core.metrics import Metrics
 
-from conftest import BASIC_APP, PG_URL, ServerProcess, free_port, wait_healthy
+from conftest import APPS, BASIC_APP, ServerProcess, free_port, until, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
 ADMIN_KEY = "test-admin-key-" + secrets.token_hex(8)
 
 
-def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str) -> ServerProcess:
+def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str, pg_url: str) -> ServerProcess:
     import os
     import subprocess
     import sys
@@ -30,7 +33,7 @@ def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str) -> 
 
     port = free_port()
     log_path = tmp_path_factory.mktemp("srv") / f"{mode}.log"
-    env = {**os.environ, "DATABASE_URL": PG_URL, "RIPPLE_DB_SCHEMA": schema, "RIPPLE_ADMIN_KEY": ADMIN_KEY,
+    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": schema, "RIPPLE_ADMIN_KEY": ADMIN_KEY,
            "RIPPLE_MAX_BODY_BYTES": str(64 * 1024)}
     with log_path.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", mode, "--port", str(port), "--dir", str(BASIC_APP)],
@@ -41,12 +44,12 @@ def _start(mode: str, tmp_path_factory: pytest.TempPathFactory, schema: str) -> 
 
 
 @pytest.fixture(scope="module")
-def schema_name() -> Iterator[str]:
+def schema_name(pg_url: str) -> Iterator[str]:
     name = "t_http_" + secrets.token_hex(4)
     yield name
 
     async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL)
+        conn = await asyncpg.connect(pg_url)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
         await conn.close()
 
@@ -54,15 +57,15 @@ def schema_name() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def prod_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str) -> Iterator[ServerProcess]:
-    server = _start("serve", tmp_path_factory, schema_name)
+def prod_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str, pg_url: str) -> Iterator[ServerProcess]:
+    server = _start("serve", tmp_path_factory, schema_name, pg_url)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str, prod_server: ServerProcess) -> Iterator[ServerProcess]:
-    server = _start("dev", tmp_path_factory, schema_name)  # same database: two processes, one deployment
+def dev_server(tmp_path_factory: pytest.TempPathFactory, schema_name: str, pg_url: str, prod_server: ServerProcess) -> Iterator[ServerProcess]:
+    server = _start("dev", tmp_path_factory, schema_name, pg_url)  # same database: two processes, one deployment
     yield server
     server.stop()
 
@@ -326,17 +329,148 @@ def test_cors_origins_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         assert Config.from_env().cors_origins == expected, raw
 
 
-async def test_health_and_metrics(client: httpx.AsyncClient) -> None:
-    r = await client.get("/_ripple/health")
-    assert r.status_code == 200 and r.json()["status"] == "ok"
-    await call(client, "query", "counters:get", {"name": "m"})
-    text = (await client.get("/_ripple/metrics")).text
-    for name in ("ripple_query_executions_total", "ripple_mutations_total", "ripple_subscriptions",
-                 "ripple_websocket_clients", "ripple_scheduled_jobs_total", "ripple_shared_queries",
-                 "ripple_websocket_connections_total", "ripple_live_query_ts"):
-        assert f"# TYPE {name}" in text, name
-    executed = [line for line in text.splitlines() if line.startswith("ripple_query_executions_total ")]
-    assert executed and float(executed[0].split()[1]) >= 1
+async def metric_samples(url: str) -> dict[str, float]:
+    """Every sample of /_ripple/metrics, by its name and labels as printed."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+        text = (await c.get("/_ripple/metrics")).text
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+async def settled(url: str, what: str, predicate: Callable[[dict[str, float]], bool], timeout: float = 15) -> dict[str, float]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate(samples := await metric_samples(url)):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s: {samples}")
+        await asyncio.sleep(0.02)
+    return samples
+
+
+async def test_health_and_metrics(start_server: Callable[..., ServerProcess]) -> None:
+    """Each metric moves by what the server did: counters by exactly the calls, runs and
+    connections made (and nothing else), gauges to the known state."""
+    server = start_server("serve", app_dir=APPS / "scheduler", extra_env={"RIPPLE_ADMIN_KEY": ADMIN_KEY})
+    url = server.url
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        r = await http.get("/_ripple/health")
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        text = (await http.get("/_ripple/metrics")).text
+    for name, kind in [("ripple_query_executions_total", "counter"), ("ripple_mutations_total", "counter"),
+                       ("ripple_actions_total", "counter"), ("ripple_function_errors_total", "counter"),
+                       ("ripple_http_requests_total", "counter"), ("ripple_scheduled_jobs_total", "counter"),
+                       ("ripple_websocket_connections_total", "counter"), ("ripple_subscriptions", "gauge"),
+                       ("ripple_websocket_clients", "gauge"), ("ripple_shared_queries", "gauge"),
+                       ("ripple_live_query_ts", "gauge"), ("ripple_scheduler_running_jobs", "gauge"),
+                       ("ripple_scheduler_listener_connected", "gauge")]:
+        assert f"# TYPE {name} {kind}" in text, name
+
+    start = await settled(url, "scheduler listening", lambda m: m["ripple_scheduler_listener_connected"] == 1)
+    assert start["ripple_scheduler_running_jobs"] == 0
+    expected: collections.Counter[str] = collections.Counter()  # what each counter must have moved by
+
+    def check_counters(now: dict[str, float]) -> None:
+        moved = {k: now.get(k, 0) - start.get(k, 0) for k in now.keys() | start.keys() if k.split("{")[0].endswith("_total")}
+        assert {k: v for k, v in moved.items() if v} == dict(expected)
+
+    async def api(route: str, path: str, args: dict[str, Any], **headers: str) -> Any:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            r = await c.post(f"/api/{route}", json={"path": path, "args": args}, headers=headers)
+        expected[f'ripple_http_requests_total{{route="{route}",status="200"}}'] += 1
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def jobs_counted(now: dict[str, float]) -> bool:
+        """The scheduler counts a job after committing its end: wait for the expected counts."""
+        return all(now.get(k, 0) - start.get(k, 0) >= n for k, n in expected.items() if k.startswith("ripple_scheduled_jobs_total"))
+
+    def job_ended(state: str) -> None:
+        expected[f'ripple_scheduled_jobs_total{{state="{state}"}}'] += 1
+
+    # Queries, mutations, actions and their errors.
+    assert (await api("query", "jobs:counter", {"key": "m"}))["value"] == 0
+    expected["ripple_query_executions_total"] += 1
+    assert (await api("mutation", "jobs:schedule_then_fail", {"key": "m"}))["status"] == "error"
+    expected['ripple_mutations_total{outcome="error"}'] += 1
+    expected['ripple_function_errors_total{kind="mutation"}'] += 1
+    body = await api("function", "jobs:failing_action", {"key": "m"}, authorization=f"Convex {ADMIN_KEY}")
+    assert body["status"] == "error" and body["errorData"] == {"code": "ACTION_FAILED"}
+    expected['ripple_actions_total{outcome="error"}'] += 1
+    expected['ripple_function_errors_total{kind="action"}'] += 1
+    expected['ripple_mutations_total{outcome="success"}'] += 1  # the bump the action ran first
+    check_counters(await metric_samples(url))
+
+    # Scheduled functions: a mutation that runs, one that fails, one canceled, one from an action.
+    await api("mutation", "jobs:schedule", {"fn": "jobs:bump", "args": {"key": "m"}})
+    expected['ripple_mutations_total{outcome="success"}'] += 2  # scheduling, then the job
+    job_ended("success")
+    check_counters(await settled(url, "job run", jobs_counted))
+    await api("mutation", "jobs:schedule", {"fn": "jobs:bump_then_fail", "args": {"key": "m"}})
+    expected['ripple_mutations_total{outcome="success"}'] += 1
+    expected['ripple_mutations_total{outcome="error"}'] += 1
+    expected['ripple_function_errors_total{kind="mutation"}'] += 1
+    job_ended("failed")
+    check_counters(await settled(url, "failing job run", jobs_counted))
+    later = (await api("mutation", "jobs:schedule", {"fn": "jobs:bump", "args": {"key": "m"}, "delay": 600}))["value"]
+    await api("mutation", "jobs:cancel", {"id": later})
+    expected['ripple_mutations_total{outcome="success"}'] += 2
+    job_ended("canceled")
+    check_counters(await metric_samples(url))  # counted when the cancel commits
+    await api("action", "jobs:schedule_from_action", {"key": "m"})
+    expected['ripple_actions_total{outcome="success"}'] += 1
+    expected['ripple_mutations_total{outcome="success"}'] += 1  # the job
+    job_ended("success")
+    check_counters(await settled(url, "job from an action run", jobs_counted))
+
+    # Live queries: three websocket clients, two of them on one query.
+    async with RippleClient(url) as a, RippleClient(url) as b, RippleClient(url) as c:
+        subscriptions = [(a, "live"), (b, "live"), (c, "quiet")]
+        seen: list[list[int]] = [[] for _ in subscriptions]
+
+        async def follow(client: RippleClient, key: str, values: list[int]) -> None:
+            async for value in client.subscribe("jobs:counter", {"key": key}):
+                values.append(value)
+
+        tasks = [asyncio.create_task(follow(client, key, values)) for (client, key), values in zip(subscriptions, seen, strict=True)]
+        try:
+            await until(lambda: all(values == [0] for values in seen))
+            now = await metric_samples(url)
+            assert (now["ripple_websocket_clients"], now["ripple_subscriptions"], now["ripple_shared_queries"]) == (3, 3, 2)
+            expected["ripple_websocket_connections_total"] += 3
+            expected["ripple_query_executions_total"] += 2  # one per shared query
+            check_counters(now)
+
+            # A write the "live" query reads (a scheduled job's): the live queries advance past
+            # its commit, and only that shared query runs again.
+            live_ts = now["ripple_live_query_ts"]
+            await api("mutation", "jobs:schedule", {"fn": "jobs:bump", "args": {"key": "live"}})
+            expected['ripple_mutations_total{outcome="success"}'] += 2
+            job_ended("success")
+            await until(lambda: seen[0][-1] == seen[1][-1] == 1)
+            async with httpx.AsyncClient(base_url=url) as http:
+                latest = decode_ts((await http.post("/api/query_ts")).json()["ts"])
+            expected['ripple_http_requests_total{route="query_ts",status="200"}'] += 1
+            assert latest > live_ts
+            now = await settled(url, "live queries at the latest commit",
+                                lambda m: m["ripple_live_query_ts"] >= float(latest) and jobs_counted(m))
+            expected["ripple_query_executions_total"] += 1
+            check_counters(now)
+
+            await c.close()
+            await settled(url, "a client gone", lambda m: (m["ripple_websocket_clients"], m["ripple_subscriptions"],
+                                                         m["ripple_shared_queries"]) == (2, 2, 1))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    now = await settled(url, "all clients gone", lambda m: (m["ripple_websocket_clients"], m["ripple_subscriptions"],
+                                                            m["ripple_shared_queries"]) == (0, 0, 0))
+    assert seen == [[0, 1], [0, 1], [0]]
+    check_counters(now)
+    assert now["ripple_scheduler_running_jobs"] == 0
 
 
 def test_metrics_text_prints_large_counters_in_full_and_escapes_labels() -> None:

@@ -21,20 +21,13 @@ import pytest
 import websockets
 
 from client_sdk import RippleClient
+from client_sdk.protocol import decode_ts
 
-from conftest import PG_URL, ServerProcess, free_port
+from conftest import ServerProcess, free_port, until
 
 pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(interval)
 
 
 async def http_call(url: str, kind: str, path: str, args: dict[str, Any]) -> Any:
@@ -49,6 +42,16 @@ def metric(url: str, name: str) -> float:
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} missing")
+
+
+async def live_at_latest_commit(url: str) -> None:
+    """Wait until every live result of the server at `url` is valid at the latest commit (its
+    ripple_live_query_ts gauge, which a tick advances only after it ran every query the commits
+    it read touched): whatever commits so far make that server do has been done.
+    The gauge is a float; float() keeps order, so comparing floats never waits too little."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        latest = decode_ts((await c.post("/api/query_ts")).json()["ts"])
+    await until(lambda: metric(url, "ripple_live_query_ts") >= float(latest))
 
 
 class Watcher:
@@ -225,16 +228,19 @@ async def test_only_affected_subscriptions_re_execute(start_server: StartServer)
         assert metric(server.url, "ripple_subscriptions") == 200
         (new_id,) = await client.mutation("items:insert_many", {"docs": [{"n": 17}]})
         assert watchers[17].latest == [new_id]  # the mutation resolved after the update arrived
-        await asyncio.sleep(0.5)  # let any stray re-execution happen before counting
+        # A later commit no subscription reads: once the live queries are valid at it, every
+        # re-execution the insert caused has happened (and been counted).
+        await http_call(server.url, "mutation", "counters:inc", {"name": "unrelated"})
+        await live_at_latest_commit(server.url)
         assert metric(server.url, "ripple_query_executions_total") - before == 1
         assert all(w.values == [[]] for i, w in enumerate(watchers) if i != 17)
         for w in watchers:
             await w.stop()
 
 
-async def test_no_write_missed_when_listener_connection_is_killed(start_server: StartServer, namespace: str) -> None:
+async def test_no_write_missed_when_listener_connection_is_killed(start_server: StartServer, namespace: str, pg_url: str) -> None:
     server = start_server("serve")
-    admin = await asyncpg.connect(PG_URL)
+    admin = await asyncpg.connect(pg_url)
     try:
         async with RippleClient(server.url) as client:
             watcher = Watcher(client, "counters:get", {"name": "burst"})
@@ -333,18 +339,24 @@ def _frame(payload: bytes) -> bytes:
     return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def _parse_frames(data: bytes) -> list[bytes]:
-    """Server frames (unmasked, unfragmented) out of a byte stream."""
+def _split_frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """The complete server frames (unmasked, unfragmented) at the start of a byte stream, and
+    the bytes after them."""
     out, i = [], 0
-    while i + 2 <= len(data):
-        n, i = data[i + 1] & 0x7F, i + 2
-        if n == 126:
-            n, i = struct.unpack(">H", data[i:i + 2])[0], i + 2
-        elif n == 127:
-            n, i = struct.unpack(">Q", data[i:i + 8])[0], i + 8
-        out.append(data[i:i + n])
-        i += n
-    return out
+    while True:
+        start, header = i, 2
+        if len(data) < i + header:
+            return out, data[start:]
+        n = data[i + 1] & 0x7F
+        if n >= 126:
+            header += 2 if n == 126 else 8
+            if len(data) < i + header:
+                return out, data[start:]
+            n = struct.unpack(">H" if n == 126 else ">Q", data[i + 2:i + header])[0]
+        if len(data) < i + header + n:
+            return out, data[start:]
+        out.append(data[i + header:i + header + n])
+        i += header + n
 
 
 async def test_slow_client_gets_coalesced_transitions(start_server: StartServer) -> None:
@@ -368,28 +380,33 @@ async def test_slow_client_gets_coalesced_transitions(start_server: StartServer)
         sock.sendall(_frame(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4())}).encode()))
         sock.sendall(_frame(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
             {"type": "Add", "queryId": 0, "udfPath": "counters:big", "args": [{"name": "slow", "size": 1_000_000}]}]}).encode()))
-        # Do not read while 40 commits change the 1 MB result.
+        # Do not read while 40 commits change the 1 MB result, and until the server's live
+        # query is at the last of them (the server has all 40 behind it).
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
             for _ in range(40):
                 r = await c.post("/api/mutation", json={"path": "counters:inc", "args": {"name": "slow"}})
                 assert r.json()["status"] == "success"
-        await asyncio.sleep(1.0)
+        await live_at_latest_commit(server.url)
+
+        def shows_final_state(transition: dict[str, Any]) -> bool:
+            return any(str(m.get("value", "")).endswith("40") for m in transition["modifications"])
+
+        # Read until the Transition with the final state: every Transition the server sends
+        # for an earlier state comes before it.
         sock.setblocking(False)
-        data = b""
-        quiet_since = asyncio.get_running_loop().time()
-        while asyncio.get_running_loop().time() - quiet_since < 2.0:
+        transitions: list[dict[str, Any]] = []
+        pending = b""
+        deadline = asyncio.get_running_loop().time() + 30
+        while not any(map(shows_final_state, transitions)):
+            assert asyncio.get_running_loop().time() < deadline, f"the client never caught up ({len(transitions)} Transitions)"
             try:
                 chunk = sock.recv(1 << 20)
             except BlockingIOError:
                 await asyncio.sleep(0.02)
                 continue
-            if not chunk:
-                break
-            data += chunk
-            quiet_since = asyncio.get_running_loop().time()
-        messages = [orjson.loads(f) for f in _parse_frames(data)]
-        transitions = [m for m in messages if m["type"] == "Transition"]
-        assert transitions, "the client never caught up"
+            assert chunk, "the server closed the connection"
+            frames, pending = _split_frames(pending + chunk)
+            transitions += [m for m in map(orjson.loads, frames) if m["type"] == "Transition"]
         assert len(transitions) < 20  # coalesced, not one per commit
         assert transitions[-1]["modifications"][0]["value"].endswith("40")  # the latest state
         for before, after in itertools.pairwise(transitions):

@@ -29,7 +29,7 @@ from server.core.scheduler.runs import LOST_ACTION_ERROR, SHUTDOWN_ACTION_ERROR
 from server.core.transaction import Transaction
 from server.errors import FunctionFailure, RippleUsageError
 
-from conftest import APPS, PG_URL, ROOT, ServerProcess, open_runtime
+from conftest import APPS, ROOT, ServerProcess, open_runtime
 
 SCHED_APP = APPS / "scheduler"
 FAST = SchedulerConfig(poll_seconds=30.0, fallback_poll_seconds=0.2, lease_seconds=1.0, shutdown_seconds=1.0)
@@ -76,6 +76,15 @@ class App:
     async def counter(self, key: str) -> int:
         return int(await self.query("jobs:counter", key=key))
 
+    async def run_marker_then_stop(self, after_ms: float) -> None:
+        """Bound a "this job never runs" check: run a job due after `after_ms` (a job's
+        scheduledTime), so the scheduler had its turn at everything due before, then stop the
+        scheduler, which lets what it is running finish: from then on nothing runs."""
+        when = max(time.time(), after_ms / 1000 + 0.01)
+        marker = await self.mutation("jobs:schedule_at", when=when, fn="jobs:bump", args={"key": "marker"})
+        await self.wait_state(marker, "success")
+        await self.scheduler.stop()
+
 
 @pytest.fixture
 async def app(namespace: str) -> AsyncIterator[App]:
@@ -108,7 +117,10 @@ async def test_a_mutation_that_raises_after_scheduling_leaves_no_job(app: App) -
     with pytest.raises(FunctionFailure, match="changed my mind"):
         await app.mutation("jobs:schedule_then_fail", key="never")
     assert await app.query("jobs:jobs") == []
-    await asyncio.sleep(0.2)
+    # A job scheduled later runs, and is the only job there is: none can run "never" later.
+    marker = await app.mutation("jobs:schedule", fn="jobs:bump", args={"key": "marker"})
+    await app.wait_state(marker, "success")
+    assert [j["_id"] for j in await app.query("jobs:jobs")] == [marker]
     assert await app.counter("never") == 0
 
 
@@ -177,7 +189,7 @@ async def test_cancel_pending_and_finished_jobs(app: App) -> None:
     assert (await app.job(from_action))["state"] == {"kind": "canceled"}
     with pytest.raises(FunctionFailure, match="not the id of a scheduled function"):
         await app.mutation("jobs:cancel", id="nonsense")
-    await asyncio.sleep(0.5)
+    await app.run_marker_then_stop(after_ms=(await app.job(later))["scheduledTime"])
     assert await app.counter("later") == 0
     assert app.rt.metrics.value("ripple_scheduled_jobs_total", state="canceled") == 2
 
@@ -191,7 +203,8 @@ async def test_canceling_a_running_action_lets_it_finish_but_stops_what_it_sched
     children = [j for j in await app.query("jobs:jobs") if j.get("parentId") == spawner]
     assert sorted(c["args"][0]["key"] for c in children) == ["sp:early", "sp:late", "sp:via-mutation"]
     assert all(c["state"] == {"kind": "canceled"} for c in children)
-    await asyncio.sleep(0.3)
+    (late,) = [c for c in children if c["args"][0]["key"] == "sp:late"]
+    await app.run_marker_then_stop(after_ms=late["scheduledTime"])
     assert await app.counter("sp:late") == 0
 
 
@@ -215,7 +228,7 @@ async def test_an_action_whose_lease_expired_is_failed_not_rerun(app: App) -> No
     doc = await app.wait_state(lost, "failed", timeout=5)  # the maintenance loop found it
     assert doc["state"]["error"] == LOST_ACTION_ERROR and "lease" not in doc
     assert (await app.job(alive))["state"] == {"kind": "inProgress"}
-    await asyncio.sleep(0.3)
+    await app.run_marker_then_stop(after_ms=doc["scheduledTime"])
     assert await app.counter("ghost:start") == 0  # never re-run
     assert app.rt.metrics.value("ripple_scheduler_lost_actions_total") == 1
 
@@ -232,9 +245,9 @@ async def test_shutdown_fails_an_action_that_does_not_finish_in_time(namespace: 
         assert doc["state"] == {"kind": "failed", "error": SHUTDOWN_ACTION_ERROR}
 
 
-async def test_listener_reconnects_and_polling_covers_the_gap(app: App) -> None:
+async def test_listener_reconnects_and_polling_covers_the_gap(app: App, pg_url: str) -> None:
     old_pid = app.scheduler.listener.backend_pid
-    conn = await asyncpg.connect(PG_URL)
+    conn = await asyncpg.connect(pg_url)
     try:
         await conn.execute("SELECT pg_terminate_backend($1)", old_pid)
     finally:
@@ -416,8 +429,18 @@ def two_servers(start_server: Callable[..., ServerProcess]) -> Iterator[tuple[Se
     yield start_server(app_dir=SCHED_APP, extra_env=SERVE_ENV), start_server(app_dir=SCHED_APP, extra_env=SERVE_ENV)
 
 
+def _stop_and_read_back(start_server: Callable[..., ServerProcess], *servers: ServerProcess) -> ServerProcess:
+    """Bound a "never twice" check: stop the servers (a stopped server runs nothing more) and
+    start one that runs no scheduler, to read what they left."""
+    for server in servers:
+        server.stop()
+    return start_server(app_dir=SCHED_APP, extra_env={**SERVE_ENV, "RIPPLE_SCHEDULER": "off"})
+
+
 @pytest.mark.e2e
-def test_two_processes_run_500_scheduled_mutations_exactly_once(two_servers: tuple[ServerProcess, ServerProcess]) -> None:
+def test_two_processes_run_500_scheduled_mutations_exactly_once(
+    start_server: Callable[..., ServerProcess], two_servers: tuple[ServerProcess, ServerProcess],
+) -> None:
     a, b = two_servers
     time.sleep(0.3)  # both loops are idle: only NOTIFY can wake them now (the poll is 30 s)
     started = time.monotonic()
@@ -426,20 +449,22 @@ def test_two_processes_run_500_scheduled_mutations_exactly_once(two_servers: tup
     assert time.monotonic() - started < 5  # far below the 30 s poll: the NOTIFY woke a loop
 
     _call(a, "mutation", "jobs:schedule_many", n=500, prefix="job-", sleep_ms=2)
-    counts = _wait(lambda: (c := _call(b, "query", "jobs:counters", prefix="job-")) and len(c) == 500
-                   and all(v >= 1 for v in c.values()) and c, 60, "500 jobs ran")
-    time.sleep(0.3)
-    counts = _call(b, "query", "jobs:counters", prefix="job-")
-    assert len(counts) == 500 and set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
-    states = [j["state"]["kind"] for j in _call(a, "query", "jobs:jobs")]
-    assert states.count("success") == 501 and len(states) == 501
-    ran = [_metric(s, 'ripple_scheduled_jobs_total{state="success"}') for s in (a, b)]
+    _wait(lambda: (c := _call(b, "query", "jobs:counters", prefix="job-")) and len(c) == 500
+          and all(v >= 1 for v in c.values()), 60, "500 jobs ran")
+    # A process counts a job after its commit: wait for the counts to cover every job.
+    ran = _wait(lambda: (r := [_metric(s, 'ripple_scheduled_jobs_total{state="success"}') for s in (a, b)])
+                and sum(r) >= 501 and r, 10, "both processes counted the jobs they ran")
     assert sum(ran) == 501 and min(ran) > 0, ran  # both processes drained, neither twice
+    reader = _stop_and_read_back(start_server, a, b)
+    counts = _call(reader, "query", "jobs:counters", prefix="job-")
+    assert len(counts) == 500 and set(counts.values()) == {1}, {k: v for k, v in counts.items() if v != 1}
+    states = [j["state"]["kind"] for j in _call(reader, "query", "jobs:jobs")]
+    assert states.count("success") == 501 and len(states) == 501
 
 
 @pytest.mark.e2e
 def test_kill_9_mid_action_leaves_it_failed_and_the_other_process_keeps_draining(
-    two_servers: tuple[ServerProcess, ServerProcess],
+    start_server: Callable[..., ServerProcess], two_servers: tuple[ServerProcess, ServerProcess],
 ) -> None:
     servers = {s.proc.pid: s for s in two_servers}
     victim_job = _call(two_servers[0], "mutation", "jobs:schedule", fn="jobs:slow", args={"key": "victim", "ms": 60_000})
@@ -459,9 +484,14 @@ def test_kill_9_mid_action_leaves_it_failed_and_the_other_process_keeps_draining
         done = _wait(lambda p=prefix: (c := _call(survivor, "query", "jobs:counters", prefix=p)) and len(c) == 50 and c,
                      20, f"{prefix} jobs drained")
         assert set(done.values()) == {1}
-    time.sleep(0.5)
-    assert _call(survivor, "query", "jobs:counter", key="victim:start") == 1  # never re-run
-    assert _call(survivor, "query", "jobs:counter", key="victim:end") == 0
+    # The after- jobs, due after the victim, ran: the survivor had its turn at the victim.
+    reader = _stop_and_read_back(start_server, survivor)
+    assert _call(reader, "query", "jobs:counter", key="victim:start") == 1  # never re-run
+    assert _call(reader, "query", "jobs:counter", key="victim:end") == 0
+    assert _call(reader, "query", "jobs:job", id=victim_job)["state"] == {"kind": "failed", "error": LOST_ACTION_ERROR}
+    for prefix in ("before-", "after-"):
+        counts = _call(reader, "query", "jobs:counters", prefix=prefix)
+        assert len(counts) == 50 and set(counts.values()) == {1}
 
 
 @pytest.mark.e2e

@@ -13,7 +13,7 @@ from server import Schema, Table
 from server.core import database, sql
 from server.errors import AppLoadError, SchemaError
 
-from conftest import PG_URL, open_runtime
+from conftest import open_runtime
 
 FUNCTIONS = '''
 from typing import Any
@@ -41,7 +41,7 @@ def write_app(app: Path, model_body: str, indexes: str) -> None:
     )
 
 
-async def test_index_added_later_is_backfilled(tmp_path: Path, namespace: str) -> None:
+async def test_index_added_later_is_backfilled(tmp_path: Path, namespace: str, pg_url: str) -> None:
     app = tmp_path / "app"
     write_app(app, "name: str\ncity: str = 'x'\n", "{}")
     async with open_runtime(app, namespace) as rt:
@@ -57,7 +57,7 @@ async def test_index_added_later_is_backfilled(tmp_path: Path, namespace: str) -
         # Removing it drops the key column; the index is gone for queries.
         write_app(app, "name: str\ncity: str = 'x'\n", "{}")
         await rt.load()
-        conn = await asyncpg.connect(PG_URL)
+        conn = await asyncpg.connect(pg_url)
         try:
             cols = {r["column_name"] for r in await conn.fetch(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = 'people'", namespace)}
@@ -263,7 +263,7 @@ def test_postgres_index_names_are_short_unique_and_stable() -> None:
     assert na == sql.index_name(table, a) and na.startswith("t" * 24 + "__by_")
 
 
-async def test_long_index_names_that_share_a_prefix_each_get_an_index(tmp_path: Path, namespace: str) -> None:
+async def test_long_index_names_that_share_a_prefix_each_get_an_index(tmp_path: Path, namespace: str, pg_url: str) -> None:
     table, a, b = "people_" + "t" * 40, "by_" + "x" * 30 + "_a", "by_" + "x" * 30 + "_b"
     app = tmp_path / "app"
     (app / "functions").mkdir(parents=True)
@@ -282,7 +282,7 @@ async def test_long_index_names_that_share_a_prefix_each_get_an_index(tmp_path: 
         await rt.call("mutation", "p:add", {"a": 2, "b": 1})
         assert (await rt.call("query", "p:by", {"index": a, "field": "a", "v": 1})).value == [1]
         assert (await rt.call("query", "p:by", {"index": b, "field": "b", "v": 1})).value == [2]
-    conn = await asyncpg.connect(PG_URL)
+    conn = await asyncpg.connect(pg_url)
     try:
         indexed = {r["indexdef"].rsplit("(", 1)[1].rstrip(")") for r in await conn.fetch(
             "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = $2", namespace, table)}
