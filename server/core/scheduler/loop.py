@@ -39,6 +39,7 @@ from server.core.transaction import Transaction
 from server.errors import RippleUsageError
 
 log = logging.getLogger("ripple.scheduler")
+CRONS_FILE = "functions/crons.py"
 
 PEEK_SPREAD = 4
 
@@ -112,7 +113,7 @@ class Scheduler:
 
     async def start(self) -> None:
         """Sync the app's crons (a bad cron definition fails start-up) and start the loops."""
-        await self.sync_crons(app_crons(self.runtime.app.modules))
+        await self._sync_app_crons()
         self._cron_ms = await self._next_cron_ms()
         self.runtime.on_reload.append(self._on_reload)
         self.runtime.metrics.gauge("ripple_scheduler_running_jobs", lambda: float(self._busy))
@@ -165,6 +166,13 @@ class Scheduler:
         self._poke.set()
 
     # -- crons -----------------------------------------------------------------------------------
+
+    async def _sync_app_crons(self) -> None:
+        app = self.runtime.app
+        if CRONS_FILE in app.load_errors:  # a dev start that left crons.py out: keep the table as is
+            log.warning("crons not updated: %s did not load", CRONS_FILE)
+            return
+        await self.sync_crons(app_crons(app.modules))
 
     async def sync_crons(self, crons: Crons) -> None:
         """Make `_cron_jobs` match the app's crons (READ COMMITTED: see table.sync_crons)."""
@@ -241,7 +249,7 @@ class Scheduler:
             if self._crons_dirty:
                 self._crons_dirty = False
                 try:
-                    await self.sync_crons(app_crons(self.runtime.app.modules))
+                    await self._sync_app_crons()
                 except RippleUsageError as exc:
                     log.error("crons not updated after reload: %s", exc)
                 self._cron_ms = await self._next_cron_ms()
