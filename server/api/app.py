@@ -35,7 +35,9 @@ class CorsMiddleware:
     sends Access-Control-Allow-Credentials. Without an allow-list every response says
     `Access-Control-Allow-Origin: *`; with one (`Config.cors_origins`), a listed origin is
     reflected, and other origins get no CORS headers (`Vary: Origin` on every response, since
-    the answer depends on it). Preflights are answered here."""
+    the answer depends on it). Preflights are answered here. Without an allow-list, a request
+    with no Origin header (not from a browser page: curl, SDKs, servers) passes through untouched,
+    as before: the wildcard would tell it nothing, and wrapping every response costs time."""
 
     def __init__(self, app: ASGIApp, allowed_origins: Collection[str] = ()) -> None:
         self.app = app
@@ -55,6 +57,9 @@ class CorsMiddleware:
             return
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
+        if origin is None and not self.allowed:
+            await self.app(scope, receive, send)
+            return
         cors = self.headers_for(origin)
         if origin is not None and scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
             await self.preflight(cors, headers.get(b"access-control-request-headers"), send)

@@ -170,8 +170,7 @@ class Registry:
     def resolve(self, path: object, *, allow_internal: bool = False, kind: Kind | None = None) -> FunctionDef:
         canonical = canonical_path(path)
         fn = self.functions.get(canonical)
-        module = canonical.partition(":")[0]
-        if fn is None and module in self.unavailable:
+        if fn is None and (module := canonical.partition(":")[0]) in self.unavailable:
             raise FunctionUnavailable(f"Function '{canonical}' is unavailable: {self.unavailable[module]}")
         if fn is None or (fn.internal and not allow_internal):
             close = difflib.get_close_matches(
