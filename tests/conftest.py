@@ -173,19 +173,28 @@ def start_server(tmp_path: Path, namespace: str, pg_url: str) -> Iterator[Callab
     def start(mode: str = "serve", app_dir: Path = BASIC_APP, extra_env: dict[str, str] | None = None,
               args: list[str] | None = None, schema: str | None = None, port: int | None = None) -> ServerProcess:
         port = port or free_port()
-        log_path = tmp_path / f"server-{port}.log"
         env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": schema or namespace, **(extra_env or {})}
         cmd = [sys.executable, "-m", "server.cli", mode, "--port", str(port), "--dir", str(app_dir), *(args or [])]
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
-        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        server = launch(cmd, port, tmp_path / f"server-{port}.log", env)
         started.append(server)
-        wait_healthy(server.url, proc, log_path)
         return server
 
     yield start
     for server in started:
         server.stop()
+
+
+def launch(cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """Start a server process on loopback `port` (output to `log_path`) and wait until healthy."""
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        wait_healthy(server.url, proc, log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> None:

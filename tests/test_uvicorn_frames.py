@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import sys
 import tomllib
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -31,7 +30,7 @@ from websockets.uri import parse_uri
 
 from server.api.uvicorn_frames import FRAME_BYTES, VERIFIED_UVICORN, fragments
 
-from conftest import ROOT, ServerProcess, free_port, wait_healthy
+from conftest import ROOT, ServerProcess, free_port, launch
 
 SMALL = "héllo, wörld €"
 MEDIUM = "ü" * 200  # a 16-bit payload length
@@ -76,13 +75,9 @@ def frame_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     def start(*args: str) -> ServerProcess:
         port = free_port()
-        log_path = tmp_path / f"frames-{port}.log"
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "frame_server.py"), str(port), *args],
-                                    stdout=out, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
+        cmd = [sys.executable, str(ROOT / "tests" / "frame_server.py"), str(port), *args]
+        server = launch(cmd, port, tmp_path / f"frames-{port}.log")
         started.append(server)
-        wait_healthy(server.url, proc, log_path)
         return server
 
     yield start
