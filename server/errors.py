@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import site
@@ -114,6 +115,11 @@ class PaginationError(ConvexError):
         return self.message
 
 
+class FunctionRaisedBaseException(RippleError):
+    """App code raised SystemExit, KeyboardInterrupt, GeneratorExit or a CancelledError of its
+    own: it is that function's error (redacted like any other), never the server's."""
+
+
 class TransactionConflict(RippleError):
     """Internal: a serializable transaction lost a conflict; the runner retries it."""
 
@@ -173,3 +179,16 @@ def _library_roots() -> tuple[Path, ...]:
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages(), *site.getsitepackages()}
     roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
     return (*(Path(r).resolve() for r in roots), Path(__file__).resolve().parent)  # and Ripple itself
+
+
+def contained(exc: BaseException, where: str) -> BaseException:
+    """What a BaseException raised by app code becomes: an ordinary error of the function, so
+    that `SystemExit`, `KeyboardInterrupt`, `GeneratorExit` or a `CancelledError` the code raised
+    itself can neither end the process nor stop the loop that ran it. A CancelledError that is a
+    real request to cancel the running task (shutdown, a client gone) is returned as it is, to be
+    re-raised."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            return exc
+    return FunctionRaisedBaseException(f"{where} raised {type(exc).__name__}: {exc}".rstrip(": "))

@@ -147,6 +147,9 @@ def build_app(
             if error is not None:
                 return json_response({"status": "load failed", "error": error}, 503)
             return json_response({"status": "starting"}, 503)
+        down = sorted(loop.name for loop in runtime.loops if not loop.alive)
+        if down:  # a background loop failed and waits to restart (logged at ERROR): not healthy
+            return json_response({"status": "background loops down", "loops": down}, 503)
         try:
             await runtime.latest_ts()
         except Exception:

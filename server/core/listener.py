@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from server.core.backoff import reconnect_delays
+from server.core.supervise import Supervised
 
 log = logging.getLogger("ripple.listener")
 
@@ -39,7 +40,7 @@ class Listener:
         self.server_settings = server_settings or {}
         self.state = ListenerState.CONNECTING
         self.backend_pid: int | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.loop = Supervised(f"listener {channel}", self._run)
         self._lost = asyncio.Event()
 
     @property
@@ -47,21 +48,11 @@ class Listener:
         return self.state is ListenerState.LISTENING
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"ripple-listener-{self.channel}")
-        self._task.add_done_callback(self._crashed)
-
-    def _crashed(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.critical("listener task died", exc_info=task.exception())
+        self.loop.start()
 
     async def stop(self) -> None:
         self.state = ListenerState.STOPPED
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self.loop.stop()
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         self.wake(payload)

@@ -63,6 +63,12 @@ class FunctionDef:
             raise ArgumentValidationError(
                 f"invalid arguments for {self.path}: {describe_validation_error(exc)}"
             ) from exc
+        except Exception:
+            raise
+        except BaseException as exc:  # a validator of the app's own model raised SystemExit...
+            raise ArgumentValidationError(
+                f"invalid arguments for {self.path}: a validator raised {type(exc).__name__}"
+            ) from exc
         if self.explicit_args:
             return {"args": model}
         return {name: getattr(model, name) for name in type(model).model_fields}

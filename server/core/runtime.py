@@ -39,6 +39,7 @@ from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import overlaps
 from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
+from server.core.supervise import Supervised
 from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import (
@@ -48,6 +49,7 @@ from server.errors import (
     TooManyConflicts,
     TransactionConflict,
     ValueValidationError,
+    contained,
     redact,
 )
 
@@ -82,8 +84,15 @@ class Runtime:
         self._app: App | None = None
         self._catalog: Catalog | None = None
         self.on_reload: list[Callable[[], None]] = []
+        self.loops: list[Supervised] = []  # every background loop of this process, for health
         logs.install()
         sandbox.install()
+
+    def supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> Supervised:
+        """A background loop of this process, kept alive and reported by health (supervise.py)."""
+        loop = Supervised(name, body, self.metrics)
+        self.loops.append(loop)
+        return loop
 
     @property
     def app(self) -> App:
@@ -151,17 +160,25 @@ class Runtime:
         return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev)
 
     async def invoke(self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float) -> Any:
+        """Run the function's code. Whatever it raises comes out as an Exception (see
+        `contained`): a function cannot stop the server or the loop that called it."""
         log_token = logs.current.set(buffer)
         kind_token = sandbox.running_kind.set(fn.kind)
         try:
             async with asyncio.timeout(timeout):
                 value = await fn.handler(ctx, **kwargs)
+            value = fn.validate_return(value)
         except TimeoutError:
             raise TimeoutError(f"{fn.path} ran longer than {timeout:g} s") from None
+        except (Exception, NeedsSnapshot):
+            raise
+        except BaseException as exc:
+            if (error := contained(exc, str(fn.path))) is exc:
+                raise
+            raise error from exc
         finally:
             sandbox.running_kind.reset(kind_token)
             logs.current.reset(log_token)
-        value = fn.validate_return(value)
         to_convex_json(value)  # a result that cannot be sent is the function's error
         return value
 

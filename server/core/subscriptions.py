@@ -32,6 +32,7 @@ from server.core.listener import Listener
 from server.core.readsets import ReadIndex
 from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
+from server.core.supervise import Supervised
 from server.core.transaction import ReadRange
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import RippleUsageError
@@ -91,7 +92,7 @@ class SubscriptionManager:
         self.current_ts = 0  # every non-stale result is valid at this ts
         self._processed_ts = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._ticker: Supervised | None = None  # runs _loop
         self._listener: Listener | None = None
         self._ts_waiters: set[Subscriber] = set()
         self.encode_cache: dict[Any, Any] = {}
@@ -105,24 +106,20 @@ class SubscriptionManager:
         self._processed_ts = self.current_ts = await self.runtime.latest_ts()
         db = self.runtime.db
         self._listener = Listener(db.url, db.channel, self._notified, {"search_path": db.search_path})
+        self.runtime.loops.append(self._listener.loop)
         self._listener.start()
-        self._task = asyncio.create_task(self._loop(), name="ripple-subscriptions")
-        self._task.add_done_callback(self._crashed)
-
-    def _crashed(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.critical("the live-query loop died; subscriptions are no longer updated", exc_info=task.exception())
+        self._ticker = self.runtime.supervise("live-queries", self._loop)
+        self._ticker.start()
 
     async def stop(self) -> None:
         self._stopping = True
         if self._listener is not None:
             await self._listener.stop()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        if self._ticker is not None:
+            await self._ticker.stop()
+        for loop in (self._ticker, self._listener.loop if self._listener is not None else None):
+            if loop is not None and loop in self.runtime.loops:
+                self.runtime.loops.remove(loop)
 
     @property
     def listener(self) -> Listener | None:
@@ -175,6 +172,7 @@ class SubscriptionManager:
 
     async def _loop(self) -> None:
         delays = reconnect_delays(first=0.05, cap=2.0)
+        self.trigger()  # (re)started: catch up at once
         while not self._stopping:
             listening = self._listener is not None and self._listener.healthy
             try:

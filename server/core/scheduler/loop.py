@@ -24,7 +24,6 @@ import random
 import secrets
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
 
 from server.config import SchedulerConfig
 from server.core import sql
@@ -35,6 +34,7 @@ from server.core.runtime import Runtime
 from server.core.scheduler import table
 from server.core.scheduler.crons import Crons, app_crons
 from server.core.scheduler.runs import Candidate, HeldConnection, JobRunner
+from server.core.supervise import Supervised
 from server.core.transaction import Transaction
 from server.errors import RippleUsageError
 
@@ -96,8 +96,8 @@ class Scheduler:
         self._in_flight: set[str] = set()
         self._peek_lock = asyncio.Lock()
         self._backlog = False  # the last peek found a full window of due jobs
-        self._workers: list[asyncio.Task[None]] = []
-        self._services: list[asyncio.Task[None]] = []
+        self._workers: list[Supervised] = []
+        self._services: list[Supervised] = []
         db = runtime.db
         self.listener = Listener(db.url, runtime.jobs_channel, self._on_wake)
         metrics = runtime.metrics
@@ -118,15 +118,14 @@ class Scheduler:
         self.runtime.on_reload.append(self._on_reload)
         self.runtime.metrics.gauge("ripple_scheduler_running_jobs", lambda: float(self._busy))
         self.runtime.metrics.gauge("ripple_scheduler_listener_connected", lambda: float(self.listener.healthy))
+        self.runtime.loops.append(self.listener.loop)
         self.listener.start()
-        self._services = [
-            asyncio.create_task(self._supervise("clock", self._clock), name="ripple-scheduler-clock"),
-            asyncio.create_task(self._supervise("maintenance", self._maintenance), name="ripple-scheduler-maintenance"),
-        ]
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"ripple-scheduler-worker-{n}")
-            for n in range(self.settings.concurrency)
-        ]
+        self._services = [self.runtime.supervise("scheduler clock", self._clock),
+                          self.runtime.supervise("scheduler maintenance", self._maintenance)]
+        self._workers = [self.runtime.supervise(f"scheduler worker {n}", self._worker)
+                         for n in range(self.settings.concurrency)]
+        for loop in (*self._services, *self._workers):
+            loop.start()
         self._doorbell.ring()  # whatever is already due
 
     async def stop(self) -> None:
@@ -135,31 +134,21 @@ class Scheduler:
         self._stopping = True
         if self._on_reload in self.runtime.on_reload:
             self.runtime.on_reload.remove(self._on_reload)
+        for worker in self._workers:
+            worker.finish()  # a worker returns once it sees _stopping: let running jobs end
         await self.listener.stop()
-        for task in self._services:
-            task.cancel()
+        for loop in self._services:
+            await loop.stop()
         self._doorbell.ring(len(self._workers))
-        if self._workers:
-            _, late = await asyncio.wait(self._workers, timeout=self.settings.shutdown_seconds)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
-        await asyncio.gather(*self._services, return_exceptions=True)
+        tasks = [w.task for w in self._workers if w.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.shutdown_seconds)
+        for worker in self._workers:
+            await worker.stop()  # the late ones are cancelled
+        for loop in (*self._services, *self._workers, self.listener.loop):
+            if loop in self.runtime.loops:
+                self.runtime.loops.remove(loop)
         self._workers, self._services = [], []
-
-    async def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Keep a side loop alive: an unexpected error is logged loudly and the loop restarts."""
-        delays = reconnect_delays(0.5, 30.0)
-        while not self._stopping:
-            try:
-                await body()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                delay = next(delays)
-                log.exception("scheduler %s loop failed; restarting it in %.1f s", name, delay)
-                await asyncio.sleep(delay)
 
     def _on_reload(self) -> None:
         self._crons_dirty = True
