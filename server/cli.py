@@ -57,10 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, dev: bool) -> Config:
     app_dir = (args.dir or Path.cwd()).resolve()
-    return Config.from_env(
-        app_dir=app_dir, dev=dev, host=args.host, port=args.port,
-        database_url=args.database_url, db_schema=args.db_schema,
-    )
+    try:
+        return Config.from_env(
+            app_dir=app_dir, dev=dev, host=args.host, port=args.port,
+            database_url=args.database_url, db_schema=args.db_schema,
+        )
+    except ValueError as exc:  # a setting that cannot be read
+        sys.exit(f"ripple {'dev' if dev else 'serve'}: {exc}")
 
 
 def _listen(config: Config, command: str) -> socket.socket:

@@ -59,6 +59,18 @@ def _cors_origins(raw: str | None) -> tuple[str, ...]:
     return () if "*" in origins else origins
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def _event_loop(raw: str | None) -> str:
+    """RIPPLE_EVENT_LOOP: `uvloop` (the default; the asyncio loop where uvloop is not installed)
+    or `asyncio`."""
+    name = (raw or "uvloop").strip().lower()
+    if name not in EVENT_LOOPS:
+        raise ValueError(f"RIPPLE_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, not {raw!r}")
+    return name
+
+
 @dataclass
 class Config:
     app_dir: Path = field(default_factory=Path.cwd)
@@ -78,6 +90,7 @@ class Config:
     ws_compression: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
+    event_loop: str = "uvloop"  # or "asyncio" (server/loops.py)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -93,6 +106,7 @@ class Config:
             ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
             scheduler=SchedulerConfig.from_env(),
             cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),
+            event_loop=_event_loop(os.environ.get("RIPPLE_EVENT_LOOP")),
         )
         for key, value in overrides.items():
             if value is not None:

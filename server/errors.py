@@ -151,10 +151,20 @@ def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = N
     log.error("%s failed [request %s]", what, request_id, exc_info=exc)
     if not dev:
         return f"[Request ID: {request_id}] Server Error"
-    detail = "".join(traceback.format_exception_only(exc)).strip()
+    detail = "".join(_exception_lines(exc)).strip()
     frames = [] if app_dir is None else user_frames(exc, app_dir)
     where = "".join(traceback.format_list(frames[-5:]))
     return f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip()
+
+
+def _exception_lines(exc: BaseException, indent: str = "") -> list[str]:
+    """`exc` in a line or so; an exception group (asyncio.TaskGroup, anyio: httpx) with the
+    exceptions it holds, indented, since they say what went wrong."""
+    lines = [indent + line for line in traceback.format_exception_only(exc)]
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            lines += _exception_lines(inner, indent + "  ")
+    return lines
 
 
 def user_frames(exc: BaseException, app_dir: Path) -> list[traceback.FrameSummary]:

@@ -16,7 +16,7 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
-from server import devserver
+from server import devserver, loops
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
 from server.config import Config
@@ -188,7 +188,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                     watcher = asyncio.create_task(loader.watch(), name="ripple-reload")
                     devserver.record(config.app_dir, devserver.connect_url(config.host, config.port))
                     recorded = True
-                log.info("serving %s (%s mode)", listen_url(config), "dev" if config.dev else "production")
+                log.info("serving %s (%s mode, event loop %s)", listen_url(config),
+                         "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__)
                 tune_gc()
             yield
         finally:
@@ -242,9 +243,15 @@ def uvicorn_config(app: Any, config: Config) -> uvicorn.Config:
         # one query that dominates fan-out. Off unless asked for (slow links, large results).
         ws_per_message_deflate=config.ws_compression,
         http="httptools" if _installed("httptools") else "h11",
-        loop="uvloop" if _installed("uvloop") else "asyncio",
+        # Ripple's own loops (server/loops.py): they refuse network I/O in queries and mutations.
+        loop=loops.uvicorn_loop(event_loop(config)),
         timeout_graceful_shutdown=10,
     )
+
+
+def event_loop(config: Config) -> str:
+    """The loop `serve` runs on: the one configured, asyncio where uvloop is not installed."""
+    return config.event_loop if config.event_loop != "uvloop" or _installed("uvloop") else "asyncio"
 
 
 def serve(config: Config, sock: socket.socket) -> None:

@@ -23,6 +23,7 @@ import asyncpg
 import httpx
 import pytest
 
+from server import loops
 from server.config import Config
 from server.core.database import Database
 from server.core.runtime import Runtime
@@ -32,6 +33,12 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BASIC_APP = APPS / "basic"
 EMBEDDED_PG_HOME = ROOT / ".pytest-pg"  # gitignored; the data survives runs, the server does not
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """In-process tests run on the guarded asyncio loop a server runs with RIPPLE_EVENT_LOOP=asyncio
+    (server/loops.py), so a runtime under test refuses network I/O in queries as a server does."""
+    return {"guarded-asyncio": loops.new_asyncio_loop}
+
 
 _database_url: str | None = None  # chosen once per session by the pg_url fixture
 

@@ -1,7 +1,9 @@
 """Queries and mutations must be deterministic over the database: no network I/O.
 
 An audit hook (PEP 578) refuses socket connections, DNS look-ups and starting processes while a
-query or mutation runs in the current asyncio context. Actions are not restricted.
+query or mutation runs in the current asyncio context. Actions are not restricted. An event loop
+that does its I/O in C (uvloop) raises no audit events, so the loops the server runs on
+(server/loops.py) call `refuse` from the loop methods that connect, resolve or start processes.
 
 The check reads a context variable, so it covers what runs in the function's context: its own
 code, tasks it creates, and `asyncio.to_thread` (which copies the context). Work handed to
@@ -42,15 +44,20 @@ _FORBIDDEN = {
 _installed = False
 
 
-def _hook(event: str, args: tuple[Any, ...]) -> None:
-    what = _FORBIDDEN.get(event)
-    if what is None:
-        return
+def refuse(what: str, operation: str) -> None:
+    """Raise ForbiddenOperation if a query or mutation runs in this context (`what` it may not
+    do, by `operation`); otherwise do nothing."""
     kind = running_kind.get()
     if kind in ("query", "mutation"):
         raise ForbiddenOperation(
-            f"a {kind} may not {what} ({event}); do network I/O in an action instead"
+            f"a {kind} may not {what} ({operation}); do network I/O in an action instead"
         )
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    what = _FORBIDDEN.get(event)
+    if what is not None:
+        refuse(what, event)
 
 
 def install() -> None:
