@@ -20,11 +20,13 @@ Mapping (the same one the PyPI `convex` client uses):
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
@@ -128,6 +130,12 @@ def to_convex_json(value: Value, path: str = "", depth: int = 0) -> Any:
         f"{path or 'value'}: {type(value).__name__} is not a Convex value "
         "(use None, bool, int, float, Int64, str, bytes, list or dict)"
     )
+
+
+def digest(value: Value) -> str:
+    """A hash of a value, equal for equal values whatever the order of their objects' keys."""
+    encoded = orjson.dumps(to_convex_json(value), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def from_convex_json(value: Any, path: str = "", depth: int = 0) -> Value:
