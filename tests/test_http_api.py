@@ -160,6 +160,24 @@ async def test_bad_requests_get_clear_4xx(client: httpx.AsyncClient, body: bytes
     await still_serving(client)
 
 
+@pytest.mark.parametrize("big", [2**60, 2**80, -(2**80), 10**30])
+@pytest.mark.parametrize("fmt", ["json", "convex_encoded_json"])
+async def test_integers_beyond_2_53_are_refused_whatever_their_size(client: httpx.AsyncClient, fmt: str, big: int) -> None:
+    """One rule for JSON integers: within +-2**53 they are float64 values; beyond, they are
+    refused (2**80 used to become a float silently, while 2**60 was refused)."""
+    body = f'{{"path": "values:describe", "format": "{fmt}", "args": {{"value": {{"n": [{big}]}}}}}}'.encode()
+    r = await client.post("/api/query", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "BadConvexValue"
+    message = r.json()["message"]
+    assert f"value.n[0]: integer {big} is outside the float64-exact range" in message
+    assert '{"$integer": ...}' in message
+    # a float literal that size is a float, as before
+    body = f'{{"path": "values:describe", "format": "{fmt}", "args": {{"value": {float(big)!r}}}}}'.encode()
+    r = await client.post("/api/query", content=body, headers={"content-type": "application/json"})
+    assert r.json()["value"] == "float", r.text
+
+
 async def test_error_messages_show_at_most_200_characters_of_a_path(client: httpx.AsyncClient) -> None:
     long_path = "m" * 50_000 + ":f"
     r = await call(client, "query", long_path)

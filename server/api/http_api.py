@@ -24,7 +24,7 @@ from server.errors import (
     ValueValidationError,
     shown,
 )
-from server.wire import decode_ts, encode_ts
+from server.wire import decode_ts, encode_ts, loads
 
 FORMATS = ("json", "convex_encoded_json")
 
@@ -61,7 +61,7 @@ async def read_json_body(request: Request, limit: int) -> Any:
     if not body:
         raise HttpError(400, "BadJsonBody", "request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        return loads(body)
     except orjson.JSONDecodeError as exc:
         raise HttpError(400, "BadJsonBody", f"request body is not valid JSON: {exc}") from exc
 

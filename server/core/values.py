@@ -13,8 +13,9 @@ Mapping (the same one the PyPI `convex` client uses):
     object        dict[str, ...]    object                         object
 
 * A plain Python `int` is a float64 whose value is integral; it must lie within +-2**53, the
-  range a float64 holds exactly. JSON numbers without a fraction decode to `int`, so a function
-  typed `int` accepts what JavaScript clients send.
+  range a float64 holds exactly. JSON numbers without a fraction decode to `int` (exactly, at any
+  size: server.wire.loads), so a function typed `int` accepts what JavaScript clients send, and
+  an integer literal beyond +-2**53 is refused whatever its size, never rounded to a float.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def _check_plain_int(v: int, path: str) -> None:
     if not MIN_SAFE_INT <= v <= MAX_SAFE_INT:
         raise ValueValidationError(
             f"{path or 'value'}: integer {v} is outside the float64-exact range (+-2**53); "
-            "use server.Int64 for 64-bit integers"
+            'use {"$integer": ...} (server.Int64) for 64-bit integers'
         )
 
 
