@@ -23,6 +23,17 @@ from typing import Any
 log = logging.getLogger("ripple.errors")
 
 
+MAX_SHOWN_CHARS = 200
+
+
+def shown(text: str) -> str:
+    """A caller-supplied string (a function path, a session id) as error messages echo it: whole
+    up to MAX_SHOWN_CHARS characters, else its start and its length."""
+    if len(text) <= MAX_SHOWN_CHARS:
+        return text
+    return f"{text[:MAX_SHOWN_CHARS]}... ({len(text)} characters)"
+
+
 class RippleError(Exception):
     """Base of every exception Ripple raises on purpose."""
 
@@ -68,6 +79,13 @@ class FunctionNotFound(RippleUsageError):
 
 class WrongFunctionKind(RippleUsageError):
     code = "WrongFunctionKind"
+
+
+class IdempotencyKeyReused(RippleUsageError):
+    """A mutation resent under a (session id, request id) that the same caller already used for
+    another function or other arguments: refused without running anything."""
+
+    code = "IdempotencyKeyReused"
 
 
 class StaleTimestamp(RippleUsageError):

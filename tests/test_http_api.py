@@ -16,6 +16,7 @@ from client_sdk import RippleClient
 from client_sdk.protocol import decode_ts
 from server.config import Config
 from server.core.metrics import Metrics
+from server.errors import RippleUsageError
 
 from conftest import APPS, BASIC_APP, ServerProcess, free_port, until, wait_healthy
 
@@ -157,6 +158,51 @@ async def test_bad_requests_get_clear_4xx(client: httpx.AsyncClient, body: bytes
     assert r.json()["code"] == code
     assert fragment in r.json()["message"]
     await still_serving(client)
+
+
+@pytest.mark.parametrize("big", [2**60, 2**80, -(2**80), 10**30])
+@pytest.mark.parametrize("fmt", ["json", "convex_encoded_json"])
+async def test_integers_beyond_2_53_are_refused_whatever_their_size(client: httpx.AsyncClient, fmt: str, big: int) -> None:
+    """One rule for JSON integers: within +-2**53 they are float64 values; beyond, they are
+    refused (2**80 used to become a float silently, while 2**60 was refused)."""
+    body = f'{{"path": "values:describe", "format": "{fmt}", "args": {{"value": {{"n": [{big}]}}}}}}'.encode()
+    r = await client.post("/api/query", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "BadConvexValue"
+    message = r.json()["message"]
+    assert f"value.n[0]: integer {big} is outside the float64-exact range" in message
+    assert '{"$integer": ...}' in message
+    # a float literal that size is a float, as before
+    body = f'{{"path": "values:describe", "format": "{fmt}", "args": {{"value": {float(big)!r}}}}}'.encode()
+    r = await client.post("/api/query", content=body, headers={"content-type": "application/json"})
+    assert r.json()["value"] == "float", r.text
+
+
+async def test_error_messages_show_at_most_200_characters_of_a_path(client: httpx.AsyncClient) -> None:
+    long_path = "m" * 50_000 + ":f"
+    r = await call(client, "query", long_path)
+    assert r.status_code == 400 and r.json()["code"] == "BadRequest"
+    message = r.json()["message"]
+    assert "longer than the limit of 1024 characters" in message and "(50002 characters)" in message
+    assert len(message) < 400
+    for path, status, code in [("x-" * 500, 400, "BadRequest"), ("m" * 1000 + ":f", 404, "FunctionNotFound")]:
+        r = await call(client, "query", path)
+        assert (r.status_code, r.json()["code"]) == (status, code)
+        assert "(1000 characters)" in r.json()["message"] or "(1002 characters)" in r.json()["message"]
+        assert len(r.json()["message"]) < 400
+    r = await client.post("/api/query", json={"path": "counters:get", "args": {}, "format": "x" * 10_000})
+    assert r.json()["code"] == "BadFormat" and len(r.json()["message"]) < 400
+    await still_serving(client)
+
+
+def test_a_million_character_path_is_not_echoed_whole() -> None:
+    from server.core.registry import Registry
+
+    with pytest.raises(RippleUsageError) as err:
+        Registry().resolve("a" * 1_000_000)
+    assert str(err.value) == (
+        f"function path '{'a' * 200}... (1000000 characters)' is longer than the limit of 1024 characters"
+    )
 
 
 async def test_oversized_body_is_refused(client: httpx.AsyncClient) -> None:

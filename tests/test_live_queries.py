@@ -219,6 +219,66 @@ async def test_resent_mutation_runs_once(start_server: StartServer) -> None:
     assert await http_call(server.url, "query", "counters:get", {"name": "idem"}) == 1
 
 
+async def test_a_resent_request_id_with_other_arguments_is_refused(start_server: StartServer) -> None:
+    """A request id of a session reused for another call gets a failed MutationResponse saying
+    so, and nothing runs; the admin's use of the same session and request id is its own."""
+    server = start_server("serve", extra_env={"RIPPLE_ADMIN_KEY": "k-idem"})
+    ws_url = server.url.replace("http://", "ws://") + "/api/sync"
+    session = str(uuid.uuid4())
+    calls = [({"name": "reuse-a"}, None), ({"name": "reuse-b"}, None), ({"name": "reuse-b"}, "k-idem")]
+    results = []
+    for attempt, (args, admin_key) in enumerate(calls):
+        async with websockets.connect(ws_url) as ws:
+            await ws.send(json.dumps({"type": "Connect", "sessionId": session, "connectionCount": attempt}))
+            if admin_key is not None:
+                await ws.send(json.dumps({"type": "Authenticate", "tokenType": "Admin", "value": admin_key,
+                                          "baseVersion": 0}))
+            await ws.send(json.dumps({"type": "Mutation", "requestId": 0, "udfPath": "counters:inc", "args": [args]}))
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "MutationResponse":
+                    results.append(message)
+                    break
+    assert results[0]["success"] and results[0]["result"] == 1
+    assert not results[1]["success"]
+    assert "request id 0 of session" in results[1]["result"] and "other arguments" in results[1]["result"]
+    assert results[2]["success"] and results[2]["result"] == 1
+    assert await http_call(server.url, "query", "counters:get", {"name": "reuse-a"}) == 1
+    assert await http_call(server.url, "query", "counters:get", {"name": "reuse-b"}) == 1
+
+
+async def test_big_integers_and_long_paths_over_the_websocket(start_server: StartServer) -> None:
+    """2**60 and 2**80 as JSON integers are refused alike, naming where they are; a
+    1,000,000-character function path is not echoed back whole."""
+    server = start_server("serve")
+    ws_url = server.url.replace("http://", "ws://") + "/api/sync"
+    async with websockets.connect(ws_url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4()), "connectionCount": 0}))
+        await ws.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+            {"type": "Add", "queryId": 0, "udfPath": "values:describe", "args": [{"value": [2**80]}]}]}))
+        for request_id, big in enumerate([2**60, 2**80]):
+            await ws.send(json.dumps({"type": "Mutation", "requestId": request_id, "udfPath": "counters:inc",
+                                      "args": [{"name": "big", "by": big}]}))
+        await ws.send(json.dumps({"type": "Mutation", "requestId": 2, "udfPath": "a" * 1_000_000, "args": [{}]}))
+        responses: dict[int, Any] = {}
+        query_failed = None
+        while len(responses) < 3 or query_failed is None:
+            message = json.loads(await ws.recv())
+            if message["type"] == "MutationResponse":
+                responses[message["requestId"]] = message
+            elif message["type"] == "Transition":
+                for mod in message["modifications"]:
+                    if mod["type"] == "QueryFailed":
+                        query_failed = mod["errorMessage"]
+    for request_id, big in enumerate([2**60, 2**80]):
+        assert not responses[request_id]["success"]
+        assert f"by: integer {big} is outside the float64-exact range" in responses[request_id]["result"]
+    assert f"value[0]: integer {2**80} is outside" in query_failed
+    assert not responses[2]["success"]
+    assert "(1000000 characters)" in responses[2]["result"] and len(responses[2]["result"]) < 400
+    assert await http_call(server.url, "query", "counters:get", {"name": "big"}) == 0
+
+
 async def test_only_affected_subscriptions_re_execute(start_server: StartServer) -> None:
     server = start_server("serve")
     async with RippleClient(server.url) as client:

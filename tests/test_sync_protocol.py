@@ -126,6 +126,8 @@ def test_actions_events_and_authenticate() -> None:
         (["connect", {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [{"type": "Remove", "queryId": 1}]}], "not in the query set"),
         (["connect", {"type": "Mutation", "requestId": 0, "udfPath": "a:b", "args": {"x": 1}}], "one-element array"),
         (["connect", {"type": "Mutation", "requestId": -1, "udfPath": "a:b", "args": [{}]}], "non-negative integer"),
+        (["connect", b'{"type": "Mutation", "requestId": 1208925819614629174706176, "udfPath": "a:b", "args": [{}]}'],
+         "non-negative integer"),
         (["connect", {"type": "Authenticate", "baseVersion": 4, "tokenType": "None"}], "identity version"),
         (["connect", {"type": "Bogus"}], "unknown message type"),
         (["connect", "connect"], "Connect sent twice"),

@@ -21,6 +21,7 @@ from server.core.values import (
     to_plain_json,
 )
 from server.errors import InvalidIdError, ValueValidationError
+from server.wire import loads
 
 from reference import convex_cmp
 
@@ -181,3 +182,16 @@ def test_plain_json_input_has_the_same_depth_limit() -> None:
         assert decode(nest(64)) == nest(64)
         with pytest.raises(ValueValidationError, match=r"^k(\[0\]\.k)+: nested deeper than 64 levels$"):
             decode(nest(65))
+
+
+@pytest.mark.parametrize("text", ["1152921504606846976", "1208925819614629174706176", "-1208925819614629174706176",
+                                  "18446744073709551616", "-9223372036854775809"])
+@pytest.mark.parametrize("decode", [from_plain_json, from_convex_json])
+def test_json_integers_beyond_2_53_are_refused_whatever_their_size(text: str, decode: Any) -> None:
+    """orjson decodes integers beyond 64 bits as floats; wire.loads keeps them integers, so
+    2**80 is refused like 2**60 instead of passing as a float64."""
+    value = loads(f'{{"a": [1.5, {text}], "s": "x"}}')
+    assert value["a"][1] == int(text) and isinstance(value["a"][1], int)
+    with pytest.raises(ValueValidationError, match=rf"^a\[1\]: integer {text} is outside the float64-exact range"):
+        decode(value)
+    assert loads(b"[1e30, 12345678901234567890.5]") == [1e30, 12345678901234567890.5]

@@ -17,8 +17,14 @@ from server.core.contexts import Identity
 from server.core.registry import Kind
 from server.core.runtime import Runtime
 from server.core.values import from_convex_json, from_plain_json, to_convex_json, to_plain_json
-from server.errors import FunctionFailure, FunctionNotFound, RippleUsageError, ValueValidationError
-from server.wire import decode_ts, encode_ts
+from server.errors import (
+    FunctionFailure,
+    FunctionNotFound,
+    RippleUsageError,
+    ValueValidationError,
+    shown,
+)
+from server.wire import decode_ts, encode_ts, loads
 
 FORMATS = ("json", "convex_encoded_json")
 
@@ -55,7 +61,7 @@ async def read_json_body(request: Request, limit: int) -> Any:
     if not body:
         raise HttpError(400, "BadJsonBody", "request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        return loads(body)
     except orjson.JSONDecodeError as exc:
         raise HttpError(400, "BadJsonBody", f"request body is not valid JSON: {exc}") from exc
 
@@ -69,7 +75,7 @@ def parse_ts(raw: Any) -> int:
     try:
         return decode_ts(raw)
     except ValueError:
-        raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {raw!r}") from None
+        raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {shown(repr(raw))}") from None
 
 
 class HttpApi:
@@ -104,10 +110,10 @@ class HttpApi:
             raise HttpError(400, "BadJsonBody", "components are not supported: `componentPath` must be empty")
         unknown = set(body) - {"path", "args", "format", "ts", "componentPath"}
         if unknown:
-            raise HttpError(400, "BadJsonBody", f"unexpected field(s) in request body: {', '.join(sorted(unknown))}")
+            raise HttpError(400, "BadJsonBody", f"unexpected field(s) in request body: {shown(', '.join(sorted(unknown)))}")
         fmt = body.get("format", "json")
         if fmt not in FORMATS:
-            raise HttpError(400, "BadFormat", f"`format` must be 'json' or 'convex_encoded_json', not {fmt!r}")
+            raise HttpError(400, "BadFormat", f"`format` must be 'json' or 'convex_encoded_json', not {shown(repr(fmt))}")
         path = path_override if path_override is not None else body.get("path")
         if not isinstance(path, str) or not path:
             raise HttpError(400, "BadJsonBody", "`path` must be the function path, e.g. 'videos:list'")

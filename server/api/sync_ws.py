@@ -26,7 +26,7 @@ from server.core.contexts import Identity, Outcome
 from server.core.runtime import Runtime
 from server.core.subscriptions import SharedQuery, SubscriptionManager
 from server.core.values import from_convex_json, to_convex_json
-from server.errors import FunctionFailure, RippleUsageError, ValueValidationError, redact
+from server.errors import FunctionFailure, RippleUsageError, ValueValidationError, redact, shown
 from server.sync.protocol import (
     Authenticate,
     ProtocolError,
@@ -258,7 +258,7 @@ class ClientConnection:
         except (RippleUsageError, ValueValidationError) as exc:
             return FunctionResult(False, str(exc))
         except Exception as exc:
-            return FunctionResult(False, redact(exc, f"{kind} {path}", dev=self.runtime.config.dev))
+            return FunctionResult(False, redact(exc, f"{kind} {shown(path)}", dev=self.runtime.config.dev))
         ts = outcome.ts if outcome.ts is not None else self.manager.current_ts
         return FunctionResult(True, to_convex_json(outcome.value), tuple(outcome.log_lines), ts=ts)
 

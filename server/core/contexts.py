@@ -4,6 +4,8 @@
     mutation  MutationCtx  db (reads and writes), auth, scheduler (commits with the mutation)
     action    ActionCtx    run_query / run_mutation / run_action, auth, scheduler (commits at once)
 
+Also who called (`caller_key`) and what an idempotent mutation call stored (`StoredCall`).
+
 The runtime (server/core/runtime.py) builds them; this module needs nothing of it at run time:
 an action's nested calls go through the `NestedCall` it is given. The database and scheduler
 types are imported for annotations only, so `from server import QueryCtx` loads no driver.
@@ -11,13 +13,16 @@ types are imported for annotations only, so `from server import QueryCtx` loads 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from server.core.logs import LogBuffer
 from server.core.registry import FunctionDef, Kind
-from server.errors import ConvexError, FunctionFailure
+from server.errors import ConvexError, FunctionFailure, IdempotencyKeyReused, shown
 
 if TYPE_CHECKING:
     from server.core.documents import DatabaseReader, DatabaseWriter
@@ -45,6 +50,44 @@ class Identity(dict[str, Any]):
     @property
     def token_identifier(self) -> str:
         return str(self["tokenIdentifier"])
+
+
+def caller_key(identity: Identity | None, admin: bool) -> str:
+    """Who made a call, as part of an idempotent mutation's key: a hash of the identity's
+    tokenIdentifier (of all its claims if it has none) and of whether the caller is an admin;
+    "anonymous" callers share one key. No token or claim is stored."""
+    if identity is None:
+        who = "admin" if admin else "anonymous"
+    else:
+        token = identity.get("tokenIdentifier")
+        who = ("admin:" if admin else "identity:") + (
+            str(token) if token is not None else orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS).decode())
+    return hashlib.sha256(who.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredCall:
+    """An idempotent mutation call: its key (session id, request id, caller) and what it calls,
+    as stored with its result in `_ripple_mutation_results`."""
+
+    session_id: str
+    request_id: int
+    caller: str
+    function: str
+    args_hash: str
+
+    def check_resend(self, function: str | None, args_hash: str | None) -> None:
+        """A stored result answers only a resend of the same call. Rows from before functions
+        were recorded (None) answer any call, as they did then (they expire within a day)."""
+        if function is None:
+            return
+        what = f"request id {self.request_id} of session {shown(self.session_id)}"
+        if function != self.function:
+            raise IdempotencyKeyReused(f"{what} was already used for mutation {function}, not {self.function}; "
+                                       "a new mutation needs a new request id")
+        if args_hash != self.args_hash:
+            raise IdempotencyKeyReused(f"{what} was already used for {function} with other arguments; "
+                                       "a new mutation needs a new request id")
 
 
 class Auth:

@@ -11,7 +11,9 @@ import base64
 from collections.abc import Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
+from server.core import sql
 from server.core.transaction import ReadRange
+from server.errors import StaleTimestamp
 
 
 def write_keys(write: dict[str, Any]) -> Iterable[tuple[str, str, bytes]]:
@@ -36,6 +38,24 @@ def overlaps(reads: Iterable[ReadRange], writes: Iterable[dict[str, Any]]) -> bo
                 if r.lo <= key < r.hi:
                     return True
     return False
+
+
+MAX_TS_LOOKBACK_COMMITS = 10_000
+
+
+async def check_unchanged_since(conn: Any, reads: list[ReadRange], at_ts: int, snapshot_ts: int) -> None:
+    """A query at an older ts is answered from the current snapshot when no commit since
+    then wrote into what the query read; otherwise the caller must retry at a newer ts."""
+    if at_ts >= snapshot_ts:
+        return
+    rows = await conn.fetch(sql.COMMITS_BETWEEN, at_ts, snapshot_ts, MAX_TS_LOOKBACK_COMMITS + 1)
+    pruned_through = await conn.fetchval(sql.PRUNED_THROUGH)
+    too_far = len(rows) > MAX_TS_LOOKBACK_COMMITS or (pruned_through is not None and at_ts < int(pruned_through))
+    if too_far or overlaps(reads, (w for r in rows for w in r["writes"])):
+        raise StaleTimestamp(
+            f"timestamp {at_ts} is too old: documents this query reads changed since; "
+            "fetch a new timestamp from /api/query_ts"
+        )
 
 
 Owner = TypeVar("Owner", bound=Hashable)

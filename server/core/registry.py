@@ -17,6 +17,7 @@ from server.errors import (
     ReturnValidationError,
     RippleUsageError,
     WrongFunctionKind,
+    shown,
 )
 
 Kind = Literal["query", "mutation", "action"]
@@ -138,10 +139,18 @@ internal_mutation = _decorator("mutation", True)
 internal_action = _decorator("action", True)
 
 
+MAX_PATH_CHARS = 1024
+
+
 def canonical_path(path: object) -> str:
-    """`videos` -> `videos:default`; `dir/mod.js:fn` -> `dir/mod:fn`. Raises on malformed paths."""
-    if not isinstance(path, str) or not path or len(path) > 1024:
-        raise RippleUsageError(f"function path must be a non-empty string, not {path!r}")
+    """`videos` -> `videos:default`; `dir/mod.js:fn` -> `dir/mod:fn`. Raises on malformed paths;
+    error messages show at most the first 200 characters of a path (errors.shown)."""
+    if not isinstance(path, str) or not path:
+        raise RippleUsageError(f"function path must be a non-empty string, not {shown(repr(path))}")
+    if len(path) > MAX_PATH_CHARS:
+        raise RippleUsageError(
+            f"function path {shown(path)!r} is longer than the limit of {MAX_PATH_CHARS} characters"
+        )
     module, sep, name = path.partition(":")
     if not sep:
         name = "default"
@@ -150,7 +159,7 @@ def canonical_path(path: object) -> str:
     parts = module.split("/")
     if not all(part.isidentifier() for part in parts) or not name.isidentifier():
         raise RippleUsageError(
-            f"malformed function path {path!r}: expected 'module:function' or 'folder/module:function'"
+            f"malformed function path {shown(path)!r}: expected 'module:function' or 'folder/module:function'"
         )
     return f"{module}:{name}"
 
@@ -177,13 +186,13 @@ class Registry:
         canonical = canonical_path(path)
         fn = self.functions.get(canonical)
         if fn is None and (module := canonical.partition(":")[0]) in self.unavailable:
-            raise FunctionUnavailable(f"Function '{canonical}' is unavailable: {self.unavailable[module]}")
+            raise FunctionUnavailable(f"Function '{shown(canonical)}' is unavailable: {self.unavailable[module]}")
         if fn is None or (fn.internal and not allow_internal):
             close = difflib.get_close_matches(
                 canonical, [p for p, f in self.functions.items() if allow_internal or not f.internal], n=1
             )
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise FunctionNotFound(f"Could not find public function for '{canonical}'.{hint}")
+            raise FunctionNotFound(f"Could not find public function for '{shown(canonical)}'.{hint}")
         if kind is not None and fn.kind != kind:
             raise WrongFunctionKind(
                 f"'{canonical}' is a {fn.kind}, not a {kind}; call it as a {fn.kind}"

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,21 +31,29 @@ import orjson
 from server.config import Config
 from server.core import logs, sandbox, sql
 from server.core.backoff import conflict_retry_delays
-from server.core.contexts import ActionCtx, Auth, Identity, MutationCtx, Outcome, QueryCtx
+from server.core.contexts import (
+    ActionCtx,
+    Auth,
+    Identity,
+    MutationCtx,
+    Outcome,
+    QueryCtx,
+    StoredCall,
+    caller_key,
+)
 from server.core.database import Catalog, Database, rollback
 from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
-from server.core.readsets import overlaps
+from server.core.readsets import check_unchanged_since
 from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
 from server.core.supervise import Supervised
 from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
-from server.core.values import from_convex_json, to_convex_json
+from server.core.values import digest, from_convex_json, to_convex_json
 from server.errors import (
     ConvexError,
     FunctionFailure,
-    StaleTimestamp,
     TooManyConflicts,
     TransactionConflict,
     ValueValidationError,
@@ -56,7 +64,6 @@ from server.errors import (
 log = logging.getLogger("ripple.functions")
 
 T = TypeVar("T")
-MAX_TS_LOOKBACK_COMMITS = 10_000
 KIND_LABELS = {"query": "Q", "mutation": "M", "action": "A"}
 
 
@@ -134,14 +141,18 @@ class Runtime:
         """Resolve, validate and run a function. Raises RippleUsageError for caller mistakes
         (unknown function, bad arguments) and FunctionFailure when the function itself fails.
 
-        `idempotency_key` (session id, request id) makes a mutation run at most once: a repeat
-        with the same key returns the stored result of the first successful run."""
+        `idempotency_key` (session id, request id) makes a mutation run at most once per caller
+        (`caller_key(identity, allow_internal)`): a repeat of the same call with the same key
+        returns the stored result of the first successful run; a repeat calling another function
+        or with other arguments raises IdempotencyKeyReused."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
         kwargs = fn.validate_args(args)
         if kind == "query":
             return await self._run_query(fn, kwargs, identity, at_ts)
         if kind == "mutation":
-            return await self._run_mutation(fn, kwargs, identity, idempotency_key, commit_ts)
+            key = None if idempotency_key is None else StoredCall(
+                *idempotency_key, caller_key(identity, allow_internal), str(fn.path), digest(args))
+            return await self._run_mutation(fn, kwargs, identity, key, commit_ts)
         return await self._run_action(fn, kwargs, identity)
 
     async def _nested_call(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any], identity: Identity | None) -> Outcome:
@@ -244,22 +255,8 @@ class Runtime:
             if run.failure is not None:
                 raise run.failure
             if at_ts is not None and snapshot_ts is not None:
-                await self._check_unchanged_since(conn, run.reads, at_ts, snapshot_ts)
+                await check_unchanged_since(conn, run.reads, at_ts, snapshot_ts)
         return Outcome(run.value, run.log_lines, at_ts)
-
-    async def _check_unchanged_since(self, conn: Any, reads: list[ReadRange], at_ts: int, snapshot_ts: int) -> None:
-        """A query at an older ts is answered from the current snapshot when no commit since
-        then wrote into what the query read; otherwise the caller must retry at a newer ts."""
-        if at_ts >= snapshot_ts:
-            return
-        rows = await conn.fetch(sql.COMMITS_BETWEEN, at_ts, snapshot_ts, MAX_TS_LOOKBACK_COMMITS + 1)
-        pruned_through = await conn.fetchval(sql.PRUNED_THROUGH)
-        too_far = len(rows) > MAX_TS_LOOKBACK_COMMITS or (pruned_through is not None and at_ts < int(pruned_through))
-        if too_far or overlaps(reads, (w for r in rows for w in r["writes"])):
-            raise StaleTimestamp(
-                f"timestamp {at_ts} is too old: documents this query reads changed since; "
-                "fetch a new timestamp from /api/query_ts"
-            )
 
     # -- mutations and writing transactions ---------------------------------------------------
 
@@ -286,20 +283,21 @@ class Runtime:
 
     async def _run_mutation(
         self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
-        idempotency_key: tuple[str, int] | None, commit_ts: bool,
+        key: StoredCall | None, commit_ts: bool,
     ) -> Outcome:
         async def attempt() -> tuple[Outcome, MutationScheduler | None]:
             async with self.db.acquire() as conn:
-                if idempotency_key is not None:
-                    done = await conn.fetchrow(sql.GET_MUTATION_RESULT, *idempotency_key)
+                if key is not None:
+                    done = await conn.fetchrow(sql.GET_MUTATION_RESULT, key.session_id, key.request_id, key.caller)
                     if done is not None:  # a resend of a mutation that already committed
+                        key.check_resend(done["function"], done["args_hash"])
                         return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"])), None
                 async with self.transaction(conn, "serializable") as tx:
                     value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity)
-                    if idempotency_key is not None:
-                        await conn.execute(sql.PUT_MUTATION_RESULT, *idempotency_key, [to_convex_json(value)], lines)
+                    if key is not None:
+                        await conn.execute(sql.PUT_MUTATION_RESULT, *astuple(key), [to_convex_json(value)], lines)
                 ts = None
-                if (commit_ts and tx.writes) or idempotency_key is not None:
+                if (commit_ts and tx.writes) or key is not None:
                     ts = await self._ts_after_commit(conn, bool(tx.writes))
             return Outcome(value, lines, ts), scheduler
 

@@ -53,15 +53,35 @@ CREATE TABLE IF NOT EXISTS _ripple_commits (
     writes       jsonb NOT NULL,
     committed_at timestamptz NOT NULL DEFAULT now()
 );
+-- One row per idempotent mutation run, keyed per caller (a hash of who called: identity, admin
+-- or anonymous), with what was called (`function`, and a hash of the arguments) so that a resend
+-- of the key with another call is refused. Rows written before those columns existed have
+-- caller '' and no function: they are answered as before, for any caller (see runtime.py).
 CREATE TABLE IF NOT EXISTS _ripple_mutation_results (
     session_id text NOT NULL,
     request_id bigint NOT NULL,
+    caller     text NOT NULL DEFAULT '',
+    function   text,
+    args_hash  text,
     value      jsonb NOT NULL,  -- [result], so that a null result is JSON null, not SQL NULL
     log_lines  jsonb NOT NULL,
     ts         bigint NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (session_id, request_id)
+    PRIMARY KEY (session_id, request_id, caller)
 );
+ALTER TABLE _ripple_mutation_results ADD COLUMN IF NOT EXISTS caller text NOT NULL DEFAULT '';
+ALTER TABLE _ripple_mutation_results ADD COLUMN IF NOT EXISTS function text;
+ALTER TABLE _ripple_mutation_results ADD COLUMN IF NOT EXISTS args_hash text;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                   WHERE conrelid = '_ripple_mutation_results'::regclass AND contype = 'p'
+                     AND array_length(conkey, 1) = 3) THEN
+        ALTER TABLE _ripple_mutation_results DROP CONSTRAINT IF EXISTS _ripple_mutation_results_pkey;
+        ALTER TABLE _ripple_mutation_results ADD PRIMARY KEY (session_id, request_id, caller);
+    END IF;
+END
+$$;
 CREATE TABLE IF NOT EXISTS _ripple_meta (
     key   text PRIMARY KEY,
     value jsonb NOT NULL
@@ -101,18 +121,23 @@ UPDATE_TABLE = "UPDATE _ripple_tables SET indexes = $2, fingerprint = $3 WHERE n
 COMMIT_TAIL = "SELECT _ripple_commit($1, $2, $3)"
 LAST_COMMIT_TS = "SELECT currval('_ripple_ts')"  # the ts this session's last commit tail took
 LATEST_TS = "SELECT coalesce(max(ts), 0) FROM _ripple_commits"
-# Idempotent mutations. The stored ts is a lower bound (0 when the row is written, before the
-# commit's ts exists): a replay answers with the latest commit ts, which covers the mutation
-# because its row, committed with it, was found. Read outside the mutation's transaction, so the
-# look-up takes no serializable predicate lock on the shared primary key (which made concurrent
-# sessions' mutations conflict); the primary key still makes a concurrent duplicate fail.
+# Idempotent mutations, keyed by (session id, request id, caller). The stored ts is a lower
+# bound (0 when the row is written, before the commit's ts exists): a replay answers with the
+# latest commit ts, which covers the mutation because its row, committed with it, was found. Read
+# outside the mutation's transaction, so the look-up takes no serializable predicate lock on the
+# shared primary key (which made concurrent sessions' mutations conflict); the primary key still
+# makes a concurrent duplicate fail. A row from before callers were recorded (caller '') matches
+# any caller; one of the caller's own comes first.
 GET_MUTATION_RESULT = """
-SELECT value, log_lines, greatest(ts, (SELECT coalesce(max(ts), 0) FROM _ripple_commits)) AS ts
-FROM _ripple_mutation_results WHERE session_id = $1 AND request_id = $2
+SELECT value, log_lines, function, args_hash,
+       greatest(ts, (SELECT coalesce(max(ts), 0) FROM _ripple_commits)) AS ts
+FROM _ripple_mutation_results WHERE session_id = $1 AND request_id = $2 AND caller IN ($3, '')
+ORDER BY caller = '' LIMIT 1
 """
-PUT_MUTATION_RESULT = (
-    "INSERT INTO _ripple_mutation_results (session_id, request_id, value, log_lines, ts) VALUES ($1, $2, $3, $4, 0)"
-)
+PUT_MUTATION_RESULT = """
+INSERT INTO _ripple_mutation_results (session_id, request_id, caller, function, args_hash, value, log_lines, ts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, 0)
+"""
 PRUNED_THROUGH = "SELECT (value #>> '{}')::bigint FROM _ripple_meta WHERE key = 'commits_pruned_through'"
 # Change log reading for live queries: everything after what a process has processed.
 COMMITS_AFTER = "SELECT ts, writes FROM _ripple_commits WHERE ts > $1 ORDER BY ts LIMIT $2"

@@ -18,6 +18,7 @@ by a poll timer (fast when the listener is down).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -76,7 +77,10 @@ class SharedQuery:
 
 
 def subscription_key(path: str, args_json: Any, identity: Identity | None, journal: str | None) -> SubKey:
-    args_key = orjson.dumps(args_json, option=orjson.OPT_SORT_KEYS)
+    try:
+        args_key = orjson.dumps(args_json, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the query's run will refuse it
+        args_key = json.dumps(args_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     identity_key = orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS) if identity is not None else b""
     return (path, args_key, identity_key, journal)
 

@@ -13,18 +13,21 @@ Mapping (the same one the PyPI `convex` client uses):
     object        dict[str, ...]    object                         object
 
 * A plain Python `int` is a float64 whose value is integral; it must lie within +-2**53, the
-  range a float64 holds exactly. JSON numbers without a fraction decode to `int`, so a function
-  typed `int` accepts what JavaScript clients send.
+  range a float64 holds exactly. JSON numbers without a fraction decode to `int` (exactly, at any
+  size: server.wire.loads), so a function typed `int` accepts what JavaScript clients send, and
+  an integer literal beyond +-2**53 is refused whatever its size, never rounded to a float.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
@@ -96,7 +99,7 @@ def _check_plain_int(v: int, path: str) -> None:
     if not MIN_SAFE_INT <= v <= MAX_SAFE_INT:
         raise ValueValidationError(
             f"{path or 'value'}: integer {v} is outside the float64-exact range (+-2**53); "
-            "use server.Int64 for 64-bit integers"
+            'use {"$integer": ...} (server.Int64) for 64-bit integers'
         )
 
 
@@ -128,6 +131,12 @@ def to_convex_json(value: Value, path: str = "", depth: int = 0) -> Any:
         f"{path or 'value'}: {type(value).__name__} is not a Convex value "
         "(use None, bool, int, float, Int64, str, bytes, list or dict)"
     )
+
+
+def digest(value: Value) -> str:
+    """A hash of a value, equal for equal values whatever the order of their objects' keys."""
+    encoded = orjson.dumps(to_convex_json(value), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def from_convex_json(value: Any, path: str = "", depth: int = 0) -> Value:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from server.wire import FunctionResult, QueryResult, decode_ts, encode_ts
+from server.wire import FunctionResult, QueryResult, decode_ts, encode_ts, loads
 
 
 class ProtocolError(Exception):
@@ -84,8 +84,8 @@ def _int(message: dict[str, Any], key: str) -> int:
     value = message.get(key)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError(f"{message.get('type')}.{key} must be a non-negative integer")
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**53:
+        raise ProtocolError(f"{message.get('type')}.{key} must be a non-negative integer (at most 2**53)")
     return value
 
 
@@ -129,7 +129,7 @@ class SyncSession:
 
     def receive(self, text: str | bytes) -> list[Request]:
         try:
-            message = orjson.loads(text)
+            message = loads(text)
         except orjson.JSONDecodeError as exc:
             raise ProtocolError(f"message is not valid JSON: {exc}") from exc
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
