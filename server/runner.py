@@ -8,7 +8,7 @@ import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from server.core.database import Database
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
 from server.core.subscriptions import SubscriptionManager
+from server.core.supervise import Supervised
 from server.errors import RippleError
 
 log = logging.getLogger("ripple")
@@ -177,7 +178,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        watcher: asyncio.Task[None] | None = None
+        watcher: Supervised | None = None
         recorded = False
         try:
             failure = await start()
@@ -185,7 +186,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                 on_fatal(failure)
             else:
                 if config.dev:
-                    watcher = asyncio.create_task(loader.watch(), name="ripple-reload")
+                    watcher = runtime.supervise("reload watcher", loader.watch)  # restarted if it dies
+                    watcher.start()
                     devserver.record(config.app_dir, devserver.connect_url(config.host, config.port))
                     recorded = True
                 log.info("serving %s (%s mode, event loop %s)", listen_url(config),
@@ -196,9 +198,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             if recorded:
                 devserver.forget(config.app_dir)
             if watcher is not None:
-                watcher.cancel()
-                with suppress(asyncio.CancelledError):
-                    await watcher
+                await watcher.stop()
             if scheduling:
                 await scheduler.stop()
             if live_queries:
