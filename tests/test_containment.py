@@ -101,6 +101,6 @@ async def test_health_reports_a_background_loop_that_is_down(runtime: Runtime) -
             assert r.status_code == 503 and r.json() == {"status": "background loops down", "loops": ["doomed"]}
     finally:
         await loop.stop()
-        runtime.loops.remove(loop)
+    assert loop not in runtime.loops  # a stopped loop leaves the health list by itself
     async with httpx.AsyncClient(transport=transport, base_url="http://ripple") as c:
         assert (await c.get("/_ripple/health")).json()["status"] == "ok"

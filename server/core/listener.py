@@ -33,14 +33,15 @@ class Listener:
     """Keeps one connection LISTENing on `channel`; calls `wake(payload)` on every notification
     and `wake(None)` after every successful (re)connect and every loss of the connection."""
 
-    def __init__(self, url: str, channel: str, wake: Callable[[str | None], None], server_settings: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, channel: str, wake: Callable[[str | None], None], server_settings: dict[str, str] | None = None,
+                 loops: list[Supervised] | None = None) -> None:
         self.url = url
         self.channel = channel
         self.wake = wake
         self.server_settings = server_settings or {}
         self.state = ListenerState.CONNECTING
         self.backend_pid: int | None = None
-        self.loop = Supervised(f"listener {channel}", self._run)
+        self.loop = Supervised(f"listener {channel}", self._run, registry=loops)  # loops: Runtime.loops
         self._lost = asyncio.Event()
 
     @property

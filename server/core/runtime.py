@@ -97,9 +97,7 @@ class Runtime:
 
     def supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> Supervised:
         """A background loop of this process, kept alive and reported by health (supervise.py)."""
-        loop = Supervised(name, body, self.metrics)
-        self.loops.append(loop)
-        return loop
+        return Supervised(name, body, self.metrics, self.loops)
 
     @property
     def app(self) -> App:

@@ -109,8 +109,7 @@ class SubscriptionManager:
     async def start(self) -> None:
         self._processed_ts = self.current_ts = await self.runtime.latest_ts()
         db = self.runtime.db
-        self._listener = Listener(db.url, db.channel, self._notified, {"search_path": db.search_path})
-        self.runtime.loops.append(self._listener.loop)
+        self._listener = Listener(db.url, db.channel, self._notified, {"search_path": db.search_path}, self.runtime.loops)
         self._listener.start()
         self._ticker = self.runtime.supervise("live-queries", self._loop)
         self._ticker.start()
@@ -121,9 +120,6 @@ class SubscriptionManager:
             await self._listener.stop()
         if self._ticker is not None:
             await self._ticker.stop()
-        for loop in (self._ticker, self._listener.loop if self._listener is not None else None):
-            if loop is not None and loop in self.runtime.loops:
-                self.runtime.loops.remove(loop)
 
     @property
     def listener(self) -> Listener | None:

@@ -23,8 +23,10 @@ log = logging.getLogger("ripple.supervise")
 class Supervised:
     """Runs `body()` as a task and restarts it whenever it ends while not stopping."""
 
-    def __init__(self, name: str, body: Callable[[], Awaitable[None]], metrics: Metrics | None = None) -> None:
+    def __init__(self, name: str, body: Callable[[], Awaitable[None]], metrics: Metrics | None = None,
+                 registry: list[Supervised] | None = None) -> None:
         self.name = name
+        self._registry = registry  # where health finds it (Runtime.loops): joined at start, left at stop
         self._body = body
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
@@ -47,6 +49,8 @@ class Supervised:
 
     def start(self) -> None:
         self._stopping = False
+        if self._registry is not None and self not in self._registry:
+            self._registry.append(self)
         self._task = asyncio.create_task(self._run(), name=f"ripple-{self.name}")
 
     def finish(self) -> None:
@@ -56,6 +60,8 @@ class Supervised:
     async def stop(self) -> None:
         """Stop now: cancel the body if it still runs."""
         self._stopping = True
+        if self._registry is not None and self in self._registry:
+            self._registry.remove(self)
         task = self._task
         if task is not None and not task.done():
             task.cancel()

@@ -99,7 +99,7 @@ class Scheduler:
         self._workers: list[Supervised] = []
         self._services: list[Supervised] = []
         db = runtime.db
-        self.listener = Listener(db.url, runtime.jobs_channel, self._on_wake)
+        self.listener = Listener(db.url, runtime.jobs_channel, self._on_wake, loops=runtime.loops)
         metrics = runtime.metrics
         metrics.describe("ripple_scheduler_running_jobs", "gauge", "Scheduled jobs running in this process")
         metrics.describe("ripple_scheduler_listener_connected", "gauge", "1 while the scheduler's LISTEN connection is up")
@@ -118,7 +118,6 @@ class Scheduler:
         self.runtime.on_reload.append(self._on_reload)
         self.runtime.metrics.gauge("ripple_scheduler_running_jobs", lambda: float(self._busy))
         self.runtime.metrics.gauge("ripple_scheduler_listener_connected", lambda: float(self.listener.healthy))
-        self.runtime.loops.append(self.listener.loop)
         self.listener.start()
         self._services = [self.runtime.supervise("scheduler clock", self._clock),
                           self.runtime.supervise("scheduler maintenance", self._maintenance)]
@@ -145,9 +144,6 @@ class Scheduler:
             await asyncio.wait(tasks, timeout=self.settings.shutdown_seconds)
         for worker in self._workers:
             await worker.stop()  # the late ones are cancelled
-        for loop in (*self._services, *self._workers, self.listener.loop):
-            if loop in self.runtime.loops:
-                self.runtime.loops.remove(loop)
         self._workers, self._services = [], []
 
     def _on_reload(self) -> None:
