@@ -97,3 +97,18 @@ async def test_numerous_queries_of_one_client_do_not_delay_another_clients_updat
         await until(lambda: all(w.values == [0, 1] for w in busy), timeout=60)
         for w in (*busy, fast):
             await w.stop()
+
+
+async def test_a_result_computed_apart_is_not_published_when_a_later_commit_changed_what_it_read(
+    start_server: StartServer,
+) -> None:
+    server = start_server("serve")
+    async with RippleClient(server.url) as client:
+        slow = Watcher(client, "counters:slow_get", {"name": "moving", "seconds": 2})
+        await until(lambda: metric(server.url, "ripple_live_query_runs_apart_total") >= 1)
+        await inc(server.url, "moving")  # commits while the first run (which read 0) is apart
+        await until(lambda: slow.values != [], timeout=30)
+        # The run that read 0 finished after the commit: publishing it at a ts past the commit
+        # would show a value that was never current then. It ran again instead.
+        assert slow.values == [1]
+        await slow.stop()
