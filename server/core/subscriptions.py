@@ -247,7 +247,12 @@ class SubscriptionManager:
                 break
             started = loop.time()
             run = asyncio.ensure_future(self._execute(snapshot.conn, sq))
-            done, _ = await asyncio.wait({run}, timeout=LIVE_SLICE)
+            try:
+                done, _ = await asyncio.wait({run}, timeout=LIVE_SLICE)
+            except asyncio.CancelledError:  # stopping: the run must end before its snapshot closes
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                raise
             if not done:
                 self._run_apart(sq, snapshot=snapshot, started=(run, snapshot_ts))
                 self.trigger()  # what is left runs at the next tick, on a new snapshot
