@@ -46,12 +46,13 @@ def metric(url: str, name: str) -> float:
 
 async def live_at_latest_commit(url: str) -> None:
     """Wait until every live result of the server at `url` is valid at the latest commit (its
-    ripple_live_query_ts gauge, which a tick advances only after it ran every query the commits
-    it read touched): whatever commits so far make that server do has been done.
+    ripple_live_query_ts gauge has reached it and no result is pending: the queries the commits
+    touched have run): whatever commits so far make that server do has been done.
     The gauge is a float; float() keeps order, so comparing floats never waits too little."""
     async with httpx.AsyncClient(base_url=url, timeout=30) as c:
         latest = decode_ts((await c.post("/api/query_ts")).json()["ts"])
-    await until(lambda: metric(url, "ripple_live_query_ts") >= float(latest))
+    await until(lambda: metric(url, "ripple_live_query_ts") >= float(latest)
+                and metric(url, "ripple_live_queries_pending") == 0)
 
 
 class Watcher:

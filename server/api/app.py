@@ -103,6 +103,7 @@ def build_app(
     runtime.metrics.gauge("ripple_shared_queries", lambda: float(len(subscriptions.queries)))
     runtime.metrics.gauge("ripple_websocket_clients", lambda: float(len(websocket_clients)))
     runtime.metrics.gauge("ripple_live_query_ts", lambda: float(subscriptions.current_ts))
+    runtime.metrics.gauge("ripple_live_queries_pending", lambda: float(len(subscriptions.stale)))
 
     def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:

@@ -24,7 +24,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from server.api.uvicorn_frames import FrameWriter, frame_writer
 from server.core.contexts import Identity, Outcome
 from server.core.runtime import Runtime
-from server.core.subscriptions import SharedQuery, SubscriptionManager
+from server.core.shared_queries import SharedQuery
+from server.core.subscriptions import SubscriptionManager
 from server.core.values import from_convex_json, to_convex_json
 from server.errors import FunctionFailure, RippleUsageError, ValueValidationError, redact, shown
 from server.sync.protocol import (

@@ -54,6 +54,32 @@ async def rollback(conn: asyncpg.Connection) -> None:
         conn.terminate()
 
 
+class Snapshot:
+    """A read-only REPEATABLE READ snapshot on a pooled connection (Database.snapshot). `close`
+    it exactly once to give the connection back. Unlike `async with acquire()` it may be handed
+    to a task that outlives its opener: the live-query tick hands it to a run that overran its
+    slice."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+        self.conn: Any = None
+
+    async def open(self) -> Snapshot:
+        self.conn = await self._pool.acquire()
+        try:
+            await self.conn.execute(sql.BEGIN["snapshot"])
+        except BaseException:
+            await self._pool.release(self.conn)
+            raise
+        return self
+
+    async def close(self) -> None:
+        try:
+            await rollback(self.conn)  # read-only: nothing to commit
+        finally:
+            await self._pool.release(self.conn)
+
+
 @dataclass
 class TableInfo:
     number: int
@@ -145,6 +171,10 @@ class Database:
     def acquire(self) -> Any:
         assert self.pool is not None, "Database.connect() was not called"
         return self.pool.acquire()
+
+    async def snapshot(self) -> Snapshot:
+        assert self.pool is not None, "Database.connect() was not called"
+        return await Snapshot(self.pool).open()
 
     async def apply_schema(self, schema: Schema) -> Catalog:
         """Create or update tables and indexes; refuse changes that stored documents violate."""

@@ -77,6 +77,8 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_websocket_clients", "gauge", "Connected websocket clients")
     m.describe("ripple_shared_queries", "gauge", "Distinct shared query executions kept live")
     m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")
+    m.describe("ripple_live_query_runs_apart_total", "counter", "Live query runs that overran their slice or were known slow, run apart from the ticks")
+    m.describe("ripple_live_queries_pending", "gauge", "Shared queries whose results are not valid at ripple_live_query_ts yet (being run, or waiting for a tick)")
     m.describe("ripple_live_query_ts", "gauge", "Commit ts every live result of this process is valid at")
     m.describe("ripple_scheduled_jobs_total", "counter", "Scheduled jobs by final state")
     m.describe("ripple_http_requests_total", "counter", "HTTP API requests by route and status")

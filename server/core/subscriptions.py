@@ -11,37 +11,56 @@ once together with the snapshot's timestamp. So after each tick every result is 
 ts, and every client's Transition is a consistent state. Queries the commits did not touch are
 not re-run: their results stay valid at the new ts.
 
-Ticks are woken by the commit listener (NOTIFY), by new subscriptions, by local mutations, and
-by a poll timer (fast when the listener is down).
+Fairness: one client's slow or numerous queries must not hold back everyone else's updates.
+A tick runs its queries one subscriber at a time in turn (round robin), gives each run a slice
+of LIVE_SLICE seconds and the whole tick TICK_BUDGET: a run still going after its slice keeps
+the tick's snapshot and connection and finishes *apart*, and what the tick did not reach waits
+for the next tick; the tick publishes what it completed. A query known to be slow (its last run
+overran the slice) runs apart from the start, in a snapshot of its own (at most MAX_APART at a
+time). A result computed apart is valid at its snapshot's ts; the tick that picks it up
+publishes it only if no commit since then wrote into what it read (else it runs again). While
+a query is being computed its subscribers get no Transition (their queries move together);
+everyone else's do.
+
+Ticks are woken by the commit listener (NOTIFY), by new subscriptions, by local mutations, by a
+run finished apart, and by a poll timer (fast when the listener is down).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import orjson
+from dataclasses import dataclass
+from typing import Any
 
 from server.core import sql
 from server.core.backoff import reconnect_delays
 from server.core.contexts import Identity
+from server.core.database import Snapshot
 from server.core.listener import Listener
-from server.core.readsets import ReadIndex
+from server.core.readsets import ReadIndex, check_unchanged_since
 from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
+from server.core.shared_queries import (
+    SharedQuery,
+    SubKey,
+    Subscriber,
+    query_result,
+    round_robin,
+    subscription_key,
+)
 from server.core.supervise import Supervised
-from server.core.transaction import ReadRange
-from server.core.values import from_convex_json, to_convex_json
-from server.errors import RippleUsageError
+from server.core.values import from_convex_json
+from server.errors import RippleUsageError, StaleTimestamp
 from server.wire import QueryResult
 
 log = logging.getLogger("ripple.subscriptions")
 
 MAX_COMMITS_PER_TICK = 5_000
+LIVE_SLICE = 0.1  # seconds a run may take inside a tick before it finishes apart
+TICK_BUDGET = 0.25  # seconds of runs a tick starts; the rest wait for the next tick
+MAX_APART = 4  # runs finishing apart at once (each holds a pooled connection)
 POLL_WHEN_LISTENING = 5.0
 POLL_WHEN_DOWN = 0.5
 PRUNE_EVERY = 60.0
@@ -49,40 +68,14 @@ COMMIT_LOG_RETENTION_S = 3600.0
 MUTATION_RESULT_RETENTION_S = 86_400.0
 
 
-class Subscriber(Protocol):
-    def notify(self) -> None: ...
+@dataclass
+class FinishedApart:
+    """A run that finished apart from the ticks: its outcome is valid at `ts`."""
 
-
-def query_result(run: QueryRun) -> QueryResult:
-    """A query run as clients receive it; the value is serialized once for every subscriber."""
-    if run.failure is None:
-        return QueryResult.success(orjson.dumps(to_convex_json(run.value)), run.log_lines, run.journal)
-    failure = run.failure
-    return QueryResult.failed(failure.message, failure.log_lines, run.journal, failure.data, failure.has_data)
-
-
-SubKey = tuple[str, bytes, bytes, str | None]
-
-
-@dataclass(eq=False)
-class SharedQuery:
-    key: SubKey
-    path: str
-    args: Any  # decoded argument object
-    identity: Identity | None
-    journal: str | None
-    subscribers: set[Subscriber] = field(default_factory=set)
-    reads: list[ReadRange] = field(default_factory=list)
-    result: QueryResult | None = None
-
-
-def subscription_key(path: str, args_json: Any, identity: Identity | None, journal: str | None) -> SubKey:
-    try:
-        args_key = orjson.dumps(args_json, option=orjson.OPT_SORT_KEYS)
-    except orjson.JSONEncodeError:  # an integer beyond 64 bits: the query's run will refuse it
-        args_key = json.dumps(args_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    identity_key = orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS) if identity is not None else b""
-    return (path, args_key, identity_key, journal)
+    sq: SharedQuery
+    outcome: QueryRun | QueryResult | None  # None: it failed to run (it runs again)
+    ts: int
+    generation: int  # of the functions it ran; a reload since makes it worthless
 
 
 class SubscriptionManager:
@@ -90,9 +83,12 @@ class SubscriptionManager:
         self.runtime = runtime
         self.queries: dict[SubKey, SharedQuery] = {}
         self._reads: ReadIndex[SharedQuery] = ReadIndex()  # read sets of live shared queries
-        # Shared queries to run at the next tick whatever was written (new ones, and all after
-        # a reload); their results, if any, are not valid at current_ts.
+        # Shared queries whose results, if any, are not valid at current_ts: to run whatever was
+        # written (new ones, all after a reload, those a tick did not reach) or being run apart.
         self.stale: set[SharedQuery] = set()
+        self._apart: dict[SharedQuery, asyncio.Task[None]] = {}  # runs finishing apart
+        self._finished: list[FinishedApart] = []  # ... and those that finished
+        self._generation = 0  # of the app's functions: +1 on every reload
         self.current_ts = 0  # every non-stale result is valid at this ts
         self._processed_ts = 0
         self._wake = asyncio.Event()
@@ -120,6 +116,10 @@ class SubscriptionManager:
             await self._listener.stop()
         if self._ticker is not None:
             await self._ticker.stop()
+        for task in list(self._apart.values()):
+            task.cancel()
+        if self._apart:
+            await asyncio.gather(*self._apart.values(), return_exceptions=True)
 
     @property
     def listener(self) -> Listener | None:
@@ -154,6 +154,9 @@ class SubscriptionManager:
             del self.queries[sq.key]
             self._reads.discard(sq)
             self.stale.discard(sq)
+            apart = self._apart.get(sq)
+            if apart is not None:
+                apart.cancel()
 
     def wait_for_ts(self, subscriber: Subscriber) -> None:
         """Wake `subscriber` after the next tick (it awaits a mutation's ts)."""
@@ -165,6 +168,7 @@ class SubscriptionManager:
         return sum(len(sq.subscribers) for sq in self.queries.values())
 
     def _functions_reloaded(self) -> None:
+        self._generation += 1  # what runs apart now ran the old code: it will not be published
         self.stale.update(self.queries.values())
         self.trigger()
 
@@ -194,7 +198,11 @@ class SubscriptionManager:
     async def _tick(self) -> None:
         runtime = self.runtime
         new_results: list[tuple[SharedQuery, QueryRun | QueryResult]] = []
-        async with runtime.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        finished, self._finished = self._finished, []
+        snapshot = await runtime.db.snapshot()
+        handed_over = False
+        try:
+            conn = snapshot.conn
             rows = await conn.fetch(sql.COMMITS_AFTER, self._processed_ts, MAX_COMMITS_PER_TICK + 1)
             pruned_through = await conn.fetchval(sql.PRUNED_THROUGH)
             everything = len(rows) > MAX_COMMITS_PER_TICK or (
@@ -204,17 +212,115 @@ class SubscriptionManager:
                 snapshot_ts = int(await conn.fetchval(sql.LATEST_TS))
             else:
                 snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
-            to_run: set[SharedQuery] = set(self.stale)
             if everything:
-                to_run.update(self.queries.values())
+                self.stale.update(self.queries.values())
             elif rows:  # only live queries are filed in the index: unsubscribe removes them
-                to_run.update(self._reads.touched_by(w for r in rows for w in r["writes"]))
-            for sq in to_run:
-                outcome = await self._execute(conn, sq)
-                new_results.append((sq, outcome))
+                self.stale.update(self._reads.touched_by(w for r in rows for w in r["writes"]))
+            for done in finished:
+                if await self._still_valid(conn, done, snapshot_ts):
+                    new_results.append((done.sq, done.outcome))  # type: ignore[arg-type]
+            busy = {sq for sq, _ in new_results} | {done.sq for done in self._finished} | self._apart.keys()
+            to_run = [sq for sq in self.stale if sq not in busy]
+            slow = [sq for sq in to_run if sq.slow]
+            for sq in slow:
+                if len(self._apart) >= MAX_APART:
+                    break
+                self._run_apart(sq, snapshot=None, started=None)
+            handed_over = await self._run_in_tick(snapshot, [sq for sq in to_run if not sq.slow], snapshot_ts, new_results)
+        finally:
+            if not handed_over:
+                await snapshot.close()
+        self._publish(new_results, snapshot_ts)
+
+    async def _run_in_tick(
+        self, snapshot: Snapshot, to_run: list[SharedQuery], snapshot_ts: int,
+        new_results: list[tuple[SharedQuery, QueryRun | QueryResult]],
+    ) -> bool:
+        """Run `to_run` in the tick's snapshot, one subscriber's query at a time in turn, until
+        the tick's budget is spent. A run that overruns its slice takes the snapshot over and
+        finishes apart (returns True: the caller must not close the snapshot)."""
+        loop = asyncio.get_running_loop()
+        tick_started = loop.time()
+        for sq in round_robin(to_run):
+            if loop.time() - tick_started > TICK_BUDGET:
+                self.trigger()  # the rest at the next tick
+                break
+            started = loop.time()
+            run = asyncio.ensure_future(self._execute(snapshot.conn, sq))
+            try:
+                done, _ = await asyncio.wait({run}, timeout=LIVE_SLICE)
+            except asyncio.CancelledError:  # stopping: the run must end before its snapshot closes
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                raise
+            if not done:
+                self._run_apart(sq, snapshot=snapshot, started=(run, snapshot_ts))
+                self.trigger()  # what is left runs at the next tick, on a new snapshot
+                return True
+            outcome = run.result()
+            sq.slow = loop.time() - started > LIVE_SLICE
+            if isinstance(outcome, QueryRun) and outcome.broken:
+                raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
+            new_results.append((sq, outcome))
+        return False
+
+    def _run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None:
+        """Finish (`started`, in `snapshot`, which it then closes) or run (in a snapshot of its
+        own) `sq` apart from the ticks; a tick picks the result up."""
+        generation = self._generation
+        self.runtime.metrics.inc("ripple_live_query_runs_apart_total")
+
+        async def finish() -> None:
+            loop = asyncio.get_running_loop()
+            begun = loop.time()
+            outcome: QueryRun | QueryResult | None = None
+            ts = 0
+            try:
+                own = snapshot or await self.runtime.db.snapshot()
+                try:
+                    if started is not None:
+                        run, ts = started
+                        outcome = await run
+                    else:
+                        ts = int(await own.conn.fetchval(sql.LATEST_TS))
+                        outcome = await self._execute(own.conn, sq)
+                finally:
+                    await own.close()
                 if isinstance(outcome, QueryRun) and outcome.broken:
-                    raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
-        # Publish everything at once: no client can observe a half-applied tick.
+                    outcome = None
+                sq.slow = loop.time() - begun > LIVE_SLICE
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("running live query %s apart failed; it runs again", sq.path)
+                outcome = None
+                await asyncio.sleep(0.5)  # a failing database: do not spin
+            finally:
+                self._apart.pop(sq, None)
+            self._finished.append(FinishedApart(sq, outcome, ts, generation))
+            self.trigger()
+
+        self._apart[sq] = asyncio.create_task(finish(), name=f"ripple-live-apart {sq.path}")
+
+    async def _still_valid(self, conn: Any, done: FinishedApart, snapshot_ts: int) -> bool:
+        """Is a result computed apart valid at the tick's `snapshot_ts`? (False: it runs again,
+        or, computed at a ts this tick has not reached, waits for a later tick.)"""
+        sq = done.sq
+        if done.outcome is None or done.generation != self._generation or self.queries.get(sq.key) is not sq:
+            return False  # failed, ran old code or no longer subscribed: (if subscribed) stale, runs again
+        if done.ts > snapshot_ts:
+            self._finished.append(done)
+            return False
+        reads = done.outcome.reads if isinstance(done.outcome, QueryRun) else []
+        try:
+            await check_unchanged_since(conn, reads, done.ts, snapshot_ts)
+        except StaleTimestamp:
+            return False
+        return True
+
+    def _publish(self, new_results: list[tuple[SharedQuery, QueryRun | QueryResult]], snapshot_ts: int) -> None:
+        """Make a tick's results current at `snapshot_ts`, all at once: no client can observe a
+        half-applied tick."""
         changed: set[Subscriber] = set()
         for sq, outcome in new_results:
             if isinstance(outcome, QueryRun):

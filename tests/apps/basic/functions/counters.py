@@ -107,3 +107,12 @@ async def big(ctx, name: str, size: int = 200_000) -> str:
     """A large result that changes with the counter (for slow-client tests)."""
     doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
     return "x" * size + str(doc["value"] if doc else 0)
+
+
+@query
+async def slow_get(ctx, name: str, seconds: float, tag: int = 0) -> int:
+    """A counter's value, taking `seconds` after reading it (live-query fairness tests; `tag`
+    makes otherwise equal subscriptions distinct executions)."""
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+    await asyncio.sleep(seconds)
+    return doc["value"] if doc else 0

@@ -1,0 +1,114 @@
+"""Live-query fairness (issue 9, item 5), through a real `ripple serve` and websocket clients:
+one client's slow or numerous queries do not hold back another client's updates.
+
+Each test checks an order of events, not a duration: the unaffected client sees a write while
+the slow client's results are still being computed. Before runs could finish apart from the
+tick, every result of a tick was published together, so the unaffected client's update could
+only arrive with (or after) the slow client's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from client_sdk import RippleClient
+
+from conftest import ServerProcess, until
+
+pytestmark = pytest.mark.e2e
+
+StartServer = Callable[..., ServerProcess]
+
+
+class Watcher:
+    """Every value a subscription delivered, kept in the background."""
+
+    def __init__(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
+        self.values: list[Any] = []
+        self.task = asyncio.create_task(self._run(client, path, args))
+
+    async def _run(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
+        async for value in client.subscribe(path, args):
+            self.values.append(value)
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def inc(url: str, name: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+        body = (await c.post("/api/mutation", json={"path": "counters:inc", "args": {"name": name}})).json()
+    assert body["status"] == "success", body
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/_ripple/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} missing")
+
+
+async def test_slow_re_runs_do_not_delay_another_clients_update(start_server: StartServer) -> None:
+    server = start_server("serve")
+    async with RippleClient(server.url) as slow_client, RippleClient(server.url) as other:
+        slow = [Watcher(slow_client, "counters:slow_get", {"name": "shared", "seconds": 3, "tag": i}) for i in range(2)]
+        fast = Watcher(other, "counters:get", {"name": "shared"})
+        await until(lambda: all(w.values == [0] for w in slow) and fast.values == [0], timeout=30)
+        await inc(server.url, "shared")  # touches all three queries
+        await until(lambda: fast.values == [0, 1])
+        # The other client has its update while the slow queries are still running.
+        assert all(w.values == [0] for w in slow)
+        await until(lambda: all(w.values == [0, 1] for w in slow), timeout=30)
+        assert metric(server.url, "ripple_live_query_runs_apart_total") >= 2
+        for w in (*slow, fast):
+            await w.stop()
+
+
+async def test_new_slow_subscriptions_do_not_delay_another_clients_update(start_server: StartServer) -> None:
+    server = start_server("serve")
+    async with RippleClient(server.url) as slow_client, RippleClient(server.url) as other:
+        fast = Watcher(other, "counters:get", {"name": "mine"})
+        await until(lambda: fast.values == [0])
+        slow = [Watcher(slow_client, "counters:slow_get", {"name": "theirs", "seconds": 3, "tag": i}) for i in range(3)]
+        await until(lambda: metric(server.url, "ripple_shared_queries") >= 4)  # subscribed, being computed
+        await inc(server.url, "mine")
+        await until(lambda: fast.values == [0, 1])
+        assert all(w.values == [] for w in slow)  # their first results are still being computed
+        await until(lambda: all(w.values == [0] for w in slow), timeout=30)
+        for w in (*slow, fast):
+            await w.stop()
+
+
+async def test_numerous_queries_of_one_client_do_not_delay_another_clients_update(start_server: StartServer) -> None:
+    server = start_server("serve")
+    async with RippleClient(server.url) as busy_client, RippleClient(server.url) as other:
+        # 40 queries of 50 ms each: every write to "many" costs 2 s of runs, in turns.
+        busy = [Watcher(busy_client, "counters:slow_get", {"name": "many", "seconds": 0.05, "tag": i}) for i in range(40)]
+        fast = Watcher(other, "counters:get", {"name": "many"})
+        await until(lambda: all(w.values == [0] for w in busy) and fast.values == [0], timeout=60)
+        await inc(server.url, "many")
+        await until(lambda: fast.values == [0, 1])
+        assert not all(w.values == [0, 1] for w in busy)
+        await until(lambda: all(w.values == [0, 1] for w in busy), timeout=60)
+        for w in (*busy, fast):
+            await w.stop()
+
+
+async def test_a_result_computed_apart_is_not_published_when_a_later_commit_changed_what_it_read(
+    start_server: StartServer,
+) -> None:
+    server = start_server("serve")
+    async with RippleClient(server.url) as client:
+        slow = Watcher(client, "counters:slow_get", {"name": "moving", "seconds": 2})
+        await until(lambda: metric(server.url, "ripple_live_query_runs_apart_total") >= 1)
+        await inc(server.url, "moving")  # commits while the first run (which read 0) is apart
+        await until(lambda: slow.values != [], timeout=30)
+        # The run that read 0 finished after the commit: publishing it at a ts past the commit
+        # would show a value that was never current then. It ran again instead.
+        assert slow.values == [1]
+        await slow.stop()
