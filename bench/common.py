@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts (bench/fanout.py, bench/http_api.py, bench/scheduler.py).
+"""Helpers shared by the benchmark scripts (bench/fanout.py, bench/http_api.py, bench/scheduler.py,
+bench/abuse.py).
 
 Not a benchmark itself: subprocesses with their logs, loopback HTTP, CPU accounting from /proc,
 the description of the machine and code a run measured, percentiles, and running a benchmark so
@@ -60,11 +61,12 @@ class Processes:
         return proc
 
     @staticmethod
-    def stop(proc: subprocess.Popen[bytes], keep_log: bool = False) -> None:
+    def stop(proc: subprocess.Popen[bytes], keep_log: bool = False, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited after `timeout` seconds."""
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
