@@ -83,7 +83,8 @@ class FaultProxy:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-proxy", daemon=True)
         self._pipes: set[_Pipe] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[None]] = set()  # one per connection (asyncio.start_server's)
+        self._timers: set[asyncio.Task[None]] = set()  # delayed aborts
         self._flowing = asyncio.Event()
         self._delay = 0.0
         self._refusing = False
@@ -111,13 +112,15 @@ class FaultProxy:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
+        """Close everything; each connection's handler then ends by itself (cancelling it would
+        make asyncio's stream machinery log an error)."""
         assert self._server is not None
         self._server.close()
+        for timer in list(self._timers):
+            timer.cancel()
         for pipe in list(self._pipes):
             pipe.abort(rst=False)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._timers, *self._handlers, return_exceptions=True)
         await self._server.wait_closed()
 
     # -- faults (test thread) ---------------------------------------------------------------------
@@ -154,7 +157,9 @@ class FaultProxy:
                 pipe.dropping.add(drop)
         self.cuts += len(chosen)
         if drop is not None and hold > 0:
-            self._spawn(self._abort_later(chosen, hold, rst))
+            timer = self._loop.create_task(self._abort_later(chosen, hold, rst))
+            self._timers.add(timer)
+            timer.add_done_callback(self._timers.discard)
         else:
             for pipe in chosen:
                 pipe.abort(rst)
@@ -167,12 +172,16 @@ class FaultProxy:
 
     # -- forwarding (proxy thread) ----------------------------------------------------------------
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _accept(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            await self._forward(client_reader, client)
+        finally:
+            self._handlers.discard(task)
+
+    async def _forward(self, client_reader: asyncio.StreamReader, client: asyncio.StreamWriter) -> None:
         self.accepted += 1
         if self._refusing:
             client.transport.abort()
@@ -187,9 +196,6 @@ class FaultProxy:
             return
         pipe = _Pipe(client, server)
         self._pipes.add(pipe)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
         try:
             up = self._loop.create_task(self._pump(pipe, client_reader, server, "to_server"))
             down = self._loop.create_task(self._pump(pipe, server_reader, client, "to_client"))
@@ -202,7 +208,6 @@ class FaultProxy:
         finally:
             pipe.abort(rst=False)
             self._pipes.discard(pipe)
-            self._tasks.discard(task)
 
     async def _pump(self, pipe: _Pipe, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: Direction) -> None:
         try:

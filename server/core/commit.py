@@ -67,8 +67,8 @@ def described(exc: BaseException) -> str:
 
 
 def reconnects() -> Iterator[float]:
-    """Waits between tries after a lost connection: the first at once (another pooled connection
-    is most likely fine), doubling to 1 s."""
+    """Waits between tries after a lost connection: the first after 5-10 ms (another pooled
+    connection is most likely fine), doubling to 1 s."""
     return reconnect_delays(first=0.01, cap=1.0)
 
 
