@@ -193,6 +193,14 @@ async def test_a_commit_that_never_arrived_runs_again_once(proxied: tuple[Runtim
     assert runtime.metrics.value("ripple_connection_retries_total") == 1
 
 
+async def test_a_query_whose_answer_is_lost_runs_again(proxied: tuple[Runtime, FaultProxy]) -> None:
+    runtime, proxy = proxied
+    written = await runtime.call("mutation", "marks:put", {"key": "read me"})
+    proxy.cut(drop="to_client", hold=0.3)  # the query's answer never comes; then the connection breaks
+    assert (await runtime.call("query", "marks:ids", {"key": "read me"})).value == [written.value]
+    assert runtime.metrics.value("ripple_connection_retries_total") >= 1
+
+
 async def test_with_the_database_gone_clients_hear_not_committed_or_unknown_never_failed(
     proxied: tuple[Runtime, FaultProxy], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
