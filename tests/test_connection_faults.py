@@ -2,8 +2,9 @@
 
 In process, the commit path is broken exactly where it matters (a COMMIT whose answer is lost,
 one that never arrived, the database gone for longer than the retry budget). End to end, a real
-`ripple serve` reaches PostgreSQL only through a FaultProxy (tests/faultproxy.py): clients run thousands of mutations, each inserting one mark under a key the client chose and
-returning the mark's id, while a seeded chaos loop cuts the server's database connections at
+`ripple serve` reaches PostgreSQL only through a FaultProxy (tests/faultproxy.py): clients run
+thousands of mutations, each inserting one mark under a key the client chose and returning the
+mark's id, while a seeded chaos loop cuts the server's database connections at
 random moments: all or some of them, with a RST or a FIN, after silently dropping the requests
 (a COMMIT that never arrives) or the replies (a COMMIT that ran and whose answer is lost); it
 also pauses and slows the traffic and ends Ripple's backends with pg_terminate_backend.
