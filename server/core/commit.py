@@ -21,7 +21,8 @@ When the connection fails (database.connection_failure):
 
 `retry` retries conflicts (full-jitter backoff, up to `max_mutation_attempts` attempts) and lost
 connections (reconnect backoff, for up to `database_retry_seconds` from the first loss; then
-DatabaseUnavailable: nothing committed).
+DatabaseUnavailable: nothing committed). `ts_after_commit` reads a committed mutation's ts
+without ever failing it.
 """
 
 from __future__ import annotations
@@ -164,6 +165,24 @@ class Committer:
                 over = not ended or bool(ended[0][0])
             ts = None if marker is None else await conn.fetchval(sql.COMMITTED_WITH_MARKER, marker)
         return over, ts
+
+    async def ts_after_commit(self, conn: asyncpg.Connection, wrote: bool) -> int | None:
+        """A ts covering a committed mutation: its own (currval of the ts sequence on its
+        connection) or, when it wrote nothing, the latest. Costs a round trip, so only callers
+        that report a ts (the sync protocol's MutationResponse) ask. The mutation has committed:
+        whatever fails now must not report it failed (or run it again). If its connection fails,
+        the latest ts read on another one covers it too; if that fails too, None (the sync
+        protocol then answers with the latest ts its live queries reached)."""
+        try:
+            return int(await conn.fetchval(sql.LAST_COMMIT_TS if wrote else sql.LATEST_TS))
+        except Exception as exc:
+            log.warning("reading a commit ts failed (%s); using the latest ts instead", described(exc))
+        try:
+            async with self.db.acquire() as other:
+                return int(await other.fetchval(sql.LATEST_TS))
+        except Exception as exc:
+            log.warning("reading the latest ts failed too (%s); answering without one", described(exc))
+            return None
 
     async def retry(self, attempt: Callable[[], Awaitable[T]], what: str, *, retries_metrics: tuple[str, ...] = (),
                     writes: bool = True) -> T:

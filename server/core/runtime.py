@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -62,8 +61,6 @@ from server.errors import (
     contained,
     redact,
 )
-
-log = logging.getLogger("ripple.functions")
 
 T = TypeVar("T")
 KIND_LABELS = {"query": "Q", "mutation": "M", "action": "A"}
@@ -313,7 +310,7 @@ class Runtime:
                 # Committed: nothing from here on may fail the call (or run it again).
                 ts = tx.ts
                 if ts is None and ((commit_ts and tx.writes) or key is not None):
-                    ts = await self._ts_after_commit(conn, bool(tx.writes))
+                    ts = await self.committer.ts_after_commit(conn, bool(tx.writes))
             return Outcome(value, lines, ts), scheduler
 
         try:
@@ -358,23 +355,6 @@ class Runtime:
                 return await body(DatabaseWriter(tx, system=True), tx)
 
         return await self.retry_transaction(attempt, "a system transaction")
-
-    async def _ts_after_commit(self, conn: asyncpg.Connection, wrote: bool) -> int | None:
-        """A ts covering a committed mutation: its own (currval of the ts sequence on its
-        connection) or, when it wrote nothing, the latest. Costs a round trip, so only callers
-        that report a ts (the sync protocol's MutationResponse) ask. The mutation has committed:
-        whatever fails now must not report it failed (or run it again). If its connection fails,
-        the latest ts read on another one covers it too; if that fails too, None (the sync
-        protocol then answers with the latest ts its live queries reached)."""
-        try:
-            return int(await conn.fetchval(sql.LAST_COMMIT_TS if wrote else sql.LATEST_TS))
-        except Exception as exc:
-            log.warning("reading a commit ts failed (%s); using the latest ts instead", exc)
-        try:
-            return await self.latest_ts()
-        except Exception as exc:
-            log.warning("reading the latest ts failed too (%s); answering without one", exc)
-            return None
 
     # -- actions ------------------------------------------------------------------------------
 
