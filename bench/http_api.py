@@ -20,7 +20,7 @@ Each is measured three ways in the same invocation:
                     query:  BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
                             SELECT id, creation_time, doc, k_by_key ... LIMIT 2; COMMIT
                     insert: BEGIN ISOLATION LEVEL SERIALIZABLE; INSERT INTO points (...);
-                            SELECT _ripple_commit(writes, lock, channel); COMMIT
+                            SELECT _ripple_commit(writes, lock, channel, marker); COMMIT
                   The statements are the server's own (`server.core.sql.TableSql`, `COMMIT_TAIL`)
                   against the very tables and `_ripple_commit` function the server created (its
                   NOTIFY goes to a channel nobody listens on, so the idle server is not woken);
@@ -487,7 +487,7 @@ class RawAsyncpg:
             try:
                 async with self.pool.acquire() as conn, conn.transaction(isolation="serializable"):
                     await conn.execute(self.tsql.insert, *row)
-                    await conn.fetchval(self.commit_tail, writes, self.lock, self.channel)
+                    await conn.fetchval(self.commit_tail, writes, self.lock, self.channel, secrets.randbits(63))
                 return
             except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError):
                 self.retries += 1  # Ripple retries such conflicts too

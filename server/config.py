@@ -87,6 +87,7 @@ class Config:
     mutation_timeout: float = 10.0
     action_timeout: float = 600.0
     max_mutation_attempts: int = 40
+    database_retry_seconds: float = 10.0  # how long a call rides out a lost database connection
     ws_compression: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
@@ -103,6 +104,7 @@ class Config:
             query_timeout=_env_float("RIPPLE_QUERY_TIMEOUT", 10.0),
             mutation_timeout=_env_float("RIPPLE_MUTATION_TIMEOUT", 10.0),
             action_timeout=_env_float("RIPPLE_ACTION_TIMEOUT", 600.0),
+            database_retry_seconds=_env_float("RIPPLE_DATABASE_RETRY_SECONDS", 10.0),
             ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
             scheduler=SchedulerConfig.from_env(),
             cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),

@@ -146,9 +146,15 @@ class TooManyConflicts(RippleError):
     """A mutation kept conflicting beyond the retry budget."""
 
 
+class ConnectionLost(RippleError):
+    """Internal: the database connection failed before the transaction's COMMIT was sent (or a
+    COMMIT whose answer was lost turned out not to have committed): nothing of it committed,
+    and the runner runs it again on a fresh connection."""
+
+
 class FunctionFailure(Exception):
-    """A function ran and failed. `message` is what clients may see (already redacted outside
-    dev mode); `data` is ConvexError data when `has_data`."""
+    """A call failed. `message` is what clients may see (already redacted outside dev mode);
+    `data` is ConvexError data when `has_data`."""
 
     def __init__(self, message: str, log_lines: list[str], data: Any = None, has_data: bool = False) -> None:
         super().__init__(message)
@@ -156,6 +162,19 @@ class FunctionFailure(Exception):
         self.log_lines = log_lines
         self.data = data
         self.has_data = has_data
+
+
+class DatabaseUnavailable(FunctionFailure):
+    """The database stayed unreachable for the retry budget (RIPPLE_DATABASE_RETRY_SECONDS).
+    `committed` False: nothing of the call committed, sending it again is safe (code
+    DatabaseUnavailable). None: a mutation's COMMIT was in flight when the connection was lost
+    and whether it committed could not be established (code MutationOutcomeUnknown). The HTTP
+    API answers both with 503."""
+
+    def __init__(self, message: str, committed: bool | None) -> None:
+        super().__init__(message, [])
+        self.committed = committed
+        self.code = "DatabaseUnavailable" if committed is False else "MutationOutcomeUnknown"
 
 
 # -- what a client sees of an internal error -------------------------------------------------------

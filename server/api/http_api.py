@@ -18,6 +18,7 @@ from server.core.registry import Kind
 from server.core.runtime import Runtime
 from server.core.values import from_convex_json, from_plain_json, to_convex_json, to_plain_json
 from server.errors import (
+    DatabaseUnavailable,
     FunctionFailure,
     FunctionNotFound,
     RippleUsageError,
@@ -152,6 +153,8 @@ class HttpApi:
             return error_response(404, exc.code, str(exc))
         except RippleUsageError as exc:
             return error_response(400, exc.code, str(exc))
+        except DatabaseUnavailable as exc:  # not the function's failure: see docs/operations.md
+            return error_response(503, exc.code, exc.message)
         except FunctionFailure as failure:
             body_out: dict[str, Any] = {
                 "status": "error",

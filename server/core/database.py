@@ -1,9 +1,17 @@
-"""The PostgreSQL side: connection pool, bootstrap, and applying `schema.py` to tables and indexes."""
+"""The PostgreSQL side: connection pool, bootstrap, and applying `schema.py` to tables and indexes.
+
+Also what a failed connection is (`connection_failure`) and what becomes of one: a pooled
+connection whose use failed that way is closed (`discard`), never handed out again, and giving a
+connection back never raises over the outcome of the work done on it (`Database.acquire`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import logging
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -14,7 +22,13 @@ from server.core.keys import index_keys
 from server.core.schema import Schema, Table
 from server.core.system_tables import SYSTEM_TABLES
 from server.core.values import from_convex_json
-from server.errors import DocumentValidationError, LimitExceeded, RippleUsageError, SchemaError
+from server.errors import (
+    ConnectionLost,
+    DocumentValidationError,
+    LimitExceeded,
+    RippleUsageError,
+    SchemaError,
+)
 
 log = logging.getLogger("ripple.database")
 
@@ -44,14 +58,87 @@ async def reset_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def rollback(conn: asyncpg.Connection) -> None:
-    """Leave a failed transaction; a connection that cannot is closed (the pool replaces it)."""
-    if conn.is_closed() or not conn.is_in_transaction():
-        return
+# The connection itself failed, rather than a statement: the socket (OSError), the server
+# ending the backend (class 08, and the FATAL ones of class 57: pg_terminate_backend, shutdown,
+# idle timeouts; too many connections), or asyncpg losing track of the protocol (InterfaceError:
+# "connection is closed", "released back to the pool"; InternalClientError: "cannot switch to
+# state N; another operation (2) is in progress", which a pooled connection raises when its
+# backend was ended while it sat idle: asyncpg takes PostgreSQL's FATAL message for a protocol
+# error and the connection looks open until the end of the socket is read, MagicStack/asyncpg
+# #784, #1069). Whatever was in flight may or may not have reached PostgreSQL. InterfaceErrors
+# that are also ValueErrors (a value that cannot be encoded, a bad setting) are the caller's.
+_CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
+    OSError, ConnectionLost, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError, asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError,
+    asyncpg.IdleSessionTimeoutError, asyncpg.IdleInTransactionSessionTimeoutError, asyncpg.TooManyConnectionsError,
+)
+
+
+def connection_failure(exc: BaseException) -> bool:
+    return isinstance(exc, _CONNECTION_FAILURES) and not isinstance(exc, ValueError)
+
+
+def usable(conn: asyncpg.Connection) -> bool:
+    """Still open and still ours (asyncpg detaches a pooled connection it lost from its holder)."""
     try:
-        await conn.execute(sql.ROLLBACK)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def discard(conn: asyncpg.Connection) -> None:
+    """Close a connection that failed, at once: its pool slot opens a new one, it is never
+    reused. A pooled connection asyncpg already let go of needs nothing more."""
+    try:
         conn.terminate()
+    except asyncpg.InterfaceError:
+        pass
+
+
+async def rollback(conn: asyncpg.Connection) -> None:
+    """Leave a failed transaction; a connection that cannot (lost, released, broken, or the
+    rollback was cancelled) is discarded. Never raises (a cancellation aside): the error that
+    made the caller roll back is the one to report."""
+    try:
+        if conn.is_closed() or not conn.is_in_transaction():
+            return
+        await conn.execute(sql.ROLLBACK)
+    except Exception:
+        discard(conn)
+    except BaseException:
+        discard(conn)
+        raise
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The PostgreSQL process serving a connection: its pid and start time (a pid alone can
+    belong to another process later)."""
+
+    pid: int
+    started: datetime.datetime
+
+
+class _Lease:
+    """`async with db.acquire() as conn`: a pooled connection for the block (see Database.acquire).
+    A connection whose block was cancelled is discarded too: asyncpg would wait for PostgreSQL
+    to acknowledge the cancelled statement, but the cancel request travels on a connection of
+    its own and can still land on the next statement, someone else's."""
+
+    __slots__ = ("conn", "db")
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.conn: Any = None
+
+    async def __aenter__(self) -> Any:
+        self.conn = await self.db.checkout()
+        return self.conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None and (connection_failure(exc) or isinstance(exc, asyncio.CancelledError)):
+            discard(self.conn)
+        await self.db.checkin(self.conn)
 
 
 class Snapshot:
@@ -145,6 +232,7 @@ class Database:
         # one. User tables cannot be named like catalogs: schema.py refuses the `pg_` prefix.
         self.search_path = sql.quote_ident(namespace)
         self.pool: asyncpg.Pool | None = None
+        self._backends: dict[int, datetime.datetime] = {}  # pid -> start, of this pool's connections
 
     async def connect(self, min_size: int = 2, max_size: int = 20) -> None:
         conn = await asyncpg.connect(self.url)
@@ -158,19 +246,51 @@ class Database:
             self.url,
             min_size=min_size,
             max_size=max_size,
-            init=init_connection,
+            init=self._init_connection,
             reset=reset_connection,
-            server_settings={"search_path": self.search_path, "application_name": "ripple"},
+            server_settings={"search_path": self.search_path, "application_name": f"ripple {self.namespace}"[:63]},
         )
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        await init_connection(conn)
+        pid, started = conn.get_server_pid(), await conn.fetchval(sql.BACKEND_START)
+        self._backends[pid] = started
+
+        def forget(_: Any) -> None:
+            if self._backends.get(pid) == started:
+                del self._backends[pid]
+
+        conn.add_termination_listener(forget)
+
+    def backend_of(self, conn: asyncpg.Connection) -> Backend | None:
+        """Which PostgreSQL process serves a pooled connection (no I/O)."""
+        pid = conn.get_server_pid()
+        started = self._backends.get(pid)
+        return None if started is None else Backend(pid, started)
 
     async def close(self) -> None:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
 
-    def acquire(self) -> Any:
+    def acquire(self) -> _Lease:
+        """`async with db.acquire() as conn`. A block that raises a connection failure (or is
+        cancelled) closes the connection instead of giving it back; a failure to give it back
+        (the pool's reset) is logged and never raised over the block's own outcome: after a
+        commit, say."""
+        return _Lease(self)
+
+    async def checkout(self) -> Any:
+        """A pooled connection to hold across several blocks; give it back with `checkin`."""
         assert self.pool is not None, "Database.connect() was not called"
-        return self.pool.acquire()
+        return await self.pool.acquire()
+
+    async def checkin(self, conn: Any) -> None:
+        assert self.pool is not None, "Database.connect() was not called"
+        try:
+            await self.pool.release(conn)
+        except Exception as exc:  # the pool closed the connection: nothing else to do
+            log.warning("a connection could not be reset for reuse and was closed (%s: %s)", type(exc).__name__, exc)
 
     async def snapshot(self) -> Snapshot:
         assert self.pool is not None, "Database.connect() was not called"

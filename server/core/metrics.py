@@ -71,6 +71,10 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_query_executions_total", "counter", "Query function executions")
     m.describe("ripple_mutations_total", "counter", "Mutation executions by outcome")
     m.describe("ripple_mutation_retries_total", "counter", "Mutation attempts retried after a conflict")
+    m.describe("ripple_connection_retries_total", "counter",
+               "Transactions and queries run again after losing the database connection before COMMIT")
+    m.describe("ripple_commit_resolutions_total", "counter",
+               "COMMITs whose answer a lost database connection cut off, by what resolving them found")
     m.describe("ripple_actions_total", "counter", "Action executions by outcome")
     m.describe("ripple_function_errors_total", "counter", "Function calls that ended in an error")
     m.describe("ripple_subscriptions", "gauge", "Live query subscriptions")

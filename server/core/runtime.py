@@ -5,8 +5,9 @@
 * a query runs on one snapshot (first outside any transaction, allowed one statement; again in
   a REPEATABLE READ snapshot if it needs more);
 * a mutation runs in a SERIALIZABLE transaction (`transaction`: the commit tail and COMMIT in
-  one message), retried on conflicts by `retry_conflicts`, the one retry policy for every
-  writing transaction (mutations, scheduled mutations, the runtime's own system writes);
+  one message), retried on conflicts and lost connections by `retry_transaction`, the one retry
+  policy for every writing transaction (mutations, scheduled mutations, the runtime's own
+  system writes); a COMMIT cut off by a lost connection is resolved, not guessed (commit.py);
 * an action runs outside any transaction with an ActionCtx.
 
 `execute_query` and `execute_mutation` run a function inside a transaction someone else owns:
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +30,7 @@ import orjson
 
 from server.config import Config
 from server.core import logs, sandbox, sql
-from server.core.backoff import conflict_retry_delays
+from server.core.commit import Committer
 from server.core.contexts import (
     ActionCtx,
     Auth,
@@ -41,7 +41,7 @@ from server.core.contexts import (
     StoredCall,
     caller_key,
 )
-from server.core.database import Catalog, Database, rollback
+from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
@@ -52,6 +52,7 @@ from server.core.supervise import Supervised
 from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
 from server.core.values import digest, from_convex_json, to_convex_json
 from server.errors import (
+    ConnectionLost,
     ConvexError,
     FunctionFailure,
     TooManyConflicts,
@@ -60,8 +61,6 @@ from server.errors import (
     contained,
     redact,
 )
-
-log = logging.getLogger("ripple.functions")
 
 T = TypeVar("T")
 KIND_LABELS = {"query": "Q", "mutation": "M", "action": "A"}
@@ -79,6 +78,14 @@ class QueryRun:
     broken: bool = False  # the transaction it ran in can no longer be used
     needs_snapshot: bool = False  # a one-statement run wanted more: run it again in a snapshot
 
+    def outcome(self, ts: int | None) -> Outcome:
+        """What the caller gets; a run whose connection was lost is run again (ConnectionLost)."""
+        if self.broken:
+            raise ConnectionLost("the database connection was lost while the query ran")
+        if self.failure is not None:
+            raise self.failure
+        return Outcome(self.value, self.log_lines, ts)
+
 
 class Runtime:
     """One loaded app over one database."""
@@ -87,6 +94,7 @@ class Runtime:
         self.config = config
         self.db = db
         self.metrics = metrics or standard_metrics()
+        self.committer = Committer(db, self.metrics, config)
         self.jobs_channel = sql.jobs_channel(db.namespace)
         self._app: App | None = None
         self._catalog: Catalog | None = None
@@ -228,33 +236,34 @@ class Runtime:
         except Exception as exc:
             if tx.needs_snapshot:
                 return QueryRun(None, [], [], None, None, needs_snapshot=True)
+            if tx.lost:  # not the query's failure: its caller runs it again
+                return QueryRun(None, [], [], None, None, broken=True)
             self.metrics.inc("ripple_query_executions_total")
             failure = self.failure(fn, exc, buffer)
             failure.__cause__ = exc
             return QueryRun(None, failure.log_lines, tx.reads, tx.journal_out, failure, broken=tx.conflicted)
-        if tx.needs_snapshot:
-            return QueryRun(None, [], [], None, None, needs_snapshot=True)
+        if tx.needs_snapshot or tx.lost:  # noticed even when function code swallowed the error
+            return QueryRun(None, [], [], None, None, needs_snapshot=tx.needs_snapshot, broken=tx.lost)
         self.metrics.inc("ripple_query_executions_total")
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None)
 
     async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
-        if at_ts is None:
-            # Most queries issue one statement (a get, one index range): run it on its own, with
-            # no BEGIN and COMMIT round trips; a query that needs more runs again below.
-            async with self.db.acquire() as conn:
-                run = await self.execute_query(conn, fn, kwargs, identity, single_statement=True)
-            if not run.needs_snapshot:
-                if run.failure is not None:
-                    raise run.failure
-                return Outcome(run.value, run.log_lines, None)
-        async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
-            run = await self.execute_query(conn, fn, kwargs, identity)
-            if run.failure is not None:
-                raise run.failure
-            if at_ts is not None and snapshot_ts is not None:
-                await check_unchanged_since(conn, run.reads, at_ts, snapshot_ts)
-        return Outcome(run.value, run.log_lines, at_ts)
+        async def attempt() -> Outcome:
+            if at_ts is None:
+                # Most queries issue one statement (a get, one index range): run it on its own,
+                # with no BEGIN and COMMIT round trips; a query that needs more runs again below.
+                async with self.db.acquire() as conn:
+                    run = await self.execute_query(conn, fn, kwargs, identity, single_statement=True)
+                if not run.needs_snapshot:
+                    return run.outcome(None)
+            async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
+                run = await self.execute_query(conn, fn, kwargs, identity)
+                if run.failure is None and at_ts is not None and snapshot_ts is not None:
+                    await check_unchanged_since(conn, run.reads, at_ts, snapshot_ts)
+            return run.outcome(at_ts)
+
+        return await self.retry_transaction(attempt, str(fn.path), writes=False)
 
     # -- mutations and writing transactions ---------------------------------------------------
 
@@ -272,9 +281,13 @@ class Runtime:
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
         except Exception as exc:
+            if tx.lost:
+                raise ConnectionLost(f"{fn.path} lost its database connection; it will be run again") from exc
             if isinstance(exc, CONFLICTS) or tx.conflicted:
                 raise TransactionConflict(f"{fn.path} conflicted; it will be retried") from exc
             raise self.failure(fn, exc, buffer) from exc
+        if tx.lost:
+            raise ConnectionLost(f"{fn.path} lost its database connection; it will be run again")
         if tx.conflicted:
             raise TransactionConflict(f"{fn.path} observed a conflict; it will be retried")
         return value, buffer.finish(), scheduler
@@ -293,14 +306,15 @@ class Runtime:
                 async with self.transaction(conn, "serializable") as tx:
                     value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity)
                     if key is not None:
-                        await conn.execute(sql.PUT_MUTATION_RESULT, *astuple(key), [to_convex_json(value)], lines)
-                ts = None
-                if (commit_ts and tx.writes) or key is not None:
-                    ts = await self._ts_after_commit(conn, bool(tx.writes))
+                        await tx.execute("execute", sql.PUT_MUTATION_RESULT, *astuple(key), [to_convex_json(value)], lines)
+                # Committed: nothing from here on may fail the call (or run it again).
+                ts = tx.ts
+                if ts is None and ((commit_ts and tx.writes) or key is not None):
+                    ts = await self.committer.ts_after_commit(conn, bool(tx.writes))
             return Outcome(value, lines, ts), scheduler
 
         try:
-            outcome, scheduler = await self.retry_conflicts(attempt, str(fn.path), retries_metrics=("ripple_mutation_retries_total",))
+            outcome, scheduler = await self.retry_transaction(attempt, str(fn.path), retries_metrics=("ripple_mutation_retries_total",))
         except FunctionFailure:
             self.metrics.inc("ripple_mutations_total", outcome="error")
             raise
@@ -312,42 +326,23 @@ class Runtime:
             self.metrics.inc("ripple_mutations_total", outcome="success")
         return outcome
 
-    async def retry_conflicts(self, attempt: Callable[[], Awaitable[T]], what: str, *, retries_metrics: tuple[str, ...] = ()) -> T:
-        """Run `attempt` (one whole transaction) until it does not lose a conflict, waiting a
-        full-jitter exponential backoff between tries; TooManyConflicts after
-        `max_mutation_attempts`."""
-        delays = conflict_retry_delays()
-        attempts = self.config.max_mutation_attempts
-        for _ in range(attempts):
-            try:
-                return await attempt()
-            except CONFLICTS:
-                for name in retries_metrics:
-                    self.metrics.inc(name)
-                await asyncio.sleep(next(delays))
-        raise TooManyConflicts(f"{what} kept conflicting with concurrent writes ({attempts} attempts)")
+    async def retry_transaction(self, attempt: Callable[[], Awaitable[T]], what: str, *,
+                                retries_metrics: tuple[str, ...] = (), writes: bool = True) -> T:
+        """Run `attempt` (one whole transaction, or a query when not `writes`) until it neither
+        loses a conflict (full-jitter backoff; TooManyConflicts after `max_mutation_attempts`)
+        nor its database connection before COMMIT (reconnect backoff; DatabaseUnavailable after
+        `database_retry_seconds`). An attempt raises a connection failure only before its COMMIT
+        was sent: `transaction` resolves a COMMIT cut off in flight (commit.py)."""
+        return await self.committer.retry(attempt, what, retries_metrics=retries_metrics, writes=writes)
 
-    @contextlib.asynccontextmanager
-    async def transaction(self, conn: asyncpg.Connection, isolation: str) -> AsyncIterator[Transaction]:
+    def transaction(self, conn: asyncpg.Connection, isolation: str) -> contextlib.AbstractAsyncContextManager[Transaction]:
         """A writable transaction on `conn` (mutations, scheduler and system writes) that commits
         on leaving the block. The commit tail (which takes the global commit lock) and COMMIT
         travel in one message (sql.commit_with_tail), so PostgreSQL releases the lock without
         waiting for this process: a busy event loop here never holds up other writers. Rolled
-        back if the block raises; a transaction that observed a conflict raises one."""
-        await conn.execute(sql.BEGIN[isolation])
-        tx = Transaction(conn, self.catalog, writable=True)
-        try:
-            yield tx
-            if tx.conflicted:
-                raise TransactionConflict("conflict observed in the transaction")
-            if tx.writes:
-                writes = orjson.dumps([w.to_json() for w in tx.writes.values()]).decode()
-                await conn.execute(sql.commit_with_tail(writes, self.db.commit_lock, self.db.channel))
-            else:
-                await conn.execute(sql.COMMIT)
-        except BaseException:
-            await rollback(conn)
-            raise
+        back if the block raises; a transaction that observed a conflict raises one; a lost
+        connection raises ConnectionLost, or, during COMMIT, is resolved (commit.py)."""
+        return self.committer.transaction(conn, self.catalog, isolation)
 
     async def system_transaction(
         self, body: Callable[[DatabaseWriter, Transaction], Awaitable[T]], *, isolation: str = "serializable",
@@ -359,19 +354,7 @@ class Runtime:
             async with self.db.acquire() as conn, self.transaction(conn, isolation) as tx:
                 return await body(DatabaseWriter(tx, system=True), tx)
 
-        return await self.retry_conflicts(attempt, "a system transaction")
-
-    async def _ts_after_commit(self, conn: asyncpg.Connection, wrote: bool) -> int:
-        """A ts covering a committed mutation: its own (currval of the ts sequence on its
-        connection) or, when it wrote nothing, the latest. Costs a round trip, so only callers
-        that report a ts (the sync protocol's MutationResponse) ask. The mutation has committed:
-        if its connection fails now, the latest ts read on another one covers it too, rather
-        than reporting a committed mutation as failed."""
-        try:
-            return int(await conn.fetchval(sql.LAST_COMMIT_TS if wrote else sql.LATEST_TS))
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("reading a commit ts failed (%s); using the latest ts instead", exc)
-            return await self.latest_ts()
+        return await self.retry_transaction(attempt, "a system transaction")
 
     # -- actions ------------------------------------------------------------------------------
 

@@ -86,11 +86,15 @@ CREATE TABLE IF NOT EXISTS _ripple_meta (
     key   text PRIMARY KEY,
     value jsonb NOT NULL
 );
+-- A random number each writing transaction logs with its change-log row: after a connection
+-- lost while COMMIT was in flight, finding it says the transaction committed (commit.py).
+ALTER TABLE _ripple_commits ADD COLUMN IF NOT EXISTS marker bigint;
+CREATE INDEX IF NOT EXISTS _ripple_commits_marker ON _ripple_commits (marker) WHERE marker IS NOT NULL;
 -- The commit tail of every writing transaction: serialize on an advisory lock (held until the
 -- transaction ends), take the next timestamp (never below the wall clock in ns, never below the
--- last one), log the write set, and NOTIFY. Because the lock is held through COMMIT, change-log
--- rows become visible in timestamp order.
-CREATE OR REPLACE FUNCTION _ripple_commit(p_writes jsonb, p_lock bigint, p_channel text)
+-- last one), log the write set and the marker, and NOTIFY. Because the lock is held through
+-- COMMIT, change-log rows become visible in timestamp order.
+CREATE OR REPLACE FUNCTION _ripple_commit(p_writes jsonb, p_lock bigint, p_channel text, p_marker bigint)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     t bigint;
@@ -99,11 +103,14 @@ BEGIN
     t := greatest(nextval('_ripple_ts'),
                   (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint);
     PERFORM setval('_ripple_ts', t);
-    INSERT INTO _ripple_commits (ts, writes) VALUES (t, p_writes);
+    INSERT INTO _ripple_commits (ts, writes, marker) VALUES (t, p_writes, p_marker);
     PERFORM pg_notify(p_channel, t::text);
     RETURN t;
 END
 $$;
+-- The tail as processes of earlier versions call it, without a marker (a rolling upgrade).
+CREATE OR REPLACE FUNCTION _ripple_commit(p_writes jsonb, p_lock bigint, p_channel text)
+RETURNS bigint LANGUAGE sql AS $$ SELECT _ripple_commit(p_writes, p_lock, p_channel, NULL::bigint) $$;
 """
 
 SCHEMA_LOCK = "SELECT pg_advisory_xact_lock($1)"
@@ -118,7 +125,7 @@ INSERT INTO _ripple_tables (number, name, indexes, fingerprint) VALUES ($1, $2, 
 ON CONFLICT (number) DO NOTHING
 """
 UPDATE_TABLE = "UPDATE _ripple_tables SET indexes = $2, fingerprint = $3 WHERE name = $1"
-COMMIT_TAIL = "SELECT _ripple_commit($1, $2, $3)"
+COMMIT_TAIL = "SELECT _ripple_commit($1, $2, $3, $4)"
 LAST_COMMIT_TS = "SELECT currval('_ripple_ts')"  # the ts this session's last commit tail took
 LATEST_TS = "SELECT coalesce(max(ts), 0) FROM _ripple_commits"
 # Idempotent mutations, keyed by (session id, request id, caller). The stored ts is a lower
@@ -268,6 +275,19 @@ SAVEPOINT = "SAVEPOINT ripple_savepoint"
 ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT ripple_savepoint"
 
 
+# A connection lost while COMMIT was in flight (commit.py): the process of the PostgreSQL
+# backend that ran the transaction is ended (identified by pid and start, a pid can be reused),
+# waiting up to $3 ms for it to exit. No row: it is gone; false: still there. Once it is gone,
+# its transaction is over for good, and its marker in the change log says whether it committed.
+BACKEND_START = "SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+END_BACKEND = """
+SELECT pg_terminate_backend(pid, $3::bigint) FROM (
+    SELECT pid FROM pg_stat_activity WHERE pid = $1 AND backend_start = $2 OFFSET 0
+) AS lost
+"""
+COMMITTED_WITH_MARKER = "SELECT ts FROM _ripple_commits WHERE marker = $1"
+
+
 BEGIN = {
     "serializable": "BEGIN ISOLATION LEVEL SERIALIZABLE",
     "read_committed": "BEGIN ISOLATION LEVEL READ COMMITTED",
@@ -278,11 +298,11 @@ ROLLBACK = "ROLLBACK"
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9_]{1,63}$")
 
 
-def commit_with_tail(writes_json: str, lock: int, channel: str) -> str:
+def commit_with_tail(writes_json: str, lock: int, channel: str, marker: int) -> str:
     """The commit tail and COMMIT as one simple-protocol message, so the commit lock taken by
     _ripple_commit is released by the same round trip that takes it. Simple-protocol messages
     take no parameters: the write set is inlined as a dollar-quoted literal. Write sets hold
     table names, ids and base64 keys only, never a `$`; anything else is refused."""
     if "$" in writes_json or not _CHANNEL_RE.match(channel):
         raise ValueError("refusing to inline a write set or channel with unexpected characters")
-    return f"SELECT _ripple_commit($w${writes_json}$w$::jsonb, {int(lock)}, '{channel}'); COMMIT"
+    return f"SELECT _ripple_commit($w${writes_json}$w$::jsonb, {int(lock)}, '{channel}', {int(marker)}); COMMIT"

@@ -19,8 +19,8 @@ from typing import Any
 import asyncpg
 
 from server.core import sql
-from server.core.database import Catalog
-from server.errors import LimitExceeded, TransactionConflict
+from server.core.database import Catalog, connection_failure
+from server.errors import ConnectionLost, LimitExceeded, TransactionConflict
 
 MAX_DOCS_READ = 32_000
 MAX_DOCS_WRITTEN = 8_192
@@ -71,6 +71,8 @@ class Transaction:
     writes: dict[str, Write] = field(default_factory=dict)
     docs_read: int = 0
     conflicted: bool = False
+    lost: bool = False  # the connection failed: nothing of this transaction can commit any more
+    ts: int | None = None  # the commit's ts, when committing found it (commit.py)
     # Reactive pagination (Convex "journal"): a re-run of a subscribed query ends its first
     # paginate() at the cursor the previous run ended at, so pages never gap or overlap.
     journal_in: str | None = None
@@ -99,6 +101,11 @@ class Transaction:
             except asyncpg.InFailedSQLTransactionError as exc:
                 self.conflicted = True
                 raise TransactionConflict("transaction aborted earlier") from exc
+            except Exception as exc:
+                if not connection_failure(exc):
+                    raise
+                self.lost = True  # noticed even if function code swallows the exception
+                raise ConnectionLost("the database connection was lost; the transaction will be run again") from exc
 
     @contextlib.asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -109,7 +116,7 @@ class Transaction:
         try:
             yield
         except Exception:
-            if not self.conflicted:
+            if not (self.conflicted or self.lost):
                 await self.execute("execute", sql.ROLLBACK_TO_SAVEPOINT)
                 self.writes = saved
             raise

@@ -1,8 +1,9 @@
 """Running one claimed job, and the upkeep of jobs' leases and retention.
 
 * a mutation runs in the transaction that claims it (Runtime.execute_mutation under a
-  savepoint), which also records its final state: exactly once; a conflict rolls back claim and
-  run together and Runtime.retry_conflicts tries again;
+  savepoint), which also records its final state: exactly once; a conflict or a lost connection
+  rolls back claim and run together and Runtime.retry_transaction tries again (a COMMIT whose
+  answer was lost is resolved first; had it committed, the new claim finds the job done);
 * an action is claimed (inProgress, under this process's lease) and committed, then run outside
   any transaction; its end is recorded only if the lease is still ours: at most once;
 * maintenance: renew this process's leases, fail actions whose lease expired (their process
@@ -21,7 +22,7 @@ import asyncpg
 
 from server.config import SchedulerConfig
 from server.core import sql
-from server.core.database import Database
+from server.core.database import Database, usable
 from server.core.documents import DatabaseWriter
 from server.core.registry import FunctionDef
 from server.core.runtime import Runtime
@@ -46,22 +47,23 @@ class Candidate:
 
 class HeldConnection:
     """A worker keeps one pooled connection while it has jobs to run (no acquire and reset per
-    job) and gives it back when it goes idle."""
+    job) and gives it back when it goes idle. A connection that was lost is replaced."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._conn: asyncpg.Connection | None = None
 
     async def get(self) -> asyncpg.Connection:
+        if self._conn is not None and not usable(self._conn):
+            await self.release()
         if self._conn is None:
-            self._conn = await self._db.acquire()
+            self._conn = await self._db.checkout()
         return self._conn
 
     async def release(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            assert self._db.pool is not None
-            await self._db.pool.release(conn)
+            await self._db.checkin(conn)
 
 
 class JobRunner:
@@ -90,7 +92,7 @@ class JobRunner:
                 await self._run_action(claimed, fn)
             return
         try:
-            state = await self.runtime.retry_conflicts(
+            state = await self.runtime.retry_transaction(
                 lambda: self._run_mutation_job(conn, candidate, fn), f"scheduled job {job['_id']} ({job['name']})",
                 retries_metrics=("ripple_scheduler_conflicts_total", "ripple_mutation_retries_total"),
             )
