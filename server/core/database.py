@@ -145,26 +145,28 @@ class Snapshot:
     """A read-only REPEATABLE READ snapshot on a pooled connection (Database.snapshot). `close`
     it exactly once to give the connection back. Unlike `async with acquire()` it may be handed
     to a task that outlives its opener: the live-query tick hands it to a run that overran its
-    slice."""
+    slice. A connection that failed, or whose use was cancelled, is discarded, not reused."""
 
-    def __init__(self, pool: Any) -> None:
-        self._pool = pool
+    def __init__(self, db: Database) -> None:
+        self._db = db
         self.conn: Any = None
 
     async def open(self) -> Snapshot:
-        self.conn = await self._pool.acquire()
+        self.conn = await self._db.checkout()
         try:
             await self.conn.execute(sql.BEGIN["snapshot"])
-        except BaseException:
-            await self._pool.release(self.conn)
+        except BaseException as exc:
+            if connection_failure(exc) or not isinstance(exc, Exception):
+                discard(self.conn)
+            await self._db.checkin(self.conn)
             raise
         return self
 
     async def close(self) -> None:
         try:
-            await rollback(self.conn)  # read-only: nothing to commit
+            await rollback(self.conn)  # read-only: nothing to commit; a broken one is discarded
         finally:
-            await self._pool.release(self.conn)
+            await self._db.checkin(self.conn)
 
 
 @dataclass
@@ -294,7 +296,7 @@ class Database:
 
     async def snapshot(self) -> Snapshot:
         assert self.pool is not None, "Database.connect() was not called"
-        return await Snapshot(self.pool).open()
+        return await Snapshot(self).open()
 
     async def apply_schema(self, schema: Schema) -> Catalog:
         """Create or update tables and indexes; refuse changes that stored documents violate."""

@@ -37,7 +37,7 @@ from typing import Any
 from server.core import sql
 from server.core.backoff import reconnect_delays
 from server.core.contexts import Identity
-from server.core.database import Snapshot
+from server.core.database import Snapshot, connection_failure
 from server.core.listener import Listener
 from server.core.readsets import ReadIndex, check_unchanged_since
 from server.core.registry import FunctionDef
@@ -190,8 +190,11 @@ class SubscriptionManager:
                 delays = reconnect_delays(first=0.05, cap=2.0)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("live-query tick failed; retrying")
+            except Exception as exc:
+                if connection_failure(exc):  # expected when PostgreSQL restarts: no traceback
+                    log.warning("live-query tick lost its database connection (%s: %s); retrying", type(exc).__name__, exc)
+                else:
+                    log.exception("live-query tick failed; retrying")
                 await asyncio.sleep(next(delays))
                 self.trigger()
 
@@ -291,8 +294,11 @@ class SubscriptionManager:
                 sq.slow = loop.time() - begun > LIVE_SLICE
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("running live query %s apart failed; it runs again", sq.path)
+            except Exception as exc:
+                if connection_failure(exc):
+                    log.warning("live query %s lost its database connection (%s); it runs again", sq.path, type(exc).__name__)
+                else:
+                    log.exception("running live query %s apart failed; it runs again", sq.path)
                 outcome = None
                 await asyncio.sleep(0.5)  # a failing database: do not spin
             finally:
