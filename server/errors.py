@@ -138,6 +138,12 @@ class FunctionRaisedBaseException(RippleError):
     own: it is that function's error (redacted like any other), never the server's."""
 
 
+class FunctionTimedOut(RippleError):
+    """A function ran past one of its time limits: its whole run (RIPPLE_*_TIMEOUT) or holding the
+    event loop without awaiting (RIPPLE_BLOCKING_LIMIT). The message names only the function and
+    the limit, so `redact` shows it to clients in every mode."""
+
+
 class TransactionConflict(RippleError):
     """Internal: a serializable transaction lost a conflict; the runner retries it."""
 
@@ -164,11 +170,13 @@ def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = N
     """Log `exc` (with its traceback and a fresh request id) as the failure of `what`, and return
     the message a client may see: in dev mode the error and the frames of the app's own files
     under `app_dir` (never Ripple's, the standard library's or installed packages'); otherwise
-    only the request id, to find the log entry by."""
+    only the request id, to find the log entry by (and a FunctionTimedOut's message, which says
+    nothing but the function and its limit)."""
     request_id = secrets.token_hex(8)
     log.error("%s failed [request %s]", what, request_id, exc_info=exc)
     if not dev:
-        return f"[Request ID: {request_id}] Server Error"
+        shown_as = str(exc) if isinstance(exc, FunctionTimedOut) else "Server Error"
+        return f"[Request ID: {request_id}] {shown_as}"
     detail = "".join(_exception_lines(exc)).strip()
     frames = [] if app_dir is None else user_frames(exc, app_dir)
     where = "".join(traceback.format_list(frames[-5:]))
