@@ -69,15 +69,10 @@ async def test_runaway_functions_time_out_and_the_server_goes_on(start_server: C
         assert metrics[f'ripple_event_loop_blocked_seconds_total{{kind="{kind}"}}'] >= count * 0.9
     await until(lambda: "task of query runaway:spin_in_task" in server.log())
     log = server.log()
-    for line in (
-        "query runaway:spin held the event loop for 1.0",
-        "mutation runaway:sleep held the event loop for 1.0",
-        "action runaway:spin_in_action held the event loop for 1.0",
-    ):
-        assert line in log, line
-    assert re.search(r"WARNING ripple\.watchdog: query runaway:spin held the event loop for 1\.\d\d s, "
-                     r"at functions/runaway\.py:\d+ in spin; interrupted\n", log), log
-    assert re.search(r"the event loop was blocked for 1\.\d\d s by a task of query runaway:spin_in_task, "
+    for who in ("query runaway:spin", "mutation runaway:sleep", "mutation runaway:spin_then_write",
+                "query runaway:stubborn", "action runaway:spin_in_action"):
+        assert re.search(rf"{who} held the event loop for \d\.\d\d s, at functions/runaway\.py:\d+ in \w+; interrupted\n", log), who
+    assert re.search(r"the event loop was blocked for \d\.\d\d s by a task of query runaway:spin_in_task, "
                      r"at functions/runaway\.py:\d+ in _spin; interrupted\n", log), log
     assert server.proc.poll() is None
 
@@ -102,7 +97,7 @@ async def test_a_live_query_that_runs_away_fails_and_other_subscriptions_go_on(
         await healthy.aclose()
     async with httpx.AsyncClient(base_url=server.url) as c:
         assert (await c.get("/_ripple/health")).json()["status"] == "ok"
-    assert "query runaway:spin_at held the event loop for 1.0" in server.log()
+    assert re.search(r"query runaway:spin_at held the event loop for \d\.\d\d s, .+; interrupted\n", server.log())
 
 
 # -- in-process ---------------------------------------------------------------------------------

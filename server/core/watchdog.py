@@ -30,9 +30,10 @@ the loop's thread:
 - Time counted. Time is counted only while the watchdog itself runs on time, plus the CPU time
   the loop thread used when it did not (a C call holding the GIL keeps the watchdog waiting): a
   process starved of CPU, or paused, is not taken for a blocked loop.
-- Reporting. One WARNING per block of at least `warn_after` (logger `ripple.watchdog`) when it
-  ends, naming the function and the line of app code it was at (or, outside any function, the
-  top frame), and "so far" lines while it lasts; `record(kind, seconds)` counts it.
+- Reporting. One WARNING per block of at least `warn_after` counted (logger `ripple.watchdog`)
+  when it ends, with its wall-clock length, naming the function and the line of app code it was
+  at (or, outside any function, the top frame), and "so far" lines while it lasts;
+  `record(kind, seconds)` counts it.
 
 What cannot be interrupted: one call into C code that does not return to the interpreter (a
 regular expression backtracking for minutes, `sum(range(10**12))`, a C extension's loop). While
@@ -186,6 +187,7 @@ class Watchdog:
         self.probe_after = probe_after  # a block this long by no function's frame: probe it
         self.record = record  # called in the loop thread with (kind or "other", seconds)
         self.beat = 0.0  # the last heartbeat (written by the loop thread)
+        self.gap = (0.0, 0.0)  # the last two heartbeats further apart than STALE (loop thread)
         self.blocked = 0.0  # seconds the current block has lasted (written by the watchdog)
         # Written by the watchdog thread: what to interrupt (None: probe) in the block that began
         # after heartbeat `beat`. Written by the handler: what it found, and whether it raised.
@@ -237,7 +239,7 @@ class Watchdog:
 
     def _take_signal(self) -> bool:
         previous = signal.getsignal(SIGNAL)
-        if previous not in (signal.SIG_DFL, signal.SIG_IGN, None):
+        if previous not in (signal.SIG_DFL, signal.SIG_IGN, None, _on_signal):
             log.warning("%s has a handler already: functions holding the event loop are interrupted only "
                         "between bytecodes, not in blocking calls such as time.sleep", SIGNAL.name)
             return False
@@ -247,7 +249,10 @@ class Watchdog:
 
     def _heartbeat(self) -> None:
         assert self._loop is not None
-        self.beat = time.monotonic()
+        now = time.monotonic()
+        if now - self.beat > STALE:
+            self.gap = (self.beat, now)
+        self.beat = now
         self._timer = self._loop.call_later(INTERVAL, self._heartbeat)
 
     def interrupts(self, frame: FrameType | None) -> bool:
@@ -258,7 +263,7 @@ class Watchdog:
         target = request[0]
         invocation, run_frame = innermost(frame)
         if target is not None or run_frame is not None:
-            raised = invocation is target
+            raised = target is not None and invocation is target
         else:  # a probe: is this a task some function started, running its code?
             owner = current.get()
             if owner is None:
@@ -288,8 +293,10 @@ class Watchdog:
             last, last_cpu = now, cpu
             beat = self.beat
             if block is not None and block.beat != beat:
-                try:
-                    self._ended(block)
+                before, after = self.gap
+                ran = after if before == block.beat else beat
+                try:  # it lasted from when the heartbeat was due until the loop ran it
+                    self._ended(block, max(block.blocked, ran - block.beat - INTERVAL))
                 except Exception:
                     log.exception("the watchdog failed to report a block of the event loop")
                 block = None
@@ -335,7 +342,9 @@ class Watchdog:
         except OSError:  # the thread is gone
             pass
 
-    def _ended(self, block: Block) -> None:
+    def _ended(self, block: Block, lasted: float) -> None:
+        """Report a block: whether by what was counted (never a starved process), how long by the
+        wall clock (what the clients waited)."""
         if not self.warn_after or block.blocked < self.warn_after:
             return
         probed = self.probed if self.probed is not None and self.probed[0] == block.beat else None
@@ -343,18 +352,16 @@ class Watchdog:
         culprit = block.culprit if block.culprit_held >= block.blocked / 2 else None
         interrupted = "; interrupted" if self.raised == block.beat else ""
         if culprit is not None:
-            log.warning("%s held the event loop for %.2f s, %s%s", culprit, block.culprit_held,
-                        block.culprit_where, interrupted)
+            log.warning("%s held the event loop for %.2f s, %s%s", culprit, lasted, block.culprit_where, interrupted)
         elif probed is not None:
             culprit = probed[1]
-            log.warning("the event loop was blocked for %.2f s by a task of %s, %s%s", block.blocked, culprit,
-                        probed[2], interrupted)
+            log.warning("the event loop was blocked for %.2f s by a task of %s, %s%s", lasted, culprit, probed[2],
+                        interrupted)
         else:
-            log.warning("the event loop was blocked for %.2f s outside any function, %s", block.blocked,
-                        block.other_where)
+            log.warning("the event loop was blocked for %.2f s outside any function, %s", lasted, block.other_where)
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(self.record, culprit.kind if culprit else "other", block.blocked)
+            self._loop.call_soon_threadsafe(self.record, culprit.kind if culprit else "other", lasted)
         except RuntimeError:  # the loop is closed
             pass
 
