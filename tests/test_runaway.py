@@ -179,6 +179,13 @@ async def test_blocks_outside_functions_are_logged_and_counted(
     assert kind == "other" and 0.2 < seconds < 1, recorded
     assert re.search(r"the event loop was blocked for 0\.\d\d s outside any function, at .+test_runaway\.py:\d+ "
                      r"in test_blocks_outside_functions_are_logged_and_counted$", caplog.text, re.M), caplog.text
+    # C code the loop calls itself, holding the GIL: the watchdog cannot look until it returns.
+    asyncio.get_running_loop().call_soon(sum, range(20_000_000))
+    await until(lambda: len(recorded) == 2)
+    assert recorded[1][0] == "other" and recorded[1][1] > 0.1, recorded
+    assert re.search(r"the event loop was blocked for \d\.\d\d s (outside any function, in C code the event loop "
+                     r"called \(no Python frame above .+\)|by a call into C code that held the GIL throughout)",
+                     caplog.text), caplog.text
 
 
 def test_a_loop_outside_the_main_thread_is_interrupted_too() -> None:

@@ -2,44 +2,36 @@
 long block of the loop is logged and counted.
 
 `asyncio.timeout` fires only when the code it bounds awaits: `while True: pass`, `time.sleep(15)`
-or a long computation in a function would hold the event loop (every client of the process,
-health checks, live queries) until it ends, if it ever does. A `Watchdog` is a thread watching
-the loop's thread:
+or a long computation would hold the event loop (every client of the process, health checks,
+live queries) until it ends, if ever. A `Watchdog` is a thread watching the loop's thread:
 
-- Heartbeat. The loop refreshes `beat` every INTERVAL (a `call_later` chain); the watchdog wakes
-  every INTERVAL, and a heartbeat older than STALE means the loop is blocked.
-- Which function blocks it. `Runtime.invoke` awaits every function through `run`, whose frame
-  holds the call's `Invocation` (kind, path, limits). While a coroutine runs, the coroutines
-  awaiting it are chained to it by `f_back`, so the innermost `run` frame on the loop thread's
-  stack (`sys._current_frames`) is the function on the CPU. Nothing is done per step of a
-  function: a call costs an Invocation, a context variable and one coroutine frame.
-- Interrupting. When that function has held the loop for its `limit` (or is past its deadline),
-  the watchdog sends SIGNAL to the loop thread. The handler runs there between two bytecodes, or
-  inside a blocking call (`time.sleep`, a lock, a socket read: PEP 475 lets a raising handler
-  end it); it looks at the stack itself and raises `Runaway` only if the invocation the watchdog
-  named is still the innermost one and the loop has not run since: a signal at any other moment
-  raises nothing. `Runaway` is a BaseException, so `except Exception:` in app code does not
-  swallow it; it is sent again every INTERVAL while the function keeps the loop.
-  `Runtime.invoke` turns it into the function's `FunctionTimedOut`. A block with no `run` frame
-  on the stack (a task the function started, `asyncio.gather`) gets a probe: the handler asks
-  the context (`current`) which call started the task, and interrupts it if app code is on the
-  stack and it is past its limit.
-  Signal handlers run only in the main thread: a loop in another thread is interrupted with
-  `PyThreadState_SetAsyncExc` instead, which stops Python bytecode but not a blocking call, and
-  may land just after the function ended (nothing can check in that thread first).
-- Time counted. Time is counted only while the watchdog itself runs on time, plus the CPU time
-  the loop thread used when it did not (a C call holding the GIL keeps the watchdog waiting): a
-  process starved of CPU, or paused, is not taken for a blocked loop.
-- Reporting. One WARNING per block of at least `warn_after` counted (logger `ripple.watchdog`)
-  when it ends, with its wall-clock length, naming the function and the line of app code it was
-  at (or, outside any function, the top frame), and "so far" lines while it lasts;
-  `record(kind, seconds)` counts it.
+- Heartbeat: the loop refreshes `beat` every INTERVAL; the watchdog looks every INTERVAL, and a
+  heartbeat older than STALE means the loop is blocked.
+- Who blocks it: `Runtime.invoke` awaits every function through `run`, whose frame holds the
+  call's `Invocation`. The coroutines awaiting a running coroutine are chained to it by `f_back`,
+  so the innermost `run` frame on the loop thread's stack (`sys._current_frames`) is the function
+  on the CPU. Nothing is done per step of a function.
+- Interrupting: once that function has held the loop for its `limit` (or is past its deadline),
+  the watchdog sends SIGNAL to the loop thread. The handler runs there between two bytecodes or
+  inside a blocking call (`time.sleep`, a lock, a socket read: PEP 475); it raises `Runaway` only
+  if the call the watchdog named is still the innermost one and the loop has not run since, so a
+  signal at any other moment raises nothing. `Runaway` is a BaseException (`except Exception:`
+  does not swallow it), sent again every INTERVAL while the function keeps the loop;
+  `Runtime.invoke` turns it into `FunctionTimedOut`. A block with no `run` frame on the stack
+  (a task a function started) gets a probe: the handler asks the context (`current`) whose task
+  it is, and interrupts it if app code is on the stack and it is past its limit. Off the main
+  thread (no signal handlers there) `PyThreadState_SetAsyncExc` interrupts bytecode but not a
+  blocking call, and may land just after the function ended: nothing can check there first.
+- Counting: time counts while the watchdog looks on time, plus the loop thread's CPU time when
+  it could not (C code holding the GIL), so a process starved of CPU or paused is not taken for
+  a blocked loop. A block is reported when it ends (one WARNING, logger `ripple.watchdog`, with
+  its wall-clock length and the function and app line it was at, or the top frame), with "so
+  far" lines while it lasts; `record(kind, seconds)` counts it.
 
-What cannot be interrupted: one call into C code that does not return to the interpreter (a
-regular expression backtracking for minutes, `sum(range(10**12))`, a C extension's loop). While
-it holds the GIL the watchdog cannot even run; the block is reported, and the function
-interrupted, when the call returns. Code that catches BaseException and carries on is
-interrupted again and again but never stopped.
+One call into C code that does not return to the interpreter (a regular expression backtracking
+for minutes, `sum(range(10**12))`) cannot be interrupted, nor watched while it holds the GIL: it
+is reported, and its function interrupted, when it returns. Code that catches BaseException and
+carries on is interrupted again and again but never stopped.
 """
 
 from __future__ import annotations
@@ -156,7 +148,13 @@ def position(frame: FrameType | None, app_dir: Path | None = None, stop: FrameTy
             if name.is_relative_to(root):
                 name = name.relative_to(root)
                 break
-    return f"at {name}:{shown.f_lineno} in {code.co_name}"
+    where = f"at {name}:{shown.f_lineno} in {code.co_name}"
+    if found is None and name.parent.name == "asyncio" and code.co_name in _LOOP_FRAMES:
+        return f"in C code the event loop called (no Python frame above {where.removeprefix('at ')})"
+    return where
+
+
+_LOOP_FRAMES = {"run", "run_forever", "run_until_complete", "_run_once", "_run"}  # asyncio's own
 
 
 @dataclass(eq=False)
@@ -173,6 +171,7 @@ class Block:
     culprit_where: str = ""
     other_where: str = ""  # where it was at the last look that found no function
     next_report: float = STILL_BLOCKED_AFTER
+    seen: bool = True  # False: it ended before the watchdog could look
 
 
 _active: Watchdog | None = None  # the one watchdog of this process (its signal handler's)
@@ -284,6 +283,7 @@ class Watchdog:
         loop = self._loop
         assert loop is not None
         block: Block | None = None
+        seen = self.gap  # the last gap between two heartbeats accounted for
         last, last_cpu = time.monotonic(), self._cpu()
         while not self._stopping.wait(INTERVAL):
             if loop.is_closed():
@@ -291,15 +291,22 @@ class Watchdog:
             now, cpu = time.monotonic(), self._cpu()
             counted = max(min(now - last, CAP), min(cpu - last_cpu, now - last))
             last, last_cpu = now, cpu
-            beat = self.beat
+            beat, gap = self.beat, self.gap
+            ended = None
             if block is not None and block.beat != beat:
-                before, after = self.gap
-                ran = after if before == block.beat else beat
+                ended, block = block, None
+            elif block is None and gap != seen:
+                # A block that began and ended while this thread could not look: C code held the
+                # GIL throughout, and the loop ran the heartbeat before letting go of it. What
+                # the loop thread ran meanwhile (not a starved process) is the count.
+                ended = Block(gap[0], blocked=counted, seen=False)
+            seen = gap
+            if ended is not None:
+                ran = gap[1] if gap[0] == ended.beat else beat
                 try:  # it lasted from when the heartbeat was due until the loop ran it
-                    self._ended(block, max(block.blocked, ran - block.beat - INTERVAL))
+                    self._ended(ended, max(ended.blocked, ran - ended.beat - INTERVAL))
                 except Exception:
                     log.exception("the watchdog failed to report a block of the event loop")
-                block = None
             if now - beat <= STALE or not loop.is_running():
                 continue
             if block is None:  # it began about when the heartbeat was due
@@ -312,8 +319,11 @@ class Watchdog:
 
     def _look(self, block: Block, counted: float, now: float) -> None:
         frame = sys._current_frames().get(self._thread_id)
-        invocation, run_frame = innermost(frame)
         block.blocked = self.blocked = block.blocked + counted
+        if frame is not None and frame.f_code is _HEARTBEAT:  # over: C code held the GIL until now
+            block.seen = block.seen and bool(block.where)
+            return
+        invocation, run_frame = innermost(frame)
         if invocation is not block.holder:
             block.holder, block.held = invocation, 0.0
         block.held += counted
@@ -357,6 +367,9 @@ class Watchdog:
             culprit = probed[1]
             log.warning("the event loop was blocked for %.2f s by a task of %s, %s%s", lasted, culprit, probed[2],
                         interrupted)
+        elif not block.seen:
+            log.warning("the event loop was blocked for %.2f s by a call into C code that held the GIL "
+                        "throughout: the watchdog could not see whose", lasted)
         else:
             log.warning("the event loop was blocked for %.2f s outside any function, %s", lasted, block.other_where)
         assert self._loop is not None
@@ -364,6 +377,9 @@ class Watchdog:
             self._loop.call_soon_threadsafe(self.record, culprit.kind if culprit else "other", lasted)
         except RuntimeError:  # the loop is closed
             pass
+
+
+_HEARTBEAT = Watchdog._heartbeat.__code__
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
