@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 import threading
@@ -62,6 +63,9 @@ async def test_runaway_functions_time_out_and_the_server_goes_on(start_server: C
             assert re.match(timed_out(path), r.json()["errorMessage"]), r.json()
             assert health.json()["status"] == "ok" and other.json()["value"] == 0  # no write of spin_then_write committed
             assert (await call(c, "mutation", "counters:inc", {"name": "after"})).json()["status"] == "success"
+        for _ in range(5):  # the watchdog's signal, sent by someone else: nothing happens
+            os.kill(server.proc.pid, watchdog.SIGNAL)
+        assert (await call(c, "query", "counters:get", {"name": "after"})).json()["value"] == len(RUNAWAYS)
     metrics = await metric_samples(server.url)
     for kind, count in (("query", 3), ("mutation", 2), ("action", 1)):
         assert metrics[f'ripple_function_timeouts_total{{kind="{kind}"}}'] == count
