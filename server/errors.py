@@ -202,7 +202,11 @@ def user_frames(exc: BaseException, app_dir: Path) -> list[traceback.FrameSummar
 def is_app_file(filename: str, app_dir: Path) -> bool:
     """A file of the app: under `app_dir` (a path prefix match: /srv/app2 is not in /srv/app),
     and not library code kept there: not the running interpreter's environment or Ripple itself,
-    and not under a hidden folder (`.venv/`) or a site-packages folder."""
+    and not under a hidden folder (`.venv/`) or a site-packages folder. Code without a file
+    (`<frozen importlib._bootstrap>`, `<string>`) is no file of the app, whatever the current
+    directory."""
+    if filename.startswith("<"):
+        return False
     path = Path(filename).resolve()
     if not path.is_relative_to(app_dir) or any(path.is_relative_to(lib) for lib in _library_roots()):
         return False
