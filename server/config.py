@@ -86,6 +86,10 @@ class Config:
     query_timeout: float = 10.0
     mutation_timeout: float = 10.0
     action_timeout: float = 600.0
+    # How long a function (any kind) may hold the event loop without awaiting before it is
+    # interrupted; 0: never (server/core/watchdog.py, docs/operations.md, Limits).
+    blocking_limit: float = 1.0
+    blocked_loop_warning: float = 0.1  # log and count every block of the event loop this long; 0: never
     max_mutation_attempts: int = 40
     database_retry_seconds: float = 10.0  # how long a call rides out a lost database connection
     ws_compression: bool = False
@@ -105,6 +109,8 @@ class Config:
             mutation_timeout=_env_float("RIPPLE_MUTATION_TIMEOUT", 10.0),
             action_timeout=_env_float("RIPPLE_ACTION_TIMEOUT", 600.0),
             database_retry_seconds=_env_float("RIPPLE_DATABASE_RETRY_SECONDS", 10.0),
+            blocking_limit=_env_float("RIPPLE_BLOCKING_LIMIT", 1.0),
+            blocked_loop_warning=_env_float("RIPPLE_BLOCKED_LOOP_WARNING", 0.1),
             ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
             scheduler=SchedulerConfig.from_env(),
             cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),

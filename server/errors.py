@@ -138,6 +138,12 @@ class FunctionRaisedBaseException(RippleError):
     own: it is that function's error (redacted like any other), never the server's."""
 
 
+class FunctionTimedOut(RippleError):
+    """A function ran past one of its time limits: its whole run (RIPPLE_*_TIMEOUT) or holding the
+    event loop without awaiting (RIPPLE_BLOCKING_LIMIT). The message names only the function and
+    the limit, so `redact` shows it to clients in every mode."""
+
+
 class TransactionConflict(RippleError):
     """Internal: a serializable transaction lost a conflict; the runner retries it."""
 
@@ -183,11 +189,13 @@ def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = N
     """Log `exc` (with its traceback and a fresh request id) as the failure of `what`, and return
     the message a client may see: in dev mode the error and the frames of the app's own files
     under `app_dir` (never Ripple's, the standard library's or installed packages'); otherwise
-    only the request id, to find the log entry by."""
+    only the request id, to find the log entry by (and a FunctionTimedOut's message, which says
+    nothing but the function and its limit)."""
     request_id = secrets.token_hex(8)
     log.error("%s failed [request %s]", what, request_id, exc_info=exc)
     if not dev:
-        return f"[Request ID: {request_id}] Server Error"
+        shown_as = str(exc) if isinstance(exc, FunctionTimedOut) else "Server Error"
+        return f"[Request ID: {request_id}] {shown_as}"
     detail = "".join(_exception_lines(exc)).strip()
     frames = [] if app_dir is None else user_frames(exc, app_dir)
     where = "".join(traceback.format_list(frames[-5:]))
@@ -213,7 +221,11 @@ def user_frames(exc: BaseException, app_dir: Path) -> list[traceback.FrameSummar
 def is_app_file(filename: str, app_dir: Path) -> bool:
     """A file of the app: under `app_dir` (a path prefix match: /srv/app2 is not in /srv/app),
     and not library code kept there: not the running interpreter's environment or Ripple itself,
-    and not under a hidden folder (`.venv/`) or a site-packages folder."""
+    and not under a hidden folder (`.venv/`) or a site-packages folder. Code without a file
+    (`<frozen importlib._bootstrap>`, `<string>`) is no file of the app, whatever the current
+    directory."""
+    if filename.startswith("<"):
+        return False
     path = Path(filename).resolve()
     if not path.is_relative_to(app_dir) or any(path.is_relative_to(lib) for lib in _library_roots()):
         return False

@@ -20,6 +20,7 @@ from server import devserver, loops
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
 from server.config import Config
+from server.core import watchdog
 from server.core.database import Database
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
@@ -176,6 +177,13 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
         log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
         return None
 
+    def count_block(kind: str, seconds: float) -> None:
+        runtime.metrics.inc("ripple_event_loop_blocks_total", kind=kind)
+        runtime.metrics.inc("ripple_event_loop_blocked_seconds_total", seconds, kind=kind)
+
+    # Interrupts functions that hold the event loop too long; logs every long block of it.
+    dog = watchdog.Watchdog(config.blocked_loop_warning, config.blocking_limit or 1.0, count_block)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         watcher: Supervised | None = None
@@ -193,17 +201,21 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                 log.info("serving %s (%s mode, event loop %s)", listen_url(config),
                          "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__)
                 tune_gc()
+            dog.start()  # after the start-up's own long steps (importing the app, tune_gc)
             yield
         finally:
-            if recorded:
-                devserver.forget(config.app_dir)
-            if watcher is not None:
-                await watcher.stop()
-            if scheduling:
-                await scheduler.stop()
-            if live_queries:
-                await subscriptions.stop()
-            await db.close()
+            try:
+                if recorded:
+                    devserver.forget(config.app_dir)
+                if watcher is not None:
+                    await watcher.stop()
+                if scheduling:
+                    await scheduler.stop()
+                if live_queries:
+                    await subscriptions.stop()
+                await db.close()
+            finally:
+                dog.stop()  # last: functions still running (scheduled jobs finishing) stay guarded
 
     return build_app(runtime, subscriptions, lifespan=lifespan, load_error=lambda: loader.error)
 

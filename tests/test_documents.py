@@ -22,6 +22,7 @@ from server.errors import (
     FunctionNotFound,
     ValueValidationError,
     WrongFunctionKind,
+    is_app_file,
     redact,
     user_frames,
 )
@@ -220,6 +221,15 @@ def test_dev_tracebacks_show_only_the_apps_frames_even_with_libraries_inside_the
     message = redact(err.value, "test", dev=True, app_dir=ROOT)
     assert "_app_code_calling_libraries" in message and "server/core" not in message and "site-packages" not in message
     assert redact(err.value, "test", dev=False, app_dir=ROOT).endswith("] Server Error")
+
+
+def test_code_without_a_file_is_not_the_apps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ripple dev` usually runs in the app directory: a pseudo-filename resolved against it
+    looked like an app file, so importlib's frames were shown as the app's."""
+    monkeypatch.chdir(BASIC_APP)
+    assert is_app_file(str(BASIC_APP / "functions" / "counters.py"), BASIC_APP)
+    for pseudo in ("<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>", "<string>"):
+        assert not is_app_file(pseudo, BASIC_APP), pseudo
 
 
 async def test_internal_functions_hidden_from_clients(runtime: Runtime) -> None:

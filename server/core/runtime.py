@@ -29,7 +29,7 @@ import asyncpg
 import orjson
 
 from server.config import Config
-from server.core import logs, sandbox, sql
+from server.core import logs, sandbox, sql, watchdog
 from server.core.commit import Committer
 from server.core.contexts import (
     ActionCtx,
@@ -176,17 +176,25 @@ class Runtime:
         """Where a run's print() lines go: the server log always, the client in dev mode."""
         return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev)
 
-    async def invoke(self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float) -> Any:
+    async def invoke(
+        self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float,
+        blocking_limit: float | None = None,
+    ) -> Any:
         """Run the function's code. Whatever it raises comes out as an Exception (see
-        `contained`): a function cannot stop the server or the loop that called it."""
-        log_token = logs.current.set(buffer)
-        kind_token = sandbox.running_kind.set(fn.kind)
+        `contained`): a function cannot stop the server or the loop that called it. It fails with
+        FunctionTimedOut after `timeout` seconds, or once it holds the event loop without awaiting
+        for `blocking_limit` seconds (default Config.blocking_limit; see watchdog.py)."""
+        limit = self.config.blocking_limit if blocking_limit is None else blocking_limit
+        call = watchdog.Invocation(fn.kind, fn.path, limit, timeout, self.app.directory)
+        tokens = logs.current.set(buffer), sandbox.running_kind.set(fn.kind), watchdog.current.set(call)
         try:
-            async with asyncio.timeout(timeout):
-                value = await fn.handler(ctx, **kwargs)
-            value = fn.validate_return(value)
-        except TimeoutError:
-            raise TimeoutError(f"{fn.path} ran longer than {timeout:g} s") from None
+            async with asyncio.timeout(timeout) as clock:
+                value = await watchdog.run(call, fn.handler(ctx, **kwargs), fn.validate_return)
+        except (TimeoutError, watchdog.Runaway) as exc:
+            if isinstance(exc, TimeoutError) and not clock.expired():  # the function's own
+                raise
+            self.metrics.inc("ripple_function_timeouts_total", kind=fn.kind)
+            raise watchdog.timed_out(call, exc) from None
         except (Exception, NeedsSnapshot):
             raise
         except BaseException as exc:
@@ -194,8 +202,9 @@ class Runtime:
                 raise
             raise error from exc
         finally:
-            sandbox.running_kind.reset(kind_token)
-            logs.current.reset(log_token)
+            watchdog.current.reset(tokens[2])
+            sandbox.running_kind.reset(tokens[1])
+            logs.current.reset(tokens[0])
         to_convex_json(value)  # a result that cannot be sent is the function's error
         return value
 
