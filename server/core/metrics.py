@@ -77,6 +77,11 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_websocket_clients", "gauge", "Connected websocket clients")
     m.describe("ripple_shared_queries", "gauge", "Distinct shared query executions kept live")
     m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")
+    m.describe("ripple_websocket_limit_total", "counter",
+               "Times a websocket connection reached a per-connection limit, by limit")
+    m.describe("ripple_websocket_outbox_bytes", "gauge", "Bytes of responses waiting for websocket clients to read them")
+    m.describe("ripple_websocket_pending_mutations", "gauge", "Mutations received on websockets and not run yet")
+    m.describe("ripple_websocket_actions", "gauge", "Actions running for websocket clients")
     m.describe("ripple_live_query_ts", "gauge", "Commit ts every live result of this process is valid at")
     m.describe("ripple_scheduled_jobs_total", "counter", "Scheduled jobs by final state")
     m.describe("ripple_http_requests_total", "counter", "HTTP API requests by route and status")

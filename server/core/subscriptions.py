@@ -35,7 +35,7 @@ from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
 from server.core.supervise import Supervised
 from server.core.transaction import ReadRange
-from server.core.values import from_convex_json, to_convex_json
+from server.core.values import from_client_json, to_convex_json
 from server.errors import RippleUsageError
 from server.wire import QueryResult
 
@@ -249,7 +249,7 @@ class SubscriptionManager:
         runtime = self.runtime
         try:
             fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=False)
-            kwargs = fn.validate_args(from_convex_json(sq.args))
+            kwargs = fn.validate_args(from_client_json(sq.args, path="args"))  # a client's, within its limits
         except RippleUsageError as exc:
             return QueryResult.failed(str(exc), [], sq.journal)
         return await runtime.execute_query(conn, fn, kwargs, sq.identity, sq.journal)
