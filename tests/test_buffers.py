@@ -1,11 +1,28 @@
-"""The bounded per-connection buffers of the websocket route (server/api/buffers.py), in-process."""
+"""The bounded per-connection buffers of the websocket route (server/api/buffers.py) and their
+settings, in-process."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from server.api.buffers import MutationQueue, Outbox
+from server.config import Config, WebsocketLimits
 from server.sync.protocol import RunMutation
+
+
+def test_the_limits_come_from_the_environment_and_refuse_nonsense(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Config.from_env().ws_limits == WebsocketLimits()
+    assert WebsocketLimits().outbox_bytes == 8 * 1024 * 1024 and WebsocketLimits().pending_mutations == 1000
+    monkeypatch.setenv("RIPPLE_WS_MAX_OUTBOX_BYTES", "65536")
+    monkeypatch.setenv("RIPPLE_WS_MAX_SUBSCRIPTIONS", "50")
+    limits = Config.from_env().ws_limits
+    assert (limits.outbox_bytes, limits.subscriptions, limits.concurrent_actions) == (65536, 50, 1000)
+    for bad, message in (("0", "must be at least 1, not 0"), ("1e6", "must be a whole number, not '1e6'")):
+        monkeypatch.setenv("RIPPLE_WS_MAX_CONCURRENT_ACTIONS", bad)
+        with pytest.raises(ValueError, match=f"RIPPLE_WS_MAX_CONCURRENT_ACTIONS {message}"):
+            Config.from_env()
 
 
 async def test_the_outbox_takes_any_message_and_makes_producers_wait_past_its_limit() -> None:
