@@ -207,9 +207,10 @@ def to_convex_json(value: Value, path: str = "") -> Any:
     try:
         return _ENCODER.value(value, 0)
     except _Invalid as error:
-        raise error.error(path) from None
+        failure = error.error(path)
     except RecursionError:  # a self-containing list or dict, or subclasses the depth check misses
-        raise ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels") from None
+        failure = ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
+    raise failure  # out here, so that its context is what the caller was handling, if anything
 
 
 def digest(value: Value) -> str:
@@ -340,9 +341,10 @@ def _decode(decoder: _Decoder, value: Any, path: str) -> Value:
     try:
         return decoder.value(value, 0)
     except _Invalid as error:
-        raise error.error(path) from None
+        failure = error.error(path)
     except RecursionError:  # only through subclasses of dict or list, which the depth check misses
-        raise ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels") from None
+        failure = ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
+    raise failure  # (see to_convex_json)
 
 
 def from_convex_json(value: Any, path: str = "") -> Value:
