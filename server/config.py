@@ -16,6 +16,19 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
 def _env_flag(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if not raw:
@@ -71,6 +84,33 @@ def _event_loop(raw: str | None) -> str:
     return name
 
 
+MiB = 1024 * 1024
+
+
+@dataclass
+class WebsocketLimits:
+    """What one websocket connection may hold (docs/operations.md, Limits). The defaults are far
+    above what a working client needs, and in line with Convex's own per-connection bounds
+    (1000 waiting mutations, 1000 actions in flight)."""
+
+    outbox_bytes: int = 8 * MiB  # responses waiting for the client; beyond, mutations wait
+    pending_mutations: int = 1000  # received, not run yet; beyond, the connection is closed
+    pending_mutation_bytes: int = 16 * MiB  # their messages' size; beyond, reading pauses
+    concurrent_actions: int = 1000  # running (or handing over their result); beyond, refused
+    subscriptions: int = 1000  # queries in the query set; beyond, the connection is closed
+
+    @classmethod
+    def from_env(cls) -> WebsocketLimits:
+        d = cls()
+        return cls(
+            outbox_bytes=_env_int("RIPPLE_WS_MAX_OUTBOX_BYTES", d.outbox_bytes),
+            pending_mutations=_env_int("RIPPLE_WS_MAX_PENDING_MUTATIONS", d.pending_mutations),
+            pending_mutation_bytes=_env_int("RIPPLE_WS_MAX_PENDING_MUTATION_BYTES", d.pending_mutation_bytes),
+            concurrent_actions=_env_int("RIPPLE_WS_MAX_CONCURRENT_ACTIONS", d.concurrent_actions),
+            subscriptions=_env_int("RIPPLE_WS_MAX_SUBSCRIPTIONS", d.subscriptions),
+        )
+
+
 @dataclass
 class Config:
     app_dir: Path = field(default_factory=Path.cwd)
@@ -93,6 +133,7 @@ class Config:
     max_mutation_attempts: int = 40
     database_retry_seconds: float = 10.0  # how long a call rides out a lost database connection
     ws_compression: bool = False
+    ws_limits: WebsocketLimits = field(default_factory=WebsocketLimits)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
     event_loop: str = "uvloop"  # or "asyncio" (server/loops.py)
@@ -112,6 +153,7 @@ class Config:
             blocking_limit=_env_float("RIPPLE_BLOCKING_LIMIT", 1.0),
             blocked_loop_warning=_env_float("RIPPLE_BLOCKED_LOOP_WARNING", 0.1),
             ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
+            ws_limits=WebsocketLimits.from_env(),
             scheduler=SchedulerConfig.from_env(),
             cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),
             event_loop=_event_loop(os.environ.get("RIPPLE_EVENT_LOOP")),

@@ -10,15 +10,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-_LONG_INTEGER = re.compile(r"[0-9]{19}")
-_LONG_INTEGER_BYTES = re.compile(rb"[0-9]{19}")
+# Every digit to "0", everything else to " ": a run of 19 digits becomes b"0" * 19, which
+# bytes.find locates several times faster than a regular expression scans for it (a 16 MiB body:
+# about 30 ms instead of 250, with the GIL held either way).
+_DIGITS = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN = b"0" * 19
 
 
 def loads(data: str | bytes) -> Any:
@@ -30,8 +32,8 @@ def loads(data: str | bytes) -> Any:
     standard library, which keeps integers exact. orjson has accepted the text by then, so both
     decoders agree on everything else (no NaN literals, no lone surrogates)."""
     value = orjson.loads(data)
-    long_integer = _LONG_INTEGER.search(data) if isinstance(data, str) else _LONG_INTEGER_BYTES.search(data)
-    return json.loads(data) if long_integer else value
+    raw = data.encode() if isinstance(data, str) else data  # valid UTF-8: orjson accepted it
+    return json.loads(data) if _LONG_RUN in raw.translate(_DIGITS) else value
 
 
 def encode_ts(ts: int) -> str:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from client_sdk.protocol import ClientProtocol, QueriesUpdated, RequestFinished
 from server.sync.protocol import (
     Authenticate,
+    LimitExceeded,
     ProtocolError,
     QuerySetChanged,
     RunAction,
@@ -141,6 +142,32 @@ def test_protocol_errors(messages: list[Any], fragment: str) -> None:
             if m == "connect":
                 m = {"type": "Connect", "sessionId": "s", "connectionCount": 0}
             s.receive(m if isinstance(m, bytes) else orjson.dumps(m))
+
+
+def test_the_query_set_limit_refuses_the_modification_that_goes_over_it() -> None:
+    s = SyncSession(max_queries=2)
+    send(s, {"type": "Connect", "sessionId": "s1"})
+
+    def add(query_id: int) -> dict[str, Any]:
+        return {"type": "Add", "queryId": query_id, "udfPath": "a:b", "args": [{}]}
+
+    send(s, {"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [add(0), add(1)]})
+    send(s, {"type": "ModifyQuerySet", "baseVersion": 1, "newVersion": 2,  # a swap stays within it
+             "modifications": [{"type": "Remove", "queryId": 0}, add(2)]})
+    with pytest.raises(LimitExceeded, match="query set 3 queries; a connection may hold at most 2") as refused:
+        send(s, {"type": "ModifyQuerySet", "baseVersion": 2, "newVersion": 3, "modifications": [add(3)]})
+    assert refused.value.limit == "subscriptions"
+    assert set(s.queries) == {1, 2} and s.query_set_version == 2  # nothing of the refused change applied
+
+
+def test_requests_carry_the_size_of_their_message() -> None:
+    s = connected()
+    text = orjson.dumps({"type": "Mutation", "requestId": 0, "udfPath": "m:inc", "args": [{"pad": "x" * 1000}]})
+    (request,) = s.receive(text)
+    assert isinstance(request, RunMutation) and request.size == len(text)
+    text = text.replace(b"Mutation", b"Action")
+    (request,) = s.receive(text.decode())
+    assert isinstance(request, RunAction) and request.size == len(text)
 
 
 def test_client_and_server_sessions_agree() -> None:

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from server.core import keys
 from server.core.ids import new_id, table_number_of
 from server.core.values import (
+    MAX_ARRAY_LEN,
+    MAX_OBJECT_FIELDS,
     Int64,
+    from_client_json,
     from_convex_json,
     from_plain_json,
     to_convex_json,
@@ -195,3 +198,53 @@ def test_json_integers_beyond_2_53_are_refused_whatever_their_size(text: str, de
     with pytest.raises(ValueValidationError, match=rf"^a\[1\]: integer {text} is outside the float64-exact range"):
         decode(value)
     assert loads(b"[1e30, 12345678901234567890.5]") == [1e30, 12345678901234567890.5]
+
+
+# -- Convex's limits on values clients send -------------------------------------------------
+
+
+@pytest.mark.parametrize("encoded", [True, False])
+def test_client_values_within_convex_limits_pass(encoded: bool) -> None:
+    value = {"xs": [1] * MAX_ARRAY_LEN, "o": {f"f{i}": i for i in range(MAX_OBJECT_FIELDS)}}
+    assert from_client_json(value, encoded=encoded) == value
+
+
+@pytest.mark.parametrize("encoded", [True, False])
+def test_client_values_over_a_limit_are_refused_naming_the_limit_and_the_path(encoded: bool) -> None:
+    cases: list[tuple[Any, str]] = [
+        ({"rows": [{"xs": [0] * (MAX_ARRAY_LEN + 1)}]},
+         r"^args\.rows\[0\]\.xs: arrays may hold at most 8192 elements; this one has 8193$"),
+        ({"a": [1, {"o": {str(i): i for i in range(MAX_OBJECT_FIELDS + 1)}}]},
+         r"^args\.a\[1\]\.o: objects may have at most 1024 fields; this one has 1025$"),
+    ]
+    for value, message in cases:
+        with pytest.raises(ValueValidationError, match=message):
+            from_client_json(value, encoded=encoded, path="args")
+
+
+class Unread(list[Any]):
+    """A list that fails the test when its elements are read."""
+
+    def __iter__(self) -> Any:
+        raise AssertionError("elements read")
+
+
+def test_an_array_over_the_limit_is_refused_before_its_elements_are_looked_at() -> None:
+    huge = Unread([0] * 8_000_000)
+    with pytest.raises(ValueValidationError, match=r"^xs: arrays may hold at most 8192 elements; this one has 8000000$"):
+        from_client_json({"xs": huge})
+
+
+def test_values_ripple_wrote_itself_are_not_held_to_the_client_limits() -> None:
+    """Documents and results (to_convex_json allows long arrays) read back as they were."""
+    stored = {"xs": list(range(MAX_ARRAY_LEN * 2)), "o": {f"f{i}": i for i in range(MAX_OBJECT_FIELDS * 2)}}
+    assert from_convex_json(to_convex_json(stored)) == stored
+
+
+@pytest.mark.parametrize("decode", [from_plain_json, from_convex_json])
+def test_a_bad_value_deep_in_a_long_array_is_named_by_its_first_occurrence(decode: Any) -> None:
+    rows: list[Any] = [[1.5, "x", None, {"k": [True]}] for _ in range(200)]
+    rows[150] = [1.5, {"k": [2**60]}]
+    rows[170] = rows[150]  # the same object again: the first one is named
+    with pytest.raises(ValueValidationError, match=r"^rows\[150\]\[1\]\.k\[0\]: integer 1152921504606846976 "):
+        decode({"rows": rows})

@@ -102,6 +102,9 @@ def build_app(
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
     runtime.metrics.gauge("ripple_shared_queries", lambda: float(len(subscriptions.queries)))
     runtime.metrics.gauge("ripple_websocket_clients", lambda: float(len(websocket_clients)))
+    runtime.metrics.gauge("ripple_websocket_outbox_bytes", lambda: float(sum(c.outbox.bytes for c in websocket_clients)))
+    runtime.metrics.gauge("ripple_websocket_pending_mutations", lambda: float(sum(len(c.mutations) for c in websocket_clients)))
+    runtime.metrics.gauge("ripple_websocket_actions", lambda: float(sum(len(c.actions) for c in websocket_clients)))
     runtime.metrics.gauge("ripple_live_query_ts", lambda: float(subscriptions.current_ts))
     runtime.metrics.gauge("ripple_live_queries_pending", lambda: float(len(subscriptions.stale)))
 

@@ -13,10 +13,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server.api import offload
 from server.core.contexts import Identity
 from server.core.registry import Kind
 from server.core.runtime import Runtime
-from server.core.values import from_convex_json, from_plain_json, to_convex_json, to_plain_json
+from server.core.values import from_client_json, from_convex_json, to_convex_json, to_plain_json
 from server.errors import (
     DatabaseUnavailable,
     FunctionFailure,
@@ -44,7 +45,7 @@ def error_response(status: int, code: str, message: str) -> Response:
     return json_response({"code": code, "message": message}, status)
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -61,10 +62,28 @@ async def read_json_body(request: Request, limit: int) -> Any:
     body = b"".join(chunks)
     if not body:
         raise HttpError(400, "BadJsonBody", "request body is empty; send a JSON object")
+    return body
+
+
+def parse_json(body: bytes) -> Any:
     try:
         return loads(body)
     except orjson.JSONDecodeError as exc:
         raise HttpError(400, "BadJsonBody", f"request body is not valid JSON: {exc}") from exc
+
+
+Call = tuple[str, Any, str]  # path, arguments (Python values), format
+
+
+def decode_call(body: bytes, path_override: str | None) -> tuple[Any, Call | HttpError]:
+    """A request body -> (the JSON, the call it asks for). Invalid JSON raises; a call that
+    cannot be made is returned, to be raised after the Authorization header is checked (as
+    before, a bad header is reported first). Pure: runs on the decode thread (offload.py)."""
+    data = parse_json(body)
+    try:
+        return data, HttpApi.parse_call(data, path_override)
+    except HttpError as exc:
+        return data, exc
 
 
 def parse_ts(raw: Any) -> int:
@@ -104,7 +123,7 @@ class HttpApi:
         raise HttpError(401, "BadAuthHeader", "Authorization must be `Bearer <token>` or `Convex <admin key>`")
 
     @staticmethod
-    def parse_call(body: Any, path_override: str | None = None) -> tuple[str, Any, str]:
+    def parse_call(body: Any, path_override: str | None = None) -> Call:
         if not isinstance(body, dict):
             raise HttpError(400, "BadJsonBody", "request body must be a JSON object with `path` and `args`")
         if body.get("componentPath"):
@@ -126,7 +145,7 @@ class HttpApi:
         if not isinstance(raw_args, dict):
             raise HttpError(400, "BadJsonBody", "`args` must be a JSON object")
         try:
-            args = from_convex_json(raw_args) if fmt == "convex_encoded_json" else from_plain_json(raw_args)
+            args = from_client_json(raw_args, encoded=fmt == "convex_encoded_json", path="args")
         except ValueValidationError as exc:
             raise HttpError(400, "BadConvexValue", f"invalid argument value: {exc}") from exc
         return path, args, fmt
@@ -135,9 +154,13 @@ class HttpApi:
 
     async def run(self, request: Request, kind: Kind | None, path_override: str | None = None, at_ts: bool = False) -> Response:
         try:
-            body = await read_json_body(request, self.runtime.config.max_body_bytes)
+            raw = await read_body(request, self.runtime.config.max_body_bytes)
+            body, call = await offload.decode(len(raw), decode_call, raw, path_override)
+            del raw
             identity, admin = self.caller(request)
-            path, args, fmt = self.parse_call(body, path_override)
+            if isinstance(call, HttpError):
+                raise call
+            path, args, fmt = call
             ts = parse_ts(body.get("ts")) if at_ts else None
             if ts is not None:
                 latest = await self.runtime.latest_ts()

@@ -6,6 +6,14 @@ Transition is built only when the socket can take it, from the latest shared res
 client gets coalesced transitions and never an unbounded queue), a mutation worker (mutations
 run one at a time, in order, idempotent per (session id, request id)), action tasks (concurrent),
 and a keep-alive ping.
+
+Everything a connection holds is bounded (`Config.ws_limits`, docs/operations.md, Limits): the
+outbox of responses in bytes (the mutation worker and finishing actions wait for room: a slow
+reader is slowed, not cut off), the mutations waiting to run in count (more closes the
+connection) and in bytes (the reader stops reading until the worker catches up), the actions
+running at once (more are answered with a failed ActionResponse) and the queries in the query
+set (more closes the connection). When the connection ends, all of it is dropped and running
+actions are cancelled.
 """
 
 from __future__ import annotations
@@ -14,22 +22,24 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import deque
 from typing import Any
 
 import orjson
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from server.api import heap, offload
+from server.api.buffers import MutationQueue, Outbox
 from server.api.uvicorn_frames import FrameWriter, frame_writer
 from server.core.contexts import Identity, Outcome
 from server.core.runtime import Runtime
 from server.core.shared_queries import SharedQuery
 from server.core.subscriptions import SubscriptionManager
-from server.core.values import from_convex_json, to_convex_json
+from server.core.values import from_client_json, to_convex_json
 from server.errors import FunctionFailure, RippleUsageError, ValueValidationError, redact, shown
 from server.sync.protocol import (
     Authenticate,
+    LimitExceeded,
     ProtocolError,
     QuerySetChanged,
     RunAction,
@@ -43,6 +53,15 @@ log = logging.getLogger("ripple.sync")
 PING_INTERVAL = 15.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
+# The setting behind each limit, named in the errors a client gets.
+SETTINGS = {
+    "outbox_bytes": "RIPPLE_WS_MAX_OUTBOX_BYTES",
+    "pending_mutations": "RIPPLE_WS_MAX_PENDING_MUTATIONS",
+    "pending_mutation_bytes": "RIPPLE_WS_MAX_PENDING_MUTATION_BYTES",
+    "concurrent_actions": "RIPPLE_WS_MAX_CONCURRENT_ACTIONS",
+    "subscriptions": "RIPPLE_WS_MAX_SUBSCRIPTIONS",
+}
+
 
 class ClientConnection:
     def __init__(self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager) -> None:
@@ -50,12 +69,13 @@ class ClientConnection:
         self._asgi_send = send
         self.runtime = runtime
         self.manager = manager
-        self.session = SyncSession()
+        self.limits = limits = runtime.config.ws_limits
+        self.session = SyncSession(max_queries=limits.subscriptions)
         self.identity: Identity | None = None
         self.admin = False
         self.subs: dict[int, SharedQuery] = {}
-        self.outbox: deque[dict[str, Any]] = deque()
-        self.mutations: asyncio.Queue[RunMutation] = asyncio.Queue()
+        self.outbox = Outbox(limits.outbox_bytes)  # encoded messages waiting for the socket
+        self.mutations = MutationQueue(limits.pending_mutations, limits.pending_mutation_bytes)
         self.actions: set[asyncio.Task[None]] = set()
         self._dirty = asyncio.Event()
         self._closing = False
@@ -98,20 +118,31 @@ class ClientConnection:
                 if not task.cancelled() and task.exception() is not None:
                     log.error("websocket connection task failed", exc_info=task.exception())
         finally:
-            for task in tasks:
+            actions = list(self.actions)  # the client fails them on disconnect and never resends them
+            for task in (*tasks, *actions):
                 task.cancel()
-            for task in tasks:
+            for task in (*tasks, *actions):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            for sq in self.subs.values():
-                self.manager.unsubscribe(sq, self)
-            self.subs.clear()
+            self._release()
             if self.ws.application_state != WebSocketState.DISCONNECTED:
                 with contextlib.suppress(Exception):
                     await self.ws.close(self._close_code)
 
+    def _release(self) -> None:
+        """Drop everything the connection holds, now rather than whenever the garbage collector
+        breaks its reference cycles; give the memory back if that was a lot."""
+        held = self.outbox.peak + self.mutations.peak
+        self.outbox.clear()
+        self.mutations.clear()
+        self.actions.clear()
+        for sq in self.subs.values():
+            self.manager.unsubscribe(sq, self)
+        self.subs.clear()
+        heap.connection_closed(held)
+
     def _send_soon(self, message: dict[str, Any]) -> None:
-        self.outbox.append(message)
+        self.outbox.put(orjson.dumps(message))  # encoded now: its size is known, its values freed
         self._dirty.set()
 
     def _fatal(self, error: str) -> None:
@@ -119,6 +150,20 @@ class ClientConnection:
         self._send_soon(SyncSession.fatal_error(error))
         self._closing = True
         self._close_code = 1008
+
+    def _limit_reached(self, limit: str) -> None:
+        self.runtime.metrics.inc("ripple_websocket_limit_total", limit=limit)
+
+    def _over_limit(self, limit: str, error: str) -> None:
+        """The client went over a limit that ends the connection."""
+        self._limit_reached(limit)
+        self._fatal(f"{error} ({SETTINGS[limit]})")
+
+    async def _room_in_outbox(self) -> None:
+        """Wait while the responses waiting for the client fill the outbox."""
+        if self.outbox.full:
+            self._limit_reached("outbox_bytes")
+            await self.outbox.wait_for_room()
 
     # -- reader -----------------------------------------------------------------------------------
 
@@ -140,18 +185,27 @@ class ClientConnection:
                 return
             try:
                 requests = self.session.receive(data)
+            except LimitExceeded as exc:
+                self._over_limit(exc.limit, str(exc))
+                return
             except ProtocolError as exc:
                 self._fatal(str(exc))
                 return
+            del data
             for request in requests:
                 if isinstance(request, QuerySetChanged):
                     self._reconcile()
                 elif isinstance(request, RunMutation):
-                    self.mutations.put_nowait(request)
+                    if self.mutations.full:
+                        self._over_limit("pending_mutations", f"more than {self.limits.pending_mutations} mutations "
+                                                              "sent and not run yet on one connection")
+                        return
+                    self.mutations.put(request)
+                    if self.mutations.over_bytes:  # stop reading: TCP slows the client down
+                        self._limit_reached("pending_mutation_bytes")
+                        await self.mutations.wait_for_room()
                 elif isinstance(request, RunAction):
-                    task = asyncio.create_task(self._run_action(request))
-                    self.actions.add(task)
-                    task.add_done_callback(self.actions.discard)
+                    self._start_action(request)
                 elif isinstance(request, Authenticate):
                     if not self._authenticate(request):
                         return
@@ -202,7 +256,7 @@ class ClientConnection:
                     continue
                 self._dirty.clear()
                 while self.outbox:
-                    await self._send(self.outbox.popleft())
+                    await self._send_encoded(self.outbox.pop())
                 if self._closing:
                     return
                 message = self.session.transition(self.manager.current_ts, self._result_of)
@@ -219,7 +273,9 @@ class ClientConnection:
 
     async def _send(self, message: dict[str, Any]) -> None:
         """Raises WebSocketDisconnect when the client is gone."""
-        data = orjson.dumps(message)
+        await self._send_encoded(orjson.dumps(message))
+
+    async def _send_encoded(self, data: bytes) -> None:
         writer = self._writer
         if writer is None:
             await self.ws.send_text(data.decode())
@@ -237,19 +293,37 @@ class ClientConnection:
     async def _mutation_worker(self) -> None:
         while True:
             request = await self.mutations.get()
+            await self._room_in_outbox()  # backpressure: no new result while the client is behind
             key = (self.session.session_id or "", request.request_id)
-            result = await self._call("mutation", request.udf_path, request.args, idempotency_key=key)
+            result = await self._call("mutation", request, idempotency_key=key)
             self._send_soon(self.session.mutation_response(request.request_id, result))
             if result.success:
                 self.manager.trigger()  # do not wait for the NOTIFY round trip
 
+    def _start_action(self, request: RunAction) -> None:
+        if len(self.actions) >= self.limits.concurrent_actions:
+            self._limit_reached("concurrent_actions")
+            refused = FunctionResult(False, f"more than {self.limits.concurrent_actions} actions running at once on "
+                                            f"one connection ({SETTINGS['concurrent_actions']}); this one was not run")
+            self._send_soon(SyncSession.action_response(request.request_id, refused))
+            return
+        task = asyncio.create_task(self._run_action(request))
+        self.actions.add(task)
+        task.add_done_callback(self.actions.discard)
+
     async def _run_action(self, request: RunAction) -> None:
-        result = await self._call("action", request.udf_path, request.args)
+        """Counts against the limit on actions until its response is in the outbox, so the
+        results waiting for room stay within that limit too."""
+        result = await self._call("action", request)
+        await self._room_in_outbox()
         self._send_soon(SyncSession.action_response(request.request_id, result))
 
-    async def _call(self, kind: str, path: str, args_json: Any, idempotency_key: tuple[str, int] | None = None) -> FunctionResult:
+    async def _call(self, kind: str, request: RunMutation | RunAction,
+                    idempotency_key: tuple[str, int] | None = None) -> FunctionResult:
+        path = request.udf_path
         try:
-            args = from_convex_json(args_json)
+            # Large arguments are converted on the decode thread (offload.py).
+            args = await offload.decode(request.size, from_client_json, request.args, path="args")
             outcome: Outcome = await self.runtime.call(
                 kind, path, args, self.identity, allow_internal=self.admin, idempotency_key=idempotency_key  # type: ignore[arg-type]
             )

@@ -86,6 +86,11 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")
     m.describe("ripple_live_query_runs_apart_total", "counter", "Live query runs that overran their slice or were known slow, run apart from the ticks")
     m.describe("ripple_live_queries_pending", "gauge", "Shared queries whose results are not valid at ripple_live_query_ts yet (being run, or waiting for a tick)")
+    m.describe("ripple_websocket_limit_total", "counter",
+               "Times a websocket connection reached a per-connection limit, by limit")
+    m.describe("ripple_websocket_outbox_bytes", "gauge", "Bytes of responses waiting for websocket clients to read them")
+    m.describe("ripple_websocket_pending_mutations", "gauge", "Mutations received on websockets and not run yet")
+    m.describe("ripple_websocket_actions", "gauge", "Actions running for websocket clients")
     m.describe("ripple_live_query_ts", "gauge", "Commit ts every live result of this process is valid at")
     m.describe("ripple_scheduled_jobs_total", "counter", "Scheduled jobs by final state")
     m.describe("ripple_http_requests_total", "counter", "HTTP API requests by route and status")

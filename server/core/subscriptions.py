@@ -51,7 +51,7 @@ from server.core.shared_queries import (
     subscription_key,
 )
 from server.core.supervise import Supervised
-from server.core.values import from_convex_json
+from server.core.values import from_client_json
 from server.errors import RippleUsageError, StaleTimestamp
 from server.wire import QueryResult
 
@@ -361,7 +361,7 @@ class SubscriptionManager:
         runtime = self.runtime
         try:
             fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=False)
-            kwargs = fn.validate_args(from_convex_json(sq.args))
+            kwargs = fn.validate_args(from_client_json(sq.args, path="args"))  # a client's, within its limits
         except RippleUsageError as exc:
             return QueryResult.failed(str(exc), [], sq.journal)
         return await runtime.execute_query(conn, fn, kwargs, sq.identity, sq.journal)

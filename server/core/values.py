@@ -39,6 +39,10 @@ MIN_INT64 = -(2**63)
 MAX_INT64 = 2**63 - 1
 MAX_NESTING = 64
 MAX_FIELD_NAME_LEN = 1024
+# Convex's limits on a value (get-convex/convex-backend crates/value: MAX_ARRAY_LEN in array.rs,
+# MAX_OBJECT_FIELDS in object.rs), applied to values clients send (`from_client_json`).
+MAX_ARRAY_LEN = 8192
+MAX_OBJECT_FIELDS = 1024
 
 
 class Int64(int):
@@ -68,69 +72,145 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: object, what: str, path: str) -> bytes:
-    if not isinstance(text, str):
-        raise ValueValidationError(f"{path or 'value'}: {what} must hold a base64 string")
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError as exc:
-        raise ValueValidationError(f"{path or 'value'}: {what} is not valid base64") from exc
-
-
 def _join(path: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
 
 
-def check_field_name(name: object, path: str) -> str:
-    if not isinstance(name, str):
-        raise ValueValidationError(f"{path or 'value'}: object keys must be strings")
-    if name.startswith("$"):
-        raise ValueValidationError(
-            f"{_join(path, name)}: field names may not start with '$'"
-        )
-    if len(name) > MAX_FIELD_NAME_LEN:
-        raise ValueValidationError(f"{path or 'value'}: field name longer than 1024 characters")
-    return name
+class _Invalid(Exception):
+    """Raised inside the converters below; each container level adds its key on the way out, so
+    the path of a bad value is built only when there is one (building it for every value was
+    most of the cost of decoding a large argument)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.keys: list[str | int] = []
+        self.value: Any = None  # the value whose conversion failed, at the level unwound to
+
+    def error(self, prefix: str) -> ValueValidationError:
+        path = prefix
+        for key in reversed(self.keys):
+            path = _join(path, key)
+        return ValueValidationError(f"{path or 'value'}: {self.message}")
 
 
-def _check_plain_int(v: int, path: str) -> None:
+_PASS = frozenset((str, float, bool, type(None)))  # converted to themselves, in either format
+
+
+def _plain_int(v: int) -> int:
     if not MIN_SAFE_INT <= v <= MAX_SAFE_INT:
-        raise ValueValidationError(
-            f"{path or 'value'}: integer {v} is outside the float64-exact range (+-2**53); "
+        raise _Invalid(
+            f"integer {v} is outside the float64-exact range (+-2**53); "
             'use {"$integer": ...} (server.Int64) for 64-bit integers'
         )
+    return v
 
 
-def to_convex_json(value: Value, path: str = "", depth: int = 0) -> Any:
-    """Python value -> convex_encoded_json (what is stored and sent to clients)."""
-    if depth > MAX_NESTING:
-        raise ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, Int64):
-        return {"$integer": _b64(struct.pack("<q", value))}
-    if isinstance(value, int):
-        _check_plain_int(value, path)
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value) and not (value == 0.0 and math.copysign(1.0, value) < 0):
-            return value
-        return {"$float": _b64(struct.pack("<d", value))}
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"$bytes": _b64(bytes(value))}
-    if isinstance(value, Mapping):
-        return {
-            check_field_name(k, path): to_convex_json(v, _join(path, k), depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, Sequence):
-        return [to_convex_json(v, _join(path, i), depth + 1) for i, v in enumerate(value)]
-    raise ValueValidationError(
-        f"{path or 'value'}: {type(value).__name__} is not a Convex value "
-        "(use None, bool, int, float, Int64, str, bytes, list or dict)"
-    )
+def _too_deep(v: Sequence[Any] | Mapping[Any, Any]) -> None:
+    """`v`, at MAX_NESTING, holds something: that is one level too deep (named by its first)."""
+    error = _Invalid(f"nested deeper than {MAX_NESTING} levels")
+    error.keys.append(next(iter(v)) if isinstance(v, Mapping) else 0)
+    raise error
+
+
+_INF = math.inf
+
+
+class _Encoder:
+    """Python values -> convex_encoded_json, the other direction of `_Decoder` (same nesting
+    limit and field name rules, same lazily built paths)."""
+
+    def value(self, v: Any, depth: int) -> Any:
+        try:
+            t = type(v)
+            if t is str or t is bool or v is None:
+                return v
+            if t is int:
+                return _plain_int(v)
+            if t is float:
+                return _float(v)
+            if t is list or t is tuple:
+                return self.array(v, depth)
+            if t is dict:
+                return self.object(v, depth)
+            return self.other(v, depth)
+        except _Invalid as error:
+            error.value = v
+            raise
+
+    def other(self, v: Any, depth: int) -> Any:
+        if isinstance(v, (bool, str)):
+            return v
+        if isinstance(v, Int64):
+            return {"$integer": _b64(struct.pack("<q", v))}
+        if isinstance(v, int):
+            return _plain_int(v)
+        if isinstance(v, float):
+            return _float(v)
+        if isinstance(v, (bytes, bytearray, memoryview)):
+            return {"$bytes": _b64(bytes(v))}
+        if isinstance(v, Mapping):
+            return self.object(v, depth)
+        if isinstance(v, Sequence):
+            return self.array(v, depth)
+        raise _Invalid(f"{type(v).__name__} is not a Convex value "
+                       "(use None, bool, int, float, Int64, str, bytes, list or dict)")
+
+    def array(self, v: Sequence[Any], depth: int) -> list[Any]:
+        if depth >= MAX_NESTING and len(v):
+            _too_deep(v)
+        convert, inner, lo, hi = self.value, depth + 1, MIN_SAFE_INT, MAX_SAFE_INT
+        try:
+            return [
+                item if (t := type(item)) is str or (t is int and lo <= item <= hi)
+                or (t is float and -_INF < item < _INF and item != 0.0) else convert(item, inner)
+                for item in v
+            ]
+        except _Invalid as error:
+            error.keys.append(next(i for i, item in enumerate(v) if item is error.value))
+            raise
+
+    def object(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+        if depth >= MAX_NESTING and len(v):
+            _too_deep(v)
+        convert, inner, lo, hi = self.value, depth + 1, MIN_SAFE_INT, MAX_SAFE_INT
+        out = {}
+        try:
+            for key, item in v.items():
+                if type(key) is not str or key[:1] == "$" or len(key) > MAX_FIELD_NAME_LEN:
+                    _check_key(key)
+                out[key] = (
+                    item if (t := type(item)) is str or (t is int and lo <= item <= hi)
+                    or (t is float and -_INF < item < _INF and item != 0.0) else convert(item, inner)
+                )
+        except _Invalid as error:
+            if error.value is not None:
+                error.keys.append(next(key for key, item in v.items() if item is error.value))
+            raise
+        return out
+
+
+def _float(v: float) -> Any:
+    if math.isfinite(v) and not (v == 0.0 and math.copysign(1.0, v) < 0):
+        return v
+    return {"$float": _b64(struct.pack("<d", v))}
+
+
+_ENCODER = _Encoder()
+
+
+def to_convex_json(value: Value, path: str = "") -> Any:
+    """Python value -> convex_encoded_json (what is stored and sent to clients). Raises
+    ValueValidationError naming the path (after `path`) of what cannot be encoded."""
+    try:
+        return _ENCODER.value(value, 0)
+    except _Invalid as error:
+        failure = error.error(path)
+    except RecursionError:  # a self-containing list or dict, or subclasses the depth check misses
+        failure = ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
+    raise failure  # out here, so that its context is what the caller was handling, if anything
 
 
 def digest(value: Value) -> str:
@@ -139,39 +219,148 @@ def digest(value: Value) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-def from_convex_json(value: Any, path: str = "", depth: int = 0) -> Value:
-    """convex_encoded_json -> Python value. Raises ValueValidationError naming the bad path."""
-    if depth > MAX_NESTING:
-        raise ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int):
-        _check_plain_int(value, path)
-        return value
-    if isinstance(value, float):
-        return value
-    if isinstance(value, list):
-        return [from_convex_json(v, _join(path, i), depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if len(value) == 1:
-            ((key, inner),) = value.items()
-            if key == "$integer":
-                raw = _unb64(inner, "$integer", path)
-                if len(raw) != 8:
-                    raise ValueValidationError(f"{path or 'value'}: $integer must hold 8 bytes")
-                return Int64(struct.unpack("<q", raw)[0])
-            if key == "$float":
-                raw = _unb64(inner, "$float", path)
-                if len(raw) != 8:
-                    raise ValueValidationError(f"{path or 'value'}: $float must hold 8 bytes")
-                return float(struct.unpack("<d", raw)[0])
-            if key == "$bytes":
-                return _unb64(inner, "$bytes", path)
-        return {
-            check_field_name(k, path): from_convex_json(v, _join(path, k), depth + 1)
-            for k, v in value.items()
-        }
-    raise ValueValidationError(f"{path or 'value'}: not a JSON value")
+class _Decoder:
+    """JSON (as orjson or wire.loads decoded it) -> Python values: convex_encoded_json when
+    `encoded`, else the plain `json` input format. With `limits`, Convex's limits on values a
+    client sends are applied too (MAX_ARRAY_LEN elements per array, MAX_OBJECT_FIELDS fields per
+    object), each refused before its contents are looked at."""
+
+    __slots__ = ("encoded", "limits")
+
+    def __init__(self, encoded: bool, limits: bool) -> None:
+        self.encoded, self.limits = encoded, limits
+
+    def value(self, v: Any, depth: int) -> Value:
+        try:
+            t = type(v)
+            if t in _PASS:
+                return v
+            if t is int:
+                return _plain_int(v)
+            if t is list:
+                return self.array(v, depth)
+            if t is dict:
+                return self.object(v, depth)
+            return self.other(v, depth)
+        except _Invalid as error:
+            error.value = v  # the array holding it looks for it to name its index
+            raise
+
+    def other(self, v: Any, depth: int) -> Value:
+        """Subclasses of the JSON types (values built in Python rather than decoded)."""
+        if v is None or isinstance(v, (bool, str, float)):
+            return v
+        if isinstance(v, int):
+            return _plain_int(v)
+        if isinstance(v, list):
+            return self.array(v, depth)
+        if isinstance(v, dict):
+            return self.object(v, depth)
+        raise _Invalid("not a JSON value")
+
+    def array(self, v: list[Any], depth: int) -> list[Any]:
+        if self.limits and len(v) > MAX_ARRAY_LEN:
+            raise _Invalid(f"arrays may hold at most {MAX_ARRAY_LEN} elements; this one has {len(v)}")
+        if depth >= MAX_NESTING and v:
+            _too_deep(v)
+        convert, passing, inner = self.value, _PASS, depth + 1
+        lo, hi = MIN_SAFE_INT, MAX_SAFE_INT
+        try:
+            return [
+                item if (t := type(item)) in passing or (t is int and lo <= item <= hi) else convert(item, inner)
+                for item in v
+            ]
+        except _Invalid as error:
+            # The first element that is this very object failed (an earlier one would have).
+            error.keys.append(next(i for i, item in enumerate(v) if item is error.value))
+            raise
+
+    def object(self, v: dict[str, Any], depth: int) -> Value:
+        n = len(v)
+        if n == 1 and self.encoded:
+            ((key, inner),) = v.items()
+            if key in _ENCODINGS:
+                return _decode_special(key, inner)
+        if n > MAX_OBJECT_FIELDS and self.limits:
+            raise _Invalid(f"objects may have at most {MAX_OBJECT_FIELDS} fields; this one has {n}")
+        if depth >= MAX_NESTING and n:
+            _too_deep(v)
+        convert, passing, inner, lo, hi = self.value, _PASS, depth + 1, MIN_SAFE_INT, MAX_SAFE_INT
+        out = {}
+        try:
+            for key, item in v.items():
+                if type(key) is not str or key[:1] == "$" or len(key) > MAX_FIELD_NAME_LEN:
+                    _check_key(key)
+                out[key] = item if (t := type(item)) in passing or (t is int and lo <= item <= hi) else convert(item, inner)
+        except _Invalid as error:
+            if error.value is not None:  # a field's value failed (not its name)
+                error.keys.append(next(key for key, item in v.items() if item is error.value))
+            raise
+        return out
+
+
+def _check_key(key: Any) -> None:
+    """Refuse a field name as check_field_name does, with the same messages."""
+    if not isinstance(key, str):
+        raise _Invalid("object keys must be strings")
+    if key.startswith("$"):
+        error = _Invalid("field names may not start with '$'")
+        error.keys.append(key)
+        raise error
+    if len(key) > MAX_FIELD_NAME_LEN:
+        raise _Invalid(f"field name longer than {MAX_FIELD_NAME_LEN} characters")
+
+
+def _decode_special(key: str, inner: Any) -> Value:
+    if key == "$bytes":
+        return _unb64_inner(inner, key)
+    raw = _unb64_inner(inner, key)
+    if len(raw) != 8:
+        raise _Invalid(f"{key} must hold 8 bytes")
+    if key == "$integer":
+        return Int64(struct.unpack("<q", raw)[0])
+    return float(struct.unpack("<d", raw)[0])
+
+
+def _unb64_inner(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise _Invalid(f"{what} must hold a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise _Invalid(f"{what} is not valid base64") from None
+
+
+_ENCODINGS = frozenset(("$integer", "$float", "$bytes"))
+_STORED = _Decoder(encoded=True, limits=False)
+_CLIENT_ENCODED = _Decoder(encoded=True, limits=True)
+_CLIENT_PLAIN = _Decoder(encoded=False, limits=True)
+
+
+def _decode(decoder: _Decoder, value: Any, path: str) -> Value:
+    try:
+        return decoder.value(value, 0)
+    except _Invalid as error:
+        failure = error.error(path)
+    except RecursionError:  # only through subclasses of dict or list, which the depth check misses
+        failure = ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
+    raise failure  # (see to_convex_json)
+
+
+def from_convex_json(value: Any, path: str = "") -> Value:
+    """convex_encoded_json -> Python value. Raises ValueValidationError naming the bad path.
+    For values Ripple wrote itself (documents, stored results) and clients' results: only the
+    nesting limit applies. Values from clients go through `from_client_json`."""
+    return _decode(_STORED, value, path)
+
+
+def from_client_json(value: Any, encoded: bool = True, path: str = "") -> Value:
+    """A value a client sent (function arguments: HTTP bodies, websocket messages) -> Python
+    value, in convex_encoded_json (`encoded`) or the plain `json` input format, within Convex's
+    limits: at most MAX_ARRAY_LEN elements per array, MAX_OBJECT_FIELDS fields per object and
+    MAX_NESTING levels. A value over a limit is refused as soon as the converter reaches it,
+    before its contents are looked at, with the limit and the path in the message."""
+    return _decode(_CLIENT_ENCODED if encoded else _CLIENT_PLAIN, value, path)
 
 
 def to_plain_json(value: Value) -> Any:
@@ -191,18 +380,7 @@ def to_plain_json(value: Value) -> Any:
     raise ValueValidationError(f"{type(value).__name__} is not a Convex value")
 
 
-def from_plain_json(value: Any, path: str = "", depth: int = 0) -> Value:
-    """The `json` input format: plain JSON, no `$` encodings; keys starting with '$' refused."""
-    if depth > MAX_NESTING:
-        raise ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
-    if isinstance(value, int) and not isinstance(value, bool):
-        _check_plain_int(value, path)
-        return value
-    if isinstance(value, list):
-        return [from_plain_json(v, _join(path, i), depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {
-            check_field_name(k, path): from_plain_json(v, _join(path, k), depth + 1)
-            for k, v in value.items()
-        }
-    return value
+def from_plain_json(value: Any, path: str = "") -> Value:
+    """The `json` input format: plain JSON, no `$` encodings; keys starting with '$' refused.
+    Only clients send it, so Convex's limits apply (`from_client_json`)."""
+    return from_client_json(value, encoded=False, path=path)

@@ -12,7 +12,7 @@ Transition's startVersion is exactly the previous endVersion (the client throws 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,6 +22,14 @@ from server.wire import FunctionResult, QueryResult, decode_ts, encode_ts, loads
 
 class ProtocolError(Exception):
     """The client broke the protocol: answer with FatalError and close."""
+
+
+class LimitExceeded(ProtocolError):
+    """The client went over a per-connection limit (`limit` names which): FatalError and close."""
+
+    def __init__(self, limit: str, message: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,7 @@ class RunMutation:
     request_id: int
     udf_path: str
     args: Any
+    size: int = field(default=0, compare=False)  # of the message it came in, in bytes
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,7 @@ class RunAction:
     request_id: int
     udf_path: str
     args: Any
+    size: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,8 @@ def _path(message: dict[str, Any]) -> str:
 class SyncSession:
     """The protocol state of one websocket connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_queries: int | None = None) -> None:
+        self.max_queries = max_queries  # the most queries the query set may hold (None: any)
         self.session_id: str | None = None
         self.connection_count = 0
         self.max_observed_ts = 0
@@ -142,9 +153,9 @@ class SyncSession:
         if kind == "ModifyQuerySet":
             return self._modify_query_set(message)
         if kind == "Mutation":
-            return [RunMutation(_int(message, "requestId"), _path(message), _args(message))]
+            return [RunMutation(_int(message, "requestId"), _path(message), _args(message), len(text))]
         if kind == "Action":
-            return [RunAction(_int(message, "requestId"), _path(message), _args(message))]
+            return [RunAction(_int(message, "requestId"), _path(message), _args(message), len(text))]
         if kind == "Authenticate":
             return self._authenticate(message)
         if kind == "Event":
@@ -193,6 +204,9 @@ class SyncSession:
                 del queries[query_id]
             else:
                 raise ProtocolError(f"unknown query set modification {mod.get('type')!r}")
+        if self.max_queries is not None and len(queries) > self.max_queries:
+            raise LimitExceeded("subscriptions", f"ModifyQuerySet would make the query set {len(queries)} queries; "
+                                                 f"a connection may hold at most {self.max_queries}")
         self.queries = queries
         self.query_set_version = new
         return [QuerySetChanged()]

@@ -1,0 +1,131 @@
+"""Large requests against a real `ripple serve`: Convex's value limits refuse oversized
+arguments at once, with the limit and the path, over HTTP and the websocket; a large argument
+within the limits is decoded without stalling everything else the server does."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from conftest import ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+StartServer = Callable[..., ServerProcess]
+
+
+def body_of(path: str, args: dict[str, Any]) -> bytes:
+    return json.dumps({"path": path, "args": args}, separators=(",", ":")).encode()
+
+
+def post_raw(url: str, route: str, body: bytes) -> tuple[int, dict[str, Any]]:
+    """POST on a socket of its own, blocking (run it in a thread): the body is all sent (in
+    the server's buffers or read) when `sendall` returns, and only then does `sent` fire."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=120) as sock:
+        head = (f"POST {route} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+        sock.sendall(head.encode() + body)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    status_line, _, rest = response.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), json.loads(payload)
+
+
+async def answered_during(server: ServerProcess, big: asyncio.Future[Any]) -> int:
+    """Small queries answered (one after another) while `big` is in flight."""
+    count = 0
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+        while not big.done():
+            r = await client.post("/api/query", json={"path": "counters:get", "args": {"name": "small"}})
+            assert r.status_code == 200 and r.json()["value"] == 0, r.text
+            if not big.done():
+                count += 1
+    return count
+
+
+async def test_a_16_mb_body_over_the_limits_is_refused_at_once(start_server: StartServer) -> None:
+    server = start_server("serve")
+    body = body_of("values:describe", {"value": [1] * 7_900_000})
+    assert 15 * 1024 * 1024 < len(body) < 16 * 1024 * 1024
+    status, answer = await asyncio.to_thread(post_raw, server.url, "/api/query", body)
+    assert status == 400
+    assert answer == {"code": "BadConvexValue", "message": "invalid argument value: args.value: arrays may hold at "
+                                                           "most 8192 elements; this one has 7900000"}
+    body = body_of("values:describe", {"value": {"o": {f"k{i}": i for i in range(1025)}}})
+    status, answer = await asyncio.to_thread(post_raw, server.url, "/api/query", body)
+    assert status == 400 and answer["message"] == ("invalid argument value: args.value.o: objects may have at most "
+                                                   "1024 fields; this one has 1025")
+    async with httpx.AsyncClient(base_url=server.url) as client:  # and goes on serving
+        r = await client.post("/api/query", json={"path": "counters:get", "args": {"name": "after"}})
+        assert r.json()["value"] == 0
+
+
+async def test_small_requests_are_answered_while_a_16_mb_body_is_decoded(start_server: StartServer) -> None:
+    """A body within the limits but large (about 8 million numbers) takes a while to decode:
+    small queries sent after it was uploaded are answered before it is."""
+    server = start_server("serve")
+    body = body_of("values:describe", {"value": [[1] * 8192 for _ in range(970)]})
+    assert len(body) > 15 * 1024 * 1024
+    big = asyncio.ensure_future(asyncio.to_thread(post_raw, server.url, "/api/query", body))
+    await asyncio.sleep(0.3)  # uploaded by now (loopback), so the decode is what is in flight
+    assert await answered_during(server, big) >= 5
+    assert await big == (200, {"status": "success", "value": "list", "logLines": []})
+
+
+async def test_websocket_arguments_over_the_limits_are_refused_naming_them(start_server: StartServer) -> None:
+    server = start_server("serve")
+    async with websockets.connect(server.url.replace("http://", "ws://") + "/api/sync", max_size=None) as ws:
+        await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4())}))
+        await ws.send(json.dumps({"type": "Mutation", "requestId": 0, "udfPath": "limits:slow",
+                                  "args": [{"seconds": 0, "pad": "x", "extra": [0] * 9000}]}))
+        await ws.send(json.dumps({"type": "Action", "requestId": 1, "udfPath": "limits:describe",
+                                  "args": [{"value": {"o": {str(i): i for i in range(2000)}}}]}))
+        await ws.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+            {"type": "Add", "queryId": 0, "udfPath": "values:describe", "args": [{"value": [[0] * 8193]}]}]}))
+        answers: dict[str, Any] = {}
+        while len(answers) < 3:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if message["type"] in ("MutationResponse", "ActionResponse"):
+                answers[message["type"]] = message["result"]
+                assert not message["success"]
+            elif message["type"] == "Transition":
+                (mod,) = message["modifications"]
+                answers["QueryFailed"] = mod["errorMessage"]
+    assert answers == {
+        "MutationResponse": "args.extra: arrays may hold at most 8192 elements; this one has 9000",
+        "ActionResponse": "args.value.o: objects may have at most 1024 fields; this one has 2000",
+        "QueryFailed": "args.value[0]: arrays may hold at most 8192 elements; this one has 8193",
+    }
+
+
+async def test_a_large_websocket_argument_does_not_stall_other_clients(start_server: StartServer) -> None:
+    server = start_server("serve")
+    message = json.dumps({"type": "Action", "requestId": 0, "udfPath": "limits:describe",
+                          "args": [{"value": [[1] * 8192 for _ in range(900)]}]}, separators=(",", ":"))
+    assert len(message) > 14 * 1024 * 1024
+    async with websockets.connect(server.url.replace("http://", "ws://") + "/api/sync", max_size=None) as ws:
+        await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4())}))
+        await ws.send(message)
+
+        async def answer() -> Any:
+            while True:
+                response = json.loads(await ws.recv())
+                if response["type"] == "ActionResponse":
+                    return response
+
+        big = asyncio.ensure_future(answer())
+        await asyncio.sleep(0.5)  # received and parsed by now: converting
+        assert await answered_during(server, big) >= 5
+        response = await big
+    assert response["success"] and response["result"] == "list"
