@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -28,6 +28,9 @@ from server.config import Config
 from server.core.database import Database
 from server.core.runtime import Runtime
 from server.embedded import start_embedded_postgres
+
+if TYPE_CHECKING:
+    from client_sdk import RippleClient
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -202,6 +205,29 @@ def launch(cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None
         server.stop()
         raise
     return server
+
+
+class Watcher:
+    """Every value a subscription delivered (`values`, `latest`), kept in the background."""
+
+    def __init__(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
+        self.values: list[Any] = []
+        self.task = asyncio.create_task(self._run(client, path, args))
+
+    async def _run(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
+        async for value in client.subscribe(path, args):
+            self.values.append(value)
+
+    @property
+    def latest(self) -> Any:
+        return self.values[-1] if self.values else None
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: float = 0.02) -> None:

@@ -10,34 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
 from client_sdk import RippleClient
 
-from conftest import ServerProcess, until
+from conftest import ServerProcess, Watcher, until
 
 pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
-
-
-class Watcher:
-    """Every value a subscription delivered, kept in the background."""
-
-    def __init__(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
-        self.values: list[Any] = []
-        self.task = asyncio.create_task(self._run(client, path, args))
-
-    async def _run(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
-        async for value in client.subscribe(path, args):
-            self.values.append(value)
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
 
 
 async def inc(url: str, name: str) -> None:
@@ -48,7 +31,7 @@ async def inc(url: str, name: str) -> None:
 
 def metric(url: str, name: str) -> float:
     for line in httpx.get(f"{url}/_ripple/metrics").text.splitlines():
-        if line.startswith(name + " "):
+        if line.startswith(name + " ") or (name.endswith("}") and line.startswith(name)):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"metric {name} missing")
 
@@ -112,3 +95,24 @@ async def test_a_result_computed_apart_is_not_published_when_a_later_commit_chan
         # would show a value that was never current then. It ran again instead.
         assert slow.values == [1]
         await slow.stop()
+
+
+async def test_a_live_query_that_timed_out_rests_instead_of_running_away_on_every_write(
+    start_server: StartServer,
+) -> None:
+    server = start_server("serve")
+    async with RippleClient(server.url) as client, RippleClient(server.url) as other:
+        runaway = client.subscribe("runaway:spin_at", {"name": "hot", "at": 1})  # spins once hot >= 1
+        assert await runaway.__anext__() == 0
+        healthy = Watcher(other, "counters:get", {"name": "hot"})
+        await until(lambda: healthy.values == [0])
+        await inc(server.url, "hot")  # its re-run holds the loop for the 1 s limit, then rests 2 s
+        await until(lambda: metric(server.url, "ripple_live_query_rests_total") >= 1)
+        # Five more writes to what it read, during its rest: without the rest each would cost
+        # everyone another second of a blocked event loop.
+        await asyncio.gather(*(inc(server.url, "hot") for _ in range(5)))
+        await until(lambda: healthy.latest == 6)
+        await until(lambda: metric(server.url, "ripple_live_query_rests_total") >= 2, timeout=20)  # one run after the rest
+        assert metric(server.url, 'ripple_function_timeouts_total{kind="query"}') == 2
+        await healthy.stop()
+        await runaway.aclose()

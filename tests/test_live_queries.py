@@ -23,7 +23,7 @@ import websockets
 from client_sdk import RippleClient
 from client_sdk.protocol import decode_ts
 
-from conftest import ServerProcess, free_port, until
+from conftest import ServerProcess, Watcher, free_port, until
 
 pytestmark = pytest.mark.e2e
 
@@ -53,29 +53,6 @@ async def live_at_latest_commit(url: str) -> None:
         latest = decode_ts((await c.post("/api/query_ts")).json()["ts"])
     await until(lambda: metric(url, "ripple_live_query_ts") >= float(latest)
                 and metric(url, "ripple_live_queries_pending") == 0)
-
-
-class Watcher:
-    """Keeps the latest value of a subscription in the background."""
-
-    def __init__(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
-        self.values: list[Any] = []
-        self.task = asyncio.create_task(self._run(client, path, args))
-
-    async def _run(self, client: RippleClient, path: str, args: dict[str, Any]) -> None:
-        async for value in client.subscribe(path, args):
-            self.values.append(value)
-
-    @property
-    def latest(self) -> Any:
-        return self.values[-1] if self.values else None
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
 
 
 async def test_sdk_subscription_follows_mutations(start_server: StartServer) -> None:

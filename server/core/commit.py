@@ -226,3 +226,15 @@ class Committer:
                 self.metrics.inc("ripple_connection_retries_total")
                 log.warning("%s lost its database connection (%s); running it again", what, described(exc))
                 await asyncio.sleep(next(waits))
+
+
+COMMIT_LOG_RETENTION_S = 3600.0  # live queries further behind re-run everything
+MUTATION_RESULT_RETENTION_S = 86_400.0  # a client resending a mutation later than this runs it again
+
+
+async def prune_commit_records(db: Database) -> None:
+    """Delete change-log rows and stored mutation results past their retention."""
+    cutoff_ns = int((time.time() - COMMIT_LOG_RETENTION_S) * 1e9)
+    async with db.acquire() as conn:
+        await conn.execute(sql.PRUNE_COMMITS, cutoff_ns)
+        await conn.execute(sql.PRUNE_MUTATION_RESULTS, MUTATION_RESULT_RETENTION_S)

@@ -85,6 +85,7 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_shared_queries", "gauge", "Distinct shared query executions kept live")
     m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")
     m.describe("ripple_live_query_runs_apart_total", "counter", "Live query runs that overran their slice or were known slow, run apart from the ticks")
+    m.describe("ripple_live_query_rests_total", "counter", "Live query runs that timed out, after which the query rests before writes make it run again")
     m.describe("ripple_live_queries_pending", "gauge", "Shared queries whose results are not valid at ripple_live_query_ts yet (being run, or waiting for a tick)")
     m.describe("ripple_websocket_limit_total", "counter",
                "Times a websocket connection reached a per-connection limit, by limit")

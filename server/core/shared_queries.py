@@ -43,6 +43,15 @@ class SharedQuery:
     reads: list[ReadRange] = field(default_factory=list)
     result: QueryResult | None = None
     slow: bool = False  # its last run overran LIVE_SLICE: it runs apart
+    timeouts: int = 0  # runs in a row that timed out
+    rest_until: float = 0.0  # loop time before which writes do not make it run again
+
+    def ran(self, timed_out: bool, now: float, first: float, most: float) -> bool:
+        """Note whether a run timed out; True when the query now rests (`first` seconds, doubling
+        while it keeps timing out, at `most`)."""
+        self.timeouts = self.timeouts + 1 if timed_out else 0
+        self.rest_until = now + min(first * 2 ** (self.timeouts - 1), most) if timed_out else 0.0
+        return timed_out
 
 
 def round_robin(queries: list[SharedQuery]) -> list[SharedQuery]:

@@ -4,23 +4,20 @@ One `SubscriptionManager` per process. Identical subscriptions (function, argume
 pagination journal) share one `SharedQuery`: one execution, one serialized result.
 
 The manager advances in *ticks*. A tick opens one read-only snapshot, reads the change log past
-what it processed (those rows are exactly the commits visible in the snapshot, because a commit
-writes its log row atomically with its data), re-runs in that same snapshot every shared query
-whose read set overlaps a logged write (and every new one), then publishes all new results at
-once together with the snapshot's timestamp. So after each tick every result is valid at one
-ts, and every client's Transition is a consistent state. Queries the commits did not touch are
-not re-run: their results stay valid at the new ts.
+what it processed (exactly the commits visible in the snapshot: a commit writes its log row with
+its data), runs in that snapshot the shared queries a logged write touched (and new ones), then
+publishes their results at once with the snapshot's ts: every client's Transition is a
+consistent state. Queries no commit touched keep their results, valid at the new ts.
 
-Fairness: one client's slow or numerous queries must not hold back everyone else's updates.
-A tick runs its queries one subscriber at a time in turn (round robin), gives each run a slice
-of LIVE_SLICE seconds and the whole tick TICK_BUDGET: a run still going after its slice keeps
-the tick's snapshot and connection and finishes *apart*, and what the tick did not reach waits
-for the next tick; the tick publishes what it completed. A query known to be slow (its last run
-overran the slice) runs apart from the start, in a snapshot of its own (at most MAX_APART at a
-time). A result computed apart is valid at its snapshot's ts; the tick that picks it up
-publishes it only if no commit since then wrote into what it read (else it runs again). While
-a query is being computed its subscribers get no Transition (their queries move together);
-everyone else's do.
+Fairness: a tick runs its queries one subscriber at a time in turn (round robin), each with a
+slice of LIVE_SLICE seconds, the whole tick with TICK_BUDGET; what it did not reach waits for the
+next tick. A run still going after its slice takes the tick's snapshot over and finishes
+*apart*; a query known to be slow runs apart from the start, in a snapshot of its own (at most
+MAX_APART at a time). A result from apart is valid at its snapshot's ts; a tick publishes it only
+if no commit since wrote into what it read (else it runs again). While a query is being
+computed its subscribers get no Transition (their queries move together); everyone else's do.
+A query that timed out is not run again on every write: it rests REST_FIRST seconds, doubling
+up to REST_MAX while it keeps timing out, its timeout error standing meanwhile.
 
 Ticks are woken by the commit listener (NOTIFY), by new subscriptions, by local mutations, by a
 run finished apart, and by a poll timer (fast when the listener is down).
@@ -36,6 +33,7 @@ from typing import Any
 
 from server.core import sql
 from server.core.backoff import reconnect_delays
+from server.core.commit import prune_commit_records
 from server.core.contexts import Identity
 from server.core.database import Snapshot, connection_failure
 from server.core.listener import Listener
@@ -52,7 +50,7 @@ from server.core.shared_queries import (
 )
 from server.core.supervise import Supervised
 from server.core.values import from_client_json
-from server.errors import RippleUsageError, StaleTimestamp
+from server.errors import FunctionTimedOut, RippleUsageError, StaleTimestamp
 from server.wire import QueryResult
 
 log = logging.getLogger("ripple.subscriptions")
@@ -61,11 +59,9 @@ MAX_COMMITS_PER_TICK = 5_000
 LIVE_SLICE = 0.1  # seconds a run may take inside a tick before it finishes apart
 TICK_BUDGET = 0.25  # seconds of runs a tick starts; the rest wait for the next tick
 MAX_APART = 4  # runs finishing apart at once (each holds a pooled connection)
-POLL_WHEN_LISTENING = 5.0
-POLL_WHEN_DOWN = 0.5
+REST_FIRST, REST_MAX = 2.0, 60.0  # a query that timed out rests this long, doubling while it keeps timing out
+POLL_WHEN_LISTENING, POLL_WHEN_DOWN = 5.0, 0.5
 PRUNE_EVERY = 60.0
-COMMIT_LOG_RETENTION_S = 3600.0
-MUTATION_RESULT_RETENTION_S = 86_400.0
 
 
 @dataclass
@@ -89,6 +85,8 @@ class SubscriptionManager:
         self._apart: dict[SharedQuery, asyncio.Task[None]] = {}  # runs finishing apart
         self._finished: list[FinishedApart] = []  # ... and those that finished
         self._generation = 0  # of the app's functions: +1 on every reload
+        self._resting: set[SharedQuery] = set()  # touched while resting after a timeout
+        self._wake_handle: asyncio.TimerHandle | None = None
         self.current_ts = 0  # every non-stale result is valid at this ts
         self._processed_ts = 0
         self._wake = asyncio.Event()
@@ -154,6 +152,7 @@ class SubscriptionManager:
             del self.queries[sq.key]
             self._reads.discard(sq)
             self.stale.discard(sq)
+            self._resting.discard(sq)
             apart = self._apart.get(sq)
             if apart is not None:
                 apart.cancel()
@@ -169,6 +168,9 @@ class SubscriptionManager:
 
     def _functions_reloaded(self) -> None:
         self._generation += 1  # what runs apart now ran the old code: it will not be published
+        for sq in self.queries.values():
+            sq.ran(False, 0.0, REST_FIRST, REST_MAX)  # new code: no rest
+        self._resting.clear()
         self.stale.update(self.queries.values())
         self.trigger()
 
@@ -202,6 +204,7 @@ class SubscriptionManager:
         runtime = self.runtime
         new_results: list[tuple[SharedQuery, QueryRun | QueryResult]] = []
         finished, self._finished = self._finished, []
+        self.stale.update(self._not_resting(set(self._resting)))
         snapshot = await runtime.db.snapshot()
         handed_over = False
         try:
@@ -218,7 +221,7 @@ class SubscriptionManager:
             if everything:
                 self.stale.update(self.queries.values())
             elif rows:  # only live queries are filed in the index: unsubscribe removes them
-                self.stale.update(self._reads.touched_by(w for r in rows for w in r["writes"]))
+                self.stale.update(self._not_resting(self._reads.touched_by(w for r in rows for w in r["writes"])))
             for done in finished:
                 if await self._still_valid(conn, done, snapshot_ts):
                     new_results.append((done.sq, done.outcome))  # type: ignore[arg-type]
@@ -234,6 +237,25 @@ class SubscriptionManager:
             if not handed_over:
                 await snapshot.close()
         self._publish(new_results, snapshot_ts)
+
+    def _not_resting(self, touched: set[SharedQuery]) -> set[SharedQuery]:
+        """Of queries writes touched, those to run now; those resting after a timeout wait (with
+        their timeout error standing) until their rest ends, when a tick is woken for them."""
+        now = asyncio.get_running_loop().time()
+        ready = set()
+        for sq in touched:
+            if sq.rest_until > now:
+                self._resting.add(sq)
+                self._wake_at(sq.rest_until)
+            else:
+                self._resting.discard(sq)
+                ready.add(sq)
+        return ready
+
+    def _wake_at(self, when: float) -> None:
+        loop, handle = asyncio.get_running_loop(), self._wake_handle  # (an extra wake-up is harmless)
+        if handle is None or handle.cancelled() or not loop.time() < handle.when() <= when:
+            self._wake_handle = loop.call_at(when, self.trigger)
 
     async def _run_in_tick(
         self, snapshot: Snapshot, to_run: list[SharedQuery], snapshot_ts: int,
@@ -328,7 +350,11 @@ class SubscriptionManager:
         """Make a tick's results current at `snapshot_ts`, all at once: no client can observe a
         half-applied tick."""
         changed: set[Subscriber] = set()
+        now = asyncio.get_running_loop().time()
         for sq, outcome in new_results:
+            failure = outcome.failure if isinstance(outcome, QueryRun) else None
+            if sq.ran(isinstance(failure and failure.__cause__, FunctionTimedOut), now, REST_FIRST, REST_MAX):
+                self.runtime.metrics.inc("ripple_live_query_rests_total")
             if isinstance(outcome, QueryRun):
                 result = query_result(outcome)
                 sq.reads = outcome.reads
@@ -371,7 +397,4 @@ class SubscriptionManager:
         if now - self._last_prune < PRUNE_EVERY:
             return
         self._last_prune = now
-        cutoff_ns = int((time.time() - COMMIT_LOG_RETENTION_S) * 1e9)
-        async with self.runtime.db.acquire() as conn:
-            await conn.execute(sql.PRUNE_COMMITS, cutoff_ns)
-            await conn.execute(sql.PRUNE_MUTATION_RESULTS, MUTATION_RESULT_RETENTION_S)
+        await prune_commit_records(self.runtime.db)
