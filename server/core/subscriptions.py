@@ -226,7 +226,7 @@ class SubscriptionManager:
                 if await self._still_valid(conn, done, snapshot_ts):
                     new_results.append((done.sq, done.outcome))  # type: ignore[arg-type]
             busy = {sq for sq, _ in new_results} | {done.sq for done in self._finished} | self._apart.keys()
-            to_run = [sq for sq in self.stale if sq not in busy]
+            to_run = list(self._not_resting({sq for sq in self.stale if sq not in busy}))  # resting: stay stale
             slow = [sq for sq in to_run if sq.slow]
             for sq in slow:
                 if len(self._apart) >= MAX_APART:
@@ -238,19 +238,19 @@ class SubscriptionManager:
                 await snapshot.close()
         self._publish(new_results, snapshot_ts)
 
-    def _not_resting(self, touched: set[SharedQuery]) -> set[SharedQuery]:
-        """Of queries writes touched, those to run now; those resting after a timeout wait (with
-        their timeout error standing) until their rest ends, when a tick is woken for them."""
+    def _not_resting(self, queries: set[SharedQuery]) -> set[SharedQuery]:
+        """Those of `queries` to run now; the others rest after a timeout until a tick woken then."""
         now = asyncio.get_running_loop().time()
-        ready = set()
-        for sq in touched:
-            if sq.rest_until > now:
-                self._resting.add(sq)
-                self._wake_at(sq.rest_until)
-            else:
-                self._resting.discard(sq)
-                ready.add(sq)
-        return ready
+        resting = {sq for sq in queries if sq.rest_until > now}
+        for sq in resting:
+            self._wake_at(sq.rest_until)
+        self._resting = (self._resting | resting) - (queries - resting)
+        return queries - resting
+
+    def _note_run(self, sq: SharedQuery, outcome: QueryRun | QueryResult | None) -> None:
+        failure = outcome.failure if isinstance(outcome, QueryRun) else None
+        if sq.ran(isinstance(failure and failure.__cause__, FunctionTimedOut), asyncio.get_running_loop().time(), REST_FIRST, REST_MAX):
+            self.runtime.metrics.inc("ripple_live_query_rests_total")  # rests even if the result goes unpublished
 
     def _wake_at(self, when: float) -> None:
         loop, handle = asyncio.get_running_loop(), self._wake_handle  # (an extra wake-up is harmless)
@@ -284,6 +284,7 @@ class SubscriptionManager:
                 return True
             outcome = run.result()
             sq.slow = loop.time() - started > LIVE_SLICE
+            self._note_run(sq, outcome)
             if isinstance(outcome, QueryRun) and outcome.broken:
                 raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
             new_results.append((sq, outcome))
@@ -314,6 +315,7 @@ class SubscriptionManager:
                 if isinstance(outcome, QueryRun) and outcome.broken:
                     outcome = None
                 sq.slow = loop.time() - begun > LIVE_SLICE
+                self._note_run(sq, outcome)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -350,11 +352,7 @@ class SubscriptionManager:
         """Make a tick's results current at `snapshot_ts`, all at once: no client can observe a
         half-applied tick."""
         changed: set[Subscriber] = set()
-        now = asyncio.get_running_loop().time()
         for sq, outcome in new_results:
-            failure = outcome.failure if isinstance(outcome, QueryRun) else None
-            if sq.ran(isinstance(failure and failure.__cause__, FunctionTimedOut), now, REST_FIRST, REST_MAX):
-                self.runtime.metrics.inc("ripple_live_query_rests_total")
             if isinstance(outcome, QueryRun):
                 result = query_result(outcome)
                 sq.reads = outcome.reads
