@@ -88,6 +88,7 @@ class FaultProxy:
         self._flowing = asyncio.Event()
         self._delay = 0.0
         self._refusing = False
+        self._stopping = False
         self._server: asyncio.Server | None = None
 
     # -- life cycle (test thread) -----------------------------------------------------------------
@@ -115,6 +116,8 @@ class FaultProxy:
         """Close everything; each connection's handler then ends by itself (cancelling it would
         make asyncio's stream machinery log an error)."""
         assert self._server is not None
+        self._stopping = True  # a connection still being set up is closed once it is
+        self._flowing.set()  # paused pumps see their pipes closed
         self._server.close()
         for timer in list(self._timers):
             timer.cancel()
@@ -195,6 +198,9 @@ class FaultProxy:
             client.transport.abort()
             return
         pipe = _Pipe(client, server)
+        if self._stopping:
+            pipe.abort(rst=False)
+            return
         self._pipes.add(pipe)
         try:
             up = self._loop.create_task(self._pump(pipe, client_reader, server, "to_server"))

@@ -274,6 +274,7 @@ async def faulty(start_server: Callable[..., ServerProcess], namespace: str, pg_
     """`ripple serve` on the faults app, its database reached through a FaultProxy."""
     proxy = FaultProxy(backend_of(pg_url)).start()
     admin = await asyncpg.create_pool(pg_url, min_size=1, max_size=3)
+    server: ServerProcess | None = None
     try:
         server = start_server("serve", app_dir=FAULTS_APP, extra_env={
             "DATABASE_URL": through(pg_url, proxy.port), "RIPPLE_SCHEDULER_POLL_SECONDS": "1"})
@@ -287,6 +288,8 @@ async def faulty(start_server: Callable[..., ServerProcess], namespace: str, pg_
             assert symptom not in log, f"{symptom!r} in the server log:\n{log[-4000:]}"
     finally:
         await admin.close()
+        if server is not None:
+            server.stop()  # its connections end first: the proxy then has nothing in flight
         proxy.stop()
 
 
