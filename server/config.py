@@ -47,6 +47,7 @@ class SchedulerConfig:
     lease_seconds: float = 30.0  # a running action's lease; renewed every third of it
     retention_seconds: float = 7 * 24 * 3600.0  # finished jobs are deleted after this
     shutdown_seconds: float = 10.0  # on shutdown, how long running jobs may take to finish
+    horizon_seconds: float = 5 * 365 * 86_400.0  # how far ahead run_after / run_at may schedule; 0: any
 
     @classmethod
     def from_env(cls) -> SchedulerConfig:
@@ -58,6 +59,7 @@ class SchedulerConfig:
             lease_seconds=_env_float("RIPPLE_SCHEDULER_LEASE_SECONDS", 30.0),
             retention_seconds=_env_float("RIPPLE_SCHEDULER_RETENTION_SECONDS", 7 * 24 * 3600.0),
             shutdown_seconds=_env_float("RIPPLE_SCHEDULER_SHUTDOWN_SECONDS", 10.0),
+            horizon_seconds=_env_float("RIPPLE_SCHEDULER_HORIZON_SECONDS", 5 * 365 * 86_400.0),
         )
 
     @property

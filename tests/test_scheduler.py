@@ -167,6 +167,13 @@ async def test_run_at_arms_a_timer_and_past_times_run_at_once(app: App) -> None:
         ("jobs:schedule", {"fn": "jobs:bump", "args": {"wrong": 1}}, "key"),
         ("jobs:schedule_many", {"n": 1001, "prefix": "lim"}, "1000 at most"),
         ("jobs:schedule_big_args", {"count": 3, "size": 3 * 1024 * 1024}, "exceed 8 MiB"),
+        # Units: seconds everywhere. Milliseconds (JavaScript's habit) land decades to millennia
+        # ahead; beyond the 5-year horizon they are refused, naming the mix-up.
+        ("jobs:schedule_at", {"when": time.time() * 1000, "fn": "jobs:bump", "args": {"key": "k"}},
+         r"years from now, beyond the scheduling horizon of 5 years .*looks like milliseconds"),
+        ("jobs:schedule", {"fn": "jobs:bump", "args": {"key": "k"}, "delay": 7 * 86_400 * 1000},
+         r"beyond the scheduling horizon .*seconds, not milliseconds \(did you mean 604800\?\)"),
+        ("jobs:schedule_at_datetime", {"iso": "2100-01-01T00:00:00+00:00", "key": "k"}, r"beyond the scheduling horizon of 5 years"),
     ],
 )
 async def test_scheduling_mistakes_fail_clearly_and_schedule_nothing(app: App, path: str, args: dict[str, Any], message: str) -> None:

@@ -285,7 +285,8 @@ class Runtime:
         TransactionConflict on a conflict (even one the function swallowed), FunctionFailure
         when the function fails. `running_job`: the scheduled job this transaction runs."""
         buffer = self.log_buffer(fn)
-        scheduler = MutationScheduler(tx, self.app.registry, self.jobs_channel, self.metrics, running_job)
+        scheduler = MutationScheduler(tx, self.app.registry, self.jobs_channel, self.metrics, running_job,
+                                      self.config.scheduler.horizon_seconds)
         ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler)
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
@@ -369,7 +370,8 @@ class Runtime:
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = self.log_buffer(fn)
-        scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction)
+        scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction,
+                                    self.config.scheduler.horizon_seconds)
         ctx = ActionCtx(self._nested_call, identity, buffer, scheduler)
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)

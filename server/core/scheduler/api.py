@@ -39,32 +39,57 @@ current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("ripple
 FunctionRef = FunctionDef | str
 
 
-def _delay_ms(seconds: object) -> float:
+DEFAULT_HORIZON_S = 5 * 365 * 86_400.0  # how far ahead a job may be scheduled (SchedulerConfig.horizon_seconds)
+_YEAR_S = 365.25 * 86_400
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / _YEAR_S:,.0f} years" if seconds >= 2 * _YEAR_S else f"{seconds / 86_400:,.1f} days"
+
+
+def _delay_ms(seconds: object, horizon_s: float) -> float:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         raise RippleUsageError(f"run_after: the delay must be a number of seconds, not {seconds!r}")
     if seconds < 0:
         raise RippleUsageError(f"run_after: the delay must not be negative (got {seconds!r})")
+    if horizon_s and seconds > horizon_s:
+        hint = f"; the delay is in seconds, not milliseconds (did you mean {seconds / 1000:g}?)" if seconds / 1000 <= horizon_s else ""
+        raise RippleUsageError(
+            f"run_after: a delay of {seconds:g} s ({_span(seconds)}) is beyond the scheduling horizon of "
+            f"{_span(horizon_s)} (RIPPLE_SCHEDULER_HORIZON_SECONDS){hint}"
+        )
     return time.time() * 1000.0 + float(seconds) * 1000.0
 
 
-def _when_ms(when: object) -> float:
+def _when_ms(when: object, horizon_s: float) -> float:
     if isinstance(when, dt.datetime):
         if when.tzinfo is None or when.utcoffset() is None:
             raise RippleUsageError(
                 "run_at: a naive datetime has no time zone; pass an aware one "
                 "(e.g. datetime.now(timezone.utc) + timedelta(hours=1)) or epoch seconds"
             )
-        return when.timestamp() * 1000.0
-    if isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
+        seconds = when.timestamp()
+    elif isinstance(when, bool) or not isinstance(when, (int, float)) or not math.isfinite(when):
         raise RippleUsageError(
             f"run_at: `when` must be epoch seconds (float) or an aware datetime, not {when!r}"
         )
-    return float(when) * 1000.0
+    else:
+        seconds = float(when)
+    ahead = seconds - time.time()
+    if horizon_s and ahead > horizon_s:
+        hint = (f"; `when` is epoch seconds, and this looks like milliseconds (did you mean {seconds / 1000:.3f}?)"
+                if not isinstance(when, dt.datetime) and seconds / 1000 - time.time() <= horizon_s else "")
+        raise RippleUsageError(
+            f"run_at: {when!r} is {_span(ahead)} from now, beyond the scheduling horizon of "
+            f"{_span(horizon_s)} (RIPPLE_SCHEDULER_HORIZON_SECONDS){hint}"
+        )
+    return seconds * 1000.0
 
 
 class _Scheduler:
-    def __init__(self, registry: Registry, channel: str, metrics: Metrics) -> None:
+    def __init__(self, registry: Registry, channel: str, metrics: Metrics, horizon_s: float) -> None:
         self._registry = registry
+        self._horizon_s = horizon_s  # 0: no horizon
         self._channel = channel  # the jobs NOTIFY channel (sql.jobs_channel)
         self._metrics = metrics
         self._count = 0
@@ -100,11 +125,11 @@ class _Scheduler:
 
     async def run_after(self, seconds: float, fn: FunctionRef, args: Mapping[str, Any] | None = None) -> str:
         """Run `fn(args)` `seconds` from now (0: as soon as possible). Returns the job id."""
-        return await self._schedule(_delay_ms(seconds), fn, args)
+        return await self._schedule(_delay_ms(seconds, self._horizon_s), fn, args)
 
     async def run_at(self, when: float | dt.datetime, fn: FunctionRef, args: Mapping[str, Any] | None = None) -> str:
         """Run `fn(args)` at `when` (epoch seconds or an aware datetime; past: at once)."""
-        return await self._schedule(_when_ms(when), fn, args)
+        return await self._schedule(_when_ms(when, self._horizon_s), fn, args)
 
     async def _schedule(self, due_ms: float, ref: object, args: object) -> str:
         raise NotImplementedError
@@ -125,8 +150,8 @@ class MutationScheduler(_Scheduler):
     """`ctx.scheduler` in a mutation: jobs commit or roll back with the mutation."""
 
     def __init__(self, tx: Transaction, registry: Registry, channel: str, metrics: Metrics,
-                 running_job: str | None = None) -> None:
-        super().__init__(registry, channel, metrics)
+                 running_job: str | None = None, horizon_s: float = DEFAULT_HORIZON_S) -> None:
+        super().__init__(registry, channel, metrics, horizon_s)
         self._tx = tx
         self._running_job = running_job  # the scheduled job this transaction runs, if any
         self._writer = DatabaseWriter(tx, system=True)
@@ -160,8 +185,9 @@ class MutationScheduler(_Scheduler):
 class ActionScheduler(_Scheduler):
     """`ctx.scheduler` in an action: each call commits on its own, at once."""
 
-    def __init__(self, registry: Registry, channel: str, metrics: Metrics, transact: SystemTransaction[Any]) -> None:
-        super().__init__(registry, channel, metrics)
+    def __init__(self, registry: Registry, channel: str, metrics: Metrics, transact: SystemTransaction[Any],
+                 horizon_s: float = DEFAULT_HORIZON_S) -> None:
+        super().__init__(registry, channel, metrics, horizon_s)
         self._transact = transact
 
     async def _schedule(self, due_ms: float, ref: object, args: object) -> str:
