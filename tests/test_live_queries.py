@@ -117,6 +117,36 @@ async def test_official_pypi_client_subscription(start_server: StartServer) -> N
             await proc.wait()
 
 
+PYPI_CONVEX_ERROR = """
+import sys
+from convex import ConvexClient, ConvexError
+client = ConvexClient(sys.argv[1])
+try:
+    client.mutation("counters:fail", {"code": "nope"})
+except ConvexError as error:
+    print(repr(error.args), flush=True)
+"""
+
+
+async def test_a_mutation_failing_with_convex_error_returns_to_the_official_pypi_client(start_server: StartServer) -> None:
+    """That client settles a failed mutation carrying error data only on the next Transition (a
+    plain error message at once): with no write after it, the call used to hang."""
+    import sys
+
+    server = start_server("serve")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PYPI_CONVEX_ERROR, server.url,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert "nope" in line, line
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 PYPI_BIG = """
 import sys
 from convex import ConvexClient

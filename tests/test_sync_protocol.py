@@ -93,6 +93,11 @@ def test_mutation_response_then_transition_covering_its_ts() -> None:
     assert late is not None and late["startVersion"] == late["endVersion"] and late["modifications"] == []
     failed = s.mutation_response(1, FunctionResult(False, "boom", error_data={"c": 1}, has_error_data=True))
     assert failed["errorData"] == {"c": 1} and "ts" not in failed
+    # The Rust-based clients settle a failure with error data on the next Transition: one is owed.
+    after_failure = s.transition(120, results.get)
+    assert after_failure is not None and after_failure["modifications"] == []
+    s.mutation_response(3, FunctionResult(False, "plain"))  # settled at once by every client
+    assert s.transition(120, results.get) is None
 
 
 def test_failed_query_carries_error_data() -> None:

@@ -250,6 +250,10 @@ class SyncSession:
             self.owes_transition = True
         elif result.has_error_data:
             message["errorData"] = result.error_data
+            # The Rust-based clients (PyPI `convex`) settle a failed mutation that carries error
+            # data on the next Transition, as a successful one, and not at once as one with only
+            # a message: owe them one (at the current ts, empty if nothing changed).
+            self.owes_transition = True
         return message
 
     @staticmethod
