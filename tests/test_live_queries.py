@@ -255,6 +255,29 @@ async def test_a_resent_request_id_with_other_arguments_is_refused(start_server:
     assert await http_call(server.url, "query", "counters:get", {"name": "reuse-b"}) == 1
 
 
+async def test_an_admin_websocket_may_subscribe_to_internal_queries(start_server: StartServer) -> None:
+    """With the admin key a websocket runs internal mutations and actions, and subscribes to
+    internal queries too; without it the same subscription fails, and the two do not share one
+    execution."""
+    server = start_server("serve", extra_env={"RIPPLE_ADMIN_KEY": "k-internal"})
+    ws_url = server.url.replace("http://", "ws://") + "/api/sync"
+    outcomes = []
+    for admin_key in ("k-internal", None):
+        async with websockets.connect(ws_url) as ws:
+            await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4()), "connectionCount": 0}))
+            if admin_key is not None:
+                await ws.send(json.dumps({"type": "Authenticate", "tokenType": "Admin", "value": admin_key, "baseVersion": 0}))
+            await ws.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+                {"type": "Add", "queryId": 0, "udfPath": "counters:secret", "args": [{"name": "hidden"}]}]}))
+            while True:
+                message = json.loads(await ws.recv())
+                if message["type"] == "Transition" and message["modifications"]:
+                    outcomes.append(message["modifications"][0])
+                    break
+    assert outcomes[0]["type"] == "QueryUpdated" and outcomes[0]["value"] == 0
+    assert outcomes[1]["type"] == "QueryFailed" and "counters:secret" in outcomes[1]["errorMessage"]
+
+
 async def test_big_integers_and_long_paths_over_the_websocket(start_server: StartServer) -> None:
     """2**60 and 2**80 as JSON integers are refused alike, naming where they are; a
     1,000,000-character function path is not echoed back whole."""

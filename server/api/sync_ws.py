@@ -216,12 +216,13 @@ class ClientConnection:
         for query_id in list(self.subs):
             query = wanted.get(query_id)
             sq = self.subs[query_id]
-            if query is None or sq.identity != self.identity:
+            if query is None or sq.identity != self.identity or sq.admin != self.admin:
                 self.manager.unsubscribe(sq, self)
                 del self.subs[query_id]
         for query_id, query in wanted.items():
             if query_id not in self.subs:
-                self.subs[query_id] = self.manager.subscribe(query.udf_path, query.args, self.identity, query.journal, self)
+                self.subs[query_id] = self.manager.subscribe(query.udf_path, query.args, self.identity, query.journal, self,
+                                                             admin=self.admin)
         self._dirty.set()
 
     def _authenticate(self, request: Authenticate) -> bool:

@@ -39,6 +39,7 @@ class SharedQuery:
     args: Any  # decoded argument object
     identity: Identity | None
     journal: str | None
+    admin: bool = False  # subscribed with the admin key: internal queries resolve
     subscribers: set[Subscriber] = field(default_factory=set)
     reads: list[ReadRange] = field(default_factory=list)
     result: QueryResult | None = None
@@ -71,10 +72,10 @@ def round_robin(queries: list[SharedQuery]) -> list[SharedQuery]:
     return order
 
 
-def subscription_key(path: str, args_json: Any, identity: Identity | None, journal: str | None) -> SubKey:
+def subscription_key(path: str, args_json: Any, identity: Identity | None, journal: str | None, admin: bool = False) -> SubKey:
     try:
         args_key = orjson.dumps(args_json, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits: the query's run will refuse it
         args_key = json.dumps(args_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     identity_key = orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS) if identity is not None else b""
-    return (path, args_key, identity_key, journal)
+    return (path, args_key, b"admin|" + identity_key if admin else identity_key, journal)

@@ -131,15 +131,17 @@ class SubscriptionManager:
 
     # -- subscriptions ------------------------------------------------------------------------
 
-    def subscribe(self, path: str, args_json: Any, identity: Identity | None, journal: str | None, subscriber: Subscriber) -> SharedQuery:
+    def subscribe(self, path: str, args_json: Any, identity: Identity | None, journal: str | None, subscriber: Subscriber,
+                  *, admin: bool = False) -> SharedQuery:
+        """`admin`: the subscriber holds the admin key, and may subscribe to internal queries."""
         try:
             canonical = self.runtime.app.registry.path_of(path)
         except RippleUsageError:
             canonical = path
-        key = subscription_key(canonical, args_json, identity, journal)
+        key = subscription_key(canonical, args_json, identity, journal, admin)
         sq = self.queries.get(key)
         if sq is None:
-            sq = SharedQuery(key, canonical, args_json, identity, journal)
+            sq = SharedQuery(key, canonical, args_json, identity, journal, admin)
             self.queries[key] = sq
             self.stale.add(sq)
             self.trigger()
@@ -384,7 +386,7 @@ class SubscriptionManager:
     async def _execute(self, conn: Any, sq: SharedQuery) -> QueryRun | QueryResult:
         runtime = self.runtime
         try:
-            fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=False)
+            fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=sq.admin)
             kwargs = fn.validate_args(from_client_json(sq.args, path="args"))  # a client's, within its limits
         except RippleUsageError as exc:
             return QueryResult.failed(str(exc), [], sq.journal)

@@ -1,7 +1,7 @@
 import asyncio
 import socket
 
-from server import ConvexError, action, internal_mutation, mutation, query
+from server import ConvexError, action, internal_mutation, internal_query, mutation, query
 
 
 @query
@@ -116,3 +116,9 @@ async def slow_get(ctx, name: str, seconds: float, tag: int = 0) -> int:
     doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
     await asyncio.sleep(seconds)
     return doc["value"] if doc else 0
+
+
+@internal_query
+async def secret(ctx, name: str) -> int:
+    """A counter, for admin subscriptions only."""
+    return await get.handler(ctx, name=name)
