@@ -17,62 +17,22 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Generic, TypeVar
 
 from server.sync.protocol import RunMutation
 
-
-class Outbox:
-    """Encoded messages for one client, in order, with their total size in bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.bytes = 0
-        self.peak = 0  # the most it held at once: did this connection hold large buffers?
-        self._frames: deque[bytes] = deque()
-        self._room = asyncio.Event()
-        self._room.set()
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    def put(self, frame: bytes) -> None:
-        """Always accepted (one message may be larger than the limit on its own): producers
-        call `wait_for_room` before making the next one."""
-        self._frames.append(frame)
-        self.bytes += len(frame)
-        self.peak = max(self.peak, self.bytes)
-        if self.bytes >= self.limit:
-            self._room.clear()
-
-    def pop(self) -> bytes:
-        frame = self._frames.popleft()
-        self.bytes -= len(frame)
-        if self.bytes < self.limit:
-            self._room.set()
-        return frame
-
-    @property
-    def full(self) -> bool:
-        return self.bytes >= self.limit
-
-    async def wait_for_room(self) -> None:
-        await self._room.wait()
-
-    def clear(self) -> None:
-        self._frames.clear()
-        self.bytes = 0
-        self._room.set()
+T = TypeVar("T")
 
 
-class MutationQueue:
-    """Mutations waiting for the connection's worker, with the size of the messages they came in."""
+class _ByteBounded(Generic[T]):
+    """Items in order with their total size in bytes; `wait_for_room` waits while the total is at
+    `byte_limit` or more. `peak`: the most it held at once (did the connection hold large buffers?)."""
 
-    def __init__(self, max_count: int, max_bytes: int) -> None:
-        self.max_count, self.max_bytes = max_count, max_bytes
+    def __init__(self, byte_limit: int) -> None:
+        self.byte_limit = byte_limit
         self.bytes = 0
         self.peak = 0
-        self._items: deque[RunMutation] = deque()
-        self._ready = asyncio.Event()
+        self._items: deque[tuple[T, int]] = deque()
         self._room = asyncio.Event()
         self._room.set()
 
@@ -80,37 +40,71 @@ class MutationQueue:
         return len(self._items)
 
     @property
-    def full(self) -> bool:
-        """No room for one more (count): the next one is over the limit."""
-        return len(self._items) >= self.max_count
-
-    def put(self, request: RunMutation) -> None:
-        self._items.append(request)
-        self.bytes += request.size
-        self.peak = max(self.peak, self.bytes)
-        if self.bytes >= self.max_bytes:
-            self._room.clear()
-        self._ready.set()
-
-    async def get(self) -> RunMutation:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        request = self._items.popleft()
-        self.bytes -= request.size
-        if self.bytes < self.max_bytes:
-            self._room.set()
-        return request
-
-    @property
     def over_bytes(self) -> bool:
-        return self.bytes >= self.max_bytes
+        return self.bytes >= self.byte_limit
+
+    def _append(self, item: T, size: int) -> None:
+        self._items.append((item, size))
+        self.bytes += size
+        self.peak = max(self.peak, self.bytes)
+        if self.over_bytes:
+            self._room.clear()
+
+    def _popleft(self) -> T:
+        item, size = self._items.popleft()
+        self.bytes -= size
+        if not self.over_bytes:
+            self._room.set()
+        return item
 
     async def wait_for_room(self) -> None:
-        """Until the waiting mutations hold less than `max_bytes`."""
         await self._room.wait()
 
     def clear(self) -> None:
         self._items.clear()
         self.bytes = 0
         self._room.set()
+
+
+class Outbox(_ByteBounded[bytes]):
+    """Encoded messages for one client, in order, bounded in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+
+    def put(self, frame: bytes) -> None:
+        """Always accepted (one message may be larger than the limit on its own): producers
+        call `wait_for_room` before making the next one."""
+        self._append(frame, len(frame))
+
+    def pop(self) -> bytes:
+        return self._popleft()
+
+    @property
+    def full(self) -> bool:
+        return self.over_bytes
+
+
+class MutationQueue(_ByteBounded[RunMutation]):
+    """Mutations waiting for the connection's worker, with the size of the messages they came in;
+    `wait_for_room` waits until they hold less than `max_bytes`."""
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        super().__init__(max_bytes)
+        self.max_count = max_count
+        self._ready = asyncio.Event()
+
+    @property
+    def full(self) -> bool:
+        """No room for one more (count): the next one is over the limit."""
+        return len(self) >= self.max_count
+
+    def put(self, request: RunMutation) -> None:
+        self._append(request, request.size)
+        self._ready.set()
+
+    async def get(self) -> RunMutation:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._popleft()
