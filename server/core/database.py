@@ -78,6 +78,14 @@ def connection_failure(exc: BaseException) -> bool:
     return isinstance(exc, _CONNECTION_FAILURES) and not isinstance(exc, ValueError)
 
 
+def spoils(exc: BaseException) -> bool:
+    """Does a block of work that ended with `exc` leave its connection unfit for reuse? A lost
+    connection, or a cancelled block: asyncpg would wait for PostgreSQL to acknowledge the
+    cancelled statement, but the cancel request travels on a connection of its own and can still
+    land on the next statement, someone else's."""
+    return connection_failure(exc) or isinstance(exc, asyncio.CancelledError)
+
+
 def usable(conn: asyncpg.Connection) -> bool:
     """Still open and still ours (asyncpg detaches a pooled connection it lost from its holder)."""
     try:
@@ -120,10 +128,8 @@ class Backend:
 
 
 class _Lease:
-    """`async with db.acquire() as conn`: a pooled connection for the block (see Database.acquire).
-    A connection whose block was cancelled is discarded too: asyncpg would wait for PostgreSQL
-    to acknowledge the cancelled statement, but the cancel request travels on a connection of
-    its own and can still land on the next statement, someone else's."""
+    """`async with db.acquire() as conn`: a pooled connection for the block (see Database.acquire);
+    one the block's end `spoils` is discarded."""
 
     __slots__ = ("conn", "db")
 
@@ -136,7 +142,7 @@ class _Lease:
         return self.conn
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc is not None and (connection_failure(exc) or isinstance(exc, asyncio.CancelledError)):
+        if exc is not None and spoils(exc):
             discard(self.conn)
         await self.db.checkin(self.conn)
 
@@ -156,7 +162,7 @@ class Snapshot:
         try:
             await self.conn.execute(sql.BEGIN["snapshot"])
         except BaseException as exc:
-            if connection_failure(exc) or not isinstance(exc, Exception):
+            if spoils(exc) or not isinstance(exc, Exception):
                 discard(self.conn)
             await self._db.checkin(self.conn)
             raise
