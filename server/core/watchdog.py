@@ -84,6 +84,10 @@ class Invocation:
     def __str__(self) -> str:
         return f"{self.kind} {self.path}"
 
+    def over(self, held: float, now: float) -> bool:
+        """Past a limit: held the loop `held` seconds at a stretch of its `limit`, or past its deadline."""
+        return (bool(self.limit) and held >= self.limit) or now >= self.deadline
+
 
 # The call whose code runs in this context: tasks a function starts inherit it.
 current: contextvars.ContextVar[Invocation | None] = contextvars.ContextVar("ripple_invocation", default=None)
@@ -268,8 +272,7 @@ class Watchdog:
             if owner is None:
                 return False
             self.probed = (beat, owner, position(frame, owner.app_dir))
-            raised = ((bool(owner.limit) and self.blocked >= owner.limit) or time.monotonic() >= owner.deadline) \
-                and app_frame(frame, owner.app_dir) is not None
+            raised = owner.over(self.blocked, time.monotonic()) and app_frame(frame, owner.app_dir) is not None
         if raised:
             self.raised = beat
         return raised
@@ -333,7 +336,7 @@ class Watchdog:
         elif block.held >= block.culprit_held:
             block.culprit, block.culprit_held, block.culprit_where = invocation, block.held, block.where
         if invocation is not None:
-            if (invocation.limit and block.held >= invocation.limit) or now >= invocation.deadline:
+            if invocation.over(block.held, now):
                 self._interrupt(invocation, block)
         elif self._signals and block.blocked >= self.probe_after:
             self._interrupt(None, block)
