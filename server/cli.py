@@ -15,6 +15,7 @@ import urllib.parse
 import urllib.request
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from server import devserver
 from server.config import Config
@@ -163,12 +164,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in result.get("logLines", []):
         print(line, file=sys.stderr)
     if result.get("status") == "success":
-        print(json.dumps(result["value"], indent=2))
+        print(json.dumps(_as_js(result["value"]), indent=2))
         return 0
     print(result.get("errorMessage", "function failed"), file=sys.stderr)
     if "errorData" in result:
-        print(json.dumps(result["errorData"], indent=2), file=sys.stderr)
+        print(json.dumps(_as_js(result["errorData"]), indent=2), file=sys.stderr)
     return 1
+
+
+def _as_js(value: Any) -> Any:
+    """A result shown as JavaScript shows it: the wire writes every number as a float (`2.0`),
+    a person reads `2`."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_as_js(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_js(v) for k, v in value.items()}
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:

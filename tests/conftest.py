@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BASIC_APP = APPS / "basic"
+COMPAT_APP = APPS / "compat"
 EMBEDDED_PG_HOME = ROOT / ".pytest-pg"  # gitignored; the data survives runs, the server does not
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -192,6 +193,30 @@ def start_server(tmp_path: Path, namespace: str, pg_url: str) -> Iterator[Callab
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def compat_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """`ripple dev` serving tests/apps/compat, one per compatibility module (test_compat_*.py),
+    on a schema of its own, dropped afterwards."""
+    name = "t_" + secrets.token_hex(6)
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": name}
+    cmd = [sys.executable, "-m", "server.cli", "dev", "--port", str(port), "--dir", str(COMPAT_APP)]
+    server = launch(cmd, port, tmp_path_factory.mktemp("compat") / "server.log", env)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(pg_url)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
 
 
 def launch(cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:

@@ -77,7 +77,9 @@ def test_special_encodings() -> None:
 
 
 def test_plain_json_export() -> None:
-    assert to_plain_json({"a": Int64(5), "b": b"\x01", "c": float("nan")}) == {"a": 5, "b": "AQ==", "c": "NaN"}
+    # As Convex's `export()`: int64 as a decimal string, float64 as a JSON number (a float).
+    exported = to_plain_json({"a": Int64(5), "b": b"\x01", "c": float("nan"), "d": 2})
+    assert exported == {"a": "5", "b": "AQ==", "c": "NaN", "d": 2.0} and type(exported["d"]) is float
     assert from_plain_json({"a": [1, 2.5]}) == {"a": [1, 2.5]}
 
 

@@ -17,7 +17,13 @@ from server.api import offload
 from server.core.contexts import Identity
 from server.core.registry import Kind
 from server.core.runtime import Runtime
-from server.core.values import from_client_json, from_convex_json, to_convex_json, to_plain_json
+from server.core.values import (
+    dumps,
+    from_client_json,
+    from_convex_json,
+    to_plain_json,
+    to_wire_json,
+)
 from server.errors import (
     DatabaseUnavailable,
     FunctionFailure,
@@ -38,7 +44,7 @@ class HttpError(Exception):
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+    return Response(dumps(body), status_code=status, media_type="application/json")
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -187,7 +193,7 @@ class HttpApi:
             if failure.has_data:
                 body_out["errorData"] = failure.data if fmt == "convex_encoded_json" else to_plain_json(from_convex_json(failure.data))
             return json_response(body_out)
-        value = to_convex_json(outcome.value) if fmt == "convex_encoded_json" else to_plain_json(outcome.value)
+        value = to_wire_json(outcome.value) if fmt == "convex_encoded_json" else to_plain_json(outcome.value)
         return json_response({"status": "success", "value": value, "logLines": outcome.log_lines})
 
     async def query_ts(self, request: Request) -> Response:

@@ -24,7 +24,6 @@ import logging
 import secrets
 from typing import Any
 
-import orjson
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -35,7 +34,7 @@ from server.core.contexts import Identity, Outcome
 from server.core.runtime import Runtime
 from server.core.shared_queries import SharedQuery
 from server.core.subscriptions import SubscriptionManager
-from server.core.values import from_client_json, to_convex_json
+from server.core.values import dumps, from_client_json, to_wire_json
 from server.errors import FunctionFailure, RippleUsageError, ValueValidationError, redact, shown
 from server.sync.protocol import (
     Authenticate,
@@ -142,7 +141,7 @@ class ClientConnection:
         heap.connection_closed(held)
 
     def _send_soon(self, message: dict[str, Any]) -> None:
-        self.outbox.put(orjson.dumps(message))  # encoded now: its size is known, its values freed
+        self.outbox.put(dumps(message))  # encoded now: its size is known, its values freed
         self._dirty.set()
 
     def _fatal(self, error: str) -> None:
@@ -274,7 +273,7 @@ class ClientConnection:
 
     async def _send(self, message: dict[str, Any]) -> None:
         """Raises WebSocketDisconnect when the client is gone."""
-        await self._send_encoded(orjson.dumps(message))
+        await self._send_encoded(dumps(message))
 
     async def _send_encoded(self, data: bytes) -> None:
         writer = self._writer
@@ -336,7 +335,7 @@ class ClientConnection:
         except Exception as exc:
             return FunctionResult(False, redact(exc, f"{kind} {shown(path)}", dev=self.runtime.config.dev))
         ts = outcome.ts if outcome.ts is not None else self.manager.current_ts
-        return FunctionResult(True, to_convex_json(outcome.value), tuple(outcome.log_lines), ts=ts)
+        return FunctionResult(True, to_wire_json(outcome.value), tuple(outcome.log_lines), ts=ts)
 
 
 async def serve_sync(scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager,

@@ -22,6 +22,7 @@ import orjson
 
 from server.core.logs import LogBuffer
 from server.core.registry import FunctionDef, Kind
+from server.core.values import from_convex_json
 from server.errors import ConvexError, FunctionFailure, IdempotencyKeyReused, shown
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class ActionCtx:
         except FunctionFailure as failure:
             self._logs.extend(failure.log_lines)
             if failure.has_data:
-                raise ConvexError(failure.data) from None
+                raise ConvexError(from_convex_json(failure.data)) from None
             raise RuntimeError(failure.message) from None
         self._logs.extend(outcome.log_lines)
         return outcome.value

@@ -219,9 +219,14 @@ def _check_relation_names(tables: list[Table]) -> None:
 
 
 def decode_doc(doc_id: str, creation_time: float, fields: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"_id": doc_id, "_creationTime": creation_time}
-    out.update(from_convex_json(fields))
-    return out
+    """A stored document as functions see it: fields in Convex's order (sorted, the system
+    fields among them: `_creationTime` and `_id` come after names starting with a capital)."""
+    user = from_convex_json(fields)  # sorted
+    if not user or next(iter(user)) > "_":
+        out: dict[str, Any] = {"_creationTime": creation_time, "_id": doc_id}
+        out.update(user)
+        return out
+    return dict(sorted({**user, "_creationTime": creation_time, "_id": doc_id}.items()))
 
 
 class Database:

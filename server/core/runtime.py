@@ -50,7 +50,7 @@ from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
 from server.core.supervise import Supervised
 from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
-from server.core.values import digest, from_convex_json, to_convex_json
+from server.core.values import digest, from_convex_json, to_convex_json, to_wire_json
 from server.errors import (
     ConnectionLost,
     ConvexError,
@@ -221,7 +221,7 @@ class Runtime:
                 exc = ValueValidationError(f"ConvexError data is not a Convex value: {bad}")
             else:
                 text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
-                return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=data, has_data=True)
+                return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=to_wire_json(exc.data), has_data=True)
         message = redact(exc, str(fn.path), dev=self.config.dev, app_dir=self.app.directory)
         return FunctionFailure(message, lines)
 

@@ -13,7 +13,7 @@ import orjson
 from server.core.contexts import Identity
 from server.core.runtime import QueryRun
 from server.core.transaction import ReadRange
-from server.core.values import to_convex_json
+from server.core.values import dumps, to_wire_json
 from server.wire import QueryResult
 
 
@@ -24,7 +24,7 @@ class Subscriber(Protocol):
 def query_result(run: QueryRun) -> QueryResult:
     """A query run as clients receive it; the value is serialized once for every subscriber."""
     if run.failure is None:
-        return QueryResult.success(orjson.dumps(to_convex_json(run.value)), run.log_lines, run.journal)
+        return QueryResult.success(dumps(to_wire_json(run.value)), run.log_lines, run.journal)
     failure = run.failure
     return QueryResult.failed(failure.message, failure.log_lines, run.journal, failure.data, failure.has_data)
 

@@ -1,12 +1,16 @@
 """Convex values in Python, and their two JSON forms.
 
+Longer than 400 lines because both directions of one format (stored, wire, client input) share
+its rules (field names, nesting, safe integers) and the lazily built error paths; split, each half
+would reach into the other's internals.
+
 Mapping (the same one the PyPI `convex` client uses):
 
     Convex type   Python            convex_encoded_json            json (plain export)
     null          None              null                           null
     boolean       bool              true / false                   true / false
     float64       float, int*       number, or {"$float": b64}     number, or "NaN"/"Infinity"/...
-    int64         Int64             {"$integer": b64(i64 LE)}      number
+    int64         Int64             {"$integer": b64(i64 LE)}      decimal string
     string        str               string                         string
     bytes         bytes             {"$bytes": b64}                base64 string
     array         list (tuple in)   array                          array
@@ -16,6 +20,8 @@ Mapping (the same one the PyPI `convex` client uses):
   range a float64 holds exactly. JSON numbers without a fraction decode to `int` (exactly, at any
   size: server.wire.loads), so a function typed `int` accepts what JavaScript clients send, and
   an integer literal beyond +-2**53 is refused whatever its size, never rounded to a float.
+  Stored documents keep such integers as JSON integers; what clients receive writes them as
+  floats (`2.0`), as Convex does (`to_wire_json`), with object fields sorted (`dumps`).
 """
 
 from __future__ import annotations
@@ -120,7 +126,14 @@ _INF = math.inf
 
 class _Encoder:
     """Python values -> convex_encoded_json, the other direction of `_Decoder` (same nesting
-    limit and field name rules, same lazily built paths)."""
+    limit and field name rules, same lazily built paths). With `wire`, in the form Convex puts
+    on the wire: a plain `int` (a float64 whose value is integral) is written as a JSON float
+    (`2.0`), as Convex's backend writes every float64; stored documents keep `2`."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, wire: bool) -> None:
+        self.wire = wire
 
     def value(self, v: Any, depth: int) -> Any:
         try:
@@ -128,7 +141,7 @@ class _Encoder:
             if t is str or t is bool or v is None:
                 return v
             if t is int:
-                return _plain_int(v)
+                return float(_plain_int(v)) if self.wire else _plain_int(v)
             if t is float:
                 return _float(v)
             if t is list or t is tuple:
@@ -146,7 +159,7 @@ class _Encoder:
         if isinstance(v, Int64):
             return {"$integer": _b64(struct.pack("<q", v))}
         if isinstance(v, int):
-            return _plain_int(v)
+            return float(_plain_int(v)) if self.wire else _plain_int(v)
         if isinstance(v, float):
             return _float(v)
         if isinstance(v, (bytes, bytearray, memoryview)):
@@ -161,7 +174,9 @@ class _Encoder:
     def array(self, v: Sequence[Any], depth: int) -> list[Any]:
         if depth >= MAX_NESTING and len(v):
             _too_deep(v)
-        convert, inner, lo, hi = self.value, depth + 1, MIN_SAFE_INT, MAX_SAFE_INT
+        convert, inner = self.value, depth + 1
+        # Passed as they are: strings, ordinary floats and (unless on the wire) safe integers.
+        lo, hi = (1, 0) if self.wire else (MIN_SAFE_INT, MAX_SAFE_INT)
         try:
             return [
                 item if (t := type(item)) is str or (t is int and lo <= item <= hi)
@@ -175,7 +190,8 @@ class _Encoder:
     def object(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         if depth >= MAX_NESTING and len(v):
             _too_deep(v)
-        convert, inner, lo, hi = self.value, depth + 1, MIN_SAFE_INT, MAX_SAFE_INT
+        convert, inner = self.value, depth + 1
+        lo, hi = (1, 0) if self.wire else (MIN_SAFE_INT, MAX_SAFE_INT)
         out = {}
         try:
             for key, item in v.items():
@@ -198,14 +214,26 @@ def _float(v: float) -> Any:
     return {"$float": _b64(struct.pack("<d", v))}
 
 
-_ENCODER = _Encoder()
+_STORAGE = _Encoder(wire=False)
+_WIRE = _Encoder(wire=True)
 
 
 def to_convex_json(value: Value, path: str = "") -> Any:
-    """Python value -> convex_encoded_json (what is stored and sent to clients). Raises
-    ValueValidationError naming the path (after `path`) of what cannot be encoded."""
+    """Python value -> convex_encoded_json as it is stored (plain integers stay JSON integers).
+    Raises ValueValidationError naming the path (after `path`) of what cannot be encoded."""
+    return _encode(_STORAGE, value, path)
+
+
+def to_wire_json(value: Value, path: str = "") -> Any:
+    """Python value -> convex_encoded_json as clients receive it: every float64 a JSON float,
+    integral ones included (`2.0`), as Convex writes them; the PyPI client refuses `2`. Object
+    fields are put in Convex's order (sorted) when serialized: see `dumps`."""
+    return _encode(_WIRE, value, path)
+
+
+def _encode(encoder: _Encoder, value: Value, path: str) -> Any:
     try:
-        return _ENCODER.value(value, 0)
+        return encoder.value(value, 0)
     except _Invalid as error:
         failure = error.error(path)
     except RecursionError:  # a self-containing list or dict, or subclasses the depth check misses
@@ -288,15 +316,26 @@ class _Decoder:
         convert, passing, inner, lo, hi = self.value, _PASS, depth + 1, MIN_SAFE_INT, MAX_SAFE_INT
         out = {}
         try:
-            for key, item in v.items():
+            for key in _in_order(v):
                 if type(key) is not str or key[:1] == "$" or len(key) > MAX_FIELD_NAME_LEN:
                     _check_key(key)
+                item = v[key]
                 out[key] = item if (t := type(item)) in passing or (t is int and lo <= item <= hi) else convert(item, inner)
         except _Invalid as error:
             if error.value is not None:  # a field's value failed (not its name)
                 error.keys.append(next(key for key, item in v.items() if item is error.value))
             raise
         return out
+
+
+def _in_order(v: Mapping[Any, Any]) -> list[Any]:
+    """An object's field names in Convex's order: sorted (by code point, which is the byte order
+    of their UTF-8). PostgreSQL's jsonb keeps keys shortest first; Convex objects are sorted
+    maps, and a function sees its documents and arguments the way a Convex function would."""
+    try:
+        return sorted(v)
+    except TypeError:  # a key that is not a string: refused by _check_key
+        return list(v)
 
 
 def _check_key(key: Any) -> None:
@@ -364,9 +403,13 @@ def from_client_json(value: Any, encoded: bool = True, path: str = "") -> Value:
 
 
 def to_plain_json(value: Value) -> Any:
-    """Python value -> the `json` export format (lossy for int64 beyond 2**53, bytes, non-finite)."""
-    if value is None or isinstance(value, (bool, str, int)):
-        return value if not isinstance(value, Int64) else int(value)
+    """Python value -> the `json` export format, as Convex exports values: float64 as JSON
+    numbers (integral ones as `2.0`), special floats as strings, int64 as a decimal string,
+    bytes as base64 (lossy: a string and bytes look alike)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return str(int(value)) if isinstance(value, Int64) else float(_plain_json_int(value))
     if isinstance(value, float):
         if math.isfinite(value):
             return value
@@ -378,6 +421,19 @@ def to_plain_json(value: Value) -> Any:
     if isinstance(value, Sequence):
         return [to_plain_json(v) for v in value]
     raise ValueValidationError(f"{type(value).__name__} is not a Convex value")
+
+
+def _plain_json_int(v: int) -> int:
+    try:
+        return _plain_int(v)
+    except _Invalid as error:
+        raise ValueValidationError(error.message) from None
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize what goes to a client (a `to_wire_json` value, or a message holding some):
+    object fields sorted, Convex's order, wherever the value was built."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
 def from_plain_json(value: Any, path: str = "") -> Value:

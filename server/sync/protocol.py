@@ -336,6 +336,7 @@ class SyncSession:
                 self._sent_digests = target_digests  # never mutated, only replaced: safe to share
             return encoded  # type: ignore[no-any-return]
         message = self.transition(ts, result_of)
-        encoded = None if message is None else orjson.dumps(message)
+        # Sorted: QueryFailed errorData is an object in Convex's order (results are Fragments).
+        encoded = None if message is None else orjson.dumps(message, option=orjson.OPT_SORT_KEYS)
         cache[key] = (encoded, self.sent, self._sent_digests)
         return encoded
