@@ -16,6 +16,9 @@ Mapping (the same one the PyPI `convex` client uses):
   range a float64 holds exactly. JSON numbers without a fraction decode to `int` (exactly, at any
   size: server.wire.loads), so a function typed `int` accepts what JavaScript clients send, and
   an integer literal beyond +-2**53 is refused whatever its size, never rounded to a float.
+
+`UNSET` (Convex's `undefined`, server/core/absent.py): an object field holding it is left out, as
+JavaScript leaves out `undefined` fields; anywhere else it is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import orjson
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
+from server.core.absent import NOT_A_VALUE, UNSET, Absent
 from server.errors import ValueValidationError
 
 MIN_SAFE_INT = -(2**53)
@@ -141,6 +145,8 @@ class _Encoder:
             raise
 
     def other(self, v: Any, depth: int) -> Any:
+        if v is UNSET:
+            raise Absent  # the object holding it leaves the field out; elsewhere it is refused
         if isinstance(v, (bool, str)):
             return v
         if isinstance(v, Int64):
@@ -171,6 +177,10 @@ class _Encoder:
         except _Invalid as error:
             error.keys.append(next(i for i, item in enumerate(v) if item is error.value))
             raise
+        except Absent:  # an element is UNSET
+            misplaced = _Invalid(NOT_A_VALUE)
+            misplaced.keys.append(next(i for i, item in enumerate(v) if item is UNSET))
+            raise misplaced from None
 
     def object(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         if depth >= MAX_NESTING and len(v):
@@ -189,6 +199,8 @@ class _Encoder:
             if error.value is not None:
                 error.keys.append(next(key for key, item in v.items() if item is error.value))
             raise
+        except Absent:  # a field of this object is UNSET: encode it again without such fields
+            return self.object({key: item for key, item in v.items() if item is not UNSET}, depth)
         return out
 
 
@@ -208,6 +220,8 @@ def to_convex_json(value: Value, path: str = "") -> Any:
         return _ENCODER.value(value, 0)
     except _Invalid as error:
         failure = error.error(path)
+    except Absent:
+        failure = ValueValidationError(f"{path or 'value'}: {NOT_A_VALUE}")
     except RecursionError:  # a self-containing list or dict, or subclasses the depth check misses
         failure = ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
     raise failure  # out here, so that its context is what the caller was handling, if anything
@@ -374,7 +388,7 @@ def to_plain_json(value: Value) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _b64(bytes(value))
     if isinstance(value, Mapping):
-        return {str(k): to_plain_json(v) for k, v in value.items()}
+        return {str(k): to_plain_json(v) for k, v in value.items() if v is not UNSET}
     if isinstance(value, Sequence):
         return [to_plain_json(v) for v in value]
     raise ValueValidationError(f"{type(value).__name__} is not a Convex value")
