@@ -10,7 +10,7 @@ from typing import Any, Literal, overload
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
 from server.core.absent import UNSET, drop_unset
-from server.core.schema import describe_validation_error, leave_out_unset_nones
+from server.core.schema import describe_validation_error, leave_out_unset_nones, may_hold_models
 from server.errors import (
     ArgumentValidationError,
     FunctionNotFound,
@@ -46,6 +46,7 @@ class FunctionDef:
         self.explicit_args = args is not None
         self.args_model = args if args is not None else _model_from_signature(handler)
         self.returns: TypeAdapter[Any] | None = TypeAdapter(returns) if returns is not None else None
+        self.returns_models = may_hold_models(returns)
         self.__doc__ = handler.__doc__
         self.__name__ = handler.__name__
         self.__module__ = handler.__module__
@@ -94,7 +95,8 @@ class FunctionDef:
                 f"{describe_validation_error(exc)}"
             ) from exc
         dumped = self.returns.dump_python(validated, mode="python", by_alias=True)
-        leave_out_unset_nones(validated, dumped)
+        if self.returns_models:
+            leave_out_unset_nones(validated, dumped)
         return dumped
 
 

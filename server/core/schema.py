@@ -7,7 +7,7 @@ import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
@@ -96,11 +96,23 @@ def _check_aliases(model: type[BaseModel], table: str, top: bool, seen: set[type
             _check_aliases(nested, table, False, seen)
 
 
+def may_hold_models(annotation: Any) -> bool:
+    """Can a value of this type hold a pydantic model? False for types built of builtins, `Any`
+    and `Literal` alone; True for models and for other classes (TypedDicts, dataclasses)."""
+    if annotation is Any:
+        return False
+    if isinstance(annotation, type):
+        return annotation.__module__ != "builtins" and not issubclass(annotation, (int, float, str, bytes))
+    if get_origin(annotation) is Literal:
+        return False
+    return any(may_hold_models(arg) for arg in get_args(annotation))
+
+
 @functools.lru_cache(maxsize=1024)
 def _model_fields(model: type[BaseModel]) -> tuple[tuple[str, str, bool], ...]:
     """(name, stored key, may hold a model) of each field of `model`."""
     return tuple(
-        (name, stored_name(name, info), any(True for _ in _models_in(info.annotation)))
+        (name, stored_name(name, info), may_hold_models(info.annotation))
         for name, info in model.model_fields.items()
     )
 
