@@ -4,6 +4,7 @@ User code imports its building blocks from here (see docs/functions.md). Importi
 no database driver and no server: only the modules that define them (a test checks it).
 """
 
+from server.core.absent import UNSET
 from server.core.contexts import ActionCtx, Identity, MutationCtx, QueryCtx
 from server.core.registry import (
     FunctionDef,
@@ -20,6 +21,7 @@ from server.core.values import Int64
 from server.errors import ConvexError
 
 __all__ = [
+    "UNSET",
     "ActionCtx",
     "ConvexError",
     "Crons",

@@ -16,10 +16,11 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from server.core.absent import UNSET
 from server.core.values import Int64
 from server.errors import LimitExceeded
 
-UNDEFINED = object()  # a field missing from a document
+UNDEFINED = UNSET  # a field missing from a document; what `r.eq("f", UNSET)` asks for
 
 TAG_UNDEFINED = 0x01
 TAG_NULL = 0x02
@@ -79,6 +80,8 @@ def encode_value(value: Any, out: bytearray) -> None:
     elif isinstance(value, Mapping):
         out.append(TAG_OBJECT)
         for k in sorted(value, key=lambda k: k.encode("utf-8")):
+            if value[k] is UNSET:  # an absent field, as in a stored object
+                continue
             out.append(OBJECT_ENTRY)  # sorts above END, so a shorter object sorts first
             out += _escape(k.encode("utf-8"))
             encode_value(value[k], out)

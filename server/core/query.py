@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 from server.core import keys
+from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
 from server.core.schema import BY_CREATION_TIME
 from server.core.transaction import ReadRange, Transaction
@@ -22,6 +23,12 @@ from server.errors import PaginationError, RippleUsageError
 
 SCAN_BATCH = 128
 MAX_PAGE_ITEMS = 8_192
+
+
+def _check(name: str, value: Any) -> None:
+    """A range value is a Convex value, or UNSET: the field is absent (sorting before null)."""
+    if value is not UNSET:
+        to_convex_json(value, name)
 
 
 class IndexRange:
@@ -51,13 +58,13 @@ class IndexRange:
 
     def eq(self, name: str, value: Any) -> IndexRange:
         self._expect(name, "eq")
-        to_convex_json(value, name)
+        _check(name, value)
         self._eq.append(value)
         return self
 
     def _bound(self, name: str, value: Any, lower: bool, inclusive: bool) -> IndexRange:
         self._expect(name, "range")
-        to_convex_json(value, name)
+        _check(name, value)
         if (self._lower if lower else self._upper) is not None:
             raise RippleUsageError(f"index {self._table}.{self._index}: {name!r} has two {'lower' if lower else 'upper'} bounds")
         self._range_field = name

@@ -9,13 +9,15 @@ from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 
-from server.core.schema import describe_validation_error
+from server.core.absent import UNSET, drop_unset
+from server.core.schema import describe_validation_error, leave_out_unset_nones, may_hold_models
 from server.errors import (
     ArgumentValidationError,
     FunctionNotFound,
     FunctionUnavailable,
     ReturnValidationError,
     RippleUsageError,
+    ValueValidationError,
     WrongFunctionKind,
     shown,
 )
@@ -44,6 +46,7 @@ class FunctionDef:
         self.explicit_args = args is not None
         self.args_model = args if args is not None else _model_from_signature(handler)
         self.returns: TypeAdapter[Any] | None = TypeAdapter(returns) if returns is not None else None
+        self.returns_models = may_hold_models(returns)
         self.__doc__ = handler.__doc__
         self.__name__ = handler.__name__
         self.__module__ = handler.__module__
@@ -58,8 +61,8 @@ class FunctionDef:
             raise ArgumentValidationError(
                 f"arguments to {self.path} must be an object, not {type(args).__name__}"
             )
-        try:
-            model = self.args_model.model_validate(dict(args))
+        try:  # an UNSET argument is one not given; deeper UNSETs are left out when encoded
+            model = self.args_model.model_validate({k: v for k, v in args.items() if v is not UNSET})
         except ValidationError as exc:
             raise ArgumentValidationError(
                 f"invalid arguments for {self.path}: {describe_validation_error(exc)}"
@@ -76,17 +79,25 @@ class FunctionDef:
 
     def validate_return(self, value: Any) -> Any:
         """The value checked against `returns=` and dumped back to plain Python, so that models,
-        dataclasses and TypedDicts of models reach the client as Convex objects."""
+        dataclasses and TypedDicts of models reach the client as Convex objects. UNSET by itself
+        is null, as JavaScript's `undefined` result is; UNSET fields are absent (values.py)."""
+        if value is UNSET:
+            value = None
         if self.returns is None:
             return value
         try:
-            validated = self.returns.validate_python(value)
+            validated = self.returns.validate_python(drop_unset(value))
+        except ValueValidationError as exc:
+            raise ReturnValidationError(f"{self.path} returned a value that is not a Convex value: {exc}") from exc
         except ValidationError as exc:
             raise ReturnValidationError(
                 f"{self.path} returned a value that does not match its declared type: "
                 f"{describe_validation_error(exc)}"
             ) from exc
-        return self.returns.dump_python(validated, mode="python", by_alias=True)
+        dumped = self.returns.dump_python(validated, mode="python", by_alias=True)
+        if self.returns_models:
+            leave_out_unset_nones(validated, dumped)
+        return dumped
 
 
 def _model_from_signature(handler: Handler) -> type[BaseModel]:

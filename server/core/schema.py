@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
+from server.core.absent import drop_unset
 from server.core.values import to_convex_json
 from server.errors import DocumentValidationError, SchemaError, ValueValidationError
 
@@ -92,6 +94,54 @@ def _check_aliases(model: type[BaseModel], table: str, top: bool, seen: set[type
             )
         for nested in _models_in(info.annotation):
             _check_aliases(nested, table, False, seen)
+
+
+def may_hold_models(annotation: Any) -> bool:
+    """Can a value of this type hold a pydantic model? False for types built of builtins, `Any`
+    and `Literal` alone; True for models and for other classes (TypedDicts, dataclasses)."""
+    if annotation is Any:
+        return False
+    if isinstance(annotation, type):
+        return annotation.__module__ != "builtins" and not issubclass(annotation, (int, float, str, bytes))
+    if get_origin(annotation) is Literal:
+        return False
+    return any(may_hold_models(arg) for arg in get_args(annotation))
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_fields(model: type[BaseModel]) -> tuple[tuple[str, str, bool], ...]:
+    """(name, stored key, may hold a model) of each field of `model`."""
+    return tuple(
+        (name, stored_name(name, info), may_hold_models(info.annotation))
+        for name, info in model.model_fields.items()
+    )
+
+
+def leave_out_unset_nones(value: Any, dumped: Any) -> None:
+    """Remove from `dumped` (`value` dumped by alias) each model field the writer did not give
+    whose value is None: an optional field left out stays absent, as in Convex (`v.optional`),
+    rather than becoming null. Models nested in models, lists and dicts likewise."""
+    if isinstance(value, BaseModel):
+        if not isinstance(dumped, dict):  # a custom serializer chose another shape
+            return
+        given = value.model_fields_set
+        for name, key, nested in _model_fields(type(value)):
+            item = getattr(value, name, None)
+            if item is None and name not in given:
+                dumped.pop(key, None)
+            elif nested and key in dumped:
+                leave_out_unset_nones(item, dumped[key])
+    elif isinstance(value, (list, tuple)) and isinstance(dumped, list) and len(value) == len(dumped):
+        for item, out in zip(value, dumped, strict=True):
+            if type(item) not in _SCALARS:
+                leave_out_unset_nones(item, out)
+    elif isinstance(value, Mapping) and isinstance(dumped, dict):
+        for k, item in value.items():
+            if type(item) not in _SCALARS and k in dumped:
+                leave_out_unset_nones(item, dumped[k])
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None), bytes))
 
 
 @dataclass
@@ -194,6 +244,10 @@ class Table:
         where = f"table `{self.name}`" + (f", document {doc_id}" if doc_id else "")
         if not isinstance(fields, Mapping):
             raise DocumentValidationError(f"{where}: a document must be an object")
+        try:
+            fields = drop_unset(fields)
+        except ValueValidationError as exc:
+            raise DocumentValidationError(f"{where}: {exc}") from exc
         _refuse_system_names(fields, where)
         if self._strict is None:
             try:
@@ -209,6 +263,7 @@ class Table:
                 f"{describe_validation_error(exc)}"
             ) from exc
         stored = model.model_dump(mode="python", by_alias=True)
+        leave_out_unset_nones(model, stored)
         _refuse_system_names(stored, where)
         try:
             to_convex_json(stored)

@@ -22,6 +22,9 @@ Mapping (the same one the PyPI `convex` client uses):
   an integer literal beyond +-2**53 is refused whatever its size, never rounded to a float.
   Stored documents keep such integers as JSON integers; what clients receive writes them as
   floats (`2.0`), as Convex does (`to_wire_json`), with object fields sorted (`dumps`).
+
+`UNSET` (Convex's `undefined`, server/core/absent.py): an object field holding it is left out, as
+JavaScript leaves out `undefined` fields; anywhere else it is refused.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import orjson
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
+from server.core.absent import NOT_A_VALUE, UNSET, Absent
 from server.errors import ValueValidationError
 
 MIN_SAFE_INT = -(2**53)
@@ -154,6 +158,8 @@ class _Encoder:
             raise
 
     def other(self, v: Any, depth: int) -> Any:
+        if v is UNSET:
+            raise Absent  # the object holding it leaves the field out; elsewhere it is refused
         if isinstance(v, (bool, str)):
             return v
         if isinstance(v, Int64):
@@ -186,6 +192,10 @@ class _Encoder:
         except _Invalid as error:
             error.keys.append(next(i for i, item in enumerate(v) if item is error.value))
             raise
+        except Absent:  # an element is UNSET
+            misplaced = _Invalid(NOT_A_VALUE)
+            misplaced.keys.append(next(i for i, item in enumerate(v) if item is UNSET))
+            raise misplaced from None
 
     def object(self, v: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         if depth >= MAX_NESTING and len(v):
@@ -205,6 +215,8 @@ class _Encoder:
             if error.value is not None:
                 error.keys.append(next(key for key, item in v.items() if item is error.value))
             raise
+        except Absent:  # a field of this object is UNSET: encode it again without such fields
+            return self.object({key: item for key, item in v.items() if item is not UNSET}, depth)
         return out
 
 
@@ -236,6 +248,8 @@ def _encode(encoder: _Encoder, value: Value, path: str) -> Any:
         return encoder.value(value, 0)
     except _Invalid as error:
         failure = error.error(path)
+    except Absent:
+        failure = ValueValidationError(f"{path or 'value'}: {NOT_A_VALUE}")
     except RecursionError:  # a self-containing list or dict, or subclasses the depth check misses
         failure = ValueValidationError(f"{path or 'value'}: nested deeper than {MAX_NESTING} levels")
     raise failure  # out here, so that its context is what the caller was handling, if anything
@@ -417,7 +431,7 @@ def to_plain_json(value: Value) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _b64(bytes(value))
     if isinstance(value, Mapping):
-        return {str(k): to_plain_json(v) for k, v in value.items()}
+        return {str(k): to_plain_json(v) for k, v in value.items() if v is not UNSET}
     if isinstance(value, Sequence):
         return [to_plain_json(v) for v in value]
     raise ValueValidationError(f"{type(value).__name__} is not a Convex value")
