@@ -1,14 +1,16 @@
 """What a function receives as `ctx`, by kind, and what a call returns.
 
-    query     QueryCtx     db (read-only), auth
-    mutation  MutationCtx  db (reads and writes), auth, scheduler (commits with the mutation)
+    query     QueryCtx     db (read-only), auth, run_query (in the same transaction)
+    mutation  MutationCtx  db (reads and writes), auth, scheduler (commits with the mutation),
+                           run_query / run_mutation (in the same transaction)
     action    ActionCtx    run_query / run_mutation / run_action, auth, scheduler (commits at once)
 
 Also who called (`caller_key`) and what an idempotent mutation call stored (`StoredCall`).
 
 The runtime (server/core/runtime.py) builds them; this module needs nothing of it at run time:
-an action's nested calls go through the `NestedCall` it is given. The database and scheduler
-types are imported for annotations only, so `from server import QueryCtx` loads no driver.
+nested calls go through the `NestedCall` (an action's) or `InnerCall` (a query's or mutation's)
+it is given. The database and scheduler types are imported for annotations only, so
+`from server import QueryCtx` loads no driver.
 """
 
 from __future__ import annotations
@@ -16,14 +18,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
 from server.core.logs import LogBuffer
 from server.core.registry import FunctionDef, Kind
 from server.core.values import from_convex_json
-from server.errors import ConvexError, FunctionFailure, IdempotencyKeyReused, shown
+from server.errors import (
+    ConvexError,
+    FunctionFailure,
+    IdempotencyKeyReused,
+    RippleUsageError,
+    shown,
+)
 
 if TYPE_CHECKING:
     from server.core.documents import DatabaseReader, DatabaseWriter
@@ -99,23 +107,78 @@ class Auth:
         return self._identity
 
 
+# (kind, function reference or path, arguments, identity) -> the nested call's outcome; raises
+# FunctionFailure when the called function fails.
+NestedCall = Callable[[Kind, "FunctionDef | str", dict[str, Any], "Identity | None"], Awaitable[Outcome]]
+# The same inside a query's or mutation's transaction, which fixes the identity.
+InnerCall = Callable[[Kind, "FunctionDef | str", dict[str, Any]], Awaitable[Outcome]]
+
+
+async def _result(call: Awaitable[Outcome], logs: LogBuffer) -> Any:
+    """A nested call's value, its log lines appended to the caller's. Its failure is raised in
+    the caller as ConvexError with the same data, or else as RuntimeError with its message."""
+    try:
+        outcome = await call
+    except FunctionFailure as failure:
+        logs.extend(failure.log_lines)
+        if failure.has_data:
+            raise ConvexError(from_convex_json(failure.data)) from None
+        raise RuntimeError(failure.message) from None
+    logs.extend(outcome.log_lines)
+    return outcome.value
+
+
+# What a query or mutation cannot call, and why: as in Convex (the alternative is named).
+_REFUSED = {
+    ("QueryCtx", "run_mutation"): "a query cannot run a mutation (queries only read); call it from a mutation or an action",
+    ("QueryCtx", "run_action"): "a query cannot run an action (queries only read); call it from an action, or "
+                                "schedule it from a mutation with ctx.scheduler.run_after(0, ref, args)",
+    ("MutationCtx", "run_action"): "a mutation cannot run an action (its side effects would not roll back with the "
+                                   "transaction); schedule it instead: await ctx.scheduler.run_after(0, ref, args) "
+                                   "runs it once this mutation committed",
+}
+
+
 class QueryCtx:
-    def __init__(self, db: DatabaseReader, auth: Auth) -> None:
+    def __init__(self, db: DatabaseReader, auth: Auth, call: InnerCall | None = None, logs: LogBuffer | None = None) -> None:
         self.db = db
         self.auth = auth
+        self._call = call
+        self._logs = LogBuffer() if logs is None else logs
+
+    async def run_query(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        """Run a query in this function's transaction: it sees this transaction's snapshot (and
+        a mutation's own writes so far) and its reads are this function's reads. Arguments and
+        result are validated as for a client's call; internal queries may be called."""
+        return await self._inner("query", ref, args)
+
+    async def _inner(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
+        if self._call is None:
+            raise RippleUsageError(f"ctx.run_{kind} is not available on this context")
+        return await _result(self._call(kind, ref, args or {}), self._logs)
+
+    if not TYPE_CHECKING:  # type checkers keep reporting unknown attributes as such
+
+        def __getattr__(self, name: str) -> NoReturn:
+            for cls in type(self).__mro__:
+                if (why := _REFUSED.get((cls.__name__, name))) is not None:
+                    raise AttributeError(f"{type(self).__name__} has no {name}: {why}", name=name, obj=self)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
 
 
 class MutationCtx(QueryCtx):
     db: DatabaseWriter
 
-    def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: MutationScheduler) -> None:
-        super().__init__(db, auth)
+    def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: MutationScheduler, call: InnerCall | None = None,
+                 logs: LogBuffer | None = None) -> None:
+        super().__init__(db, auth, call, logs)
         self.scheduler = scheduler
 
-
-# (kind, function reference or path, arguments, identity) -> the nested call's outcome; raises
-# FunctionFailure when the called function fails.
-NestedCall = Callable[[Kind, "FunctionDef | str", dict[str, Any], "Identity | None"], Awaitable[Outcome]]
+    async def run_mutation(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        """Run a mutation in this transaction, as a sub-transaction: if it raises, its writes
+        and the jobs it scheduled are rolled back (and its error is raised here, as from
+        ActionCtx.run_mutation); what this mutation wrote before and writes after stays."""
+        return await self._inner("mutation", ref, args)
 
 
 class ActionCtx:
@@ -130,15 +193,7 @@ class ActionCtx:
         self.scheduler = scheduler
 
     async def _nested(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
-        try:
-            outcome = await self._call(kind, ref, args or {}, self._identity)
-        except FunctionFailure as failure:
-            self._logs.extend(failure.log_lines)
-            if failure.has_data:
-                raise ConvexError(from_convex_json(failure.data)) from None
-            raise RuntimeError(failure.message) from None
-        self._logs.extend(outcome.log_lines)
-        return outcome.value
+        return await _result(self._call(kind, ref, args or {}, self._identity), self._logs)
 
     async def run_query(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         return await self._nested("query", ref, args)

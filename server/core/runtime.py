@@ -1,4 +1,8 @@
-"""The Runtime: one loaded app over one database, and the one way functions are run.
+"""Longer than 400 lines because every way a function runs is here, in one place: a client's
+call, a call inside a caller's transaction (live queries, scheduled jobs, ctx.run_query and
+ctx.run_mutation) and the retries around them.
+
+The Runtime: one loaded app over one database, and the one way functions are run.
 
 `call` resolves a function, validates its arguments and runs it by kind:
 
@@ -8,7 +12,9 @@
   one message), retried on conflicts and lost connections by `retry_transaction`, the one retry
   policy for every writing transaction (mutations, scheduled mutations, the runtime's own
   system writes); a COMMIT cut off by a lost connection is resolved, not guessed (commit.py);
-* an action runs outside any transaction with an ActionCtx.
+* an action runs outside any transaction with an ActionCtx;
+* a query's or mutation's ctx.run_query / ctx.run_mutation runs the called function inside the
+  caller's transaction (`call_inside`; a mutation under a savepoint).
 
 `execute_query` and `execute_mutation` run a function inside a transaction someone else owns:
 the live-query tick (one snapshot for many queries) and the scheduler (a job's claim and its
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -35,6 +42,7 @@ from server.core.contexts import (
     ActionCtx,
     Auth,
     Identity,
+    InnerCall,
     MutationCtx,
     Outcome,
     QueryCtx,
@@ -55,6 +63,7 @@ from server.errors import (
     ConnectionLost,
     ConvexError,
     FunctionFailure,
+    LimitExceeded,
     TooManyConflicts,
     TransactionConflict,
     ValueValidationError,
@@ -64,6 +73,7 @@ from server.errors import (
 
 T = TypeVar("T")
 KIND_LABELS = {"query": "Q", "mutation": "M", "action": "A"}
+MAX_CALL_DEPTH = 8  # ctx.run_query / run_mutation levels inside one transaction (Convex's MAX_REACTOR_CALL_DEPTH)
 
 
 @dataclass
@@ -166,6 +176,36 @@ class Runtime:
         path = self.app.registry.path_of(ref)
         return await self.call(kind, path, args, identity, allow_internal=True, commit_ts=False)
 
+    def inner_calls(self, tx: Transaction, identity: Identity | None, depth: int,
+                    scheduler: MutationScheduler | None) -> InnerCall:
+        """ctx.run_query / ctx.run_mutation of a function running `depth` calls deep in `tx`."""
+        return functools.partial(self.call_inside, tx, identity, depth, scheduler)
+
+    async def call_inside(self, tx: Transaction, identity: Identity | None, depth: int,
+                          scheduler: MutationScheduler | None, kind: Kind, ref: FunctionDef | str,
+                          args: dict[str, Any]) -> Outcome:
+        """Run a query or mutation inside its caller's transaction, as Convex does: arguments and
+        result validated as for a client's call, internal functions allowed, reads joining the
+        caller's read set; a mutation under a savepoint (its writes and jobs undone if it fails).
+        The caller's time limits keep running; the called function's own start with it."""
+        registry = self.app.registry
+        fn = registry.resolve(registry.path_of(ref), allow_internal=True, kind=kind)
+        kwargs = fn.validate_args(args)
+        if depth >= MAX_CALL_DEPTH:
+            raise LimitExceeded(f"ctx.run_{kind}({fn.path}): functions call functions at most {MAX_CALL_DEPTH} levels "
+                                "deep in one transaction; is this an endless recursion?")
+        async with tx.nested_call():
+            if kind == "query":
+                run = await self.query_in(tx, fn, kwargs, identity, depth + 1)
+                if run.needs_snapshot:
+                    raise NeedsSnapshot()
+                return run.outcome(None)
+            assert scheduler is not None, "only a mutation runs mutations"
+            async with tx.savepoint():
+                value, lines, nested = await self.execute_mutation(tx, fn, kwargs, identity, parent=scheduler, depth=depth + 1)
+            scheduler.adopt(nested)
+            return Outcome(value, lines)
+
     async def latest_ts(self) -> int:
         async with self.db.acquire() as conn:
             return int(await conn.fetchval(sql.LATEST_TS))
@@ -235,11 +275,17 @@ class Runtime:
         its result or failure together with what it read, for reactivity. With
         `single_statement`, `conn` is outside any transaction and the run is abandoned (result
         `needs_snapshot`) if the query issues more than one statement."""
-        buffer = self.log_buffer(fn)
         tx = Transaction(conn, self.catalog, writable=False, journal_in=journal,
                          statement_budget=1 if single_statement else None)
+        return await self.query_in(tx, fn, kwargs, identity, 0)
+
+    async def query_in(self, tx: Transaction, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
+                       depth: int) -> QueryRun:
+        """`execute_query` in `tx`, `depth` calls deep (ctx.run_query: `call_inside`)."""
+        buffer = self.log_buffer(fn)
         try:
-            value = await self.invoke(fn, QueryCtx(DatabaseReader(tx), Auth(identity)), kwargs, buffer, self.config.query_timeout)
+            ctx = QueryCtx(DatabaseReader(tx), Auth(identity), self.inner_calls(tx, identity, depth, None), buffer)
+            value = await self.invoke(fn, ctx, kwargs, buffer, self.config.query_timeout)
         except NeedsSnapshot:
             return QueryRun(None, [], [], None, None, needs_snapshot=True)
         except Exception as exc:
@@ -278,16 +324,17 @@ class Runtime:
 
     async def execute_mutation(
         self, tx: Transaction, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
-        *, running_job: str | None = None,
+        *, running_job: str | None = None, parent: MutationScheduler | None = None, depth: int = 0,
     ) -> tuple[Any, list[str], MutationScheduler]:
         """Run a mutation inside the caller's writable transaction. Returns its value, log lines
         and scheduler (call `scheduler.committed()` once the transaction committed). Raises
         TransactionConflict on a conflict (even one the function swallowed), FunctionFailure
-        when the function fails. `running_job`: the scheduled job this transaction runs."""
+        when the function fails. `running_job`: the scheduled job this transaction runs;
+        `parent`, `depth`: the scheduler and depth of the mutation that called this one."""
         buffer = self.log_buffer(fn)
-        scheduler = MutationScheduler(tx, self.app.registry, self.jobs_channel, self.metrics, running_job,
-                                      self.config.scheduler.horizon_seconds)
-        ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler)
+        scheduler = parent.nested() if parent is not None else MutationScheduler(
+            tx, self.app.registry, self.jobs_channel, self.metrics, running_job, self.config.scheduler.horizon_seconds)
+        ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler, self.inner_calls(tx, identity, depth, scheduler), buffer)
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
         except Exception as exc:

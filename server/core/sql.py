@@ -270,9 +270,15 @@ FIRST_CRON = f"SELECT id, creation_time, doc FROM {_CRONS} ORDER BY k_by_next_ru
 
 # Transaction.savepoint(): e.g. a scheduled mutation's user code runs under one inside the
 # claiming transaction; if it raises, its writes roll back and the job's failure is recorded in
-# the same commit.
-SAVEPOINT = "SAVEPOINT ripple_savepoint"
-ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT ripple_savepoint"
+# the same commit. A nested mutation (ctx.run_mutation) runs under one too. Savepoints are named
+# by nesting level and never released (a round trip saved): ROLLBACK TO names the newest
+# savepoint of that name, the one its block opened, and undoes every deeper one with it.
+def savepoint(level: int) -> str:
+    return f"SAVEPOINT ripple_savepoint_{level}"
+
+
+def rollback_to_savepoint(level: int) -> str:
+    return f"ROLLBACK TO SAVEPOINT ripple_savepoint_{level}"
 
 
 # A connection lost while COMMIT was in flight (commit.py): the process of the PostgreSQL

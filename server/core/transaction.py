@@ -4,6 +4,10 @@ and wrote.
 Every read records the index key range it covered (the read set) and every write records the
 old and new index keys of the document it touched (the write set); the reactivity layer compares
 the two. Ranges are half-open byte ranges [lo, hi) over the keys of `server.core.keys`.
+
+A query or mutation may call another one in its transaction (ctx.run_query / ctx.run_mutation):
+`nested_call` makes the called function's statements the only ones issued until it returns, so
+that a nested mutation's savepoint holds its own writes and nothing of its caller's.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -60,6 +65,20 @@ class NeedsSnapshot(BaseException):
     swallow it (and Transaction.needs_snapshot is set anyway)."""
 
 
+class _Call:
+    """A nested call open on a transaction; `done` once it returned."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+
+# The nested call whose code runs in this context (None: the transaction's own function); the
+# tasks a function starts inherit it.
+_running: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("ripple_nested_call", default=None)
+
+
 @dataclass
 class Transaction:
     """One function execution's view of the database."""
@@ -85,8 +104,12 @@ class Transaction:
     # the caller runs the query again in a snapshot transaction. None: no limit.
     statement_budget: int | None = None
     needs_snapshot: bool = False
+    _calls: list[_Call] = field(default_factory=list)  # open nested calls, innermost last
+    _savepoints: int = 0  # open savepoint blocks
 
     async def execute(self, method: str, query: str, *args: Any) -> Any:
+        if self._calls:
+            await self._turn()
         if self.statement_budget is not None:
             if self.statement_budget <= 0:
                 self.needs_snapshot = True  # noticed even if function code swallows the exception
@@ -107,19 +130,51 @@ class Transaction:
                 self.lost = True  # noticed even if function code swallows the exception
                 raise ConnectionLost("the database connection was lost; the transaction will be run again") from exc
 
+    async def _turn(self) -> None:
+        """Wait while a nested call other than the one running here is the innermost open one:
+        its caller's other tasks (`asyncio.gather(ctx.run_mutation(a), ctx.db.insert(...))`)
+        issue their statements once it returned, as its sibling calls do."""
+        mine = _running.get()
+        while self._calls and self._calls[-1] is not mine:
+            await self._calls[-1].done.wait()
+
+    @contextlib.asynccontextmanager
+    async def nested_call(self) -> AsyncIterator[None]:
+        """A query or mutation called inside this transaction: until the block ends only its
+        code (and the tasks it starts) issues statements, and a reactive paginate() in it uses
+        a journal of its own (the caller's is kept for the caller). Its reads join the read set."""
+        await self._turn()
+        call = _Call()
+        self._calls.append(call)
+        token = _running.set(call)
+        journal = self.journal_in, self.journal_out, self.paginated
+        self.journal_in, self.journal_out, self.paginated = None, None, False
+        try:
+            yield
+        finally:
+            self.journal_in, self.journal_out, self.paginated = journal
+            _running.reset(token)
+            self._calls.remove(call)
+            call.done.set()
+
     @contextlib.asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         """Writes in the block are undone, in PostgreSQL and in the write set, if it raises
-        (a conflict excepted: that aborts the whole transaction)."""
+        (a conflict excepted: that aborts the whole transaction). Reads stay in the read set:
+        what the block read decided what the caller saw, its failure included. Blocks nest."""
         saved = {doc_id: replace(w) for doc_id, w in self.writes.items()}
-        await self.execute("execute", sql.SAVEPOINT)
+        level = self._savepoints
+        await self.execute("execute", sql.savepoint(level))
+        self._savepoints += 1
         try:
             yield
         except Exception:
             if not (self.conflicted or self.lost):
-                await self.execute("execute", sql.ROLLBACK_TO_SAVEPOINT)
+                await self.execute("execute", sql.rollback_to_savepoint(level))
                 self.writes = saved
             raise
+        finally:
+            self._savepoints = level
 
     def count_read(self, n: int) -> None:
         self.docs_read += n

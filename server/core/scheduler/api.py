@@ -176,6 +176,19 @@ class MutationScheduler(_Scheduler):
         """Cancel a scheduled function (no-op once it finished); see docs/scheduler.md."""
         self._canceled += await table.cancel(self._writer, job_id)
 
+    def nested(self) -> MutationScheduler:
+        """`ctx.scheduler` of a mutation this one calls (ctx.run_mutation): its jobs are written
+        in this transaction under the nested call's savepoint, so they roll back with its writes
+        if it fails; `adopt` it once it returned."""
+        return MutationScheduler(self._tx, self._registry, self._channel, self._metrics, self._running_job,
+                                 self._horizon_s)
+
+    def adopt(self, nested: MutationScheduler) -> None:
+        """A nested mutation returned: what it scheduled and canceled now commits with this one."""
+        self._canceled += nested._canceled
+        if nested._notified_ms is not None and (self._notified_ms is None or nested._notified_ms < self._notified_ms):
+            self._notified_ms = nested._notified_ms
+
     def committed(self) -> None:
         """Called once the mutation committed."""
         if self._canceled:
