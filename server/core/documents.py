@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from server.core import keys
+from server.core import keys, limits
 from server.core.database import Catalog, TableInfo, decode_doc
 from server.core.ids import new_id, table_number_of
 from server.core.query import Query
@@ -55,7 +55,7 @@ async def _get(tx: Transaction, info: TableInfo, doc_id: str) -> dict[str, Any] 
     tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
     if row is None:
         return None
-    tx.count_read(1)
+    tx.count_read(1, limits.stored_bytes(row["doc"]))
     return decode_doc(doc_id, row["creation_time"], row["doc"])
 
 
@@ -109,9 +109,9 @@ class DatabaseWriter(DatabaseReader):
         creation_time = self._tx.next_creation_time()
         full = {"_id": doc_id, CREATION_TIME: creation_time, **stored}
         new_keys = self._keys(info, full)
-        await self._tx.execute(
-            "execute", info.sql.insert, doc_id, creation_time, to_convex_json(stored), *new_keys.values()
-        )
+        encoded = to_convex_json(stored)
+        self._count_write(info, doc_id, encoded)
+        await self._tx.execute("execute", info.sql.insert, doc_id, creation_time, encoded, *new_keys.values())
         self._tx.record_write(info.name, doc_id, None, new_keys)
         return doc_id
 
@@ -123,7 +123,7 @@ class DatabaseWriter(DatabaseReader):
         self._tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
         if row is None:
             raise RippleUsageError(f"cannot {verb} {doc_id}: no such document in {info.name}")
-        self._tx.count_read(1)
+        self._tx.count_read(1, limits.stored_bytes(row["doc"]))
         return info, decode_doc(doc_id, row["creation_time"], row["doc"])
 
     async def _store(self, info: TableInfo, current: dict[str, Any], fields: dict[str, Any], ctid: Any = None) -> None:
@@ -134,6 +134,7 @@ class DatabaseWriter(DatabaseReader):
         full = {"_id": doc_id, CREATION_TIME: current[CREATION_TIME], **stored}
         old_keys, new_keys = self._keys(info, current), self._keys(info, full)
         encoded = to_convex_json(stored)
+        self._count_write(info, doc_id, encoded)
         if ctid is None:
             await self._tx.execute("execute", info.sql.update, doc_id, encoded, *new_keys.values())
         else:
@@ -141,6 +142,13 @@ class DatabaseWriter(DatabaseReader):
             if status != "UPDATE 1":
                 raise RuntimeError(f"{doc_id} moved while locked ({status})")
         self._tx.record_write(info.name, doc_id, old_keys, new_keys)
+
+    def _count_write(self, info: TableInfo, doc_id: str, encoded: dict[str, Any] | None) -> None:
+        """Before the statement: a user table's new document within Convex's limits, and the
+        write within the transaction's (system tables are the runtime's, as in Convex)."""
+        if not info.name.startswith("_"):
+            size = 0 if encoded is None else limits.check_document(info.name, doc_id, encoded)
+            self._tx.count_write(size)
 
     @staticmethod
     def _check_system_fields(doc_id: str, value: Mapping[str, Any], verb: str, current: dict[str, Any]) -> None:
@@ -180,5 +188,6 @@ class DatabaseWriter(DatabaseReader):
 
     async def delete(self, doc_id: str) -> None:
         info, current = await self._load(doc_id, "delete")
+        self._count_write(info, doc_id, None)
         await self._tx.execute("execute", info.sql.delete, doc_id)
         self._tx.record_write(info.name, doc_id, self._keys(info, current), None)

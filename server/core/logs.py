@@ -1,8 +1,15 @@
-"""Function logs: `print()` inside a function becomes that call's log lines (Convex `logLines`).
+"""Function logs: `print()` and the `logging` module inside a function become that call's log
+lines (Convex `logLines`).
 
 `builtins.print` is wrapped once: while a function runs in the current asyncio context, each
 print call to stdout becomes one `[LOG] ...` line (to stderr: `[ERROR] ...`), like one
 `console.log` call in Convex. Elsewhere print behaves as usual.
+
+`logging.Logger.handle` is wrapped once too: a record that a logger lets through (its level
+decides, as usual) while a function runs becomes one line at Convex's level for it (`[DEBUG]`,
+`[INFO]`, `[WARN]`, `[ERROR]`: `console.debug` ... `console.error`) instead of reaching the
+process's handlers, so it is in the server log once, as a print is. Records of Ripple's own
+loggers (`ripple.*`) and records outside functions are handled as usual.
 
 This module is also the one place that decides where those lines go: each line is written to
 the server log (logger `ripple.functions.log`, so `ripple dev` shows it in its terminal as it
@@ -76,7 +83,48 @@ def _print(*args: Any, sep: str | None = " ", end: str | None = "\n", file: Any 
     buf.add("ERROR" if file is sys.stderr else "LOG", text)
 
 
+def level_of(levelno: int) -> str:
+    """Convex's level for a `logging` level (Convex has no CRITICAL: that is an error too)."""
+    if levelno >= logging.ERROR:
+        return "ERROR"
+    if levelno >= logging.WARNING:
+        return "WARN"
+    if levelno >= logging.INFO:
+        return "INFO"
+    return "DEBUG"
+
+
+_formatter = logging.Formatter()
+_real_handle = logging.Logger.handle
+
+
+def _text(record: logging.LogRecord) -> str:
+    """The message (`msg % args`, formatted with str) and, as logging's default formatter adds
+    them, the traceback of `exc_info` and the stack of `stack_info`."""
+    text = record.getMessage()
+    if record.exc_info:
+        text += "\n" + _formatter.formatException(record.exc_info)
+    elif record.exc_text:
+        text += "\n" + record.exc_text
+    if record.stack_info:
+        text += "\n" + _formatter.formatStack(record.stack_info)
+    return text
+
+
+def _handle(self: logging.Logger, record: logging.LogRecord) -> None:
+    buf = current.get()
+    if buf is None or record.name == "ripple" or record.name.startswith("ripple."):
+        _real_handle(self, record)
+        return
+    if self.disabled or not self.filter(record):
+        return
+    buf.add(level_of(record.levelno), _text(record))
+
+
 def install() -> None:
-    """Idempotent: route print() in function code to the running function's log buffer."""
+    """Idempotent: route print() and logging records in function code to the running function's
+    log buffer."""
     if builtins.print is not _print:
         builtins.print = _print
+    if logging.Logger.handle is not _handle:
+        logging.Logger.handle = _handle  # type: ignore[method-assign]

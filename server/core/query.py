@@ -16,6 +16,7 @@ from typing import Any
 from server.core import keys
 from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
+from server.core.limits import stored_bytes
 from server.core.schema import BY_CREATION_TIME
 from server.core.transaction import ReadRange, Transaction
 from server.core.values import to_convex_json
@@ -161,7 +162,7 @@ class Query:
             while True:
                 batch = SCAN_BATCH if limit is None else min(SCAN_BATCH, max(limit - yielded, 1))
                 rows = await tx.execute("fetch", statement, cur_lo, cur_hi, batch)
-                tx.count_read(len(rows))
+                tx.count_read(len(rows), sum(stored_bytes(row["doc"]) for row in rows))
                 for row in rows:
                     key = bytes(row[3])
                     covered_to = key

@@ -27,8 +27,12 @@ from server.core import sql
 from server.core.database import Catalog, connection_failure
 from server.errors import ConnectionLost, LimitExceeded, TransactionConflict
 
+# Convex's limits on one transaction (get-convex/convex-backend crates/common/src/knobs.rs:
+# TRANSACTION_MAX_READ_SIZE_ROWS, _READ_SIZE_BYTES, _NUM_USER_WRITES, _USER_WRITE_SIZE_BYTES).
 MAX_DOCS_READ = 32_000
-MAX_DOCS_WRITTEN = 8_192
+MAX_BYTES_READ = 1 << 24
+MAX_DOCS_WRITTEN = 16_000
+MAX_BYTES_WRITTEN = 1 << 24
 # What PostgreSQL tells apart as "this transaction lost a conflict; run it again". A unique
 # violation can only come from two runs of one idempotent mutation racing (ids are random):
 # retrying finds the stored result of the winner.
@@ -89,6 +93,9 @@ class Transaction:
     reads: list[ReadRange] = field(default_factory=list)
     writes: dict[str, Write] = field(default_factory=dict)
     docs_read: int = 0
+    bytes_read: int = 0
+    docs_written: int = 0  # writes, as Convex counts them: a document written twice counts twice
+    bytes_written: int = 0
     conflicted: bool = False
     lost: bool = False  # the connection failed: nothing of this transaction can commit any more
     ts: int | None = None  # the commit's ts, when committing found it (commit.py)
@@ -176,12 +183,34 @@ class Transaction:
         finally:
             self._savepoints = level
 
-    def count_read(self, n: int) -> None:
+    def count_read(self, n: int, nbytes: int = 0) -> None:
+        """`n` documents of `nbytes` in all read; past a limit, this and every later read fails."""
         self.docs_read += n
+        self.bytes_read += nbytes
         if self.docs_read > MAX_DOCS_READ:
             raise LimitExceeded(
-                f"too many documents read in one function ({MAX_DOCS_READ} at most); "
-                "use an index range or paginate"
+                f"too many documents read in one function: {self.docs_read}, over the limit of "
+                f"{MAX_DOCS_READ}; use an index range or paginate"
+            )
+        if self.bytes_read > MAX_BYTES_READ:
+            raise LimitExceeded(
+                f"too many bytes read in one function: {self.bytes_read}, over the limit of "
+                f"{MAX_BYTES_READ} (16 MiB); use an index range or paginate"
+            )
+
+    def count_write(self, nbytes: int) -> None:
+        """Before a write of a document of `nbytes` (0: a delete) to a user table; past a limit,
+        this and every later write fails, so nothing of it reaches PostgreSQL."""
+        self.docs_written += 1
+        self.bytes_written += nbytes
+        if self.docs_written > MAX_DOCS_WRITTEN:
+            raise LimitExceeded(
+                f"too many writes in one mutation: {self.docs_written}, over the limit of {MAX_DOCS_WRITTEN}"
+            )
+        if self.bytes_written > MAX_BYTES_WRITTEN:
+            raise LimitExceeded(
+                f"too many bytes written in one mutation: {self.bytes_written}, over the limit of "
+                f"{MAX_BYTES_WRITTEN} (16 MiB)"
             )
 
     def record_write(self, table: str, doc_id: str, old: dict[str, bytes] | None, new: dict[str, bytes] | None) -> None:
@@ -191,8 +220,6 @@ class Transaction:
         if prior is not None:
             prior.new_keys = new
             return
-        if len(self.writes) >= MAX_DOCS_WRITTEN:
-            raise LimitExceeded(f"too many documents written in one mutation ({MAX_DOCS_WRITTEN} at most)")
         self.writes[doc_id] = Write(table, doc_id, old, new)
 
     def next_creation_time(self) -> float:
