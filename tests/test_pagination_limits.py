@@ -89,6 +89,12 @@ async def test_split_recommended_and_the_split_cursor(runtime: Runtime) -> None:
     assert ns(left) == [0, 1, 2]  # the split falls after document 5 // 2 of the 5 read
     two = await page(runtime, {"numItems": 2})
     assert two["splitCursor"] is None  # too little to split
+    # In descending order likewise: the cursor is after the middle document in the query's order.
+    desc = {"order": "desc", "paginationOpts": {"numItems": 5, "cursor": None, "maximumRowsRead": 3}}
+    high = (await runtime.call("query", "items:page", desc)).value
+    assert ns(high) == [19, 18, 17] and high["pageStatus"] == "SplitRequired"
+    desc["paginationOpts"] = {"numItems": 5, "cursor": None, "endCursor": high["splitCursor"]}
+    assert ns((await runtime.call("query", "items:page", desc)).value) == [19, 18]
     # More than three quarters of maximumRowsRead read, the page full before it: SplitRecommended.
     near = await page(runtime, {"numItems": 8, "maximumRowsRead": 10})
     assert ns(near) == list(range(8)) and near["pageStatus"] == "SplitRecommended" and not near["isDone"]

@@ -4,9 +4,9 @@
 Per connection: a reader (client messages in order), a sender (one message at a time; a
 Transition is built only when the socket can take it, from the latest shared results, so a slow
 client gets coalesced transitions and never an unbounded queue; a large one goes to the npm
-client as TransitionChunk parts, each serialized when the socket can take it), a mutation worker (mutations
-run one at a time, in order, idempotent per (session id, request id)), action tasks (concurrent),
-and a keep-alive ping.
+client as TransitionChunk parts, each serialized when the socket can take it), a mutation
+worker (mutations run one at a time, in order, idempotent per (session id, request id)), action
+tasks (concurrent), and a keep-alive ping.
 
 Everything a connection holds is bounded (`Config.ws_limits`, docs/operations.md, Limits): the
 outbox of responses in bytes (the mutation worker and finishing actions wait for room: a slow
