@@ -19,7 +19,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from conftest import ServerProcess
+from conftest import ServerProcess, until
 
 pytestmark = pytest.mark.e2e
 
@@ -161,3 +161,53 @@ def test_the_npm_client_receives_a_transition_larger_than_its_message_limit(star
                             text=True, timeout=180, env={**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1"})
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-2000:]}\n{server.log()[-4000:]}"
     assert httpx.get(f"{server.url}/_ripple/health").status_code == 200
+
+
+def metrics(server: ServerProcess) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(f"{server.url}/_ripple/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+async def test_a_client_that_stops_reading_amid_the_parts_keeps_the_outbox_bound(start_server: StartServer) -> None:
+    """A ~42 MB Transition in 9 parts to a client that reads nothing, then 60 mutations answering
+    ~1 MB each: the parts wait for the socket, the answers for the parts, and the mutation worker
+    for room in the outbox (8 MiB), so the server runs only some of them. Once the client reads,
+    it gets every part in one run and every answer in order."""
+    server = start_server("serve")
+    queries = [("large:text", {"name": "stall", "size": 7_000_000, "part": part}) for part in range(6)]
+    ws = await connect(server, "/api/1.49.0/sync")
+    ws.transport.pause_reading()
+    try:
+        await ws.send(subscribe(*queries))
+        for request_id in range(60):
+            await ws.send(json.dumps({"type": "Mutation", "requestId": request_id, "udfPath": "limits:blob",
+                                      "args": [{"size": 1_000_000, "tag": request_id}]}))
+
+        def stalled() -> bool:
+            m = metrics(server)
+            return m.get('ripple_websocket_limit_total{limit="outbox_bytes"}', 0) >= 1 and m["ripple_websocket_pending_mutations"] > 0
+
+        await until(stalled, timeout=60, interval=0.1)
+        await asyncio.sleep(1)
+        m = metrics(server)
+        assert m['ripple_mutations_total{outcome="success"}'] < 60
+        assert 8 * 1024 * 1024 <= m["ripple_websocket_outbox_bytes"] < 10 * 1024 * 1024
+
+        ws.transport.resume_reading()
+        seen: list[dict[str, Any]] = []
+        joined, chunks = await next_transition(ws, seen)
+        assert len(chunks) == 9 and len(json.loads(joined)["modifications"]) == 6
+        async with asyncio.timeout(120):
+            while sum(m["type"] == "MutationResponse" for m in seen) < 60:
+                seen.append(json.loads(await ws.recv()))
+        answers = [m for m in seen if m["type"] == "MutationResponse"]
+        assert [m["requestId"] for m in answers] == list(range(60)) and all(m["success"] for m in answers)
+        kinds = [m["type"] for m in seen]
+        first = kinds.index("TransitionChunk")
+        assert kinds[first:first + 9] == ["TransitionChunk"] * 9 and kinds.count("TransitionChunk") == 9
+    finally:
+        await ws.close()
