@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client_sdk.protocol import ClientProtocol, QueriesUpdated, RequestFinished
+from server.sync.chunks import accepts_chunks, transition_chunks
 from server.sync.protocol import (
     Authenticate,
     LimitExceeded,
@@ -272,3 +273,48 @@ def test_shared_encodings_equal_what_each_session_would_send_alone(steps: list[t
             else:
                 s.mutation_response(request_id, FunctionResult(True, None, ts=ts))
         request_id += 1
+
+
+# -- TransitionChunk ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("path", "header", "expected"), [
+    ("/api/1.49.0/sync", None, True),           # the npm client: its version in the path
+    ("/api/1.28.0/sync", None, True),           # Convex's first version with chunks
+    ("/api/1.28.0-alpha.1/sync", None, False),  # a pre-release of it sorts before it
+    ("/api/1.27.5/sync", None, False),
+    ("/api/sync", None, False),                 # no version: not known to be npm
+    ("/api/latest/sync", None, False),
+    ("/api/sync", "npm-1.49.0", True),          # the header wins over the path, as in Convex
+    ("/api/1.49.0/sync", "python-0.8.1", False),  # the PyPI client (Rust): fails on a chunk
+    ("/api/sync", "rust-0.10.4", False),
+    ("/api/sync", "npm-cli-1.49.0", False),     # another client whose name starts with npm
+    ("/api/sync", "npm-1.30.0-rc.2", True),
+    ("/api/sync", "npm", False),
+])
+def test_who_gets_transition_chunks(path: str, header: str | None, expected: bool) -> None:
+    assert accepts_chunks(path, header) is expected
+
+
+def test_small_transitions_go_whole_and_clients_without_chunks_get_every_transition_whole() -> None:
+    encoded = orjson.dumps({"type": "Transition", "modifications": ["x" * 100]})
+    assert SyncSession(chunk_bytes=len(encoded)).chunks(encoded) is None
+    assert SyncSession().chunks(encoded) is None
+    assert SyncSession(chunk_bytes=len(encoded) - 1).chunks(encoded) is not None
+
+
+@given(st.text(min_size=1, max_size=300), st.integers(4, 40))
+@settings(max_examples=300, deadline=None)
+def test_chunks_join_into_the_transition_as_the_npm_client_joins_them(text: str, part_bytes: int) -> None:
+    """The client joins the `chunk` strings and parses the result: every part is at most
+    `part_bytes` of UTF-8, cut between characters, and they join into exactly the Transition."""
+    encoded = orjson.dumps({"type": "Transition", "modifications": [{"value": text}]})
+    parts = [orjson.loads(part) for part in transition_chunks(encoded, part_bytes)]
+    assert "".join(p["chunk"] for p in parts).encode() == encoded
+    assert [p["partNumber"] for p in parts] == list(range(len(parts)))
+    assert all(p["totalParts"] == len(parts) and p["transitionId"] == str(len(encoded)) for p in parts)
+    assert all(p["type"] == "TransitionChunk" and set(p) == {"type", "chunk", "partNumber", "totalParts", "transitionId"}
+               for p in parts)
+    sizes = [len(p["chunk"].encode()) for p in parts]
+    assert all(0 < size <= part_bytes for size in sizes)
+    assert all(size > part_bytes - 4 for size in sizes[:-1])  # moved back by at most a character

@@ -3,9 +3,10 @@
 
 Per connection: a reader (client messages in order), a sender (one message at a time; a
 Transition is built only when the socket can take it, from the latest shared results, so a slow
-client gets coalesced transitions and never an unbounded queue), a mutation worker (mutations
-run one at a time, in order, idempotent per (session id, request id)), action tasks (concurrent),
-and a keep-alive ping.
+client gets coalesced transitions and never an unbounded queue; a large one goes to the npm
+client as TransitionChunk parts, each serialized when the socket can take it), a mutation
+worker (mutations run one at a time, in order, idempotent per (session id, request id)), action
+tasks (concurrent), and a keep-alive ping.
 
 Everything a connection holds is bounded (`Config.ws_limits`, docs/operations.md, Limits): the
 outbox of responses in bytes (the mutation worker and finishing actions wait for room: a slow
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -36,6 +38,7 @@ from server.core.shared_queries import SharedQuery
 from server.core.subscriptions import SubscriptionManager
 from server.core.values import dumps, from_client_json, to_wire_json
 from server.errors import FunctionFailure, RippleUsageError, ValueValidationError, redact, shown
+from server.sync.chunks import CHUNK_BYTES, accepts_chunks
 from server.sync.protocol import (
     Authenticate,
     LimitExceeded,
@@ -69,7 +72,8 @@ class ClientConnection:
         self.runtime = runtime
         self.manager = manager
         self.limits = limits = runtime.config.ws_limits
-        self.session = SyncSession(max_queries=limits.subscriptions)
+        chunked = accepts_chunks(scope["path"], self.ws.headers.get("convex-client"))
+        self.session = SyncSession(max_queries=limits.subscriptions, chunk_bytes=CHUNK_BYTES if chunked else None)
         self.identity: Identity | None = None
         self.admin = False
         self.subs: dict[int, SharedQuery] = {}
@@ -80,6 +84,7 @@ class ClientConnection:
         self._closing = False
         self._close_code = 1000
         self._sending = False
+        self._parts: Iterator[bytes] | None = None  # the rest of a Transition going out in chunks
         # With uvicorn's sans-I/O websockets protocol, frames are written to its transport
         # directly (server/api/uvicorn_frames.py); any other server gets ASGI sends.
         self._writer: FrameWriter | None = None
@@ -91,12 +96,17 @@ class ClientConnection:
         right now, the Transition is built and written here, synchronously: fanning one commit
         out to a thousand clients then costs no task switches. Otherwise the sender does it."""
         writer = self._writer
-        if self._sending or self.outbox or self._closing or writer is None or not writer.writable_now():
+        if (self._sending or self._parts is not None or self.outbox or self._closing or writer is None
+                or not writer.writable_now()):
             self._dirty.set()
             return
         encoded = self.session.encoded_transition(self.manager.current_ts, self._result_of, self.manager.encode_cache)
         if encoded is not None:
-            writer.write(encoded)
+            self._parts = self.session.chunks(encoded)
+            if self._parts is None:
+                writer.write(encoded)
+            else:  # parts go out one at a time, as the socket takes them: the sender's work
+                self._dirty.set()
         elif self.session.owes_transition:
             self.manager.wait_for_ts(self)
 
@@ -133,6 +143,7 @@ class ClientConnection:
         breaks its reference cycles; give the memory back if that was a lot."""
         held = self.outbox.peak + self.mutations.peak
         self.outbox.clear()
+        self._parts = None
         self.mutations.clear()
         self.actions.clear()
         for sq in self.subs.values():
@@ -255,15 +266,36 @@ class ClientConnection:
                     await self._send(SyncSession.ping())
                     continue
                 self._dirty.clear()
+                await self._send_parts()
                 while self.outbox:
                     await self._send_encoded(self.outbox.pop())
                 if self._closing:
                     return
-                message = self.session.transition(self.manager.current_ts, self._result_of)
-                if message is not None:
-                    await self._send(message)
+                # Encoded through the publish's cache: slow clients in the same state share one
+                # encoding of a large result (which their parts are cut from) instead of each
+                # holding a copy until it is sent.
+                encoded = self.session.encoded_transition(self.manager.current_ts, self._result_of,
+                                                          self.manager.encode_cache)
+                if encoded is not None:
+                    self._parts = self.session.chunks(encoded)
+                    if self._parts is None:
+                        await self._send_encoded(encoded)
+                    else:
+                        await self._send_parts()
                 elif self.session.owes_transition:
                     self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
+
+    async def _send_parts(self) -> None:
+        """Send the rest of a chunked Transition, each part made when the socket can take it.
+        Nothing else goes out meanwhile (the client drops a half-assembled Transition when
+        another message arrives): every other message waits in the outbox, which stays bounded
+        because the mutation worker and actions wait for room in it."""
+        while self._parts is not None:
+            part = next(self._parts, None)
+            if part is None:
+                self._parts = None
+                return
+            await self._send_encoded(part)
 
     def _result_of(self, query_id: int) -> QueryResult | None:
         sq = self.subs.get(query_id)

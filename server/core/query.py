@@ -3,7 +3,12 @@
 A query reads one index range in key order, in batches, and records in its transaction's read
 set the part of the range it actually covered (all of it when it reached the end, else up to
 and including the last key returned), so a live query is re-run only for writes into that part.
-Pagination cursors are index keys (see docs/internals.md, Index keys).
+Pagination cursors are index keys (see docs/internals.md, Index keys). A page is split as
+Convex splits it (convex-backend crates/isolate/src/environment/udf/async_syscall.rs,
+`read_page_from_query`; crates/database/src/query/index_range.rs): it stops early, "SplitRequired",
+at the caller's `maximumRowsRead` / `maximumBytesRead`, is "SplitRecommended" past three quarters
+of those (or of a transaction's read limits) or past 6,144 documents, and always offers a
+`splitCursor` in the middle of what it read, which the clients use to split pages that grew.
 """
 
 from __future__ import annotations
@@ -18,12 +23,47 @@ from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
 from server.core.limits import stored_bytes
 from server.core.schema import BY_CREATION_TIME
-from server.core.transaction import ReadRange, Transaction
+from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
 from server.core.values import to_convex_json
 from server.errors import PaginationError, RippleUsageError
 
 SCAN_BATCH = 128
 MAX_PAGE_ITEMS = 8_192
+SOFT_PAGE_ITEMS = MAX_PAGE_ITEMS * 3 // 4  # more documents in a page: SplitRecommended
+MAX_READ_BYTES = 16 * 1024 * 1024  # Convex's bytes read per transaction, for SplitRecommended
+
+
+def _soft(limit: int) -> int:
+    """Three quarters of a limit: past it, a page is SplitRecommended."""
+    return limit * 3 // 4
+
+
+def value_size(value: Any) -> int:
+    """A value's size as Convex counts it for `maximumBytesRead` (crates/value/src/size.rs): a
+    string or bytes 2 + its length in bytes, a number 9, null and booleans 1, an array 2 + its
+    elements, an object 2 + for each field its name's length + 1 + its value."""
+    if isinstance(value, str):
+        return len(value.encode()) + 2
+    if isinstance(value, bytes):
+        return len(value) + 2
+    if isinstance(value, dict):
+        return 2 + sum(len(name.encode()) + 1 + value_size(item) for name, item in value.items())
+    if isinstance(value, list | tuple):
+        return 2 + sum(value_size(item) for item in value)
+    if value is None or isinstance(value, bool):
+        return 1
+    return 9
+
+
+def _read_limit(opts: Mapping[str, Any], name: str) -> int | None:
+    value = opts.get(name)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise RippleUsageError(f"paginationOpts.{name} must be a positive integer, not {value!r}")
+    return value
 
 
 def _check(name: str, value: Any) -> None:
@@ -257,6 +297,7 @@ class Query:
         if not isinstance(num, int) or isinstance(num, bool) or num < 0:
             raise RippleUsageError(f"paginationOpts.numItems must be a non-negative integer, not {num!r}")
         num = min(num, MAX_PAGE_ITEMS)
+        max_rows, max_bytes = _read_limit(opts, "maximumRowsRead"), _read_limit(opts, "maximumBytesRead")
         lo, hi = self._lo, self._hi
         cursor, end_cursor = opts.get("cursor"), opts.get("endCursor")
         first_paginate = not self._tx.paginated
@@ -278,17 +319,34 @@ class Query:
         page: list[dict[str, Any]] = []
         last_key: bytes | None = None
         done = True
-        scan = self._scan(lo, hi, None if (self._filters or end_cursor is not None) else num + 1)
+        status: str | None = None
+        read: list[bytes] = []  # the key of each document read, for the split cursor
+        size = 0  # of the documents read
+        # With an endCursor the page is a fixed range, read whole: the limits do not apply.
+        limited = end_cursor is None and (max_rows is not None or max_bytes is not None)
+        wanted = [n for n in (None if self._filters else num + 1, None if max_rows is None else max_rows + 1)
+                  if n is not None]
+        scan = self._scan(lo, hi, None if end_cursor is not None or not wanted else min(wanted))
         try:
             async for key, doc in scan:
                 if end_cursor is None and len(page) >= num:
                     done = False
                     break
+                if limited and ((max_rows is not None and len(read) >= max_rows)
+                                or (max_bytes is not None and size >= max_bytes)):
+                    done, status = False, "SplitRequired"  # what was read may not fill the page
+                    break
                 last_key = key
+                read.append(key)
+                size += value_size(doc)
                 if self._matches(doc):
                     page.append(doc)
         finally:
             await scan.aclose()
+        if status is None and (len(read) > _soft(min(max_rows or MAX_DOCS_READ, MAX_DOCS_READ))
+                               or size > _soft(min(max_bytes or MAX_READ_BYTES, MAX_READ_BYTES))
+                               or len(page) > SOFT_PAGE_ITEMS):
+            status = "SplitRecommended"
         if end_cursor is not None:
             continue_cursor = end_cursor
             done = await self._nothing_after(lo if self._desc else hi)
@@ -304,8 +362,8 @@ class Query:
             "page": page,
             "isDone": done,
             "continueCursor": continue_cursor,
-            "splitCursor": None,
-            "pageStatus": None,
+            "splitCursor": self._encode_cursor(read[len(read) // 2]) if len(read) > 2 else None,
+            "pageStatus": status,
         }
 
     async def _nothing_after(self, boundary: bytes) -> bool:

@@ -11,12 +11,13 @@ Transition's startVersion is exactly the previous endVersion (the client throws 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from server.sync.chunks import transition_chunks
 from server.wire import FunctionResult, QueryResult, decode_ts, encode_ts, loads
 
 
@@ -116,8 +117,9 @@ def _path(message: dict[str, Any]) -> str:
 class SyncSession:
     """The protocol state of one websocket connection."""
 
-    def __init__(self, max_queries: int | None = None) -> None:
+    def __init__(self, max_queries: int | None = None, chunk_bytes: int | None = None) -> None:
         self.max_queries = max_queries  # the most queries the query set may hold (None: any)
+        self.chunk_bytes = chunk_bytes  # larger Transitions go out in parts (None: never; sync/chunks.py)
         self.session_id: str | None = None
         self.connection_count = 0
         self.max_observed_ts = 0
@@ -304,6 +306,13 @@ class SyncSession:
         self.sent = target
         self._sent_digests = {query_id: result.digest for query_id, result in results.items()}
         return message
+
+    def chunks(self, encoded: bytes) -> Iterator[bytes] | None:
+        """The TransitionChunk messages to send instead of the serialized Transition `encoded`,
+        or None when it goes as one message. All of them go before any other message."""
+        if self.chunk_bytes is None or len(encoded) <= self.chunk_bytes:
+            return None
+        return transition_chunks(encoded, self.chunk_bytes)
 
     def encoded_transition(
         self, ts: int, result_of: Callable[[int], QueryResult | None], cache: dict[Any, Any]
