@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from server.core.query import value_size
+from server.core.limits import value_size
 from server.core.runtime import Runtime
 from server.errors import FunctionFailure
 

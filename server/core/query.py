@@ -21,7 +21,7 @@ from typing import Any
 from server.core import keys
 from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
-from server.core.limits import stored_bytes
+from server.core.limits import stored_bytes, value_size
 from server.core.schema import BY_CREATION_TIME
 from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
 from server.core.values import to_convex_json
@@ -36,23 +36,6 @@ MAX_READ_BYTES = 16 * 1024 * 1024  # Convex's bytes read per transaction, for Sp
 def _soft(limit: int) -> int:
     """Three quarters of a limit: past it, a page is SplitRecommended."""
     return limit * 3 // 4
-
-
-def value_size(value: Any) -> int:
-    """A value's size as Convex counts it for `maximumBytesRead` (crates/value/src/size.rs): a
-    string or bytes 2 + its length in bytes, a number 9, null and booleans 1, an array 2 + its
-    elements, an object 2 + for each field its name's length + 1 + its value."""
-    if isinstance(value, str):
-        return len(value.encode()) + 2
-    if isinstance(value, bytes):
-        return len(value) + 2
-    if isinstance(value, dict):
-        return 2 + sum(len(name.encode()) + 1 + value_size(item) for name, item in value.items())
-    if isinstance(value, list | tuple):
-        return 2 + sum(value_size(item) for item in value)
-    if value is None or isinstance(value, bool):
-        return 1
-    return 9
 
 
 def _read_limit(opts: Mapping[str, Any], name: str) -> int | None:
