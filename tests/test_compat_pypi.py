@@ -96,3 +96,75 @@ async def test_a_millisecond_timestamp_as_run_at_is_refused(http: ConvexHttpClie
         with pytest.raises((ConvexExecutionError, Exception)) as caught:
             await asyncio.to_thread(client.mutation, "compat:schedule_at", {"when": time.time() * 1000})
         assert "milliseconds" in str(caught.value), caught.value
+
+
+# -- 4. optional means absent --------------------------------------------------------------------------
+
+
+async def test_optional_fields_are_absent_and_patch_removes_them(http: ConvexHttpClient, ws: ConvexClient) -> None:
+    for tag, client in (("h", http), ("w", ws)):
+        prefix = f"p4{tag}-"
+
+        def call(kind: str, path: str, args: dict[str, Any], client: Any = client) -> Any:
+            return asyncio.to_thread(getattr(client, kind), path, args)
+
+        assert "note" not in await call("mutation", "compat:add_note", {"title": prefix + "a"})
+        assert (await call("mutation", "compat:add_null_note", {"title": prefix + "b"}))["note"] is None
+        noted = await call("mutation", "compat:add_note", {"title": prefix + "c", "note": "x"})
+        assert "note" not in await call("mutation", "compat:clear_note", {"id": noted["_id"]})
+        by_note = await call("query", "compat:notes_by_note", {"prefix": prefix})
+        # undefined (absent) sorts before null: eq(UNSET) and eq(None) are different ranges.
+        assert by_note == {"absent": [prefix + "a", prefix + "c"], "null": [prefix + "b"],
+                           "all": [prefix + "a", prefix + "c", prefix + "b"]}
+
+
+# -- 7. nested calls -------------------------------------------------------------------------------------
+
+
+async def test_a_caught_nested_mutation_rolls_back_alone(http: ConvexHttpClient, ws: ConvexClient) -> None:
+    for tag, client in (("h", http), ("w", ws)):
+        prefix = f"p7{tag}"
+        out = await asyncio.to_thread(client.mutation, "compat:outer", {"prefix": prefix})
+        assert out == {"caught": {"nested": prefix + "-inner"}, "seen": [prefix + "-outer"]}
+        assert await asyncio.to_thread(client.query, "compat:names", {"prefix": prefix}) == [prefix + "-outer"]
+
+
+# -- 8. limits -------------------------------------------------------------------------------------------
+
+
+async def test_a_document_over_one_mib_is_refused(http: ConvexHttpClient, ws: ConvexClient) -> None:
+    for client in (http, ws):
+        with pytest.raises(Exception, match=r"at most 1.00 MiB \(1048576 bytes\)") as caught:
+            await asyncio.to_thread(client.mutation, "compat:store_text", {"n": 2_000_000})
+        assert not isinstance(caught.value, ConvexError)
+        assert isinstance(await asyncio.to_thread(client.mutation, "compat:store_text", {"n": 1000}), str)
+
+
+# -- 10. log levels ----------------------------------------------------------------------------------------
+
+
+async def test_log_lines_carry_convex_levels(http: ConvexHttpClient, ws: ConvexClient, capfd: pytest.CaptureFixture[str]) -> None:
+    http.set_debug(True)  # ConvexHttpClient prints a result's log lines only when asked
+    try:
+        await asyncio.to_thread(http.query, "compat:chatty", {})
+    finally:
+        http.set_debug(False)
+    await asyncio.to_thread(ws.query, "compat:chatty", {})
+    out = capfd.readouterr()
+    text = out.out + out.err
+    for line in ("[LOG] printed {'k': 1} 2.5", "[INFO] info line", "[WARN] careful", "[ERROR] broken"):
+        assert text.count(line) == 2, (line, text)  # once per client
+
+
+# -- 11. split pages ---------------------------------------------------------------------------------------
+
+
+async def test_pages_split_at_maximum_rows_read(http: ConvexHttpClient, ws: ConvexClient) -> None:
+    await asyncio.to_thread(http.mutation, "compat:fill", {"prefix": "p11", "n": 12})
+    for client in (http, ws):
+        opts = {"numItems": 10, "cursor": None, "maximumRowsRead": 3}
+        page = await asyncio.to_thread(client.query, "compat:page", {"paginationOpts": opts})
+        assert len(page["page"]) == 3 and page["isDone"] is False
+        assert page["pageStatus"] == "SplitRequired" and isinstance(page["splitCursor"], str)
+        rest = await asyncio.to_thread(client.query, "compat:page", {"paginationOpts": {**opts, "cursor": page["continueCursor"]}})
+        assert rest["page"][0]["_id"] != page["page"][-1]["_id"]

@@ -9,10 +9,11 @@ from server import Schema, Table
 class Note(BaseModel):
     title: str
     body: str
+    note: str | None = None  # optional: absent when not given
 
 
 schema = Schema(
-    notes=Table(Note),
+    notes=Table(Note, indexes={"by_note": ["note"]}),
     loose=Table(),
     counters=Table(indexes={"by_name": ["name"]}),
 )

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from server import ConvexError, Int64, mutation, query
+from server import UNSET, ConvexError, Int64, mutation, query
 
 # -- 1. numbers on the wire -------------------------------------------------------------------
 
@@ -65,3 +65,101 @@ async def built(ctx) -> dict[str, Any]:
 @mutation
 async def schedule_at(ctx, when: float) -> str:
     return await ctx.scheduler.run_at(when, "compat:count", {"xs": []})
+
+
+# -- 4. optional means absent ----------------------------------------------------------------------
+
+
+@mutation
+async def add_note(ctx, title: str, note: str | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"title": title, "body": "b"}
+    if note is not None:
+        fields["note"] = note
+    return await ctx.db.get(await ctx.db.insert("notes", fields))
+
+
+@mutation
+async def add_null_note(ctx, title: str) -> dict[str, Any]:
+    return await ctx.db.get(await ctx.db.insert("notes", {"title": title, "body": "b", "note": None}))
+
+
+@mutation
+async def clear_note(ctx, id: str) -> dict[str, Any]:
+    await ctx.db.patch(id, {"note": UNSET})
+    return await ctx.db.get(id)
+
+
+@query
+async def notes_by_note(ctx, prefix: str) -> dict[str, list[str]]:
+    """Titles starting with `prefix`, by index range: no note (absent), a null note, any note."""
+
+    async def titles(rng: Any) -> list[str]:
+        docs = await ctx.db.query("notes").with_index("by_note", rng).collect()
+        return [d["title"] for d in docs if d["title"].startswith(prefix)]
+
+    return {
+        "absent": await titles(lambda r: r.eq("note", UNSET)),
+        "null": await titles(lambda r: r.eq("note", None)),
+        "all": await titles(lambda r: r),
+    }
+
+
+# -- 7. nested calls in a mutation -----------------------------------------------------------------
+
+
+@mutation
+async def write_then_fail(ctx, name: str) -> None:
+    await ctx.db.insert("counters", {"name": name, "n": 1})
+    raise ConvexError({"nested": name})
+
+
+@query
+async def names(ctx, prefix: str) -> list[str]:
+    return sorted(d["name"] for d in await ctx.db.query("counters").collect() if d["name"].startswith(prefix))
+
+
+@mutation
+async def outer(ctx, prefix: str) -> dict[str, Any]:
+    await ctx.db.insert("counters", {"name": prefix + "-outer", "n": 1})
+    try:
+        await ctx.run_mutation("compat:write_then_fail", {"name": prefix + "-inner"})
+    except ConvexError as error:
+        caught = error.data
+    seen = await ctx.run_query("compat:names", {"prefix": prefix})  # sees the uncommitted writes
+    return {"caught": caught, "seen": seen}
+
+
+# -- 8. limits -----------------------------------------------------------------------------------------
+
+
+@mutation
+async def store_text(ctx, n: int) -> str:
+    return await ctx.db.insert("loose", {"text": "x" * n})
+
+
+# -- 10. log levels ------------------------------------------------------------------------------------
+
+
+@query
+async def chatty(ctx) -> None:
+    import logging
+
+    print("printed", {"k": 1}, 2.5)
+    log = logging.getLogger("compat.chatty")
+    log.info("info %s", "line")
+    log.warning("careful")
+    log.error("broken")
+
+
+# -- 11. split pages -------------------------------------------------------------------------------------
+
+
+@mutation
+async def fill(ctx, prefix: str, n: int) -> None:
+    for i in range(n):
+        await ctx.db.insert("counters", {"name": f"{prefix}-{i:03}", "n": i})
+
+
+@query
+async def page(ctx, paginationOpts: dict[str, Any]) -> dict[str, Any]:
+    return await ctx.db.query("counters").paginate(paginationOpts)
