@@ -5,7 +5,8 @@ response, so a Transition first shows the write twice (the server's and the opti
 
 Raw websockets against a real `ripple serve`, over hundreds of mutations, with other
 connections writing the same counter meanwhile (their commits make the live queries tick while
-this connection's mutations are committing)."""
+this connection's mutations are committing); the session's hold, message in / message out; and
+actions, for which nothing is held back."""
 
 from __future__ import annotations
 
@@ -149,3 +150,32 @@ async def test_every_mutation_response_precedes_the_transitions_with_its_writes(
     assert late == [], f"{len(late)} of {responses} MutationResponses came after a Transition carrying their write"
     assert responses == MUTATIONS
     assert values == sorted(values) and values[-1] >= MUTATIONS  # never backwards; all of them counted
+
+
+@pytest.mark.e2e
+async def test_an_actions_writes_reach_its_client_while_it_runs(start_server: StartServer) -> None:
+    """Convex orders nothing between an ActionResponse (no ts; resolved at once; no optimistic
+    update) and the Transitions with the writes of the mutations the action ran: nothing is held
+    back while an action runs. The action waits until the client has seen its write."""
+    server = start_server("serve")
+    url = server.url.replace("http://", "ws://") + "/api/sync"
+    name, flag = f"action-{uuid.uuid4().hex[:8]}", f"flag-{uuid.uuid4().hex[:8]}"
+    ws = await _connect(url)
+    try:
+        await ws.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+            {"type": "Add", "queryId": 0, "udfPath": "counters:get", "args": [{"name": name}]}]}))
+        await ws.send(json.dumps({"type": "Action", "requestId": 0, "udfPath": "ordering:inc_then_wait_for",
+                                  "args": [{"name": name, "flag": flag}]}))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            assert message["type"] != "ActionResponse", message
+            if message["type"] == "Transition" and any(m.get("value") == 1 for m in message["modifications"]):
+                break  # the action's write, while the action still runs
+        await ws.send(json.dumps({"type": "Mutation", "requestId": 1, "udfPath": "counters:inc", "args": [{"name": flag}]}))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if message["type"] == "ActionResponse":
+                assert message["success"] and message["result"] == 1, message
+                break
+    finally:
+        await ws.close()
