@@ -1,6 +1,7 @@
 """The official npm `convex` package's clients, run by Node against a real `ripple dev`:
 ConvexHttpClient (tests/js/http_client.test.mjs) and the websocket ConvexClient
-(tests/js/live_client.test.mjs), each a `node --test` script. Their dependencies are pinned in
+(tests/js/live_client.test.mjs; with optimistic updates, tests/js/mutation_order.test.mjs), each a
+`node --test` script. Their dependencies are pinned in
 tests/js/package-lock.json; install them once with `npm ci --prefix tests/js`.
 """
 
@@ -26,7 +27,7 @@ def _text(output: str | bytes | None) -> str:
     return output or ""
 
 
-@pytest.mark.parametrize("script", ["http_client.test.mjs", "live_client.test.mjs"])
+@pytest.mark.parametrize("script", ["http_client.test.mjs", "live_client.test.mjs", "mutation_order.test.mjs"])
 def test_official_npm_client_against_ripple_dev(start_server, script: str) -> None:
     node = shutil.which("node")
     if node is None:

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
@@ -100,14 +100,15 @@ class ClientConnection:
                 or not writer.writable_now()):
             self._dirty.set()
             return
-        encoded = self.session.encoded_transition(self.manager.current_ts, self._result_of, self.manager.encode_cache)
+        ts = self.manager.current_ts
+        encoded = self.session.encoded_transition(ts, self._result_of, self.manager.encode_cache)
         if encoded is not None:
             self._parts = self.session.chunks(encoded)
             if self._parts is None:
                 writer.write(encoded)
             else:  # parts go out one at a time, as the socket takes them: the sender's work
                 self._dirty.set()
-        elif self.session.owes_transition:
+        elif self.session.owes_transition and not self.session.holds(ts):  # held: the response wakes the sender
             self.manager.wait_for_ts(self)
 
     # -- main -------------------------------------------------------------------------------------
@@ -274,15 +275,15 @@ class ClientConnection:
                 # Encoded through the publish's cache: slow clients in the same state share one
                 # encoding of a large result (which their parts are cut from) instead of each
                 # holding a copy until it is sent.
-                encoded = self.session.encoded_transition(self.manager.current_ts, self._result_of,
-                                                          self.manager.encode_cache)
+                ts = self.manager.current_ts
+                encoded = self.session.encoded_transition(ts, self._result_of, self.manager.encode_cache)
                 if encoded is not None:
                     self._parts = self.session.chunks(encoded)
                     if self._parts is None:
                         await self._send_encoded(encoded)
                     else:
                         await self._send_parts()
-                elif self.session.owes_transition:
+                elif self.session.owes_transition and not self.session.holds(ts):
                     self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
 
     async def _send_parts(self) -> None:
@@ -327,10 +328,17 @@ class ClientConnection:
             request = await self.mutations.get()
             await self._room_in_outbox()  # backpressure: no new result while the client is behind
             key = (self.session.session_id or "", request.request_id)
-            result = await self._call("mutation", request, idempotency_key=key)
+            result = await self._call("mutation", request, idempotency_key=key, before_commit=self._committing)
+            # No await between the result and the response in the outbox (which goes out before
+            # any Transition): what the session held back while it committed follows it.
             self._send_soon(self.session.mutation_response(request.request_id, result))
             if result.success:
                 self.manager.trigger()  # do not wait for the NOTIFY round trip
+
+    def _committing(self) -> None:
+        """The running mutation is about to commit: Transitions past what was published until
+        now may carry its writes, so they wait for its MutationResponse."""
+        self.session.committing(self.manager.current_ts)
 
     def _start_action(self, request: RunAction) -> None:
         if len(self.actions) >= self.limits.concurrent_actions:
@@ -350,14 +358,15 @@ class ClientConnection:
         await self._room_in_outbox()
         self._send_soon(SyncSession.action_response(request.request_id, result))
 
-    async def _call(self, kind: str, request: RunMutation | RunAction,
-                    idempotency_key: tuple[str, int] | None = None) -> FunctionResult:
+    async def _call(self, kind: str, request: RunMutation | RunAction, idempotency_key: tuple[str, int] | None = None,
+                    before_commit: Callable[[], None] | None = None) -> FunctionResult:
         path = request.udf_path
         try:
             # Large arguments are converted on the decode thread (offload.py).
             args = await offload.decode(request.size, from_client_json, request.args, path="args")
             outcome: Outcome = await self.runtime.call(
-                kind, path, args, self.identity, allow_internal=self.admin, idempotency_key=idempotency_key  # type: ignore[arg-type]
+                kind, path, args, self.identity, allow_internal=self.admin, idempotency_key=idempotency_key,  # type: ignore[arg-type]
+                before_commit=before_commit,
             )
         except FunctionFailure as failure:
             return FunctionResult(False, failure.message, tuple(failure.log_lines),

@@ -153,6 +153,7 @@ class Runtime:
         at_ts: int | None = None,
         idempotency_key: tuple[str, int] | None = None,
         commit_ts: bool = True,
+        before_commit: Callable[[], None] | None = None,
     ) -> Outcome:
         """Resolve, validate and run a function. Raises RippleUsageError for caller mistakes
         (unknown function, bad arguments) and FunctionFailure when the function itself fails.
@@ -160,7 +161,11 @@ class Runtime:
         `idempotency_key` (session id, request id) makes a mutation run at most once per caller
         (`caller_key(identity, allow_internal)`): a repeat of the same call with the same key
         returns the stored result of the first successful run; a repeat calling another function
-        or with other arguments raises IdempotencyKeyReused."""
+        or with other arguments raises IdempotencyKeyReused.
+
+        `before_commit` (mutations): called just before each attempt's COMMIT is sent, after which
+        live-query results may hold the mutation's writes (the websocket holds its Transitions
+        back from then until the MutationResponse, server/sync/protocol.py)."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
         kwargs = fn.validate_args(args)
         if kind == "query":
@@ -168,7 +173,7 @@ class Runtime:
         if kind == "mutation":
             key = None if idempotency_key is None else StoredCall(
                 *idempotency_key, caller_key(identity, allow_internal), str(fn.path), digest(args))
-            return await self._run_mutation(fn, kwargs, identity, key, commit_ts)
+            return await self._run_mutation(fn, kwargs, identity, key, commit_ts, before_commit)
         return await self._run_action(fn, kwargs, identity)
 
     async def _nested_call(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any], identity: Identity | None) -> Outcome:
@@ -351,7 +356,7 @@ class Runtime:
 
     async def _run_mutation(
         self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
-        key: StoredCall | None, commit_ts: bool,
+        key: StoredCall | None, commit_ts: bool, before_commit: Callable[[], None] | None = None,
     ) -> Outcome:
         async def attempt() -> tuple[Outcome, MutationScheduler | None]:
             async with self.db.acquire() as conn:
@@ -364,6 +369,8 @@ class Runtime:
                     value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity)
                     if key is not None:
                         await tx.execute("execute", sql.PUT_MUTATION_RESULT, *astuple(key), [to_convex_json(value)], lines)
+                    if before_commit is not None:
+                        before_commit()  # COMMIT follows when the block ends
                 # Committed: nothing from here on may fail the call (or run it again).
                 ts = tx.ts
                 if ts is None and ((commit_ts and tx.writes) or key is not None):

@@ -133,6 +133,9 @@ class SyncSession:
         # ts covers it, so after every successful MutationResponse one more Transition is owed,
         # even when an earlier one already reached that ts (the tick can beat the response).
         self.owes_transition = False
+        # While a mutation of this connection may be committing: the newest ts a Transition may
+        # have until its MutationResponse is made (None: no such mutation).
+        self._hold_above: int | None = None
 
     @property
     def connected(self) -> bool:
@@ -242,7 +245,22 @@ class SyncSession:
     def ping() -> dict[str, Any]:
         return {"type": "Ping"}
 
+    def committing(self, ts: int) -> None:
+        """A mutation of this connection is about to commit; no commit it could see is newer
+        than `ts`. Until its MutationResponse is made, Transitions past `ts` are held back (the
+        next one after the response covers them): they may carry its writes, and clients drop
+        a mutation's optimistic update only on a Transition covering it that comes *after* its
+        response, so the write would show twice. Transitions up to `ts` still go out."""
+        self._hold_above = ts
+
+    def holds(self, ts: int) -> bool:
+        """Is a Transition to `ts` held back until a MutationResponse (`committing`)?"""
+        return self._hold_above is not None and ts > self._hold_above
+
     def mutation_response(self, request_id: int, result: FunctionResult) -> dict[str, Any]:
+        """The response, which ends any hold (`committing`); the caller must send it before
+        any Transition it asks for afterwards."""
+        self._hold_above = None
         message: dict[str, Any] = {"type": "MutationResponse", "requestId": request_id, "success": result.success,
                                    "result": result.payload, "logLines": list(result.log_lines)}
         if result.success:
@@ -271,7 +289,7 @@ class SyncSession:
 
         `result_of(query_id)` gives each current query's result valid at `ts`, or None when it
         is not computed yet (then no Transition: all queries move together)."""
-        if not self.connected or ts < self.max_observed_ts or ts < self.sent.ts:
+        if not self.connected or ts < self.max_observed_ts or ts < self.sent.ts or self.holds(ts):
             return None
         results: dict[int, QueryResult] = {}
         for query_id in self.queries:
@@ -321,8 +339,9 @@ class SyncSession:
         when one commit fans out to many clients of one query) share one encoding, and the
         (immutable) state it leads to, through `cache`, which the caller keeps for one publish."""
         sent = self.sent
-        if not self.connected or ts < self.max_observed_ts or ts < sent.ts:
-            return None
+        hold = self._hold_above
+        if not self.connected or ts < self.max_observed_ts or ts < sent.ts or (hold is not None and ts > hold):
+            return None  # (held: checked before the cache, which other sessions share)
         digests = self._sent_digests
         state = []
         for query_id in self.queries:
