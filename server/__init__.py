@@ -16,6 +16,7 @@ from server.core.registry import (
 )
 from server.core.scheduler.crons import Crons
 from server.core.schema import Schema, Table
+from server.core.validation import Id
 from server.core.values import Int64
 from server.errors import ConvexError
 
@@ -24,6 +25,7 @@ __all__ = [
     "ConvexError",
     "Crons",
     "FunctionDef",
+    "Id",
     "Identity",
     "Int64",
     "MutationCtx",
