@@ -46,7 +46,7 @@ _SCHEMA_KEYS = frozenset((
     "extras_keys_schema", "arguments_schema",
 ))
 _FIELD_KINDS = frozenset(("model-field", "typed-dict-field", "dataclass-field"))
-_LABELS = {"none": "None", "model": "", "dataclass": ""}
+_LABELS = {"none": "None"}
 
 
 def format_loc(loc: Sequence[str | int]) -> str:
@@ -218,11 +218,10 @@ class _Rewriter:
             out["choices"] = [c if isinstance(c, tuple) else (c, _label(o)) for c, o in pairs]
         if kind == "definitions":
             self.definitions.extend(out["definitions"])
-        if "strict" in node:
-            return out
-        if kind in _STRICT_SCALARS:
+        own = "strict" in node  # a scalar that sets its own strictness keeps it
+        if kind in _STRICT_SCALARS and not own:
             out["strict"] = True
-        elif kind == "int":
+        elif kind == "int" and not own:
             out["strict"] = True
             return core_schema.no_info_before_validator_function(_integral, out)
         elif kind == "default":
