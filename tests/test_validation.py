@@ -255,3 +255,21 @@ async def test_over_http_and_from_the_official_pypi_client(start_server: Callabl
     with pytest.raises(Exception, match=r"400 ArgumentValidationError: .*`n`: Input should be a valid integer \(got 2.5\)"):
         await asyncio.to_thread(client.query, "typed:numbers", {"n": 2.5, "x": 3})
     assert await asyncio.to_thread(client.query, "typed:echo_video_id", {"id": video}) == video
+
+
+async def test_a_schema_change_checks_the_tables_of_stored_ids(tmp_path: Any, namespace: str) -> None:
+    (tmp_path / "functions").mkdir()
+    (tmp_path / "functions" / "docs.py").write_text(
+        "from server import mutation\n\n@mutation\nasync def put(ctx, table: str, doc: dict) -> str:\n"
+        "    return await ctx.db.insert(table, doc)\n")
+    schema = "from pydantic import BaseModel\nfrom server import Id, Schema, Table\n{models}\nschema = Schema({tables})\n"
+    (tmp_path / "schema.py").write_text(schema.format(models="", tables="users=Table(), things=Table()"))
+    async with open_runtime(tmp_path, namespace) as rt:
+        user = await run(rt, "mutation", "docs:put", {"table": "users", "doc": {}})
+        thing = await run(rt, "mutation", "docs:put", {"table": "things", "doc": {"ref": user}})
+        odd = await run(rt, "mutation", "docs:put", {"table": "things", "doc": {"ref": thing}})
+        (tmp_path / "schema.py").write_text(schema.format(
+            models="class Thing(BaseModel):\n    ref: Id['users']\n", tables="users=Table(), things=Table(Thing)"))
+        with pytest.raises(SchemaError) as err:
+            await rt.load()
+        assert f"document {odd}" in str(err.value) and "`ref`: Found an id of table things" in str(err.value)
