@@ -17,6 +17,7 @@ from server.core.registry import (
 )
 from server.core.scheduler.crons import Crons
 from server.core.schema import Schema, Table
+from server.core.validation import Id
 from server.core.values import Int64
 from server.errors import ConvexError
 
@@ -26,6 +27,7 @@ __all__ = [
     "ConvexError",
     "Crons",
     "FunctionDef",
+    "Id",
     "Identity",
     "Int64",
     "MutationCtx",

@@ -193,6 +193,7 @@ class Catalog:
     def __init__(self, tables: list[TableInfo]) -> None:
         self.by_name = {t.name: t for t in tables}
         self.by_number = {t.number: t for t in tables}
+        self.names = {t.number: t.name for t in tables}  # for `Id[...]` validation
 
     def table(self, name: str) -> TableInfo:
         info = self.by_name.get(name)
@@ -316,22 +317,25 @@ class Database:
             await conn.execute(sql.SCHEMA_LOCK, self.schema_lock)
             await conn.execute(sql.BOOTSTRAP)
             known = {r["name"]: r for r in await conn.fetch(sql.LIST_TABLES)}
+            # Stored documents can only hold ids of tables that existed before this change.
+            names = {r["number"]: name for name, r in known.items()}
+            names.update((system.number, system.name) for system in SYSTEM_TABLES)
             infos = []
             for name, table in schema.tables.items():
                 row = known.get(name)
                 number = row["number"] if row else await conn.fetchval(sql.INSERT_TABLE, name)
-                infos.append(await self._apply_table(conn, number, table, row))
+                infos.append(await self._apply_table(conn, number, table, row, names))
             for system in SYSTEM_TABLES:
                 row = known.get(system.name)
                 if row is None:
                     await conn.execute(sql.INSERT_SYSTEM_TABLE, system.number, system.name)
                 elif row["number"] != system.number:
                     raise SchemaError(f"system table {system.name} has number {row['number']}, expected {system.number}")
-                infos.append(await self._apply_table(conn, system.number, system.table, row))
+                infos.append(await self._apply_table(conn, system.number, system.table, row, names))
             return Catalog(infos)
 
     async def _apply_table(
-        self, conn: asyncpg.Connection, number: int, table: Table, row: Any
+        self, conn: asyncpg.Connection, number: int, table: Table, row: Any, names: dict[int, str]
     ) -> TableInfo:
         fields = table.index_fields()
         tsql = sql.TableSql(table.name, list(fields))
@@ -340,7 +344,7 @@ class Database:
         old_fingerprint = row["fingerprint"] if row else ""
         fingerprint = table.fingerprint()
         if fingerprint != old_fingerprint:
-            await self._validate_existing(conn, table, tsql)
+            await self._validate_existing(conn, table, tsql, names)
         changed = [name for name, f in fields.items() if old_indexes.get(name) != f]
         for name in old_indexes:
             if name not in fields:
@@ -360,11 +364,11 @@ class Database:
         return TableInfo(number=number, table=table, sql=tsql, index_fields=fields)
 
     async def _validate_existing(
-        self, conn: asyncpg.Connection, table: Table, tsql: sql.TableSql
+        self, conn: asyncpg.Connection, table: Table, tsql: sql.TableSql, names: dict[int, str]
     ) -> None:
         async for rec in conn.cursor(tsql.scan_all):
             try:
-                table.validate(from_convex_json(rec["doc"]), doc_id=rec["id"])
+                table.validate(from_convex_json(rec["doc"]), doc_id=rec["id"], tables=names)
             except DocumentValidationError as exc:
                 raise SchemaError(
                     f"schema change refused: existing documents violate it. {exc}"

@@ -8,7 +8,7 @@ Writes are validated against the table's model and refuse index keys PostgreSQL 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 from server.core import keys, limits
 from server.core.database import Catalog, TableInfo, decode_doc
@@ -28,6 +28,25 @@ def _resolve_id(catalog: Catalog, doc_id: Any) -> TableInfo:
     return info
 
 
+def _addressed(catalog: Catalog, verb: str, address: tuple[Any, ...], rest: int) -> tuple[TableInfo, str, tuple[Any, ...]]:
+    """`(id, *rest)`, or `(table, id, *rest)` as newer Convex writes it (`db.get("videos", id)`),
+    -> the id's table, the id and the rest. A table that is not the id's is refused."""
+    if len(address) == rest + 2:
+        table, doc_id, *others = address
+        if not isinstance(table, str):
+            raise RippleUsageError(f"ctx.db.{verb}: the table must be a string, not {table!r}")
+        catalog.table(table)  # an unknown table is named as such
+    elif len(address) == rest + 1:
+        table, (doc_id, *others) = None, address
+    else:
+        shape = ", ".join(("[table]", "id", "fields")[: rest + 2])
+        raise RippleUsageError(f"ctx.db.{verb} takes ({shape}), not {len(address)} arguments")
+    info = _resolve_id(catalog, doc_id)
+    if table is not None and info.name != table:
+        raise InvalidIdError(f"ctx.db.{verb}({table!r}, {doc_id!r}): the id is a document of table {info.name}, not {table}")
+    return info, doc_id, tuple(others)
+
+
 
 class SystemReader:
     """`ctx.db.system`: read access to system tables (`_scheduled_functions`, ...)."""
@@ -40,8 +59,13 @@ class SystemReader:
             raise RippleUsageError(f"{table!r} is not a system table; use ctx.db.query for user tables")
         return self._tx.catalog.table(table)
 
-    async def get(self, doc_id: str) -> dict[str, Any] | None:
-        info = _resolve_id(self._tx.catalog, doc_id)
+    @overload
+    async def get(self, doc_id: str, /) -> dict[str, Any] | None: ...
+    @overload
+    async def get(self, table: str, doc_id: str, /) -> dict[str, Any] | None: ...
+
+    async def get(self, *address: str) -> dict[str, Any] | None:
+        info, doc_id, _ = _addressed(self._tx.catalog, "system.get", address, 0)
         if not info.name.startswith("_"):
             raise RippleUsageError(f"{doc_id} is a document of user table {info.name}; use ctx.db.get")
         return await _get(self._tx, info, doc_id)
@@ -67,8 +91,14 @@ class DatabaseReader:
         self._system_access = system  # runtime-internal writers may touch system tables
         self.system = SystemReader(tx)
 
-    async def get(self, doc_id: str) -> dict[str, Any] | None:
-        info = _resolve_id(self._tx.catalog, doc_id)
+    @overload
+    async def get(self, doc_id: str, /) -> dict[str, Any] | None: ...
+    @overload
+    async def get(self, table: str, doc_id: str, /) -> dict[str, Any] | None: ...
+
+    async def get(self, *address: str) -> dict[str, Any] | None:
+        """`get(id)` or `get(table, id)`: the document, or None."""
+        info, doc_id, _ = _addressed(self._tx.catalog, "get", address, 0)
         if info.name.startswith("_") and not self._system_access:
             raise RippleUsageError(f"{doc_id} is a document of system table {info.name}; use ctx.db.system.get")
         return await _get(self._tx, info, doc_id)
@@ -104,7 +134,7 @@ class DatabaseWriter(DatabaseReader):
         fields = {k: v for k, v in doc.items() if k not in ("_id", "_creationTime")}
         if "_id" in doc or "_creationTime" in doc:
             raise RippleUsageError(f"insert into {table}: _id and _creationTime are assigned by Ripple")
-        stored = info.table.validate(fields)
+        stored = info.table.validate(fields, tables=self._tx.catalog.names)
         doc_id = new_id(info.number)
         creation_time = self._tx.next_creation_time()
         full = {"_id": doc_id, CREATION_TIME: creation_time, **stored}
@@ -115,8 +145,9 @@ class DatabaseWriter(DatabaseReader):
         self._tx.record_write(info.name, doc_id, None, new_keys)
         return doc_id
 
-    async def _load(self, doc_id: str, verb: str) -> tuple[TableInfo, dict[str, Any]]:
-        info = _resolve_id(self._tx.catalog, doc_id)
+    async def _load(self, address: tuple[Any, ...], verb: str, rest: int) -> tuple[TableInfo, dict[str, Any], tuple[Any, ...]]:
+        """The document at `address` ((table,) id, then `rest` more arguments) and the rest."""
+        info, doc_id, others = _addressed(self._tx.catalog, verb, address, rest)
         if info.name.startswith("_") and not self._system_access:
             raise ForbiddenOperation(f"cannot {verb} documents of system table {info.name}")
         row = await self._tx.execute("fetchrow", info.sql.get, doc_id)
@@ -124,13 +155,13 @@ class DatabaseWriter(DatabaseReader):
         if row is None:
             raise RippleUsageError(f"cannot {verb} {doc_id}: no such document in {info.name}")
         self._tx.count_read(1, limits.stored_bytes(row["doc"]))
-        return info, decode_doc(doc_id, row["creation_time"], row["doc"])
+        return info, decode_doc(doc_id, row["creation_time"], row["doc"]), others
 
     async def _store(self, info: TableInfo, current: dict[str, Any], fields: dict[str, Any], ctid: Any = None) -> None:
         """Validate and write the new version of `current`; `ctid`: address exactly the row
         version the transaction holds locked (see patch_locked)."""
         doc_id = current["_id"]
-        stored = info.table.validate(fields, doc_id=doc_id)
+        stored = info.table.validate(fields, doc_id=doc_id, tables=self._tx.catalog.names)
         full = {"_id": doc_id, CREATION_TIME: current[CREATION_TIME], **stored}
         old_keys, new_keys = self._keys(info, current), self._keys(info, full)
         encoded = to_convex_json(stored)
@@ -156,10 +187,17 @@ class DatabaseWriter(DatabaseReader):
             if f in value and value[f] != current[f]:
                 raise RippleUsageError(f"{verb} {doc_id}: {f} cannot be changed")
 
-    async def patch(self, doc_id: str, fields: Mapping[str, Any]) -> None:
+    @overload
+    async def patch(self, doc_id: str, fields: Mapping[str, Any], /) -> None: ...
+    @overload
+    async def patch(self, table: str, doc_id: str, fields: Mapping[str, Any], /) -> None: ...
+
+    async def patch(self, *address: Any) -> None:
+        """`patch(id, fields)` or `patch(table, id, fields)`: set the given fields."""
+        info, current, (fields,) = await self._load(address, "patch", 1)
+        doc_id = current["_id"]
         if not isinstance(fields, Mapping):
             raise RippleUsageError(f"patch {doc_id}: fields must be a dict")
-        info, current = await self._load(doc_id, "patch")
         self._check_system_fields(doc_id, fields, "patch", current)
         merged = {k: v for k, v in current.items() if k not in ("_id", "_creationTime")}
         for k, v in fields.items():
@@ -179,15 +217,28 @@ class DatabaseWriter(DatabaseReader):
         merged.update(fields)
         await self._store(info, current, merged, ctid)
 
-    async def replace(self, doc_id: str, doc: Mapping[str, Any]) -> None:
+    @overload
+    async def replace(self, doc_id: str, doc: Mapping[str, Any], /) -> None: ...
+    @overload
+    async def replace(self, table: str, doc_id: str, doc: Mapping[str, Any], /) -> None: ...
+
+    async def replace(self, *address: Any) -> None:
+        """`replace(id, doc)` or `replace(table, id, doc)`: the new fields, all of them."""
+        info, current, (doc,) = await self._load(address, "replace", 1)
+        doc_id = current["_id"]
         if not isinstance(doc, Mapping):
             raise RippleUsageError(f"replace {doc_id}: the document must be a dict")
-        info, current = await self._load(doc_id, "replace")
         self._check_system_fields(doc_id, doc, "replace", current)
         await self._store(info, current, {k: v for k, v in doc.items() if k not in ("_id", "_creationTime")})
 
-    async def delete(self, doc_id: str) -> None:
-        info, current = await self._load(doc_id, "delete")
-        self._count_write(info, doc_id, None)
-        await self._tx.execute("execute", info.sql.delete, doc_id)
-        self._tx.record_write(info.name, doc_id, self._keys(info, current), None)
+    @overload
+    async def delete(self, doc_id: str, /) -> None: ...
+    @overload
+    async def delete(self, table: str, doc_id: str, /) -> None: ...
+
+    async def delete(self, *address: str) -> None:
+        """`delete(id)` or `delete(table, id)`."""
+        info, current, _ = await self._load(address, "delete", 0)
+        self._count_write(info, current["_id"], None)
+        await self._tx.execute("execute", info.sql.delete, current["_id"])
+        self._tx.record_write(info.name, current["_id"], self._keys(info, current), None)

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from server.core import keys
 from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
+from server.core.ids import ID_LENGTH, table_number_of
 from server.core.limits import stored_bytes, value_size
-from server.core.schema import BY_CREATION_TIME
+from server.core.schema import BY_CREATION_TIME, BY_ID
 from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
 from server.core.values import to_convex_json
-from server.errors import PaginationError, RippleUsageError
+from server.errors import InvalidIdError, PaginationError, RippleUsageError
 
 SCAN_BATCH = 128
 MAX_PAGE_ITEMS = 8_192
@@ -58,8 +59,9 @@ def _check(name: str, value: Any) -> None:
 class IndexRange:
     """Built by the lambda given to `with_index`: `q.eq("a", 1).gt("b", 2).lt("b", 9)`."""
 
-    def __init__(self, table: str, index: str, fields: list[str]) -> None:
-        self._table, self._index, self._fields = table, index, fields
+    def __init__(self, table: str, index: str, fields: list[str],
+                 encode: Callable[[Sequence[Any]], bytes] = keys.encode_values) -> None:
+        self._table, self._index, self._fields, self._encode = table, index, fields, encode
         self._eq: list[Any] = []
         self._lower: tuple[Any, bool] | None = None  # (value, inclusive)
         self._upper: tuple[Any, bool] | None = None
@@ -111,22 +113,49 @@ class IndexRange:
         return self._bound(name, value, lower=False, inclusive=True)
 
     def bytes_range(self) -> tuple[bytes, bytes]:
-        prefix = keys.encode_values(self._eq)
+        prefix = self._encode(self._eq)
         lo, hi = prefix, prefix + keys.AFTER_PREFIX
         if self._lower is not None:
             value, inclusive = self._lower
-            lo = prefix + keys.encode_values([value])
+            lo = prefix + self._encode([value])
             if not inclusive:
                 lo += keys.AFTER_PREFIX
         if self._upper is not None:
             value, inclusive = self._upper
-            hi = prefix + keys.encode_values([value])
+            hi = prefix + self._encode([value])
             if inclusive:
                 hi += keys.AFTER_PREFIX
         return lo, hi
 
 
 Predicate = Callable[[dict[str, Any]], Any]
+
+
+def _id_keys(info: TableInfo) -> Callable[[Sequence[Any]], bytes]:
+    """Keys of the built-in by_id index: the id's own bytes (as in read sets), for ids of `info`."""
+
+    def encode(ids: Sequence[Any]) -> bytes:
+        for doc_id in ids:
+            if table_number_of(doc_id) != info.number:
+                raise InvalidIdError(f"index {info.name}.by_id: {doc_id!r} is not an id of table {info.name}")
+        return "".join(ids).encode()
+
+    return encode
+
+
+def id_bound(bound: bytes) -> str:
+    """A by_id key bound as the text bound PostgreSQL compares ids with. A bound is empty, the
+    end (AFTER_PREFIX), an id, or an id and one more byte (just after that id: any extension)."""
+    if not bound:
+        return ""
+    if bound == keys.AFTER_PREFIX:
+        return "z" * (ID_LENGTH + 1)  # after every id
+    text = bound[:ID_LENGTH].decode("ascii")
+    return text + "2" if len(bound) > ID_LENGTH else text
+
+
+def _same(bound: bytes) -> bytes:
+    return bound
 
 
 class Query:
@@ -140,18 +169,23 @@ class Query:
         self._filters: list[Predicate] = []
         self._index_chosen = False
         self._order_chosen = False
+        self._param: Callable[[bytes], Any] = _same  # an index key bound -> a statement parameter
 
     def with_index(self, name: str, range_fn: Callable[[IndexRange], Any] | None = None) -> Query:
         if self._index_chosen:
             raise RippleUsageError("with_index may be called once per query")
-        fields = self._info.index_fields.get(name)
+        fields = ["_id"] if name == BY_ID else self._info.index_fields.get(name)
         if fields is None:
             raise RippleUsageError(
-                f"table {self._info.name!r} has no index {name!r} (indexes: {', '.join(self._info.index_fields)})"
+                f"table {self._info.name!r} has no index {name!r} "
+                f"(indexes: {', '.join([BY_ID, *self._info.index_fields])})"
             )
         self._index, self._index_chosen = name, True
+        encode: Callable[[Sequence[Any]], bytes] = keys.encode_values
+        if name == BY_ID:
+            encode, self._param = _id_keys(self._info), id_bound
         if range_fn is not None:
-            builder = IndexRange(self._info.name, name, fields)
+            builder = IndexRange(self._info.name, name, fields, encode)
             result = range_fn(builder)
             if result is not None and result is not builder:
                 raise RippleUsageError("the with_index range function must return the builder it was given")
@@ -184,7 +218,7 @@ class Query:
         try:
             while True:
                 batch = SCAN_BATCH if limit is None else min(SCAN_BATCH, max(limit - yielded, 1))
-                rows = await tx.execute("fetch", statement, cur_lo, cur_hi, batch)
+                rows = await tx.execute("fetch", statement, self._param(cur_lo), self._param(cur_hi), batch)
                 tx.count_read(len(rows), sum(stored_bytes(row["doc"]) for row in rows))
                 for row in rows:
                     key = bytes(row[3])

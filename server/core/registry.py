@@ -8,9 +8,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic_core import SchemaValidator
 
 from server.core.absent import UNSET, drop_unset
-from server.core.schema import describe_validation_error, leave_out_unset_nones, may_hold_models
+from server.core.schema import leave_out_unset_nones, may_hold_models
+from server.core.validation import TableNames, context, convex_validator, describe_validation_error
 from server.errors import (
     ArgumentValidationError,
     FunctionNotFound,
@@ -47,6 +49,16 @@ class FunctionDef:
         self.args_model = args if args is not None else _model_from_signature(handler)
         self.returns: TypeAdapter[Any] | None = TypeAdapter(returns) if returns is not None else None
         self.returns_models = may_hold_models(returns)
+        # Convex's rules (server/core/validation.py); an invalid default fails the import.
+        self._args, problems = convex_validator(self.args_model.__pydantic_core_schema__)
+        self._returns: SchemaValidator | None = None
+        if self.returns is not None:
+            self._returns, returns_problems = convex_validator(self.returns.core_schema)
+            problems += [f"returns: {p}" for p in returns_problems]
+        if problems:
+            raise TypeError(f"{handler.__qualname__}: {'; '.join(problems)}")
+        # The deployment's table names by number, for `Id[...]` (Registry.bind_tables).
+        self.tables: TableNames | None = None
         self.__doc__ = handler.__doc__
         self.__name__ = handler.__name__
         self.__module__ = handler.__module__
@@ -62,7 +74,8 @@ class FunctionDef:
                 f"arguments to {self.path} must be an object, not {type(args).__name__}"
             )
         try:  # an UNSET argument is one not given; deeper UNSETs are left out when encoded
-            model = self.args_model.model_validate({k: v for k, v in args.items() if v is not UNSET})
+            model = self._args.validate_python({k: v for k, v in args.items() if v is not UNSET},
+                                               context=context(self.tables))
         except ValidationError as exc:
             raise ArgumentValidationError(
                 f"invalid arguments for {self.path}: {describe_validation_error(exc)}"
@@ -83,10 +96,10 @@ class FunctionDef:
         is null, as JavaScript's `undefined` result is; UNSET fields are absent (values.py)."""
         if value is UNSET:
             value = None
-        if self.returns is None:
+        if self.returns is None or self._returns is None:
             return value
         try:
-            validated = self.returns.validate_python(drop_unset(value))
+            validated = self._returns.validate_python(drop_unset(value), context=context(self.tables))
         except ValueValidationError as exc:
             raise ReturnValidationError(f"{self.path} returned a value that is not a Convex value: {exc}") from exc
         except ValidationError as exc:
@@ -183,6 +196,12 @@ class Registry:
         # Modules left out of a partial load: Convex module path -> why ("functions/x.py failed
         # to load: ..."). Their functions are absent; calling one says so.
         self.unavailable: dict[str, str] = {}
+
+    def bind_tables(self, tables: TableNames) -> None:
+        """Give every function the deployment's table names by number, once the schema is
+        applied, so that `Id["t"]` arguments and returns are checked to belong to table t."""
+        for fn in self.functions.values():
+            fn.tables = tables
 
     def add(self, path: str, fn: FunctionDef) -> None:
         """Register `fn` at `path`. A function exported under several names (`alias = fn`) is

@@ -136,6 +136,7 @@ class Runtime:
         `partial`: serve the function modules that import (see loader.load_app)."""
         app = load_app(directory or self.config.app_dir, partial=partial)
         catalog = await self.db.apply_schema(app.schema)
+        app.registry.bind_tables(catalog.names)
         self._app, self._catalog = app, catalog
         for callback in self.on_reload:
             callback()

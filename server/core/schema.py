@@ -12,8 +12,10 @@ from typing import Any, Literal, get_args, get_origin
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import SchemaValidator
 
 from server.core.absent import drop_unset
+from server.core.validation import TableNames, context, convex_validator, describe_validation_error
 from server.core.values import to_convex_json
 from server.errors import DocumentValidationError, SchemaError, ValueValidationError
 
@@ -24,29 +26,6 @@ SYSTEM_FIELDS = ("_id", "_creationTime")
 CREATION_TIME = "_creationTime"
 BY_CREATION_TIME = "by_creation_time"
 BY_ID = "by_id"
-
-
-def format_loc(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(root)"
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem, each naming the path of the bad field."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        where = format_loc(err["loc"])
-        got = err.get("input")
-        shown = repr(got)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        lines.append(f"`{where}`: {err['msg']} (got {shown})")
-    return "; ".join(lines)
 
 
 def _refuse_system_names(fields: Mapping[str, Any], where: str) -> None:
@@ -156,6 +135,7 @@ class Table:
     indexes: Mapping[str, Sequence[str]] = field(default_factory=dict)
     name: str = ""
     _strict: type[BaseModel] | None = field(default=None, repr=False)
+    _validator: SchemaValidator | None = field(default=None, repr=False)
 
     def bind(self, name: str, system: bool = False) -> None:
         if system:
@@ -181,6 +161,9 @@ class Table:
             # Stored documents are keyed by alias; accept field names as well on input.
             config = ConfigDict(**{**base.model_config, "extra": "forbid", "populate_by_name": True})
             self._strict = type(f"{base.__name__}Document", (base,), {"model_config": config})
+            self._validator, problems = convex_validator(self._strict.__pydantic_core_schema__)
+            if problems:
+                raise SchemaError(f"table {name}: model {base.__name__}: {'; '.join(problems)}")
         stored_names = (
             {stored_name(n, i): n for n, i in self.model.model_fields.items()}
             if self.model is not None
@@ -236,8 +219,11 @@ class Table:
         shape: Any = self.model.model_json_schema() if self.model is not None else None
         return hashlib.sha256(orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
-    def validate(self, fields: Mapping[str, Any], doc_id: str | None = None) -> dict[str, Any]:
-        """Validate user fields (no system fields) and return what is stored.
+    def validate(
+        self, fields: Mapping[str, Any], doc_id: str | None = None, tables: TableNames | None = None
+    ) -> dict[str, Any]:
+        """Validate user fields (no system fields) and return what is stored. `tables`: the
+        deployment's table names by number, to check `Id[...]` fields' tables.
 
         Raises DocumentValidationError naming the table, the document and the field.
         """
@@ -249,20 +235,20 @@ class Table:
         except ValueValidationError as exc:
             raise DocumentValidationError(f"{where}: {exc}") from exc
         _refuse_system_names(fields, where)
-        if self._strict is None:
+        if self._validator is None:
             try:
                 to_convex_json(fields)
             except ValueValidationError as exc:
                 raise DocumentValidationError(f"{where}: {exc}") from exc
             return dict(fields)
         try:
-            model = self._strict.model_validate(dict(fields))
+            model = self._validator.validate_python(dict(fields), context=context(tables))
         except ValidationError as exc:
             raise DocumentValidationError(
                 f"{where} does not match {self.model.__name__ if self.model else 'schema'}: "
                 f"{describe_validation_error(exc)}"
             ) from exc
-        stored = model.model_dump(mode="python", by_alias=True)
+        stored: dict[str, Any] = model.model_dump(mode="python", by_alias=True)
         leave_out_unset_nones(model, stored)
         _refuse_system_names(stored, where)
         try:

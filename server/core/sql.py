@@ -197,6 +197,13 @@ class TableSql:
                     f"SELECT id, creation_time, doc, {col} FROM {t} "
                     f"WHERE {col} >= $1 AND {col} < $2 ORDER BY {col} {order} LIMIT $3"
                 )
+        # The built-in by_id index is the primary key. Ids are lowercase letters and digits,
+        # which every collation orders as their bytes; bounds come as text (query.py, id_bound).
+        for desc in (False, True):
+            self.range[("by_id", desc)] = (
+                f"SELECT id, creation_time, doc, convert_to(id, 'UTF8') FROM {t} "
+                f"WHERE id >= $1 AND id < $2 ORDER BY id {'DESC' if desc else 'ASC'} LIMIT $3"
+            )
 
     def add_key_column(self, index: str) -> str:
         return f"ALTER TABLE {quote_ident(self.table)} ADD COLUMN IF NOT EXISTS {self.key_columns[index]} bytea"

@@ -70,8 +70,9 @@ class Int64(int):
     def __get_pydantic_core_schema__(
         cls, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
+        # strict: an integer (an Int64 or a plain int), never a float or a numeric string
         return core_schema.no_info_after_validator_function(
-            cls, core_schema.int_schema(ge=MIN_INT64, le=MAX_INT64)
+            cls, core_schema.int_schema(ge=MIN_INT64, le=MAX_INT64, strict=True)
         )
 
 
