@@ -83,6 +83,17 @@ def _error_from(response: dict[str, Any]) -> RippleClientError:
     return FunctionError(message)
 
 
+_LEVELS = {"[ERROR]": logging.ERROR, "[WARN]": logging.WARNING, "[DEBUG]": logging.DEBUG}
+
+
+def show_log_lines(kind: str, path: str, lines: list[str]) -> None:
+    """A function's log lines on the `client_sdk` logger, as the official clients print them
+    (`[CONVEX Q(path)] [INFO] text`), at the line's level ([LOG] and [INFO] as INFO)."""
+    for line in lines:
+        level = _LEVELS.get(line[: line.find("]") + 1], logging.INFO)
+        log.log(level, "[CONVEX %s(%s)] %s", kind, path, line)
+
+
 def _query_value(result: QueryResult) -> Any:
     if result.ok:
         return from_convex_json(result.value)
@@ -177,6 +188,9 @@ class RippleClient:
         if isinstance(event, QueriesUpdated):
             for query_id in event.query_ids:
                 result = self.protocol.results.get(query_id)
+                query = self.protocol.queries.get(query_id)
+                if result is not None and result.log_lines and query is not None:
+                    show_log_lines("Q", query.path, result.log_lines)
                 if result is not None:
                     for queue in self._watchers.get(query_id, ()):
                         _put_latest(queue, result)
@@ -226,6 +240,7 @@ class RippleClient:
         self._pending[request_id] = future
         await self._send(message)
         response = await future
+        show_log_lines(kind[0], path, response.get("logLines") or [])
         if not response.get("success"):
             raise _error_from(response)
         return from_convex_json(response.get("result"))

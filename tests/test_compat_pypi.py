@@ -8,6 +8,7 @@ GIL while it waits, so subscriptions get a process of their own."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -168,3 +169,30 @@ async def test_pages_split_at_maximum_rows_read(http: ConvexHttpClient, ws: Conv
         assert page["pageStatus"] == "SplitRequired" and isinstance(page["splitCursor"], str)
         rest = await asyncio.to_thread(client.query, "compat:page", {"paginationOpts": {**opts, "cursor": page["continueCursor"]}})
         assert rest["page"][0]["_id"] != page["page"][-1]["_id"]
+
+
+# -- 3. strict validation ---------------------------------------------------------------------------------
+
+
+async def test_arguments_are_validated_without_coercion(http: ConvexHttpClient, ws: ConvexClient) -> None:
+    good = {"n": 2, "f": 2, "flag": True, "tags": [1, 2]}  # the clients send every int as 2.0
+    for typed in await both("query", "compat:typed", good, http, ws):
+        assert typed == {"n": "int", "f": "float", "flag": True, "tags": [1.0, 2.0]}
+    for bad, field in (({"n": "5"}, "`n`"), ({"tags": ["1"]}, "`tags[0]`"), ({"flag": 1}, "`flag`"),
+                       ({"n": 2.5}, "`n`")):
+        for client in (http, ws):
+            with pytest.raises(Exception, match=re.escape(field)) as caught:
+                await asyncio.to_thread(client.query, "compat:typed", {**good, **bad})
+            assert "invalid arguments for compat:typed" in str(caught.value)
+
+
+# -- 6. typed ids -------------------------------------------------------------------------------------------
+
+
+async def test_typed_ids_refuse_another_tables_id(http: ConvexHttpClient, ws: ConvexClient) -> None:
+    note = await asyncio.to_thread(http.mutation, "compat:add_note", {"title": "p6"})
+    other = await asyncio.to_thread(http.mutation, "compat:loose_id", {})
+    for client in (http, ws):
+        assert await asyncio.to_thread(client.query, "compat:note_title", {"id": note["_id"]}) == "p6"
+        with pytest.raises(Exception, match=r"`id`: Found an id of table loose, which does not match table notes"):
+            await asyncio.to_thread(client.query, "compat:note_title", {"id": other})

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from server import UNSET, ConvexError, Int64, mutation, query
+from server import UNSET, ConvexError, Id, Int64, mutation, query
 
 # -- 1. numbers on the wire -------------------------------------------------------------------
 
@@ -163,3 +163,45 @@ async def fill(ctx, prefix: str, n: int) -> None:
 @query
 async def page(ctx, paginationOpts: dict[str, Any]) -> dict[str, Any]:
     return await ctx.db.query("counters").paginate(paginationOpts)
+
+
+# -- 3. strict validation --------------------------------------------------------------------------------
+
+
+@query
+async def typed(ctx, n: int, f: float, flag: bool, tags: list[int]) -> dict[str, Any]:
+    """What each argument arrived as (a float field given 2 holds 2.0; an int field given 2.0, 2)."""
+    return {"n": type(n).__name__, "f": type(f).__name__, "flag": flag, "tags": tags}
+
+
+# -- 6. typed ids ------------------------------------------------------------------------------------------
+
+
+@query
+async def note_title(ctx, id: Id["notes"]) -> str:  # noqa: F821 (a table name, not a type)
+    doc = await ctx.db.get("notes", id)
+    return doc["title"] if doc else "(deleted)"
+
+
+@mutation
+async def loose_id(ctx) -> Id["loose"]:  # noqa: F821
+    return await ctx.db.insert("loose", {"kind": "not a note"})
+
+
+# -- 12. responses before their writes ------------------------------------------------------------------
+
+
+@query
+async def value(ctx, name: str) -> int:
+    doc = await ctx.db.query("counters").with_index("by_name", lambda r: r.eq("name", name)).unique()
+    return doc["n"] if doc else 0
+
+
+@mutation
+async def bump(ctx, name: str) -> int:
+    doc = await ctx.db.query("counters").with_index("by_name", lambda r: r.eq("name", name)).unique()
+    if doc is None:
+        await ctx.db.insert("counters", {"name": name, "n": 1})
+        return 1
+    await ctx.db.patch(doc["_id"], {"n": doc["n"] + 1})
+    return doc["n"] + 1
