@@ -152,6 +152,15 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def metrics(self) -> dict[str, float]:
+        """The server's Prometheus metrics, by name with labels: `ripple_subscriptions`, ..."""
+        out = {}
+        for line in httpx.get(f"{self.url}/_ripple/metrics").text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -217,6 +226,27 @@ def compat_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 await conn.close()
 
         asyncio.run(drop())
+
+
+def run_node_tests(script: str, server: ServerProcess, timeout: float = 180) -> None:
+    """`node --test tests/js/<script>` against `server` (as RIPPLE_URL): the official npm
+    clients' tests. Fails, with node's output and the server log, unless every test passed."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is not installed (`node` is not on PATH); these tests need Node 18+")
+    if not (ROOT / "tests" / "js" / "node_modules" / "convex" / "package.json").is_file():
+        pytest.fail("tests/js/node_modules is missing: run `npm ci --prefix tests/js` to install the npm `convex` package")
+    env = {**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1"}
+    try:
+        result = subprocess.run([node, "--test", f"tests/js/{script}"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out, err = (o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (exc.stdout, exc.stderr))
+        pytest.fail(f"node did not finish within {timeout} s\n--- stdout ---\n{out[-6000:]}\n--- stderr ---\n"
+                    f"{err[-3000:]}\n--- server log ---\n{server.log()[-4000:]}")
+    if result.returncode != 0 or "# fail 0" not in result.stdout:
+        pytest.fail(f"node --test {script} exited with {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}\n"
+                    f"--- stderr ---\n{result.stderr[-3000:]}\n--- server log ---\n{server.log()[-4000:]}")
 
 
 def launch(cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:

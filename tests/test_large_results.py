@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 import sys
 import uuid
 from collections.abc import Callable
@@ -19,7 +16,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from conftest import ServerProcess, until
+from conftest import ServerProcess, run_node_tests, until
 
 pytestmark = pytest.mark.e2e
 
@@ -151,25 +148,9 @@ async def test_the_pypi_client_gets_large_transitions_whole(start_server: StartS
 @pytest.mark.node
 def test_the_npm_client_receives_a_transition_larger_than_its_message_limit(start_server: StartServer) -> None:
     """tests/js/large_results.test.mjs: ~42 MB through a websocket taking at most 6 MiB a message."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("Node.js is not installed (`node` is not on PATH); this test needs Node 18+")
-    if not (ROOT / "tests" / "js" / "node_modules" / "convex" / "package.json").is_file():
-        pytest.fail("tests/js/node_modules is missing: run `npm ci --prefix tests/js`")
     server = start_server("serve")
-    result = subprocess.run([node, "--test", "tests/js/large_results.test.mjs"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=180, env={**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1"})
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-2000:]}\n{server.log()[-4000:]}"
+    run_node_tests("large_results.test.mjs", server, timeout=180)
     assert httpx.get(f"{server.url}/_ripple/health").status_code == 200
-
-
-def metrics(server: ServerProcess) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(f"{server.url}/_ripple/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
 
 
 async def test_a_client_that_stops_reading_amid_the_parts_keeps_the_outbox_bound(start_server: StartServer) -> None:
@@ -188,12 +169,12 @@ async def test_a_client_that_stops_reading_amid_the_parts_keeps_the_outbox_bound
                                       "args": [{"size": 1_000_000, "tag": request_id}]}))
 
         def stalled() -> bool:
-            m = metrics(server)
+            m = server.metrics()
             return m.get('ripple_websocket_limit_total{limit="outbox_bytes"}', 0) >= 1 and m["ripple_websocket_pending_mutations"] > 0
 
         await until(stalled, timeout=60, interval=0.1)
         await asyncio.sleep(1)
-        m = metrics(server)
+        m = server.metrics()
         assert m['ripple_mutations_total{outcome="success"}'] < 60
         assert 8 * 1024 * 1024 <= m["ripple_websocket_outbox_bytes"] < 10 * 1024 * 1024
 

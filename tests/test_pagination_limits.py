@@ -4,9 +4,6 @@ read in two; through the runtime, over HTTP, and driven by the npm paginated cli
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,7 @@ from server.core.limits import value_size
 from server.core.runtime import Runtime
 from server.errors import FunctionFailure
 
-from conftest import ServerProcess
+from conftest import ServerProcess, run_node_tests
 
 StartServer = Callable[..., ServerProcess]
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,12 +143,5 @@ async def test_split_pages_over_http(start_server: StartServer) -> None:
 def test_the_npm_paginated_client_splits_pages(start_server: StartServer) -> None:
     """tests/js/page_split.test.mjs: ConvexClient.onPaginatedUpdate_experimental subscribes to the
     two halves of every SplitRequired page and shows each document once."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("Node.js is not installed (`node` is not on PATH); this test needs Node 18+")
-    if not (ROOT / "tests" / "js" / "node_modules" / "convex" / "package.json").is_file():
-        pytest.fail("tests/js/node_modules is missing: run `npm ci --prefix tests/js`")
     server = start_server("serve")
-    result = subprocess.run([node, "--test", "tests/js/page_split.test.mjs"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=120, env={**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1"})
-    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-2000:]}\n{server.log()[-4000:]}"
+    run_node_tests("page_split.test.mjs", server, timeout=120)

@@ -32,15 +32,6 @@ def rss_mb(server: ServerProcess) -> float:
     raise AssertionError("no VmRSS")
 
 
-def metrics(server: ServerProcess) -> dict[str, float]:
-    out = {}
-    for line in httpx.get(f"{server.url}/_ripple/metrics").text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 def query(server: ServerProcess, path: str, args: dict[str, Any]) -> Any:
     r = httpx.post(f"{server.url}/api/query", json={"path": path, "args": args})
     assert r.status_code == 200, r.text
@@ -48,7 +39,7 @@ def query(server: ServerProcess, path: str, args: dict[str, Any]) -> Any:
 
 
 def limit_count(server: ServerProcess, limit: str) -> float:
-    return metrics(server).get(f'ripple_websocket_limit_total{{limit="{limit}"}}', 0.0)
+    return server.metrics().get(f'ripple_websocket_limit_total{{limit="{limit}"}}', 0.0)
 
 
 async def connect(server: ServerProcess) -> ClientConnection:
@@ -113,14 +104,14 @@ async def test_a_client_that_never_reads_holds_bounded_memory_and_loses_nothing(
     late gets every answer, in order."""
     server = start_server("serve")
     count, size = 300, 1_000_000
-    mutations = lambda: metrics(server).get('ripple_mutations_total{outcome="success"}', 0.0)  # noqa: E731
+    mutations = lambda: server.metrics().get('ripple_mutations_total{outcome="success"}', 0.0)  # noqa: E731
 
     warm = await connect(server)  # warm up the code paths a large answer takes
     for i in range(3):
         await warm.send(mutation(i, "limits:blob", {"size": size, "tag": i}))
     assert len(await responses(warm, "MutationResponse", 3)) == 3
     await warm.close()
-    await until(lambda: metrics(server)["ripple_websocket_clients"] == 0)
+    await until(lambda: server.metrics()["ripple_websocket_clients"] == 0)
     await asyncio.sleep(1.5)  # the trim after a large connection
     baseline = rss_mb(server)
     done_before = mutations()
@@ -138,7 +129,7 @@ async def test_a_client_that_never_reads_holds_bounded_memory_and_loses_nothing(
 
     run = await settled(sample)
 
-    m = metrics(server)
+    m = server.metrics()
     assert run - done_before < count, "the server ran every mutation for a client that reads nothing"
     assert m['ripple_websocket_limit_total{limit="outbox_bytes"}'] >= 1
     assert m["ripple_websocket_outbox_bytes"] > 0
@@ -146,8 +137,8 @@ async def test_a_client_that_never_reads_holds_bounded_memory_and_loses_nothing(
     assert peak - baseline < 150, f"RSS grew from {baseline:.0f} MB to {peak:.0f} MB"
 
     stalled.transport.abort()  # gone without a word, with everything it was sent unread
-    await until(lambda: metrics(server)["ripple_websocket_clients"] == 0)
-    await until(lambda: metrics(server)["ripple_websocket_pending_mutations"] == 0)
+    await until(lambda: server.metrics()["ripple_websocket_clients"] == 0)
+    await until(lambda: server.metrics()["ripple_websocket_pending_mutations"] == 0)
     after = await settled(lambda: rss_mb(server), seconds=2)
     assert after - baseline < 40, f"RSS {after:.0f} MB after the client left, {baseline:.0f} MB before it came"
 
@@ -188,7 +179,7 @@ async def test_waiting_mutations_over_their_byte_limit_pause_the_reader(start_se
     for i in range(1, 21):
         await ws.send(mutation(i, "limits:slow", {"seconds": 0, "pad": "p" * 1000}))
     await asyncio.sleep(0.5)
-    assert metrics(server)["ripple_websocket_pending_mutations"] <= 5  # the rest were not read yet
+    assert server.metrics()["ripple_websocket_pending_mutations"] <= 5  # the rest were not read yet
     answers = await responses(ws, "MutationResponse", 21)
     assert all(answer["success"] for answer in answers.values())
     assert limit_count(server, "pending_mutation_bytes") >= 1
@@ -228,7 +219,7 @@ async def test_subscriptions_beyond_the_limit_close_the_connection(start_server:
     assert await fatal_error(ws) == ("ModifyQuerySet would make the query set 4 queries; a connection may hold "
                                      "at most 3 (RIPPLE_WS_MAX_SUBSCRIPTIONS)")
     assert limit_count(server, "subscriptions") == 1
-    await until(lambda: metrics(server)["ripple_subscriptions"] == 0)
+    await until(lambda: server.metrics()["ripple_subscriptions"] == 0)
 
 
 async def test_a_connection_that_ends_cancels_its_running_actions(start_server: StartServer) -> None:
@@ -241,7 +232,7 @@ async def test_a_connection_that_ends_cancels_its_running_actions(start_server: 
     await ws.close()
     await asyncio.sleep(2.5)  # past the time it would have counted
     assert query(server, "counters:get", {"name": "orphan"}) == 0
-    assert metrics(server)["ripple_websocket_actions"] == 0
+    assert server.metrics()["ripple_websocket_actions"] == 0
     assert complaints(server) == []
 
 
