@@ -114,6 +114,43 @@ class WebsocketLimits:
 
 
 @dataclass
+class StorageConfig:
+    """Where stored files' bytes live (docs/storage.md, docs/operations.md): `local` disk under
+    `local_dir` (default `<app>/.ripple/storage`), or `s3`, any S3-compatible endpoint (MinIO,
+    AWS S3, R2) through the `minio` SDK; its bucket is created when missing."""
+
+    backend: str = "local"
+    local_dir: Path | None = None
+    s3_endpoint: str = ""  # host[:port], as the minio SDK takes it
+    s3_bucket: str = "ripple"
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str | None = None
+    s3_secure: bool = True  # TLS to the endpoint
+    max_upload_bytes: int = 5 * 1024**3  # through an upload URL; over it: 413
+    public_url: str | None = None  # base of the URLs functions hand out; default http://<host>:<port>
+
+    @classmethod
+    def from_env(cls) -> StorageConfig:
+        backend = os.environ.get("RIPPLE_STORAGE", "local")
+        if backend not in ("local", "s3"):
+            raise ValueError(f"RIPPLE_STORAGE must be 'local' or 's3', not {backend!r}")
+        local_dir = os.environ.get("RIPPLE_STORAGE_DIR")
+        return cls(
+            backend=backend,
+            local_dir=Path(local_dir) if local_dir else None,
+            s3_endpoint=os.environ.get("RIPPLE_S3_ENDPOINT", ""),
+            s3_bucket=os.environ.get("RIPPLE_S3_BUCKET", "ripple"),
+            s3_access_key=os.environ.get("RIPPLE_S3_ACCESS_KEY", ""),
+            s3_secret_key=os.environ.get("RIPPLE_S3_SECRET_KEY", ""),
+            s3_region=os.environ.get("RIPPLE_S3_REGION") or None,
+            s3_secure=_env_flag("RIPPLE_S3_SECURE", True),
+            max_upload_bytes=_env_int("RIPPLE_STORAGE_MAX_UPLOAD_BYTES", 5 * 1024**3),
+            public_url=os.environ.get("RIPPLE_PUBLIC_URL") or None,
+        )
+
+
+@dataclass
 class Config:
     app_dir: Path = field(default_factory=Path.cwd)
     database_url: str | None = None
@@ -137,6 +174,7 @@ class Config:
     ws_compression: bool = False
     ws_limits: WebsocketLimits = field(default_factory=WebsocketLimits)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
     event_loop: str = "uvloop"  # or "asyncio" (server/loops.py)
 
@@ -157,6 +195,7 @@ class Config:
             ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
             ws_limits=WebsocketLimits.from_env(),
             scheduler=SchedulerConfig.from_env(),
+            storage=StorageConfig.from_env(),
             cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),
             event_loop=_event_loop(os.environ.get("RIPPLE_EVENT_LOOP")),
         )
