@@ -44,7 +44,13 @@ class HttpError(Exception):
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    return Response(dumps(body), status_code=status, media_type="application/json")
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def value_json(value: Any) -> orjson.Fragment:
+    """A value for a response body, its objects' fields in Convex's order (the envelope keeps
+    Convex's: status, value, logLines)."""
+    return orjson.Fragment(dumps(value))
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -191,10 +197,11 @@ class HttpApi:
                 "logLines": failure.log_lines,
             }
             if failure.has_data:
-                body_out["errorData"] = failure.data if fmt == "convex_encoded_json" else to_plain_json(from_convex_json(failure.data))
+                data = failure.data if fmt == "convex_encoded_json" else to_plain_json(from_convex_json(failure.data))
+                body_out["errorData"] = value_json(data)
             return json_response(body_out)
         value = to_wire_json(outcome.value) if fmt == "convex_encoded_json" else to_plain_json(outcome.value)
-        return json_response({"status": "success", "value": value, "logLines": outcome.log_lines})
+        return json_response({"status": "success", "value": value_json(value), "logLines": outcome.log_lines})
 
     async def query_ts(self, request: Request) -> Response:
         return json_response({"ts": encode_ts(await self.runtime.latest_ts())})
