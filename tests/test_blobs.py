@@ -43,10 +43,10 @@ def s3_config(server: S3Server, bucket: str) -> StorageConfig:
 @pytest.fixture(params=["local", "s3"])
 async def blob_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
     if request.param == "local":
-        yield await open_store(StorageConfig(), tmp_path)
+        yield open_store(StorageConfig(), tmp_path)
         return
     server: S3Server = request.getfixturevalue("s3_server")
-    store = await open_store(s3_config(server, request.getfixturevalue("s3_bucket")), tmp_path, part_bytes=PART)
+    store = open_store(s3_config(server, request.getfixturevalue("s3_bucket")), tmp_path, part_bytes=PART)
     assert isinstance(store, s3.S3Store)
     yield store
     store.close()
@@ -203,7 +203,7 @@ async def test_a_large_file_streams_through_bounded_memory(blob_store: BlobStore
 
 
 async def test_local_disk_has_no_direct_uploads_and_serves_files_itself(tmp_path: Path) -> None:
-    store = await open_store(StorageConfig(), tmp_path)
+    store = open_store(StorageConfig(), tmp_path)
     assert isinstance(store, LocalDisk) and store.root == tmp_path / ".ripple" / "storage"
     assert store.download_url("kx", 60) is None
     with pytest.raises(Unsupported):
@@ -214,23 +214,24 @@ async def test_local_disk_has_no_direct_uploads_and_serves_files_itself(tmp_path
         await store.complete_multipart("kx", "u", [])
     with pytest.raises(Unsupported):
         await store.abort_multipart("kx", "u")
-    other = await open_store(StorageConfig(local_dir=tmp_path / "elsewhere"), tmp_path)
+    other = open_store(StorageConfig(local_dir=tmp_path / "elsewhere"), tmp_path)
     assert isinstance(other, LocalDisk) and other.root == tmp_path / "elsewhere"
 
 
 @pytest.fixture
 async def s3_store(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> AsyncIterator[s3.S3Store]:
-    store = await open_store(s3_config(s3_server, s3_bucket), tmp_path, part_bytes=PART)
+    store = open_store(s3_config(s3_server, s3_bucket), tmp_path, part_bytes=PART)
     assert isinstance(store, s3.S3Store)
     yield store
     store.close()
 
 
-async def test_s3_opening_creates_the_bucket_once(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
-    assert not s3_server.client().bucket_exists(s3_bucket)
-    first = await open_store(s3_config(s3_server, s3_bucket), tmp_path)
+async def test_s3_creates_its_bucket_at_first_use(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
+    first = open_store(s3_config(s3_server, s3_bucket), tmp_path)
+    assert not s3_server.client().bucket_exists(s3_bucket)  # opening touches no network
     await first.put("kone", stream(b"1"))
-    second = await open_store(s3_config(s3_server, s3_bucket), tmp_path)  # exists now: kept as it is
+    assert s3_server.client().bucket_exists(s3_bucket)
+    second = open_store(s3_config(s3_server, s3_bucket), tmp_path)  # exists now: kept as it is
     assert await read_all(second, "kone") == b"1"
     for store in (first, second):
         assert isinstance(store, s3.S3Store)
@@ -292,13 +293,13 @@ async def test_s3_settings_are_checked_with_clear_errors(s3_server: S3Server, tm
                             ({"backend": "gcs"}, "must be 'local' or 's3'")]:
         config = StorageConfig(**{**good.__dict__, **change})
         with pytest.raises(ValueError, match=message):
-            await open_store(config, tmp_path)
+            open_store(config, tmp_path)
 
 
 async def test_s3_endpoint_may_be_a_url(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> None:
     config = s3_config(s3_server, s3_bucket)
     config = StorageConfig(**{**config.__dict__, "s3_endpoint": f"http://{s3_server.endpoint}/", "s3_secure": True})
-    store = await open_store(config, tmp_path)  # the scheme wins over s3_secure
+    store = open_store(config, tmp_path)  # the scheme wins over s3_secure
     assert isinstance(store, s3.S3Store)
     await store.put("kurl", stream(b"ok"))
     assert await store.size("kurl") == 2
@@ -308,5 +309,11 @@ async def test_s3_endpoint_may_be_a_url(s3_server: S3Server, s3_bucket: str, tmp
 async def test_s3_unreachable_is_a_connection_error_naming_the_endpoint(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
     config = StorageConfig(backend="s3", s3_endpoint=dead, s3_access_key="a", s3_secret_key="b", s3_secure=False)
+    store = open_store(config, tmp_path)  # no network yet: a server starts while S3 is down
+    assert isinstance(store, s3.S3Store)
+    assert store.download_url("kx", 60) is not None  # presigning is local
+    # the first call checks the bucket, and fails after the SDK's retries (about 6 s)
     with pytest.raises(ConnectionError, match=f"S3 endpoint {dead} unreachable"):
-        await open_store(config, tmp_path)
+        await store.size("kx")
+    assert not store._bucket_ready  # so the next call tries again
+    store.close()

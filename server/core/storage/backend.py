@@ -10,11 +10,13 @@ from server.config import StorageConfig
 from server.core.storage.blobs import BlobStore, LocalDisk
 from server.core.storage.s3 import PART_BYTES, S3Store
 
+DEFAULT_REGION = "us-east-1"  # AWS buckets elsewhere need RIPPLE_S3_REGION
 
-async def open_store(config: StorageConfig, app_dir: Path, part_bytes: int = PART_BYTES) -> BlobStore:
+
+def open_store(config: StorageConfig, app_dir: Path, part_bytes: int = PART_BYTES) -> BlobStore:
     """LocalDisk under `config.local_dir` (default `<app_dir>/.ripple/storage`), or S3Store on
-    `config.s3_endpoint`, whose bucket it creates when missing: opening talks to the endpoint,
-    so a wrong endpoint or key fails the server's start, not its first upload."""
+    `config.s3_endpoint`. Settings missing or malformed raise ValueError naming the variable; the
+    endpoint itself is first contacted by the store's first call (S3Store.ready)."""
     if config.backend == "local":
         return LocalDisk(config.local_dir or app_dir / ".ripple" / "storage")
     if config.backend != "s3":
@@ -26,9 +28,11 @@ async def open_store(config: StorageConfig, app_dir: Path, part_bytes: int = PAR
         raise ValueError(f"RIPPLE_STORAGE=s3 needs {' and '.join(missing)} (presigned URLs are signed with them)")
     if not config.s3_bucket:
         raise ValueError("RIPPLE_S3_BUCKET is empty: name the bucket stored files go to")
+    # Given a region, the SDK never asks the endpoint for the bucket's (a blocking request it
+    # would make while presigning, on the event loop); us-east-1 is what MinIO and R2 accept.
     client = Minio(endpoint, access_key=config.s3_access_key, secret_key=config.s3_secret_key,
-                   secure=secure, region=config.s3_region)
-    return await S3Store.open(client, config.s3_bucket, endpoint, part_bytes)
+                   secure=secure, region=config.s3_region or DEFAULT_REGION)
+    return S3Store(client, config.s3_bucket, endpoint, part_bytes)
 
 
 def _endpoint(value: str, secure: bool) -> tuple[str, bool]:

@@ -49,8 +49,9 @@ async def _empty() -> AsyncIterator[bytes]:
 
 
 class S3Store:
-    """Objects under their storage id in `bucket`. Build it with `open` (creates the bucket when
-    missing, and caches its region so presigning never touches the network)."""
+    """Objects under their storage id in `bucket`. Building it touches no network (a server starts
+    while S3 is down); the bucket is checked, and created when missing, once, before the first
+    call that needs it (`ready`). Presigning is always local: the client is given its region."""
 
     name = "s3"
 
@@ -60,16 +61,18 @@ class S3Store:
         self.client, self.bucket, self.endpoint, self.part_bytes = client, bucket, endpoint, part_bytes
         self._pool = concurrent.futures.ThreadPoolExecutor(THREADS, thread_name_prefix="ripple-s3")
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._bucket_ready = False
+        self._bucket_lock = asyncio.Lock()
 
-    @classmethod
-    async def open(cls, client: Minio, bucket: str, endpoint: str, part_bytes: int = PART_BYTES) -> S3Store:
-        store = cls(client, bucket, endpoint, part_bytes)
-        try:
-            await store._call(store._ensure_bucket)
-        except BaseException:
-            store.close()
-            raise
-        return store
+    async def ready(self) -> None:
+        """Check the bucket, creating it when missing; once it succeeded, never again. Failing
+        (S3 unreachable, keys refused) it raises and the next call tries again."""
+        if self._bucket_ready:
+            return
+        async with self._bucket_lock:
+            if not self._bucket_ready:
+                await self._call(self._ensure_bucket)
+                self._bucket_ready = True
 
     def _ensure_bucket(self) -> None:
         if self.client.bucket_exists(self.bucket):
@@ -101,6 +104,7 @@ class S3Store:
     async def put(self, key: str, chunks: AsyncIterator[bytes], max_bytes: int | None = None,
                   content_type: str | None = None) -> Written:
         _check_key(key)
+        await self.ready()
         content_type = content_type or "application/octet-stream"
         h, size = hashlib.sha256(), 0
         buffer: list[bytes] = []
@@ -186,6 +190,7 @@ class S3Store:
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         _check_key(key)
+        await self.ready()
         if end is not None and end <= start:
             if await self.size(key) is None:
                 raise NotFound(key)
@@ -212,6 +217,7 @@ class S3Store:
 
     async def size(self, key: str) -> int | None:
         _check_key(key)
+        await self.ready()
         try:
             stat = await self._call(self.client.stat_object, self.bucket, key)
         except S3Error as exc:
@@ -222,10 +228,10 @@ class S3Store:
 
     async def delete(self, key: str) -> None:
         _check_key(key)
+        await self.ready()
         await self._call(self.client.remove_object, self.bucket, key)  # S3: no error when absent
 
     def download_url(self, key: str, expires_seconds: int, content_type: str | None = None) -> str | None:
-        # Signing is local: the bucket's region was cached by `open`.
         _check_key(key)
         headers: dict[str, str | list[str] | tuple[str]] | None = (
             {"response-content-type": content_type} if content_type else None)
@@ -239,6 +245,7 @@ class S3Store:
     # an SDK that changed them fails the suite rather than production.
     async def start_multipart(self, key: str, content_type: str | None) -> str:
         _check_key(key)
+        await self.ready()
         return await self._call(self.client._create_multipart_upload, self.bucket, key,
                                 {"Content-Type": content_type or "application/octet-stream"})
 
@@ -252,12 +259,14 @@ class S3Store:
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> None:
         _check_key(key)
+        await self.ready()
         ordered = sorted(parts, key=lambda p: p.number)
         await self._call(self.client._complete_multipart_upload, self.bucket, key, upload_id,
                          [S3Part(p.number, p.etag.strip('"')) for p in ordered])
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         _check_key(key)
+        await self.ready()
         try:
             await self._call(self.client._abort_multipart_upload, self.bucket, key, upload_id)
         except S3Error as exc:
