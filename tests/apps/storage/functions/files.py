@@ -123,3 +123,9 @@ async def complete_multipart(ctx, storageId: str, uploadId: str, parts: list[dic
 @action
 async def abort_multipart(ctx, storageId: str, uploadId: str) -> None:
     await ctx.storage.abort_multipart_upload(storageId, uploadId)
+
+
+@mutation
+async def note(ctx) -> str:
+    """A document of another table, whose id is no storage id."""
+    return await ctx.db.insert("notes", {"text": "not a file"})
