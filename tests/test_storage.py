@@ -19,10 +19,12 @@ import httpx
 import pytest
 
 from client_sdk import RippleClient
+from server.core.ids import new_id
 from server.core.storage import tokens
 from server.core.storage.blobs import BlobStore, LocalDisk
+from server.core.system_tables import STORAGE
 
-from conftest import ROOT, ServerProcess, call, database_url, until
+from conftest import ROOT, ServerProcess, call, database_url, open_runtime, run_node_tests, until
 
 pytestmark = pytest.mark.e2e
 
@@ -58,8 +60,8 @@ def storage_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[
 
 @pytest.fixture
 def files_server(start_server: Callable[..., ServerProcess], storage_backend: Backend) -> Callable[..., ServerProcess]:
-    def start(mode: str = "dev", **env: str) -> ServerProcess:
-        return start_server(mode, STORAGE_APP, extra_env={**storage_backend.env, **env})
+    def start(mode: str = "dev", app_dir: Path = STORAGE_APP, **env: str) -> ServerProcess:
+        return start_server(mode, app_dir, extra_env={**storage_backend.env, **env})
 
     return start
 
@@ -213,7 +215,7 @@ async def test_bad_uploads_store_nothing(files_server, storage_backend: Backend,
         # A client that goes away mid-upload.
         url = await value(c, "mutation", "files:upload_url")
         target = httpx.URL(url)
-        reader, writer = await asyncio.open_connection(target.host, target.port)
+        _, writer = await asyncio.open_connection(target.host, target.port)
         writer.write(f"POST {target.raw_path.decode()} HTTP/1.1\r\nHost: x\r\nContent-Type: a/b\r\n"
                      f"Content-Length: {limit}\r\n\r\n".encode() + b"z" * (limit // 2))
         await writer.drain()
@@ -427,11 +429,7 @@ async def test_the_sweeper_removes_bytes_a_crash_left_behind(namespace: str, tmp
     gave up cannot register any more."""
     from server.config import StorageConfig
     from server.core import sql
-    from server.core.ids import new_id
     from server.core.storage.files import Abandoned, chunks_of
-    from server.core.system_tables import STORAGE
-
-    from conftest import open_runtime
 
     async with open_runtime(STORAGE_APP, namespace, storage=StorageConfig(local_dir=tmp_path / "blobs")) as runtime:
         files = runtime.files
@@ -454,3 +452,28 @@ async def test_the_sweeper_removes_bytes_a_crash_left_behind(namespace: str, tmp
         assert await files.store.size(running) is None
         async with runtime.db.acquire() as conn:
             assert await conn.fetchval(f'SELECT count(*) FROM "{namespace}"._ripple_storage_pending') == 0
+
+
+@pytest.mark.node
+def test_official_npm_client_uploads_and_reads_back(files_server) -> None:
+    run_node_tests("storage.test.mjs", files_server())
+
+
+async def test_the_example_app_creates_a_video_from_an_uploaded_file(files_server) -> None:
+    server = files_server(app_dir=ROOT)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        url = await value(c, "mutation", "videos:generate_upload_url")
+        r = await c.post(url, content=b"\x00\x00\x00\x18ftypmp42", headers={"content-type": "video/mp4"})
+        sid = r.json()["storageId"]
+        campaign = await value(c, "mutation", "campaigns:create", {"name": "Launch", "brand": "Acme"})
+        video = await value(c, "mutation", "videos:create", {"creatorId": "u1", "campaignId": campaign, "storageId": sid})
+        got = await value(c, "query", "videos:get", {"id": video})
+        assert got["storageId"] == sid and got["url"] == f"{server.url}/api/storage/{sid}"
+        played = await c.get(got["url"], follow_redirects=True)
+        assert played.content == b"\x00\x00\x00\x18ftypmp42" and played.headers["content-type"] == "video/mp4"
+
+        r = await call(c, "mutation", "videos:create", {"creatorId": "u1", "campaignId": campaign, "storageId": campaign})
+        assert r.status_code == 400 and "_storage" in r.text  # a campaign's id is no file
+        unknown = new_id(STORAGE.number)  # a storage id, of no file
+        r = await call(c, "mutation", "videos:create", {"creatorId": "u1", "campaignId": campaign, "storageId": unknown})
+        assert r.json()["errorData"]["code"] == "FILE_NOT_FOUND"

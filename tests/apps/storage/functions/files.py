@@ -1,6 +1,6 @@
 """ctx.storage from each kind of function, for tests/test_storage.py and tests/js/storage.test.mjs."""
 
-from typing import Any
+from typing import Any, Literal
 
 from server import ConvexError, Id, action, mutation, query
 
@@ -26,7 +26,7 @@ async def metadata(ctx, id: str) -> dict[str, Any] | None:
 
 
 @query
-async def doc(ctx, id: Id["_storage"]) -> dict[str, Any] | None:
+async def doc(ctx, id: Id[Literal["_storage"]]) -> dict[str, Any] | None:
     return await ctx.db.system.get(id)
 
 
@@ -41,7 +41,7 @@ async def normalize(ctx, id: str) -> str | None:
 
 
 @mutation
-async def attach(ctx, name: str, file: Id["_storage"]) -> dict[str, Any]:
+async def attach(ctx, name: str, file: Id[Literal["_storage"]]) -> dict[str, Any]:
     """Keep a reference to an uploaded file; answer its name and URL."""
     if await ctx.db.system.get(file) is None:
         raise ConvexError({"code": "NO_SUCH_FILE"})
