@@ -27,10 +27,10 @@ from server.core.database import Database
 from server.core.documents import DatabaseWriter
 from server.core.ids import new_id
 from server.core.storage import tokens
+from server.core.storage.backend import open_store
 from server.core.storage.blobs import (
     CHUNK_BYTES,
     BlobStore,
-    LocalDisk,
     Part,
     Unsupported,
     Written,
@@ -54,8 +54,8 @@ PART_URL_SECONDS = 3600
 
 
 def blob_store(config: Config) -> BlobStore:
-    """The configured backend. Local disk for now; `open_store` takes over with S3."""
-    return LocalDisk(config.storage.local_dir or config.app_dir / ".ripple" / "storage")
+    """The configured backend: local disk or S3 (storage/backend.py)."""
+    return open_store(config.storage, config.app_dir)
 
 
 class UploadFailed(RippleUsageError):
