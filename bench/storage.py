@@ -14,6 +14,11 @@ at a time, with each backend:
            endpoint directly: `fput_object` of the same file (upload), `get_object` read to the
            end (download), in another bucket.
 
+and, for both, the HTTP floor (`storage_floor.py`): uvicorn + Starlette configured as Ripple runs
+them, receiving a POST and discarding it, and sending zeros, with the same client. It is what any
+upload or download through this HTTP stack costs on this box, so it tells Ripple's own work
+from the stack's; the load generator (this process) is measured by it too.
+
 Through Ripple, an upload is the Convex flow: the `files:upload_url` mutation (not timed), then
 the timed POST of the file's bytes (Content-Length, streamed from disk in 1 MiB blocks) to that
 URL until its `{"storageId"}` answer. A download is a timed GET of `{base}/api/storage/<id>`
@@ -189,6 +194,24 @@ class DirectS3:
         self.client.remove_object(self.bucket, key)
 
 
+class HttpFloor:
+    """The same client against storage_floor.py: the HTTP stack alone."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def upload(self, source: Path, size: int) -> tuple[float, str]:
+        return timed(lambda: post_file(f"http://{HOST}:{self.port}/upload?x=1", source, size))[0], ""
+
+    def download(self, _: str, size: int) -> float:
+        seconds, got = timed(lambda: get_to_end(f"http://{HOST}:{self.port}/download/{size}"))
+        check_size(got, size, "floor download")
+        return seconds
+
+    def remove(self, _: str) -> None:
+        pass
+
+
 class FileCopy:
     """A plain copy into the directory Ripple stores local files in, and reading it back."""
 
@@ -240,6 +263,8 @@ def summary(transfers: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[path] = {"median_mb_s": round(statistics.median(rates), 1), "min_mb_s": round(min(rates), 1),
                          "max_mb_s": round(max(rates), 1), "transfers": len(rates)}
         row["ratio"] = round(row["ripple"]["median_mb_s"] / row["baseline"]["median_mb_s"], 3)
+        if "floor" in row:
+            row["ratio_to_floor"] = round(row["ripple"]["median_mb_s"] / row["floor"]["median_mb_s"], 3)
         rows.append(row)
     return rows
 
@@ -288,6 +313,11 @@ async def bench(args: argparse.Namespace) -> None:
                     env={**clean, **env, "PYTHONUNBUFFERED": "1"})
                 await wait_ready(proc, port)
                 servers[backend] = (proc, Ripple(port))
+            floor_port = free_port()
+            floor = processes.start("floor", [sys.executable, "-m", "uvicorn", "storage_floor:app", "--host", HOST,
+                                              "--port", str(floor_port), "--loop", "uvloop", "--http", "httptools",
+                                              "--log-level", "warning"], cwd=SCRIPT.parent)
+            await wait_port(floor, floor_port, "the floor server did not start")
             baselines = {"local": FileCopy(tmp / "copies"), "s3": DirectS3(endpoint, "direct")}
             sources = {size: make_source(tmp, size) for size in sizes}
             transfers: list[dict[str, Any]] = []
@@ -296,8 +326,9 @@ async def bench(args: argparse.Namespace) -> None:
                     for size in sizes:
                         repeat = args.repeat_small if size < 10 * MB else args.repeat_large
                         for rep in range(repeat):
-                            pair = [("ripple", servers[backend][1]), ("baseline", baselines[backend])]
-                            for path, mover in pair if rep % 2 == 0 else pair[::-1]:
+                            trio: list[tuple[str, Any]] = [("ripple", servers[backend][1]),
+                                                           ("baseline", baselines[backend]), ("floor", HttpFloor(floor_port))]
+                            for path, mover in trio if rep % 2 == 0 else trio[::-1]:
                                 up, ref = await asyncio.to_thread(mover.upload, sources[size], size)
                                 down = await asyncio.to_thread(mover.download, ref, size)
                                 await asyncio.to_thread(mover.remove, ref)
@@ -307,14 +338,17 @@ async def bench(args: argparse.Namespace) -> None:
                     for row in summary([t for t in transfers if t["run"] == run and t["backend"] == backend]):
                         print(f"run {run} {backend:5} {row['size_mb']:6g} MB {row['direction']:8}  ripple "
                               f"{row['ripple']['median_mb_s']:8.1f} MB/s   baseline {row['baseline']['median_mb_s']:8.1f} "
-                              f"MB/s   ratio {row['ratio']:.2f}", flush=True)
+                              f"MB/s   ratio {row['ratio']:.2f}   http floor {row['floor']['median_mb_s']:8.1f} MB/s",
+                              flush=True)
             rows = summary(transfers)
             rss = {backend: peak_rss_mb(proc.pid) for backend, (proc, _) in servers.items()}
             print("\nall runs (median over every transfer; baseline: local = file copy / read, s3 = minio SDK direct)")
-            print(f"{'backend':7} {'size':>7} {'direction':9} {'ripple MB/s':>12} {'baseline MB/s':>14} {'ratio':>6}")
+            print(f"{'backend':7} {'size':>7} {'direction':9} {'ripple MB/s':>12} {'baseline MB/s':>14} {'ratio':>6} "
+                  f"{'floor MB/s':>11} {'/floor':>6}")
             for row in rows:
                 print(f"{row['backend']:7} {row['size_mb']:5g} MB {row['direction']:9} {row['ripple']['median_mb_s']:12.1f} "
-                      f"{row['baseline']['median_mb_s']:14.1f} {row['ratio']:6.2f}")
+                      f"{row['baseline']['median_mb_s']:14.1f} {row['ratio']:6.2f} {row['floor']['median_mb_s']:11.1f} "
+                      f"{row['ratio_to_floor']:6.2f}")
             print(f"server peak RSS (VmHWM): {', '.join(f'{k} {v} MB' for k, v in rss.items())}")
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
