@@ -9,7 +9,7 @@ import time
 from typing import Any, Literal
 
 from functions import processing
-from server import ConvexError, mutation, query
+from server import ConvexError, Id, mutation, query
 
 Status = Literal["uploaded", "processing", "under_review", "approved", "changes_needed", "rejected"]
 
@@ -35,9 +35,21 @@ async def list(
 
 @query
 async def get(ctx, id: str) -> dict[str, Any] | None:
+    """The video, with `url`: where its file plays from (None without a file, or once deleted)."""
     if ctx.db.normalize_id("videos", id) is None:
         raise ConvexError({"code": "INVALID_ID", "message": f"{id!r} is not a video id"})
-    return await ctx.db.get(id)
+    video = await ctx.db.get(id)
+    if video is None:
+        return None
+    url = await ctx.storage.get_url(video["storageId"]) if video.get("storageId") else None
+    return {**video, "url": url}
+
+
+@mutation
+async def generate_upload_url(ctx) -> str:
+    """Step one of an upload: a URL the creator's browser POSTs the video file to (once, within
+    an hour); the answer's `storageId` goes to `videos:create`."""
+    return await ctx.storage.generate_upload_url()
 
 
 @mutation
@@ -46,12 +58,15 @@ async def create(
     creatorId: str,
     campaignId: str,
     caption: str = "",
-    storageId: str | None = None,
+    storageId: Id[Literal["_storage"]] | None = None,
     platformSelections: builtins.list[Literal["tiktok", "instagram", "youtube", "x"]] | None = None,
     hashtags: builtins.list[str] | None = None,
 ) -> str:
     """Record an uploaded video for a campaign, with status `uploaded`, and schedule its
-    processing (functions/processing.py), which takes it on to `under_review`."""
+    processing (functions/processing.py), which takes it on to `under_review`. `storageId`: the
+    uploaded file (from the upload URL's answer); an id that names no stored file is refused."""
+    if storageId is not None and await ctx.db.system.get(storageId) is None:
+        raise ConvexError({"code": "FILE_NOT_FOUND", "message": f"no uploaded file {storageId!r}"})
     campaign = await ctx.db.get(campaignId) if ctx.db.normalize_id("campaigns", campaignId) else None
     if campaign is None:
         raise ConvexError({"code": "CAMPAIGN_NOT_FOUND", "message": f"no campaign {campaignId!r}"})

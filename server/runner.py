@@ -147,9 +147,11 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
     subscriptions = SubscriptionManager(runtime)
     scheduler = Scheduler(runtime)
     live_queries = scheduling = False
+    # Removes the bytes of deleted files and abandoned uploads left behind (storage/files.py).
+    sweeper = runtime.supervise("storage sweeper", runtime.files.sweep_forever)
 
     async def start_services() -> None:
-        """Live queries and the scheduler, once a version of the app is loaded."""
+        """Live queries, the scheduler and the storage sweeper, once a version of the app is loaded."""
         nonlocal live_queries, scheduling
         if not live_queries:
             await subscriptions.start()
@@ -157,6 +159,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
         if config.scheduler.enabled and not scheduling:
             await scheduler.start()
             scheduling = True
+        if sweeper.task is None:
+            sweeper.start()
 
     loader = AppLoader(runtime, start_services)
 
@@ -213,6 +217,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                     await scheduler.stop()
                 if live_queries:
                     await subscriptions.stop()
+                await sweeper.stop()
+                await runtime.files.removals_done()
                 await db.close()
             finally:
                 dog.stop()  # last: functions still running (scheduled jobs finishing) stay guarded

@@ -16,12 +16,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
 import pytest
+from minio import Minio
 
 from server import loops
 from server.config import Config
@@ -296,3 +298,76 @@ async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: f
 
 async def call(client: httpx.AsyncClient, kind: str, path: str, args: Any = None, **body: Any) -> httpx.Response:
     return await client.post(f"/api/{kind}", json={"path": path, "args": args or {}, **body})
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's S3 server on loopback (the `s3_server` fixture), reached only through real HTTP."""
+
+    endpoint: str  # host:port, plain HTTP
+    access_key: str = "ripple-test"
+    secret_key: str = "ripple-test-secret"  # moto accepts any keys, and checks the signatures' form
+
+    def client(self) -> Minio:
+        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key, secure=False)
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """The environment that makes a Ripple server store its files in `bucket` here."""
+        return {"RIPPLE_STORAGE": "s3", "RIPPLE_S3_ENDPOINT": self.endpoint, "RIPPLE_S3_BUCKET": bucket,
+                "RIPPLE_S3_ACCESS_KEY": self.access_key, "RIPPLE_S3_SECRET_KEY": self.secret_key,
+                "RIPPLE_S3_SECURE": "false"}
+
+    def leftovers(self, bucket: str) -> list[str]:
+        """Every object and unfinished multipart upload in `bucket` (none when it does not exist)."""
+        client = self.client()
+        if not client.bucket_exists(bucket):
+            return []
+        objects = [f"object {o.object_name}" for o in client.list_objects(bucket, recursive=True)]
+        uploads = client._list_multipart_uploads(bucket).uploads
+        return objects + [f"multipart upload {u.object_name} {u.upload_id}" for u in uploads]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's standalone S3 server, started once per session on a free loopback port. In a process
+    of its own rather than a ThreadedMotoServer thread here: moto keeps objects in memory, which
+    would count in this process's tracemalloc peaks (tests/test_blobs.py), and it would share the
+    GIL with the code under test."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}")
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto not answering:\n{log_path.read_text(errors='replace')}") from None
+                time.sleep(0.1)
+        yield S3Server(f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_bucket() -> str:
+    """A fresh bucket name, so a test sees only its own objects in the shared moto server."""
+    return "t-" + secrets.token_hex(6)
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, s3_bucket: str) -> dict[str, str]:
+    """`start_server(extra_env=s3_env)` runs a Ripple server storing files in S3 (moto), in
+    `s3_bucket`, which the server creates; `s3_server.leftovers(s3_bucket)` lists what is in it."""
+    return s3_server.env(s3_bucket)

@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.http_api import HttpApi, error_response, json_response
+from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
 from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
@@ -97,6 +98,7 @@ def build_app(
     """`load_error`: why no version of the app is loaded, when loading failed (dev mode keeps
     serving and reports it here until a change fixes it)."""
     api = HttpApi(runtime)
+    storage = StorageRoutes(runtime)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
@@ -182,6 +184,8 @@ def build_app(
         Route("/api/run/{ident:path}", endpoint(call_run), methods=["POST"]),
         Route("/api/query_ts", endpoint(api.query_ts), methods=["POST", "GET"]),
         Route("/api/query_at_ts", endpoint(call_query_at_ts), methods=["POST"]),
+        Route("/api/storage/upload", endpoint(storage.upload), methods=["POST"]),
+        Route("/api/storage/{storage_id}", endpoint(storage.download), methods=["GET", "HEAD"]),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
     ]

@@ -106,6 +106,11 @@ class Committer:
             discard(conn)
             raise
         await self._commit(conn, tx, backend)
+        for hook in tx.after_commit:
+            try:
+                hook()
+            except Exception:  # committed: nothing may fail the block now
+                log.exception("an after-commit hook failed")
 
     async def _commit(self, conn: asyncpg.Connection, tx: Transaction, backend: Backend | None) -> None:
         marker = None

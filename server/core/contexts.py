@@ -1,9 +1,10 @@
 """What a function receives as `ctx`, by kind, and what a call returns.
 
-    query     QueryCtx     db (read-only), auth, run_query (in the same transaction)
-    mutation  MutationCtx  db (reads and writes), auth, scheduler (commits with the mutation),
-                           run_query / run_mutation (in the same transaction)
-    action    ActionCtx    run_query / run_mutation / run_action, auth, scheduler (commits at once)
+    query     QueryCtx     db (read-only), auth, storage (read), run_query (in the same transaction)
+    mutation  MutationCtx  db (reads and writes), auth, scheduler and storage (commit with the
+                           mutation), run_query / run_mutation (in the same transaction)
+    action    ActionCtx    run_query / run_mutation / run_action, auth, scheduler and storage
+                           (commit at once)
 
 Also who called (`caller_key`) and what an idempotent mutation call stored (`StoredCall`).
 
@@ -36,6 +37,7 @@ from server.errors import (
 if TYPE_CHECKING:
     from server.core.documents import DatabaseReader, DatabaseWriter
     from server.core.scheduler.api import ActionScheduler, MutationScheduler
+    from server.core.storage.api import StorageActionWriter, StorageReader, StorageWriter
 
 
 @dataclass
@@ -140,9 +142,14 @@ _REFUSED = {
 
 
 class QueryCtx:
-    def __init__(self, db: DatabaseReader, auth: Auth, call: InnerCall | None = None, logs: LogBuffer | None = None) -> None:
+    storage: StorageReader
+
+    def __init__(self, db: DatabaseReader, auth: Auth, call: InnerCall | None = None, logs: LogBuffer | None = None,
+                 storage: StorageReader | None = None) -> None:
         self.db = db
         self.auth = auth
+        if storage is not None:
+            self.storage = storage
         self._call = call
         self._logs = LogBuffer() if logs is None else logs
 
@@ -168,10 +175,11 @@ class QueryCtx:
 
 class MutationCtx(QueryCtx):
     db: DatabaseWriter
+    storage: StorageWriter
 
     def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: MutationScheduler, call: InnerCall | None = None,
-                 logs: LogBuffer | None = None) -> None:
-        super().__init__(db, auth, call, logs)
+                 logs: LogBuffer | None = None, storage: StorageWriter | None = None) -> None:
+        super().__init__(db, auth, call, logs, storage)
         self.scheduler = scheduler
 
     async def run_mutation(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
@@ -185,12 +193,17 @@ class ActionCtx:
     """Actions run outside transactions and may do network I/O; they reach the database through
     queries and mutations."""
 
-    def __init__(self, call: NestedCall, identity: Identity | None, logs: LogBuffer, scheduler: ActionScheduler) -> None:
+    storage: StorageActionWriter
+
+    def __init__(self, call: NestedCall, identity: Identity | None, logs: LogBuffer, scheduler: ActionScheduler,
+                 storage: StorageActionWriter | None = None) -> None:
         self._call = call
         self._identity = identity
         self._logs = logs
         self.auth = Auth(identity)
         self.scheduler = scheduler
+        if storage is not None:
+            self.storage = storage
 
     async def _nested(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
         return await _result(self._call(kind, ref, args or {}, self._identity), self._logs)

@@ -125,7 +125,11 @@ class DatabaseWriter(DatabaseReader):
     def _keys(self, info: TableInfo, doc: Mapping[str, Any]) -> dict[str, bytes]:
         return keys.index_keys(doc, info.index_fields, info.name)
 
-    async def insert(self, table: str, doc: Mapping[str, Any]) -> str:
+    async def insert(self, table: str, doc: Mapping[str, Any], *, doc_id: str | None = None) -> str:
+        """Insert `doc`; returns its new id. `doc_id`: the runtime's own writers only, an id it
+        drew itself (a stored file's id names its bytes, written before the document)."""
+        if doc_id is not None and not self._system_access:
+            raise ForbiddenOperation("only the runtime chooses a document's id")
         if not isinstance(table, str) or (table.startswith("_") and not self._system_access):
             raise RippleUsageError(f"cannot insert into {table!r}: not a user table")
         info = self._tx.catalog.table(table)
@@ -135,7 +139,10 @@ class DatabaseWriter(DatabaseReader):
         if "_id" in doc or "_creationTime" in doc:
             raise RippleUsageError(f"insert into {table}: _id and _creationTime are assigned by Ripple")
         stored = info.table.validate(fields, tables=self._tx.catalog.names)
-        doc_id = new_id(info.number)
+        if doc_id is None:
+            doc_id = new_id(info.number)
+        elif table_number_of(doc_id) != info.number:
+            raise RippleUsageError(f"insert into {table}: {doc_id} is not an id of {table}")
         creation_time = self._tx.next_creation_time()
         full = {"_id": doc_id, CREATION_TIME: creation_time, **stored}
         new_keys = self._keys(info, full)

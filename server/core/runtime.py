@@ -56,6 +56,8 @@ from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import check_unchanged_since
 from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
+from server.core.storage.api import StorageActionWriter, StorageReader, StorageWriter
+from server.core.storage.files import Files, blob_store
 from server.core.supervise import Supervised
 from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
 from server.core.values import digest, from_convex_json, to_convex_json, to_wire_json
@@ -108,6 +110,7 @@ class Runtime:
         self.jobs_channel = sql.jobs_channel(db.namespace)
         self._app: App | None = None
         self._catalog: Catalog | None = None
+        self.files = Files(db, blob_store(config), config, self.system_transaction)
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         logs.install()
@@ -290,7 +293,8 @@ class Runtime:
         """`execute_query` in `tx`, `depth` calls deep (ctx.run_query: `call_inside`)."""
         buffer = self.log_buffer(fn)
         try:
-            ctx = QueryCtx(DatabaseReader(tx), Auth(identity), self.inner_calls(tx, identity, depth, None), buffer)
+            ctx = QueryCtx(DatabaseReader(tx), Auth(identity), self.inner_calls(tx, identity, depth, None), buffer,
+                           StorageReader(tx, self.files))
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.query_timeout)
         except NeedsSnapshot:
             return QueryRun(None, [], [], None, None, needs_snapshot=True)
@@ -340,7 +344,8 @@ class Runtime:
         buffer = self.log_buffer(fn)
         scheduler = parent.nested() if parent is not None else MutationScheduler(
             tx, self.app.registry, self.jobs_channel, self.metrics, running_job, self.config.scheduler.horizon_seconds)
-        ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler, self.inner_calls(tx, identity, depth, scheduler), buffer)
+        ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler, self.inner_calls(tx, identity, depth, scheduler),
+                          buffer, StorageWriter(tx, self.files))
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
         except Exception as exc:
@@ -427,7 +432,7 @@ class Runtime:
         buffer = self.log_buffer(fn)
         scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction,
                                     self.config.scheduler.horizon_seconds)
-        ctx = ActionCtx(self._nested_call, identity, buffer, scheduler)
+        ctx = ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog))
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)
         except Exception as exc:

@@ -108,6 +108,22 @@ BEGIN
     RETURN t;
 END
 $$;
+-- File storage (docs/storage.md). Bytes that may be in the blob store without a `_storage`
+-- document: an upload under way ('upload', with a direct multipart upload's id) and a file whose
+-- document was deleted ('delete'). The row goes once the bytes are registered or removed; the
+-- sweeper (storage/files.py) removes what is left behind.
+CREATE TABLE IF NOT EXISTS _ripple_storage_pending (
+    key        text PRIMARY KEY,
+    reason     text NOT NULL,
+    upload_id  text,
+    content_type text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+-- Upload URL tokens used so far (single use); kept until they expire.
+CREATE TABLE IF NOT EXISTS _ripple_upload_tokens (
+    nonce      text PRIMARY KEY,
+    expires_at timestamptz NOT NULL
+);
 -- The tail as processes of earlier versions call it, without a marker (a rolling upgrade).
 CREATE OR REPLACE FUNCTION _ripple_commit(p_writes jsonb, p_lock bigint, p_channel text)
 RETURNS bigint LANGUAGE sql AS $$ SELECT _ripple_commit(p_writes, p_lock, p_channel, NULL::bigint) $$;
@@ -163,6 +179,53 @@ ON CONFLICT (key) DO UPDATE SET value = to_jsonb(greatest(
 """
 PRUNE_MUTATION_RESULTS = "DELETE FROM _ripple_mutation_results WHERE created_at < now() - make_interval(secs => $1)"
 CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+
+# -- file storage (storage/files.py) ---------------------------------------------------------------
+# The deployment's upload-token key: drawn by the first process that asks, shared by all.
+STORAGE_SECRET = """
+WITH drawn AS (
+    INSERT INTO _ripple_meta (key, value) VALUES ('storage_secret', to_jsonb($1::text))
+    ON CONFLICT (key) DO NOTHING RETURNING value
+)
+SELECT value #>> '{}' FROM drawn
+UNION ALL SELECT value #>> '{}' FROM _ripple_meta WHERE key = 'storage_secret'
+LIMIT 1
+"""
+# An upload URL's token used ($1 nonce, $2 its expiry in epoch seconds) and the upload under key
+# $3 begun, in one statement; no row: the token was used before.
+USE_UPLOAD_TOKEN = """
+WITH used AS (
+    INSERT INTO _ripple_upload_tokens (nonce, expires_at) VALUES ($1, to_timestamp($2))
+    ON CONFLICT (nonce) DO NOTHING RETURNING nonce
+)
+INSERT INTO _ripple_storage_pending (key, reason) SELECT $3, 'upload' FROM used RETURNING key
+"""
+BEGIN_UPLOAD = "INSERT INTO _ripple_storage_pending (key, reason) VALUES ($1, 'upload')"
+SET_UPLOAD_ID = "UPDATE _ripple_storage_pending SET upload_id = $2, content_type = $3 WHERE key = $1 AND reason = 'upload'"
+UPLOAD_ID = "SELECT upload_id, content_type FROM _ripple_storage_pending WHERE key = $1 AND reason = 'upload'"
+# In the transaction that inserts the `_storage` document: no row, the sweeper gave it up.
+FINISH_UPLOAD = "DELETE FROM _ripple_storage_pending WHERE key = $1 AND reason = 'upload' RETURNING key"
+# In the transaction that deletes the `_storage` document.
+MARK_DELETED = """
+INSERT INTO _ripple_storage_pending (key, reason) VALUES ($1, 'delete')
+ON CONFLICT (key) DO UPDATE SET reason = 'delete', created_at = now()
+"""
+FORGET_PENDING = "DELETE FROM _ripple_storage_pending WHERE key = $1 AND reason = $2"
+# What the sweeper takes on: deletions not done after $1 s and uploads not finished after $2 s,
+# turned into deletions (so an upload still running cannot register any more) and leased for
+# $4 s (their created_at moved ahead), so that another process leaves them alone meanwhile.
+CLAIM_LEFT_BEHIND = """
+UPDATE _ripple_storage_pending p SET reason = 'delete', created_at = now() + make_interval(secs => $4)
+FROM (
+    SELECT key FROM _ripple_storage_pending
+    WHERE (reason = 'delete' AND created_at < now() - make_interval(secs => $1))
+       OR (reason = 'upload' AND created_at < now() - make_interval(secs => $2))
+    ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED
+) due
+WHERE p.key = due.key
+RETURNING p.key, p.upload_id
+"""
+PRUNE_UPLOAD_TOKENS = "DELETE FROM _ripple_upload_tokens WHERE expires_at < now() - interval '1 minute'"
 
 class TableSql:
     """The statements for one document table."""

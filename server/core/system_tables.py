@@ -9,6 +9,7 @@ never reused for another table.
 |------------------------|--------|-----------------------------|---------------------|
 | `_scheduled_functions` | 10001  | server/core/scheduler/      | `ScheduledFunction` |
 | `_cron_jobs`           | 10002  | server/core/scheduler/      | `CronJob`           |
+| `_storage`             | 10003  | server/core/storage/        | `StoredFile`        |
 """
 
 from __future__ import annotations
@@ -115,6 +116,20 @@ class CronJob(SystemDocument):
     lastSkipped: float | None = None
 
 
+# -- _storage (docs/storage.md) -------------------------------------------------------------------
+
+class StoredFile(SystemDocument):
+    """A stored file, as Convex's `_storage` documents: its id is the storage id (and the key
+    of its bytes in the blob store); `sha256` is base64, `contentType` absent when none was
+    given."""
+
+    OMIT_WHEN_NONE = ("contentType",)
+
+    size: int
+    sha256: str
+    contentType: str | None = None
+
+
 # -- the list -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -138,7 +153,9 @@ SCHEDULED_FUNCTIONS = SystemTable(
 )
 CRON_JOBS = SystemTable("_cron_jobs", 10002, Table(CronJob, indexes={"by_name": ["name"], "by_next_run": ["nextRun"]}))
 
-SYSTEM_TABLES: tuple[SystemTable, ...] = (SCHEDULED_FUNCTIONS, CRON_JOBS)
+STORAGE = SystemTable("_storage", 10003, Table(StoredFile))
+
+SYSTEM_TABLES: tuple[SystemTable, ...] = (SCHEDULED_FUNCTIONS, CRON_JOBS, STORAGE)
 
 
 def _check(tables: tuple[SystemTable, ...]) -> None:

@@ -17,7 +17,7 @@ import base64
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -111,6 +111,9 @@ class Transaction:
     # the caller runs the query again in a snapshot transaction. None: no limit.
     statement_budget: int | None = None
     needs_snapshot: bool = False
+    # Run once the transaction committed, never if it did not (Committer.transaction): work
+    # outside the database that must follow a commit, such as removing a deleted file's bytes.
+    after_commit: list[Callable[[], None]] = field(default_factory=list)
     _calls: list[_Call] = field(default_factory=list)  # open nested calls, innermost last
     _savepoints: int = 0  # open savepoint blocks
 
@@ -166,10 +169,12 @@ class Transaction:
 
     @contextlib.asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
-        """Writes in the block are undone, in PostgreSQL and in the write set, if it raises
+        """Writes in the block are undone, in PostgreSQL and in the write set (and its
+        after-commit hooks dropped), if it raises
         (a conflict excepted: that aborts the whole transaction). Reads stay in the read set:
         what the block read decided what the caller saw, its failure included. Blocks nest."""
         saved = {doc_id: replace(w) for doc_id, w in self.writes.items()}
+        hooks = len(self.after_commit)
         level = self._savepoints
         await self.execute("execute", sql.savepoint(level))
         self._savepoints += 1
@@ -179,6 +184,7 @@ class Transaction:
             if not (self.conflicted or self.lost):
                 await self.execute("execute", sql.rollback_to_savepoint(level))
                 self.writes = saved
+                del self.after_commit[hooks:]
             raise
         finally:
             self._savepoints = level
