@@ -132,10 +132,12 @@ class Files:
         return f"{self.base_url}/api/storage/{storage_id}"
 
     async def secret(self) -> bytes:
-        if self._secret is None:
+        while self._secret is None:
             async with self.db.acquire() as conn:
                 value = await conn.fetchval(sql.STORAGE_SECRET, secrets.token_hex(32))
-            self._secret = bytes.fromhex(value)
+            # None: another process drew it concurrently, after this statement's snapshot.
+            if value is not None:
+                self._secret = bytes.fromhex(value)
         return self._secret
 
     async def upload_url(self) -> str:
