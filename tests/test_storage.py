@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -19,12 +20,24 @@ import httpx
 import pytest
 
 from client_sdk import RippleClient
+from server.config import StorageConfig
 from server.core.ids import new_id
 from server.core.storage import tokens
+from server.core.storage.backend import open_store
 from server.core.storage.blobs import BlobStore, LocalDisk
 from server.core.system_tables import STORAGE
 
-from conftest import ROOT, ServerProcess, call, database_url, open_runtime, run_node_tests, until
+from conftest import (
+    ROOT,
+    S3Server,
+    ServerProcess,
+    call,
+    database_url,
+    free_port,
+    open_runtime,
+    run_node_tests,
+    until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -43,19 +56,38 @@ class Backend:
     objects: Callable[[], set[str]]
 
 
-def _local(tmp_path: Path) -> Iterator[Backend]:
+def _local(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     root = tmp_path / "blobs"
     yield Backend("local", {"RIPPLE_STORAGE": "local", "RIPPLE_STORAGE_DIR": str(root)}, LocalDisk(root),
                   lambda: {p.name for p in root.rglob("*") if p.is_file()})
 
 
-BACKENDS = {"local": _local}
+def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """moto's S3 server (conftest's `s3_server`), a bucket of the test's own; `objects` lists its
+    objects and its unfinished multipart uploads, as the minio SDK sees them."""
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = "t-" + secrets.token_hex(6)
+    env = server.env(bucket)
+    config = StorageConfig(backend="s3", s3_endpoint=server.endpoint, s3_bucket=bucket,
+                           s3_access_key=server.access_key, s3_secret_key=server.secret_key, s3_secure=False)
+
+    def objects() -> set[str]:
+        client = server.client()
+        if not client.bucket_exists(bucket):
+            return set()
+        names = {o.object_name for o in client.list_objects(bucket, recursive=True)}
+        return names | {f"multipart upload {u.object_name}" for u in client._list_multipart_uploads(bucket).uploads}
+
+    yield Backend("s3", env, open_store(config, tmp_path), objects)
+
+
+BACKENDS = {"local": _local, "s3": _s3}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def storage_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    """Each backend in turn; more are added to BACKENDS (name -> generator of a Backend)."""
-    yield from BACKENDS[request.param](tmp_path)
+    """Each backend in turn (name -> generator of a Backend)."""
+    yield from BACKENDS[request.param](request, tmp_path)
 
 
 @pytest.fixture
@@ -369,6 +401,8 @@ async def test_direct_multipart_upload(files_server, storage_backend: Backend, n
         assert meta["contentType"] == "video/mp4"
         r = await c.get(f"/api/storage/{sid}", headers={"range": "bytes=0-9"}, follow_redirects=True)
         assert r.status_code == 206 and r.content == data[:10]
+        r = await c.get(f"/api/storage/{sid}", follow_redirects=True)  # served: a redirect to the bucket
+        assert r.status_code == 200 and r.history[0].status_code == 302 and r.content == data
         assert "no multipart upload" in await error(c, "action", "files:complete_multipart",
                                                      {"storageId": sid, "uploadId": upload_id, "parts": parts})
 
@@ -477,3 +511,20 @@ async def test_the_example_app_creates_a_video_from_an_uploaded_file(files_serve
         unknown = new_id(STORAGE.number)  # a storage id, of no file
         r = await call(c, "mutation", "videos:create", {"creatorId": "u1", "campaignId": campaign, "storageId": unknown})
         assert r.json()["errorData"]["code"] == "FILE_NOT_FOUND"
+
+
+async def test_an_unreachable_s3_endpoint_answers_503_and_the_server_keeps_serving(
+        start_server: Callable[..., ServerProcess], namespace: str) -> None:
+    """Nothing listens at the endpoint: the upload fails after the SDK's retries with a 503 that
+    names no internal detail, nothing is registered, and everything else keeps working."""
+    env = {"RIPPLE_STORAGE": "s3", "RIPPLE_S3_ENDPOINT": f"127.0.0.1:{free_port()}", "RIPPLE_S3_BUCKET": "gone",
+           "RIPPLE_S3_ACCESS_KEY": "k", "RIPPLE_S3_SECRET_KEY": "s", "RIPPLE_S3_SECURE": "false"}
+    server = start_server("serve", STORAGE_APP, extra_env=env)  # starts: the bucket is checked at first use
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as c:
+        url = await value(c, "mutation", "files:upload_url")
+        r = await c.post(url, content=b"x" * 1000, headers={"content-type": "text/plain"})
+        assert r.status_code == 503 and r.json()["code"] == "StorageUnavailable", r.text
+        assert "127.0.0.1" not in r.text  # the endpoint is in the server log, not the answer
+        assert await value(c, "query", "files:all") == []
+        assert (await c.get("/_ripple/health")).status_code == 200
+    assert "StorageUnavailable" not in server.log() and "nothing was stored" in server.log()

@@ -97,6 +97,9 @@ class StorageRoutes:
             return error_response(400, "ClientDisconnected", "the upload was cut off; nothing was stored")
         except DatabaseUnavailable as exc:
             return error_response(503, exc.code, exc.message)
+        except OSError as exc:  # the blob store: S3 unreachable (ConnectionError), a full disk, ...
+            log.error("an upload failed in the %s blob store; nothing was stored: %s", self.files.store.name, exc)
+            return error_response(503, "StorageUnavailable", "file storage is unavailable; nothing was stored, try again")
         return json_response({"storageId": storage_id})
 
     async def download(self, request: Request) -> Response:
