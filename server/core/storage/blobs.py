@@ -125,15 +125,27 @@ class LocalDisk:
         partial = path.with_name(f".{key}.{secrets.token_hex(4)}.part")
         h, size = hashlib.sha256(), 0
         out = await asyncio.to_thread(open, partial, "wb")
+
+        def absorb(chunk: bytes) -> None:  # on a worker thread: hashlib and write release the GIL
+            h.update(chunk)
+            out.write(chunk)
+
+        # One chunk is hashed and written while the next one arrives; at most two are held.
+        writing: asyncio.Future[None] | None = None
         try:
             try:
                 async for chunk in chunks:
                     size += len(chunk)
                     if max_bytes is not None and size > max_bytes:
                         raise TooLarge(max_bytes)
-                    h.update(chunk)
-                    await asyncio.to_thread(out.write, chunk)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.ensure_future(asyncio.to_thread(absorb, chunk))
+                if writing is not None:
+                    await writing
             finally:
+                if writing is not None and not writing.done():
+                    await asyncio.wait([writing])  # the thread finishes with the file before it closes
                 await asyncio.to_thread(out.close)
             await asyncio.to_thread(os.replace, partial, path)
         except BaseException:
@@ -149,17 +161,33 @@ class LocalDisk:
         return self._chunks(f, start, end)
 
     async def _chunks(self, f: BinaryIO, start: int, end: int | None) -> AsyncIterator[bytes]:
+        left = None if end is None else max(0, end - start)
+
+        def next_chunk() -> bytes:
+            nonlocal left
+            chunk = f.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+            if left is not None:
+                left -= len(chunk)
+            return chunk
+
+        # The next chunk is read while the caller sends this one: at most two are held.
+        reading: asyncio.Future[bytes] | None = None
         try:
             await asyncio.to_thread(f.seek, start)
-            left = None if end is None else max(0, end - start)
-            while left is None or left > 0:
-                chunk = await asyncio.to_thread(f.read, CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+            reading = asyncio.ensure_future(asyncio.to_thread(next_chunk))
+            while True:
+                chunk = await reading
+                reading = None
                 if not chunk:
                     return
-                if left is not None:
-                    left -= len(chunk)
+                if left is None or left > 0:
+                    reading = asyncio.ensure_future(asyncio.to_thread(next_chunk))
                 yield chunk
+                if reading is None:
+                    return
         finally:
+            if reading is not None:
+                await asyncio.wait([reading])  # the thread finishes with the file before it closes
             await asyncio.to_thread(f.close)
 
     async def size(self, key: str) -> int | None:

@@ -71,16 +71,19 @@ class Abandoned(Exception):
 
 
 async def rechunk(source: AsyncIterable[bytes], size: int = CHUNK_BYTES) -> AsyncIterator[bytes]:
-    """`source` regrouped into chunks of `size` bytes (the last shorter): an HTTP body arrives
-    in pieces of a few KiB, each of which would otherwise cost the store a worker-thread hop."""
-    buffer = bytearray()
+    """`source` regrouped into chunks of at least `size` bytes (at most `size` plus one piece;
+    the last may be shorter): an HTTP body arrives in pieces of a few KiB, each of which would
+    otherwise cost the store a worker-thread hop."""
+    pieces: list[bytes] = []
+    held = 0
     async for piece in source:
-        buffer += piece
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
+        pieces.append(piece)
+        held += len(piece)
+        if held >= size:  # joined once: one copy of each byte (cutting exact sizes made two)
+            yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces, held = [], 0
+    if pieces:
+        yield b"".join(pieces)
 
 
 async def chunks_of(data: bytes) -> AsyncIterator[bytes]:
