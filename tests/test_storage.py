@@ -445,7 +445,11 @@ async def test_a_200_mb_upload_streams_in_bounded_memory(files_server, storage_b
         sid = r.json()["storageId"]
         peak = _status(server.proc.pid)["VmHWM"]
         growth = peak - before
-        assert growth < size // 4, f"the server's RSS grew by {growth / MB:.0f} MB for a {size // MB} MB upload"
+        print(f"{storage_backend.name}: a {size // MB} MB upload grew the server's RSS by {growth / MB:.1f} MB")
+        # Local disk holds a chunk or two (1 MiB); S3 a part being filled, its joined copy and the
+        # parts in flight (8 MiB each, two at a time), and the SDK's buffers: ~45 MB measured.
+        bound = size // 8 if storage_backend.name == "local" else size * 2 // 5
+        assert growth < bound, f"the server's RSS grew by {growth / MB:.0f} MB for a {size // MB} MB upload"
 
         meta = await value(c, "query", "files:metadata", {"id": sid})
         assert meta["size"] == size and meta["sha256"] == expected.hexdigest()
@@ -528,3 +532,27 @@ async def test_an_unreachable_s3_endpoint_answers_503_and_the_server_keeps_servi
         assert await value(c, "query", "files:all") == []
         assert (await c.get("/_ripple/health")).status_code == 200
     assert "StorageUnavailable" not in server.log() and "nothing was stored" in server.log()
+
+
+async def test_a_page_on_another_origin_uploads_and_reads_ranges(files_server, storage_backend: Backend) -> None:
+    """What a browser does across origins: a preflight for the POST (its Content-Type is not a
+    simple one), the upload, then a ranged GET whose ETag and Content-Range the page may read."""
+    server = files_server()
+    origin = {"origin": "https://app.example.com"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        url = await value(c, "mutation", "files:upload_url")
+        r = await c.options(url, headers={**origin, "access-control-request-method": "POST",
+                                          "access-control-request-headers": "content-type"})
+        assert r.status_code in (200, 204) and "POST" in r.headers["access-control-allow-methods"]
+        assert "content-type" in r.headers["access-control-allow-headers"].lower()
+        r = await c.post(url, content=b"0123456789", headers={**origin, "content-type": "video/mp4"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+        sid = r.json()["storageId"]
+        r = await c.get(f"/api/storage/{sid}", headers={**origin, "range": "bytes=2-4"})
+        assert r.headers["access-control-allow-origin"] == "*"
+        if storage_backend.name == "s3":  # the bucket serves the bytes (its own CORS rules apply)
+            assert r.status_code == 302
+            return
+        assert r.status_code == 206 and r.content == b"234"
+        exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+        assert {"etag", "content-range"} <= exposed

@@ -29,6 +29,9 @@ Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
 ALLOW_METHODS = b"GET, POST, OPTIONS"
 DEFAULT_ALLOW_HEADERS = b"authorization, content-type, convex-client"
 PREFLIGHT_MAX_AGE = b"86400"
+# What a page may read of a response besides the simple headers: a stored file's ETag and the
+# parts of a ranged download (docs/storage.md).
+EXPOSE_HEADERS = (b"access-control-expose-headers", b"ETag, Content-Range, Accept-Ranges, Content-Length, Digest")
 
 
 class CorsMiddleware:
@@ -47,9 +50,9 @@ class CorsMiddleware:
     def headers_for(self, origin: bytes | None) -> list[tuple[bytes, bytes]] | None:
         """The CORS headers for a request from `origin`; None for an origin not allowed."""
         if not self.allowed:
-            return [(b"access-control-allow-origin", b"*")]
+            return [(b"access-control-allow-origin", b"*"), EXPOSE_HEADERS]
         if origin is not None and origin in self.allowed:
-            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin")]
+            return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"), EXPOSE_HEADERS]
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
