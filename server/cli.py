@@ -37,6 +37,16 @@ def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
     p.add_argument("--dir", type=Path, default=None, help="app directory holding schema.py and functions/ (default: current directory)")
     p.add_argument("--database-url", default=None, help="PostgreSQL URL (default: $DATABASE_URL)")
     p.add_argument("--db-schema", default=None, help="PostgreSQL schema holding Ripple's tables (default: ripple, or $RIPPLE_DB_SCHEMA)")
+    storage = p.add_argument_group("file storage (docs/operations.md; S3 keys only from the environment)")
+    storage.add_argument("--storage", choices=("local", "s3"), default=None,
+                         help="where stored files live (default: local, or $RIPPLE_STORAGE)")
+    storage.add_argument("--storage-dir", type=Path, default=None,
+                         help="local disk: the directory (default: <dir>/.ripple/storage, or $RIPPLE_STORAGE_DIR)")
+    storage.add_argument("--s3-endpoint", default=None, help="S3: host[:port] or URL (default: $RIPPLE_S3_ENDPOINT)")
+    storage.add_argument("--s3-bucket", default=None, help="S3: the bucket, created when missing (default: ripple, or $RIPPLE_S3_BUCKET)")
+    storage.add_argument("--s3-region", default=None, help="S3: the region (default: $RIPPLE_S3_REGION, else us-east-1)")
+    storage.add_argument("--public-url", default=None,
+                         help="base of the upload and file URLs functions hand out (default: http://<host>:<port>, or $RIPPLE_PUBLIC_URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,12 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, dev: bool) -> Config:
     app_dir = (args.dir or Path.cwd()).resolve()
     try:
-        return Config.from_env(
+        config = Config.from_env(
             app_dir=app_dir, dev=dev, host=args.host, port=args.port,
             database_url=args.database_url, db_schema=args.db_schema,
         )
     except ValueError as exc:  # a setting that cannot be read
         sys.exit(f"ripple {'dev' if dev else 'serve'}: {exc}")
+    flags = {"backend": args.storage, "local_dir": args.storage_dir, "s3_endpoint": args.s3_endpoint,
+             "s3_bucket": args.s3_bucket, "s3_region": args.s3_region, "public_url": args.public_url}
+    for name, value in flags.items():  # a flag wins over its environment variable
+        if value is not None:
+            setattr(config.storage, name, value)
+    return config
 
 
 def _listen(config: Config, command: str) -> socket.socket:

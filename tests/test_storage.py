@@ -556,3 +556,22 @@ async def test_a_page_on_another_origin_uploads_and_reads_ranges(files_server, s
         assert r.status_code == 206 and r.content == b"234"
         exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
         assert {"etag", "content-range"} <= exposed
+
+
+async def test_flags_choose_the_store(start_server: Callable[..., ServerProcess], s3_server: S3Server,
+                                      tmp_path: Path) -> None:
+    """`ripple serve --storage s3 --s3-endpoint ... --s3-bucket ...` (keys from the environment)
+    stores in that bucket, whatever RIPPLE_STORAGE says; --public-url is the URLs' base."""
+    bucket = "t-" + secrets.token_hex(6)
+    keys = {"RIPPLE_S3_ACCESS_KEY": s3_server.access_key, "RIPPLE_S3_SECRET_KEY": s3_server.secret_key,
+            "RIPPLE_S3_SECURE": "false", "RIPPLE_STORAGE": "local", "RIPPLE_STORAGE_DIR": str(tmp_path / "unused")}
+    server = start_server("serve", STORAGE_APP, extra_env=keys, args=[
+        "--storage", "s3", "--s3-endpoint", s3_server.endpoint, "--s3-bucket", bucket,
+        "--public-url", "https://files.example.com"])
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+        url = await value(c, "mutation", "files:upload_url")
+        assert url.startswith("https://files.example.com/api/storage/upload?token=")
+        r = await c.post(url.replace("https://files.example.com", server.url), content=b"flagged")
+        sid = r.json()["storageId"]
+    assert [o.object_name for o in s3_server.client().list_objects(bucket)] == [sid]
+    assert not (tmp_path / "unused").exists()
