@@ -20,6 +20,7 @@ The backend is PostgreSQL's TCP address or its Unix socket (`backend_of` reads e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import struct
@@ -70,7 +71,10 @@ class _Pipe:
         for writer in (self.client, self.server):
             sock = writer.get_extra_info("socket")
             if rst and sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                # The peer may have closed this side already (its transport then holds fd -1):
+                # there is nothing left to reset, and aborting it is still harmless.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
 
 
