@@ -16,12 +16,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from server.api.http_api import error_response, json_response
-from server.core.ids import table_number_of
 from server.core.runtime import Runtime
+from server.core.storage.api import checked_id
 from server.core.storage.blobs import NotFound, TooLarge
 from server.core.storage.files import DOWNLOAD_URL_SECONDS, Files, StoredFile, UploadFailed
 from server.core.storage.tokens import BadToken
-from server.core.system_tables import STORAGE
 from server.errors import DatabaseUnavailable, InvalidIdError, shown
 
 log = logging.getLogger("ripple.storage")
@@ -117,9 +116,8 @@ class StorageRoutes:
         return await self._serve(request, file)
 
     async def _file(self, storage_id: str) -> StoredFile | None:
-        if table_number_of(storage_id) != STORAGE.number:
-            raise InvalidIdError(f"{storage_id} is not a storage id")
-        file: StoredFile | None = await self.files.lookup(storage_id)
+        key = checked_id(self.runtime.catalog, storage_id, "/api/storage/<id>", where="GET ")
+        file: StoredFile | None = await self.files.lookup(key)
         return file
 
     async def _serve(self, request: Request, file: StoredFile) -> Response:

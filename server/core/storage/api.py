@@ -24,16 +24,17 @@ from server.errors import InvalidIdError, RippleUsageError
 MAX_READ_BYTES = 64 * 1024 * 1024  # what StoredBlob.read() returns at most; iterate for more
 
 
-def checked_id(catalog: Catalog, storage_id: Any, verb: str) -> str:
-    """`storage_id` if it is an id of `_storage`; InvalidIdError naming what it is otherwise."""
+def checked_id(catalog: Catalog, storage_id: Any, verb: str, where: str = "ctx.storage.") -> str:
+    """`storage_id` if it is an id of `_storage`; InvalidIdError naming what it is otherwise,
+    after `where` + `verb` (the function's call, or the HTTP route)."""
     try:
         number = table_number_of(storage_id)
     except InvalidIdError:
-        raise InvalidIdError(f"ctx.storage.{verb}: {storage_id!r} is not a storage id") from None
+        raise InvalidIdError(f"{where}{verb}: {storage_id!r} is not a storage id") from None
     if number != STORAGE.number:
         info = catalog.by_number.get(number)
         what = f"a document id of table {info.name}" if info is not None else "an id of no table here"
-        raise InvalidIdError(f"ctx.storage.{verb}: {storage_id} is {what}, not a storage id (an Id[\"_storage\"])")
+        raise InvalidIdError(f"{where}{verb}: {storage_id} is {what}, not a storage id (an Id[\"_storage\"])")
     return str(storage_id)
 
 
