@@ -94,6 +94,10 @@ class StaleTimestamp(RippleUsageError):
     code = "InvalidTimestamp"
 
 
+class AuthFailed(RippleError):
+    """A token that does not authenticate anyone: why, in words safe to show the client."""
+
+
 class AppLoadError(RippleError):
     """Importing the app's code failed; the message names the file, line and error."""
 

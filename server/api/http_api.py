@@ -25,6 +25,7 @@ from server.core.values import (
     to_wire_json,
 )
 from server.errors import (
+    AuthFailed,
     DatabaseUnavailable,
     FunctionFailure,
     FunctionNotFound,
@@ -116,7 +117,7 @@ class HttpApi:
 
     # -- request parsing --------------------------------------------------------------------
 
-    def caller(self, request: Request) -> tuple[Identity | None, bool]:
+    async def caller(self, request: Request) -> tuple[Identity | None, bool]:
         """(identity, is_admin) from the Authorization header."""
         header = request.headers.get("authorization")
         if not header:
@@ -128,10 +129,10 @@ class HttpApi:
                 return None, True
             raise HttpError(401, "BadAdminKey", "the admin key in the Authorization header is not valid")
         if scheme == "Bearer":
-            raise HttpError(
-                401, "AuthNotConfigured",
-                "a Bearer token was sent but no auth providers are configured (functions/auth_config.py)",
-            )
+            try:
+                return await self.runtime.authenticate(value.strip()), False
+            except AuthFailed as exc:
+                raise HttpError(401, "Unauthenticated", str(exc)) from None
         raise HttpError(401, "BadAuthHeader", "Authorization must be `Bearer <token>` or `Convex <admin key>`")
 
     @staticmethod
@@ -169,7 +170,7 @@ class HttpApi:
             raw = await read_body(request, self.runtime.config.max_body_bytes)
             body, call = await offload.decode(len(raw), decode_call, raw, path_override)
             del raw
-            identity, admin = self.caller(request)
+            identity, admin = await self.caller(request)
             if isinstance(call, HttpError):
                 raise call
             path, args, fmt = call

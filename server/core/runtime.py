@@ -62,6 +62,7 @@ from server.core.supervise import Supervised
 from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
 from server.core.values import digest, from_convex_json, to_convex_json, to_wire_json
 from server.errors import (
+    AuthFailed,
     ConnectionLost,
     ConvexError,
     FunctionFailure,
@@ -426,13 +427,24 @@ class Runtime:
 
         return await self.retry_transaction(attempt, "a system transaction")
 
+    # -- identity -----------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> Identity:
+        """The identity a client's token proves (a JWT from a provider of functions/auth_config.py);
+        AuthFailed, with a reason safe to show the client, when it proves none."""
+        raise AuthFailed("a token was sent but no auth providers are configured (functions/auth_config.py)")
+
     # -- actions ------------------------------------------------------------------------------
+
+    def action_context(self, identity: Identity | None, buffer: logs.LogBuffer) -> ActionCtx:
+        """The ctx of an action, or of an HTTP action, run for `identity`."""
+        scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction,
+                                    self.config.scheduler.horizon_seconds)
+        return ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog))
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = self.log_buffer(fn)
-        scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction,
-                                    self.config.scheduler.horizon_seconds)
-        ctx = ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog))
+        ctx = self.action_context(identity, buffer)
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)
         except Exception as exc:
