@@ -380,7 +380,7 @@ async def http_mutations(url: str, ledger: Ledger, keys: Iterator[str], path: st
 @pytest.mark.e2e
 async def test_http_mutations_report_the_truth_when_the_database_connection_is_lost(faulty: Faulty) -> None:
     ledger = Ledger()
-    keys = iter(f"http-{i}" for i in range(1500))
+    keys = iter(f"http-{i}" for i in range(800))
     await under_chaos(faulty, SEED, *(http_mutations(faulty.server.url, ledger, keys) for _ in range(12)))
     figures = await faulty.check(ledger)
     assert figures.get('commit_resolutions_total{outcome="committed"}', 0) > 0, figures  # answers were lost
@@ -446,7 +446,7 @@ class SyncClient:
 async def test_websocket_mutations_report_the_truth_and_resends_never_duplicate(faulty: Faulty) -> None:
     ledger = Ledger()
     rng = random.Random(SEED + 1)
-    clients = [SyncClient(faulty.server.url, ledger, [f"ws{c}-{i}" for i in range(200)], random.Random(rng.random()))
+    clients = [SyncClient(faulty.server.url, ledger, [f"ws{c}-{i}" for i in range(100)], random.Random(rng.random()))
                for c in range(8)]
     await under_chaos(faulty, SEED + 2, *(c.run() for c in clients))
     assert sum(c.connections for c in clients) > 2 * len(clients)  # they did reconnect and resend
