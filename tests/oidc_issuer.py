@@ -112,7 +112,8 @@ class OidcIssuer:
                     self._json(jwks(issuer.custom_key))
                 elif url.path == "/token":  # for Node scripts: ?sub=alice&ttl=10&name=Alice&bad=1
                     sub, ttl, bad = query.pop("sub", "alice"), float(query.pop("ttl", "3600")), query.pop("bad", None)
-                    token = issuer.token(sub, ttl=ttl, **query)
+                    times = {k: int(query.pop(k)) for k in ("iat", "nbf") if k in query}
+                    token = issuer.token(sub, ttl=ttl, **query, **times)
                     if bad:  # a forged signature
                         head, body, _ = token.split(".")
                         token = f"{head}.{body}.{base64.urlsafe_b64encode(b'forged' * 40).decode().rstrip('=')}"

@@ -7,6 +7,7 @@ expiry, an admin acting as a user), scheduled functions running as no one, and t
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -238,6 +239,15 @@ async def test_an_admin_may_act_as_a_user(server: ServerProcess) -> None:
         await ws2.send(type="Authenticate", baseVersion=0, tokenType="Admin", value="wrong",
                        impersonating={"tokenIdentifier": "x|y"})
         assert (await ws2.next("AuthError"))["error"] == "the admin key is not valid"
+    # Over HTTP: `Convex <key>:<base64 of the identity>`, as Convex's dashboard sends it.
+    acting = base64.b64encode(json.dumps({"issuer": "https://dash.example", "subject": "u2"}).encode()).decode()
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        response = await client.post("/api/query", json={"path": "me:whoami", "args": {}},
+                                     headers={"Authorization": f"Convex {ADMIN_KEY}:{acting}"})
+        assert response.json()["value"]["tokenIdentifier"] == "https://dash.example|u2"
+        response = await client.post("/api/query", json={"path": "me:whoami", "args": {}},
+                                     headers={"Authorization": f"Convex {ADMIN_KEY}:not-base64!"})
+        assert response.status_code == 401 and "identity to act as" in response.json()["message"]
 
 
 # -- the PyPI convex clients and our SDK -----------------------------------------------------------
