@@ -10,9 +10,11 @@ import asyncio
 import base64
 import contextlib
 import json
+import shutil
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -300,3 +302,24 @@ async def test_python_sdk_bad_tokens(server: ServerProcess, oidc_issuer: OidcIss
         with pytest.raises(AuthenticationError, match="expired"):
             await client.mutation("me:add_note", {"text": "x"})
         assert await client.query("me:whoami") is None
+
+
+async def test_ripple_dev_serves_on_with_a_bad_auth_config(start_server: Callable[..., ServerProcess],
+                                                           oidc_issuer: OidcIssuer, tmp_path: Path) -> None:
+    """A mistake in auth_config.py is a load error in `ripple dev`: the rest of the app is served,
+    tokens are refused naming it, and fixing the file makes tokens work without a restart."""
+    app = tmp_path / "app"
+    shutil.copytree(AUTH_APP, app, ignore=shutil.ignore_patterns(".ripple", "__pycache__"))
+    config = app / "functions" / "auth_config.py"
+    good = config.read_text()
+    config.write_text(good.replace('"algorithm": "ES256",\n     "application_id"', '"algorithm": "HS256",\n     "application_id"'))
+    server = start_server("dev", app_dir=app, extra_env=oidc_issuer.app_env(unreachable_url()))
+    assert (await post(server, "query", "me:whoami")).json()["value"] is None
+    refused = await post(server, "query", "me:whoami", token=oidc_issuer.token("alice"))
+    assert refused.status_code == 401
+    assert "functions/auth_config.py: providers[1]: `algorithm` must be one of RS256, ES256" in refused.json()["message"]
+    config.write_text(good)
+    deadline = time.monotonic() + 20
+    while (await post(server, "query", "me:whoami", token=oidc_issuer.token("alice"))).status_code != 200:
+        assert time.monotonic() < deadline, server.log()
+        await asyncio.sleep(0.2)
