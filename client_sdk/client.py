@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from enum import Enum
 from typing import Any
 
@@ -24,7 +24,9 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
+from client_sdk.auth import TokenFetcher, TokenRefresher
 from client_sdk.protocol import (
+    AuthConfirmed,
     AuthRejected,
     ClientProtocol,
     QueriesUpdated,
@@ -121,6 +123,11 @@ class RippleClient:
         self._watchers: dict[int, set[asyncio.Queue[QueryResult]]] = {}
         self._connected = asyncio.Event()
         self._fatal: RippleClientError | None = None
+        self._refresher: TokenRefresher | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._auth_ready = asyncio.Event()  # cleared while a refused token is replaced: no reconnect meanwhile
+        self._auth_ready.set()
+        self._on_auth_change: Callable[[bool], None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -137,6 +144,7 @@ class RippleClient:
 
     async def close(self) -> None:
         self.state = State.CLOSED
+        self._stop_refresher()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,6 +160,7 @@ class RippleClient:
         delays = backoff()
         close_reason = "InitialConnect"
         while self.state is not State.CLOSED:
+            await self._auth_ready.wait()
             self.state = State.CONNECTING
             try:
                 async with connect(self.ws_url, max_size=None, open_timeout=10) as ws:
@@ -198,11 +207,30 @@ class RippleClient:
             future = self._pending.pop(event.request_id, None)
             if future is not None and not future.done():
                 future.set_result(event.response)
+        elif isinstance(event, AuthConfirmed):
+            if self._refresher is not None:
+                self._refresher.confirmed()
         elif isinstance(event, AuthRejected):
-            self._fail_all(AuthenticationError(event.error))
+            self._auth_rejected(event)
         elif isinstance(event, ServerFatal):
             self._fatal = FunctionError(f"server closed the connection: {event.error}")
             self._fail_all(self._fatal)
+
+    def _auth_rejected(self, event: AuthRejected) -> None:
+        """The server refused the token and closes the connection. With a token fetcher, a fresh
+        token is fetched before reconnecting; a plain token is dropped: requests waiting fail,
+        and the client goes on unauthenticated."""
+        if self._refresher is not None:
+            self._auth_ready.clear()
+            self._refresher.rejected()
+            return
+        if self.protocol.auth_token is None:
+            return
+        log.error("the server refused the auth token: %s", event.error)
+        self.protocol.set_auth(None)
+        self._fail_all(AuthenticationError(event.error))
+        if self._on_auth_change is not None:
+            self._on_auth_change(False)
 
     def _fail_all(self, error: RippleClientError) -> None:
         for future in self._pending.values():
@@ -220,11 +248,32 @@ class RippleClient:
 
     # -- public API ---------------------------------------------------------------------------
 
-    def set_auth(self, token: str | None) -> None:
-        """Use `token` (a JWT) for this and future connections; None signs out."""
+    def set_auth(self, token: str | TokenFetcher | None, on_change: Callable[[bool], None] | None = None) -> None:
+        """Authenticate with `token`, a JWT, for this and future connections (None signs out), or
+        with a token fetcher, `async def fetch(force_refresh: bool) -> str | None`, which the client
+        calls for a token now, for a fresh one before that one expires, and again when the server
+        refuses one (client_sdk/auth.py). `on_change(bool)`: called when the client becomes
+        authenticated, and when a token is refused for good."""
+        self._stop_refresher()
+        self._on_auth_change = on_change
+        if callable(token):
+            self._refresher = TokenRefresher(token, self._use_token, on_change)
+            self._auth_ready.clear()  # a client not connected yet waits for the first token
+            self._refresh_task = asyncio.get_running_loop().create_task(self._refresher.run(), name="ripple-client-auth")
+            return
+        self._use_token(token)
+
+    def _use_token(self, token: str | None) -> None:
         message = self.protocol.set_auth(token)
+        self._auth_ready.set()
         if message is not None:
             asyncio.get_running_loop().create_task(self._send(message))
+
+    def _stop_refresher(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+        self._refresher = self._refresh_task = None
+        self._auth_ready.set()
 
     async def mutation(self, path: str, args: dict[str, Any] | None = None) -> Any:
         """Run a mutation; returns once its effects are visible to this client's queries."""

@@ -79,7 +79,15 @@ class RequestFinished:
 
 @dataclass(frozen=True)
 class AuthRejected:
+    """AuthError: the token was refused (`update_attempted`), or the identity's token expired."""
+
     error: str
+    update_attempted: bool = True
+
+
+@dataclass(frozen=True)
+class AuthConfirmed:
+    """A Transition moved the identity version: the server accepted the token."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +95,7 @@ class ServerFatal:
     error: str
 
 
-Event = QueriesUpdated | RequestFinished | AuthRejected | ServerFatal
+Event = QueriesUpdated | RequestFinished | AuthRejected | AuthConfirmed | ServerFatal
 
 
 class ProtocolViolation(Exception):
@@ -210,7 +218,7 @@ class ClientProtocol:
         if kind in ("MutationResponse", "ActionResponse"):
             return self._response(message)
         if kind == "AuthError":
-            return [AuthRejected(str(message.get("error")))]
+            return [AuthRejected(str(message.get("error")), message.get("authUpdateAttempted") is not False)]
         if kind == "FatalError":
             return [ServerFatal(str(message.get("error")))]
         return []  # Ping, unknown additions
@@ -237,6 +245,8 @@ class ClientProtocol:
         ts = self.remote_version[2]
         self.max_observed_ts = max(self.max_observed_ts, ts)
         events: list[Event] = [QueriesUpdated(frozenset(changed))] if changed else []
+        if end["identity"] > start["identity"]:
+            events.append(AuthConfirmed())
         for request_id, request in list(self.requests.items()):
             if request.status is RequestStatus.COMPLETED and request.ts <= ts:
                 del self.requests[request_id]

@@ -151,6 +151,28 @@ class StorageConfig:
 
 
 @dataclass
+class AuthConfig:
+    """Verifying users' tokens (docs/auth.md, Settings)."""
+
+    clock_skew_seconds: float = 5.0  # leeway on exp, nbf and iat, as Convex allows custom JWTs
+    max_token_bytes: int = 16 * 1024  # longer tokens are refused before any parsing
+    fetch_timeout_seconds: float = 5.0  # one request for a provider's discovery document or keys
+    keys_min_refresh_seconds: float = 10.0  # an unknown `kid` refetches a provider's keys at most this often
+    keys_max_age_seconds: float = 3600.0  # keys older than this are fetched again
+
+    @classmethod
+    def from_env(cls) -> AuthConfig:
+        d = cls()
+        return cls(
+            clock_skew_seconds=_env_float("RIPPLE_AUTH_CLOCK_SKEW_SECONDS", d.clock_skew_seconds),
+            max_token_bytes=_env_int("RIPPLE_AUTH_MAX_TOKEN_BYTES", d.max_token_bytes),
+            fetch_timeout_seconds=_env_float("RIPPLE_AUTH_FETCH_TIMEOUT_SECONDS", d.fetch_timeout_seconds),
+            keys_min_refresh_seconds=_env_float("RIPPLE_AUTH_KEYS_MIN_REFRESH_SECONDS", d.keys_min_refresh_seconds),
+            keys_max_age_seconds=_env_float("RIPPLE_AUTH_KEYS_MAX_AGE_SECONDS", d.keys_max_age_seconds),
+        )
+
+
+@dataclass
 class Config:
     app_dir: Path = field(default_factory=Path.cwd)
     database_url: str | None = None
@@ -175,6 +197,7 @@ class Config:
     ws_limits: WebsocketLimits = field(default_factory=WebsocketLimits)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
     event_loop: str = "uvloop"  # or "asyncio" (server/loops.py)
 
@@ -196,6 +219,7 @@ class Config:
             ws_limits=WebsocketLimits.from_env(),
             scheduler=SchedulerConfig.from_env(),
             storage=StorageConfig.from_env(),
+            auth=AuthConfig.from_env(),
             cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),
             event_loop=_event_loop(os.environ.get("RIPPLE_EVENT_LOOP")),
         )

@@ -31,6 +31,8 @@ from server.core.database import Database
 from server.core.runtime import Runtime
 from server.embedded import start_embedded_postgres
 
+from oidc_issuer import OidcIssuer
+
 if TYPE_CHECKING:
     from client_sdk import RippleClient
 
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BASIC_APP = APPS / "basic"
 COMPAT_APP = APPS / "compat"
+AUTH_APP = APPS / "auth"
 EMBEDDED_PG_HOME = ROOT / ".pytest-pg"  # gitignored; the data survives runs, the server does not
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
@@ -230,15 +233,16 @@ def compat_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         asyncio.run(drop())
 
 
-def run_node_tests(script: str, server: ServerProcess, timeout: float = 180) -> None:
-    """`node --test tests/js/<script>` against `server` (as RIPPLE_URL): the official npm
-    clients' tests. Fails, with node's output and the server log, unless every test passed."""
+def run_node_tests(script: str, server: ServerProcess, timeout: float = 180, env: dict[str, str] | None = None) -> None:
+    """`node --test tests/js/<script>` against `server` (as RIPPLE_URL; `env` adds variables):
+    the official npm clients' tests. Fails, with node's output and the server log, unless every
+    test passed."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("Node.js is not installed (`node` is not on PATH); these tests need Node 18+")
     if not (ROOT / "tests" / "js" / "node_modules" / "convex" / "package.json").is_file():
         pytest.fail("tests/js/node_modules is missing: run `npm ci --prefix tests/js` to install the npm `convex` package")
-    env = {**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1"}
+    env = {**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1", **(env or {})}
     try:
         result = subprocess.run([node, "--test", f"tests/js/{script}"], cwd=ROOT, env=env, capture_output=True,
                                 text=True, timeout=timeout)
@@ -371,3 +375,18 @@ def s3_env(s3_server: S3Server, s3_bucket: str) -> dict[str, str]:
     """`start_server(extra_env=s3_env)` runs a Ripple server storing files in S3 (moto), in
     `s3_bucket`, which the server creates; `s3_server.leftovers(s3_bucket)` lists what is in it."""
     return s3_server.env(s3_bucket)
+
+
+@pytest.fixture
+def oidc_issuer() -> Iterator[OidcIssuer]:
+    """A real OIDC issuer on a loopback port, with keys of its own (tests/oidc_issuer.py)."""
+    issuer = OidcIssuer()
+    try:
+        yield issuer
+    finally:
+        issuer.close()
+
+
+def unreachable_url() -> str:
+    """The URL of a loopback port nobody listens on."""
+    return f"http://127.0.0.1:{free_port()}"

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Generic, TypeVar
-
-from server.sync.protocol import RunMutation
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+
+
+class Sized(Protocol):
+    @property
+    def size(self) -> int:
+        """Bytes of the message it came in."""
+        ...
+
+
+M = TypeVar("M", bound=Sized)
 
 
 class _ByteBounded(Generic[T]):
@@ -85,9 +93,10 @@ class Outbox(_ByteBounded[bytes]):
         return self.over_bytes
 
 
-class MutationQueue(_ByteBounded[RunMutation]):
-    """Mutations waiting for the connection's worker, with the size of the messages they came in;
-    `wait_for_room` waits until they hold less than `max_bytes`."""
+class MutationQueue(_ByteBounded[M]):
+    """Mutations waiting for the connection's worker (a RunMutation, or what the connection
+    keeps with it), with the size of the messages they came in; `wait_for_room` waits until they
+    hold less than `max_bytes`."""
 
     def __init__(self, max_count: int, max_bytes: int) -> None:
         super().__init__(max_bytes)
@@ -99,11 +108,11 @@ class MutationQueue(_ByteBounded[RunMutation]):
         """No room for one more (count): the next one is over the limit."""
         return len(self) >= self.max_count
 
-    def put(self, request: RunMutation) -> None:
+    def put(self, request: M) -> None:
         self._append(request, request.size)
         self._ready.set()
 
-    async def get(self) -> RunMutation:
+    async def get(self) -> M:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()

@@ -6,6 +6,7 @@ accept); mistakes by the caller are 4xx `{"code", "message"}`.
 
 from __future__ import annotations
 
+import base64
 import secrets
 from typing import Any
 
@@ -14,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.api import offload
+from server.core.auth.claims import acting_as_identity
 from server.core.contexts import Identity
 from server.core.registry import Kind
 from server.core.runtime import Runtime
@@ -124,16 +126,30 @@ class HttpApi:
             return None, False
         scheme, _, value = header.partition(" ")
         if scheme == "Convex":
-            key = self.runtime.config.admin_key
-            if key and secrets.compare_digest(value.strip().encode(), key.encode()):
-                return None, True
-            raise HttpError(401, "BadAdminKey", "the admin key in the Authorization header is not valid")
+            return self.admin_caller(value.strip())
         if scheme == "Bearer":
             try:
                 return await self.runtime.authenticate(value.strip()), False
             except AuthFailed as exc:
                 raise HttpError(401, "Unauthenticated", str(exc)) from None
         raise HttpError(401, "BadAuthHeader", "Authorization must be `Bearer <token>` or `Convex <admin key>`")
+
+    def admin_caller(self, value: str) -> tuple[Identity | None, bool]:
+        """`Convex <admin key>`, or `Convex <admin key>:<base64 of a JSON identity>` for an admin
+        acting as that user (as Convex's dashboard sends it)."""
+        key = self.runtime.config.admin_key
+        given, _, acting_as = value.partition(":") if key is None or ":" not in key else (value, "", "")
+        if not key or not secrets.compare_digest(given.encode(), key.encode()):
+            raise HttpError(401, "BadAdminKey", "the admin key in the Authorization header is not valid")
+        if not acting_as:
+            return None, True
+        try:
+            attributes = orjson.loads(base64.b64decode(acting_as, validate=True))
+            if not isinstance(attributes, dict):
+                raise ValueError("not a JSON object")
+            return acting_as_identity(attributes), True
+        except (ValueError, AuthFailed) as exc:  # binascii.Error and JSON errors are ValueErrors
+            raise HttpError(401, "BadAdminKey", f"the identity to act as (after the admin key) is not valid: {exc}") from None
 
     @staticmethod
     def parse_call(body: Any, path_override: str | None = None) -> Call:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -32,7 +31,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from server.api import heap, offload
 from server.api.buffers import MutationQueue, Outbox
 from server.api.uvicorn_frames import FrameWriter, frame_writer
-from server.core.contexts import Identity, Outcome
+from server.api.ws_auth import Caller, ConnectionAuth, QueuedMutation
+from server.core.contexts import Outcome
 from server.core.runtime import Runtime
 from server.core.shared_queries import SharedQuery
 from server.core.subscriptions import SubscriptionManager
@@ -74,11 +74,10 @@ class ClientConnection:
         self.limits = limits = runtime.config.ws_limits
         chunked = accepts_chunks(scope["path"], self.ws.headers.get("convex-client"))
         self.session = SyncSession(max_queries=limits.subscriptions, chunk_bytes=CHUNK_BYTES if chunked else None)
-        self.identity: Identity | None = None
-        self.admin = False
+        self.auth = ConnectionAuth(runtime, self._expired)
         self.subs: dict[int, SharedQuery] = {}
         self.outbox = Outbox(limits.outbox_bytes)  # encoded messages waiting for the socket
-        self.mutations = MutationQueue(limits.pending_mutations, limits.pending_mutation_bytes)
+        self.mutations: MutationQueue[QueuedMutation] = MutationQueue(limits.pending_mutations, limits.pending_mutation_bytes)
         self.actions: set[asyncio.Task[None]] = set()
         self._dirty = asyncio.Event()
         self._closing = False
@@ -134,6 +133,7 @@ class ClientConnection:
             for task in (*tasks, *actions):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            self.auth.cancel()
             self._release()
             if self.ws.application_state != WebSocketState.DISCONNECTED:
                 with contextlib.suppress(Exception):
@@ -211,14 +211,14 @@ class ClientConnection:
                         self._over_limit("pending_mutations", f"more than {self.limits.pending_mutations} mutations "
                                                               "sent and not run yet on one connection")
                         return
-                    self.mutations.put(request)
+                    self.mutations.put(QueuedMutation(request, self.auth.caller))
                     if self.mutations.over_bytes:  # stop reading: TCP slows the client down
                         self._limit_reached("pending_mutation_bytes")
                         await self.mutations.wait_for_room()
                 elif isinstance(request, RunAction):
                     self._start_action(request)
                 elif isinstance(request, Authenticate):
-                    if not self._authenticate(request):
+                    if not await self._authenticate(request):  # awaited: what follows it runs as its identity
                         return
 
     def _reconcile(self) -> None:
@@ -227,34 +227,35 @@ class ClientConnection:
         for query_id in list(self.subs):
             query = wanted.get(query_id)
             sq = self.subs[query_id]
-            if query is None or sq.identity != self.identity or sq.admin != self.admin:
+            if query is None or sq.identity != self.auth.identity or sq.admin != self.auth.admin:
                 self.manager.unsubscribe(sq, self)
                 del self.subs[query_id]
         for query_id, query in wanted.items():
             if query_id not in self.subs:
-                self.subs[query_id] = self.manager.subscribe(query.udf_path, query.args, self.identity, query.journal, self,
-                                                             admin=self.admin)
+                self.subs[query_id] = self.manager.subscribe(query.udf_path, query.args, self.auth.identity,
+                                                             query.journal, self, admin=self.auth.admin)
         self._dirty.set()
 
-    def _authenticate(self, request: Authenticate) -> bool:
-        if request.token_type == "None":
-            identity, admin = None, False
-        elif request.token_type == "Admin":
-            key = self.runtime.config.admin_key
-            if not key or not request.value or not secrets.compare_digest(request.value.encode(), key.encode()):
-                self._send_soon(self.session.auth_error("the admin key is not valid"))
-                self._closing = True
-                return False
-            identity, admin = None, True
-        else:
-            self._send_soon(self.session.auth_error(
-                "authentication failed: no auth providers are configured (functions/auth_config.py)"))
-            self._closing = True
-            return False
-        self.identity, self.admin = identity, admin
-        self.session.identity_changed()
-        self._reconcile()
-        return True
+    async def _authenticate(self, request: Authenticate) -> bool:
+        """Switch to the identity `request` proves: every query runs again under it, the next
+        Transition moves the identity version. Else (False) AuthError, and the connection closes."""
+        error = await self.auth.switch(request)
+        if error is None:
+            self.session.identity_changed()
+            self._reconcile()
+            return True
+        self._send_soon(self.session.auth_error(error))
+        self._closing = True
+        return False
+
+    def _expired(self) -> None:
+        """The token expired. As Convex: AuthError (no update attempted), close; the client refetches it."""
+        if self._closing:
+            return
+        log.info("websocket identity expired; closing the connection")
+        self._send_soon(self.session.auth_error("TokenExpired: the auth token expired; authenticate with a fresh one",
+                                                update_attempted=False))
+        self._closing = True
 
     # -- sender -----------------------------------------------------------------------------------
 
@@ -325,10 +326,15 @@ class ClientConnection:
 
     async def _mutation_worker(self) -> None:
         while True:
-            request = await self.mutations.get()
+            queued = await self.mutations.get()
             await self._room_in_outbox()  # backpressure: no new result while the client is behind
+            if queued.caller.expired:  # not run nor answered (resent after reconnecting): wait for the end
+                self._expired()
+                await asyncio.Event().wait()
+            request = queued.request
             key = (self.session.session_id or "", request.request_id)
-            result = await self._call("mutation", request, idempotency_key=key, before_commit=self._committing)
+            result = await self._call("mutation", request, queued.caller, idempotency_key=key,
+                                      before_commit=self._committing)
             # No await between the result and the response in the outbox (which goes out before
             # any Transition): what the session held back while it committed follows it.
             self._send_soon(self.session.mutation_response(request.request_id, result))
@@ -347,25 +353,28 @@ class ClientConnection:
                                             f"one connection ({SETTINGS['concurrent_actions']}); this one was not run")
             self._send_soon(SyncSession.action_response(request.request_id, refused))
             return
-        task = asyncio.create_task(self._run_action(request))
+        task = asyncio.create_task(self._run_action(request, self.auth.caller))
         self.actions.add(task)
         task.add_done_callback(self.actions.discard)
 
-    async def _run_action(self, request: RunAction) -> None:
+    async def _run_action(self, request: RunAction, caller: Caller) -> None:
         """Counts against the limit on actions until its response is in the outbox, so the
         results waiting for room stay within that limit too."""
-        result = await self._call("action", request)
+        if caller.expired:  # not run; the client fails it when the connection closes
+            self._expired()
+            return
+        result = await self._call("action", request, caller)
         await self._room_in_outbox()
         self._send_soon(SyncSession.action_response(request.request_id, result))
 
-    async def _call(self, kind: str, request: RunMutation | RunAction, idempotency_key: tuple[str, int] | None = None,
-                    before_commit: Callable[[], None] | None = None) -> FunctionResult:
+    async def _call(self, kind: str, request: RunMutation | RunAction, caller: Caller,
+                    idempotency_key: tuple[str, int] | None = None, before_commit: Callable[[], None] | None = None) -> FunctionResult:
         path = request.udf_path
         try:
             # Large arguments are converted on the decode thread (offload.py).
             args = await offload.decode(request.size, from_client_json, request.args, path="args")
             outcome: Outcome = await self.runtime.call(
-                kind, path, args, self.identity, allow_internal=self.admin, idempotency_key=idempotency_key,  # type: ignore[arg-type]
+                kind, path, args, caller.identity, allow_internal=caller.admin, idempotency_key=idempotency_key,  # type: ignore[arg-type]
                 before_commit=before_commit,
             )
         except FunctionFailure as failure:

@@ -47,8 +47,26 @@ class Outcome:
     ts: int | None = None  # commit ts of a writing mutation (unless not asked for), or the ts read at
 
 
+# Convex's standard UserIdentity fields, by their Python names (identity.picture_url).
+_STANDARD_FIELDS = {
+    "name": "name", "given_name": "givenName", "family_name": "familyName", "nickname": "nickname",
+    "preferred_username": "preferredUsername", "profile_url": "profileUrl", "picture_url": "pictureUrl",
+    "website_url": "websiteUrl", "email": "email", "email_verified": "emailVerified", "gender": "gender",
+    "birthday": "birthday", "timezone": "timezone", "language": "language", "phone_number": "phoneNumber",
+    "phone_number_verified": "phoneNumberVerified", "address": "address", "updated_at": "updatedAt",
+}
+
+
 class Identity(dict[str, Any]):
-    """A verified user identity (claims in Convex's camelCase form), or absent (None)."""
+    """A verified user identity: a dict of Convex's UserIdentity fields (camelCase, as clients
+    receive it: tokenIdentifier, subject, issuer, pictureUrl, ...) and custom claims under their
+    own names, so `identity["email"]`, `identity.get("role")`. The standard fields are also
+    attributes under Python names (`identity.email`, `identity.picture_url`: None when absent).
+
+    `expires_at` (epoch seconds; not a claim, so not in the dict) is when the token it came from
+    stops being honoured; None for identities that do not expire (an admin acting as a user)."""
+
+    expires_at: float | None = None
 
     @property
     def subject(self) -> str:
@@ -62,11 +80,21 @@ class Identity(dict[str, Any]):
     def token_identifier(self) -> str:
         return str(self["tokenIdentifier"])
 
+    if not TYPE_CHECKING:  # a type checker sees Any for these
+
+        def __getattr__(self, name: str) -> Any:
+            field_name = _STANDARD_FIELDS.get(name)
+            if field_name is None:
+                raise AttributeError(f"Identity has no attribute {name!r}; custom claims are read as "
+                                     f"identity[{name!r}] or identity.get({name!r})", name=name, obj=self)
+            return self.get(field_name)
+
 
 def caller_key(identity: Identity | None, admin: bool) -> str:
     """Who made a call, as part of an idempotent mutation's key: a hash of the identity's
-    tokenIdentifier (of all its claims if it has none) and of whether the caller is an admin;
-    "anonymous" callers share one key. No token or claim is stored."""
+    tokenIdentifier (of all its claims if it has none) and of whether the caller is an admin
+    (an admin acting as a user is not that user); "anonymous" callers share one key. No token
+    or claim is stored."""
     if identity is None:
         who = "admin" if admin else "anonymous"
     else:

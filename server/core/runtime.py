@@ -37,6 +37,8 @@ import orjson
 
 from server.config import Config
 from server.core import logs, sandbox, sql, watchdog
+from server.core.auth.keys import KeyStore
+from server.core.auth.verify import Verifier, app_verifier
 from server.core.commit import Committer
 from server.core.contexts import (
     ActionCtx,
@@ -62,7 +64,6 @@ from server.core.supervise import Supervised
 from server.core.transaction import CONFLICTS, NeedsSnapshot, ReadRange, Transaction
 from server.core.values import digest, from_convex_json, to_convex_json, to_wire_json
 from server.errors import (
-    AuthFailed,
     ConnectionLost,
     ConvexError,
     FunctionFailure,
@@ -112,6 +113,8 @@ class Runtime:
         self._app: App | None = None
         self._catalog: Catalog | None = None
         self.files = Files(db, blob_store(config), config, self.system_transaction)
+        self.auth_keys = KeyStore(config.auth)  # providers' keys, kept across reloads
+        self.verifier = Verifier((), self.auth_keys, config.auth)
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         logs.install()
@@ -139,9 +142,10 @@ class Runtime:
         """Import the app and apply its schema; on any failure the previous version stays.
         `partial`: serve the function modules that import (see loader.load_app)."""
         app = load_app(directory or self.config.app_dir, partial=partial)
+        verifier = app_verifier(app, self.auth_keys, self.config.auth, partial=partial)
         catalog = await self.db.apply_schema(app.schema)
         app.registry.bind_tables(catalog.names)
-        self._app, self._catalog = app, catalog
+        self._app, self._catalog, self.verifier = app, catalog, verifier
         for callback in self.on_reload:
             callback()
 
@@ -431,8 +435,8 @@ class Runtime:
 
     async def authenticate(self, token: str) -> Identity:
         """The identity a client's token proves (a JWT from a provider of functions/auth_config.py);
-        AuthFailed, with a reason safe to show the client, when it proves none."""
-        raise AuthFailed("a token was sent but no auth providers are configured (functions/auth_config.py)")
+        AuthFailed, with a reason safe to show the client, when it proves none (server/core/auth/)."""
+        return await self.verifier.verify(token)
 
     # -- actions ------------------------------------------------------------------------------
 

@@ -86,6 +86,9 @@ class RunAction:
 class Authenticate:
     token_type: str  # "User" | "Admin" | "None"
     value: str | None
+    # Admin only: the user the admin acts as (the dashboard's "act as a user"), as Convex's
+    # UserIdentityAttributes in camelCase (tokenIdentifier, or issuer and subject, ...).
+    acting_as: dict[str, Any] | None = None
 
 
 Request = QuerySetChanged | RunMutation | RunAction | Authenticate
@@ -226,7 +229,10 @@ class SyncSession:
         value = message.get("value")
         if token_type != "None" and not isinstance(value, str):
             raise ProtocolError("Authenticate.value must be the token string")
-        return [Authenticate(token_type, value if token_type != "None" else None)]
+        acting_as = message.get("impersonating", message.get("actingAs")) if token_type == "Admin" else None
+        if acting_as is not None and not isinstance(acting_as, dict):
+            raise ProtocolError("Authenticate.impersonating must be an object of user identity attributes")
+        return [Authenticate(token_type, value if token_type != "None" else None, acting_as)]
 
     # -- server -> client ---------------------------------------------------------------------
 
@@ -234,8 +240,13 @@ class SyncSession:
         """The transport accepted an Authenticate: the next Transition confirms it."""
         self.identity_version += 1
 
-    def auth_error(self, error: str) -> dict[str, Any]:
-        return {"type": "AuthError", "error": error, "baseVersion": self.identity_version, "authUpdateAttempted": True}
+    def auth_error(self, error: str, *, update_attempted: bool = True) -> dict[str, Any]:
+        """Convex's AuthError, at the identity version the client had confirmed: for a refused
+        Authenticate (`update_attempted`), or for an identity whose token expired (not): the
+        npm client then fetches a fresh token and reconnects with it. The transport closes
+        the connection after it, as Convex does."""
+        return {"type": "AuthError", "error": error, "baseVersion": self.identity_version,
+                "authUpdateAttempted": update_attempted}
 
     @staticmethod
     def fatal_error(error: str) -> dict[str, Any]:
