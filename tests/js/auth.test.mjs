@@ -64,8 +64,9 @@ test("a short-lived token is refreshed before it expires and the refreshed one i
       forced.push(forceRefreshToken);
       return mint({ sub: "bob", ttl: "12", n: String(++fetches) });
     });
-    await waitFor(live, anyApi.me.whoami, (v) => v?.n === "1");
-    const refreshed = await waitFor(live, anyApi.me.whoami, (v) => Number(v?.n) >= 3);
+    // The first result may already come from a refetched token on a loaded machine.
+    const first = Number((await waitFor(live, anyApi.me.whoami, (v) => v?.n !== undefined)).n);
+    const refreshed = await waitFor(live, anyApi.me.whoami, (v) => Number(v?.n) >= first + 2);
     assert.equal(refreshed.subject, "bob");
     assert.equal(forced[0], false);
     assert.ok(forced.slice(1).every((f) => f === true), JSON.stringify(forced));
