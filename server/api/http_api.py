@@ -6,13 +6,13 @@ accept); mistakes by the caller are 4xx `{"code", "message"}`.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server import adminkey
 from server.api import offload
 from server.core.contexts import Identity
 from server.core.registry import Kind
@@ -111,6 +111,14 @@ def parse_ts(raw: Any) -> int:
         raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {shown(repr(raw))}") from None
 
 
+def require_admin_key(configured: str | None, presented: str | None) -> None:
+    """adminkey.verify, refusals answered 401."""
+    try:
+        adminkey.verify(configured, presented)
+    except adminkey.AdminKeyRefused as exc:
+        raise HttpError(401, exc.code, str(exc)) from None
+
+
 class HttpApi:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -124,10 +132,8 @@ class HttpApi:
             return None, False
         scheme, _, value = header.partition(" ")
         if scheme == "Convex":
-            key = self.runtime.config.admin_key
-            if key and secrets.compare_digest(value.strip().encode(), key.encode()):
-                return None, True
-            raise HttpError(401, "BadAdminKey", "the admin key in the Authorization header is not valid")
+            require_admin_key(self.runtime.config.admin_key, value)
+            return None, True
         if scheme == "Bearer":
             try:
                 return await self.runtime.authenticate(value.strip()), False

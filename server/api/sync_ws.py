@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from server import adminkey
 from server.api import heap, offload
 from server.api.buffers import MutationQueue, Outbox
 from server.api.uvicorn_frames import FrameWriter, frame_writer
@@ -240,9 +240,10 @@ class ClientConnection:
         if request.token_type == "None":
             identity, admin = None, False
         elif request.token_type == "Admin":
-            key = self.runtime.config.admin_key
-            if not key or not request.value or not secrets.compare_digest(request.value.encode(), key.encode()):
-                self._send_soon(self.session.auth_error("the admin key is not valid"))
+            try:
+                adminkey.verify(self.runtime.config.admin_key, request.value)
+            except adminkey.AdminKeyRefused as exc:
+                self._send_soon(self.session.auth_error(str(exc)))
                 self._closing = True
                 return False
             identity, admin = None, True

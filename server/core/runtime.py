@@ -36,7 +36,7 @@ import asyncpg
 import orjson
 
 from server.config import Config
-from server.core import logs, sandbox, sql, watchdog
+from server.core import env_store, logs, sandbox, sql, watchdog
 from server.core.commit import Committer
 from server.core.contexts import (
     ActionCtx,
@@ -51,6 +51,7 @@ from server.core.contexts import (
 )
 from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter
+from server.core.env import Change, Env, EnvValues
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import check_unchanged_since
@@ -112,6 +113,7 @@ class Runtime:
         self._app: App | None = None
         self._catalog: Catalog | None = None
         self.files = Files(db, blob_store(config), config, self.system_transaction)
+        self.env_values = EnvValues()  # every environment variable, kept current (refresh_env, env_changed)
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         logs.install()
@@ -142,6 +144,7 @@ class Runtime:
         catalog = await self.db.apply_schema(app.schema)
         app.registry.bind_tables(catalog.names)
         self._app, self._catalog = app, catalog
+        await self.refresh_env()
         for callback in self.on_reload:
             callback()
 
@@ -295,7 +298,7 @@ class Runtime:
         buffer = self.log_buffer(fn)
         try:
             ctx = QueryCtx(DatabaseReader(tx), Auth(identity), self.inner_calls(tx, identity, depth, None), buffer,
-                           StorageReader(tx, self.files))
+                           StorageReader(tx, self.files), self.env_in(tx))
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.query_timeout)
         except NeedsSnapshot:
             return QueryRun(None, [], [], None, None, needs_snapshot=True)
@@ -346,7 +349,7 @@ class Runtime:
         scheduler = parent.nested() if parent is not None else MutationScheduler(
             tx, self.app.registry, self.jobs_channel, self.metrics, running_job, self.config.scheduler.horizon_seconds)
         ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler, self.inner_calls(tx, identity, depth, scheduler),
-                          buffer, StorageWriter(tx, self.files))
+                          buffer, StorageWriter(tx, self.files), self.env_in(tx))
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
         except Exception as exc:
@@ -427,6 +430,34 @@ class Runtime:
 
         return await self.retry_transaction(attempt, "a system transaction")
 
+    # -- environment variables (docs/env.md) -------------------------------------------------
+
+    def env_in(self, tx: Transaction) -> Env:
+        """ctx.env of a query or mutation: each read joins `tx`'s read set, so a live query
+        re-runs when a variable it read changes. The values are this process's copy, not
+        `tx`'s snapshot: a mutation's read is no serializable predicate."""
+        return Env(self.env_values, lambda name: tx.reads.append(env_store.read_range(name)))
+
+    async def refresh_env(self) -> dict[str, str]:
+        """Read every variable (and the ts they are current at) from the database into this
+        process's copy; returns them."""
+        async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            ts = int(await conn.fetchval(sql.LATEST_TS))
+            return await self.env_changed(conn, ts)
+
+    async def env_changed(self, conn: asyncpg.Connection, ts: int) -> dict[str, str]:
+        """A commit up to `ts`, the latest one `conn`'s snapshot sees, changed variables: read
+        them there (the live-query tick does, before re-running the queries that read them)."""
+        values = await env_store.load(DatabaseReader(Transaction(conn, self.catalog, writable=False), system=True))
+        self.env_values.replace(values, ts)
+        return values
+
+    async def update_env(self, changes: list[Change]) -> None:
+        """An admin's batch of changes, all or nothing (EnvVarError names what was refused);
+        this process sees it at once, the others when their live-query tick reads the commit."""
+        await self.system_transaction(lambda db, tx: env_store.apply(db, changes))
+        await self.refresh_env()
+
     # -- identity -----------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> Identity:
@@ -440,7 +471,8 @@ class Runtime:
         """The ctx of an action, or of an HTTP action, run for `identity`."""
         scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction,
                                     self.config.scheduler.horizon_seconds)
-        return ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog))
+        return ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog),
+                         Env(self.env_values))
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = self.log_buffer(fn)

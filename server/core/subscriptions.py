@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.core import sql
+from server.core import env_store, sql
 from server.core.backoff import reconnect_delays
 from server.core.commit import prune_commit_records
 from server.core.contexts import Identity
@@ -220,6 +220,10 @@ class SubscriptionManager:
                 snapshot_ts = int(await conn.fetchval(sql.LATEST_TS))
             else:
                 snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
+            if everything or any(env_store.touches_env(r["writes"]) for r in rows):
+                # Variables changed: this process's copy moves to the snapshot before the
+                # queries that read them re-run in it (docs/env.md).
+                await runtime.env_changed(conn, snapshot_ts)
             if everything:
                 self.stale.update(self.queries.values())
             elif rows:  # only live queries are filed in the index: unsubscribe removes them
