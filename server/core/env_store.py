@@ -25,9 +25,9 @@ def read_range(name: str | None) -> ReadRange:
     return ReadRange(TABLE, INDEX, prefix, prefix + keys.AFTER_PREFIX)
 
 
-def touches_env(writes: list[dict[str, object]]) -> bool:
-    """Does a logged write set (Write.to_json form) change a variable?"""
-    return any(w.get("table") == TABLE for w in writes)
+def touched(commits: list[Any]) -> bool:
+    """Did any of these change-log rows (`writes` in Write.to_json form) change a variable?"""
+    return any(w["table"] == TABLE for row in commits for w in row["writes"])
 
 
 async def load(db: DatabaseReader) -> dict[str, str]:

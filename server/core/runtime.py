@@ -113,7 +113,7 @@ class Runtime:
         self._app: App | None = None
         self._catalog: Catalog | None = None
         self.files = Files(db, blob_store(config), config, self.system_transaction)
-        self.env_values = EnvValues()  # every environment variable, kept current (refresh_env, env_changed)
+        self.env_values = EnvValues()  # every environment variable, kept current (refresh_env, commits_seen)
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         logs.install()
@@ -443,11 +443,17 @@ class Runtime:
         process's copy; returns them."""
         async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             ts = int(await conn.fetchval(sql.LATEST_TS))
-            return await self.env_changed(conn, ts)
+            return await self._read_env(conn, ts)
 
-    async def env_changed(self, conn: asyncpg.Connection, ts: int) -> dict[str, str]:
-        """A commit up to `ts`, the latest one `conn`'s snapshot sees, changed variables: read
-        them there (the live-query tick does, before re-running the queries that read them)."""
+    async def commits_seen(self, conn: asyncpg.Connection, ts: int, commits: list[Any] | None) -> None:
+        """The live-query tick read these change-log rows (None: too many to look at) in
+        `conn`'s snapshot, whose latest commit is `ts`, and is about to re-run the queries they
+        touched: if they changed variables, this process's copy moves to the snapshot first,
+        so the queries that read a variable see its new value."""
+        if commits is None or env_store.touched(commits):
+            await self._read_env(conn, ts)
+
+    async def _read_env(self, conn: asyncpg.Connection, ts: int) -> dict[str, str]:
         values = await env_store.load(DatabaseReader(Transaction(conn, self.catalog, writable=False), system=True))
         self.env_values.replace(values, ts)
         return values

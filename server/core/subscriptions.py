@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.core import env_store, sql
+from server.core import sql
 from server.core.backoff import reconnect_delays
 from server.core.commit import prune_commit_records
 from server.core.contexts import Identity
@@ -218,15 +218,11 @@ class SubscriptionManager:
             )
             if everything:  # too much to compare: re-run all at the snapshot's ts
                 snapshot_ts = int(await conn.fetchval(sql.LATEST_TS))
+                self.stale.update(self.queries.values())
             else:
                 snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
-            if everything or any(env_store.touches_env(r["writes"]) for r in rows):
-                # Variables changed: this process's copy moves to the snapshot before the
-                # queries that read them re-run in it (docs/env.md).
-                await runtime.env_changed(conn, snapshot_ts)
-            if everything:
-                self.stale.update(self.queries.values())
-            elif rows:  # only live queries are filed in the index: unsubscribe removes them
+            await runtime.commits_seen(conn, snapshot_ts, None if everything else rows)  # before any re-run
+            if rows and not everything:  # only live queries are filed in the index: unsubscribe removes them
                 self.stale.update(self._not_resting(self._reads.touched_by(w for r in rows for w in r["writes"])))
             for done in finished:
                 if await self._still_valid(conn, done, snapshot_ts):
