@@ -160,7 +160,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
         except _DATABASE_ERRORS as exc:
             return f"cannot connect to the database: {describe_load_error(exc)}"
         if not config.admin_key:
-            log.warning("no admin key configured: environment variables, internal functions and admin endpoints are "
+            log.info("no admin key configured: environment variables, internal functions and admin endpoints are "
                         "refused; %s", adminkey.HOW_TO_CONFIGURE)
         if config.dev:
             await loader.load()
