@@ -233,10 +233,15 @@ def test_values_never_reach_logs_or_error_messages(start_server: StartServer, tm
         run(server, "query", "envs:fails_after_reading", {"name": "TOKEN"}),
         run(server, "query", "envs:required", {"name": "NOT_SET"}),
         run(server, "query", "envs:system_table", {}),
+        run(server, "action", "envs:leaks", {"name": "TOKEN"}),
     ]
     assert answers[0]["value"] == secret  # what a function returns is its business
-    assert [a["status"] for a in answers[1:]] == ["error"] * 3
+    assert [a["status"] for a in answers[1:]] == ["error"] * 4
     assert "NOT_SET" in answers[2]["errorMessage"] and "ripple env set NOT_SET" in answers[2]["errorMessage"]
+    leaked = answers[4]  # the value quoted by function code is masked, in its failure and its log lines
+    assert "https://hooks.example.test/[env TOKEN]" in leaked["errorMessage"]
+    assert leaked["logLines"] == ["[LOG] calling with [env TOKEN]", "[WARN] token is [env TOKEN]"]
+    assert "hooks.example.test/[env TOKEN]" in server.log() and "token is [env TOKEN]" in server.log()
     refusals = [
         update(server, {"name": "TOKEN3", "value": secret * 500}, headers={"Authorization": f"Convex {_key(app)}"}),
         update(server, {"name": "bad name", "value": secret}, headers={"Authorization": f"Convex {_key(app)}"}),
@@ -248,6 +253,17 @@ def test_values_never_reach_logs_or_error_messages(start_server: StartServer, tm
     for text in [*(str(a) for a in answers[1:]), *(r.text for r in refusals), cli.stderr, cli.stdout]:
         assert secret not in text
     assert secret not in server.log()
+
+
+def test_masking_hides_values_of_eight_characters_or_more() -> None:
+    values = env.EnvValues()
+    values.replace({"SHORT": "true", "KEY": "abc.def*ghi", "LONGER": "abc.def*ghi-and-more", "URL": "https://x.test/p?q=1"}, 1)
+    assert values.mask("true: abc.def*ghi-and-more, abc.def*ghi, abcXdef*ghi, https://x.test/p?q=1") == (
+        "true: [env LONGER], [env KEY], abcXdef*ghi, [env URL]")
+    values.replace({}, 2)
+    assert values.mask("abc.def*ghi") == "abc.def*ghi"
+    assert not values.replace({"KEY": "abc.def*ghi"}, 1)  # older than what is held: ignored
+    assert values.mask("abc.def*ghi") == "abc.def*ghi"
 
 
 def _key(app: Path) -> str:

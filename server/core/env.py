@@ -5,7 +5,8 @@ Functions read variables synchronously, so every process keeps all of them in me
 runtime refreshes the copy from the `_environment_variables` table (server/core/env_store.py)
 whenever it sees a commit that wrote it. A read calls `on_read` with the name (None: all of
 them), which the runtime turns into a read range, so a live query re-runs when a variable it
-read changes. Values are secrets: no message built here contains one.
+read changes. Values are secrets: no message built here contains one, and `EnvValues.mask`
+hides them in what function code makes of them (its failures and log lines).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ MAX_NAME_LENGTH = 256
 MAX_VALUE_BYTES = 8 * 1024  # UTF-8
 MAX_VARIABLES = 512
 MAX_TOTAL_BYTES = 512 * 1024  # names and values of all variables together
+MIN_MASKED = 8  # shorter values ("1", "true", "30") are not masked: they would mangle every message
 SET_HINT = "set it with `ripple env set {name}` (or POST /api/update_environment_variables with the admin key)"
 
 
@@ -116,13 +118,28 @@ class EnvValues:
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
         self.ts = -1
+        self._masked: tuple[re.Pattern[str], dict[str, str]] | None = None  # made when first needed
 
     def replace(self, values: dict[str, str], ts: int) -> bool:
         """Take `values`, read at `ts`, unless what is held is newer; whether it was taken."""
         if ts < self.ts:
             return False
-        self.values, self.ts = values, ts
+        self.values, self.ts, self._masked = values, ts, None
         return True
+
+    def mask(self, text: str) -> str:
+        """`text` with every value of MIN_MASKED characters or more replaced by `[env NAME]`:
+        a function's failure and log lines may quote a value (an HTTP library's error naming a
+        URL with a token in it); neither the server log nor a client should see it."""
+        if self._masked is None:
+            names: dict[str, str] = {}
+            for name, value in sorted(self.values.items()):
+                if len(value) >= MIN_MASKED:
+                    names.setdefault(value, name)  # one value under two names: the first name
+            longest_first = sorted(names, key=len, reverse=True)
+            self._masked = re.compile("|".join(map(re.escape, longest_first)) or "(?!)"), names
+        pattern, names = self._masked
+        return pattern.sub(lambda m: f"[env {names[m.group()]}]", text) if names else text
 
 
 class Env(Mapping[str, str]):

@@ -226,8 +226,9 @@ class Runtime:
     # -- running user code --------------------------------------------------------------------
 
     def log_buffer(self, fn: FunctionDef) -> logs.LogBuffer:
-        """Where a run's print() lines go: the server log always, the client in dev mode."""
-        return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev)
+        """Where a run's print() lines go: the server log always, the client in dev mode; with the
+        values of environment variables masked (docs/env.md, Secrets hygiene)."""
+        return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev, mask=self.env_values.mask)
 
     async def invoke(
         self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float,
@@ -275,7 +276,7 @@ class Runtime:
             else:
                 text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
                 return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=to_wire_json(exc.data), has_data=True)
-        message = redact(exc, str(fn.path), dev=self.config.dev, app_dir=self.app.directory)
+        message = redact(exc, str(fn.path), dev=self.config.dev, app_dir=self.app.directory, mask=self.env_values.mask)
         return FunctionFailure(message, lines)
 
     # -- queries ------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Functions reading environment variables, for tests/test_env.py."""
 
+import logging
 from typing import Any
 
 from server import action, mutation, query
@@ -47,3 +48,12 @@ async def fails_after_reading(ctx: Any, name: str) -> None:
 @query
 async def system_table(ctx: Any) -> Any:
     return await ctx.db.system.query("_environment_variables").collect()
+
+
+@action
+async def leaks(ctx: Any, name: str) -> None:
+    """Quotes a value the ways function code does by accident: a print, a log record, and an
+    HTTP library's error naming a URL with the token in it."""
+    print("calling with", ctx.env[name])
+    logging.getLogger("app.hooks").warning("token is %s", ctx.env[name])
+    raise RuntimeError(f"Client error '404 Not Found' for url 'https://hooks.example.test/{ctx.env[name]}'")
