@@ -123,6 +123,7 @@ def cmd_dev(args: argparse.Namespace) -> None:
     config = _config(args, dev=True)
     if not (config.app_dir / "functions").is_dir() and not (config.app_dir / "schema.py").exists():
         sys.exit(f"ripple dev: {config.app_dir} has no schema.py or functions/; run it in your app directory or pass --dir")
+    sock = _listen(config, "dev")  # first: a start that cannot serve prints and makes nothing
     if config.admin_key is None:
         config.admin_key, created = adminkey.dev_key(config.app_dir)
         where = config.app_dir / adminkey.KEY_FILE
@@ -130,7 +131,6 @@ def cmd_dev(args: argparse.Namespace) -> None:
             print(f"Admin key (saved in {where}, readable by you only; shown only now): {config.admin_key}", flush=True)
         else:
             print(f"Admin key: in {where} (ripple run and ripple env read it from there)", flush=True)
-    sock = _listen(config, "dev")
     if not config.database_url:
         print("Starting embedded PostgreSQL under .ripple/ ...", flush=True)
         config.database_url = start_embedded_postgres(config.app_dir)
