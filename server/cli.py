@@ -1,9 +1,10 @@
-"""`ripple dev`, `ripple serve`, `ripple run`."""
+"""`ripple dev`, `ripple serve`, `ripple run`, `ripple env`."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import getpass
 import json
 import logging
 import os
@@ -17,8 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from server import devserver
+from server import adminkey, devserver
 from server.config import Config
+from server.core.env import EnvVarError, check_name
 
 DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
 DEFAULT_URL = "http://127.0.0.1:3210"
@@ -37,6 +39,8 @@ def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
     p.add_argument("--dir", type=Path, default=None, help="app directory holding schema.py and functions/ (default: current directory)")
     p.add_argument("--database-url", default=None, help="PostgreSQL URL (default: $DATABASE_URL)")
     p.add_argument("--db-schema", default=None, help="PostgreSQL schema holding Ripple's tables (default: ripple, or $RIPPLE_DB_SCHEMA)")
+    p.add_argument("--admin-key", default=None, help="the admin key (default: $RIPPLE_ADMIN_KEY, which keeps it out of the "
+                   "process list; ripple dev: else .ripple/admin_key, made at its first start)")
     storage = p.add_argument_group("file storage (docs/operations.md; S3 keys only from the environment)")
     storage.add_argument("--storage", choices=("local", "s3"), default=None,
                          help="where stored files live (default: local, or $RIPPLE_STORAGE)")
@@ -60,10 +64,26 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
     run.add_argument("path", help="function path, e.g. videos:list")
     run.add_argument("args", nargs="?", default="{}", help="JSON object of arguments (default {})")
-    run.add_argument("--url", default=None, help=f"server URL (default: $RIPPLE_URL, else the `ripple dev` running in --dir, else {DEFAULT_URL})")
-    run.add_argument("--admin-key", default=None, help="admin key (default: $RIPPLE_ADMIN_KEY, else .ripple/admin_key of --dir)")
-    run.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev server and its admin key in (default: current directory)")
+    _client(run)
+    env = sub.add_parser("env", help="set, get, list or remove the environment variables functions read (ctx.env)")
+    verbs = env.add_subparsers(dest="verb", required=True)
+    env_set = verbs.add_parser("set", help="set a variable: ripple env set NAME VALUE (without VALUE: read from stdin, "
+                               "keeping secrets out of shell history)")
+    env_set.add_argument("name")
+    env_set.add_argument("value", nargs="?", default=None)
+    verbs.add_parser("get", help="print a variable's value").add_argument("name")
+    verbs.add_parser("list", help="print every variable as NAME=value")
+    verbs.add_parser("remove", help="remove a variable").add_argument("name")
+    for verb in verbs.choices.values():
+        _client(verb)
     return parser
+
+
+def _client(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that talk to a running server."""
+    p.add_argument("--url", default=None, help=f"server URL (default: $RIPPLE_URL, else the `ripple dev` running in --dir, else {DEFAULT_URL})")
+    p.add_argument("--admin-key", default=None, help="admin key (default: $RIPPLE_ADMIN_KEY, else .ripple/admin_key of --dir)")
+    p.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev server and its admin key in (default: current directory)")
 
 
 def _config(args: argparse.Namespace, dev: bool) -> Config:
@@ -71,7 +91,7 @@ def _config(args: argparse.Namespace, dev: bool) -> Config:
     try:
         config = Config.from_env(
             app_dir=app_dir, dev=dev, host=args.host, port=args.port,
-            database_url=args.database_url, db_schema=args.db_schema,
+            database_url=args.database_url, db_schema=args.db_schema, admin_key=args.admin_key,
         )
     except ValueError as exc:  # a setting that cannot be read
         sys.exit(f"ripple {'dev' if dev else 'serve'}: {exc}")
@@ -98,14 +118,19 @@ def _listen(config: Config, command: str) -> socket.socket:
 
 def cmd_dev(args: argparse.Namespace) -> None:
     from server.embedded import start_embedded_postgres
-    from server.runner import dev_admin_key, serve
+    from server.runner import serve
 
     config = _config(args, dev=True)
     if not (config.app_dir / "functions").is_dir() and not (config.app_dir / "schema.py").exists():
         sys.exit(f"ripple dev: {config.app_dir} has no schema.py or functions/; run it in your app directory or pass --dir")
+    sock = _listen(config, "dev")  # first: a start that cannot serve prints and makes nothing
     if config.admin_key is None:
-        config.admin_key = dev_admin_key(config.app_dir)
-    sock = _listen(config, "dev")
+        config.admin_key, created = adminkey.dev_key(config.app_dir)
+        where = config.app_dir / adminkey.KEY_FILE
+        if created:  # shown this once; afterwards only where it is
+            print(f"Admin key (saved in {where}, readable by you only; shown only now): {config.admin_key}", flush=True)
+        else:
+            print(f"Admin key: in {where} (ripple run and ripple env read it from there)", flush=True)
     if not config.database_url:
         print("Starting embedded PostgreSQL under .ripple/ ...", flush=True)
         config.database_url = start_embedded_postgres(config.app_dir)
@@ -142,16 +167,23 @@ def server_url(args: argparse.Namespace) -> tuple[str, str]:
     return DEFAULT_URL, "the default; no ripple dev is recorded as running in " + str(args.dir)
 
 
+def client_admin_key(args: argparse.Namespace) -> str | None:
+    """The admin key `ripple run` and `ripple env` send: --admin-key, else $RIPPLE_ADMIN_KEY,
+    else the one `ripple dev` made in --dir."""
+    key = args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY")
+    key_file = args.dir / adminkey.KEY_FILE
+    if key is None and key_file.exists():
+        key = key_file.read_text().strip()
+    return key
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         fn_args = json.loads(args.args)
     except json.JSONDecodeError as exc:
         print(f"ripple run: arguments are not valid JSON: {exc}", file=sys.stderr)
         return 2
-    key = args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY")
-    key_file = args.dir / ".ripple" / "admin_key"
-    if key is None and key_file.exists():
-        key = key_file.read_text().strip()
+    key = client_admin_key(args)
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Convex {key}"
@@ -188,6 +220,74 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
+class EnvCommandFailed(Exception):
+    """What `ripple env` prints before exiting with status 1."""
+
+
+def _admin_call(args: argparse.Namespace, method: str, endpoint: str, body: Any = None) -> Any:
+    """An admin endpoint's JSON answer, or EnvCommandFailed saying what went wrong: no key, no
+    server, a key refused, a change refused."""
+    key = client_admin_key(args)
+    url, source = server_url(args)
+    if not key:
+        raise EnvCommandFailed(f"no admin key: pass --admin-key, set RIPPLE_ADMIN_KEY, or run in (or --dir to) the app "
+                               f"directory of a `ripple dev`, which keeps it in {adminkey.KEY_FILE}")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise EnvCommandFailed(f"the server URL {url!r} ({source}) is not an http:// URL, such as {DEFAULT_URL}")
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url.rstrip('/')}{endpoint}", data=data, method=method,
+                                     headers={"Content-Type": "application/json", "Authorization": f"Convex {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        payload = exc.read().decode(errors="replace")
+        try:
+            payload = json.loads(payload)["message"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise EnvCommandFailed(f"{exc.code}: {payload}") from None
+    except urllib.error.URLError as exc:
+        raise EnvCommandFailed(f"no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
+                               "or choose the server with --url or RIPPLE_URL") from None
+
+
+def _read_value(name: str) -> str:
+    """A value from stdin (a prompt without echo on a terminal), so it stays out of shell history."""
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Value of {name}: ")
+    value = sys.stdin.read()
+    return value[:-1] if value.endswith("\n") else value  # the newline `echo` and here-strings add
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    """`ripple env set|get|list|remove` through the server's admin endpoints (docs/env.md)."""
+    try:
+        if args.verb != "list":
+            check_name(args.name)
+        if args.verb == "set":
+            value = args.value if args.value is not None else _read_value(args.name)
+            _admin_call(args, "POST", "/api/update_environment_variables", {"changes": [{"name": args.name, "value": value}]})
+            print(f"set {args.name}", file=sys.stderr)
+            return 0
+        variables = _admin_call(args, "GET", "/api/list_environment_variables")["environmentVariables"]
+        if args.verb == "list":
+            for name in sorted(variables):
+                print(f"{name}={variables[name]}")
+        elif args.name not in variables:
+            raise EnvCommandFailed(f"{args.name} is not set")
+        elif args.verb == "get":
+            print(variables[args.name])
+        else:
+            _admin_call(args, "POST", "/api/update_environment_variables", {"changes": [{"name": args.name}]})
+            print(f"removed {args.name}", file=sys.stderr)
+        return 0
+    except (EnvCommandFailed, EnvVarError) as exc:
+        print(f"ripple env {args.verb}: {exc}", file=sys.stderr)
+        return 1
+
+
 def _as_js(value: Any) -> Any:
     """A result shown as JavaScript shows it: the wire writes every number as a float (`2.0`),
     a person reads `2`."""
@@ -208,6 +308,8 @@ def main(argv: list[str] | None = None) -> None:
         cmd_dev(args)
     elif args.command == "serve":
         cmd_serve(args)
+    elif args.command == "env":
+        sys.exit(cmd_env(args))
     else:
         sys.exit(cmd_run(args))
 

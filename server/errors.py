@@ -16,6 +16,7 @@ import secrets
 import site
 import sys
 import traceback
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -189,21 +190,27 @@ class DatabaseUnavailable(FunctionFailure):
 
 # -- what a client sees of an internal error -------------------------------------------------------
 
-def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = None) -> str:
+def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = None,
+           mask: Callable[[str], str] | None = None) -> str:
     """Log `exc` (with its traceback and a fresh request id) as the failure of `what`, and return
     the message a client may see: in dev mode the error and the frames of the app's own files
     under `app_dir` (never Ripple's, the standard library's or installed packages'); otherwise
     only the request id, to find the log entry by (and a FunctionTimedOut's message, which says
-    nothing but the function and its limit)."""
+    nothing but the function and its limit). `mask` hides secrets in both (a function's failure
+    may quote an environment variable's value: core/env.py, EnvValues.mask)."""
     request_id = secrets.token_hex(8)
-    log.error("%s failed [request %s]", what, request_id, exc_info=exc)
+    if mask is None:
+        log.error("%s failed [request %s]", what, request_id, exc_info=exc)
+    else:
+        log.error("%s failed [request %s]\n%s", what, request_id, mask("".join(traceback.format_exception(exc)).rstrip()))
     if not dev:
         shown_as = str(exc) if isinstance(exc, FunctionTimedOut) else "Server Error"
         return f"[Request ID: {request_id}] {shown_as}"
     detail = "".join(_exception_lines(exc)).strip()
     frames = [] if app_dir is None else user_frames(exc, app_dir)
     where = "".join(traceback.format_list(frames[-5:]))
-    return f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip()
+    message = f"[Request ID: {request_id}] Uncaught {detail}\n{where}".rstrip()
+    return message if mask is None else mask(message)
 
 
 def _exception_lines(exc: BaseException, indent: str = "") -> list[str]:

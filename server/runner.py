@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +15,7 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
-from server import devserver, loops
+from server import adminkey, devserver, loops
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
 from server.config import Config
@@ -30,16 +29,6 @@ from server.errors import RippleError
 
 log = logging.getLogger("ripple")
 BACKLOG = 2048
-
-
-def dev_admin_key(app_dir: Path) -> str:
-    """The dev deployment's admin key, kept in .ripple/admin_key so `ripple run` can use it."""
-    path = app_dir / ".ripple" / "admin_key"
-    path.parent.mkdir(exist_ok=True)
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def app_source_filter(app_dir: Path) -> Callable[[Any, str], bool]:
@@ -170,6 +159,9 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             await db.connect(min_size=config.pool_min, max_size=config.pool_max)
         except _DATABASE_ERRORS as exc:
             return f"cannot connect to the database: {describe_load_error(exc)}"
+        if not config.admin_key:
+            log.info("no admin key configured: environment variables, internal functions and admin endpoints are "
+                        "refused; %s", adminkey.HOW_TO_CONFIGURE)
         if config.dev:
             await loader.load()
             return None

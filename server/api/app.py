@@ -15,6 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.env_http import EnvRoutes
 from server.api.http_api import HttpApi, error_response, json_response
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
@@ -102,6 +103,7 @@ def build_app(
     serving and reports it here until a change fixes it)."""
     api = HttpApi(runtime)
     storage = StorageRoutes(runtime)
+    env = EnvRoutes(runtime)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
@@ -189,6 +191,8 @@ def build_app(
         Route("/api/query_at_ts", endpoint(call_query_at_ts), methods=["POST"]),
         Route("/api/storage/upload", endpoint(storage.upload), methods=["POST"]),
         Route("/api/storage/{storage_id}", endpoint(storage.download), methods=["GET", "HEAD"]),
+        *(Route(f"/api{version}/update_environment_variables", endpoint(env.update), methods=["POST"]) for version in ("", "/v1")),
+        *(Route(f"/api{version}/list_environment_variables", endpoint(env.list), methods=["GET"]) for version in ("", "/v1")),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
     ]

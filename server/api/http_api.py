@@ -7,13 +7,13 @@ accept); mistakes by the caller are 4xx `{"code", "message"}`.
 from __future__ import annotations
 
 import base64
-import secrets
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from server import adminkey
 from server.api import offload
 from server.core.auth.claims import acting_as_identity
 from server.core.contexts import Identity
@@ -113,6 +113,14 @@ def parse_ts(raw: Any) -> int:
         raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {shown(repr(raw))}") from None
 
 
+def require_admin_key(configured: str | None, presented: str | None) -> None:
+    """adminkey.verify, refusals answered 401."""
+    try:
+        adminkey.verify(configured, presented)
+    except adminkey.AdminKeyRefused as exc:
+        raise HttpError(401, exc.code, str(exc)) from None
+
+
 class HttpApi:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -139,8 +147,7 @@ class HttpApi:
         acting as that user (as Convex's dashboard sends it)."""
         key = self.runtime.config.admin_key
         given, _, acting_as = value.partition(":") if key is None or ":" not in key else (value, "", "")
-        if not key or not secrets.compare_digest(given.encode(), key.encode()):
-            raise HttpError(401, "BadAdminKey", "the admin key in the Authorization header is not valid")
+        require_admin_key(key, given)
         if not acting_as:
             return None, True
         try:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from server import adminkey
 from server.core.auth.claims import acting_as_identity
 from server.core.contexts import Identity
 from server.core.runtime import Runtime
@@ -85,9 +85,10 @@ class ConnectionAuth:
         if request.token_type == "None":
             return None, False
         if request.token_type == "Admin":
-            key = self.runtime.config.admin_key
-            if not key or not request.value or not secrets.compare_digest(request.value.encode(), key.encode()):
-                raise AuthFailed("the admin key is not valid")
+            try:
+                adminkey.verify(self.runtime.config.admin_key, request.value)
+            except adminkey.AdminKeyRefused as exc:
+                raise AuthFailed(str(exc)) from None
             return (None if request.acting_as is None else acting_as_identity(request.acting_as)), True
         assert request.value is not None
         return await self.runtime.authenticate(request.value), False

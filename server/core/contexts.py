@@ -1,9 +1,10 @@
 """What a function receives as `ctx`, by kind, and what a call returns.
 
-    query     QueryCtx     db (read-only), auth, storage (read), run_query (in the same transaction)
-    mutation  MutationCtx  db (reads and writes), auth, scheduler and storage (commit with the
-                           mutation), run_query / run_mutation (in the same transaction)
-    action    ActionCtx    run_query / run_mutation / run_action, auth, scheduler and storage
+    query     QueryCtx     db (read-only), auth, env, storage (read), run_query (in the same
+                           transaction)
+    mutation  MutationCtx  db (reads and writes), auth, env, scheduler and storage (commit with
+                           the mutation), run_query / run_mutation (in the same transaction)
+    action    ActionCtx    run_query / run_mutation / run_action, auth, env, scheduler and storage
                            (commit at once)
 
 Also who called (`caller_key`) and what an idempotent mutation call stored (`StoredCall`).
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
+from server.core.env import Env, EnvValues
 from server.core.logs import LogBuffer
 from server.core.registry import FunctionDef, Kind
 from server.core.values import from_convex_json
@@ -173,9 +175,10 @@ class QueryCtx:
     storage: StorageReader
 
     def __init__(self, db: DatabaseReader, auth: Auth, call: InnerCall | None = None, logs: LogBuffer | None = None,
-                 storage: StorageReader | None = None) -> None:
+                 storage: StorageReader | None = None, env: Env | None = None) -> None:
         self.db = db
         self.auth = auth
+        self.env = Env(EnvValues()) if env is None else env
         if storage is not None:
             self.storage = storage
         self._call = call
@@ -206,8 +209,8 @@ class MutationCtx(QueryCtx):
     storage: StorageWriter
 
     def __init__(self, db: DatabaseWriter, auth: Auth, scheduler: MutationScheduler, call: InnerCall | None = None,
-                 logs: LogBuffer | None = None, storage: StorageWriter | None = None) -> None:
-        super().__init__(db, auth, call, logs, storage)
+                 logs: LogBuffer | None = None, storage: StorageWriter | None = None, env: Env | None = None) -> None:
+        super().__init__(db, auth, call, logs, storage, env)
         self.scheduler = scheduler
 
     async def run_mutation(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
@@ -224,11 +227,12 @@ class ActionCtx:
     storage: StorageActionWriter
 
     def __init__(self, call: NestedCall, identity: Identity | None, logs: LogBuffer, scheduler: ActionScheduler,
-                 storage: StorageActionWriter | None = None) -> None:
+                 storage: StorageActionWriter | None = None, env: Env | None = None) -> None:
         self._call = call
         self._identity = identity
         self._logs = logs
         self.auth = Auth(identity)
+        self.env = Env(EnvValues()) if env is None else env
         self.scheduler = scheduler
         if storage is not None:
             self.storage = storage

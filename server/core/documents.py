@@ -15,6 +15,7 @@ from server.core.database import Catalog, TableInfo, decode_doc
 from server.core.ids import new_id, table_number_of
 from server.core.query import Query
 from server.core.schema import CREATION_TIME
+from server.core.system_tables import UNREADABLE
 from server.core.transaction import ReadRange, Transaction
 from server.core.values import to_convex_json
 from server.errors import ForbiddenOperation, InvalidIdError, RippleUsageError
@@ -48,6 +49,11 @@ def _addressed(catalog: Catalog, verb: str, address: tuple[Any, ...], rest: int)
 
 
 
+def _check_readable(table: str) -> None:
+    if table in UNREADABLE:  # secrets: functions read them through ctx.env
+        raise RippleUsageError(f"system table {table} is not readable through ctx.db.system; read variables with ctx.env")
+
+
 class SystemReader:
     """`ctx.db.system`: read access to system tables (`_scheduled_functions`, ...)."""
 
@@ -57,6 +63,7 @@ class SystemReader:
     def _info(self, table: str) -> TableInfo:
         if not isinstance(table, str) or not table.startswith("_"):
             raise RippleUsageError(f"{table!r} is not a system table; use ctx.db.query for user tables")
+        _check_readable(table)
         return self._tx.catalog.table(table)
 
     @overload
@@ -68,6 +75,7 @@ class SystemReader:
         info, doc_id, _ = _addressed(self._tx.catalog, "system.get", address, 0)
         if not info.name.startswith("_"):
             raise RippleUsageError(f"{doc_id} is a document of user table {info.name}; use ctx.db.get")
+        _check_readable(info.name)
         return await _get(self._tx, info, doc_id)
 
     def query(self, table: str) -> Query:

@@ -23,6 +23,7 @@ import builtins
 import contextvars
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 MAX_LINES = 256
@@ -33,16 +34,20 @@ stream = logging.getLogger("ripple.functions.log")
 
 class LogBuffer:
     """The log lines of one function execution. `label` names it in the server log (e.g.
-    `Q videos:list`); `keep`: whether its lines are kept for the client."""
+    `Q videos:list`); `keep`: whether its lines are kept for the client; `mask`: hides secrets
+    in each line (environment variables' values: core/env.py, EnvValues.mask)."""
 
-    def __init__(self, label: str = "", keep: bool = True) -> None:
+    def __init__(self, label: str = "", keep: bool = True, mask: Callable[[str], str] | None = None) -> None:
         self.label = label
         self.keep = keep
+        self.mask = mask
         self.lines: list[str] = []
         self.count = 0
         self.overflowed = False
 
     def add(self, level: str, message: str) -> None:
+        if self.mask is not None:
+            message = self.mask(message)
         if len(message) > MAX_LINE_CHARS:
             message = message[:MAX_LINE_CHARS] + " (truncated)"
         line = f"[{level}] {message}"

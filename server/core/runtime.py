@@ -36,7 +36,7 @@ import asyncpg
 import orjson
 
 from server.config import Config
-from server.core import logs, sandbox, sql, watchdog
+from server.core import env_store, logs, sandbox, sql, watchdog
 from server.core.auth.keys import KeyStore
 from server.core.auth.verify import Verifier, app_verifier
 from server.core.commit import Committer
@@ -53,6 +53,7 @@ from server.core.contexts import (
 )
 from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter
+from server.core.env import Change, Env, EnvValues
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import check_unchanged_since
@@ -115,6 +116,7 @@ class Runtime:
         self.files = Files(db, blob_store(config), config, self.system_transaction)
         self.auth_keys = KeyStore(config.auth)  # providers' keys, kept across reloads
         self.verifier = Verifier((), self.auth_keys, config.auth)
+        self.env_values = EnvValues()  # every environment variable, kept current (refresh_env, commits_seen)
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         logs.install()
@@ -146,6 +148,7 @@ class Runtime:
         catalog = await self.db.apply_schema(app.schema)
         app.registry.bind_tables(catalog.names)
         self._app, self._catalog, self.verifier = app, catalog, verifier
+        await self.refresh_env()
         for callback in self.on_reload:
             callback()
 
@@ -227,8 +230,9 @@ class Runtime:
     # -- running user code --------------------------------------------------------------------
 
     def log_buffer(self, fn: FunctionDef) -> logs.LogBuffer:
-        """Where a run's print() lines go: the server log always, the client in dev mode."""
-        return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev)
+        """Where a run's print() lines go: the server log always, the client in dev mode; with the
+        values of environment variables masked (docs/env.md, Secrets hygiene)."""
+        return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev, mask=self.env_values.mask)
 
     async def invoke(
         self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float,
@@ -276,7 +280,7 @@ class Runtime:
             else:
                 text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
                 return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=to_wire_json(exc.data), has_data=True)
-        message = redact(exc, str(fn.path), dev=self.config.dev, app_dir=self.app.directory)
+        message = redact(exc, str(fn.path), dev=self.config.dev, app_dir=self.app.directory, mask=self.env_values.mask)
         return FunctionFailure(message, lines)
 
     # -- queries ------------------------------------------------------------------------------
@@ -299,7 +303,7 @@ class Runtime:
         buffer = self.log_buffer(fn)
         try:
             ctx = QueryCtx(DatabaseReader(tx), Auth(identity), self.inner_calls(tx, identity, depth, None), buffer,
-                           StorageReader(tx, self.files))
+                           StorageReader(tx, self.files), self.env_in(tx))
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.query_timeout)
         except NeedsSnapshot:
             return QueryRun(None, [], [], None, None, needs_snapshot=True)
@@ -350,7 +354,7 @@ class Runtime:
         scheduler = parent.nested() if parent is not None else MutationScheduler(
             tx, self.app.registry, self.jobs_channel, self.metrics, running_job, self.config.scheduler.horizon_seconds)
         ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler, self.inner_calls(tx, identity, depth, scheduler),
-                          buffer, StorageWriter(tx, self.files))
+                          buffer, StorageWriter(tx, self.files), self.env_in(tx))
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.mutation_timeout)
         except Exception as exc:
@@ -431,6 +435,40 @@ class Runtime:
 
         return await self.retry_transaction(attempt, "a system transaction")
 
+    # -- environment variables (docs/env.md) -------------------------------------------------
+
+    def env_in(self, tx: Transaction) -> Env:
+        """ctx.env of a query or mutation: each read joins `tx`'s read set, so a live query
+        re-runs when a variable it read changes. The values are this process's copy, not
+        `tx`'s snapshot: a mutation's read is no serializable predicate."""
+        return Env(self.env_values, lambda name: tx.reads.append(env_store.read_range(name)))
+
+    async def refresh_env(self) -> dict[str, str]:
+        """Read every variable (and the ts they are current at) from the database into this
+        process's copy; returns them."""
+        async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            ts = int(await conn.fetchval(sql.LATEST_TS))
+            return await self._read_env(conn, ts)
+
+    async def commits_seen(self, conn: asyncpg.Connection, ts: int, commits: list[Any] | None) -> None:
+        """The live-query tick read these change-log rows (None: too many to look at) in
+        `conn`'s snapshot, whose latest commit is `ts`, and is about to re-run the queries they
+        touched: if they changed variables, this process's copy moves to the snapshot first,
+        so the queries that read a variable see its new value."""
+        if commits is None or env_store.touched(commits):
+            await self._read_env(conn, ts)
+
+    async def _read_env(self, conn: asyncpg.Connection, ts: int) -> dict[str, str]:
+        values = await env_store.load(DatabaseReader(Transaction(conn, self.catalog, writable=False), system=True))
+        self.env_values.replace(values, ts)
+        return values
+
+    async def update_env(self, changes: list[Change]) -> None:
+        """An admin's batch of changes, all or nothing (EnvVarError names what was refused);
+        this process sees it at once, the others when their live-query tick reads the commit."""
+        await self.system_transaction(lambda db, tx: env_store.apply(db, changes))
+        await self.refresh_env()
+
     # -- identity -----------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> Identity:
@@ -444,7 +482,8 @@ class Runtime:
         """The ctx of an action, or of an HTTP action, run for `identity`."""
         scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction,
                                     self.config.scheduler.horizon_seconds)
-        return ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog))
+        return ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog),
+                         Env(self.env_values))
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = self.log_buffer(fn)

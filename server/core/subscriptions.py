@@ -218,11 +218,11 @@ class SubscriptionManager:
             )
             if everything:  # too much to compare: re-run all at the snapshot's ts
                 snapshot_ts = int(await conn.fetchval(sql.LATEST_TS))
+                self.stale.update(self.queries.values())
             else:
                 snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
-            if everything:
-                self.stale.update(self.queries.values())
-            elif rows:  # only live queries are filed in the index: unsubscribe removes them
+            await runtime.commits_seen(conn, snapshot_ts, None if everything else rows)  # before any re-run
+            if rows and not everything:  # only live queries are filed in the index: unsubscribe removes them
                 self.stale.update(self._not_resting(self._reads.touched_by(w for r in rows for w in r["writes"])))
             for done in finished:
                 if await self._still_valid(conn, done, snapshot_ts):

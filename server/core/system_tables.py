@@ -10,6 +10,10 @@ never reused for another table.
 | `_scheduled_functions` | 10001  | server/core/scheduler/      | `ScheduledFunction` |
 | `_cron_jobs`           | 10002  | server/core/scheduler/      | `CronJob`           |
 | `_storage`             | 10003  | server/core/storage/        | `StoredFile`        |
+| `_environment_variables` | 10004 | server/core/env_store.py  | `EnvironmentVariable` |
+
+`_environment_variables` holds secrets: functions read it through `ctx.env` only, never through
+`ctx.db.system` (`readable` False).
 """
 
 from __future__ import annotations
@@ -130,6 +134,15 @@ class StoredFile(SystemDocument):
     contentType: str | None = None
 
 
+# -- _environment_variables (docs/env.md) ----------------------------------------------------------
+
+class EnvironmentVariable(SystemDocument):
+    """One variable, checked against Convex's rules (server/core/env.py) before it is written."""
+
+    name: str
+    value: str
+
+
 # -- the list -------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -137,6 +150,7 @@ class SystemTable:
     name: str
     number: int
     table: Table
+    readable: bool = True  # through ctx.db.system
 
 
 SCHEDULED_FUNCTIONS = SystemTable(
@@ -155,7 +169,11 @@ CRON_JOBS = SystemTable("_cron_jobs", 10002, Table(CronJob, indexes={"by_name": 
 
 STORAGE = SystemTable("_storage", 10003, Table(StoredFile))
 
-SYSTEM_TABLES: tuple[SystemTable, ...] = (SCHEDULED_FUNCTIONS, CRON_JOBS, STORAGE)
+ENVIRONMENT_VARIABLES = SystemTable(
+    "_environment_variables", 10004, Table(EnvironmentVariable, indexes={"by_name": ["name"]}), readable=False)
+
+SYSTEM_TABLES: tuple[SystemTable, ...] = (SCHEDULED_FUNCTIONS, CRON_JOBS, STORAGE, ENVIRONMENT_VARIABLES)
+UNREADABLE = frozenset(t.name for t in SYSTEM_TABLES if not t.readable)
 
 
 def _check(tables: tuple[SystemTable, ...]) -> None:
