@@ -1,0 +1,21 @@
+"""Messages in a room, ordered by `n`: a plain list, a page at a time, and sending."""
+
+from typing import Any
+
+from server import mutation, query
+
+
+@query
+async def list(ctx, room: str) -> list[dict[str, Any]]:
+    return await ctx.db.query("messages").with_index("by_room_n", lambda r: r.eq("room", room)).collect()
+
+
+@query
+async def page(ctx, room: str, paginationOpts: dict[str, Any]) -> dict[str, Any]:
+    q = ctx.db.query("messages").with_index("by_room_n", lambda r: r.eq("room", room))
+    return await q.paginate(paginationOpts)
+
+
+@mutation
+async def send(ctx, room: str, n: int, body: str) -> str:
+    return await ctx.db.insert("messages", {"room": room, "n": n, "body": body})
