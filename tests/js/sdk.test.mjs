@@ -228,6 +228,31 @@ test("a paginated subscription: first page, loadMore, a live insert into a loade
   }
 });
 
+test("pages the server asks to split are replaced by their two halves, each document once", async () => {
+  const room = unique("split");
+  const client = connect();
+  try {
+    for (let n = 1; n <= 12; n++) await client.mutation("messages:send", { room, n, body: `m${n}` });
+    const updates = [];
+    // Each page stops after reading 4 documents (SplitRequired, with a splitCursor after the 2nd).
+    const handle = client.onPaginatedUpdate("messages:capped", { room, rows: 4 }, { initialNumItems: 10 }, (r) => updates.push(r));
+    const split = () => client.protocol.queries.size === 2 && handle.status === "CanLoadMore"; // two halves, the page dropped
+    await until(updates, () => split());
+    assert.deepEqual(handle.results.map((m) => m.n), [1, 2, 3, 4]);
+    for (const started = Date.now(); handle.status !== "Exhausted"; ) {
+      assert.ok(Date.now() - started < 10_000, `stuck at ${handle.status}: ${show(handle.results)}`);
+      handle.loadMore(10); // false while the last page loads
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    const ns = handle.results.map((m) => m.n);
+    assert.deepEqual(ns, [...Array(12).keys()].map((i) => i + 1));
+    await client.mutation("messages:send", { room, n: 0, body: "first" });
+    assert.deepEqual(handle.results.map((m) => m.n), [0, ...ns], "a split page stays live");
+  } finally {
+    await client.close();
+  }
+});
+
 // -- auth -------------------------------------------------------------------------------------------
 
 test("Admin auth with the deployment's admin key reaches internal functions", async () => {

@@ -19,3 +19,10 @@ async def page(ctx, room: str, paginationOpts: dict[str, Any]) -> dict[str, Any]
 @mutation
 async def send(ctx, room: str, n: int, body: str) -> str:
     return await ctx.db.insert("messages", {"room": room, "n": n, "body": body})
+
+
+@query
+async def capped(ctx, room: str, rows: int, paginationOpts: dict[str, Any]) -> dict[str, Any]:
+    """Pages that stop after `rows` documents read: SplitRequired, which the client splits."""
+    q = ctx.db.query("messages").with_index("by_room_n", lambda r: r.eq("room", room))
+    return await q.paginate({**paginationOpts, "maximumRowsRead": rows})
