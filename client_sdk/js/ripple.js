@@ -49,6 +49,19 @@ function newSessionId() {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
+/** A function's path and arguments checked and encoded: a bad one would make the server close
+ * the connection, and every reconnect would send it again. */
+function callOf(path, args) {
+  if (typeof path !== "string" || !/^[^:]+(:[^:]+)?$/.test(path)) {
+    throw new TypeError(`a function path is "module:function" (or "dir/module:function"), not ${JSON.stringify(path)}`);
+  }
+  const value = args ?? {};
+  if (typeof value !== "object" || Array.isArray(value) || ArrayBuffer.isView(value) || value instanceof ArrayBuffer) {
+    throw new TypeError(`the arguments of ${path} must be an object of named arguments`);
+  }
+  return convexToJson(value, "args");
+}
+
 function errorOf(message, data, hasData) {
   return hasData ? new ConvexError(message, data) : new Error(message);
 }
@@ -106,7 +119,7 @@ export class RippleClient {
    * query fails (it keeps running and recovers when its data changes). Identical subscriptions
    * share one server query. Returns a function that unsubscribes. */
   onUpdate(path, args, callback, onError) {
-    const queryId = this._addQuery(path, convexToJson(args ?? {}, "args"));
+    const queryId = this._addQuery(path, callOf(path, args));
     const deliver = (result) => {
       if (result.ok) {
         callback(result.value);
@@ -164,7 +177,7 @@ export class RippleClient {
    * gets {results, status, loadMore}; status is LoadingFirstPage | CanLoadMore | LoadingMore |
    * Exhausted. Returns a handle: results, status, loadMore(n), unsubscribe(). */
   onPaginatedUpdate(path, args, { initialNumItems }, callback, onError) {
-    const wireArgs = convexToJson(args ?? {}, "args");
+    const wireArgs = callOf(path, args);
     if ("paginationOpts" in wireArgs) throw new TypeError("onPaginatedUpdate adds paginationOpts itself; leave it out of args");
     const fail = (result) => {
       const error = errorOf(result.errorMessage, result.errorData, result.hasErrorData);
@@ -255,7 +268,7 @@ export class RippleClient {
     if (this.state === "closed") return Promise.reject(new Error("RippleClient is closed"));
     let wireArgs;
     try {
-      wireArgs = convexToJson(args ?? {}, "args");
+      wireArgs = callOf(path, args);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -406,8 +419,9 @@ export class RippleClient {
     try {
       events = this.protocol.receive(message);
     } catch (error) {
-      if (!(error instanceof ProtocolViolation)) throw error;
-      this.logger.error(`RippleClient: ${error.message}; reconnecting`);
+      // Inconsistent (ProtocolViolation) or malformed: the state is unknown; start over.
+      const what = error instanceof ProtocolViolation ? error.message : `a malformed ${message?.type} message (${error})`;
+      this.logger.error(`RippleClient: ${what}; reconnecting`);
       this.dropSocket("ProtocolViolation");
       return;
     }

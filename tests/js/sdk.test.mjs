@@ -167,6 +167,10 @@ test("int64, bytes and special floats round trip both ways", async () => {
     await assert.rejects(client.mutation("values:store", { value: [1, undefined] }), /args\.value\[1\]: undefined/);
     await assert.rejects(client.mutation("values:store", { value: 2n ** 63n }), /64-bit/);
     assert.throws(() => client.onUpdate("values:echo", { value: { $bad: 1 } }, () => {}), /\$bad/);
+    // So are calls the server would answer by closing the connection (and a reconnect resend).
+    assert.throws(() => client.onUpdate("values:echo", [1], () => {}), /must be an object of named arguments/);
+    await assert.rejects(client.mutation("", {}), /a function path is "module:function"/);
+    assert.equal(await client.query("values:echo", { value: 1 }), 1, "the connection is still fine");
   } finally {
     await client.close();
   }
