@@ -39,6 +39,14 @@ function until(values, predicate, timeoutMs = 10_000) {
   });
 }
 
+/** Resolves once `predicate()` holds (polled). */
+async function eventually(predicate, what, timeoutMs = 10_000) {
+  for (const started = Date.now(); !predicate(); ) {
+    if (Date.now() - started > timeoutMs) throw new Error(`not reached in time: ${what()}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 const show = (v) => JSON.stringify(v, (_, x) => (typeof x === "bigint" ? `${x}n` : x));
 
 /** A function's result over the HTTP API, straight from `base` (not through the SDK). */
@@ -240,14 +248,13 @@ test("pages the server asks to split are replaced by their two halves, each docu
     const updates = [];
     // Each page stops after reading 4 documents (SplitRequired, with a splitCursor after the 2nd).
     const handle = client.onPaginatedUpdate("messages:capped", { room, rows: 4 }, { initialNumItems: 10 }, (r) => updates.push(r));
-    const split = () => client.protocol.queries.size === 2 && handle.status === "CanLoadMore"; // two halves, the page dropped
-    await until(updates, () => split());
+    // Two halves, the split page dropped.
+    await eventually(() => client.protocol.queries.size === 2 && handle.status === "CanLoadMore", () => show(handle.results));
     assert.deepEqual(handle.results.map((m) => m.n), [1, 2, 3, 4]);
-    for (const started = Date.now(); handle.status !== "Exhausted"; ) {
-      assert.ok(Date.now() - started < 10_000, `stuck at ${handle.status}: ${show(handle.results)}`);
+    await eventually(() => {
       handle.loadMore(10); // false while the last page loads
-      await new Promise((r) => setTimeout(r, 5));
-    }
+      return handle.status === "Exhausted";
+    }, () => `${handle.status}: ${show(handle.results)}`);
     const ns = handle.results.map((m) => m.n);
     assert.deepEqual(ns, [...Array(12).keys()].map((i) => i + 1));
     await client.mutation("messages:send", { room, n: 0, body: "first" });
@@ -449,6 +456,26 @@ test("a mutation whose response was lost is resent after reconnect and still run
     await client.close();
     proxy.close();
     for (const s of sockets) s.destroy();
+  }
+});
+
+test("a server silent for inactivityTimeoutMs is given up on and reconnected to", async () => {
+  // The server pings after 15 s of silence; a 300 ms limit makes an idle connection look dead.
+  const client = connect(url, { inactivityTimeoutMs: 300 });
+  const name = unique("silent");
+  try {
+    const states = [];
+    client.onConnectionChange((s) => states.push(s.state));
+    const values = [];
+    client.onUpdate("counters:get", { name }, (v) => values.push(v));
+    await until(values, (v) => v === 0);
+    await until(states, (s) => s === "reconnecting", 3000);
+    await eventually(() => client.connectionState().state === "connected", () => show(states), 3000);
+    await eventually(() => values.length >= 2, () => show(values)); // resubscribed: delivered again
+    assert.equal(await client.mutation("counters:inc", { name }), 1);
+    assert.equal(values.at(-1), 1);
+  } finally {
+    await client.close();
   }
 });
 
