@@ -55,3 +55,8 @@ async def slow(ctx, seconds: float) -> str:
 async def inc_twice(ctx, name: str) -> int:
     await ctx.run_mutation("counters:inc", {"name": name})
     return await ctx.run_mutation("counters:inc", {"name": name})
+
+
+@action
+async def refuse_in_action(ctx, code: str) -> None:
+    await ctx.run_mutation("counters:refuse", {"code": code})
