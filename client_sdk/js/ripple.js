@@ -135,7 +135,7 @@ export class RippleClient {
     if (set === undefined) this.listeners.set(queryId, (set = new Set()));
     set.add(listener);
     const current = this.protocol.results.get(queryId);
-    if (current !== undefined) queueMicrotask(() => listener(current)); // shared and already loaded
+    if (current !== undefined) queueMicrotask(() => this.safely(() => listener(current))); // shared, already loaded
     return () => {
       if (!active) return;
       active = false;
@@ -425,7 +425,7 @@ export class RippleClient {
       this.dropSocket("ProtocolViolation");
       return;
     }
-    if (message.type === "Transition") {
+    if (message.type === "Transition" && this.retries > 0) {
       this.retries = 0; // a working connection: the next drop starts the delays again
       this.backoff = this.delays();
     }

@@ -11,6 +11,8 @@ import net from "node:net";
 import WebSocket from "ws";
 import { ConvexError, RippleClient } from "../../client_sdk/js/ripple.js";
 import { AuthManager, refreshDelayMs } from "../../client_sdk/js/auth.js";
+import { ProtocolViolation, SyncProtocol } from "../../client_sdk/js/protocol.js";
+import { encodeTs } from "../../client_sdk/js/values.js";
 
 const url = process.env.RIPPLE_URL;
 const adminKey = process.env.RIPPLE_ADMIN_KEY;
@@ -483,6 +485,43 @@ test("a server silent for inactivityTimeoutMs is given up on and reconnected to"
   } finally {
     await client.close();
   }
+});
+
+// -- the protocol state machine -------------------------------------------------------------------
+
+test("protocol.js message in / message out: reconnect order, settling on the Transition, versions", () => {
+  const p = new SyncProtocol("session-1");
+  const version = (querySet, identity, ts) => ({ querySet, identity, ts: encodeTs(ts) });
+  // Before the socket opens, everything waits for connect().
+  assert.equal(p.subscribe("counters:get", { name: "a" }).message, null);
+  assert.equal(p.request("Mutation", "counters:inc", { name: "a" }).message, null);
+  assert.equal(p.setAuth({ tokenType: "Admin", value: "k" }), null);
+  assert.deepEqual(p.connect("InitialConnect").map((m) => m.type), ["Connect", "Authenticate", "ModifyQuerySet", "Mutation"]);
+  // The response alone does not settle a mutation; the next Transition reaching its ts does.
+  assert.deepEqual(p.receive({ type: "MutationResponse", requestId: 0, success: true, result: 1, ts: encodeTs(10n), logLines: [] }), []);
+  const early = p.receive({ type: "Transition", startVersion: version(0, 0, 0n), endVersion: version(1, 1, 9n), modifications: [] });
+  assert.deepEqual(early.map((e) => e.type), ["authConfirmed"]);
+  const events = p.receive({
+    type: "Transition", startVersion: version(1, 1, 9n), endVersion: version(1, 1, 10n),
+    modifications: [{ type: "QueryUpdated", queryId: 0, value: { $integer: encodeTs(1n) }, logLines: [], journal: "j1" }],
+  });
+  assert.deepEqual(events.map((e) => e.type), ["queries", "settled"]);
+  assert.equal(p.results.get(0).value, 1n);
+  // A Transition that does not start where the last one ended is refused.
+  assert.throws(() => p.receive({ type: "Transition", startVersion: version(1, 1, 9n), endVersion: version(1, 1, 11n), modifications: [] }),
+    ProtocolViolation);
+  // On the next socket the journal goes back with the query; an action in flight fails, one not sent yet waits.
+  p.request("Action", "counters:slow", { seconds: 1 });
+  const failed = p.disconnect();
+  assert.deepEqual(failed.map((e) => e.response.result), ["Connection lost while action was in flight"]);
+  p.hold();
+  p.request("Action", "counters:slow", { seconds: 1 });
+  assert.deepEqual(p.release(), []);
+  const again = p.connect("ServerClosed");
+  assert.equal(again[0].connectionCount, 1);
+  assert.equal(again[0].maxObservedTimestamp, encodeTs(10n));
+  assert.equal(again[2].modifications[0].journal, "j1");
+  assert.deepEqual(again.slice(3).map((m) => [m.type, m.requestId]), [["Action", 2]]);
 });
 
 // -- the module itself ------------------------------------------------------------------------------
