@@ -272,6 +272,31 @@ test("pages the server asks to split are replaced by their two halves, each docu
   }
 });
 
+test("cursors the server no longer accepts (InvalidCursor) start the list again from the first page", async () => {
+  const room = unique("flip");
+  const client = connect();
+  try {
+    for (const n of [10, 20, 30, 40, 50]) await client.mutation("messages:send", { room, n, body: `m${n}` });
+    const errors = [];
+    const handle = client.onPaginatedUpdate("messages:flippable", { room }, { initialNumItems: 2 }, () => {}, (e) => errors.push(e));
+    await eventually(() => handle.status === "CanLoadMore", () => handle.status);
+    handle.loadMore(2);
+    await eventually(() => handle.results.length === 4 && handle.status === "CanLoadMore", () => show(handle.results));
+    assert.deepEqual(handle.results.map((m) => m.n), [10, 20, 30, 40]);
+    // The function now reads the other way: the pages' cursors and journals are refused.
+    await client.mutation("counters:inc", { name: `${room}-order` });
+    await eventually(() => show(handle.results.map((m) => m.n)) === show([50, 40]) && handle.status === "CanLoadMore",
+      () => `${handle.status} ${show(handle.results)}`);
+    assert.deepEqual(errors, [], "a reset is not an error");
+    assert.equal(client.protocol.queries.size, 1, "the old pages were dropped");
+    handle.loadMore(10);
+    await eventually(() => handle.status === "Exhausted", () => handle.status);
+    assert.deepEqual(handle.results.map((m) => m.n), [50, 40, 30, 20, 10]);
+  } finally {
+    await client.close();
+  }
+});
+
 // -- auth -------------------------------------------------------------------------------------------
 
 test("Admin auth with the deployment's admin key reaches internal functions", async () => {
