@@ -242,9 +242,9 @@ def run_node_tests(script: str, server: ServerProcess, timeout: float = 180, env
         pytest.fail("Node.js is not installed (`node` is not on PATH); these tests need Node 18+")
     if not (ROOT / "tests" / "js" / "node_modules" / "convex" / "package.json").is_file():
         pytest.fail("tests/js/node_modules is missing: run `npm ci --prefix tests/js` to install the npm `convex` package")
-    env = {**os.environ, "RIPPLE_URL": server.url, "NO_COLOR": "1", **(env or {})}
+    node_env = {**os.environ, **(env or {}), "RIPPLE_URL": server.url, "NO_COLOR": "1"}
     try:
-        result = subprocess.run([node, "--test", f"tests/js/{script}"], cwd=ROOT, env=env, capture_output=True,
+        result = subprocess.run([node, "--test", f"tests/js/{script}"], cwd=ROOT, env=node_env, capture_output=True,
                                 text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         out, err = (o.decode(errors="replace") if isinstance(o, bytes) else o or "" for o in (exc.stdout, exc.stderr))
