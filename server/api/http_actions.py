@@ -22,6 +22,7 @@ CORS is each route's own (`Cors`): the app-wide CorsMiddleware never sees these 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import time
@@ -59,13 +60,21 @@ class FailedAuth(Auth):
 
 
 class BodyLimit:
-    """The request body as the handler reads it, counted: past `limit` bytes every read raises."""
+    """The request body as the handler reads it, counted: past `limit` bytes every read raises.
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    `after_body` is what the response gets to receive: Starlette's StreamingResponse listens for
+    a disconnect while it streams (uvicorn speaks ASGI 2.3), and that listener would take body
+    chunks from under a body iterator that is still reading the request; it waits until the
+    handler has read the body (at once for a request without one)."""
+
+    def __init__(self, receive: Receive, limit: int, has_body: bool) -> None:
         self._receive = receive
         self.limit = limit
         self.received = 0
         self.exceeded = False
+        self.read = asyncio.Event()
+        if not has_body:
+            self.read.set()
 
     async def __call__(self) -> Message:
         if self.exceeded:
@@ -75,8 +84,17 @@ class BodyLimit:
             self.received += len(message.get("body", b""))
             if self.received > self.limit:
                 self.exceeded = True
+                self.read.set()
                 raise self.error()
+            if not message.get("more_body", False):
+                self.read.set()
+        elif message["type"] == "http.disconnect":
+            self.read.set()
         return message
+
+    async def after_body(self) -> Message:
+        await self.read.wait()
+        return await self._receive()
 
     def error(self) -> RequestBodyTooLarge:
         return RequestBodyTooLarge(f"the request body exceeds the {self.limit}-byte limit of HTTP actions")
@@ -137,12 +155,12 @@ class HttpActions:
             return "none"
         declared = Request(scope).headers.get("content-length")
         limit = runtime.config.http_action_max_body_bytes
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            problem = (413, "BodyTooLarge", f"the request body of {declared} bytes exceeds the {limit}-byte limit of "
-                       "HTTP actions") if declared.isdigit() else (400, "BadRequest", "Content-Length is not a number")
-            await self.answer(route, scope, send, *problem)
+        if declared is not None and declared.isdigit() and int(declared) > limit:  # uvicorn refuses a non-number
+            await self.answer(route, scope, send, 413, "BodyTooLarge",
+                              f"the request body of {declared} bytes exceeds the {limit}-byte limit of HTTP actions")
             return route.label
-        await self.run(route, scope, BodyLimit(receive, limit), send)
+        has_body = (declared is not None and declared != "0") or b"chunked" in dict(scope["headers"]).get(b"transfer-encoding", b"")
+        await self.run(route, scope, BodyLimit(receive, limit, has_body), send)
         return route.label
 
     async def unrouted(self, router: HttpRouter, scope: Scope, receive: Receive, send: Send) -> None:
@@ -218,7 +236,7 @@ class HttpActions:
             await send(message)
 
         try:
-            await runtime.guarded(call, response(scope, body, send_with_cors), buffer, _as_is)
+            await runtime.guarded(call, response(scope, body.after_body, send_with_cors), buffer, _as_is)
         except Exception as exc:
             if not started:
                 await self.failed(route, scope, send, exc, body)
