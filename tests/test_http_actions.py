@@ -460,7 +460,8 @@ async def test_in_dev_mode_the_500_says_what_went_wrong(start_server: Callable[.
         assert "TypeError: HTTP action GET /not-a-response returned dict, not a starlette.responses.Response" in r.json()["message"]
 
 
-async def test_a_handler_blocking_the_loop_is_stopped_and_the_server_goes_on(client: httpx.AsyncClient) -> None:
+async def test_a_handler_blocking_the_loop_is_stopped_and_the_server_goes_on(client: httpx.AsyncClient,
+                                                                             server: ServerProcess) -> None:
     began = time.monotonic()
     blocked = asyncio.create_task(client.get("/block"))
     await asyncio.sleep(0.2)
@@ -477,6 +478,7 @@ async def test_a_handler_blocking_the_loop_is_stopped_and_the_server_goes_on(cli
                 parts.append(part)
     assert b"".join(parts) == b"first part\n"
     assert (await client.get("/_ripple/health")).status_code == 200
+    assert server.metrics()['ripple_http_action_requests_total{route="GET /stream-then-block",status="cut"}'] >= 1
 
 
 async def test_a_bad_bearer_token_reaches_the_handler_whose_identity_check_fails(client: httpx.AsyncClient,

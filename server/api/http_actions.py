@@ -124,15 +124,17 @@ class HttpActions:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         began = time.monotonic()
-        statuses: list[int] = []
+        started, status = "", "cut"  # the status sent, and the one counted once the response is complete
 
         async def recording_send(message: Message) -> None:
+            nonlocal started, status
             if message["type"] == "http.response.start":
-                statuses.append(message["status"])
+                started = str(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                status = started
             await send(message)
 
         label = await self.serve(scope, receive, recording_send)
-        status = str(statuses[0]) if statuses else "cut"
         metrics = self.runtime.metrics
         metrics.inc("ripple_http_action_requests_total", route=label, status=status)
         metrics.observe("ripple_http_action_duration_seconds", time.monotonic() - began, route=label)
