@@ -268,6 +268,22 @@ async def test_a_declared_length_over_the_limit_is_413_before_the_handler_runs(s
     assert head.startswith(b"HTTP/1.1 413 ")
 
 
+async def test_a_client_leaving_mid_body_is_no_error(server: ServerProcess) -> None:
+    key = 'ripple_http_action_requests_total{route="POST /hash",status="cut"}'
+    before = server.metrics().get(key, 0)
+    host, port = server.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"POST /hash HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\nonly ten b".encode())
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    deadline = time.monotonic() + 10
+    while server.metrics().get(key, 0) == before:
+        assert time.monotonic() < deadline, "the request was not counted as cut"
+        await asyncio.sleep(0.1)
+    assert "HTTP action POST /hash failed" not in server.log()
+
+
 async def _chunks(total: int) -> AsyncIterator[bytes]:
     for _ in range(total // MB):
         yield b"z" * MB

@@ -26,9 +26,10 @@ import asyncio
 import inspect
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
@@ -117,7 +118,7 @@ def cors_headers(cors: Cors, origin: str | None) -> list[tuple[bytes, bytes]]:
 class HttpActions:
     """The ASGI app of HTTP actions (RippleApp sends it every request outside the reserved paths)."""
 
-    def __init__(self, runtime: Runtime, api: HttpApi, load_error: Any) -> None:
+    def __init__(self, runtime: Runtime, api: HttpApi, load_error: Callable[[], str | None]) -> None:
         self.runtime = runtime
         self.api = api
         self.load_error = load_error
@@ -258,6 +259,8 @@ class HttpActions:
         return identity, None
 
     async def failed(self, route: Route, scope: Scope, send: Send, exc: Exception, body: BodyLimit) -> None:
+        if isinstance(exc, ClientDisconnect):  # the client left while the handler read its body: no one to answer
+            return
         if body.exceeded or isinstance(exc, RequestBodyTooLarge):
             await self.answer(route, scope, send, 413, "BodyTooLarge", str(body.error()))
         elif isinstance(exc, WebhookVerificationError):
