@@ -272,7 +272,7 @@ async def test_a_client_leaving_mid_body_is_no_error(server: ServerProcess) -> N
     key = 'ripple_http_action_requests_total{route="POST /hash",status="cut"}'
     before = server.metrics().get(key, 0)
     host, port = server.url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    _, writer = await asyncio.open_connection(host, int(port))
     writer.write(f"POST /hash HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000\r\n\r\nonly ten b".encode())
     await writer.drain()
     await asyncio.sleep(0.2)
