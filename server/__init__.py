@@ -6,6 +6,7 @@ no database driver and no server: only the modules that define them (a test chec
 
 from server.core.absent import UNSET
 from server.core.contexts import ActionCtx, Identity, MutationCtx, QueryCtx
+from server.core.http_router import Cors, HttpRouter
 from server.core.registry import (
     FunctionDef,
     action,
@@ -19,14 +20,17 @@ from server.core.scheduler.crons import Crons
 from server.core.schema import Schema, Table
 from server.core.validation import Id
 from server.core.values import Int64
+from server.core.webhooks import WebhookVerificationError, verify_hmac, verify_webhook
 from server.errors import ConvexError
 
 __all__ = [
     "UNSET",
     "ActionCtx",
     "ConvexError",
+    "Cors",
     "Crons",
     "FunctionDef",
+    "HttpRouter",
     "Id",
     "Identity",
     "Int64",
@@ -34,10 +38,13 @@ __all__ = [
     "QueryCtx",
     "Schema",
     "Table",
+    "WebhookVerificationError",
     "action",
     "internal_action",
     "internal_mutation",
     "internal_query",
     "mutation",
     "query",
+    "verify_hmac",
+    "verify_webhook",
 ]

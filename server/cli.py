@@ -41,6 +41,8 @@ def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
     p.add_argument("--db-schema", default=None, help="PostgreSQL schema holding Ripple's tables (default: ripple, or $RIPPLE_DB_SCHEMA)")
     p.add_argument("--admin-key", default=None, help="the admin key (default: $RIPPLE_ADMIN_KEY, which keeps it out of the "
                    "process list; ripple dev: else .ripple/admin_key, made at its first start)")
+    p.add_argument("--http-action-max-body-bytes", type=int, default=None,
+                   help="largest request body an HTTP action may read (default: 20 MiB, or $RIPPLE_HTTP_ACTION_MAX_BODY_BYTES)")
     storage = p.add_argument_group("file storage (docs/operations.md; S3 keys only from the environment)")
     storage.add_argument("--storage", choices=("local", "s3"), default=None,
                          help="where stored files live (default: local, or $RIPPLE_STORAGE)")
@@ -92,6 +94,7 @@ def _config(args: argparse.Namespace, dev: bool) -> Config:
         config = Config.from_env(
             app_dir=app_dir, dev=dev, host=args.host, port=args.port,
             database_url=args.database_url, db_schema=args.db_schema, admin_key=args.admin_key,
+            http_action_max_body_bytes=args.http_action_max_body_bytes,
         )
     except ValueError as exc:  # a setting that cannot be read
         sys.exit(f"ripple {'dev' if dev else 'serve'}: {exc}")

@@ -184,6 +184,7 @@ class Config:
     pool_min: int = 2
     pool_max: int = 20
     max_body_bytes: int = 16 * 1024 * 1024
+    http_action_max_body_bytes: int = 20 * MiB  # a request body an HTTP action may read; over it: 413
     query_timeout: float = 10.0
     mutation_timeout: float = 10.0
     action_timeout: float = 600.0
@@ -209,6 +210,7 @@ class Config:
             admin_key=os.environ.get("RIPPLE_ADMIN_KEY") or None,
             pool_max=int(os.environ.get("RIPPLE_POOL_MAX", "20")),
             max_body_bytes=int(os.environ.get("RIPPLE_MAX_BODY_BYTES", str(16 * 1024 * 1024))),
+            http_action_max_body_bytes=_env_int("RIPPLE_HTTP_ACTION_MAX_BODY_BYTES", 20 * MiB),
             query_timeout=_env_float("RIPPLE_QUERY_TIMEOUT", 10.0),
             mutation_timeout=_env_float("RIPPLE_MUTATION_TIMEOUT", 10.0),
             action_timeout=_env_float("RIPPLE_ACTION_TIMEOUT", 600.0),

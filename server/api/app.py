@@ -16,9 +16,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.env_http import EnvRoutes
+from server.api.http_actions import HttpActions
 from server.api.http_api import HttpApi, error_response, json_response
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
+from server.core.http_router import RESERVED_PREFIXES
 from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
 from server.errors import redact
@@ -202,7 +204,7 @@ def build_app(
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )
-    return RippleApp(app, runtime, subscriptions, websocket_clients)
+    return RippleApp(app, runtime, subscriptions, websocket_clients, HttpActions(runtime, api, load_error))
 
 
 SYNC_PATH = re.compile(r"^/api/(?:[^/]+/)?sync$")
@@ -211,11 +213,15 @@ SYNC_PATH = re.compile(r"^/api/(?:[^/]+/)?sync$")
 class RippleApp:
     """The ASGI application. Sync-protocol websockets (`/api/sync`, `/api/<version>/sync`) go
     straight to the sync endpoint with the server's own `send`, which the fan-out fast path in
-    server/api/sync_ws.py writes frames through; everything else goes to Starlette."""
+    server/api/sync_ws.py writes frames through; HTTP requests outside /api/ and /_ripple/ go to
+    the app's HTTP actions (without the app-wide CORS: each route has its own); everything else
+    goes to Starlette."""
 
-    def __init__(self, starlette: Starlette, runtime: Runtime, subscriptions: SubscriptionManager, clients: set[Any]) -> None:
+    def __init__(self, starlette: Starlette, runtime: Runtime, subscriptions: SubscriptionManager, clients: set[Any],
+                 http_actions: HttpActions) -> None:
         self.starlette = starlette
         self._runtime, self._subscriptions, self._clients = runtime, subscriptions, clients
+        self._http_actions = http_actions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and SYNC_PATH.match(scope["path"]):
@@ -223,5 +229,8 @@ class RippleApp:
                 await send({"type": "websocket.close", "code": 1013})  # try again later
                 return
             await serve_sync(scope, receive, send, self._runtime, self._subscriptions, self._clients)
+            return
+        if scope["type"] == "http" and not scope["path"].startswith(RESERVED_PREFIXES):
+            await self._http_actions(scope, receive, send)
             return
         await self.starlette(scope, receive, send)

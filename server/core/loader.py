@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
+from server.core.http_router import HTTP_MODULE, HttpRouter, app_router
 from server.core.registry import FunctionDef, Registry
 from server.core.schema import Schema
 from server.errors import AppLoadError, SchemaError, user_frames
@@ -25,6 +26,7 @@ class App:
     # Function modules that failed to import (a partial load), by file relative to the app
     # directory: "functions/videos.py" -> "functions/videos.py:12: NameError: ...".
     load_errors: dict[str, str] = field(default_factory=dict)
+    http: HttpRouter | None = None  # the routes of functions/http.py (HTTP actions), if it loaded
 
 
 def _forget_app_modules() -> None:
@@ -101,9 +103,12 @@ def load_app(directory: Path, *, partial: bool = False) -> App:
     registry = Registry()
     modules: dict[str, ModuleType] = {}
     load_errors: dict[str, str] = {}
+    http: HttpRouter | None = None
     for convex_path, module_name in module_paths(directory):
         try:
             module = _import(module_name, directory)
+            if convex_path == HTTP_MODULE:
+                http = app_router(module)
         except AppLoadError as exc:
             if not partial:
                 raise
@@ -115,4 +120,4 @@ def load_app(directory: Path, *, partial: bool = False) -> App:
         for attr, value in vars(module).items():
             if isinstance(value, FunctionDef) and value.handler.__module__ == module_name:
                 registry.add(f"{convex_path}:{attr}", value)
-    return App(directory=directory, schema=schema, registry=registry, modules=modules, load_errors=load_errors)
+    return App(directory=directory, schema=schema, registry=registry, modules=modules, load_errors=load_errors, http=http)

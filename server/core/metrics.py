@@ -1,4 +1,4 @@
-"""Process-wide counters and gauges, rendered in the Prometheus text format."""
+"""Process-wide counters, gauges and histograms, rendered in the Prometheus text format."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ class Metrics:
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
         self.gauges: dict[str, Callable[[], float]] = {}
         self.help: dict[str, tuple[str, str]] = {}
+        self.buckets: dict[str, tuple[float, ...]] = {}
 
     def describe(self, name: str, kind: str, text: str) -> None:
         self.help[name] = (kind, text)
@@ -24,11 +25,29 @@ class Metrics:
     def gauge(self, name: str, read: Callable[[], float]) -> None:
         self.gauges[name] = read
 
+    def histogram(self, name: str, buckets: tuple[float, ...], text: str) -> None:
+        """Declare a histogram: `observe` counts into `<name>_bucket{le=...}`, `_sum`, `_count`."""
+        self.describe(name, "histogram", text)
+        self.buckets[name] = buckets
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        for bound in self.buckets[name]:  # every bucket, so a series exists from the first observation
+            self.inc(f"{name}_bucket", 1.0 if value <= bound else 0.0, le=_number(bound), **labels)
+        self.inc(f"{name}_bucket", 1.0, le="+Inf", **labels)
+        self.inc(f"{name}_sum", value, **labels)
+        self.inc(f"{name}_count", 1.0, **labels)
+
+    def _family(self, series: str) -> str:
+        """The metric a series belongs to: a histogram's `_bucket`, `_sum`, `_count` are its own."""
+        base, _, suffix = series.rpartition("_")
+        return base if suffix in ("bucket", "sum", "count") and base in self.buckets else series
+
     def render(self) -> str:
         lines: list[str] = []
         seen: set[str] = set()
 
         def header(name: str) -> None:
+            name = self._family(name)
             if name not in seen and name in self.help:
                 kind, text = self.help[name]
                 lines.append(f"# HELP {name} {text}")
@@ -36,7 +55,10 @@ class Metrics:
             seen.add(name)
 
         for name in sorted(self.help):
-            if name in self.gauges or any(key[0] == name for key in self.counters):
+            if name in self.gauges or any(self._family(key[0]) == name for key in self.counters):
+                continue
+            if name in self.buckets:  # a histogram with no observation yet: no series
+                header(name)
                 continue
             header(name)  # nothing counted yet (or no such component running): zero
             lines.append(f"{name} 0")
@@ -95,4 +117,7 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_live_query_ts", "gauge", "Commit ts every live result of this process is valid at")
     m.describe("ripple_scheduled_jobs_total", "counter", "Scheduled jobs by final state")
     m.describe("ripple_http_requests_total", "counter", "HTTP API requests by route and status")
+    m.describe("ripple_http_action_requests_total", "counter", "HTTP action requests by route and status")
+    m.histogram("ripple_http_action_duration_seconds", (0.005, 0.025, 0.1, 0.25, 1.0, 2.5, 10.0, 60.0),
+                "Time from an HTTP action's request to the end of its response, by route")
     return m

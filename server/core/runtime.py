@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import astuple, dataclass
 from pathlib import Path
@@ -242,29 +243,40 @@ class Runtime:
         `contained`): a function cannot stop the server or the loop that called it. It fails with
         FunctionTimedOut after `timeout` seconds, or once it holds the event loop without awaiting
         for `blocking_limit` seconds (default Config.blocking_limit; see watchdog.py)."""
+        call = self.invocation(fn.kind, fn.path, timeout, blocking_limit)
+        value = await self.guarded(call, fn.handler(ctx, **kwargs), buffer, fn.validate_return)
+        to_convex_json(value)  # a result that cannot be sent is the function's error
+        return value
+
+    def invocation(self, kind: str, path: object, timeout: float, blocking_limit: float | None = None) -> watchdog.Invocation:
+        """A call of app code about to start: its limits (see `invoke`), its deadline from now."""
         limit = self.config.blocking_limit if blocking_limit is None else blocking_limit
-        call = watchdog.Invocation(fn.kind, fn.path, limit, timeout, self.app.directory)
-        tokens = logs.current.set(buffer), sandbox.running_kind.set(fn.kind), watchdog.current.set(call)
+        return watchdog.Invocation(kind, path, limit, timeout, self.app.directory)
+
+    async def guarded(self, call: watchdog.Invocation, body: Awaitable[Any], buffer: logs.LogBuffer,
+                      finish: Callable[[Any], T]) -> T:
+        """`finish(await body)`, `body` being app code of `call` (all of it, or one part: an HTTP
+        action's handler, then its response), within the call's deadline and blocking limit, its
+        log lines going to `buffer`; what it raises comes out as `invoke` says."""
+        tokens = logs.current.set(buffer), sandbox.running_kind.set(call.kind), watchdog.current.set(call)
         try:
-            async with asyncio.timeout(timeout) as clock:
-                value = await watchdog.run(call, fn.handler(ctx, **kwargs), fn.validate_return)
+            async with asyncio.timeout(call.deadline - time.monotonic()) as clock:
+                return await watchdog.run(call, body, finish)
         except (TimeoutError, watchdog.Runaway) as exc:
             if isinstance(exc, TimeoutError) and not clock.expired():  # the function's own
                 raise
-            self.metrics.inc("ripple_function_timeouts_total", kind=fn.kind)
+            self.metrics.inc("ripple_function_timeouts_total", kind=call.kind)
             raise watchdog.timed_out(call, exc) from None
         except (Exception, NeedsSnapshot):
             raise
         except BaseException as exc:
-            if (error := contained(exc, str(fn.path))) is exc:
+            if (error := contained(exc, str(call.path))) is exc:
                 raise
             raise error from exc
         finally:
             watchdog.current.reset(tokens[2])
             sandbox.running_kind.reset(tokens[1])
             logs.current.reset(tokens[0])
-        to_convex_json(value)  # a result that cannot be sent is the function's error
-        return value
 
     def failure(self, fn: FunctionDef, error: BaseException, buffer: logs.LogBuffer) -> FunctionFailure:
         """A function's failure as clients may see it: ConvexError data as is, anything else
