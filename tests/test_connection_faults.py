@@ -446,7 +446,7 @@ class SyncClient:
 async def test_websocket_mutations_report_the_truth_and_resends_never_duplicate(faulty: Faulty) -> None:
     ledger = Ledger()
     rng = random.Random(SEED + 1)
-    clients = [SyncClient(faulty.server.url, ledger, [f"ws{c}-{i}" for i in range(100)], random.Random(rng.random()))
+    clients = [SyncClient(faulty.server.url, ledger, [f"ws{c}-{i}" for i in range(200)], random.Random(rng.random()))
                for c in range(8)]
     await under_chaos(faulty, SEED + 2, *(c.run() for c in clients))
     assert sum(c.connections for c in clients) > 2 * len(clients)  # they did reconnect and resend
