@@ -201,12 +201,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=660) as response:
             result = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        payload = exc.read().decode(errors="replace")
-        try:
-            payload = json.loads(payload)["message"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        print(f"ripple run: {exc.code}: {payload}", file=sys.stderr)
+        print(f"ripple run: {exc.code}: {_error_message(exc)}", file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
         print(f"ripple run: no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
@@ -221,6 +216,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "errorData" in result:
         print(json.dumps(_as_js(result["errorData"]), indent=2), file=sys.stderr)
     return 1
+
+
+def _error_message(exc: urllib.error.HTTPError) -> str:
+    """What a refused request says: the `message` of Ripple's JSON error, else the body as is."""
+    payload = exc.read().decode(errors="replace")
+    try:
+        return str(json.loads(payload)["message"])
+    except (ValueError, KeyError, TypeError):
+        return payload
 
 
 class EnvCommandFailed(Exception):
@@ -245,12 +249,7 @@ def _admin_call(args: argparse.Namespace, method: str, endpoint: str, body: Any 
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
-        payload = exc.read().decode(errors="replace")
-        try:
-            payload = json.loads(payload)["message"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise EnvCommandFailed(f"{exc.code}: {payload}") from None
+        raise EnvCommandFailed(f"{exc.code}: {_error_message(exc)}") from None
     except urllib.error.URLError as exc:
         raise EnvCommandFailed(f"no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
                                "or choose the server with --url or RIPPLE_URL") from None

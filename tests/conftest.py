@@ -209,15 +209,16 @@ def start_server(tmp_path: Path, namespace: str, pg_url: str) -> Iterator[Callab
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def compat_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """`ripple dev` serving tests/apps/compat, one per compatibility module (test_compat_*.py),
-    on a schema of its own, dropped afterwards."""
+def module_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory, command: str, app_dir: Path,
+                  unset: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
+    """A `ripple <command>` of `app_dir` shared by a module's tests, on a schema of its own that is
+    dropped afterwards; `unset`: environment variables the server must not inherit."""
     name = "t_" + secrets.token_hex(6)
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": name}
-    cmd = [sys.executable, "-m", "server.cli", "dev", "--port", str(port), "--dir", str(COMPAT_APP)]
-    server = launch(cmd, port, tmp_path_factory.mktemp("compat") / "server.log", env)
+    env = {key: value for key, value in os.environ.items() if key not in unset}
+    env.update({"DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": name})
+    cmd = [sys.executable, "-m", "server.cli", command, "--port", str(port), "--dir", str(app_dir)]
+    server = launch(cmd, port, tmp_path_factory.mktemp(app_dir.name) / "server.log", env)
     try:
         yield server
     finally:
@@ -231,6 +232,12 @@ def compat_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
                 await conn.close()
 
         asyncio.run(drop())
+
+
+@pytest.fixture(scope="module")
+def compat_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """`ripple dev` serving tests/apps/compat, one per compatibility module (test_compat_*.py)."""
+    yield from module_server(pg_url, tmp_path_factory, "dev", COMPAT_APP)
 
 
 def run_node_tests(script: str, server: ServerProcess, timeout: float = 180, env: dict[str, str] | None = None) -> None:

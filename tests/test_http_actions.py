@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
@@ -34,7 +33,7 @@ from server.core.webhooks import (
 )
 from server.errors import AppLoadError
 
-from conftest import APPS, ServerProcess, free_port, launch
+from conftest import APPS, ServerProcess, free_port, module_server
 
 APP = APPS / "http_actions"
 MB = 1024 * 1024
@@ -48,25 +47,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """`ripple serve` (production mode: errors redacted) of the test app, default limits."""
-    name = "t_" + secrets.token_hex(6)
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": name}
-    env.pop("RIPPLE_HTTP_ACTION_MAX_BODY_BYTES", None)
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--dir", str(APP)]
-    proc = launch(cmd, port, tmp_path_factory.mktemp("http_actions") / "server.log", env)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-        async def drop() -> None:
-            conn = await asyncpg.connect(pg_url)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-            finally:
-                await conn.close()
-
-        asyncio.run(drop())
+    yield from module_server(pg_url, tmp_path_factory, "serve", APP, unset=("RIPPLE_HTTP_ACTION_MAX_BODY_BYTES",))
 
 
 @pytest.fixture

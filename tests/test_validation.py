@@ -273,3 +273,23 @@ async def test_a_schema_change_checks_the_tables_of_stored_ids(tmp_path: Any, na
         with pytest.raises(SchemaError) as err:
             await rt.load()
         assert f"document {odd}" in str(err.value) and "`ref`: Found an id of table things" in str(err.value)
+
+
+class Event(BaseModel):
+    type: Literal["click", "view"]
+    count: int = 0
+
+
+def test_a_field_named_type_is_a_field() -> None:
+    """Pydantic's schemas key fields by name and schema nodes by "type": a model (or argument)
+    with a field named `type` is validated like any other, strictly, and errors name it."""
+    Schema(events=Table(Event))  # raised TypeError: unhashable type: 'dict'
+
+    @query
+    async def record(ctx: Any, event: Event, type: str) -> None: ...
+
+    assert record.validate_args({"event": {"type": "view"}, "type": "x"})["event"] == Event(type="view")
+    with pytest.raises(ArgumentValidationError, match=r"`event.type`"):
+        record.validate_args({"event": {"type": "scroll"}, "type": "x"})
+    with pytest.raises(ArgumentValidationError, match=r"`type`"):
+        record.validate_args({"event": {"type": "view"}, "type": 5})

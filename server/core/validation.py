@@ -211,6 +211,8 @@ class _Rewriter:
                 out[key] = value
             elif key == "fields" and kind == "dataclass-args":
                 out[key] = [self.node(f, _join(where, f["name"])) for f in value]
+            elif key == "fields" and isinstance(value, dict):  # by field name, and one may be named "type"
+                out[key] = {name: self.node(f, _join(where, name)) for name, f in value.items()}
             else:
                 out[key] = self.node(value, where)
         if kind == "union":
