@@ -328,25 +328,30 @@ async def test_ripple_dev_serves_on_with_a_bad_auth_config(start_server: Callabl
 # -- HTTP actions, with environment variables -------------------------------------------------------
 
 
+GREETING = "hello-from-the-environment"
+
+
 async def test_http_actions_run_as_the_bearer_tokens_identity(server: ServerProcess, oidc_issuer: OidcIssuer) -> None:
     """An HTTP action's ctx.auth is the request's Bearer token (its run_query runs as that user
     too), a token that proves no one answers 401 naming why, and ctx.env reads the deployment's
-    variables as set through the admin endpoint, changed without a restart."""
+    variables as set through the admin endpoint, changed without a restart; a value the handler
+    prints is masked in the server log, as in functions' log lines."""
     alice = oidc_issuer.token("alice")
     assert (await post(server, "mutation", "me:add_note", {"text": "from http"}, alice)).status_code == 200
     admin = {"Authorization": f"Convex {ADMIN_KEY}"}
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         r = await client.post("/api/update_environment_variables", headers=admin,
-                              json={"changes": [{"name": "GREETING", "value": "hello"}]})
+                              json={"changes": [{"name": "GREETING", "value": GREETING}]})
         assert r.status_code == 200, r.text
         r = await client.get("/whoami", headers={"Authorization": f"Bearer {alice}"})
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["identity"]["tokenIdentifier"] == f"{oidc_issuer.url}|alice"
-        assert body["notes"] == ["from http"] and body["greeting"] == "hello"
+        assert body["notes"] == ["from http"] and body["greeting"] == GREETING
         r = await client.get("/whoami")
-        assert r.json() == {"identity": None, "notes": [], "greeting": "hello"}
+        assert r.json() == {"identity": None, "notes": [], "greeting": GREETING}
         r = await client.get("/whoami", headers={"Authorization": f"Bearer {oidc_issuer.token('alice', ttl=-60)}"})
         assert r.status_code == 401 and r.json()["code"] == "Unauthenticated" and "expired" in r.json()["message"]
         await client.post("/api/update_environment_variables", headers=admin, json={"changes": [{"name": "GREETING"}]})
         assert (await client.get("/whoami")).json()["greeting"] is None
+    assert "greeting: [env GREETING]" in server.log() and GREETING not in server.log()

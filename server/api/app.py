@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.env_http import EnvRoutes
 from server.api.http_actions import HttpActions
-from server.api.http_api import HttpApi, error_response, json_response
+from server.api.http_api import HttpApi, error_response, json_response, not_ready
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
 from server.core.http_router import RESERVED_PREFIXES
@@ -120,10 +120,7 @@ def build_app(
     def endpoint(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapped(request: Request) -> Response:
             if not runtime.ready:
-                error = load_error()
-                if error is not None and runtime.config.dev:
-                    return error_response(503, "AppLoadFailed", f"the app failed to load: {error}")
-                return error_response(503, "NotReady", "functions are not loaded yet")
+                return not_ready(runtime, load_error())
             try:
                 response = await handler(request)
             except Exception as exc:  # never leak internals; keep serving

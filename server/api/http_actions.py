@@ -34,13 +34,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from server.api.http_api import HttpApi, HttpError, error_response
-from server.core import logs
+from server.api.http_api import HttpApi, HttpError, error_response, not_ready
 from server.core.contexts import Auth, Identity
 from server.core.http_router import ROUTABLE_METHODS, Cors, HttpRouter, Route
 from server.core.runtime import Runtime
 from server.core.webhooks import WebhookVerificationError
-from server.errors import AuthFailed, RippleError, redact
+from server.errors import AuthFailed, RippleError
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _REQUEST_ID = re.compile(r"^\[Request ID: ([0-9a-f]+)\]")  # how `redact` starts a message
@@ -145,11 +144,7 @@ class HttpActions:
         """Answer one request; return its route's label for metrics ("none": no route ran)."""
         runtime = self.runtime
         if not runtime.ready:
-            error = self.load_error()
-            if error is not None and runtime.config.dev:
-                await error_response(503, "AppLoadFailed", f"the app failed to load: {error}")(scope, receive, send)
-            else:
-                await error_response(503, "NotReady", "functions are not loaded yet")(scope, receive, send)
+            await not_ready(runtime, self.load_error())(scope, receive, send)
             return "none"
         router = runtime.app.http or HttpRouter()
         path, method = scope["path"], scope["method"]
@@ -207,7 +202,7 @@ class HttpActions:
         runtime = self.runtime
         request = Request(scope, body)
         identity, failed = await self.identity(request)
-        buffer = logs.LogBuffer(f"H {route.label}", keep=False)  # no client reads an HTTP action's logs
+        buffer = runtime.app_log_buffer(f"H {route.label}", keep=False)  # no client reads an HTTP action's logs
         ctx = runtime.action_context(identity, buffer)
         if failed is not None:
             ctx.auth = FailedAuth(failed)
@@ -247,8 +242,7 @@ class HttpActions:
                 return
             # Nothing can be answered any more: log it, and end without completing the
             # response, so the server cuts the connection and the client sees it broken.
-            redact(exc, f"HTTP action {route.label} (its response was cut)", dev=runtime.config.dev,
-                   app_dir=runtime.app.directory)
+            runtime.redact(exc, f"HTTP action {route.label} (its response was cut)")
 
     async def identity(self, request: Request) -> tuple[Identity | None, str | None]:
         """(identity, why a Bearer token failed) from the Authorization header; a header that is
@@ -271,7 +265,7 @@ class HttpActions:
         else:
             runtime = self.runtime
             runtime.metrics.inc("ripple_function_errors_total", kind="http_action")
-            message = redact(exc, f"HTTP action {route.label}", dev=runtime.config.dev, app_dir=runtime.app.directory)
+            message = runtime.redact(exc, f"HTTP action {route.label}")
             found = _REQUEST_ID.match(message)
             extra = [(REQUEST_ID_HEADER.lower().encode(), found.group(1).encode())] if found else []
             await self.answer(route, scope, send, 500, "InternalServerError", message, extra)

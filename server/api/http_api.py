@@ -113,6 +113,13 @@ def parse_ts(raw: Any) -> int:
         raise HttpError(400, "InvalidTimestamp", f"`ts` must be a timestamp from /api/query_ts, not {shown(repr(raw))}") from None
 
 
+def not_ready(runtime: Runtime, load_error: str | None) -> Response:
+    """The answer while no version of the app is loaded: why, in dev mode, when loading failed."""
+    if load_error is not None and runtime.config.dev:
+        return error_response(503, "AppLoadFailed", f"the app failed to load: {load_error}")
+    return error_response(503, "NotReady", "functions are not loaded yet")
+
+
 def require_admin_key(configured: str | None, presented: str | None) -> None:
     """adminkey.verify, refusals answered 401."""
     try:

@@ -231,9 +231,18 @@ class Runtime:
     # -- running user code --------------------------------------------------------------------
 
     def log_buffer(self, fn: FunctionDef) -> logs.LogBuffer:
-        """Where a run's print() lines go: the server log always, the client in dev mode; with the
-        values of environment variables masked (docs/env.md, Secrets hygiene)."""
-        return logs.LogBuffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev, mask=self.env_values.mask)
+        """Where a run's print() lines go: the server log always, the client in dev mode."""
+        return self.app_log_buffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev)
+
+    def app_log_buffer(self, label: str, keep: bool) -> logs.LogBuffer:
+        """The log lines of a run of app code labelled `label`, with the values of environment
+        variables masked (docs/env.md, Secrets hygiene)."""
+        return logs.LogBuffer(label, keep=keep, mask=self.env_values.mask)
+
+    def redact(self, exc: BaseException, what: str) -> str:
+        """errors.redact for a failure of app code: its frames shown in dev mode, the values of
+        environment variables masked in the log and the message."""
+        return redact(exc, what, dev=self.config.dev, app_dir=self.app.directory, mask=self.env_values.mask)
 
     async def invoke(
         self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float,
@@ -292,7 +301,7 @@ class Runtime:
             else:
                 text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
                 return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=to_wire_json(exc.data), has_data=True)
-        message = redact(exc, str(fn.path), dev=self.config.dev, app_dir=self.app.directory, mask=self.env_values.mask)
+        message = self.redact(exc, str(fn.path))
         return FunctionFailure(message, lines)
 
     # -- queries ------------------------------------------------------------------------------
