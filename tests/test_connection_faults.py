@@ -18,6 +18,10 @@ Afterwards every reported outcome is compared with the table:
 Websocket clients also drop their own connection now and then and resend what was unanswered
 with the same request ids, as the official clients do. RIPPLE_FAULT_SEED picks another seed
 (the default is fixed, so that a failure reproduces).
+
+How many faults strike depends on how long the work runs, and so on the machine: the clients
+therefore do a fixed least amount of work and then keep going until at least MIN_FAULTS
+faults have struck, so that a fast machine and a slow one see the same amount of chaos.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import os
 import random
 import traceback
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +57,7 @@ from faultproxy import FaultProxy, backend_of, through
 FAULTS_APP = APPS / "faults"
 SEED = int(os.environ.get("RIPPLE_FAULT_SEED", "7"))
 UNKNOWN = "whether it committed is unknown"  # what the server says when it cannot tell
+MIN_FAULTS = 20  # every chaos test's work goes on until at least this many faults struck
 
 
 @dataclass
@@ -311,6 +316,19 @@ class Chaos:
             "slow": (1, self._slow),
         }
 
+    @property
+    def enough(self) -> bool:
+        """At least MIN_FAULTS faults have struck."""
+        return sum(self.done.values()) >= MIN_FAULTS
+
+    def keys(self, prefix: str, least: int) -> Iterator[str]:
+        """`prefix-0`, `prefix-1`, ...: at least `least` of them, then more until enough faults
+        have struck. One iterator may feed several clients (each key goes to one of them)."""
+        for i in itertools.count():
+            if i >= least and self.enough:
+                return
+            yield f"{prefix}-{i}"
+
     async def run(self, stop: asyncio.Event) -> None:
         names = list(self.faults)
         weights = [self.faults[n][0] for n in names]
@@ -342,16 +360,18 @@ class Chaos:
         self.faulty.proxy.slow(0)
 
 
-async def under_chaos(faulty: Faulty, seed: int, *work: Awaitable[None]) -> collections.Counter[str]:
-    """Run `work` while a Chaos strikes; then let the connections heal."""
+async def under_chaos(faulty: Faulty, seed: int,
+                      work: Callable[[Chaos], Iterable[Awaitable[None]]]) -> collections.Counter[str]:
+    """Run `work(chaos)` while the Chaos strikes; then let the connections heal. The work takes
+    its keys from `chaos.keys`, so it goes on until enough faults have struck."""
     chaos, stop = Chaos(faulty, seed), asyncio.Event()
     striker = asyncio.create_task(chaos.run(stop))
     try:
-        await asyncio.wait_for(asyncio.gather(*work), 240)
+        await asyncio.wait_for(asyncio.gather(*work(chaos)), 240)
     finally:
         stop.set()
         await striker
-    assert sum(chaos.done.values()) >= 20, chaos.done  # the faults really happened meanwhile
+    assert chaos.enough, chaos.done  # the faults really happened meanwhile
     print(f"faults: {dict(chaos.done)}")
     return chaos.done
 
@@ -380,8 +400,12 @@ async def http_mutations(url: str, ledger: Ledger, keys: Iterator[str], path: st
 @pytest.mark.e2e
 async def test_http_mutations_report_the_truth_when_the_database_connection_is_lost(faulty: Faulty) -> None:
     ledger = Ledger()
-    keys = iter(f"http-{i}" for i in range(800))
-    await under_chaos(faulty, SEED, *(http_mutations(faulty.server.url, ledger, keys) for _ in range(12)))
+
+    def work(chaos: Chaos) -> list[Awaitable[None]]:
+        keys = chaos.keys("http", 300)  # shared: each client takes the next key
+        return [http_mutations(faulty.server.url, ledger, keys) for _ in range(12)]
+
+    await under_chaos(faulty, SEED, work)
     figures = await faulty.check(ledger)
     assert figures.get('commit_resolutions_total{outcome="committed"}', 0) > 0, figures  # answers were lost
 
@@ -392,17 +416,18 @@ class SyncClient:
     """A raw client of the sync protocol that behaves like the official ones across reconnects:
     one session id, request ids in order, unanswered mutations resent on each new connection."""
 
-    def __init__(self, url: str, ledger: Ledger, keys: list[str], rng: random.Random, window: int = 6) -> None:
+    def __init__(self, url: str, ledger: Ledger, keys: Iterator[str], rng: random.Random, window: int = 6) -> None:
         self.url = url.replace("http://", "ws://") + "/api/sync"
         self.ledger, self.rng, self.window = ledger, rng, window
         self.session = str(uuid.uuid4())
-        self.todo = collections.deque(keys)
+        self.keys = keys
+        self.all_sent = False  # `keys` has run out
         self.unanswered: dict[int, str] = {}  # request id -> key, in the order sent
         self.next_id = 0
         self.connections = 0
 
     async def run(self) -> None:
-        while self.todo or self.unanswered:
+        while not self.all_sent or self.unanswered:
             async with connect(self.url, max_size=None) as ws:
                 await self._session(ws)
 
@@ -414,13 +439,18 @@ class SyncClient:
             await self._send_mutation(ws, request_id, key)
         answers_before_drop = self.rng.randint(5, 80)  # then vanish without a close frame
         try:
-            while self.todo or self.unanswered:
-                while self.todo and len(self.unanswered) < self.window:
-                    key = self.todo.popleft()
+            while not self.all_sent or self.unanswered:
+                while not self.all_sent and len(self.unanswered) < self.window:
+                    key = next(self.keys, None)
+                    if key is None:
+                        self.all_sent = True
+                        break
                     self.unanswered[self.next_id] = key
                     self.ledger.sent.add(key)
                     await self._send_mutation(ws, self.next_id, key)
                     self.next_id += 1
+                if not self.unanswered:
+                    return
                 message = json.loads(await ws.recv())
                 if message["type"] != "MutationResponse":
                     continue
@@ -446,9 +476,14 @@ class SyncClient:
 async def test_websocket_mutations_report_the_truth_and_resends_never_duplicate(faulty: Faulty) -> None:
     ledger = Ledger()
     rng = random.Random(SEED + 1)
-    clients = [SyncClient(faulty.server.url, ledger, [f"ws{c}-{i}" for i in range(200)], random.Random(rng.random()))
-               for c in range(8)]
-    await under_chaos(faulty, SEED + 2, *(c.run() for c in clients))
+    clients: list[SyncClient] = []
+
+    def work(chaos: Chaos) -> list[Awaitable[None]]:
+        clients.extend(SyncClient(faulty.server.url, ledger, chaos.keys(f"ws{c}", 100), random.Random(rng.random()))
+                       for c in range(8))
+        return [c.run() for c in clients]
+
+    await under_chaos(faulty, SEED + 2, work)
     assert sum(c.connections for c in clients) > 2 * len(clients)  # they did reconnect and resend
     figures = await faulty.check(ledger)
     assert figures.get('commit_resolutions_total{outcome="committed"}', 0) > 0, figures  # answers were lost
@@ -461,9 +496,10 @@ async def test_scheduled_mutations_run_once_each_when_the_database_connection_is
     """Each `put_later` call schedules 15 `put` jobs. A call reported committed must have all
     its jobs run exactly once; the jobs run while the chaos goes on."""
     calls = Ledger()
-    batches = iter(f"batch-{i}" for i in range(30))
+    scheduling = 2  # clients still scheduling
 
-    async def schedule() -> None:
+    async def schedule(batches: Iterator[str]) -> None:
+        nonlocal scheduling
         async with httpx.AsyncClient(base_url=faulty.server.url, timeout=120) as client:
             for batch in batches:
                 calls.sent.add(batch)
@@ -471,21 +507,27 @@ async def test_scheduled_mutations_run_once_each_when_the_database_connection_is
                 response = await client.post("/api/mutation", json={"path": "marks:put_later", "args": args})
                 calls.record(batch, outcome_of_http(response))
                 await asyncio.sleep(0.2)
+        scheduling -= 1
 
     async def drained() -> None:
         while True:  # polls the table: the jobs' states are the truth
             await asyncio.sleep(0.2)
-            if len(calls.outcomes) == 30 and not await faulty.admin.fetchval(
+            if not scheduling and not await faulty.admin.fetchval(
                     f"""SELECT count(*) FROM "{faulty.namespace}"._scheduled_functions
                         WHERE doc->'state'->>'kind' IN ('pending', 'inProgress')"""):
                 return
 
-    await under_chaos(faulty, SEED + 3, schedule(), schedule(), drained())
-    assert calls.counts() == {"committed": 30}, [o.message for o in calls.outcomes.values()][:3]
+    def work(chaos: Chaos) -> list[Awaitable[None]]:
+        batches = chaos.keys("batch", 20)
+        return [schedule(batches), schedule(batches), drained()]
+
+    await under_chaos(faulty, SEED + 3, work)
+    assert len(calls.sent) >= 20 and calls.counts() == {"committed": len(calls.sent)}, [
+        o.message for o in calls.outcomes.values() if not o.committed][:3]
     jobs = await faulty.admin.fetch(f'SELECT doc->\'state\'->>\'kind\' AS state FROM "{faulty.namespace}"._scheduled_functions')
-    assert collections.Counter(row["state"] for row in jobs) == {"success": 450}
+    assert collections.Counter(row["state"] for row in jobs) == {"success": 15 * len(calls.sent)}
     marks = await faulty.marks()
-    assert sorted(marks) == sorted(f"batch-{i}/{j}" for i in range(30) for j in range(15))
+    assert sorted(marks) == sorted(f"{batch}/{j}" for batch in calls.sent for j in range(15))
     assert {len(ids) for ids in marks.values()} == {1}, {k: v for k, v in marks.items() if len(v) > 1}
     print(f"scheduled: {faulty.metrics()}")
 
