@@ -127,6 +127,7 @@ class StorageConfig:
     s3_secret_key: str = ""
     s3_region: str | None = None
     s3_secure: bool = True  # TLS to the endpoint
+    s3_retries: int = 5  # more tries of a call after a failed connection or a 5xx answer (the SDK's 5)
     max_upload_bytes: int = 5 * 1024**3  # through an upload URL; over it: 413
     public_url: str | None = None  # base of the URLs functions hand out; default http://<host>:<port>
 
@@ -145,6 +146,7 @@ class StorageConfig:
             s3_secret_key=os.environ.get("RIPPLE_S3_SECRET_KEY", ""),
             s3_region=os.environ.get("RIPPLE_S3_REGION") or None,
             s3_secure=_env_flag("RIPPLE_S3_SECURE", True),
+            s3_retries=_env_int("RIPPLE_S3_RETRIES", 5, minimum=0),
             max_upload_bytes=_env_int("RIPPLE_STORAGE_MAX_UPLOAD_BYTES", 5 * 1024**3),
             public_url=os.environ.get("RIPPLE_PUBLIC_URL") or None,
         )

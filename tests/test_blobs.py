@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
+import socket
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -308,12 +311,41 @@ async def test_s3_endpoint_may_be_a_url(s3_server: S3Server, s3_bucket: str, tmp
 
 async def test_s3_unreachable_is_a_connection_error_naming_the_endpoint(tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_port()}"  # nothing listens there
-    config = StorageConfig(backend="s3", s3_endpoint=dead, s3_access_key="a", s3_secret_key="b", s3_secure=False)
+    config = StorageConfig(backend="s3", s3_endpoint=dead, s3_access_key="a", s3_secret_key="b", s3_secure=False,
+                           s3_retries=0)  # fail at the first refusal, not after 6 s of retries
     store = open_store(config, tmp_path)  # no network yet: a server starts while S3 is down
     assert isinstance(store, s3.S3Store)
     assert store.download_url("kx", 60) is not None  # presigning is local
-    # the first call checks the bucket, and fails after the SDK's retries (about 6 s)
+    # the first call checks the bucket, and fails
     with pytest.raises(ConnectionError, match=f"S3 endpoint {dead} unreachable"):
         await store.size("kx")
     assert not store._bucket_ready  # so the next call tries again
     store.close()
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_s3_calls_are_tried_again_as_often_as_configured(tmp_path: Path, retries: int) -> None:
+    """RIPPLE_S3_RETRIES: a call whose connection is cut is made again `retries` more times."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        accepted = 0
+
+        def hang_up() -> None:  # accepts each connection and closes it unanswered
+            nonlocal accepted
+            listener.settimeout(10)
+            with contextlib.suppress(OSError):
+                while True:
+                    listener.accept()[0].close()
+                    accepted += 1
+
+        thread = threading.Thread(target=hang_up, daemon=True)
+        thread.start()
+        endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+        config = StorageConfig(backend="s3", s3_endpoint=endpoint, s3_access_key="a", s3_secret_key="b",
+                               s3_secure=False, s3_retries=retries)
+        store = open_store(config, tmp_path)
+        with pytest.raises(ConnectionError, match=f"S3 endpoint {endpoint} unreachable"):
+            await store.size("kx")
+        store.close()
+        listener.shutdown(socket.SHUT_RDWR)
+    thread.join(10)
+    assert accepted == 1 + retries

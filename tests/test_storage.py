@@ -519,10 +519,11 @@ async def test_the_example_app_creates_a_video_from_an_uploaded_file(files_serve
 
 async def test_an_unreachable_s3_endpoint_answers_503_and_the_server_keeps_serving(
         start_server: Callable[..., ServerProcess], namespace: str) -> None:
-    """Nothing listens at the endpoint: the upload fails after the SDK's retries with a 503 that
-    names no internal detail, nothing is registered, and everything else keeps working."""
+    """Nothing listens at the endpoint: the upload fails after the SDK's retries (one here) with a
+    503 that names no internal detail, nothing is registered, and everything else keeps working."""
     env = {"RIPPLE_STORAGE": "s3", "RIPPLE_S3_ENDPOINT": f"127.0.0.1:{free_port()}", "RIPPLE_S3_BUCKET": "gone",
-           "RIPPLE_S3_ACCESS_KEY": "k", "RIPPLE_S3_SECRET_KEY": "s", "RIPPLE_S3_SECURE": "false"}
+           "RIPPLE_S3_ACCESS_KEY": "k", "RIPPLE_S3_SECRET_KEY": "s", "RIPPLE_S3_SECURE": "false",
+           "RIPPLE_S3_RETRIES": "1"}
     server = start_server("serve", STORAGE_APP, extra_env=env)  # starts: the bucket is checked at first use
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as c:
         url = await value(c, "mutation", "files:upload_url")

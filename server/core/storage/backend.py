@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import urllib3
 from minio import Minio
 
 from server.config import StorageConfig
@@ -32,6 +33,11 @@ def open_store(config: StorageConfig, app_dir: Path, part_bytes: int = PART_BYTE
     # would make while presigning, on the event loop); us-east-1 is what MinIO and R2 accept.
     client = Minio(endpoint, access_key=config.s3_access_key, secret_key=config.s3_secret_key,
                    secure=secure, region=config.s3_region or DEFAULT_REGION)
+    # The SDK's HTTP client tries each call 5 more times, with its fixed backoff; RIPPLE_S3_RETRIES
+    # sets how many. Set on the SDK's own client, before its first request makes a connection
+    # pool, rather than on one of ours, which would have to copy its timeouts and CA bundle.
+    client._http.connection_pool_kw["retries"] = urllib3.Retry(
+        total=config.s3_retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
     return S3Store(client, config.s3_bucket, endpoint, part_bytes)
 
 
