@@ -21,6 +21,7 @@ from conftest import ServerProcess, Watcher, until
 pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
+SLOW = 1.5  # seconds a slow query takes: ample for the other client's update to arrive meanwhile
 
 
 async def inc(url: str, name: str) -> None:
@@ -39,7 +40,7 @@ def metric(url: str, name: str) -> float:
 async def test_slow_re_runs_do_not_delay_another_clients_update(start_server: StartServer) -> None:
     server = start_server("serve")
     async with RippleClient(server.url) as slow_client, RippleClient(server.url) as other:
-        slow = [Watcher(slow_client, "counters:slow_get", {"name": "shared", "seconds": 3, "tag": i}) for i in range(2)]
+        slow = [Watcher(slow_client, "counters:slow_get", {"name": "shared", "seconds": SLOW, "tag": i}) for i in range(2)]
         fast = Watcher(other, "counters:get", {"name": "shared"})
         await until(lambda: all(w.values == [0] for w in slow) and fast.values == [0], timeout=30)
         await inc(server.url, "shared")  # touches all three queries
@@ -57,7 +58,7 @@ async def test_new_slow_subscriptions_do_not_delay_another_clients_update(start_
     async with RippleClient(server.url) as slow_client, RippleClient(server.url) as other:
         fast = Watcher(other, "counters:get", {"name": "mine"})
         await until(lambda: fast.values == [0])
-        slow = [Watcher(slow_client, "counters:slow_get", {"name": "theirs", "seconds": 3, "tag": i}) for i in range(3)]
+        slow = [Watcher(slow_client, "counters:slow_get", {"name": "theirs", "seconds": SLOW, "tag": i}) for i in range(3)]
         await until(lambda: metric(server.url, "ripple_shared_queries") >= 4)  # subscribed, being computed
         await inc(server.url, "mine")
         await until(lambda: fast.values == [0, 1])
@@ -100,16 +101,16 @@ async def test_a_result_computed_apart_is_not_published_when_a_later_commit_chan
 async def test_a_live_query_that_timed_out_rests_instead_of_running_away_on_every_write(
     start_server: StartServer,
 ) -> None:
-    server = start_server("serve")
+    server = start_server("serve", extra_env={"RIPPLE_BLOCKING_LIMIT": "0.5"})
     async with RippleClient(server.url) as client, RippleClient(server.url) as other:
         runaway = client.subscribe("runaway:spin_at", {"name": "hot", "at": 1})  # spins once hot >= 1
         assert await runaway.__anext__() == 0
         healthy = Watcher(other, "counters:get", {"name": "hot"})
         await until(lambda: healthy.values == [0])
-        await inc(server.url, "hot")  # its re-run holds the loop for the 1 s limit, then rests 2 s
+        await inc(server.url, "hot")  # its re-run holds the loop for the 0.5 s limit, then rests 2 s
         await until(lambda: metric(server.url, "ripple_live_query_rests_total") >= 1)
         # Five more writes to what it read, during its rest: without the rest each would cost
-        # everyone another second of a blocked event loop.
+        # everyone another half second of a blocked event loop.
         await asyncio.gather(*(inc(server.url, "hot") for _ in range(5)))
         await until(lambda: healthy.latest == 6)
         await until(lambda: metric(server.url, "ripple_live_query_rests_total") >= 2, timeout=20)  # one run after the rest
