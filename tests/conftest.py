@@ -235,6 +235,15 @@ def module_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory, command
 
 
 @pytest.fixture(scope="module")
+def basic_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """`ripple serve` of tests/apps/basic shared by a module's tests that need nothing of a server
+    but to be one: each uses names of its own and reads no figure of the whole server (metrics,
+    its log). A test that restarts a server, reads those or needs other settings starts its own
+    (`start_server`): a server's start costs about a second."""
+    yield from module_server(pg_url, tmp_path_factory, "serve", BASIC_APP)
+
+
+@pytest.fixture(scope="module")
 def compat_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """`ripple dev` serving tests/apps/compat, one per compatibility module (test_compat_*.py)."""
     yield from module_server(pg_url, tmp_path_factory, "dev", COMPAT_APP)

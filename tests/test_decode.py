@@ -54,8 +54,8 @@ async def answered_during(server: ServerProcess, big: asyncio.Future[Any]) -> in
     return count
 
 
-async def test_a_16_mb_body_over_the_limits_is_refused_at_once(start_server: StartServer) -> None:
-    server = start_server("serve")
+async def test_a_16_mb_body_over_the_limits_is_refused_at_once(basic_server: ServerProcess) -> None:
+    server = basic_server
     body = body_of("values:describe", {"value": [1] * 7_900_000})
     assert 15 * 1024 * 1024 < len(body) < 16 * 1024 * 1024
     status, answer = await asyncio.to_thread(post_raw, server.url, "/api/query", body)
@@ -71,10 +71,10 @@ async def test_a_16_mb_body_over_the_limits_is_refused_at_once(start_server: Sta
         assert r.json()["value"] == 0
 
 
-async def test_small_requests_are_answered_while_a_16_mb_body_is_decoded(start_server: StartServer) -> None:
+async def test_small_requests_are_answered_while_a_16_mb_body_is_decoded(basic_server: ServerProcess) -> None:
     """A body within the limits but large (about 8 million numbers) takes a while to decode:
     small queries sent after it was uploaded are answered before it is."""
-    server = start_server("serve")
+    server = basic_server
     body = body_of("values:describe", {"value": [[1] * 8192 for _ in range(970)]})
     assert len(body) > 15 * 1024 * 1024
     big = asyncio.ensure_future(asyncio.to_thread(post_raw, server.url, "/api/query", body))
@@ -83,8 +83,8 @@ async def test_small_requests_are_answered_while_a_16_mb_body_is_decoded(start_s
     assert await big == (200, {"status": "success", "value": "list", "logLines": []})
 
 
-async def test_websocket_arguments_over_the_limits_are_refused_naming_them(start_server: StartServer) -> None:
-    server = start_server("serve")
+async def test_websocket_arguments_over_the_limits_are_refused_naming_them(basic_server: ServerProcess) -> None:
+    server = basic_server
     async with websockets.connect(server.url.replace("http://", "ws://") + "/api/sync", max_size=None) as ws:
         await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4())}))
         await ws.send(json.dumps({"type": "Mutation", "requestId": 0, "udfPath": "limits:slow",
@@ -109,8 +109,8 @@ async def test_websocket_arguments_over_the_limits_are_refused_naming_them(start
     }
 
 
-async def test_a_large_websocket_argument_does_not_stall_other_clients(start_server: StartServer) -> None:
-    server = start_server("serve")
+async def test_a_large_websocket_argument_does_not_stall_other_clients(basic_server: ServerProcess) -> None:
+    server = basic_server
     message = json.dumps({"type": "Action", "requestId": 0, "udfPath": "limits:describe",
                           "args": [{"value": [[1] * 8192 for _ in range(900)]}]}, separators=(",", ":"))
     assert len(message) > 14 * 1024 * 1024

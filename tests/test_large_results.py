@@ -59,11 +59,11 @@ async def next_transition(ws: ClientConnection, seen: list[dict[str, Any]] | Non
                     return "".join(chunks), chunks
 
 
-async def test_transition_chunks_reassemble_exactly(start_server: StartServer) -> None:
+async def test_transition_chunks_reassemble_exactly(basic_server: ServerProcess) -> None:
     """The npm client (its version in the path, or a `Convex-Client: npm-...` header) gets parts of
     at most 5,000,000 bytes, cut between UTF-8 characters, that join into exactly the Transition a
     client without chunks gets whole (the PyPI client says `python-0.8.1` and fails on a part)."""
-    server = start_server("serve")
+    server = basic_server
     query = ("large:text", {"name": "exact", "size": 12_000_000})
     npm = await connect(server, "/api/1.49.0/sync")
     npm_header = await connect(server, "/api/sync", {"Convex-Client": "npm-1.28.0"})
@@ -91,11 +91,11 @@ async def test_transition_chunks_reassemble_exactly(start_server: StartServer) -
             await ws.close()
 
 
-async def test_nothing_comes_between_the_parts_of_a_transition(start_server: StartServer) -> None:
+async def test_nothing_comes_between_the_parts_of_a_transition(basic_server: ServerProcess) -> None:
     """Mutations sent while a chunked Transition goes out: their responses wait until its last
     part (the npm client drops a half-assembled Transition when another message arrives), and
     every Transition still arrives whole."""
-    server = start_server("serve")
+    server = basic_server
     ws = await connect(server, "/api/1.49.0/sync")
     try:
         await ws.send(subscribe(("large:text", {"name": "between", "size": 11_000_000})))
@@ -130,10 +130,10 @@ for value in client.subscribe("large:text", {"name": "pypi", "size": 12_000_000}
 """
 
 
-async def test_the_pypi_client_gets_large_transitions_whole(start_server: StartServer) -> None:
+async def test_the_pypi_client_gets_large_transitions_whole(basic_server: ServerProcess) -> None:
     """It fails on a TransitionChunk (`Unexpected TransitionChunk message received`) and says so
     in its `Convex-Client` header: it gets the 12 MB Transition as one message."""
-    server = start_server("serve")
+    server = basic_server
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PYPI_LARGE, server.url,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
@@ -146,9 +146,9 @@ async def test_the_pypi_client_gets_large_transitions_whole(start_server: StartS
 
 
 @pytest.mark.node
-def test_the_npm_client_receives_a_transition_larger_than_its_message_limit(start_server: StartServer) -> None:
+def test_the_npm_client_receives_a_transition_larger_than_its_message_limit(basic_server: ServerProcess) -> None:
     """tests/js/large_results.test.mjs: ~42 MB through a websocket taking at most 6 MiB a message."""
-    server = start_server("serve")
+    server = basic_server
     run_node_tests("large_results.test.mjs", server, timeout=180)
     assert httpx.get(f"{server.url}/_ripple/health").status_code == 200
 

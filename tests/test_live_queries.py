@@ -11,7 +11,7 @@ import os
 import socket
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -23,19 +23,11 @@ import websockets
 from client_sdk import RippleClient
 from client_sdk.protocol import decode_ts
 
-from conftest import BASIC_APP, ServerProcess, Watcher, free_port, module_server, until
+from conftest import ServerProcess, Watcher, free_port, until
 
 pytestmark = pytest.mark.e2e
 
 StartServer = Callable[..., ServerProcess]
-
-
-@pytest.fixture(scope="module")
-def shared(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One `ripple serve` for the tests that need nothing of a server but to be one: each uses
-    names of its own and reads no server-wide figure. A test that restarts a server, reads
-    its metrics or needs other settings starts its own."""
-    yield from module_server(pg_url, tmp_path_factory, "serve", BASIC_APP)
 
 
 async def http_call(url: str, kind: str, path: str, args: dict[str, Any]) -> Any:
@@ -63,8 +55,8 @@ async def live_at_latest_commit(url: str) -> None:
                 and metric(url, "ripple_live_queries_pending") == 0)
 
 
-async def test_sdk_subscription_follows_mutations(shared: ServerProcess) -> None:
-    server = shared
+async def test_sdk_subscription_follows_mutations(basic_server: ServerProcess) -> None:
+    server = basic_server
     async with RippleClient(server.url) as client:
         updates = client.subscribe("counters:get", {"name": "live"})
         assert await updates.__anext__() == 0
@@ -77,8 +69,8 @@ async def test_sdk_subscription_follows_mutations(shared: ServerProcess) -> None
         await updates.aclose()
 
 
-async def test_mutation_resolves_only_after_queries_reflect_it(shared: ServerProcess) -> None:
-    server = shared
+async def test_mutation_resolves_only_after_queries_reflect_it(basic_server: ServerProcess) -> None:
+    server = basic_server
     async with RippleClient(server.url) as client:
         watcher = Watcher(client, "counters:get", {"name": "order"})
         await until(lambda: watcher.values == [0])
@@ -100,13 +92,13 @@ for value in client.subscribe("counters:get", {"name": "py"}):
 """
 
 
-async def test_official_pypi_client_subscription(shared: ServerProcess) -> None:
+async def test_official_pypi_client_subscription(basic_server: ServerProcess) -> None:
     # The PyPI client's blocking iterator holds the GIL while it waits, so it gets a process.
     import sys
 
     from convex import ConvexClient
 
-    server = shared
+    server = basic_server
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PYPI_SUBSCRIBER, server.url,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
@@ -136,12 +128,12 @@ except ConvexError as error:
 """
 
 
-async def test_a_mutation_failing_with_convex_error_returns_to_the_official_pypi_client(shared: ServerProcess) -> None:
+async def test_a_mutation_failing_with_convex_error_returns_to_the_official_pypi_client(basic_server: ServerProcess) -> None:
     """That client settles a failed mutation carrying error data only on the next Transition (a
     plain error message at once): with no write after it, the call used to hang."""
     import sys
 
-    server = shared
+    server = basic_server
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PYPI_CONVEX_ERROR, server.url,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
@@ -165,13 +157,13 @@ for value in client.subscribe("values:big_text", {"n": 10_000_000, "fill": "\u00
 """
 
 
-async def test_results_over_16_mib_reach_the_official_pypi_client(shared: ServerProcess) -> None:
+async def test_results_over_16_mib_reach_the_official_pypi_client(basic_server: ServerProcess) -> None:
     """A 50 MB Transition (multi-byte characters) goes out as 1 MiB frames: the PyPI client's
     websocket library refuses frames over 16 MiB (it used to reconnect forever), and no frame
     boundary may split a UTF-8 sequence."""
     import sys
 
-    server = shared
+    server = basic_server
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", PYPI_BIG, server.url,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
@@ -215,9 +207,9 @@ async def test_client_reconnects_after_server_restart(start_server: StartServer)
     assert await http_call(other.url, "query", "counters:get", {"name": "restart"}) == 2  # ran once
 
 
-async def test_resent_mutation_runs_once(shared: ServerProcess) -> None:
+async def test_resent_mutation_runs_once(basic_server: ServerProcess) -> None:
     """The same (session id, request id) twice — as after a reconnect — writes once."""
-    server = shared
+    server = basic_server
     ws_url = server.url.replace("http://", "ws://") + "/api/sync"
     session = str(uuid.uuid4())
     mutation = {"type": "Mutation", "requestId": 0, "udfPath": "counters:inc", "args": [{"name": "idem"}]}
@@ -286,10 +278,10 @@ async def test_an_admin_websocket_may_subscribe_to_internal_queries(start_server
     assert outcomes[1]["type"] == "QueryFailed" and "counters:secret" in outcomes[1]["errorMessage"]
 
 
-async def test_big_integers_and_long_paths_over_the_websocket(shared: ServerProcess) -> None:
+async def test_big_integers_and_long_paths_over_the_websocket(basic_server: ServerProcess) -> None:
     """2**60 and 2**80 as JSON integers are refused alike, naming where they are; a
     1,000,000-character function path is not echoed back whole."""
-    server = shared
+    server = basic_server
     ws_url = server.url.replace("http://", "ws://") + "/api/sync"
     async with websockets.connect(ws_url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4()), "connectionCount": 0}))
@@ -369,8 +361,8 @@ async def test_no_write_missed_when_listener_connection_is_killed(start_server: 
         await admin.close()
 
 
-async def test_paginated_subscriptions_stay_gap_free(shared: ServerProcess) -> None:
-    server = shared
+async def test_paginated_subscriptions_stay_gap_free(basic_server: ServerProcess) -> None:
+    server = basic_server
     async with RippleClient(server.url) as client:
         ids = await client.mutation("items:insert_many", {"docs": [{"n": n} for n in range(10)]})
         first = Watcher(client, "items:page", {"paginationOpts": {"numItems": 3, "cursor": None}})
@@ -405,8 +397,8 @@ async def test_paginated_subscriptions_stay_gap_free(shared: ServerProcess) -> N
             await w.stop()
 
 
-async def test_protocol_errors_close_only_that_client(shared: ServerProcess) -> None:
-    server = shared
+async def test_protocol_errors_close_only_that_client(basic_server: ServerProcess) -> None:
+    server = basic_server
     ws_url = server.url.replace("http://", "ws://") + "/api/sync"
     async with RippleClient(server.url) as healthy:
         watcher = Watcher(healthy, "counters:get", {"name": "calm"})

@@ -99,8 +99,8 @@ async def _writer(url: str, name: str, stop: asyncio.Event) -> int:
 
 
 @pytest.mark.e2e
-async def test_every_mutation_response_precedes_the_transitions_with_its_writes(start_server: StartServer) -> None:
-    server = start_server("serve")
+async def test_every_mutation_response_precedes_the_transitions_with_its_writes(basic_server: ServerProcess) -> None:
+    server = basic_server
     url = server.url.replace("http://", "ws://") + "/api/sync"
     name = f"order-{uuid.uuid4().hex[:8]}"
     stop = asyncio.Event()
@@ -153,11 +153,11 @@ async def test_every_mutation_response_precedes_the_transitions_with_its_writes(
 
 
 @pytest.mark.e2e
-async def test_an_actions_writes_reach_its_client_while_it_runs(start_server: StartServer) -> None:
+async def test_an_actions_writes_reach_its_client_while_it_runs(basic_server: ServerProcess) -> None:
     """Convex orders nothing between an ActionResponse (no ts; resolved at once; no optimistic
     update) and the Transitions with the writes of the mutations the action ran: nothing is held
     back while an action runs. The action waits until the client has seen its write."""
-    server = start_server("serve")
+    server = basic_server
     url = server.url.replace("http://", "ws://") + "/api/sync"
     name, flag = f"action-{uuid.uuid4().hex[:8]}", f"flag-{uuid.uuid4().hex[:8]}"
     ws = await _connect(url)
