@@ -230,10 +230,10 @@ async def test_a_connection_that_ends_cancels_its_running_actions(start_server: 
     the server stops them instead of running them to the end for nobody."""
     server = start_server("serve")
     ws = await connect(server)
-    await ws.send(action(0, "limits:sleep_then_count", {"seconds": 1.5, "name": "orphan"}))
-    await asyncio.sleep(0.5)  # running
+    await ws.send(action(0, "limits:sleep_then_count", {"seconds": 1, "name": "orphan"}))
+    await asyncio.sleep(0.3)  # running
     await ws.close()
-    await asyncio.sleep(2.5)  # past the time it would have counted
+    await asyncio.sleep(1.2)  # half a second past the time it would have counted
     assert query(server, "counters:get", {"name": "orphan"}) == 0
     assert server.metrics()["ripple_websocket_actions"] == 0
     assert complaints(server) == []
