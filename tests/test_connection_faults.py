@@ -21,7 +21,8 @@ with the same request ids, as the official clients do. RIPPLE_FAULT_SEED picks a
 
 How many faults strike depends on how long the work runs, and so on the machine: the clients
 therefore do a fixed least amount of work and then keep going until at least MIN_FAULTS
-faults have struck, so that a fast machine and a slow one see the same amount of chaos.
+faults have struck (and, where the test asserts it, the answer of a COMMIT was lost), so that a
+fast machine and a slow one see the same amount of chaos.
 """
 
 from __future__ import annotations
@@ -299,11 +300,14 @@ async def faulty(start_server: Callable[..., ServerProcess], namespace: str, pg_
 
 
 class Chaos:
-    """Faults at random moments, from a seeded rng, until stopped."""
+    """Faults at random moments, from a seeded rng, until stopped. `wanted`: what the server's
+    figures (Faulty.metrics) must also show before the work may end."""
 
-    def __init__(self, faulty: Faulty, seed: int) -> None:
+    def __init__(self, faulty: Faulty, seed: int, wanted: Callable[[dict[str, int]], bool] | None = None) -> None:
         self.faulty = faulty
         self.rng = random.Random(seed)
+        self.wanted = wanted
+        self.seen_wanted = wanted is None
         self.done: collections.Counter[str] = collections.Counter()
         self.faults: dict[str, tuple[int, Callable[[], Awaitable[None]]]] = {
             "cut all": (2, lambda: self._cut(None, rst=True)),
@@ -318,8 +322,8 @@ class Chaos:
 
     @property
     def enough(self) -> bool:
-        """At least MIN_FAULTS faults have struck."""
-        return sum(self.done.values()) >= MIN_FAULTS
+        """At least MIN_FAULTS faults have struck, and the server's figures showed `wanted`."""
+        return sum(self.done.values()) >= MIN_FAULTS and self.seen_wanted
 
     def keys(self, prefix: str, least: int) -> Iterator[str]:
         """`prefix-0`, `prefix-1`, ...: at least `least` of them, then more until enough faults
@@ -337,6 +341,8 @@ class Chaos:
             name = self.rng.choices(names, weights)[0]
             await self.faults[name][1]()
             self.done[name] += 1
+            if self.wanted is not None and not self.seen_wanted and sum(self.done.values()) >= MIN_FAULTS:
+                self.seen_wanted = self.wanted(await asyncio.to_thread(self.faulty.metrics))
 
     async def _cut(self, count: int | None, rst: bool = True, drop: Any = None) -> None:
         hold = self.rng.uniform(0.02, 0.2) if drop else 0.0
@@ -360,11 +366,17 @@ class Chaos:
         self.faulty.proxy.slow(0)
 
 
-async def under_chaos(faulty: Faulty, seed: int,
-                      work: Callable[[Chaos], Iterable[Awaitable[None]]]) -> collections.Counter[str]:
+def answers_lost(figures: dict[str, int]) -> bool:
+    """The answer of at least one COMMIT was lost, and the server found that it had committed."""
+    return figures.get('commit_resolutions_total{outcome="committed"}', 0) > 0
+
+
+async def under_chaos(faulty: Faulty, seed: int, work: Callable[[Chaos], Iterable[Awaitable[None]]],
+                      wanted: Callable[[dict[str, int]], bool] | None = None) -> collections.Counter[str]:
     """Run `work(chaos)` while the Chaos strikes; then let the connections heal. The work takes
-    its keys from `chaos.keys`, so it goes on until enough faults have struck."""
-    chaos, stop = Chaos(faulty, seed), asyncio.Event()
+    its keys from `chaos.keys`, so it goes on until enough faults have struck (and the server's
+    figures show `wanted`)."""
+    chaos, stop = Chaos(faulty, seed, wanted), asyncio.Event()
     striker = asyncio.create_task(chaos.run(stop))
     try:
         await asyncio.wait_for(asyncio.gather(*work(chaos)), 240)
@@ -405,9 +417,9 @@ async def test_http_mutations_report_the_truth_when_the_database_connection_is_l
         keys = chaos.keys("http", 300)  # shared: each client takes the next key
         return [http_mutations(faulty.server.url, ledger, keys) for _ in range(12)]
 
-    await under_chaos(faulty, SEED, work)
+    await under_chaos(faulty, SEED, work, wanted=answers_lost)
     figures = await faulty.check(ledger)
-    assert figures.get('commit_resolutions_total{outcome="committed"}', 0) > 0, figures  # answers were lost
+    assert answers_lost(figures), figures
 
 
 # -- websocket -------------------------------------------------------------------------------------
@@ -483,10 +495,10 @@ async def test_websocket_mutations_report_the_truth_and_resends_never_duplicate(
                        for c in range(8))
         return [c.run() for c in clients]
 
-    await under_chaos(faulty, SEED + 2, work)
+    await under_chaos(faulty, SEED + 2, work, wanted=answers_lost)
     assert sum(c.connections for c in clients) > 2 * len(clients)  # they did reconnect and resend
     figures = await faulty.check(ledger)
-    assert figures.get('commit_resolutions_total{outcome="committed"}', 0) > 0, figures  # answers were lost
+    assert answers_lost(figures), figures
 
 
 # -- scheduled mutations ---------------------------------------------------------------------------
