@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import errno
 import getpass
 import json
@@ -20,7 +21,7 @@ from typing import Any
 
 from server import adminkey, devserver
 from server.config import Config
-from server.core.env import EnvVarError, check_name
+from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
 
 DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
 DEFAULT_URL = "http://127.0.0.1:3210"
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
     run.add_argument("path", help="function path, e.g. videos:list")
     run.add_argument("args", nargs="?", default="{}", help="JSON object of arguments (default {})")
+    run.add_argument("--identity", default=None, metavar="JSON",
+                     help='run as this user, e.g. \'{"subject": "u1", "name": "Uma", "role": "reviewer"}\' (needs the '
+                          "admin key; a UserIdentity as ctx.auth.get_user_identity() returns it: tokenIdentifier, or issuer "
+                          "and subject; under ripple dev the issuer defaults to its development issuer)")
     _client(run)
     env = sub.add_parser("env", help="set, get, list or remove the environment variables functions read (ctx.env)")
     verbs = env.add_subparsers(dest="verb", required=True)
@@ -190,6 +195,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Convex {key}"
+    if args.identity is not None:
+        try:
+            identity = json.loads(args.identity)
+        except json.JSONDecodeError as exc:
+            print(f"ripple run: --identity is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(identity, dict):
+            print('ripple run: --identity must be a JSON object, such as \'{"subject": "u1"}\'', file=sys.stderr)
+            return 2
+        if not key:
+            print(f"ripple run: --identity needs the admin key (acting as a user is an admin's privilege): pass "
+                  f"--admin-key, set RIPPLE_ADMIN_KEY, or run in the app directory of a `ripple dev` ({adminkey.KEY_FILE})",
+                  file=sys.stderr)
+            return 2
+        # As Convex's dashboard and `npx convex run --identity` send it: the admin key, then the
+        # identity to act as, base64 of its JSON (server/api/http_api.py, admin_caller).
+        headers["Authorization"] += ":" + base64.b64encode(json.dumps(identity).encode()).decode()
     url, source = server_url(args)
     body = json.dumps({"path": args.path, "args": fn_args, "format": "json"}).encode()
     parts = urllib.parse.urlsplit(url)
@@ -266,8 +288,13 @@ def _read_value(name: str) -> str:
 def cmd_env(args: argparse.Namespace) -> int:
     """`ripple env set|get|list|remove` through the server's admin endpoints (docs/env.md)."""
     try:
-        if args.verb != "list":
+        if args.verb in ("set", "remove"):
+            check_settable(args.name)
+        elif args.verb == "get":
             check_name(args.name)
+            if args.name in BUILT_IN:
+                raise EnvCommandFailed(f"{args.name} is built-in, not stored: functions read it as the server's URL "
+                                       "(docs/env.md, Built-in variables)")
         if args.verb == "set":
             value = args.value if args.value is not None else _read_value(args.name)
             _admin_call(args, "POST", "/api/update_environment_variables", {"changes": [{"name": args.name, "value": value}]})

@@ -174,6 +174,15 @@ class AuthConfig:
         )
 
 
+def connect_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses to reach a server listening on host:port."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @dataclass
 class Config:
     app_dir: Path = field(default_factory=Path.cwd)
@@ -203,6 +212,15 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
     event_loop: str = "uvloop"  # or "asyncio" (server/loops.py)
+
+    @property
+    def base_url(self) -> str:
+        """The URL clients reach this server at: the public URL when one is configured (a proxy
+        in front, `--public-url`), else the listening address as seen from this machine. Stored
+        files' URLs, the dev issuer and CONVEX_SITE_URL / CONVEX_CLOUD_URL all start with it."""
+        if self.storage.public_url:
+            return self.storage.public_url.rstrip("/")
+        return connect_url(self.host, self.port)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:

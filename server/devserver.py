@@ -10,15 +10,6 @@ from pathlib import Path
 RECORD = Path(".ripple") / "dev_server.json"
 
 
-def connect_url(host: str, port: int) -> str:
-    """The URL a client on this machine uses to reach a server listening on host:port."""
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 def record(app_dir: Path, url: str) -> None:
     path = app_dir / RECORD
     path.parent.mkdir(exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,9 +19,11 @@ from starlette.applications import Starlette
 from server import adminkey, devserver, loops
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
-from server.config import Config
+from server.config import Config, connect_url
 from server.core import watchdog
+from server.core.auth import dev_issuer
 from server.core.database import Database
+from server.core.env import EnvVarError, parse_env_file
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
 from server.core.subscriptions import SubscriptionManager
@@ -29,6 +32,7 @@ from server.errors import RippleError
 
 log = logging.getLogger("ripple")
 BACKLOG = 2048
+DEV_ENV_FILE = "dev.env"
 
 
 def app_source_filter(app_dir: Path) -> Callable[[Any, str], bool]:
@@ -113,6 +117,32 @@ class AppLoader:
             await self.load(", ".join(sorted({Path(p).name for _, p in changes})))
 
 
+async def seed_dev_env(runtime: Runtime) -> None:
+    """`ripple dev`: set each variable of the app's dev.env that the deployment does not have yet
+    (never overwriting one), before any function runs, and say which by name. A file that does
+    not parse is reported (file and line) and skipped whole: dev still starts, without it."""
+    path = runtime.config.app_dir / DEV_ENV_FILE
+    if not path.is_file():
+        return
+    try:
+        wanted = parse_env_file(path.read_text(encoding="utf-8"), DEV_ENV_FILE)
+    except (EnvVarError, OSError, UnicodeDecodeError) as exc:
+        log.error("%s is skipped, nothing in it is set: %s", path, exc)
+        return
+    current = await runtime.refresh_env()
+    missing = [change for change in wanted if change.name not in current]
+    if not missing:
+        if wanted:
+            print(f"Environment: {DEV_ENV_FILE} sets nothing; already set: {', '.join(c.name for c in wanted)}", flush=True)
+        return
+    try:
+        await runtime.update_env(missing)
+    except EnvVarError as exc:  # over the deployment's limits
+        log.error("%s is skipped, nothing in it is set: %s", path, exc)
+        return
+    print(f"Environment: set {', '.join(c.name for c in missing)} from {DEV_ENV_FILE}", flush=True)
+
+
 def tune_gc() -> None:
     """Fewer cyclic-GC passes: the start-up heap (modules, schema, functions) is frozen out of
     collection, and the young generation is collected every 10,000 allocations instead of 700.
@@ -139,9 +169,15 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
     # Removes the bytes of deleted files and abandoned uploads left behind (storage/files.py).
     sweeper = runtime.supervise("storage sweeper", runtime.files.sweep_forever)
 
+    seeded = False
+
     async def start_services() -> None:
-        """Live queries, the scheduler and the storage sweeper, once a version of the app is loaded."""
-        nonlocal live_queries, scheduling
+        """Live queries, the scheduler and the storage sweeper, once a version of the app is
+        loaded; in dev, first the variables of dev.env (scheduled functions may read them)."""
+        nonlocal live_queries, scheduling, seeded
+        if config.dev and not seeded:
+            await seed_dev_env(runtime)
+            seeded = True
         if not live_queries:
             await subscriptions.start()
             live_queries = True
@@ -192,8 +228,10 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                 if config.dev:
                     watcher = runtime.supervise("reload watcher", loader.watch)  # restarted if it dies
                     watcher.start()
-                    devserver.record(config.app_dir, devserver.connect_url(config.host, config.port))
+                    devserver.record(config.app_dir, connect_url(config.host, config.port))
                     recorded = True
+                    if (config.app_dir / "public" / "index.html").is_file():
+                        print(f"App page: {config.base_url}/", flush=True)
                 log.info("serving %s (%s mode, event loop %s)", listen_url(config),
                          "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__)
                 tune_gc()
@@ -274,6 +312,8 @@ def serve(config: Config, sock: socket.socket) -> None:
         failures.append(reason)
         server.should_exit = True
 
+    if config.dev:  # before the app loads: functions/auth_config.py may list it (docs/auth.md)
+        os.environ[dev_issuer.ENV_VAR] = dev_issuer.issuer_url(config.base_url)
     server = uvicorn.Server(uvicorn_config(create_server_app(config, on_fatal=stop), config))
     if config.dev:
         print(f"Ripple dev server: {listen_url(config)}  (app: {config.app_dir})", flush=True)

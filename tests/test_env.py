@@ -173,7 +173,8 @@ def test_mutations_and_actions_read_variables(start_server: StartServer) -> None
     assert run(server, "action", "envs:read_in_action", {"name": "SERVICE_URL"})["value"] == {
         "value": "https://example.test/hook", "viaQuery": "https://example.test/hook"}
     assert run(server, "query", "envs:present", {"name": "SERVICE_URL"})["value"] is True
-    assert run(server, "query", "envs:names", {})["value"] == ["SERVICE_URL"]
+    # The built-in variables are there too, as they are in Convex's process.env.
+    assert run(server, "query", "envs:names", {})["value"] == ["CONVEX_CLOUD_URL", "CONVEX_SITE_URL", "SERVICE_URL"]
     missing = run(server, "query", "envs:required", {"name": "NOPE"})
     assert missing["status"] == "error" and "Server Error" in missing["errorMessage"]  # redacted outside dev
     refused = run(server, "query", "envs:system_table", {})

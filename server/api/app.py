@@ -15,9 +15,11 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.dev_auth import dev_auth_routes
 from server.api.env_http import EnvRoutes
 from server.api.http_actions import HttpActions
 from server.api.http_api import HttpApi, error_response, json_response, not_ready
+from server.api.static_files import SdkFiles, StaticFiles
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
 from server.core.http_router import RESERVED_PREFIXES
@@ -194,6 +196,9 @@ def build_app(
         *(Route(f"/api{version}/list_environment_variables", endpoint(env.list), methods=["GET"]) for version in ("", "/v1")),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
+        Route("/_ripple/sdk/{name}", SdkFiles(), methods=["GET", "HEAD"]),
+        # `ripple dev` only: `ripple serve` never signs tokens (docs/auth.md, Development issuer).
+        *(dev_auth_routes(runtime.config.app_dir, runtime.config.base_url) if runtime.config.dev else ()),
     ]
     app = Starlette(
         routes=routes,
@@ -201,7 +206,8 @@ def build_app(
         exception_handlers={404: not_found, 405: method_not_allowed},
         lifespan=lifespan,
     )
-    return RippleApp(app, runtime, subscriptions, websocket_clients, HttpActions(runtime, api, load_error))
+    public = StaticFiles(runtime.config.app_dir / "public")
+    return RippleApp(app, runtime, subscriptions, websocket_clients, HttpActions(runtime, api, load_error, public))
 
 
 SYNC_PATH = re.compile(r"^/api/(?:[^/]+/)?sync$")
@@ -211,8 +217,8 @@ class RippleApp:
     """The ASGI application. Sync-protocol websockets (`/api/sync`, `/api/<version>/sync`) go
     straight to the sync endpoint with the server's own `send`, which the fan-out fast path in
     server/api/sync_ws.py writes frames through; HTTP requests outside /api/ and /_ripple/ go to
-    the app's HTTP actions (without the app-wide CORS: each route has its own); everything else
-    goes to Starlette."""
+    the app's HTTP actions (without the app-wide CORS: each route has its own), then to the
+    files of public/ when no route takes them; everything else goes to Starlette."""
 
     def __init__(self, starlette: Starlette, runtime: Runtime, subscriptions: SubscriptionManager, clients: set[Any],
                  http_actions: HttpActions) -> None:

@@ -7,7 +7,9 @@ iterator, a background task): both run under `Runtime.guarded`, one deadline (th
 timeout) and the blocking limit for the pair, log lines labelled `H <route>`. What goes wrong is
 answered here, never by a traceback:
 
-* no route 404; routes for other methods only 405 with Allow; app not loaded 503;
+* no route: a GET or HEAD gets the file of public/ at that path when there is one
+  (server/api/static_files.py: routes win over files), else 404; routes for other methods
+  only 405 with Allow; app not loaded 503 (files are still served);
 * a body over `Config.http_action_max_body_bytes`: a Content-Length over it 413 before the
   handler runs; a body that grows past it makes the handler's read raise RequestBodyTooLarge
   and is answered 413 (the connection is cut if the response had started);
@@ -35,6 +37,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from server.api.http_api import HttpApi, HttpError, error_response, not_ready
+from server.api.static_files import StaticFiles
 from server.core.contexts import Auth, Identity
 from server.core.http_router import ROUTABLE_METHODS, Cors, HttpRouter, Route
 from server.core.runtime import Runtime
@@ -118,10 +121,12 @@ def cors_headers(cors: Cors, origin: str | None) -> list[tuple[bytes, bytes]]:
 class HttpActions:
     """The ASGI app of HTTP actions (RippleApp sends it every request outside the reserved paths)."""
 
-    def __init__(self, runtime: Runtime, api: HttpApi, load_error: Callable[[], str | None]) -> None:
+    def __init__(self, runtime: Runtime, api: HttpApi, load_error: Callable[[], str | None],
+                 public: StaticFiles | None = None) -> None:
         self.runtime = runtime
         self.api = api
         self.load_error = load_error
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         began = time.monotonic()
@@ -143,8 +148,9 @@ class HttpActions:
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> str:
         """Answer one request; return its route's label for metrics ("none": no route ran)."""
         runtime = self.runtime
-        if not runtime.ready:
-            await not_ready(runtime, self.load_error())(scope, receive, send)
+        if not runtime.ready:  # no routes to win over files: a page still loads and can say why
+            if not await self.static_file(scope, receive, send):
+                await not_ready(runtime, self.load_error())(scope, receive, send)
             return "none"
         router = runtime.app.http or HttpRouter()
         path, method = scope["path"], scope["method"]
@@ -163,8 +169,10 @@ class HttpActions:
         return route.label
 
     async def unrouted(self, router: HttpRouter, scope: Scope, receive: Receive, send: Send) -> None:
-        """No route of this method: a CORS preflight, or 405, or 404."""
+        """No route of this method: a CORS preflight, or a file of public/, or 405, or 404."""
         path, method = scope["path"], scope["method"]
+        if await self.static_file(scope, receive, send):
+            return
         headers = Request(scope).headers
         if method == "OPTIONS":
             requested = headers.get("access-control-request-method")
@@ -179,6 +187,16 @@ class HttpActions:
         response = error_response(405, "MethodNotAllowed", f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}")
         response.headers["Allow"] = ", ".join(allowed)
         await response(scope, receive, send)
+
+    async def static_file(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer a GET or HEAD with its file of public/; whether there was one."""
+        if self.public is None or scope["method"] not in ("GET", "HEAD"):
+            return False
+        found = self.public.find(scope["path"])
+        if found is None:
+            return False
+        await self.public.send(found, scope, receive, send)
+        return True
 
     @staticmethod
     async def preflight(router: HttpRouter, cors: Cors, scope: Scope, origin: str | None, requested: str | None,

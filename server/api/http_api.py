@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from server import adminkey
 from server.api import offload
+from server.core.auth import dev_issuer
 from server.core.auth.claims import acting_as_identity
 from server.core.contexts import Identity
 from server.core.registry import Kind
@@ -151,7 +152,9 @@ class HttpApi:
 
     def admin_caller(self, value: str) -> tuple[Identity | None, bool]:
         """`Convex <admin key>`, or `Convex <admin key>:<base64 of a JSON identity>` for an admin
-        acting as that user (as Convex's dashboard sends it)."""
+        acting as that user (as Convex's dashboard sends it). In dev mode an identity with a
+        subject and no issuer (nor tokenIdentifier) gets the development issuer's: the same user
+        as that issuer's token for the subject (`ripple run --identity '{"subject": "u1"}'`)."""
         key = self.runtime.config.admin_key
         given, _, acting_as = value.partition(":") if key is None or ":" not in key else (value, "", "")
         require_admin_key(key, given)
@@ -161,6 +164,8 @@ class HttpApi:
             attributes = orjson.loads(base64.b64decode(acting_as, validate=True))
             if not isinstance(attributes, dict):
                 raise ValueError("not a JSON object")
+            if self.runtime.config.dev and "issuer" not in attributes and "tokenIdentifier" not in attributes:
+                attributes["issuer"] = dev_issuer.issuer_url(self.runtime.config.base_url)
             return acting_as_identity(attributes), True
         except (ValueError, AuthFailed) as exc:  # binascii.Error and JSON errors are ValueErrors
             raise HttpError(401, "BadAdminKey", f"the identity to act as (after the admin key) is not valid: {exc}") from None

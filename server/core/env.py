@@ -26,6 +26,9 @@ MAX_VALUE_BYTES = 8 * 1024  # UTF-8
 MAX_VARIABLES = 512
 MAX_TOTAL_BYTES = 512 * 1024  # names and values of all variables together
 MIN_MASKED = 8  # shorter values ("1", "true", "30") are not masked: they would mangle every message
+# Convex's system environment variables: every function reads them, no one sets or removes them
+# (Convex refuses with EnvVarNameForbidden), and `env list` does not show them: they are not stored.
+BUILT_IN = ("CONVEX_CLOUD_URL", "CONVEX_SITE_URL")
 SET_HINT = "set it with `ripple env set {name}` (or POST /api/update_environment_variables with the admin key)"
 
 
@@ -54,6 +57,21 @@ def check_name(name: Any) -> str:
         raise EnvVarError("EnvironmentVariableNameTooLong", f"the environment variable name {shown(name)!r} is {len(name)} "
                           f"characters long; the limit is {MAX_NAME_LENGTH}")
     return name
+
+
+def check_settable(name: Any) -> str:
+    """A name a change may set or remove: valid, and not one of the built-in variables."""
+    check_name(name)
+    if name in BUILT_IN:
+        raise EnvVarError("EnvVarNameForbidden", f"environment variable {name} is built-in and cannot be overridden: "
+                          "it is the server's own URL (docs/env.md, Built-in variables)")
+    return str(name)
+
+
+def built_in_values(base_url: str) -> dict[str, str]:
+    """The built-in variables of a server reached at `base_url`. Convex has two hosts (.convex.cloud
+    for clients, .convex.site for HTTP actions); Ripple serves both on one, so both are its URL."""
+    return {name: base_url for name in BUILT_IN}
 
 
 def check_value(name: str, value: Any) -> str:
@@ -91,12 +109,42 @@ def parse_changes(body: Any) -> list[Change]:
     for i, raw in enumerate(body["changes"]):
         if not isinstance(raw, dict) or set(raw) - {"name", "value"}:
             raise EnvVarError("BadJsonBody", f"changes[{i}] must be an object with `name` and, to set it, `value`")
-        name = check_name(raw.get("name"))
+        name = check_settable(raw.get("name"))
         if name in seen:
             raise EnvVarError("EnvVarNameNotUnique", f"{name} appears more than once in one batch of changes")
         seen.add(name)
         value = raw.get("value")
         changes.append(Change(name, None if value is None else check_value(name, value)))
+    return changes
+
+
+def parse_env_file(text: str, file: str) -> list[Change]:
+    """The variables of a dotenv-style file (`dev.env`): one `NAME=value` a line; blank lines and
+    lines starting with `#` are skipped; spaces around the name and the value are dropped, and
+    one pair of matching quotes around the value (to keep spaces, or an empty value). Strict:
+    anything else raises EnvVarError naming the file and the line (never the value)."""
+    changes: list[Change] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{file} line {number}"
+        name, equals, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not equals:
+            raise EnvVarError("EnvFileInvalid", f"{where}: expected NAME=value (or a # comment)")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        try:
+            check_settable(name)
+            check_value(name, value)
+        except EnvVarError as exc:
+            raise EnvVarError(exc.code, f"{where}: {exc}") from None
+        if name in seen:
+            raise EnvVarError("EnvFileInvalid", f"{where}: {name} is set twice in the file")
+        seen.add(name)
+        changes.append(Change(name, value))
     return changes
 
 
@@ -115,8 +163,9 @@ class EnvValues:
     read at an older ts than the one held is ignored (a live-query tick's snapshot may be older
     than a refresh right after this process changed the variables)."""
 
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
+    def __init__(self, built_in: dict[str, str] | None = None) -> None:
+        self.values: dict[str, str] = {}  # what is stored; never the built-in variables
+        self.built_in = built_in or {}  # constant for the process: reading one reads nothing stored
         self.ts = -1
         self._masked: tuple[re.Pattern[str], dict[str, str]] | None = None  # made when first needed
 
@@ -157,6 +206,9 @@ class Env(Mapping[str, str]):
     def __getitem__(self, name: str) -> str:
         if not isinstance(name, str):
             raise TypeError(f"environment variable names are strings, not {type(name).__name__}")
+        built_in = self._values.built_in.get(name)
+        if built_in is not None:
+            return built_in
         self._read(name)
         try:
             return self._values.values[name]
@@ -165,11 +217,11 @@ class Env(Mapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         self._read(None)
-        return iter(sorted(self._values.values))
+        return iter(sorted({*self._values.values, *self._values.built_in}))
 
     def __len__(self) -> int:
         self._read(None)
-        return len(self._values.values)
+        return len({*self._values.values, *self._values.built_in})
 
     def __repr__(self) -> str:  # never the values: a repr ends up in logs and error messages
-        return f"<ctx.env: {len(self._values.values)} variables>"
+        return f"<ctx.env: {len({*self._values.values, *self._values.built_in})} variables>"

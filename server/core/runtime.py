@@ -54,7 +54,7 @@ from server.core.contexts import (
 )
 from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter
-from server.core.env import Change, Env, EnvValues
+from server.core.env import Change, Env, EnvValues, built_in_values
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import check_unchanged_since
@@ -117,7 +117,8 @@ class Runtime:
         self.files = Files(db, blob_store(config), config, self.system_transaction)
         self.auth_keys = KeyStore(config.auth)  # providers' keys, kept across reloads
         self.verifier = Verifier((), self.auth_keys, config.auth)
-        self.env_values = EnvValues()  # every environment variable, kept current (refresh_env, commits_seen)
+        # Every environment variable, kept current (refresh_env, commits_seen), and the built-in ones.
+        self.env_values = EnvValues(built_in_values(config.base_url))
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         logs.install()

@@ -125,10 +125,7 @@ class Files:
 
     @property
     def base_url(self) -> str:
-        if self.config.storage.public_url:
-            return self.config.storage.public_url.rstrip("/")
-        host = self.config.host
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.config.port}"
+        return self.config.base_url
 
     def url(self, storage_id: str) -> str:
         """Stable: a live query's result holding it does not change from one run to the next."""
