@@ -16,12 +16,14 @@ import secrets
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import av
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from client_sdk import ConvexError, RippleClient
 
@@ -333,12 +335,24 @@ async def test_the_webhook_refuses_forgeries_and_applies_a_delivery_once(server:
     casey, riley = await users.creator("casey"), await users.reviewer("riley")
     capture = Capture()
     try:
-        set_env(server, PROCESSING_CALLBACK_URL=capture.url)  # the result comes to the test instead
-        video_id = await submit(casey, await new_campaign(riley))
-        await settled(casey, video_id, "processing")
-        await until(lambda: capture.deliveries)
+        set_env(server, PROCESSING_CALLBACK_URL=capture.url)  # results come to the test instead
+        await _forgeries_replays_and_late_results(server, casey, riley, capture)
     finally:
         capture.close()
+
+
+def signed(body: bytes, msg_id: str | None = None) -> dict[str, str]:
+    """Standard Webhooks headers for `body`, signed with the deployment's secret (as the service signs)."""
+    now, msg_id = datetime.now(UTC), msg_id or f"msg_{uuid.uuid4().hex}"
+    return {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": Webhook(WEBHOOK_SECRET).sign(msg_id, now, body.decode())}
+
+
+async def _forgeries_replays_and_late_results(server: ServerProcess, casey: RippleClient, riley: RippleClient,
+                                              capture: Capture) -> None:
+    video_id = await submit(casey, await new_campaign(riley))
+    await settled(casey, video_id, "processing")
+    await until(lambda: capture.deliveries)
     (headers, body) = capture.deliveries[0]
     result = json.loads(body)
     assert result["videoId"] == video_id and result["round"] == 1 and abs(result["duration"] - 2.0) < 0.15
@@ -364,3 +378,18 @@ async def test_the_webhook_refuses_forgeries_and_applies_a_delivery_once(server:
         r = await http.post(hook, content=body, headers=genuine)  # replayed
         assert r.status_code == 200 and r.json()["duplicate"] is True
         assert await casey.query("videos:get", {"id": video_id}) == video
+
+        # Resubmitted: round 2 is processing when a (newly signed) result of round 1 arrives late.
+        await riley.mutation("videos:requestChanges", {"videoId": video_id, "note": "Shorter"})
+        await casey.mutation("videos:resubmit", {"videoId": video_id, "storageId": await upload(casey, make_video(1.0))})
+        await settled(casey, video_id, "processing")
+        await until(lambda: len(capture.deliveries) == 2)
+        late = json.dumps({**result, "thumbnailStorageId": None}).encode()
+        r = await http.post(hook, content=late, headers=signed(late))
+        assert r.json() == {"duplicate": False, "outcome": "ignored: a result of round 1; the video is in round 2"}
+        assert (await casey.query("videos:get", {"id": video_id}))["status"] == "processing"
+        headers, body = capture.deliveries[1]
+        r = await http.post(hook, content=body, headers={k: headers[k] for k in genuine})
+        assert r.json()["outcome"] == "applied: under_review"
+        video = await casey.query("videos:get", {"id": video_id})
+        assert video["processingRound"] == 2 and abs(video["duration"] - 1.0) < 0.15
