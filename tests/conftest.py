@@ -210,15 +210,16 @@ def start_server(tmp_path: Path, namespace: str, pg_url: str) -> Iterator[Callab
 
 
 def module_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory, command: str, app_dir: Path,
-                  unset: tuple[str, ...] = ()) -> Iterator[ServerProcess]:
+                  unset: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     """A `ripple <command>` of `app_dir` shared by a module's tests, on a schema of its own that is
-    dropped afterwards; `unset`: environment variables the server must not inherit."""
+    dropped afterwards; `unset`: environment variables the server must not inherit; `env`: more
+    variables for its process."""
     name = "t_" + secrets.token_hex(6)
     port = free_port()
-    env = {key: value for key, value in os.environ.items() if key not in unset}
-    env.update({"DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": name})
+    process_env = {key: value for key, value in os.environ.items() if key not in unset}
+    process_env.update({**(env or {}), "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": name})
     cmd = [sys.executable, "-m", "server.cli", command, "--port", str(port), "--dir", str(app_dir)]
-    server = launch(cmd, port, tmp_path_factory.mktemp(app_dir.name) / "server.log", env)
+    server = launch(cmd, port, tmp_path_factory.mktemp(app_dir.name) / "server.log", process_env)
     try:
         yield server
     finally:

@@ -64,22 +64,23 @@ def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:
     try:
         assert (app / ".ripple" / "pgdata" / "PG_VERSION").exists()
         assert f"Ripple dev server: {url}" in server.log()
-        r = httpx.post(f"{url}/api/mutation", json={"path": "campaigns:create", "args": {"name": "Launch", "brand": "Acme"}})
-        assert r.json()["status"] == "success", r.text
+        r = httpx.post(f"{url}/api/query", json={"path": "users:me", "args": {}})
+        assert r.json() == {"status": "success", "value": None, "logLines": []}, r.text  # signed out
 
-        out = ripple("run", "campaigns:list", "{}", "--url", url, cwd=app)
+        # `ripple run` acts as the admin: internal functions are allowed, and it has no identity.
+        out = ripple("run", "users:addReviewer", '{"tokenIdentifier": "https://issuer.example|riley"}', "--url", url, cwd=app)
         assert out.returncode == 0, out.stderr
-        assert '"name": "Launch"' in out.stdout
+        assert out.stdout.strip() == "true"
 
         out = ripple("run", "campaigns:create", '{"name": "Launch", "brand": "Acme"}', "--url", url, cwd=app)
-        assert out.returncode == 1 and "NAME_TAKEN" in out.stderr
+        assert out.returncode == 1 and "UNAUTHENTICATED" in out.stderr
 
         # Adding a function is picked up without a restart.
-        with (app / "functions" / "campaigns.py").open("a") as f:
-            f.write("\n\n@query\nasync def count(ctx) -> int:\n    return len(await ctx.db.query('campaigns').collect())\n")
+        with (app / "functions" / "users.py").open("a") as f:
+            f.write("\n\n@query\nasync def count(ctx) -> int:\n    return len(await ctx.db.query('reviewers').collect())\n")
 
         def count_works() -> bool:
-            r = httpx.post(f"{url}/api/query", json={"path": "campaigns:count", "args": {}})
+            r = httpx.post(f"{url}/api/query", json={"path": "users:count", "args": {}})
             return r.status_code == 200 and r.json().get("value") == 1
 
         wait_for(count_works)
@@ -102,8 +103,8 @@ def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:
     # Data survives a restart of `ripple dev` (the embedded database persists under .ripple/).
     server = start()
     try:
-        r = httpx.post(f"{url}/api/query", json={"path": "campaigns:list", "args": {}})
-        assert [c["name"] for c in r.json()["value"]] == ["Launch"]
+        r = httpx.post(f"{url}/api/query", json={"path": "users:count", "args": {}})
+        assert r.json()["value"] == 1
     finally:
         server.stop()
     wait_for(lambda: not postmaster_pid.exists())
@@ -124,11 +125,11 @@ def test_helpful_errors(tmp_path: Path) -> None:
     assert out.returncode != 0 and "database URL is required" in out.stderr
     out = ripple("dev", "--port", str(free_port()), cwd=tmp_path)
     assert out.returncode != 0 and "has no schema.py or functions/" in out.stderr
-    out = ripple("run", "videos:list", "{not json", cwd=tmp_path)
+    out = ripple("run", "videos:listMine", "{not json", cwd=tmp_path)
     assert out.returncode == 2 and "not valid JSON" in out.stderr
-    out = ripple("run", "videos:list", "{}", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    out = ripple("run", "videos:listMine", "{}", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
     assert out.returncode == 1 and "no Ripple server at" in out.stderr
-    out = ripple("run", "videos:list", "{}", "--url", "localhost:3210", cwd=tmp_path)
+    out = ripple("run", "videos:listMine", "{}", "--url", "localhost:3210", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr == ("ripple run: the server URL 'localhost:3210' (from --url) is not an http:// URL, "
                           "such as http://127.0.0.1:3210\n")
@@ -224,7 +225,7 @@ def test_dev_starts_with_a_broken_module_and_serves_the_others(start_server: obj
 
     health = httpx.get(f"{server.url}/_ripple/health").json()
     assert health["status"] == "ok" and health["loadErrors"] == {"functions/broken.py": BROKEN_ERROR}
-    assert call(server.url, "campaigns:list").json()["status"] == "success"
+    assert call(server.url, "users:me").json()["status"] == "success"
     r = call(server.url, "broken:hello")
     assert r.status_code == 404 and r.json() == {
         "code": "FunctionUnavailable",
@@ -325,12 +326,12 @@ def test_run_finds_the_dev_server_on_its_port(start_server: object, tmp_path: Pa
     record = json.loads((app / ".ripple" / "dev_server.json").read_text())
     assert record == {"url": server.url, "pid": server.proc.pid}
 
-    out = ripple("run", "campaigns:list", cwd=app)
+    out = ripple("run", "users:me", cwd=app)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == []
+    assert json.loads(out.stdout) is None
 
     dead = f"http://127.0.0.1:{free_port()}"
-    out = ripple("run", "campaigns:list", cwd=app, env={**clean_env(), "RIPPLE_URL": dead})
+    out = ripple("run", "users:me", cwd=app, env={**clean_env(), "RIPPLE_URL": dead})
     assert out.returncode == 1
     assert out.stderr.startswith(f"ripple run: no Ripple server at {dead} (from RIPPLE_URL): ")
     assert "--url or RIPPLE_URL" in out.stderr

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from server import Crons
+from server import Crons, Identity
 from server.config import SchedulerConfig
 from server.core.documents import DatabaseWriter
 from server.core.runtime import Runtime
@@ -542,21 +542,30 @@ async def _system_docs(rt: Runtime, table: str) -> list[dict[str, Any]]:
 
 
 async def test_the_example_app_processes_a_new_video_through_the_scheduler(namespace: str) -> None:
+    """`videos:createVideo` schedules `processing:processVideo` in its own transaction and the
+    scheduler runs it. In process there is no HTTP server and no processing settings, so the action
+    records why it cannot send the job: the video fails with that reason, which is what this
+    checks (tests/test_example_app.py drives the whole pipeline through a real server)."""
+    issuer = "https://issuer.example"
+    creator = Identity({"tokenIdentifier": f"{issuer}|casey", "subject": "casey", "issuer": issuer})
+    reviewer = Identity({"tokenIdentifier": f"{issuer}|riley", "subject": "riley", "issuer": issuer, "role": "reviewer"})
     async with open_runtime(ROOT, namespace) as rt:
         scheduler = Scheduler(rt, dataclasses.replace(FAST))
         await scheduler.start()
         try:
-            app = App(rt, scheduler)
-            campaign = await app.mutation("campaigns:create", name="Launch", brand="Acme")
-            video = await app.mutation("videos:create", creatorId="u1", campaignId=campaign)
+            campaign = (await rt.call("mutation", "campaigns:create", {"name": "Launch", "brand": "Acme"}, reviewer)).value
+            file = await rt.files.store_bytes(b"\x00\x00\x00\x18ftypmp42", "video/mp4")
+            video = (await rt.call("mutation", "videos:createVideo", {"campaignId": campaign, "storageId": file},
+                                   creator)).value
 
-            async def reviewed() -> dict[str, Any] | None:
-                doc = await app.query("videos:get", id=video)
-                return doc if doc["status"] == "under_review" else None
+            async def settled() -> dict[str, Any] | None:
+                doc = (await rt.call("query", "videos:get", {"id": video}, creator)).value
+                return doc if doc["status"] != "uploaded" else None
 
-            doc = await eventually(reviewed, 10, "video under review")
-            assert [h["status"] for h in doc["approvalHistory"]] == ["uploaded", "processing", "under_review"]
-            assert doc["thumbnailUrl"].endswith(".jpg")
+            doc = await eventually(settled, 10, "video processed")
+            assert [h["status"] for h in doc["approvalHistory"]] == ["uploaded", "failed"]
+            assert doc["failureReason"].startswith("processing is not configured: "), doc
+            assert doc["processingAttempts"] == 1
             # The job is marked done in its own transaction after the action returns, so a moment
             # after the action's last mutation.
             async def finished() -> list[dict[str, Any]] | None:
@@ -564,7 +573,7 @@ async def test_the_example_app_processes_a_new_video_through_the_scheduler(names
                 return found if found and found[0]["state"]["kind"] != "inProgress" else None
 
             (job,) = await eventually(finished, 10, "processing job finished")
-            assert job["name"] == "processing:process_video" and job["state"] == {"kind": "success"}
+            assert job["name"] == "processing:processVideo" and job["state"] == {"kind": "success"}
             assert [c["name"] for c in await _system_docs(rt, jobs.CRONS)] == ["requeue stuck videos"]
         finally:
             await scheduler.stop()
