@@ -60,21 +60,21 @@ STATUS_RECORDER = """
 """
 
 
-def make_video(path: Path, seconds: int, shade: int) -> Path:
-    """A real H.264 MP4 of `seconds` seconds, 64x64 at 10 fps, for the server to process: a bar
-    of light sweeps across a flat background."""
+def make_video(path: Path, seconds: int, chroma: tuple[int, int]) -> Path:
+    """A real H.264 MP4 of `seconds` seconds, 64x64 at 10 fps, for the server to process: a light
+    bar sweeps across a background of one colour (`chroma`: its U and V)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width = stream.height = 64
         stream.pix_fmt = "yuv420p"
         for i in range(seconds * 10):
             frame = av.VideoFrame(64, 64, "yuv420p")
-            edge = (i * 6) % 64
+            bar = (i * 3) % 56
             for index, plane in enumerate(frame.planes):
-                if index == 0:  # luma: the bar
-                    row = bytes([255 - shade] * edge + [shade] * (plane.width - edge))
-                else:  # chroma: neutral
-                    row = bytes([128] * plane.width)
+                if index == 0:  # luma: a gradient with the bar
+                    row = bytes(235 if bar <= x < bar + 8 else 60 + x * 2 for x in range(plane.width))
+                else:  # chroma: the colour, scaled to the plane's half width
+                    row = bytes([chroma[index - 1]] * plane.width)
                 row += bytes(plane.line_size - plane.width)
                 plane.update(row * plane.height)
             frame.pts = i
@@ -313,7 +313,8 @@ def browser() -> Iterator[Browser]:
 
 def test_creator_and_reviewer_pages_follow_the_workflow_live(demo_server: ServerProcess, browser: Browser,
                                                              tmp_path: Path) -> None:
-    videos = {"first": make_video(tmp_path / "first.mp4", 2, 40), "second": make_video(tmp_path / "second.mp4", 3, 200)}
+    videos = {"first": make_video(tmp_path / "first.mp4", 2, (170, 100)),  # blue
+              "second": make_video(tmp_path / "second.mp4", 3, (90, 180))}  # orange
     bad_file = tmp_path / "notes.txt"
     bad_file.write_text("not a video\n")
     contexts = [browser.new_context(viewport={"width": 1000, "height": 900}) for _ in range(2)]
@@ -326,7 +327,7 @@ def test_creator_and_reviewer_pages_follow_the_workflow_live(demo_server: Server
     try:
         run_workflow(demo, videos, bad_file)
         if target := os.environ.get("RIPPLE_DEMO_SCREENSHOT"):
-            demo.creator.screenshot(path=str(ROOT / target), full_page=True)
+            demo.creator.locator("body").screenshot(path=str(ROOT / target))  # the content, no blank below
     except BaseException:
         shots = []
         for who, page in (("creator", demo.creator), ("reviewer", demo.reviewer)):
