@@ -419,7 +419,7 @@ function renderMine(card) {
   failure.hidden = video.status !== "failed";
   failure.textContent = video.status === "failed" ? `Processing failed: ${video.failureReason ?? "no reason given"}` : "";
   const resubmit = $("video-resubmit-form", el);
-  const canResubmit = video.status === "changes_needed";
+  const canResubmit = video.status === "changes_needed" || video.status === "failed"; // a new file, a new round
   if (resubmit.hidden === canResubmit) {
     resubmit.hidden = !canResubmit;
     if (canResubmit) $("video-resubmit-progress", el).hidden = true;
@@ -579,8 +579,9 @@ function startReviewer() {
 
 function startQueue() {
   const campaignId = $("review-filter-campaign").value;
+  const status = $("review-filter-status").value;
   reviewQueue.start("videos:listForReview", {
-    status: $("review-filter-status").value,
+    status: status === "any" ? null : status, // null: every status
     campaignId: campaignId || undefined,
   });
 }

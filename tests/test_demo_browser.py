@@ -151,7 +151,7 @@ def assert_processed(page: Page, item: Any, seconds: float) -> None:
     assert match and abs(float(match.group(1)) - seconds) <= 0.3, f"duration shown as {text!r}, expected ~{seconds} s"
 
 
-def run_workflow(demo: Demo, videos: dict[str, Path], bad_file: Path) -> None:
+def run_workflow(demo: Demo, videos: dict[str, Path], bad_file: Path, broken_file: Path) -> None:
     creator, reviewer = demo.creator, demo.reviewer
     demo.open(reviewer)
     demo.open(creator)
@@ -228,12 +228,19 @@ def run_workflow(demo: Demo, videos: dict[str, Path], bad_file: Path) -> None:
                                                                                timeout=WAIT_MS)
     expect(card(creator, "my-videos", "First cut")).to_have_attribute("data-status", "approved")
 
+    # A file that claims to be an MP4 but is not a video fails processing; the card says why.
+    upload(creator, "Summer Launch (Acme)", broken_file, "Broken file")
+    broken = card(creator, "my-videos", "Broken file")
+    expect(broken).to_have_attribute("data-status", "failed", timeout=WAIT_MS)
+    expect(broken.get_by_test_id("video-failure")).to_contain_text("not a playable video")
+    expect(broken.get_by_test_id("video-resubmit-form")).to_be_visible()
+
     # A fresh subscription starts with one page and loads more on demand. The creator signs out
     # and in again (no reload); the reviewer switches the status filter and back.
     creator.get_by_test_id("signout").click()
     expect(creator.get_by_test_id("signin")).to_be_visible()
     sign_in(creator, "casey", "creator-view", "Casey")
-    check_load_more(creator, "my-videos", "video-card", "my-videos-more", total=4)
+    check_load_more(creator, "my-videos", "video-card", "my-videos-more", total=5)
 
     reviewer.get_by_test_id("review-filter-status").select_option("approved")
     expect(card(reviewer, "review-queue", "First cut")).to_have_attribute("data-status", "approved")
@@ -317,6 +324,8 @@ def test_creator_and_reviewer_pages_follow_the_workflow_live(demo_server: Server
               "second": make_video(tmp_path / "second.mp4", 3, (90, 180))}  # orange
     bad_file = tmp_path / "notes.txt"
     bad_file.write_text("not a video\n")
+    broken_file = tmp_path / "broken.mp4"  # sent as video/mp4, refused by the processing
+    broken_file.write_bytes(b"not a video either\n" * 64)
     contexts = [browser.new_context(viewport={"width": 1000, "height": 900}) for _ in range(2)]
     for context in contexts:
         context.set_default_timeout(10_000)
@@ -325,7 +334,7 @@ def test_creator_and_reviewer_pages_follow_the_workflow_live(demo_server: Server
     demo.watch(demo.creator, "creator")
     demo.watch(demo.reviewer, "reviewer")
     try:
-        run_workflow(demo, videos, bad_file)
+        run_workflow(demo, videos, bad_file, broken_file)
         if target := os.environ.get("RIPPLE_DEMO_SCREENSHOT"):
             demo.creator.locator("body").screenshot(path=str(ROOT / target))  # the content, no blank below
     except BaseException:
