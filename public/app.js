@@ -394,7 +394,9 @@ function renderCommon(el, video, prefix) {
     thumb.removeAttribute("src");
   }
   const notes = $(`${prefix}-notes`, el);
-  const entries = (video.approvalHistory ?? []).filter((entry) => entry.note);
+  // Reviewers' notes (the history's other entries are the app's own: a failure's reason is shown
+  // on its own line).
+  const entries = (video.approvalHistory ?? []).filter((entry) => entry.note && entry.reviewerId);
   notes.replaceChildren(
     ...entries.map((entry) => {
       const li = document.createElement("li");
