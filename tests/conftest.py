@@ -122,11 +122,21 @@ async def namespace(pg_url: str) -> AsyncIterator[str]:
     """A fresh PostgreSQL schema name; dropped with everything in it afterwards."""
     name = "t_" + secrets.token_hex(6)
     yield name
+    await _drop_schemas(pg_url, name)
+
+
+async def _drop_schemas(pg_url: str, *names: str) -> None:
     conn = await asyncpg.connect(pg_url)
     try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        for name in names:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
     finally:
         await conn.close()
+
+
+def drop_schemas(pg_url: str, *names: str) -> None:
+    """Drop the schemas (a server's tables) with everything in them, from outside an event loop."""
+    asyncio.run(_drop_schemas(pg_url, *names))
 
 
 @asynccontextmanager
@@ -224,15 +234,7 @@ def module_server(pg_url: str, tmp_path_factory: pytest.TempPathFactory, command
         yield server
     finally:
         server.stop()
-
-        async def drop() -> None:
-            conn = await asyncpg.connect(pg_url)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-            finally:
-                await conn.close()
-
-        asyncio.run(drop())
+        drop_schemas(pg_url, name)
 
 
 @pytest.fixture(scope="module")

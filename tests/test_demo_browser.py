@@ -11,7 +11,6 @@ run (the creator's page at the end).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import secrets
@@ -23,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import av
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from conftest import ROOT, ServerProcess, free_port, launch
+from conftest import ROOT, ServerProcess, drop_schemas, free_port, launch
 
 pytestmark = pytest.mark.e2e
 
@@ -293,15 +291,7 @@ def demo_server(pg_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
         yield server
     finally:
         server.stop()
-
-        async def drop() -> None:
-            conn = await asyncpg.connect(pg_url)
-            try:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-            finally:
-                await conn.close()
-
-        asyncio.run(drop())
+        drop_schemas(pg_url, schema)
 
 
 @pytest.fixture

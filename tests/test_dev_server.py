@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import jwt
 import pytest
@@ -30,7 +29,7 @@ from convex import ConvexClient
 from client_sdk import RippleClient
 from server.core.env import EnvVarError, parse_env_file
 
-from conftest import APPS, ROOT, ServerProcess, free_port, launch
+from conftest import APPS, ROOT, ServerProcess, drop_schemas, free_port, launch
 
 pytestmark = pytest.mark.e2e
 APP = APPS / "devserver"
@@ -63,15 +62,7 @@ class DevApp:
         return launch(cmd, port, self.root / f"{command}-{self.starts}.log", env)
 
     def drop(self, *schemas: str) -> None:
-        async def drop() -> None:
-            conn = await asyncpg.connect(self.pg_url)
-            try:
-                for name in schemas:
-                    await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-            finally:
-                await conn.close()
-
-        asyncio.run(drop())
+        drop_schemas(self.pg_url, *schemas)
 
 
 @pytest.fixture(scope="module")
