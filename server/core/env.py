@@ -217,11 +217,15 @@ class Env(Mapping[str, str]):
 
     def __iter__(self) -> Iterator[str]:
         self._read(None)
-        return iter(sorted({*self._values.values, *self._values.built_in}))
+        return iter(sorted(self._names()))
 
     def __len__(self) -> int:
         self._read(None)
-        return len({*self._values.values, *self._values.built_in})
+        return len(self._names())
 
     def __repr__(self) -> str:  # never the values: a repr ends up in logs and error messages
-        return f"<ctx.env: {len({*self._values.values, *self._values.built_in})} variables>"
+        return f"<ctx.env: {len(self._names())} variables>"
+
+    def _names(self) -> set[str]:
+        """The stored variables' names and the built-in ones."""
+        return {*self._values.values, *self._values.built_in}

@@ -123,13 +123,9 @@ class Files:
 
     # -- URLs ---------------------------------------------------------------------------------
 
-    @property
-    def base_url(self) -> str:
-        return self.config.base_url
-
     def url(self, storage_id: str) -> str:
         """Stable: a live query's result holding it does not change from one run to the next."""
-        return f"{self.base_url}/api/storage/{storage_id}"
+        return f"{self.config.base_url}/api/storage/{storage_id}"
 
     async def secret(self) -> bytes:
         while self._secret is None:
@@ -142,7 +138,7 @@ class Files:
 
     async def upload_url(self) -> str:
         token = tokens.sign(await self.secret(), time.time())
-        return f"{self.base_url}/api/storage/upload?token={token}"
+        return f"{self.config.base_url}/api/storage/upload?token={token}"
 
     # -- writing ------------------------------------------------------------------------------
 
