@@ -61,9 +61,10 @@ def set_env(server: ServerProcess, **values: str | None) -> None:
 
 @pytest.fixture(autouse=True)
 def processing_env(server: ServerProcess) -> None:
-    """Every test starts from a working service with quick retries (tests change them)."""
-    set_env(server, PROCESSING_SERVICE_URL=f"{server.url}/processing/jobs",
-            PROCESSING_CALLBACK_URL=f"{server.url}/webhooks/processing", PROCESSING_SERVICE_KEY=SERVICE_KEY,
+    """Every test starts from a working service with quick retries (tests change them). The
+    service and callback URLs are not set: the app derives them from the built-in CONVEX_SITE_URL,
+    as it does under `ripple dev`."""
+    set_env(server, PROCESSING_SERVICE_URL=None, PROCESSING_CALLBACK_URL=None, PROCESSING_SERVICE_KEY=SERVICE_KEY,
             PROCESSING_WEBHOOK_SECRET=WEBHOOK_SECRET, PROCESSING_RETRY_BASE_MS="20", PROCESSING_RETRY_CAP_MS="100",
             PROCESSING_FAIL_FIRST=None, PROCESSING_MAX_ATTEMPTS=None)
 
