@@ -14,13 +14,19 @@ from server import ConvexError, internal_mutation, query
 Role = Literal["creator", "reviewer"]
 
 
+async def _grant(ctx, token_identifier: str) -> dict[str, Any] | None:
+    """The `reviewers` row granting the role to this user, if any."""
+    return await ctx.db.query("reviewers").with_index(
+        "by_token", lambda q: q.eq("tokenIdentifier", token_identifier)).first()
+
+
 async def viewer(ctx) -> dict[str, Any] | None:
     """The caller as `{tokenIdentifier, subject, name, email, role}`, or None when signed out."""
     identity = await ctx.auth.get_user_identity()
     if identity is None:
         return None
     token = identity.token_identifier
-    granted = await ctx.db.query("reviewers").with_index("by_token", lambda q: q.eq("tokenIdentifier", token)).first()
+    granted = await _grant(ctx, token)
     role: Role = "reviewer" if identity.get("role") == "reviewer" or granted is not None else "creator"
     return {"tokenIdentifier": token, "subject": identity.subject, "name": identity.name,
             "email": identity.email, "role": role}
@@ -57,9 +63,7 @@ async def me(ctx) -> dict[str, Any] | None:
 async def addReviewer(ctx, tokenIdentifier: str) -> bool:
     """Grant the reviewer role (`ripple run users:addReviewer '{"tokenIdentifier": "<issuer>|<subject>"}'`);
     False when the user already had it."""
-    existing = await ctx.db.query("reviewers").with_index(
-        "by_token", lambda q: q.eq("tokenIdentifier", tokenIdentifier)).first()
-    if existing is not None:
+    if await _grant(ctx, tokenIdentifier) is not None:
         return False
     await ctx.db.insert("reviewers", {"tokenIdentifier": tokenIdentifier})
     return True
@@ -68,8 +72,7 @@ async def addReviewer(ctx, tokenIdentifier: str) -> bool:
 @internal_mutation
 async def removeReviewer(ctx, tokenIdentifier: str) -> bool:
     """Take back a role granted by `addReviewer` (a `role` claim in the token still counts)."""
-    existing = await ctx.db.query("reviewers").with_index(
-        "by_token", lambda q: q.eq("tokenIdentifier", tokenIdentifier)).first()
+    existing = await _grant(ctx, tokenIdentifier)
     if existing is None:
         return False
     await ctx.db.delete(existing["_id"])
