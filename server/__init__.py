@@ -17,7 +17,7 @@ from server.core.registry import (
     query,
 )
 from server.core.scheduler.crons import Crons
-from server.core.schema import Schema, Table
+from server.core.schema import Schema, SearchIndex, Table, VectorIndex
 from server.core.validation import Id
 from server.core.values import Int64
 from server.core.webhooks import WebhookVerificationError, verify_hmac, verify_webhook
@@ -37,7 +37,9 @@ __all__ = [
     "MutationCtx",
     "QueryCtx",
     "Schema",
+    "SearchIndex",
     "Table",
+    "VectorIndex",
     "WebhookVerificationError",
     "action",
     "internal_action",

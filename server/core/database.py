@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -18,14 +18,11 @@ import asyncpg
 import orjson
 
 from server.core import sql
-from server.core.keys import index_keys
-from server.core.schema import Schema, Table
-from server.core.system_tables import SYSTEM_TABLES
+from server.core.schema import Table
+from server.core.search.derived import DerivedIndex
 from server.core.values import from_convex_json
 from server.errors import (
     ConnectionLost,
-    DocumentValidationError,
-    LimitExceeded,
     RippleUsageError,
     SchemaError,
 )
@@ -181,6 +178,7 @@ class TableInfo:
     table: Table
     sql: sql.TableSql
     index_fields: dict[str, list[str]]
+    derived: list[DerivedIndex] = field(default_factory=list)  # search and vector indexes
 
     @property
     def name(self) -> str:
@@ -202,21 +200,6 @@ class Catalog:
                 f"table {name!r} is not in the schema (known tables: {', '.join(sorted(self.by_name)) or 'none'})"
             )
         return info
-
-
-def _check_relation_names(tables: list[Table]) -> None:
-    """Tables and their PostgreSQL indexes share one namespace of relation names. Index names
-    are created IF NOT EXISTS, so a clash would silently leave an index out: refuse it."""
-    owners = {t.name: f"table {t.name}" for t in tables}
-    for t in tables:
-        for index in t.index_fields():
-            me, pg_name = f"index {t.name}.{index}", sql.index_name(t.name, index)
-            other = owners.setdefault(pg_name, me)
-            if other != me:
-                raise SchemaError(
-                    f"{me} would be the PostgreSQL relation {pg_name!r}, which {other} already is; "
-                    "rename one of them"
-                )
 
 
 def decode_doc(doc_id: str, creation_time: float, fields: Any) -> dict[str, Any]:
@@ -309,92 +292,3 @@ class Database:
     async def snapshot(self) -> Snapshot:
         assert self.pool is not None, "Database.connect() was not called"
         return await Snapshot(self).open()
-
-    async def apply_schema(self, schema: Schema) -> Catalog:
-        """Create or update tables and indexes; refuse changes that stored documents violate."""
-        _check_relation_names([*schema.tables.values(), *(t.table for t in SYSTEM_TABLES)])
-        async with self.acquire() as conn, conn.transaction():
-            await conn.execute(sql.SCHEMA_LOCK, self.schema_lock)
-            await conn.execute(sql.BOOTSTRAP)
-            known = {r["name"]: r for r in await conn.fetch(sql.LIST_TABLES)}
-            # Stored documents can only hold ids of tables that existed before this change.
-            names = {r["number"]: name for name, r in known.items()}
-            names.update((system.number, system.name) for system in SYSTEM_TABLES)
-            infos = []
-            for name, table in schema.tables.items():
-                row = known.get(name)
-                number = row["number"] if row else await conn.fetchval(sql.INSERT_TABLE, name)
-                infos.append(await self._apply_table(conn, number, table, row, names))
-            for system in SYSTEM_TABLES:
-                row = known.get(system.name)
-                if row is None:
-                    await conn.execute(sql.INSERT_SYSTEM_TABLE, system.number, system.name)
-                elif row["number"] != system.number:
-                    raise SchemaError(f"system table {system.name} has number {row['number']}, expected {system.number}")
-                infos.append(await self._apply_table(conn, system.number, system.table, row, names))
-            return Catalog(infos)
-
-    async def _apply_table(
-        self, conn: asyncpg.Connection, number: int, table: Table, row: Any, names: dict[int, str]
-    ) -> TableInfo:
-        fields = table.index_fields()
-        tsql = sql.TableSql(table.name, list(fields))
-        await conn.execute(tsql.create)
-        old_indexes: dict[str, list[str]] = row["indexes"] if row else {}
-        old_fingerprint = row["fingerprint"] if row else ""
-        fingerprint = table.fingerprint()
-        if fingerprint != old_fingerprint:
-            await self._validate_existing(conn, table, tsql, names)
-        changed = [name for name, f in fields.items() if old_indexes.get(name) != f]
-        for name in old_indexes:
-            if name not in fields:
-                log.info("dropping index %s.%s", table.name, name)
-                await conn.execute(sql.TableSql.drop_key_column(table.name, name))
-        if changed:
-            for name in changed:
-                if name in old_indexes:
-                    await conn.execute(sql.TableSql.drop_key_column(table.name, name))
-                await conn.execute(tsql.add_key_column(name))
-            await self._backfill(conn, tsql, {n: fields[n] for n in changed})
-            for name in changed:
-                await conn.execute(tsql.key_not_null(name))
-                await conn.execute(tsql.create_index(name))
-        if changed or fingerprint != old_fingerprint or set(old_indexes) != set(fields):
-            await conn.execute(sql.UPDATE_TABLE, table.name, fields, fingerprint)
-        return TableInfo(number=number, table=table, sql=tsql, index_fields=fields)
-
-    async def _validate_existing(
-        self, conn: asyncpg.Connection, table: Table, tsql: sql.TableSql, names: dict[int, str]
-    ) -> None:
-        async for rec in conn.cursor(tsql.scan_all):
-            try:
-                table.validate(from_convex_json(rec["doc"]), doc_id=rec["id"], tables=names)
-            except DocumentValidationError as exc:
-                raise SchemaError(
-                    f"schema change refused: existing documents violate it. {exc}"
-                ) from exc
-
-    async def _backfill(
-        self, conn: asyncpg.Connection, tsql: sql.TableSql, changed: dict[str, list[str]]
-    ) -> None:
-        """Fill the key columns of `changed` indexes for every stored document, BACKFILL_BATCH
-        rows at a time through a server-side cursor (inside apply_schema's transaction; the
-        cursor does not see the rows this updates). The iterator form closes its portal when
-        exhausted, which the ALTER TABLE that follows needs."""
-
-        async def flush(docs: list[dict[str, Any]]) -> None:
-            for name, index_fields in changed.items():
-                try:
-                    updates = [(doc["_id"], index_keys(doc, {name: index_fields}, tsql.table)[name]) for doc in docs]
-                except LimitExceeded as exc:
-                    raise SchemaError(f"index {tsql.table}.{name} cannot be built: {exc}") from exc
-                await conn.executemany(tsql.set_key(name), updates)
-
-        batch: list[dict[str, Any]] = []
-        async for rec in conn.cursor(tsql.scan_all, prefetch=BACKFILL_BATCH):
-            batch.append(decode_doc(rec["id"], rec["creation_time"], rec["doc"]))
-            if len(batch) >= BACKFILL_BATCH:
-                await flush(batch)
-                batch = []
-        if batch:
-            await flush(batch)

@@ -16,7 +16,7 @@ from server.core.ids import new_id, table_number_of
 from server.core.query import Query
 from server.core.schema import CREATION_TIME
 from server.core.system_tables import UNREADABLE
-from server.core.transaction import ReadRange, Transaction
+from server.core.transaction import ReadRange, Transaction, WriteKeys
 from server.core.values import to_convex_json
 from server.errors import ForbiddenOperation, InvalidIdError, RippleUsageError
 
@@ -133,6 +133,32 @@ class DatabaseWriter(DatabaseReader):
     def _keys(self, info: TableInfo, doc: Mapping[str, Any]) -> dict[str, bytes]:
         return keys.index_keys(doc, info.index_fields, info.name)
 
+    @staticmethod
+    def _columns(info: TableInfo, index_keys: dict[str, bytes], doc: Mapping[str, Any]) -> list[Any]:
+        """The parameters after `doc` of the table's insert and update statements: index keys,
+        then the columns of its search and vector indexes."""
+        params: list[Any] = list(index_keys.values())
+        for d in info.derived:
+            params += d.values(doc)
+        return params
+
+    @staticmethod
+    def _write_keys(info: TableInfo, index_keys: dict[str, bytes] | None, doc: Mapping[str, Any] | None) -> WriteKeys | None:
+        """What the write set holds of a document: its index keys, and its keys in search
+        indexes (several per document: one per term)."""
+        if index_keys is None or doc is None:
+            return None
+        out: WriteKeys = dict(index_keys)
+        for d in info.derived:
+            derived = d.keys(doc)
+            if derived is not None:
+                out[d.name] = derived
+        return out
+
+    async def _after_write(self, info: TableInfo, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        for d in info.derived:
+            await d.after_write(self._tx.execute, old, new)
+
     async def insert(self, table: str, doc: Mapping[str, Any], *, doc_id: str | None = None) -> str:
         """Insert `doc`; returns its new id. `doc_id`: the runtime's own writers only, an id it
         drew itself (a stored file's id names its bytes, written before the document)."""
@@ -156,8 +182,9 @@ class DatabaseWriter(DatabaseReader):
         new_keys = self._keys(info, full)
         encoded = to_convex_json(stored)
         self._count_write(info, doc_id, encoded)
-        await self._tx.execute("execute", info.sql.insert, doc_id, creation_time, encoded, *new_keys.values())
-        self._tx.record_write(info.name, doc_id, None, new_keys)
+        await self._tx.execute("execute", info.sql.insert, doc_id, creation_time, encoded, *self._columns(info, new_keys, full))
+        self._tx.record_write(info.name, doc_id, None, self._write_keys(info, new_keys, full))
+        await self._after_write(info, None, full)
         return doc_id
 
     async def _load(self, address: tuple[Any, ...], verb: str, rest: int) -> tuple[TableInfo, dict[str, Any], tuple[Any, ...]]:
@@ -181,13 +208,17 @@ class DatabaseWriter(DatabaseReader):
         old_keys, new_keys = self._keys(info, current), self._keys(info, full)
         encoded = to_convex_json(stored)
         self._count_write(info, doc_id, encoded)
+        columns = self._columns(info, new_keys, full)
         if ctid is None:
-            await self._tx.execute("execute", info.sql.update, doc_id, encoded, *new_keys.values())
+            await self._tx.execute("execute", info.sql.update, doc_id, encoded, *columns)
         else:
-            status = await self._tx.execute("execute", info.sql.update_at_ctid, doc_id, ctid, encoded, *new_keys.values())
+            status = await self._tx.execute("execute", info.sql.update_at_ctid, doc_id, ctid, encoded, *columns)
             if status != "UPDATE 1":
                 raise RuntimeError(f"{doc_id} moved while locked ({status})")
-        self._tx.record_write(info.name, doc_id, old_keys, new_keys)
+        self._tx.record_write(
+            info.name, doc_id, self._write_keys(info, old_keys, current), self._write_keys(info, new_keys, full)
+        )
+        await self._after_write(info, current, full)
 
     def _count_write(self, info: TableInfo, doc_id: str, encoded: dict[str, Any] | None) -> None:
         """Before the statement: a user table's new document within Convex's limits, and the
@@ -256,4 +287,5 @@ class DatabaseWriter(DatabaseReader):
         info, current, _ = await self._load(address, "delete", 0)
         self._count_write(info, current["_id"], None)
         await self._tx.execute("execute", info.sql.delete, current["_id"])
-        self._tx.record_write(info.name, current["_id"], self._keys(info, current), None)
+        self._tx.record_write(info.name, current["_id"], self._write_keys(info, self._keys(info, current), current), None)
+        await self._after_write(info, current, None)

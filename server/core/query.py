@@ -24,6 +24,7 @@ from server.core.database import TableInfo, decode_doc
 from server.core.ids import ID_LENGTH, table_number_of
 from server.core.limits import stored_bytes, value_size
 from server.core.schema import BY_CREATION_TIME, BY_ID
+from server.core.search.query import SearchFilter, SearchQuery, search_query
 from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
 from server.core.values import to_convex_json
 from server.errors import InvalidIdError, PaginationError, RippleUsageError
@@ -157,7 +158,6 @@ def id_bound(bound: bytes) -> str:
 def _same(bound: bytes) -> bytes:
     return bound
 
-
 class Query:
     """`ctx.db.query(table)`: choose an index range, order and filter, then read."""
 
@@ -191,6 +191,11 @@ class Query:
                 raise RippleUsageError("the with_index range function must return the builder it was given")
             self._lo, self._hi = builder.bytes_range()
         return self
+
+    def with_search_index(self, name: str, search_fn: Callable[[SearchFilter], Any]) -> SearchQuery:
+        """Full-text search: `search_fn(q)` calls q.search(field, text), q.eq(field, value)."""
+        started = self._index_chosen or self._order_chosen or bool(self._filters)
+        return search_query(self._tx, self._info, name, search_fn, started)
 
     def order(self, order: str) -> Query:
         if order not in ("asc", "desc"):

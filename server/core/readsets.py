@@ -25,7 +25,11 @@ def write_keys(write: dict[str, Any]) -> Iterable[tuple[str, str, bytes]]:
         keys = write.get(side)
         if keys:
             for index, encoded in keys.items():
-                yield table, index, base64.b64decode(encoded)
+                if isinstance(encoded, str):
+                    yield table, index, base64.b64decode(encoded)
+                else:  # a search index: one key per term
+                    for one in encoded:
+                        yield table, index, base64.b64decode(one)
 
 
 def overlaps(reads: Iterable[ReadRange], writes: Iterable[dict[str, Any]]) -> bool:

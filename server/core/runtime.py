@@ -60,6 +60,7 @@ from server.core.metrics import Metrics, standard_metrics
 from server.core.readsets import check_unchanged_since
 from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
+from server.core.schema_apply import apply_schema
 from server.core.storage.api import StorageActionWriter, StorageReader, StorageWriter
 from server.core.storage.files import Files, blob_store
 from server.core.supervise import Supervised
@@ -147,7 +148,7 @@ class Runtime:
         `partial`: serve the function modules that import (see loader.load_app)."""
         app = load_app(directory or self.config.app_dir, partial=partial)
         verifier = app_verifier(app, self.auth_keys, self.config.auth, partial=partial)
-        catalog = await self.db.apply_schema(app.schema)
+        catalog = await apply_schema(self.db, app.schema)
         app.registry.bind_tables(catalog.names)
         self._app, self._catalog, self.verifier = app, catalog, verifier
         await self.refresh_env()

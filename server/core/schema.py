@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import re
@@ -26,6 +27,58 @@ SYSTEM_FIELDS = ("_id", "_creationTime")
 CREATION_TIME = "_creationTime"
 BY_CREATION_TIME = "by_creation_time"
 BY_ID = "by_id"
+# Convex's limits (docs.convex.dev/production/state/limits; crates/search/src/constants.rs).
+MAX_SEARCH_INDEXES = 4  # per table
+MAX_VECTOR_INDEXES = 4  # per table
+MAX_FILTER_FIELDS = 16  # per search or vector index
+MIN_DIMENSIONS, MAX_DIMENSIONS = 2, 4096
+
+
+@dataclass(frozen=True)
+class SearchIndex:
+    """A full-text search index over the string field `search_field` (a dotted path may reach into
+    nested objects), with `filter_fields` that a search can require to equal given values."""
+
+    search_field: str
+    filter_fields: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class VectorIndex:
+    """A vector index over `vector_field` (a list of `dimensions` floats), searched by cosine
+    similarity from actions (`ctx.vector_search`), with `filter_fields` to restrict by equality."""
+
+    vector_field: str
+    dimensions: int
+    filter_fields: Sequence[str] = ()
+
+
+_SPELLINGS = {
+    "search_field": ("search_field", "searchField"),
+    "vector_field": ("vector_field", "vectorField"),
+    "filter_fields": ("filter_fields", "filterFields"),
+    "dimensions": ("dimensions",),
+}
+
+
+def _declared(kind: type[Any], where: str, value: Any) -> Any:
+    """A SearchIndex / VectorIndex as given, or built from a dict in either spelling
+    (`{"search_field": "body"}` or Convex's `{"searchField": "body"}`)."""
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, Mapping):
+        raise SchemaError(f"{where}: give a {kind.__name__}(...) or a dict, not {value!r}")
+    wanted = [f for f in kind.__dataclass_fields__]
+    known = {spelling: f for f in wanted for spelling in _SPELLINGS[f]}
+    args: dict[str, Any] = {}
+    for key, item in value.items():
+        if key not in known:
+            raise SchemaError(f"{where}: unknown key {key!r} (expected {', '.join(wanted)})")
+        args[known[key]] = item
+    missing = [f for f in wanted if f != "filter_fields" and f not in args]
+    if missing:
+        raise SchemaError(f"{where}: missing {', '.join(missing)}")
+    return kind(**args)
 
 
 def _refuse_system_names(fields: Mapping[str, Any], where: str) -> None:
@@ -128,11 +181,15 @@ class Table:
     """A table of documents validated by `model` (None: any object), with named indexes.
 
     `indexes` maps an index name to its ordered field list; `_creationTime` is appended to every
-    index, and `by_creation_time` exists on every table.
+    index, and `by_creation_time` exists on every table. `search_indexes` and `vector_indexes`
+    map names to SearchIndex / VectorIndex (or dicts of their fields); all index names of a table
+    are distinct.
     """
 
     model: type[BaseModel] | None = None
     indexes: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    search_indexes: Mapping[str, SearchIndex | Mapping[str, Any]] = field(default_factory=dict)
+    vector_indexes: Mapping[str, VectorIndex | Mapping[str, Any]] = field(default_factory=dict)
     name: str = ""
     _strict: type[BaseModel] | None = field(default=None, repr=False)
     _validator: SchemaValidator | None = field(default=None, repr=False)
@@ -176,36 +233,84 @@ class Table:
                     "with '_' are reserved for system fields"
                 )
         for index_name, fields in self.indexes.items():
-            if not isinstance(index_name, str) or not NAME_RE.match(index_name):
-                raise SchemaError(f"table {name}: index name {index_name!r} is invalid")
-            if len(index_name) > MAX_INDEX_NAME_LEN:
-                raise SchemaError(
-                    f"table {name}: index name {index_name!r} is longer than "
-                    f"{MAX_INDEX_NAME_LEN} characters (its key column k_<name> must fit "
-                    f"PostgreSQL's {MAX_NAME_LEN})"
-                )
-            if index_name in (BY_CREATION_TIME, BY_ID):
-                raise SchemaError(f"table {name}: index name {index_name!r} is reserved")
+            self._check_index_name(index_name)
             if isinstance(fields, str) or not fields:
                 raise SchemaError(
                     f"table {name}, index {index_name}: give a non-empty list of field names"
                 )
             for f in fields:
-                if not isinstance(f, str) or f in SYSTEM_FIELDS or f.startswith("_"):
-                    raise SchemaError(
-                        f"table {name}, index {index_name}: {f!r} cannot be indexed "
-                        "(system fields are added automatically)"
-                    )
-                top = f.split(".")[0]
-                if self.model is not None and top not in stored_names:
-                    info = self.model.model_fields.get(top)
-                    hint = f" (it is stored as {stored_name(top, info)!r})" if info else ""
-                    raise SchemaError(
-                        f"table {name}, index {index_name}: field {top!r} is not in model "
-                        f"{self.model.__name__}{hint}"
-                    )
+                self._check_field(f, f"table {name}, index {index_name}", stored_names)
             if len(set(fields)) != len(fields):
                 raise SchemaError(f"table {name}, index {index_name}: a field is listed twice")
+        self._bind_search_indexes(stored_names)
+
+    def _check_index_name(self, index_name: Any) -> None:
+        name = self.name
+        if not isinstance(index_name, str) or not NAME_RE.match(index_name):
+            raise SchemaError(f"table {name}: index name {index_name!r} is invalid")
+        if len(index_name) > MAX_INDEX_NAME_LEN:
+            raise SchemaError(
+                f"table {name}: index name {index_name!r} is longer than "
+                f"{MAX_INDEX_NAME_LEN} characters (its columns k_<name>, s_<name>... must fit "
+                f"PostgreSQL's {MAX_NAME_LEN})"
+            )
+        if index_name in (BY_CREATION_TIME, BY_ID):
+            raise SchemaError(f"table {name}: index name {index_name!r} is reserved")
+
+    def _check_field(self, f: Any, where: str, stored_names: Mapping[str, str]) -> None:
+        if not isinstance(f, str) or not f or f in SYSTEM_FIELDS or f.startswith("_"):
+            raise SchemaError(f"{where}: {f!r} cannot be indexed (system fields are added automatically)")
+        top = f.split(".")[0]
+        if self.model is not None and top not in stored_names:
+            info = self.model.model_fields.get(top)
+            hint = f" (it is stored as {stored_name(top, info)!r})" if info else ""
+            raise SchemaError(f"{where}: field {top!r} is not in model {self.model.__name__}{hint}")
+
+    def _bind_search_indexes(self, stored_names: Mapping[str, str]) -> None:
+        """Normalize and check search_indexes and vector_indexes."""
+        name = self.name
+        taken = set(self.indexes)
+        for kind, declared, limit in (
+            (SearchIndex, self.search_indexes, MAX_SEARCH_INDEXES),
+            (VectorIndex, self.vector_indexes, MAX_VECTOR_INDEXES),
+        ):
+            label = "search" if kind is SearchIndex else "vector"
+            if not isinstance(declared, Mapping):
+                raise SchemaError(f"table {name}: {label}_indexes must be a dict of name -> {kind.__name__}")
+            if len(declared) > limit:
+                raise SchemaError(f"table {name}: {len(declared)} {label} indexes, over the limit of {limit} per table")
+            normalized: dict[str, Any] = {}
+            for index_name, value in declared.items():
+                self._check_index_name(index_name)
+                where = f"table {name}, {label} index {index_name}"
+                if index_name in taken:
+                    raise SchemaError(f"{where}: the name is already used by another index of the table")
+                taken.add(index_name)
+                index = _declared(kind, where, value)
+                field_name = index.search_field if kind is SearchIndex else index.vector_field
+                self._check_field(field_name, where, stored_names)
+                filters = index.filter_fields
+                if isinstance(filters, str) or not isinstance(filters, Sequence):
+                    raise SchemaError(f"{where}: filter_fields must be a list of field names")
+                if len(filters) > MAX_FILTER_FIELDS:
+                    raise SchemaError(f"{where}: {len(filters)} filter fields, over the limit of {MAX_FILTER_FIELDS}")
+                for f in filters:
+                    self._check_field(f, where, stored_names)
+                if len(set(filters)) != len(filters):
+                    raise SchemaError(f"{where}: a filter field is listed twice")
+                if field_name in filters:
+                    raise SchemaError(f"{where}: {field_name!r} cannot be both the indexed field and a filter field")
+                if kind is VectorIndex:
+                    dims = index.dimensions
+                    if not isinstance(dims, int) or isinstance(dims, bool) or not MIN_DIMENSIONS <= dims <= MAX_DIMENSIONS:
+                        raise SchemaError(
+                            f"{where}: dimensions must be an integer from {MIN_DIMENSIONS} to {MAX_DIMENSIONS}, not {dims!r}"
+                        )
+                normalized[index_name] = dataclasses.replace(index, filter_fields=tuple(filters))
+            if kind is SearchIndex:
+                self.search_indexes = normalized
+            else:
+                self.vector_indexes = normalized
 
     def index_fields(self) -> dict[str, list[str]]:
         """Every index of the table with its full field list (ending with `_creationTime`)."""

@@ -1,5 +1,8 @@
 """The SQL Ripple runs, as named statements (STYLE.md: no SQL scattered through the code).
 
+Longer than 400 lines because it is the one module that holds SQL: splitting it would scatter
+the statements this module exists to keep together.
+
 Fixed statements are constants. Statements over document tables are built by `TableSql` from
 names that the schema has already validated (NAME_RE); `quote_ident` is the only place
 identifiers are quoted. The one exception: `SELECT 1`, the listeners' keep-alive probe.
@@ -9,8 +12,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
+from typing import Protocol
 
 IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class DerivedColumn(Protocol):
+    """A derived index's column (search/derived.py Column): name, SQL type, value expression."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sql_type(self) -> str: ...
+    @property
+    def expr(self) -> str: ...
 
 
 def quote_ident(name: str) -> str:
@@ -124,6 +140,18 @@ CREATE TABLE IF NOT EXISTS _ripple_upload_tokens (
     nonce      text PRIMARY KEY,
     expires_at timestamptz NOT NULL
 );
+-- Full-text search statistics (search/text.py): rows of deltas, per index ("table.index") and
+-- term ('' : the index's document count and total length), inserted by every write and folded
+-- together by compact_stats. COLLATE "C": terms compare as their bytes, so a prefix is a range.
+CREATE TABLE IF NOT EXISTS _ripple_search_stats (
+    idx    text NOT NULL,
+    term   text COLLATE "C" NOT NULL,
+    docs   bigint NOT NULL,
+    tokens bigint NOT NULL DEFAULT 0,
+    folded boolean NOT NULL DEFAULT false
+);
+CREATE INDEX IF NOT EXISTS _ripple_search_stats_term ON _ripple_search_stats (idx, term);
+CREATE INDEX IF NOT EXISTS _ripple_search_stats_unfolded ON _ripple_search_stats (idx, term) WHERE NOT folded;
 -- The tail as processes of earlier versions call it, without a marker (a rolling upgrade).
 CREATE OR REPLACE FUNCTION _ripple_commit(p_writes jsonb, p_lock bigint, p_channel text)
 RETURNS bigint LANGUAGE sql AS $$ SELECT _ripple_commit(p_writes, p_lock, p_channel, NULL::bigint) $$;
@@ -227,28 +255,105 @@ RETURNING p.key, p.upload_id
 """
 PRUNE_UPLOAD_TOKENS = "DELETE FROM _ripple_upload_tokens WHERE expires_at < now() - interval '1 minute'"
 
+# -- full-text search (search/text.py, search/query.py) ------------------------------------------------
+LOG_SEARCH_STATS = """
+INSERT INTO _ripple_search_stats (idx, term, docs, tokens)
+SELECT $1, t, d, n FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS u(t, d, n)
+"""
+FORGET_SEARCH_STATS = "DELETE FROM _ripple_search_stats WHERE idx = $1"
+TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+# Up to $1 terms with unfolded rows: their rows become one (none when no document holds the term).
+COMPACT_SEARCH_STATS = """
+WITH pick AS (
+    SELECT DISTINCT idx, term FROM _ripple_search_stats WHERE NOT folded LIMIT $1
+), gone AS (
+    DELETE FROM _ripple_search_stats s USING pick WHERE s.idx = pick.idx AND s.term = pick.term
+    RETURNING s.idx, s.term, s.docs, s.tokens
+), kept AS (
+    INSERT INTO _ripple_search_stats (idx, term, docs, tokens, folded)
+    SELECT idx, term, sum(docs), sum(tokens), true FROM gone GROUP BY idx, term
+    HAVING sum(docs) <> 0 OR sum(tokens) <> 0
+    RETURNING 1
+)
+SELECT count(*) FROM gone
+"""
+# A search's statistics: document frequency of each query term ($2, '' included: the index's
+# document count and length), then up to $5 more terms in [$3, $4) — the prefix expansions of the
+# last term, in byte order, the query's own terms left out.
+SEARCH_TERM_STATS = """
+(SELECT term, sum(docs)::float8 AS docs, sum(tokens)::float8 AS tokens, false AS expansion
+ FROM _ripple_search_stats WHERE idx = $1 AND term = ANY($2::text[]) GROUP BY term)
+UNION ALL
+(SELECT term, sum(docs)::float8, 0::float8, true
+ FROM _ripple_search_stats WHERE idx = $1 AND term > $3 AND term < $4 AND term <> ALL($2::text[])
+ GROUP BY term HAVING sum(docs) > 0 ORDER BY term LIMIT $5)
+"""
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+
+def search_rank(table: str, index: str, n_terms: int, after: bool, until: bool) -> str:
+    """Documents of `table` matching tsquery $1 in search index `index`, BM25-scored over
+    `n_terms` terms ($4...: the terms, then $(4+n)...: their weights, idf x boost x (k1 + 1)),
+    best first (then newest, then by id), at most $3. $2: the average document length.
+    `after`: only those ranked after the position (score, creation time, id) in the next three
+    parameters; `until`: only those up to and including the position in the three after that."""
+    t = quote_ident(table)
+    w, length, vector = (quote_ident(p + index) for p in ("w_", "l_", "s_"))
+    tf = ", ".join(f"coalesce(({w} ->> ${4 + i}::text)::float8, 0) AS tf{i}" for i in range(n_terms))
+    score = " + ".join(f"${4 + n_terms + i}::float8 * tf{i} / (tf{i} + k)" for i in range(n_terms))
+    where = []
+    nxt = 4 + 2 * n_terms
+    if after:
+        where.append(f"(score, creation_time, id) < (${nxt}::float8, ${nxt + 1}::float8, ${nxt + 2}::text)")
+        nxt += 3
+    if until:
+        where.append(f"(score, creation_time, id) >= (${nxt}::float8, ${nxt + 1}::float8, ${nxt + 2}::text)")
+    return (
+        f"SELECT id, creation_time, doc, score FROM (SELECT id, creation_time, doc, {score} AS score FROM ("
+        f"SELECT id, creation_time, doc, {tf}, "
+        f"{BM25_K1} * ({1 - BM25_B} + {BM25_B} * {length} / $2::float8) AS k "
+        f"FROM {t} WHERE {vector} @@ $1::tsquery) AS matched) AS scored"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + " ORDER BY score DESC, creation_time DESC, id DESC LIMIT $3"
+    )
+
+
+def create_gin_index(table: str, index: str, column: str) -> str:
+    name = quote_ident(index_name(table, index))
+    return f"CREATE INDEX IF NOT EXISTS {name} ON {quote_ident(table)} USING gin ({quote_ident(column)})"
+
+
 class TableSql:
     """The statements for one document table."""
 
-    def __init__(self, table: str, indexes: list[str]) -> None:
+    def __init__(self, table: str, indexes: list[str], derived: Sequence[DerivedColumn] = ()) -> None:
+        """`derived`: the columns of the table's search and vector indexes (search/derived.py),
+        written with every document after the key columns, each parameter passed through its
+        column's SQL expression."""
         self.table = table
         t = quote_ident(table)
         self.indexes = indexes
         self.key_columns = {name: quote_ident("k_" + name) for name in indexes}
-        cols = ", ".join(self.key_columns[i] for i in indexes)
-        params = ", ".join(f"${n}" for n in range(4, 4 + len(indexes)))
-        sets = ", ".join(f"{self.key_columns[i]} = ${n}" for n, i in enumerate(indexes, start=3))
+        targets = [self.key_columns[i] for i in indexes] + [quote_ident(c.name) for c in derived]
+        exprs = ["{}"] * len(indexes) + [c.expr for c in derived]
+
+        def params(first: int) -> list[str]:
+            return [e.replace("{}", f"${n}") for n, e in enumerate(exprs, start=first)]
+
+        cols = ", ".join(targets)
+        sets = ", ".join(f"{c} = {p}" for c, p in zip(targets, params(3), strict=True))
         self.create = (
             f"CREATE TABLE IF NOT EXISTS {t} ("
             "id text PRIMARY KEY, creation_time double precision NOT NULL, doc jsonb NOT NULL)"
         )
         self.get = f"SELECT creation_time, doc FROM {t} WHERE id = $1"
         self.insert = (
-            f"INSERT INTO {t} (id, creation_time, doc, {cols}) VALUES ($1, $2, $3, {params})"
+            f"INSERT INTO {t} (id, creation_time, doc, {cols}) VALUES ($1, $2, $3, {', '.join(params(4))})"
         )
         self.update = f"UPDATE {t} SET doc = $2, {sets} WHERE id = $1"
         # The row version at ctid $2 only (one the transaction holds locked): no index lookup.
-        at_ctid_sets = ", ".join(f"{self.key_columns[i]} = ${n}" for n, i in enumerate(indexes, start=4))
+        at_ctid_sets = ", ".join(f"{c} = {p}" for c, p in zip(targets, params(4), strict=True))
         self.update_at_ctid = f"UPDATE {t} SET doc = $3, {at_ctid_sets} WHERE id = $1 AND ctid = $2"
         self.delete = f"DELETE FROM {t} WHERE id = $1"
         self.scan_all = f"SELECT id, creation_time, doc FROM {t}"
@@ -283,7 +388,19 @@ class TableSql:
 
     @staticmethod
     def drop_key_column(table: str, index: str) -> str:
-        return f"ALTER TABLE {quote_ident(table)} DROP COLUMN IF EXISTS {quote_ident('k_' + index)}"
+        return TableSql.drop_column(table, "k_" + index)
+
+    @staticmethod
+    def drop_column(table: str, column: str) -> str:
+        return f"ALTER TABLE {quote_ident(table)} DROP COLUMN IF EXISTS {quote_ident(column)}"
+
+    def add_column(self, column: DerivedColumn) -> str:
+        return f"ALTER TABLE {quote_ident(self.table)} ADD COLUMN IF NOT EXISTS {quote_ident(column.name)} {column.sql_type}"
+
+    def set_columns(self, columns: Sequence[DerivedColumn]) -> str:
+        """A backfill's UPDATE of derived columns: $1 the id, then one parameter per column."""
+        sets = ", ".join(f"{quote_ident(c.name)} = {c.expr.replace('{}', f'${n}')}" for n, c in enumerate(columns, start=2))
+        return f"UPDATE {quote_ident(self.table)} SET {sets} WHERE id = $1"
 
 
 # -- Scheduler and crons (server/core/scheduler/) ----------------------------------------------------

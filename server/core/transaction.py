@@ -49,16 +49,27 @@ class ReadRange:
     hi: bytes  # exclusive
 
 
+# A document's keys in each index of its table: one key per index, or several (a search index
+# holds a document under each of its terms).
+WriteKeys = dict[str, bytes | list[bytes]]
+
+
+def _b64(key: bytes) -> str:
+    return base64.b64encode(key).decode()
+
+
 @dataclass
 class Write:
     table: str
     id: str
-    old_keys: dict[str, bytes] | None  # None: the document did not exist
-    new_keys: dict[str, bytes] | None  # None: the document was deleted
+    old_keys: WriteKeys | None  # None: the document did not exist
+    new_keys: WriteKeys | None  # None: the document was deleted
 
     def to_json(self) -> dict[str, Any]:
-        def enc(k: dict[str, bytes] | None) -> dict[str, str] | None:
-            return None if k is None else {n: base64.b64encode(v).decode() for n, v in k.items()}
+        def enc(k: WriteKeys | None) -> dict[str, str | list[str]] | None:
+            if k is None:
+                return None
+            return {n: _b64(v) if isinstance(v, bytes) else [_b64(x) for x in v] for n, v in k.items()}
 
         return {"table": self.table, "id": self.id, "old": enc(self.old_keys), "new": enc(self.new_keys)}
 
@@ -219,7 +230,7 @@ class Transaction:
                 f"{MAX_BYTES_WRITTEN} (16 MiB)"
             )
 
-    def record_write(self, table: str, doc_id: str, old: dict[str, bytes] | None, new: dict[str, bytes] | None) -> None:
+    def record_write(self, table: str, doc_id: str, old: WriteKeys | None, new: WriteKeys | None) -> None:
         """Add a document's index keys before and after to the write set; a document written
         twice keeps the keys it had before the transaction as its old ones."""
         prior = self.writes.get(doc_id)

@@ -1,0 +1,1 @@
+"""Search indexes: full-text (`text`) and vector (`vector`), kept in columns of their table's rows."""

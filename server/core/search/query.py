@@ -1,0 +1,343 @@
+"""`ctx.db.query(table).with_search_index(name, lambda q: q.search(field, text).eq(f, v))`:
+full-text search in relevance order, as Convex runs it (crates/search/src/lib.rs, `search`).
+
+The search string's first 16 terms are looked up; the last one also as a prefix, expanded to the
+index's terms that start with it (alphabetically first, up to 64 terms scored in all). A document
+matches when it holds at least one of those terms and equals every filter. Its score is BM25
+(k1 = 1.2, b = 0.75) summed over the terms, a prefix expansion's weight halved; results come best
+first, then newest first, at most 1,024 of them over all pages.
+
+What the search read is recorded per term, as ranges of the index's write-set keys (a term, then
+the filter values: search/text.py): a committed write re-runs a live search when the document
+holds one of its terms (or one starting with its last term), before or after the write, and (for
+the leading filter fields the search gives) has its filter values.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import struct
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+from server.core import keys, sql
+from server.core.database import TableInfo, decode_doc
+from server.core.limits import stored_bytes
+from server.core.search.text import (
+    MAX_CANDIDATES,
+    MAX_FILTER_CONDITIONS,
+    MAX_UNIQUE_QUERY_TERMS,
+    TextIndex,
+    filter_lexeme,
+    prefix_range,
+    query_terms,
+    term_key,
+)
+from server.core.transaction import NeedsSnapshot, ReadRange, Transaction
+from server.core.values import to_convex_json
+from server.errors import PaginationError, RippleUsageError
+
+Predicate = Callable[[dict[str, Any]], Any]
+BATCH = 128
+PREFIX_BOOST = 0.5  # a prefix expansion's weight (Convex: `boost *= 0.5` for prefix matches)
+_CURSOR = struct.Struct(">ddH")  # score, creation time, results before it
+
+
+class SearchFilter:
+    """What the function given to `with_search_index` receives: `search(field, text)` once, and
+    `eq(field, value)` for filter fields."""
+
+    def __init__(self, index: TextIndex) -> None:
+        self._index = index
+        self.text: str | None = None
+        self.filters: list[tuple[int, Any]] = []  # (position among the filter fields, value)
+
+    def search(self, field: str, text: str) -> SearchFilter:
+        where = f"search index {self._index.table}.{self._index.name}"
+        if field != self._index.search_field:
+            raise RippleUsageError(
+                f"{where} searches field {self._index.search_field!r}, not {field!r}"
+            )
+        if self.text is not None:
+            raise RippleUsageError(f"{where}: search() may be called once per query")
+        if not isinstance(text, str):
+            raise RippleUsageError(f"{where}: the search text must be a string, not {type(text).__name__}")
+        self.text = text
+        return self
+
+    def eq(self, field: str, value: Any) -> SearchFilter:
+        index = self._index
+        if field not in index.filter_fields:
+            raise RippleUsageError(
+                f"search index {index.table}.{index.name} has no filter field {field!r} "
+                f"(filter fields: {', '.join(index.filter_fields) or 'none'})"
+            )
+        if value is not keys.UNDEFINED:
+            to_convex_json(value, field)
+        self.filters.append((index.filter_fields.index(field), value))
+        if len(self.filters) > MAX_FILTER_CONDITIONS:
+            raise RippleUsageError(
+                f"search index {index.table}.{index.name}: more than {MAX_FILTER_CONDITIONS} filter conditions"
+            )
+        return self
+
+
+def _tsquery_lexeme(lexeme: str) -> str:
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+class SearchQuery:
+    """A search over one search index; read it with take, first, unique, collect, paginate or
+    `async for`. `filter` adds a predicate checked on each result, as on other queries."""
+
+    def __init__(self, tx: Transaction, info: TableInfo, index: TextIndex, spec: SearchFilter) -> None:
+        if spec.text is None:
+            raise RippleUsageError(
+                f"search index {info.name}.{index.name}: the query needs q.search({index.search_field!r}, text)"
+            )
+        self._tx, self._info, self._index = tx, info, index
+        self._terms = list(dict.fromkeys(query_terms(spec.text)))
+        self._prefix = query_terms(spec.text)[-1] if self._terms else None
+        self._filters = spec.filters
+        self._predicates: list[Predicate] = []
+        self._plan: tuple[str, float, list[str], list[float]] | None = None
+        self._planned = False
+
+    def filter(self, predicate: Predicate) -> SearchQuery:
+        if not callable(predicate):
+            raise RippleUsageError("filter takes a function of the document returning a bool")
+        self._predicates.append(predicate)
+        return self
+
+    def order(self, order: str) -> SearchQuery:
+        raise RippleUsageError("search results come in relevance order: order() cannot follow with_search_index")
+
+    def with_index(self, *args: Any) -> SearchQuery:
+        raise RippleUsageError("a query uses one index: with_index cannot follow with_search_index")
+
+    # -- planning ----------------------------------------------------------------------------
+
+    def _record_reads(self) -> None:
+        index, given = self._index, dict(self._filters)
+        leading = []
+        for position in range(len(index.filter_fields)):
+            if position not in given:
+                break
+            leading.append(given[position])
+        for term in self._terms:
+            if term == self._prefix:
+                lo, hi = prefix_range(term)
+            else:
+                lo = term_key(term, leading)
+                hi = lo + keys.AFTER_PREFIX
+            self._tx.reads.append(ReadRange(self._info.name, index.name, lo, hi))
+
+    async def _make_plan(self) -> tuple[str, float, list[str], list[float]] | None:
+        """(tsquery, average length, terms, weights), or None: nothing can match."""
+        if self._planned:
+            return self._plan
+        tx = self._tx
+        if tx.statement_budget is not None:  # two statements at least: run in a snapshot
+            tx.needs_snapshot = True
+            raise NeedsSnapshot()
+        self._planned = True
+        self._record_reads()
+        if not self._terms:
+            return None
+        assert self._prefix is not None
+        lo = self._prefix
+        hi = self._prefix + chr(0x10FFFF)
+        room = max(MAX_UNIQUE_QUERY_TERMS - len(self._terms), 0)
+        rows = await tx.execute(
+            "fetch", sql.SEARCH_TERM_STATS, self._index.stats, [*self._terms, ""], lo, hi, room
+        )
+        found = {r["term"]: r for r in rows}
+        total = found.pop("", None)
+        documents = max(total["docs"], 1.0) if total is not None else 1.0
+        average = (total["tokens"] / documents if total is not None else 0.0) or 1.0
+        terms, weights = [], []
+        for term, row in found.items():
+            df = row["docs"]
+            if df <= 0:
+                continue
+            idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
+            boost = PREFIX_BOOST if row["expansion"] else 1.0
+            terms.append(term)
+            weights.append(idf * boost * (1.0 + sql.BM25_K1))
+        if not terms:
+            return None
+        tsquery = "(" + " | ".join(_tsquery_lexeme(t) for t in terms) + ")"
+        for position, value in self._filters:
+            tsquery += " & " + _tsquery_lexeme(filter_lexeme(position, value))
+        self._plan = (tsquery, average, terms, weights)
+        return self._plan
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _ranked(
+        self, after: tuple[float, float, str] | None, until: tuple[float, float, str] | None, limit: int
+    ) -> list[tuple[tuple[float, float, str], dict[str, Any]]]:
+        plan = await self._make_plan()
+        if plan is None or limit <= 0:
+            return []
+        tsquery, average, terms, weights = plan
+        statement = sql.search_rank(self._info.name, self._index.name, len(terms), after is not None, until is not None)
+        args: list[Any] = [tsquery, average, limit, *terms, *weights]
+        if after is not None:
+            args += after
+        if until is not None:
+            args += until
+        rows = await self._tx.execute("fetch", statement, *args)
+        self._tx.count_read(len(rows), sum(stored_bytes(r["doc"]) for r in rows))
+        return [
+            ((r["score"], r["creation_time"], r["id"]), decode_doc(r["id"], r["creation_time"], r["doc"]))
+            for r in rows
+        ]
+
+    def _matches(self, doc: dict[str, Any]) -> bool:
+        return all(p(doc) for p in self._predicates)
+
+    async def _results(
+        self, after: tuple[float, float, str] | None = None, until: tuple[float, float, str] | None = None,
+        seen: int = 0, want: int | None = None,
+    ) -> AsyncIterator[tuple[tuple[float, float, str], int, dict[str, Any]]]:
+        """(position, results ranked up to it, document) in rank order, at most MAX_CANDIDATES
+        ranked in all, in batches; `want`: how many the caller expects to need (a hint)."""
+        while seen < MAX_CANDIDATES:
+            batch = min(MAX_CANDIDATES - seen, BATCH if want is None or self._predicates else max(want, 1))
+            rows = await self._ranked(after, until, batch)
+            for position, doc in rows:
+                seen += 1
+                yield position, seen, doc
+            if len(rows) < batch:
+                return
+            after = rows[-1][0]
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for _, _, doc in self._results():
+            if self._matches(doc):
+                yield doc
+
+    async def take(self, n: int) -> list[dict[str, Any]]:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise RippleUsageError(f"take expects a non-negative integer, not {n!r}")
+        out: list[dict[str, Any]] = []
+        if n == 0:
+            return out
+        async for _, _, doc in self._results(want=n):
+            if self._matches(doc):
+                out.append(doc)
+                if len(out) >= n:
+                    break
+        return out
+
+    async def collect(self) -> list[dict[str, Any]]:
+        return [doc async for doc in self]
+
+    async def first(self) -> dict[str, Any] | None:
+        docs = await self.take(1)
+        return docs[0] if docs else None
+
+    async def unique(self) -> dict[str, Any] | None:
+        docs = await self.take(2)
+        if len(docs) > 1:
+            raise RippleUsageError(
+                f"unique() found more than one document in {self._info.name} ({docs[0]['_id']}, {docs[1]['_id']})"
+            )
+        return docs[0] if docs else None
+
+    # -- pagination --------------------------------------------------------------------------
+
+    def _fingerprint(self) -> bytes:
+        h = hashlib.blake2b(digest_size=6)
+        parts = [self._info.name, self._index.name, *self._terms, *(f"{p}={to_convex_json(v) if v is not keys.UNDEFINED else '?'}" for p, v in self._filters)]
+        for part in parts:
+            raw = str(part).encode()
+            h.update(len(raw).to_bytes(4, "big") + raw)
+        return h.digest()
+
+    def _encode_cursor(self, position: tuple[float, float, str] | None, seen: int) -> str:
+        body = b"" if position is None else _CURSOR.pack(position[0], position[1], seen) + position[2].encode()
+        return base64.urlsafe_b64encode(b"\x02" + self._fingerprint() + body).decode().rstrip("=")
+
+    def _decode_cursor(self, cursor: object) -> tuple[tuple[float, float, str] | None, int]:
+        if not isinstance(cursor, str):
+            raise PaginationError("InvalidCursor", f"pagination cursor must be a string, not {cursor!r}")
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        except ValueError as exc:
+            raise PaginationError("InvalidCursor", "pagination cursor is not valid") from exc
+        if len(raw) < 7 or raw[0] != 2 or raw[1:7] != self._fingerprint():
+            raise PaginationError("InvalidCursor", "pagination cursor belongs to a different query")
+        body = raw[7:]
+        if not body:
+            return None, 0
+        if len(body) < _CURSOR.size:
+            raise PaginationError("InvalidCursor", "pagination cursor is not valid")
+        score, creation_time, seen = _CURSOR.unpack_from(body)
+        return (score, creation_time, body[_CURSOR.size:].decode()), seen
+
+    async def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(opts, Mapping):
+            raise RippleUsageError("paginate expects {'numItems': n, 'cursor': str | None}")
+        num = opts.get("numItems")
+        if isinstance(num, float) and num.is_integer():
+            num = int(num)
+        if not isinstance(num, int) or isinstance(num, bool) or num < 0:
+            raise RippleUsageError(f"paginationOpts.numItems must be a non-negative integer, not {num!r}")
+        cursor, end_cursor = opts.get("cursor"), opts.get("endCursor")
+        first_paginate = not self._tx.paginated
+        self._tx.paginated = True
+        if first_paginate and end_cursor is None and self._tx.journal_in is not None:
+            end_cursor = self._tx.journal_in
+        after, seen = self._decode_cursor(cursor) if cursor is not None else (None, 0)
+        until, _ = self._decode_cursor(end_cursor) if end_cursor is not None else (None, 0)
+        page: list[dict[str, Any]] = []
+        last, count, more = after, seen, False
+        if end_cursor is not None:  # a fixed range: (cursor, endCursor]
+            if until is not None:
+                async for _, ranked, doc in self._results(after, until, seen):
+                    count = ranked
+                    if self._matches(doc):
+                        page.append(doc)
+                more = count < MAX_CANDIDATES and bool(await self._ranked(until, None, 1))
+            continue_cursor = end_cursor
+        else:
+            if num > 0:
+                async for position, ranked, doc in self._results(after, None, seen, num + 1):
+                    if len(page) >= num:
+                        more = True
+                        break
+                    last, count = position, ranked
+                    if self._matches(doc):
+                        page.append(doc)
+            else:
+                more = True  # numItems 0: stay where we are
+            continue_cursor = self._encode_cursor(last, count)
+        if first_paginate:
+            self._tx.journal_out = continue_cursor
+        return {"page": page, "isDone": not more, "continueCursor": continue_cursor, "splitCursor": None, "pageStatus": None}
+
+
+def search_query(
+    tx: Transaction, info: TableInfo, name: str, search_fn: Callable[[SearchFilter], Any], started: bool = False
+) -> SearchQuery:
+    """`ctx.db.query(table).with_search_index(name, search_fn)`; `started`: the query already
+    chose an index, order or filter (refused: a search comes first)."""
+    if started:
+        raise RippleUsageError("with_search_index must come right after ctx.db.query(table)")
+    index = next((d for d in info.derived if d.name == name and isinstance(d, TextIndex)), None)
+    if index is None:
+        names = [d.name for d in info.derived if isinstance(d, TextIndex)]
+        raise RippleUsageError(
+            f"table {info.name!r} has no search index {name!r} (search indexes: {', '.join(names) or 'none'})"
+        )
+    if not callable(search_fn):
+        raise RippleUsageError("with_search_index takes the index name and a function of the search filter")
+    spec = SearchFilter(index)
+    result = search_fn(spec)
+    if result is not None and result is not spec:
+        raise RippleUsageError("the with_search_index function must return the filter it was given")
+    return SearchQuery(tx, info, index, spec)

@@ -1,0 +1,180 @@
+"""Full-text search indexes: how text becomes terms, and how a document is kept searchable.
+
+Tokenizing follows Convex's (crates/search/src/constants.rs, `convex_en`: tantivy's
+SimpleTokenizer, RemoveLongFilter(32), LowerCaser): a term is a run of alphanumeric characters,
+runs of 32 UTF-8 bytes or more are dropped, and terms are lowercased. No stemming, no stop words.
+
+Each document of a table with a search index `NAME` keeps in its row:
+- `s_NAME` (tsvector): its distinct terms, and one lexeme per filter field, `=<position>:<hash of
+  the value>` (a lexeme no term can be, since terms hold no punctuation), so that PostgreSQL's
+  GIN index finds documents that contain any query term and match every filter in one scan;
+- `w_NAME` (jsonb): how often each term occurs, for BM25's term frequency;
+- `l_NAME` (integer): how many terms the search field holds, for BM25's length normalization.
+
+BM25 also needs, over the whole index, the number of documents, their total length and each
+term's document frequency. Those live in `_ripple_search_stats` as rows of deltas that every
+write inserts (no row is ever updated by a writer, so concurrent writers never conflict over
+them) and that `compact_stats` folds together now and then; a query sums what it needs. The
+same rows, ordered by term, are the dictionary that expands a query's last term as a prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from server.core import keys, sql
+from server.core.search.derived import Column, DerivedIndex, Execute
+
+MAX_TERM_BYTES = 32  # a term of this many UTF-8 bytes or more is dropped (Convex: MAX_TEXT_TERM_LENGTH)
+MAX_QUERY_TERMS = 16  # terms of a search string past the 16th are ignored (Convex: MAX_QUERY_TERMS)
+MAX_FILTER_CONDITIONS = 8  # equality filters in one search (Convex: MAX_FILTER_CONDITIONS)
+MAX_UNIQUE_QUERY_TERMS = 64  # index terms one search scores: the query's own, then prefix expansions
+MAX_CANDIDATES = 1024  # results one search can reach, all pages together (Convex: MAX_CANDIDATE_REVISIONS)
+
+_RUN = re.compile(r"[^\W_]+")  # runs of characters for which str.isalnum() holds
+
+
+def tokenize(text: str) -> list[str]:
+    """The terms of `text`, in order, repeats included."""
+    out = []
+    for match in _RUN.finditer(text):
+        run = match.group()
+        if len(run.encode("utf-8")) < MAX_TERM_BYTES:
+            out.append(run.lower())
+    return out
+
+
+def query_terms(text: str) -> list[str]:
+    """The terms a search string asks for: its first MAX_QUERY_TERMS terms."""
+    out = []
+    for match in _RUN.finditer(text):
+        run = match.group()
+        if len(run.encode("utf-8")) < MAX_TERM_BYTES:
+            out.append(run.lower())
+            if len(out) == MAX_QUERY_TERMS:
+                break
+    return out
+
+
+def filter_lexeme(position: int, value: Any) -> str:
+    """The lexeme that stands in `s_NAME` for "filter field number `position` equals `value`"."""
+    encoded = bytearray()
+    keys.encode_value(value, encoded)
+    return f"={position}:{hashlib.blake2b(bytes(encoded), digest_size=16).hexdigest()}"
+
+
+def term_key(term: str, filter_values: Sequence[Any] = ()) -> bytes:
+    """A write-set key: a term, then the document's filter values (keys.py encoding). A search
+    reads the range of keys starting with one of its terms (and the filter values it asks for)."""
+    return keys.encode_values([term, *filter_values])
+
+
+def prefix_range(prefix: str) -> tuple[bytes, bytes]:
+    """The write-set keys of every term starting with `prefix`: the string encoding of keys.py is
+    its UTF-8 bytes after a tag, so those keys share the tag and the prefix's bytes."""
+    lo = bytes([keys.TAG_STRING]) + prefix.encode("utf-8")
+    return lo, lo + keys.AFTER_PREFIX
+
+
+def stats_name(table: str, index: str) -> str:
+    """How `_ripple_search_stats` names an index."""
+    return f"{table}.{index}"
+
+
+class TextIndex(DerivedIndex):
+    kind = "search"
+
+    def __init__(self, table: str, name: str, search_field: str, filter_fields: Sequence[str]) -> None:
+        super().__init__(table, name)
+        self.search_field = search_field
+        self.filter_fields = list(filter_fields)
+        self.stats = stats_name(table, name)
+        self.vector_column = "s_" + name
+        self.tf_column = "w_" + name
+        self.length_column = "l_" + name
+
+    def columns(self) -> list[Column]:
+        return [
+            Column(self.vector_column, "tsvector", "array_to_tsvector({}::text[])"),
+            Column(self.tf_column, "jsonb"),
+            Column(self.length_column, "integer"),
+        ]
+
+    def terms(self, doc: Mapping[str, Any]) -> list[str]:
+        text = keys.field_value(doc, self.search_field)
+        return tokenize(text) if isinstance(text, str) else []
+
+    def filter_values(self, doc: Mapping[str, Any]) -> list[Any]:
+        return [keys.field_value(doc, f) for f in self.filter_fields]
+
+    def values(self, doc: Mapping[str, Any]) -> list[Any]:
+        terms = self.terms(doc)
+        counts = Counter(terms)
+        lexemes = list(counts)
+        lexemes += [filter_lexeme(i, v) for i, v in enumerate(self.filter_values(doc))]
+        return [lexemes, dict(counts), len(terms)]
+
+    def keys(self, doc: Mapping[str, Any]) -> list[bytes]:
+        filters = self.filter_values(doc)
+        return [term_key(t, filters) for t in dict.fromkeys(self.terms(doc))]
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "search_field": self.search_field,
+            "filter_fields": self.filter_fields,
+            "columns": [c.name for c in self.columns()],
+        }
+
+    def create_statements(self) -> list[str]:
+        return [sql.create_gin_index(self.table, self.name, self.vector_column)]
+
+    def _deltas(self, doc: Mapping[str, Any] | None, sign: int, into: Counter[str], totals: list[int]) -> None:
+        if doc is None:
+            return
+        terms = self.terms(doc)
+        for t in set(terms):
+            into[t] += sign
+        totals[0] += sign
+        totals[1] += sign * len(terms)
+
+    async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        docs: Counter[str] = Counter()
+        totals = [0, 0]
+        self._deltas(old, -1, docs, totals)
+        self._deltas(new, 1, docs, totals)
+        await self._log(execute, docs, totals)
+
+    async def after_backfill(self, execute: Execute, batch: list[dict[str, Any]]) -> None:
+        docs: Counter[str] = Counter()
+        totals = [0, 0]
+        for doc in batch:
+            self._deltas(doc, 1, docs, totals)
+        await self._log(execute, docs, totals)
+
+    async def _log(self, execute: Execute, docs: Counter[str], totals: list[int]) -> None:
+        changed = [(t, n) for t, n in docs.items() if n]
+        if not changed and totals == [0, 0]:
+            return  # e.g. a patch that left the search field alone
+        terms = [t for t, _ in changed] + [""]
+        counts = [n for _, n in changed] + [totals[0]]
+        tokens = [0] * len(changed) + [totals[1]]
+        await execute("execute", sql.LOG_SEARCH_STATS, self.stats, terms, counts, tokens)
+
+    @staticmethod
+    async def forget(execute: Execute, table: str, name: str, definition: Mapping[str, Any]) -> None:
+        await execute("execute", sql.FORGET_SEARCH_STATS, stats_name(table, name))
+
+
+async def compact_stats(conn: Any, lock: int, limit: int = 20_000) -> int:
+    """Fold the delta rows of up to `limit` terms into one row each (dropping terms no document
+    holds any more), unless another process holds advisory lock `lock` (it is doing the same);
+    returns how many rows went."""
+    async with conn.transaction():
+        if not await conn.fetchval(sql.TRY_XACT_LOCK, lock):
+            return 0
+        return int(await conn.fetchval(sql.COMPACT_SEARCH_STATS, limit) or 0)
