@@ -20,12 +20,13 @@ from server import adminkey, devserver, loops
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
 from server.config import Config, connect_url
-from server.core import watchdog
+from server.core import sql, watchdog
 from server.core.auth import dev_issuer
 from server.core.database import Database
 from server.core.env import EnvVarError, parse_env_file
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
+from server.core.search.text import compact_forever
 from server.core.subscriptions import SubscriptionManager
 from server.core.supervise import Supervised
 from server.errors import RippleError
@@ -168,6 +169,10 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
     live_queries = scheduling = False
     # Removes the bytes of deleted files and abandoned uploads left behind (storage/files.py).
     sweeper = runtime.supervise("storage sweeper", runtime.files.sweep_forever)
+    # Folds the full-text search statistics' delta rows together (search/text.py).
+    folder = runtime.supervise(
+        "search statistics", lambda: compact_forever(db.acquire, sql.lock_key(db.namespace, "search stats"))
+    )
 
     seeded = False
 
@@ -186,6 +191,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             scheduling = True
         if sweeper.task is None:
             sweeper.start()
+        if folder.task is None:
+            folder.start()
 
     loader = AppLoader(runtime, start_services)
 
@@ -248,6 +255,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                 if live_queries:
                     await subscriptions.stop()
                 await sweeper.stop()
+                await folder.stop()
                 await runtime.files.removals_done()
                 await db.close()
             finally:

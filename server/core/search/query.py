@@ -31,6 +31,7 @@ from server.core.search.text import (
     MAX_UNIQUE_QUERY_TERMS,
     TextIndex,
     filter_lexeme,
+    filtered_term_key,
     prefix_range,
     query_terms,
     term_key,
@@ -120,17 +121,22 @@ class SearchQuery:
     # -- planning ----------------------------------------------------------------------------
 
     def _record_reads(self) -> None:
+        """A range per term over the index's write-set keys (search/text.py): with every filter
+        field given, the filters-first keys of all of them; else the term-first keys narrowed by
+        the leading filter values given, and for the prefix term the filters-first keys of the
+        first filter value when it is given (or no filter at all)."""
         index, given = self._index, dict(self._filters)
         leading = []
         for position in range(len(index.filter_fields)):
             if position not in given:
                 break
             leading.append(given[position])
+        every = leading if leading and len(leading) == len(index.filter_fields) else None
         for term in self._terms:
             if term == self._prefix:
-                lo, hi = prefix_range(term)
+                lo, hi = prefix_range(term, every if every is not None else leading[:1])
             else:
-                lo = term_key(term, leading)
+                lo = term_key(term, leading) if every is None else filtered_term_key(every, term)
                 hi = lo + keys.AFTER_PREFIX
             self._tx.reads.append(ReadRange(self._info.name, index.name, lo, hi))
 
@@ -149,22 +155,22 @@ class SearchQuery:
         assert self._prefix is not None
         lo = self._prefix
         hi = self._prefix + chr(0x10FFFF)
-        room = max(MAX_UNIQUE_QUERY_TERMS - len(self._terms), 0)
         rows = await tx.execute(
-            "fetch", sql.SEARCH_TERM_STATS, self._index.stats, [*self._terms, ""], lo, hi, room
+            "fetch", sql.SEARCH_TERM_STATS, self._index.stats, [*self._terms, ""], lo, hi, MAX_UNIQUE_QUERY_TERMS
         )
-        found = {r["term"]: r for r in rows}
-        total = found.pop("", None)
+        total = next((r for r in rows if r["term"] == ""), None)
         documents = max(total["docs"], 1.0) if total is not None else 1.0
         average = (total["tokens"] / documents if total is not None else 0.0) or 1.0
+        # The query's own terms the index holds, then prefix expansions in byte order (code point
+        # order is UTF-8's byte order) up to MAX_UNIQUE_QUERY_TERMS in all.
+        exact = [r for r in rows if not r["expansion"] and r["term"] and r["docs"] > 0]
+        expansions = sorted((r for r in rows if r["expansion"]), key=lambda r: r["term"])
         terms, weights = [], []
-        for term, row in found.items():
+        for row in [*exact, *expansions][:MAX_UNIQUE_QUERY_TERMS]:
             df = row["docs"]
-            if df <= 0:
-                continue
             idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
             boost = PREFIX_BOOST if row["expansion"] else 1.0
-            terms.append(term)
+            terms.append(row["term"])
             weights.append(idf * boost * (1.0 + sql.BM25_K1))
         if not terms:
             return None

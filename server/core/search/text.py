@@ -20,10 +20,12 @@ same rows, ordered by term, are the dictionary that expands a query's last term 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from server.core import keys, sql
@@ -67,16 +69,39 @@ def filter_lexeme(position: int, value: Any) -> str:
     return f"={position}:{hashlib.blake2b(bytes(encoded), digest_size=16).hexdigest()}"
 
 
+TERM_FIRST = b"\x01"  # write-set keys: the term, then every filter value
+
+
+def filters_first(count: int) -> bytes:
+    """The family of write-set keys that start with the first `count` filter values."""
+    return bytes([0x10 + count])
+
+
 def term_key(term: str, filter_values: Sequence[Any] = ()) -> bytes:
-    """A write-set key: a term, then the document's filter values (keys.py encoding). A search
-    reads the range of keys starting with one of its terms (and the filter values it asks for)."""
-    return keys.encode_values([term, *filter_values])
+    """A term-first write-set key: the term, then filter values (keys.py encoding). A search
+    reads the range of keys starting with one of its terms and the leading filter values it gives."""
+    return TERM_FIRST + keys.encode_values([term, *filter_values])
 
 
-def prefix_range(prefix: str) -> tuple[bytes, bytes]:
-    """The write-set keys of every term starting with `prefix`: the string encoding of keys.py is
-    its UTF-8 bytes after a tag, so those keys share the tag and the prefix's bytes."""
-    lo = bytes([keys.TAG_STRING]) + prefix.encode("utf-8")
+def filtered_term_key(filter_values: Sequence[Any], term: str) -> bytes:
+    """A filters-first write-set key: the given leading filter values, then the term. Documents
+    are also keyed this way by their first filter value and by all of them, so that the last
+    term's prefix range can narrow to a search's filter values too."""
+    return filters_first(len(filter_values)) + keys.encode_values([*filter_values, term])
+
+
+def filter_prefixes(count: int) -> list[int]:
+    """How many leading filter values the filters-first keys of an index with `count` filter
+    fields start with: the first, and all."""
+    return sorted({1, count}) if count else []
+
+
+def prefix_range(prefix: str, filter_values: Sequence[Any] = ()) -> tuple[bytes, bytes]:
+    """The write-set keys of every term starting with `prefix` (after `filter_values`, which
+    must be a count filter_prefixes lists): keys.py encodes a string as a tag and its UTF-8
+    bytes, so those keys share the tag and the prefix's bytes."""
+    head = filters_first(len(filter_values)) + keys.encode_values(filter_values) if filter_values else TERM_FIRST
+    lo = head + bytes([keys.TAG_STRING]) + prefix.encode("utf-8")
     return lo, lo + keys.AFTER_PREFIX
 
 
@@ -120,7 +145,11 @@ class TextIndex(DerivedIndex):
 
     def keys(self, doc: Mapping[str, Any]) -> list[bytes]:
         filters = self.filter_values(doc)
-        return [term_key(t, filters) for t in dict.fromkeys(self.terms(doc))]
+        terms = dict.fromkeys(self.terms(doc))
+        out = [term_key(t, filters) for t in terms]
+        for count in filter_prefixes(len(filters)):
+            out += [filtered_term_key(filters[:count], t) for t in terms]
+        return out
 
     def definition(self) -> dict[str, Any]:
         return {
@@ -170,7 +199,21 @@ class TextIndex(DerivedIndex):
         await execute("execute", sql.FORGET_SEARCH_STATS, stats_name(table, name))
 
 
-async def compact_stats(conn: Any, lock: int, limit: int = 20_000) -> int:
+COMPACT_EVERY_S = 5.0  # between folds when the last one found little to do
+COMPACT_BATCH = 20_000  # terms per fold
+
+
+async def compact_forever(acquire: Callable[[], AbstractAsyncContextManager[Any]], lock: int) -> None:
+    """Keep the statistics small: fold them now and then, at once again after a fold that was full
+    (a bulk load leaves one delta row per document and term behind)."""
+    while True:
+        async with acquire() as conn:
+            folded = await compact_stats(conn, lock, COMPACT_BATCH)
+        if folded < COMPACT_BATCH:
+            await asyncio.sleep(COMPACT_EVERY_S)
+
+
+async def compact_stats(conn: Any, lock: int, limit: int = COMPACT_BATCH) -> int:
     """Fold the delta rows of up to `limit` terms into one row each (dropping terms no document
     holds any more), unless another process holds advisory lock `lock` (it is doing the same);
     returns how many rows went."""
