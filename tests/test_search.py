@@ -180,6 +180,14 @@ async def test_only_the_first_16_terms_count(namespace: str) -> None:
         assert [d["_id"] for d in await q(rt, "messages:search", text=text)] == [first]
 
 
+async def test_a_mutation_finds_its_own_writes(namespace: str) -> None:
+    async with open_runtime(SEARCH_APP, namespace) as rt:
+        await m(rt, "messages:send", body="owl", channel="a")
+        found = await m(rt, "messages:send_and_search", body="owl owl", channel="a", text="owl")
+        assert found == ["owl owl", "owl"]
+        assert [d["body"] for d in await q(rt, "messages:search", text="owl")] == ["owl owl", "owl"]
+
+
 async def test_filters_equal_every_value_given(namespace: str) -> None:
     async with open_runtime(SEARCH_APP, namespace) as rt:
         a = await m(rt, "messages:send", body="chess club", channel="a", author="ann")

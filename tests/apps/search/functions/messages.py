@@ -63,3 +63,10 @@ async def remove(ctx, id: str) -> None:
 @mutation
 async def note(ctx, text: str) -> str:
     return await ctx.db.insert("notes", {"text": text})
+
+
+@mutation
+async def send_and_search(ctx, body: str, channel: str, text: str) -> list[str]:
+    await ctx.db.insert("messages", {"body": body, "channel": channel})
+    found = await _search(ctx, text, channel, None).collect()
+    return [d["body"] for d in found]
