@@ -4,6 +4,7 @@ statistics' compaction, and live search subscriptions (also through the official
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import re
@@ -351,6 +352,16 @@ async def test_statistics_survive_compaction_and_follow_every_write(namespace: s
             await conn.close()
         for t, got in before.items():
             assert await q(rt, "messages:search", text=t, limit=30) == got
+
+
+async def test_concurrent_writers_do_not_conflict_over_the_statistics(namespace: str) -> None:
+    """Every write logs statistics deltas for the same terms; they are inserts, never updates of a
+    shared row, so concurrent mutations writing the same words are not retried for them."""
+    async with open_runtime(SEARCH_APP, namespace) as rt:
+        before = rt.metrics.value("ripple_mutation_retries_total")
+        await asyncio.gather(*(m(rt, "messages:send", body="same words every time", channel="a") for _ in range(40)))
+        assert rt.metrics.value("ripple_mutation_retries_total") == before
+        assert len(await q(rt, "messages:search_all", text="same")) == 40
 
 
 # -- live searches (a real server and clients) -----------------------------------------------------
