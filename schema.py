@@ -1,10 +1,10 @@
 """The example app's schema: creator video upload & approval (see docs/example-app.md)."""
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from server import Schema, Table
+from server import Schema, SearchIndex, Table
 
 VideoStatus = Literal["uploaded", "processing", "under_review", "approved", "changes_needed", "rejected", "failed"]
 Platform = Literal["tiktok", "instagram", "youtube", "x"]
@@ -51,6 +51,23 @@ class Video(BaseModel):
     caption: str = Field(default="", max_length=2200)
     platformSelections: list[Platform] = Field(default_factory=list)
     hashtags: list[str] = Field(default_factory=list)
+    # What the search index `search_text` covers: the caption and the hashtags as one string (an
+    # index searches one string field; `hashtags` is a list). Derived by the validator below each
+    # time a video is written (insert, patch, replace), so no mutation can forget it and what a
+    # writer gives is replaced. Videos stored before it existed lack it until they are next
+    # written, or until `videos:backfillSearchText` writes them all.
+    searchText: str = ""
+
+    @model_validator(mode="after")
+    def _derive_search_text(self) -> Self:
+        self.searchText = search_text(self.caption, self.hashtags)
+        return self
+
+
+def search_text(caption: str, hashtags: list[str]) -> str:
+    """`Video.searchText`: "<caption> #tag1 #tag2". Tokenizing drops the `#`, so a search for
+    "#summer" and one for "summer" both look for the term `summer`."""
+    return " ".join([caption, *(f"#{tag}" for tag in hashtags)]).strip()
 
 
 class Campaign(BaseModel):
@@ -100,6 +117,11 @@ schema = Schema(
             "by_creator": ["creatorId"],
             "by_creator_status": ["creatorId", "status"],
         },
+        # Reviewers search captions and hashtags (videos:searchForReview) within a status and a
+        # campaign. Status is the first filter field because nearly every search gives it: a
+        # live search is re-run only by writes to videos that hold its terms and have the
+        # values it gives for the leading filter fields (status, or status and campaign).
+        search_indexes={"search_text": SearchIndex("searchText", filter_fields=["status", "campaignId"])},
     ),
     campaigns=Table(Campaign, indexes={"by_status": ["status"], "by_name": ["name"]}),
     reviewers=Table(Reviewer, indexes={"by_token": ["tokenIdentifier"]}),

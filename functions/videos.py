@@ -11,18 +11,24 @@ Some functions here are exported as names that shadow builtins; annotations spel
 """
 
 import builtins
+import re
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from functions import processing
 from functions.users import require_creator, require_reviewer, require_user, viewer
-from server import UNSET, ConvexError, Id, mutation, query
+from schema import search_text
+from server import UNSET, ConvexError, Id, internal_mutation, mutation, query
 
 Status = Literal["uploaded", "processing", "under_review", "approved", "changes_needed", "rejected", "failed"]
 Platform = Literal["tiktok", "instagram", "youtube", "x"]
 
 VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime")
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
+MAX_QUERY_CHARS = 200  # of a search (only its first 16 words are looked for anyway)
+_WORD = re.compile(r"[^\W_]")  # a character a search term is made of (server/core/search/text.py)
 
 
 def now_ms() -> float:
@@ -193,17 +199,71 @@ async def listForReview(
     campaignId: str | None = None,
 ) -> dict[str, Any]:
     """A page of every creator's videos (reviewers), newest first: those with `status` (the review
-    queue by default; null for all), of one campaign when `campaignId` is given. Each filter
-    combination reads an index that gives that order."""
+    queue by default; null for all), of one campaign when `campaignId` is given."""
     await require_reviewer(ctx)
+    return await _review_listing(ctx, status, campaignId).paginate(paginationOpts)
+
+
+def _review_listing(ctx, status: Status | None, campaign_id: str | None) -> Any:
+    """listForReview's query: each filter combination reads an index that gives its order,
+    newest first."""
     q = ctx.db.query("videos")
-    if campaignId is not None and status is not None:
-        q = q.with_index("by_campaign_status", lambda r: r.eq("campaignId", campaignId).eq("status", status))
-    elif campaignId is not None:
-        q = q.with_index("by_campaign", lambda r: r.eq("campaignId", campaignId))
+    if campaign_id is not None and status is not None:
+        q = q.with_index("by_campaign_status", lambda r: r.eq("campaignId", campaign_id).eq("status", status))
+    elif campaign_id is not None:
+        q = q.with_index("by_campaign", lambda r: r.eq("campaignId", campaign_id))
     elif status is not None:
         q = q.with_index("by_status", lambda r: r.eq("status", status))
-    return await q.order("desc").paginate(paginationOpts)
+    return q.order("desc")
+
+
+@query
+async def searchForReview(
+    ctx,
+    query: Annotated[str, Field(max_length=MAX_QUERY_CHARS)],
+    paginationOpts: dict[str, Any],
+    status: Status | None = "under_review",
+    campaignId: str | None = None,
+) -> dict[str, Any]:
+    """Reviewers: a page of the videos whose caption or hashtags hold the words of `query`, best
+    match first (then newest), with `status` (null: any) and of `campaignId` when given, as
+    listForReview filters. The last word also matches as the start of a word ("sum" finds
+    "summer"), and "#summer" is the word "summer". A query without words (blank, or only "#")
+    lists like listForReview instead, newest first, so a search box can call this alone."""
+    await require_reviewer(ctx)
+    if not _WORD.search(query):
+        return await _review_listing(ctx, status, campaignId).paginate(paginationOpts)
+
+    def search(q: Any) -> Any:
+        q = q.search("searchText", query)
+        if status is not None:
+            q = q.eq("status", status)
+        if campaignId is not None:
+            q = q.eq("campaignId", campaignId)
+        return q
+
+    return await ctx.db.query("videos").with_search_index("search_text", search).paginate(paginationOpts)
+
+
+@internal_mutation
+async def backfillSearchText(
+    ctx, cursor: str | None = None, batchSize: Annotated[int, Field(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Give videos stored before `searchText` existed their search text (schema.py derives it on
+    every write, so a video is searchable once it is next written; this writes them all now):
+    `ripple run videos:backfillSearchText`. One batch of `batchSize` videos per transaction,
+    each scheduling the next; videos whose text is current are left alone, so running it
+    twice is harmless. Returns this batch's `{"updated", "isDone"}`."""
+    batch = await ctx.db.query("videos").paginate({"numItems": batchSize, "cursor": cursor})
+    updated = 0
+    for video in batch["page"]:
+        text = search_text(video.get("caption", ""), video.get("hashtags", []))
+        if video.get("searchText") != text:
+            await ctx.db.patch(video["_id"], {"searchText": text})
+            updated += 1
+    if not batch["isDone"]:
+        await ctx.scheduler.run_after(0, backfillSearchText, {"cursor": batch["continueCursor"], "batchSize": batchSize})
+    return {"updated": updated, "isDone": batch["isDone"]}
 
 
 @query
