@@ -416,5 +416,26 @@ async def test_live_prefix_search_sees_new_expansions(search_server: ServerProce
 
 
 @pytest.mark.e2e
+async def test_a_live_last_page_takes_in_matches_that_rank_after_it(search_server: ServerProcess) -> None:
+    """A page that ends the results (isDone) reaches to their end, as an index range's last page
+    does: a live page that was empty, or whose last result ranks first, shows a new match that
+    ranks after everything it holds."""
+    channel = f"pages-{random.randrange(10**9)}"
+    args = {"text": "heron", "channel": channel, "paginationOpts": {"numItems": 5, "cursor": None}}
+    async with RippleClient(search_server.url) as client:
+        watcher = Watcher(client, "messages:search_page", args)
+        try:
+            await until(lambda: watcher.values and watcher.latest["page"] == [] and watcher.latest["isDone"])
+            first = await client.mutation("messages:send", {"body": "heron heron heron", "channel": channel})
+            await until(lambda: [d["_id"] for d in watcher.latest["page"]] == [first])
+            # once in a longer text: ranks after `first`
+            second = await client.mutation("messages:send", {"body": "a grey heron stands in the shallows", "channel": channel})
+            await until(lambda: [d["_id"] for d in watcher.latest["page"]] == [first, second])
+            assert watcher.latest["isDone"]
+        finally:
+            await watcher.stop()
+
+
+@pytest.mark.e2e
 def test_search_through_the_npm_client(search_server: ServerProcess) -> None:
     run_node_tests("search.test.mjs", search_server)

@@ -44,6 +44,7 @@ Predicate = Callable[[dict[str, Any]], Any]
 BATCH = 128
 PREFIX_BOOST = 0.5  # a prefix expansion's weight (Convex: `boost *= 0.5` for prefix matches)
 _CURSOR = struct.Struct(">ddH")  # score, creation time, results before it
+_END = b"\xff"  # a cursor's body after the last result: where a page that ends the results ends
 
 
 class SearchFilter:
@@ -264,11 +265,17 @@ class SearchQuery:
             h.update(len(raw).to_bytes(4, "big") + raw)
         return h.digest()
 
-    def _encode_cursor(self, position: tuple[float, float, str] | None, seen: int) -> str:
-        body = b"" if position is None else _CURSOR.pack(position[0], position[1], seen) + position[2].encode()
+    def _encode_cursor(self, position: tuple[float, float, str] | None, seen: int, end: bool = False) -> str:
+        """A cursor at `position` (None: before the first result) with `seen` results ranked up
+        to it; `end`: after the last result, wherever later writes put it."""
+        if end:
+            body = _END
+        else:
+            body = b"" if position is None else _CURSOR.pack(position[0], position[1], seen) + position[2].encode()
         return base64.urlsafe_b64encode(b"\x02" + self._fingerprint() + body).decode().rstrip("=")
 
-    def _decode_cursor(self, cursor: object) -> tuple[tuple[float, float, str] | None, int]:
+    def _decode_cursor(self, cursor: object) -> tuple[tuple[float, float, str] | None, int, bool]:
+        """(position, results ranked up to it, whether it is the end cursor)."""
         if not isinstance(cursor, str):
             raise PaginationError("InvalidCursor", f"pagination cursor must be a string, not {cursor!r}")
         try:
@@ -278,12 +285,12 @@ class SearchQuery:
         if len(raw) < 7 or raw[0] != 2 or raw[1:7] != self._fingerprint():
             raise PaginationError("InvalidCursor", "pagination cursor belongs to a different query")
         body = raw[7:]
-        if not body:
-            return None, 0
+        if not body or body == _END:
+            return None, 0, body == _END
         if len(body) < _CURSOR.size:
             raise PaginationError("InvalidCursor", "pagination cursor is not valid")
         score, creation_time, seen = _CURSOR.unpack_from(body)
-        return (score, creation_time, body[_CURSOR.size:].decode()), seen
+        return (score, creation_time, body[_CURSOR.size:].decode()), seen, False
 
     async def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(opts, Mapping):
@@ -298,16 +305,19 @@ class SearchQuery:
         self._tx.paginated = True
         if first_paginate and end_cursor is None and self._tx.journal_in is not None:
             end_cursor = self._tx.journal_in
-        after, seen = self._decode_cursor(cursor) if cursor is not None else (None, 0)
-        until, _ = self._decode_cursor(end_cursor) if end_cursor is not None else (None, 0)
+        after, seen, after_end = self._decode_cursor(cursor) if cursor is not None else (None, 0, False)
+        until, _, to_end = self._decode_cursor(end_cursor) if end_cursor is not None else (None, 0, False)
         page: list[dict[str, Any]] = []
         last, count, more = after, seen, False
-        if end_cursor is not None:  # a fixed range: (cursor, endCursor]
-            if until is not None:
+        if after_end:  # nothing comes after the end
+            continue_cursor = end_cursor if end_cursor is not None else cursor
+        elif end_cursor is not None:  # a fixed range: (cursor, endCursor], or to the end of the results
+            if until is not None or to_end:
                 async for _, ranked, doc in self._results(after, until, seen):
                     count = ranked
                     if self._matches(doc):
                         page.append(doc)
+            if not to_end:
                 more = count < MAX_CANDIDATES and bool(await self._ranked(until, None, 1))
             continue_cursor = end_cursor
         else:
@@ -321,7 +331,10 @@ class SearchQuery:
                         page.append(doc)
             else:
                 more = True  # numItems 0: stay where we are
-            continue_cursor = self._encode_cursor(last, count)
+            # The last page ends at the end of the results, not at its last result, so that kept
+            # live (its end is the journal) it takes in new matches that rank after that result,
+            # as the last page of an index range does (server/core/query.py).
+            continue_cursor = self._encode_cursor(last, count, end=not more)
         if first_paginate:
             self._tx.journal_out = continue_cursor
         return {"page": page, "isDone": not more, "continueCursor": continue_cursor, "splitCursor": None, "pageStatus": None}
