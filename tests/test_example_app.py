@@ -13,11 +13,13 @@ import fractions
 import io
 import json
 import secrets
+import shutil
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import av
@@ -25,9 +27,14 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from client_sdk import ConvexError, RippleClient
+from client_sdk import ConvexError, FunctionError, RippleClient
+from server import Identity
+from server.config import SchedulerConfig
+from server.core.documents import DatabaseWriter
+from server.core.scheduler.loop import Scheduler
+from server.core.transaction import Transaction
 
-from conftest import ROOT, ServerProcess, Watcher, module_server, until
+from conftest import ROOT, ServerProcess, Watcher, module_server, open_runtime, until
 from oidc_issuer import OidcIssuer
 
 pytestmark = pytest.mark.e2e
@@ -394,3 +401,117 @@ async def _forgeries_replays_and_late_results(server: ServerProcess, casey: Ripp
         assert r.json()["outcome"] == "applied: under_review"
         video = await casey.query("videos:get", {"id": video_id})
         assert video["processingRound"] == 2 and abs(video["duration"] - 1.0) < 0.15
+
+
+async def search(client: RippleClient, query: str, **args: Any) -> list[str]:
+    """The ids videos:searchForReview answers, in order (one page of 20)."""
+    page = await client.query("videos:searchForReview", {"query": query, "paginationOpts": PAGE, **args})
+    return [v["_id"] for v in page["page"]]
+
+
+async def test_reviewers_search_captions_and_hashtags_live(server: ServerProcess, users: Users) -> None:
+    casey, riley = await users.creator("casey"), await users.reviewer("riley")
+    campaign, other_campaign = await new_campaign(riley), await new_campaign(riley)
+    # Words of this test's own: the other tests' videos are on the same server.
+    word, tag = f"w{uuid.uuid4().hex[:10]}", f"t{uuid.uuid4().hex[:10]}"
+
+    # A live search of the review queue sees a matching video arrive once it is processed, and
+    # never shows one that does not match.
+    live = Watcher(riley, "videos:searchForReview", {"query": f"#{tag}", "paginationOpts": PAGE})
+    try:
+        beach = await submit(casey, campaign, caption=f"Beach {word} at sunset", hashtags=[f"#{tag.upper()}", "#sun"])
+        other = await submit(casey, campaign, caption="Another clip", hashtags=["#winter"])
+        await settled(casey, beach, "under_review")
+        await settled(casey, other, "under_review")
+        await until(lambda: live.latest and [v["_id"] for v in live.latest["page"]] == [beach], timeout=20)
+        assert all(other not in [v["_id"] for v in value["page"]] for value in live.values)
+        assert live.values[0]["page"] == []  # the search started before the video existed
+    finally:
+        await live.stop()
+    studio = await submit(casey, other_campaign, caption=f"Studio {word}")
+    await settled(casey, studio, "under_review")
+
+    # By a caption word, by hashtag with or without '#' in any case, by the start of the last word.
+    assert set(await search(riley, word)) == {beach, studio}
+    assert await search(riley, f"#{tag}") == await search(riley, tag) == await search(riley, tag.upper()) == [beach]
+    assert set(await search(riley, word[:6])) == {beach, studio}
+    assert await search(riley, "#sun") == [beach]  # the hashtag `sun`, and `sunset` in the caption
+    # Best match first: the video holding both words, then the one holding one.
+    assert await search(riley, f"beach {word}") == [beach, studio]
+    assert await search(riley, f"studio {word[:-2]}") == [studio, beach]
+    assert await search(riley, f"{word}x") == []
+
+    # Within a status (under_review by default; null for any) and a campaign.
+    await riley.mutation("videos:requestChanges", {"videoId": studio, "note": "Brighter"})
+    assert await search(riley, word) == [beach]
+    assert await search(riley, word, status="changes_needed") == [studio]
+    assert set(await search(riley, word, status=None)) == {beach, studio}
+    assert await search(riley, word, status=None, campaignId=other_campaign) == [studio]
+    assert await search(riley, word, campaignId=other_campaign) == []
+
+    # Paginated: one result a page.
+    first = await riley.query("videos:searchForReview", {"query": word, "status": None,
+                                                         "paginationOpts": {"numItems": 1, "cursor": None}})
+    second = await riley.query("videos:searchForReview", {"query": word, "status": None,
+                                                          "paginationOpts": {"numItems": 1, "cursor": first["continueCursor"]}})
+    assert not first["isDone"] and {first["page"][0]["_id"], second["page"][0]["_id"]} == {beach, studio}
+
+    # No words (blank, or only '#'): the review queue's own order, as videos:listForReview lists it.
+    listed = await riley.query("videos:listForReview", {"paginationOpts": PAGE, "campaignId": campaign})
+    for blank in ("", "  ", "#"):
+        assert await search(riley, blank, campaignId=campaign) == [v["_id"] for v in listed["page"]]
+
+    # Reviewers only; a query longer than 200 characters is refused, naming the argument.
+    await refused(casey.query("videos:searchForReview", {"query": word, "paginationOpts": PAGE}), "FORBIDDEN")
+    await refused((await users.client(None)).query("videos:searchForReview", {"query": word, "paginationOpts": PAGE}),
+                  "UNAUTHENTICATED")
+    with pytest.raises(FunctionError, match="`query`: String should have at most 200 characters"):
+        await search(riley, "a" * 201)
+
+
+async def test_videos_stored_before_search_get_their_search_text(tmp_path: Path, namespace: str) -> None:
+    """Videos an earlier version stored have no `searchText`, so the search index holds no words
+    of theirs: one becomes searchable when it is next written (schema.py derives the text on
+    every write), and videos:backfillSearchText writes the rest, a batch per transaction, each
+    batch scheduling the next. In process: the earlier version is an app whose videos table
+    takes any document."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "schema.py").write_text("from server import Schema, Table\n\nschema = Schema(videos=Table())\n")
+    issuer = "https://issuer.example"
+    riley = Identity({"tokenIdentifier": f"{issuer}|riley", "subject": "riley", "issuer": issuer, "role": "reviewer"})
+    stored = {"creatorId": f"{issuer}|casey", "campaignId": "c", "status": "under_review", "hashtags": ["retro"],
+              "approvalHistory": [], "processingRound": 1}
+    async with open_runtime(app, namespace) as rt:
+        async def insert(writer: DatabaseWriter, tx: Transaction) -> list[str]:
+            return [await writer.insert("videos", {**stored, "caption": f"Old beach clip {n}"}) for n in range(3)]
+
+        ids = await rt.system_transaction(insert)
+        shutil.copy(ROOT / "schema.py", app / "schema.py")  # this version, with the search index
+        shutil.copytree(ROOT / "functions", app / "functions", ignore=shutil.ignore_patterns("__pycache__"))
+        await rt.load()
+
+        async def found(query: str) -> list[str]:
+            args = {"query": query, "status": None, "paginationOpts": PAGE}
+            return [v["_id"] for v in (await rt.call("query", "videos:searchForReview", args, riley)).value["page"]]
+
+        async def backfill(**args: Any) -> Any:
+            return (await rt.call("mutation", "videos:backfillSearchText", args, allow_internal=True)).value
+
+        assert await found("beach") == []
+        await rt.call("mutation", "videos:approve", {"videoId": ids[0]}, riley)
+        assert await found("#retro") == [ids[0]]
+
+        scheduler = Scheduler(rt, SchedulerConfig(poll_seconds=30.0, fallback_poll_seconds=0.2))
+        await scheduler.start()
+        try:
+            assert await backfill(batchSize=2) == {"updated": 1, "isDone": False}  # ids[0] was current
+
+            for _ in range(400):  # the scheduled batch runs a moment later
+                if len(await found("#retro")) == 3:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await scheduler.stop()
+        assert set(await found("old beach")) == set(ids)
+        assert await backfill() == {"updated": 0, "isDone": True}
