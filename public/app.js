@@ -13,6 +13,7 @@ const params = new URLSearchParams(location.search);
 const PAGE_SIZE = boundedInt(params.get("pageSize"), 10, 1, 100);
 const SESSION_KEY = "ripple-demo-user"; // per tab, so two tabs can be two users
 const TOKEN_SECONDS = 3600;
+const SEARCH_DELAY_MS = 200; // the review queue searches once typing pauses this long
 
 // The SDK's own errors (a refused token, say) go to the console; the last one is kept to say
 // why a sign-in did not take.
@@ -299,8 +300,16 @@ class VideoList {
     this.moreButton.addEventListener("click", () => this.handle?.loadMore(PAGE_SIZE));
   }
 
-  start(path, args) {
-    this.clear();
+  /** Show the live pages of `path(args)`. `keepCards`: leave the current cards up until the
+   * first page arrives (then they are kept, moved or removed as it says), so a new search does
+   * not blank the list on every pause in typing; `emptyText`: what to say when nothing is found. */
+  start(path, args, { keepCards = false, emptyText = null } = {}) {
+    if (keepCards) {
+      this.handle?.unsubscribe();
+    } else {
+      this.clear();
+    }
+    if (emptyText !== null) this.emptyEl.textContent = emptyText;
     this.handle = client.onPaginatedUpdate(
       path,
       args,
@@ -579,17 +588,35 @@ function startReviewer() {
   startQueue();
 }
 
-function startQueue() {
+let queueShown = null; // what the queue subscribes to, as JSON [path, args]
+let searchTimer = null;
+
+/** The review queue as the filters say: the newest videos (videos:listForReview) or, with words
+ * in the search box, the best matches (videos:searchForReview); live either way. */
+function startQueue({ typing = false } = {}) {
   const campaignId = $("review-filter-campaign").value;
   const status = $("review-filter-status").value;
-  reviewQueue.start("videos:listForReview", {
+  const text = $("review-search").value.trim();
+  const filters = {
     status: status === "any" ? null : status, // null: every status
     campaignId: campaignId || undefined,
+  };
+  const [path, args] = text ? ["videos:searchForReview", { query: text, ...filters }] : ["videos:listForReview", filters];
+  const shown = JSON.stringify([path, args]);
+  if (typing && shown === queueShown && reviewQueue.handle !== null) return; // e.g. a space typed
+  queueShown = shown;
+  reviewQueue.start(path, args, {
+    keepCards: typing,
+    emptyText: text ? `No videos match “${text}”.` : "Nothing here.",
   });
 }
 
 $("review-filter-status").addEventListener("change", () => currentRole === "reviewer" && startQueue());
 $("review-filter-campaign").addEventListener("change", () => currentRole === "reviewer" && startQueue());
+$("review-search").addEventListener("input", () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => currentRole === "reviewer" && startQueue({ typing: true }), SEARCH_DELAY_MS);
+});
 
 $("campaign-form").addEventListener("submit", async (event) => {
   event.preventDefault();

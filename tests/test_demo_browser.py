@@ -118,11 +118,12 @@ def sign_in(page: Page, preset: str, view: str, name: str) -> None:
     expect(page.get_by_test_id("current-user")).to_contain_text(name)
 
 
-def upload(page: Page, campaign: str, video: Path, caption: str) -> None:
+def upload(page: Page, campaign: str, video: Path, caption: str, hashtags: str = "") -> None:
     """Upload through the form; returns once the page says the upload is done (100%)."""
     page.get_by_test_id("upload-campaign").select_option(label=campaign)
     page.get_by_test_id("upload-file").set_input_files(str(video))
     page.get_by_test_id("upload-caption").fill(caption)
+    page.get_by_test_id("upload-hashtags").fill(hashtags)
     page.get_by_test_id("upload-submit").click()
     expect(page.get_by_test_id("upload-progress")).to_have_attribute("data-value", "100")
     expect(page.get_by_test_id("upload-progress-text")).to_contain_text("uploaded")
@@ -218,12 +219,29 @@ def run_workflow(demo: Demo, videos: dict[str, Path], bad_file: Path, broken_fil
     expect(mine.get_by_test_id("video-notes")).to_contain_text("Great, ship it")
     expect(mine.get_by_test_id("video-resubmit-form")).to_be_hidden()
 
-    # Three more uploads: both lists now hold more than a page.
-    for n in (1, 2, 3):
-        upload(creator, "Summer Launch (Acme)", videos["first"], f"Extra {n}")
+    # The reviewer searches the queue for a hashtag no video has yet: nothing matches.
+    search = reviewer.get_by_test_id("review-search")
+    search.fill("#beach")
+    expect(reviewer.get_by_test_id("review-empty")).to_contain_text("No videos match")
+
+    # Three more uploads, the first with that hashtag: it joins the search results live once
+    # processed. Cleared, the search gives the queue back, all three in it: both lists now hold
+    # more than a page.
+    for n, hashtags in ((1, "#Beach #sun"), (2, "#city"), (3, "")):
+        upload(creator, "Summer Launch (Acme)", videos["first"], f"Extra {n}", hashtags)
+    found = reviewer.get_by_test_id("review-queue").get_by_test_id("review-card")
+    expect(card(reviewer, "review-queue", "Extra 1")).to_have_attribute("data-status", "under_review", timeout=WAIT_MS)
+    expect(found).to_have_count(1)
+    search.fill("")
     for n in (1, 2, 3):
         expect(card(reviewer, "review-queue", f"Extra {n}")).to_have_attribute("data-status", "under_review",
                                                                                timeout=WAIT_MS)
+    # Typed key by key, the start of the hashtag finds the matching video, and only it.
+    search.press_sequentially("#bea", delay=40)
+    expect(card(reviewer, "review-queue", "Extra 2")).to_have_count(0)
+    expect(found).to_have_count(1)
+    expect(card(reviewer, "review-queue", "Extra 1")).to_contain_text("#beach")
+    search.fill("")
     expect(card(creator, "my-videos", "First cut")).to_have_attribute("data-status", "approved")
 
     # A file that claims to be an MP4 but is not a video fails processing; the card says why.
