@@ -28,7 +28,7 @@ Platform = Literal["tiktok", "instagram", "youtube", "x"]
 VIDEO_TYPES = ("video/mp4", "video/webm", "video/quicktime")
 MAX_VIDEO_BYTES = 200 * 1024 * 1024
 MAX_QUERY_CHARS = 200  # of a search (only its first 16 words are looked for anyway)
-_WORD = re.compile(r"[^\W_]")  # a character a search term is made of (server/core/search/text.py)
+_WORD = re.compile(r"[^\W_]")  # a letter or digit: what search terms are made of (docs/search.md)
 
 
 def now_ms() -> float:
