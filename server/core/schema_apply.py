@@ -100,6 +100,7 @@ async def _apply_table(
         for d in rebuilt:
             for column in d.columns():
                 await conn.execute(tsql.add_column(column))
+            await d.prepare(executor(conn))
         await _backfill(conn, tsql, {n: fields[n] for n in changed}, rebuilt)
         for name in changed:
             await conn.execute(tsql.key_not_null(name))
@@ -111,6 +112,7 @@ async def _apply_table(
     if changed or rebuilt or fingerprint != old_fingerprint or old_indexes != stored:
         await conn.execute(sql.UPDATE_TABLE, table.name, stored, fingerprint)
     return TableInfo(number=number, table=table, sql=tsql, index_fields=fields, derived=derived)
+
 
 async def _validate_existing(
     conn: asyncpg.Connection, table: Table, tsql: sql.TableSql, names: dict[int, str]
@@ -140,7 +142,8 @@ async def _backfill(
                 rows = [(doc["_id"], *d.values(doc)) for doc in docs]
             except LimitExceeded as exc:
                 raise SchemaError(f"{d.kind} index {tsql.table}.{d.name} cannot be built: {exc}") from exc
-            await conn.executemany(tsql.set_columns(d.columns()), rows)
+            if d.columns():
+                await conn.executemany(tsql.set_columns(d.columns()), rows)
             await d.after_backfill(execute, docs)
         for name, index_fields in changed.items():
             try:

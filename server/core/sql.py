@@ -292,36 +292,72 @@ BM25_K1 = 1.2
 BM25_B = 0.75
 
 
-def search_rank(table: str, index: str, n_terms: int, after: bool, until: bool) -> str:
-    """Documents of `table` matching tsquery $1 in search index `index`, BM25-scored over
-    `n_terms` terms ($4...: the terms, then $(4+n)...: their weights, idf x boost x (k1 + 1)),
-    best first (then newest, then by id), at most $3. $2: the average document length.
-    `after`: only those ranked after the position (score, creation time, id) in the next three
-    parameters; `until`: only those up to and including the position in the three after that."""
-    t = quote_ident(table)
-    w, length, vector = (quote_ident(p + index) for p in ("w_", "l_", "s_"))
-    tf = ", ".join(f"coalesce(({w} ->> ${4 + i}::text)::float8, 0) AS tf{i}" for i in range(n_terms))
-    score = " + ".join(f"${4 + n_terms + i}::float8 * tf{i} / (tf{i} + k)" for i in range(n_terms))
+def postings_table(table: str, index: str) -> str:
+    """The postings table of a search index: `_search_` (no user table starts with `_`), then
+    the table's and index's names cut short, then a hash of the full pair (unique, <= 57 chars)."""
+    digest = hashlib.blake2b(f"{table}.{index}".encode(), digest_size=4).hexdigest()
+    return f"_search_{table[:20]}_{index[:16]}_{digest}"
+
+
+def create_postings(postings: str) -> str:
+    # term COLLATE "C": compared as bytes, as the statistics' terms are. `f`: the document's filter
+    # lexemes (search/text.py filter_lexeme), for `f @> $filters`.
+    return (
+        f"CREATE TABLE IF NOT EXISTS {quote_ident(postings)} ("
+        'term text COLLATE "C" NOT NULL, id text NOT NULL, tf integer NOT NULL, len integer NOT NULL, '
+        "creation_time double precision NOT NULL, f text[] NOT NULL, PRIMARY KEY (term, id))"
+    )
+
+
+def drop_postings(postings: str) -> str:
+    return f"DROP TABLE IF EXISTS {quote_ident(postings)}"
+
+
+def write_postings(postings: str) -> str:
+    """One document's postings and statistics, in one statement: $1 its id; $2 terms it no
+    longer holds (their postings go); $3 the index's statistics name, $4-$6 the deltas (terms,
+    documents, tokens); $7 its length, $8 creation time, $9 filter lexemes; $10 terms and $11
+    their counts to insert or update. The terms of $2 and $10 never overlap."""
+    p = quote_ident(postings)
+    return f"""
+WITH gone AS (
+    DELETE FROM {p} WHERE id = $1 AND term = ANY($2::text[])
+), logged AS (
+    INSERT INTO _ripple_search_stats (idx, term, docs, tokens)
+    SELECT $3, t, d, n FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS u(t, d, n)
+)
+INSERT INTO {p} (term, id, tf, len, creation_time, f)
+SELECT t, $1, n, $7, $8, $9::text[] FROM unnest($10::text[], $11::integer[]) AS u(t, n)
+ON CONFLICT (term, id) DO UPDATE SET tf = EXCLUDED.tf, len = EXCLUDED.len, f = EXCLUDED.f
+"""
+
+
+def search_rank(table: str, postings: str, filtered: bool, after: bool, until: bool) -> str:
+    """Documents of `table` holding any of the terms $1 (weights $2: idf x boost x (k1 + 1)), by
+    BM25 summed over the postings read, best first (then newest, then by id), at most $4. $3:
+    b x k1 / the average document length. `filtered`: only postings whose filter lexemes include
+    all of $5. `after`: only those ranked after the position (score, creation time, id) in the
+    next three parameters; `until`: only those up to and including the position in the three
+    after that. Documents are read for the page only."""
+    nxt = 6 if filtered else 5
     where = []
-    nxt = 4 + 2 * n_terms
     if after:
         where.append(f"(score, creation_time, id) < (${nxt}::float8, ${nxt + 1}::float8, ${nxt + 2}::text)")
         nxt += 3
     if until:
         where.append(f"(score, creation_time, id) >= (${nxt}::float8, ${nxt + 1}::float8, ${nxt + 2}::text)")
+    k = f"{BM25_K1 * (1 - BM25_B)}::float8 + $3::float8 * p.len"
     return (
-        f"SELECT id, creation_time, doc, score FROM (SELECT id, creation_time, doc, {score} AS score FROM ("
-        f"SELECT id, creation_time, doc, {tf}, "
-        f"{BM25_K1} * ({1 - BM25_B} + {BM25_B} * {length} / $2::float8) AS k "
-        f"FROM {t} WHERE {vector} @@ $1::tsquery) AS matched) AS scored"
+        f"SELECT r.id, r.creation_time, t.doc, r.score FROM ("
+        f"SELECT id, creation_time, score FROM ("
+        f"SELECT p.id, max(p.creation_time) AS creation_time, sum(q.w * p.tf / (p.tf + {k})) AS score "
+        f"FROM unnest($1::text[], $2::float8[]) AS q(term, w) JOIN {quote_ident(postings)} p ON p.term = q.term"
+        + (" WHERE p.f @> $5::text[]" if filtered else "")
+        + " GROUP BY p.id) AS scored"
         + (f" WHERE {' AND '.join(where)}" if where else "")
-        + " ORDER BY score DESC, creation_time DESC, id DESC LIMIT $3"
+        + f" ORDER BY score DESC, creation_time DESC, id DESC LIMIT $4) AS r JOIN {quote_ident(table)} t ON t.id = r.id"
+        " ORDER BY r.score DESC, r.creation_time DESC, r.id DESC"
     )
-
-
-def create_gin_index(table: str, index: str, column: str) -> str:
-    name = quote_ident(index_name(table, index))
-    return f"CREATE INDEX IF NOT EXISTS {name} ON {quote_ident(table)} USING gin ({quote_ident(column)})"
 
 
 class TableSql:

@@ -58,6 +58,9 @@ class DerivedIndex:
         "columns" (so that a later version can drop them without knowing the kind)."""
         raise NotImplementedError
 
+    async def prepare(self, execute: Execute) -> None:
+        """Before the backfill, once its columns exist: make what else the index keeps."""
+
     def create_statements(self) -> list[str]:
         """PostgreSQL indexes over the columns, run after they were filled."""
         return []

@@ -86,10 +86,6 @@ class SearchFilter:
         return self
 
 
-def _tsquery_lexeme(lexeme: str) -> str:
-    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
 class SearchQuery:
     """A search over one search index; read it with take, first, unique, collect, paginate or
     `async for`. `filter` adds a predicate checked on each result, as on other queries."""
@@ -104,7 +100,7 @@ class SearchQuery:
         self._prefix = query_terms(spec.text)[-1] if self._terms else None
         self._filters = spec.filters
         self._predicates: list[Predicate] = []
-        self._plan: tuple[str, float, list[str], list[float]] | None = None
+        self._plan: tuple[list[str], list[float], float, list[str]] | None = None
         self._planned = False
 
     def filter(self, predicate: Predicate) -> SearchQuery:
@@ -141,8 +137,9 @@ class SearchQuery:
                 hi = lo + keys.AFTER_PREFIX
             self._tx.reads.append(ReadRange(self._info.name, index.name, lo, hi))
 
-    async def _make_plan(self) -> tuple[str, float, list[str], list[float]] | None:
-        """(tsquery, average length, terms, weights), or None: nothing can match."""
+    async def _make_plan(self) -> tuple[list[str], list[float], float, list[str]] | None:
+        """(terms, their weights, k1 x b / average length, filter lexemes), or None: nothing can
+        match."""
         if self._planned:
             return self._plan
         tx = self._tx
@@ -175,10 +172,8 @@ class SearchQuery:
             weights.append(idf * boost * (1.0 + sql.BM25_K1))
         if not terms:
             return None
-        tsquery = "(" + " | ".join(_tsquery_lexeme(t) for t in terms) + ")"
-        for position, value in self._filters:
-            tsquery += " & " + _tsquery_lexeme(filter_lexeme(position, value))
-        self._plan = (tsquery, average, terms, weights)
+        filters = sorted({filter_lexeme(position, value) for position, value in self._filters})
+        self._plan = (terms, weights, sql.BM25_K1 * sql.BM25_B / average, filters)
         return self._plan
 
     # -- reading -----------------------------------------------------------------------------
@@ -189,9 +184,13 @@ class SearchQuery:
         plan = await self._make_plan()
         if plan is None or limit <= 0:
             return []
-        tsquery, average, terms, weights = plan
-        statement = sql.search_rank(self._info.name, self._index.name, len(terms), after is not None, until is not None)
-        args: list[Any] = [tsquery, average, limit, *terms, *weights]
+        terms, weights, length_factor, filters = plan
+        statement = sql.search_rank(
+            self._info.name, self._index.postings, bool(filters), after is not None, until is not None
+        )
+        args: list[Any] = [terms, weights, length_factor, limit]
+        if filters:
+            args.append(filters)
         if after is not None:
             args += after
         if until is not None:

@@ -4,12 +4,11 @@ Tokenizing follows Convex's (crates/search/src/constants.rs, `convex_en`: tantiv
 SimpleTokenizer, RemoveLongFilter(32), LowerCaser): a term is a run of alphanumeric characters,
 runs of 32 UTF-8 bytes or more are dropped, and terms are lowercased. No stemming, no stop words.
 
-Each document of a table with a search index `NAME` keeps in its row:
-- `s_NAME` (tsvector): its distinct terms, and one lexeme per filter field, `=<position>:<hash of
-  the value>` (a lexeme no term can be, since terms hold no punctuation), so that PostgreSQL's
-  GIN index finds documents that contain any query term and match every filter in one scan;
-- `w_NAME` (jsonb): how often each term occurs, for BM25's term frequency;
-- `l_NAME` (integer): how many terms the search field holds, for BM25's length normalization.
+A search index keeps a table of postings of its own (`_search_...`, sql.postings_table): one
+row per document and term it holds, with the term's count in the document, the document's
+length and creation time, and its filter values as lexemes (`=<position>:<hash of the value>`).
+A search reads the postings of its terms, sums each document's BM25 over them and keeps the
+best: the work grows with the postings read, as an inverted index's does.
 
 BM25 also needs, over the whole index, the number of documents, their total length and each
 term's document frequency. Those live in `_ripple_search_stats` as rows of deltas that every
@@ -110,6 +109,9 @@ def stats_name(table: str, index: str) -> str:
     return f"{table}.{index}"
 
 
+Postings = dict[str, int]  # term -> its count in the document
+
+
 class TextIndex(DerivedIndex):
     kind = "search"
 
@@ -118,16 +120,14 @@ class TextIndex(DerivedIndex):
         self.search_field = search_field
         self.filter_fields = list(filter_fields)
         self.stats = stats_name(table, name)
-        self.vector_column = "s_" + name
-        self.tf_column = "w_" + name
-        self.length_column = "l_" + name
+        self.postings = sql.postings_table(table, name)
+        self.write_statement = sql.write_postings(self.postings)
 
     def columns(self) -> list[Column]:
-        return [
-            Column(self.vector_column, "tsvector", "array_to_tsvector({}::text[])"),
-            Column(self.tf_column, "jsonb"),
-            Column(self.length_column, "integer"),
-        ]
+        return []  # everything is in the postings table
+
+    def values(self, doc: Mapping[str, Any]) -> list[Any]:
+        return []
 
     def terms(self, doc: Mapping[str, Any]) -> list[str]:
         text = keys.field_value(doc, self.search_field)
@@ -136,12 +136,8 @@ class TextIndex(DerivedIndex):
     def filter_values(self, doc: Mapping[str, Any]) -> list[Any]:
         return [keys.field_value(doc, f) for f in self.filter_fields]
 
-    def values(self, doc: Mapping[str, Any]) -> list[Any]:
-        terms = self.terms(doc)
-        counts = Counter(terms)
-        lexemes = list(counts)
-        lexemes += [filter_lexeme(i, v) for i, v in enumerate(self.filter_values(doc))]
-        return [lexemes, dict(counts), len(terms)]
+    def filter_lexemes(self, doc: Mapping[str, Any]) -> list[str]:
+        return [filter_lexeme(i, v) for i, v in enumerate(self.filter_values(doc))]
 
     def keys(self, doc: Mapping[str, Any]) -> list[bytes]:
         filters = self.filter_values(doc)
@@ -156,47 +152,63 @@ class TextIndex(DerivedIndex):
             "kind": self.kind,
             "search_field": self.search_field,
             "filter_fields": self.filter_fields,
-            "columns": [c.name for c in self.columns()],
+            "columns": [],
+            "postings": self.postings,
         }
 
     def create_statements(self) -> list[str]:
-        return [sql.create_gin_index(self.table, self.name, self.vector_column)]
+        return []  # the postings table is made before the backfill fills it (prepare)
 
-    def _deltas(self, doc: Mapping[str, Any] | None, sign: int, into: Counter[str], totals: list[int]) -> None:
+    async def prepare(self, execute: Execute) -> None:
+        await execute("execute", sql.create_postings(self.postings))
+
+    def _shape(self, doc: Mapping[str, Any] | None) -> tuple[Postings, int, list[str]]:
         if doc is None:
-            return
+            return {}, 0, []
         terms = self.terms(doc)
-        for t in set(terms):
-            into[t] += sign
-        totals[0] += sign
-        totals[1] += sign * len(terms)
+        return dict(Counter(terms)), len(terms), self.filter_lexemes(doc)
+
+    def _parameters(self, doc_id: str, creation_time: float, old: Mapping[str, Any] | None,
+                    new: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+        """The write_postings parameters for a document going from `old` to `new` (None: absent),
+        or None when its postings and the statistics stay as they are."""
+        (before, before_length, before_filters) = self._shape(old)
+        (after, after_length, after_filters) = self._shape(new)
+        if (old is None) == (new is None) and before == after and before_length == after_length \
+                and before_filters == after_filters:
+            return None
+        gone = [t for t in before if t not in after]
+        whole = before_length != after_length or before_filters != after_filters
+        put = {t: n for t, n in after.items() if whole or before.get(t) != n}
+        deltas: Counter[str] = Counter({t: 1 for t in after})
+        deltas.subtract({t: 1 for t in before})
+        changed = [(t, n) for t, n in deltas.items() if n]
+        docs = (new is not None) - (old is not None)
+        stats_terms = [t for t, _ in changed] + [""]
+        stats_docs = [n for _, n in changed] + [docs]
+        stats_tokens = [0] * len(changed) + [after_length - before_length]
+        return (
+            doc_id, gone, self.stats, stats_terms, stats_docs, stats_tokens,
+            after_length, creation_time, after_filters, list(put), list(put.values()),
+        )
 
     async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
-        docs: Counter[str] = Counter()
-        totals = [0, 0]
-        self._deltas(old, -1, docs, totals)
-        self._deltas(new, 1, docs, totals)
-        await self._log(execute, docs, totals)
+        doc = new if new is not None else old
+        assert doc is not None
+        params = self._parameters(doc["_id"], doc["_creationTime"], old, new)
+        if params is not None:
+            await execute("execute", self.write_statement, *params)
 
     async def after_backfill(self, execute: Execute, batch: list[dict[str, Any]]) -> None:
-        docs: Counter[str] = Counter()
-        totals = [0, 0]
-        for doc in batch:
-            self._deltas(doc, 1, docs, totals)
-        await self._log(execute, docs, totals)
-
-    async def _log(self, execute: Execute, docs: Counter[str], totals: list[int]) -> None:
-        changed = [(t, n) for t, n in docs.items() if n]
-        if not changed and totals == [0, 0]:
-            return  # e.g. a patch that left the search field alone
-        terms = [t for t, _ in changed] + [""]
-        counts = [n for _, n in changed] + [totals[0]]
-        tokens = [0] * len(changed) + [totals[1]]
-        await execute("execute", sql.LOG_SEARCH_STATS, self.stats, terms, counts, tokens)
+        rows = [self._parameters(d["_id"], d["_creationTime"], None, d) for d in batch]
+        await execute("executemany", self.write_statement, [r for r in rows if r is not None])
 
     @staticmethod
     async def forget(execute: Execute, table: str, name: str, definition: Mapping[str, Any]) -> None:
         await execute("execute", sql.FORGET_SEARCH_STATS, stats_name(table, name))
+        postings = definition.get("postings")
+        if isinstance(postings, str):
+            await execute("execute", sql.drop_postings(postings))
 
 
 COMPACT_EVERY_S = 5.0  # between folds when the last one found little to do
