@@ -319,7 +319,8 @@ async def run_loadgen(port: int, queries_file: Path, args: argparse.Namespace, s
     """One generator subprocess running the mix `passes` times; CPU sampled between its markers."""
     argv = [sys.executable, str(SCRIPT), "_loadgen", "--port", str(port), "--queries-file", str(queries_file),
             "--concurrency", str(args.concurrency), "--warmup-queries", str(args.warmup_queries), "--passes", str(passes)]
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, start_new_session=True)
+    # Its result is one JSON line with every latency: far longer than asyncio's default line limit.
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 26)
     OUR_PIDS.add(proc.pid)
     sampler.pids["generator"] = proc.pid
     assert proc.stdout is not None
