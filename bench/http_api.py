@@ -224,6 +224,30 @@ class CpuSampler:
         return out
 
 
+async def loadgen_result(proc: asyncio.subprocess.Process, sampler: CpuSampler) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Follow a load generator subprocess: CPU sampling between its MEASURE_START and MEASURE_END
+    lines, its result from its JSON line; (result, CPU figures). Kills it if this is interrupted."""
+    assert proc.stdout is not None
+    cpu: dict[str, Any] = {}
+    result: dict[str, Any] | None = None
+    try:
+        async for raw in proc.stdout:
+            line = raw.decode().strip()
+            if line == "MEASURE_START":
+                await sampler.start()
+            elif line == "MEASURE_END":
+                cpu = await sampler.stop()
+            elif line.startswith("{"):
+                result = json.loads(line)
+        if await proc.wait() != 0 or result is None:
+            raise RuntimeError(f"load generator failed (exit {proc.returncode})")
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return result, cpu
+
+
 # ---------------------------------------------------------------------------------------------
 # Load generator (runs as a subprocess: `http_api.py _loadgen ...`)
 # ---------------------------------------------------------------------------------------------
@@ -363,24 +387,9 @@ async def run_loadgen(port: int, workload: str, args: argparse.Namespace, sample
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, start_new_session=True)
     procs.append(proc)
     sampler.pids["generator"] = proc.pid
-    assert proc.stdout is not None
-    cpu: dict[str, Any] = {}
-    result: dict[str, Any] | None = None
     try:
-        async for raw in proc.stdout:
-            line = raw.decode().strip()
-            if line == "MEASURE_START":
-                await sampler.start()
-            elif line == "MEASURE_END":
-                cpu = await sampler.stop()
-            elif line.startswith("{"):
-                result = json.loads(line)
-        if await proc.wait() != 0 or result is None:
-            raise RuntimeError(f"load generator failed (exit {proc.returncode})")
+        result, cpu = await loadgen_result(proc, sampler)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         procs.remove(proc)
     result.update(cpu)
     if result["errors"]:

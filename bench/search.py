@@ -48,11 +48,10 @@ The cases, in the same run
                     SELECT id, body, channel FROM messages, to_tsquery('simple', $1) AS q
                     WHERE tsv @@ q [AND channel = $2] ORDER BY ts_rank(tsv, q) DESC LIMIT 10
                   with $1 = 'w1 | w2 | w3:*' (the last word a prefix, as Ripple takes it).
-* ripple SQL   -- (b) the statements Ripple issues for the same search, straight from asyncpg
-                  against Ripple's own tables: BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
-                  the statistics (`sql.SEARCH_TERM_STATS`); the plan computed as
-                  server/core/search/query.py `_make_plan` does; the ranking (`sql.search_rank`);
-                  COMMIT. This separates Ripple's runtime overhead from the cost of its SQL.
+* ripple SQL   -- (b) the statement Ripple issues for the same search (`sql.search_rank`: the
+                  statistics, then the postings, in one statement), with the arguments
+                  server/core/search/query.py `_ranked` gives it, straight from asyncpg against
+                  Ripple's own tables. This separates Ripple's runtime overhead from its SQL.
 * floor        -- calibration: the same load generator against a raw asyncio server answering
                   with a copy of a real search response (bench/http_api.py's floor): what the
                   generator can drive at best (it runs the mix 25 times as often, to last long
@@ -79,7 +78,7 @@ Checks printed with the figures
   first as Ripple does. Agreement: same documents in the same order, and the same scores
   (documents with equal scores may be exchanged).
 * Overlap of Ripple's and (a)'s top 10 (not expected to be equal: ts_rank is not BM25).
-* EXPLAIN (ANALYZE, BUFFERS) of (a)'s query and (b)'s two statements for the slowest queries and
+* EXPLAIN (ANALYZE, BUFFERS) of (a)'s query and (b)'s statement for the slowest queries and
   a median one (in the JSON; execution times printed).
 
 Everything runs on this machine (2 cores, shared with other work): server, PostgreSQL, the
@@ -128,7 +127,7 @@ from common import (
     wait_port,
     wait_ready,
 )
-from http_api import OUR_PIDS, CpuSampler, baseline_loop_factory
+from http_api import OUR_PIDS, CpuSampler, baseline_loop_factory, loadgen_result
 
 SCRIPT = Path(__file__).resolve()
 APP_DIR = SCRIPT.parent / "search_app"
@@ -323,24 +322,7 @@ async def run_loadgen(port: int, queries_file: Path, args: argparse.Namespace, s
     proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 26)
     OUR_PIDS.add(proc.pid)
     sampler.pids["generator"] = proc.pid
-    assert proc.stdout is not None
-    cpu: dict[str, Any] = {}
-    result: dict[str, Any] | None = None
-    try:
-        async for raw in proc.stdout:
-            line = raw.decode().strip()
-            if line == "MEASURE_START":
-                await sampler.start()
-            elif line == "MEASURE_END":
-                cpu = await sampler.stop()
-            elif line.startswith("{"):
-                result = json.loads(line)
-        if await proc.wait() != 0 or result is None:
-            raise RuntimeError(f"load generator failed (exit {proc.returncode})")
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    result, cpu = await loadgen_result(proc, sampler)
     if result["errors"]:
         print(f"  !! {result['errors']} failed requests; first: {result['first_error']}", flush=True)
     done = [(int(i), float(s)) for i, s in result["done"]]
@@ -370,8 +352,8 @@ class HandWritten:
 
 
 class RippleSql:
-    """(b): the statements Ripple runs for `messages:search`, with the plan between them
-    computed as server/core/search/query.py `_make_plan` computes it."""
+    """(b): the statement Ripple runs for `messages:search` (server/core/sql.py `search_rank`,
+    with the arguments server/core/search/query.py `_ranked` gives it), straight from asyncpg."""
 
     def __init__(self, pool: Any, mix: list[SearchCase]) -> None:
         from server.core import sql
@@ -381,43 +363,25 @@ class RippleSql:
         self.stats = stats_name("messages", "search_body")
         self.postings = sql.postings_table("messages", "search_body")
 
-    def statements(self, case: SearchCase) -> tuple[list[str], list[Any]]:
-        """The statistics statement and its arguments, and the query's terms and prefix."""
-        from server.core.search.text import MAX_UNIQUE_QUERY_TERMS, query_terms
+    def ranking(self, case: SearchCase) -> list[Any] | None:
+        """The statement and its arguments, or None when the text has no term."""
+        from server.core.search.text import filter_lexeme, query_terms
 
         every = query_terms(case.text)
-        terms = list(dict.fromkeys(every))
-        prefix = every[-1]
-        return terms, [self.sql.SEARCH_TERM_STATS, self.stats, [*terms, ""], prefix, prefix + chr(0x10FFFF),
-                       MAX_UNIQUE_QUERY_TERMS]
-
-    def ranking(self, case: SearchCase, stats_rows: list[Any]) -> list[Any] | None:
-        """The ranking statement and its arguments, or None when nothing can match."""
-        from server.core.search.query import PREFIX_BOOST
-        from server.core.search.text import MAX_UNIQUE_QUERY_TERMS, filter_lexeme
-
-        total = next((r for r in stats_rows if r["term"] == ""), None)
-        documents = max(total["docs"], 1.0) if total is not None else 1.0
-        average = (total["tokens"] / documents if total is not None else 0.0) or 1.0
-        exact = [r for r in stats_rows if not r["expansion"] and r["term"] and r["docs"] > 0]
-        expansions = sorted((r for r in stats_rows if r["expansion"]), key=lambda r: r["term"])
-        terms, weights = [], []
-        for row in [*exact, *expansions][:MAX_UNIQUE_QUERY_TERMS]:
-            idf = math.log(1.0 + (documents - row["docs"] + 0.5) / (row["docs"] + 0.5))
-            terms.append(row["term"])
-            weights.append(idf * (PREFIX_BOOST if row["expansion"] else 1.0) * (1.0 + self.sql.BM25_K1))
-        if not terms:
+        if not every:
             return None
         filters = [] if case.channel is None else [filter_lexeme(0, case.channel)]
         statement = self.sql.search_rank("messages", self.postings, bool(filters), False, False)
-        args: list[Any] = [terms, weights, self.sql.BM25_K1 * self.sql.BM25_B / average, TAKE]
+        prefix = every[-1]
+        args: list[Any] = [self.stats, list(dict.fromkeys(every)), prefix, prefix + chr(0x10FFFF), TAKE]
         return [statement, *args, *([filters] if filters else [])]
 
     async def search(self, case: SearchCase) -> list[Any]:
-        _, stats = self.statements(case)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            ranking = self.ranking(case, await conn.fetch(*stats))
-            return [] if ranking is None else list(await conn.fetch(*ranking))
+        ranking = self.ranking(case)
+        if ranking is None:
+            return []
+        async with self.pool.acquire() as conn:
+            return list(await conn.fetch(*ranking))
 
     async def send(self, n: int, i: int) -> None:
         await self.search(self.mix[i])
@@ -443,7 +407,8 @@ def bm25_reference(docs: list[Any], cases: list[SearchCase], ripple_ids: list[li
     """For each case, its top TAKE as (score, creation time, id), best first, and the reference
     score of each document Ripple returned for it; `docs`: rows of (id, creation_time, body,
     channel)."""
-    from server.core.search.text import MAX_UNIQUE_QUERY_TERMS, query_terms, tokenize
+    from server.core.search.text import query_terms, tokenize
+    from server.core.sql import MAX_SEARCH_TERMS
 
     k1, b = 1.2, 0.75
     df: Counter[str] = Counter()
@@ -460,7 +425,7 @@ def bm25_reference(docs: list[Any], cases: list[SearchCase], ripple_ids: list[li
         every = query_terms(case.text)
         own = list(dict.fromkeys(every))
         weights = {t: 1.0 for t in own if df[t] > 0}
-        room = max(MAX_UNIQUE_QUERY_TERMS - len(weights), 0)
+        room = max(MAX_SEARCH_TERMS - len(weights), 0)
         expansions = [t for t in vocab_sorted if t.startswith(every[-1]) and t != every[-1] and t not in own][:room]
         weights.update((t, 0.5) for t in expansions)
         weighted.append({t: w * math.log(1.0 + (n - df[t] + 0.5) / (df[t] + 0.5)) * (k1 + 1) for t, w in weights.items()})
@@ -596,19 +561,16 @@ def execution_ms(plan: list[Any]) -> float:
 
 
 async def explain(hand: HandWritten, rsql: RippleSql, case: SearchCase) -> dict[str, Any]:
-    """EXPLAIN (ANALYZE, BUFFERS) of (a)'s query and of (b)'s two statements for `case`."""
+    """EXPLAIN (ANALYZE, BUFFERS) of (a)'s query and of (b)'s statement for `case`."""
     prefix = "EXPLAIN (ANALYZE, BUFFERS) "
     async with hand.pool.acquire() as conn:
         args = [case.tsquery] if case.channel is None else [case.tsquery, case.channel]
         a = await conn.fetch(prefix + (FTS_SEARCH if case.channel is None else FTS_SEARCH_CHANNEL), *args)
-    _, stats = rsql.statements(case)
-    async with rsql.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        b_stats = await conn.fetch(prefix + stats[0], *stats[1:])
-        ranking = rsql.ranking(case, await conn.fetch(*stats))
+    ranking = rsql.ranking(case)
+    async with rsql.pool.acquire() as conn:
         b_rank = [] if ranking is None else await conn.fetch(prefix + ranking[0], *ranking[1:])
-    return {"hand_written_ms": execution_ms(a), "ripple_stats_ms": execution_ms(b_stats), "ripple_rank_ms": execution_ms(b_rank),
-            "ripple_rank_terms": 0 if ranking is None else (len(ranking) - 4) // 2,
-            "plans": {"hand_written": [r[0] for r in a], "ripple_stats": [r[0] for r in b_stats], "ripple_rank": [r[0] for r in b_rank]}}
+    return {"hand_written_ms": execution_ms(a), "ripple_ms": execution_ms(b_rank),
+            "plans": {"hand_written": [r[0] for r in a], "ripple": [r[0] for r in b_rank]}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,10 +704,16 @@ async def bench(args: argparse.Namespace) -> None:
         print(f"hand-written table: {hand_load['documents']} rows inserted in {hand_load['elapsed_s']:.1f} s "
               f"({hand_load['docs_per_s']:.0f} rows/s, {args.batch} a transaction, GIN index in place; context for the load rate)", flush=True)
         t0 = time.perf_counter()
-        for table in (f'"{namespace}".messages', f'"{namespace}"._ripple_search_stats', f'"{fts_schema}".messages'):
+        from server.core import sql as ripple_sql
+
+        postings = ripple_sql.postings_table("messages", "search_body")
+        tables = (f'"{namespace}".messages', f'"{namespace}"._ripple_search_stats', f'"{namespace}"."{postings}"',
+                  f'"{fts_schema}".messages')
+        for table in tables:
             await admin.execute(f"VACUUM ANALYZE {table}")
         vacuum_s = time.perf_counter() - t0
-        print(f"VACUUM ANALYZE of the three tables: {vacuum_s:.1f} s", flush=True)
+        print(f"VACUUM ANALYZE of Ripple's documents, statistics and postings and the hand-written table: {vacuum_s:.1f} s",
+              flush=True)
 
         # The baselines' pools, configured like Ripple's ---------------------------------------------
         pool_args = {"min_size": args.concurrency, "max_size": args.concurrency, "reset": reset_connection}
@@ -833,14 +801,14 @@ async def bench(args: argparse.Namespace) -> None:
         chosen = [*ranked[: args.explain], ranked[len(ranked) // 2]]
         plans = []
         print("\nslowest queries for Ripple and a median one (median latency under load, ms; then EXPLAIN ANALYZE alone, ms):")
-        print(f"  {'query':34} {'channel':>7} {'ripple':>7} {'(a)':>7} {'(b)':>7} | {'(a) plan':>8} {'(b) stats':>9} {'(b) rank':>8} {'terms':>5}")
+        print(f"  {'query':34} {'channel':>7} {'ripple':>7} {'(a)':>7} {'(b)':>7} | {'(a) plan':>8} {'(b) plan':>8}")
         for i in chosen:
             case = mix[i]
             plan = await explain(hand, rsql, case)
             plans.append({"query": i, **asdict(case), **{f"{k}_median_ms": medians_by_case[k].get(i) for k in ("ripple", "hand_written", "ripple_sql")}, **plan})
             print(f"  {case.text + ' [' + case.classes + ']':34.34} {case.channel or '-':>7} {medians_by_case['ripple'][i]:>7.1f} "
                   f"{medians_by_case['hand_written'].get(i, math.nan):>7.1f} {medians_by_case['ripple_sql'].get(i, math.nan):>7.1f} | "
-                  f"{plan['hand_written_ms']:>8.1f} {plan['ripple_stats_ms']:>9.2f} {plan['ripple_rank_ms']:>8.1f} {plan['ripple_rank_terms']:>5}")
+                  f"{plan['hand_written_ms']:>8.1f} {plan['ripple_ms']:>8.1f}")
 
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

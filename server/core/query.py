@@ -23,6 +23,7 @@ from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
 from server.core.ids import ID_LENGTH, table_number_of
 from server.core.limits import stored_bytes, value_size
+from server.core.reading import Reads
 from server.core.schema import BY_CREATION_TIME, BY_ID
 from server.core.search.query import SearchFilter, SearchQuery, search_query
 from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
@@ -158,7 +159,7 @@ def id_bound(bound: bytes) -> str:
 def _same(bound: bytes) -> bytes:
     return bound
 
-class Query:
+class Query(Reads):
     """`ctx.db.query(table)`: choose an index range, order and filter, then read."""
 
     def __init__(self, tx: Transaction, info: TableInfo) -> None:
@@ -271,22 +272,6 @@ class Query:
         finally:
             await scan.aclose()
         return out
-
-    async def collect(self) -> list[dict[str, Any]]:
-        return [doc async for doc in self]
-
-    async def first(self) -> dict[str, Any] | None:
-        docs = await self.take(1)
-        return docs[0] if docs else None
-
-    async def unique(self) -> dict[str, Any] | None:
-        docs = await self.take(2)
-        if len(docs) > 1:
-            raise RippleUsageError(
-                f"unique() found more than one document in {self._info.name} "
-                f"({docs[0]['_id']}, {docs[1]['_id']})"
-            )
-        return docs[0] if docs else None
 
     # -- pagination -------------------------------------------------------------------------
 

@@ -277,19 +277,10 @@ WITH pick AS (
 )
 SELECT count(*) FROM gone
 """
-# A search's statistics: document frequency of each query term ($2, '' included: the index's
-# document count and length), then up to $5 more terms in [$3, $4) — the prefix expansions of the
-# last term, in byte order, the query's own terms left out.
-SEARCH_TERM_STATS = """
-(SELECT term, sum(docs)::float8 AS docs, sum(tokens)::float8 AS tokens, false AS expansion
- FROM _ripple_search_stats WHERE idx = $1 AND term = ANY($2::text[]) GROUP BY term)
-UNION ALL
-(SELECT term, sum(docs)::float8, 0::float8, true
- FROM _ripple_search_stats WHERE idx = $1 AND term > $3 AND term < $4 AND term <> ALL($2::text[])
- GROUP BY term HAVING sum(docs) > 0 ORDER BY term LIMIT $5)
-"""
 BM25_K1 = 1.2
 BM25_B = 0.75
+MAX_SEARCH_TERMS = 64  # index terms one search scores: the query's own, then prefix expansions
+PREFIX_BOOST = 0.5  # a prefix expansion's weight (Convex: `boost *= 0.5` for prefix matches)
 
 
 def postings_table(table: str, index: str) -> str:
@@ -301,11 +292,13 @@ def postings_table(table: str, index: str) -> str:
 
 def create_postings(postings: str) -> str:
     # term COLLATE "C": compared as bytes, as the statistics' terms are. `f`: the document's filter
-    # lexemes (search/text.py filter_lexeme), for `f @> $filters`.
+    # lexemes (search/text.py filter_lexeme), for `f @> $filters`. The primary key includes what a
+    # search reads, so that it reads postings from the index alone once VACUUM has seen the pages.
     return (
         f"CREATE TABLE IF NOT EXISTS {quote_ident(postings)} ("
         'term text COLLATE "C" NOT NULL, id text NOT NULL, tf integer NOT NULL, len integer NOT NULL, '
-        "creation_time double precision NOT NULL, f text[] NOT NULL, PRIMARY KEY (term, id))"
+        "creation_time double precision NOT NULL, f text[] NOT NULL, "
+        "PRIMARY KEY (term, id) INCLUDE (tf, len, creation_time, f))"
     )
 
 
@@ -313,51 +306,89 @@ def drop_postings(postings: str) -> str:
     return f"DROP TABLE IF EXISTS {quote_ident(postings)}"
 
 
-def write_postings(postings: str) -> str:
+def write_postings(postings: str, remove: bool, put: bool, new: bool) -> str:
     """One document's postings and statistics, in one statement: $1 its id; $2 terms it no
-    longer holds (their postings go); $3 the index's statistics name, $4-$6 the deltas (terms,
-    documents, tokens); $7 its length, $8 creation time, $9 filter lexemes; $10 terms and $11
-    their counts to insert or update. The terms of $2 and $10 never overlap."""
+    longer holds (their postings go: `remove`); $3 the index's statistics name, $4-$6 the deltas
+    (terms, documents, tokens); $7 its length, $8 creation time, $9 filter lexemes; $10 terms and
+    $11 their counts to write (`put`): plain inserts for a `new` document, else inserts or updates.
+    The terms of $2 and $10 never overlap. Parts with nothing to do are left out of the statement
+    rather than given empty arrays: under SERIALIZABLE every read of the postings (a DELETE's scan,
+    an ON CONFLICT check) takes predicate locks that concurrent writers of the same terms conflict
+    with, and a new document's postings need neither."""
     p = quote_ident(postings)
-    return f"""
-WITH gone AS (
-    DELETE FROM {p} WHERE id = $1 AND term = ANY($2::text[])
-), logged AS (
-    INSERT INTO _ripple_search_stats (idx, term, docs, tokens)
-    SELECT $3, t, d, n FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS u(t, d, n)
-)
-INSERT INTO {p} (term, id, tf, len, creation_time, f)
-SELECT t, $1, n, $7, $8, $9::text[] FROM unnest($10::text[], $11::integer[]) AS u(t, n)
-ON CONFLICT (term, id) DO UPDATE SET tf = EXCLUDED.tf, len = EXCLUDED.len, f = EXCLUDED.f
-"""
+    parts = []
+    if remove:
+        parts.append(f"gone AS (DELETE FROM {p} WHERE term = ANY($2::text[]) AND id = $1)")
+    if put:
+        upsert = "" if new else " ON CONFLICT (term, id) DO UPDATE SET tf = EXCLUDED.tf, len = EXCLUDED.len, f = EXCLUDED.f"
+        parts.append(
+            f"put AS (INSERT INTO {p} (term, id, tf, len, creation_time, f) "
+            f"SELECT t, $1, n, $7, $8, $9::text[] FROM unnest($10::text[], $11::integer[]) AS u(t, n){upsert})"
+        )
+    # Every parameter appears, typed, whichever parts are left out.
+    unused = "" if remove and put else " WHERE $1::text IS NOT NULL OR $2::text[] IS NOT NULL OR $7::integer IS NOT NULL " \
+        "OR $8::float8 IS NOT NULL OR $9::text[] IS NOT NULL OR $10::text[] IS NOT NULL OR $11::integer[] IS NOT NULL"
+    return (
+        (f"WITH {', '.join(parts)} " if parts else "")
+        + "INSERT INTO _ripple_search_stats (idx, term, docs, tokens) "
+        + f"SELECT $3, t, d, n FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS u(t, d, n){unused}"
+    )
 
 
 def search_rank(table: str, postings: str, filtered: bool, after: bool, until: bool) -> str:
-    """Documents of `table` holding any of the terms $1 (weights $2: idf x boost x (k1 + 1)), by
-    BM25 summed over the postings read, best first (then newest, then by id), at most $4. $3:
-    b x k1 / the average document length. `filtered`: only postings whose filter lexemes include
-    all of $5. `after`: only those ranked after the position (score, creation time, id) in the
-    next three parameters; `until`: only those up to and including the position in the three
-    after that. Documents are read for the page only."""
-    nxt = 6 if filtered else 5
+    """A full-text search as one statement (one snapshot; a query's single-statement fast path).
+
+    The statistics first: $1 the index's name in `_ripple_search_stats`, $2 the query's own terms,
+    [$3, $4) the range of the prefix expansions of its last term. The terms scored are the query's
+    own the index holds, then expansions in byte order, 64 in all; each weighs
+    idf x boost (1, or 0.5 for an expansion) x (k1 + 1), idf = ln(1 + (N - df + 0.5) / (df + 0.5)).
+    Then the postings of those terms (one primary-key range each), BM25 summed per document, best
+    first (then newest, then by id), at most $5 documents, read for the page only. `filtered`:
+    only postings whose filter lexemes include all of $6. `after`: only documents ranked after
+    the position (score, creation time, id) in the next three parameters; `until`: only those up
+    to and including the position in the three after that."""
+    nxt = 7 if filtered else 6
     where = []
     if after:
         where.append(f"(score, creation_time, id) < (${nxt}::float8, ${nxt + 1}::float8, ${nxt + 2}::text)")
         nxt += 3
     if until:
         where.append(f"(score, creation_time, id) >= (${nxt}::float8, ${nxt + 1}::float8, ${nxt + 2}::text)")
-    k = f"{BM25_K1 * (1 - BM25_B)}::float8 + $3::float8 * p.len"
-    return (
-        f"SELECT r.id, r.creation_time, t.doc, r.score FROM ("
-        f"SELECT id, creation_time, score FROM ("
-        f"SELECT p.id, max(p.creation_time) AS creation_time, sum(q.w * p.tf / (p.tf + {k})) AS score "
-        f"FROM unnest($1::text[], $2::float8[]) AS q(term, w) JOIN {quote_ident(postings)} p ON p.term = q.term"
-        + (" WHERE p.f @> $5::text[]" if filtered else "")
-        + " GROUP BY p.id) AS scored"
-        + (f" WHERE {' AND '.join(where)}" if where else "")
-        + f" ORDER BY score DESC, creation_time DESC, id DESC LIMIT $4) AS r JOIN {quote_ident(table)} t ON t.id = r.id"
-        " ORDER BY r.score DESC, r.creation_time DESC, r.id DESC"
-    )
+    k1, b = BM25_K1, BM25_B
+    return f"""
+WITH found AS (
+    (SELECT term, sum(docs)::float8 AS df, false AS expansion FROM _ripple_search_stats
+     WHERE idx = $1 AND term = ANY($2::text[]) GROUP BY term)
+    UNION ALL
+    (SELECT term, sum(docs)::float8, true FROM _ripple_search_stats
+     WHERE idx = $1 AND term > $3 AND term < $4 AND term <> ALL($2::text[])
+     GROUP BY term HAVING sum(docs) > 0 ORDER BY term LIMIT {MAX_SEARCH_TERMS})
+), total AS (
+    SELECT greatest(coalesce(sum(docs), 0), 1)::float8 AS n, coalesce(sum(tokens), 0)::float8 AS tokens
+    FROM _ripple_search_stats WHERE idx = $1 AND term = ''
+), q AS (
+    SELECT f.term,
+           ln(1 + (total.n - f.df + 0.5) / (f.df + 0.5)) * (CASE WHEN f.expansion THEN {PREFIX_BOOST} ELSE 1 END) * {1 + k1} AS w,
+           {k1 * b}::float8 / coalesce(nullif(total.tokens / total.n, 0), 1) AS kb
+    FROM (SELECT * FROM found WHERE df > 0 ORDER BY expansion, term LIMIT {MAX_SEARCH_TERMS}) AS f, total
+)
+SELECT r.id, r.creation_time, t.doc, r.score FROM (
+    SELECT id, creation_time, score FROM (
+        SELECT p.id, max(p.creation_time) AS creation_time,
+               sum(q.w * p.tf / (p.tf + {k1 * (1 - b)}::float8 + q.kb * p.len)) AS score
+        FROM q CROSS JOIN LATERAL (
+            -- OFFSET 0 keeps this as it is: one primary-key range per term, whatever the planner
+            -- guesses of the terms' count or the filter (it would rather scan everything)
+            SELECT id, tf, len, creation_time FROM {quote_ident(postings)} WHERE term = q.term
+            {"AND f @> $6::text[]" if filtered else ""} OFFSET 0
+        ) AS p
+        GROUP BY p.id
+    ) AS scored
+    {"WHERE " + " AND ".join(where) if where else ""}
+    ORDER BY score DESC, creation_time DESC, id DESC LIMIT $5
+) AS r JOIN {quote_ident(table)} AS t ON t.id = r.id
+ORDER BY r.score DESC, r.creation_time DESC, r.id DESC
+"""
 
 
 class TableSql:

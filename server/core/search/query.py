@@ -7,7 +7,8 @@ matches when it holds at least one of those terms and equals every filter. Its s
 (k1 = 1.2, b = 0.75) summed over the terms, a prefix expansion's weight halved; results come best
 first, then newest first, at most 1,024 of them over all pages.
 
-What the search read is recorded per term, as ranges of the index's write-set keys (a term, then
+A search is one statement (server/core/sql.py `search_rank`: the statistics, then the postings),
+so it needs no transaction of its own. What the search read is recorded per term, as ranges of the index's write-set keys (a term, then
 the filter values: search/text.py): a committed write re-runs a live search when the document
 holds one of its terms (or one starting with its last term), before or after the write, and (for
 the leading filter fields the search gives) has its filter values.
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import math
 import struct
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -25,10 +25,10 @@ from typing import Any
 from server.core import keys, sql
 from server.core.database import TableInfo, decode_doc
 from server.core.limits import stored_bytes
+from server.core.reading import Reads
 from server.core.search.text import (
     MAX_CANDIDATES,
     MAX_FILTER_CONDITIONS,
-    MAX_UNIQUE_QUERY_TERMS,
     TextIndex,
     filter_lexeme,
     filtered_term_key,
@@ -36,13 +36,12 @@ from server.core.search.text import (
     query_terms,
     term_key,
 )
-from server.core.transaction import NeedsSnapshot, ReadRange, Transaction
+from server.core.transaction import ReadRange, Transaction
 from server.core.values import to_convex_json
 from server.errors import PaginationError, RippleUsageError
 
 Predicate = Callable[[dict[str, Any]], Any]
 BATCH = 128
-PREFIX_BOOST = 0.5  # a prefix expansion's weight (Convex: `boost *= 0.5` for prefix matches)
 _CURSOR = struct.Struct(">ddH")  # score, creation time, results before it
 _END = b"\xff"  # a cursor's body after the last result: where a page that ends the results ends
 
@@ -86,7 +85,7 @@ class SearchFilter:
         return self
 
 
-class SearchQuery:
+class SearchQuery(Reads):
     """A search over one search index; read it with take, first, unique, collect, paginate or
     `async for`. `filter` adds a predicate checked on each result, as on other queries."""
 
@@ -100,8 +99,7 @@ class SearchQuery:
         self._prefix = query_terms(spec.text)[-1] if self._terms else None
         self._filters = spec.filters
         self._predicates: list[Predicate] = []
-        self._plan: tuple[list[str], list[float], float, list[str]] | None = None
-        self._planned = False
+        self._read_recorded = False
 
     def filter(self, predicate: Predicate) -> SearchQuery:
         if not callable(predicate):
@@ -137,58 +135,22 @@ class SearchQuery:
                 hi = lo + keys.AFTER_PREFIX
             self._tx.reads.append(ReadRange(self._info.name, index.name, lo, hi))
 
-    async def _make_plan(self) -> tuple[list[str], list[float], float, list[str]] | None:
-        """(terms, their weights, k1 x b / average length, filter lexemes), or None: nothing can
-        match."""
-        if self._planned:
-            return self._plan
-        tx = self._tx
-        if tx.statement_budget is not None:  # two statements at least: run in a snapshot
-            tx.needs_snapshot = True
-            raise NeedsSnapshot()
-        self._planned = True
-        self._record_reads()
-        if not self._terms:
-            return None
-        assert self._prefix is not None
-        lo = self._prefix
-        hi = self._prefix + chr(0x10FFFF)
-        rows = await tx.execute(
-            "fetch", sql.SEARCH_TERM_STATS, self._index.stats, [*self._terms, ""], lo, hi, MAX_UNIQUE_QUERY_TERMS
-        )
-        total = next((r for r in rows if r["term"] == ""), None)
-        documents = max(total["docs"], 1.0) if total is not None else 1.0
-        average = (total["tokens"] / documents if total is not None else 0.0) or 1.0
-        # The query's own terms the index holds, then prefix expansions in byte order (code point
-        # order is UTF-8's byte order) up to MAX_UNIQUE_QUERY_TERMS in all.
-        exact = [r for r in rows if not r["expansion"] and r["term"] and r["docs"] > 0]
-        expansions = sorted((r for r in rows if r["expansion"]), key=lambda r: r["term"])
-        terms, weights = [], []
-        for row in [*exact, *expansions][:MAX_UNIQUE_QUERY_TERMS]:
-            df = row["docs"]
-            idf = math.log(1.0 + (documents - df + 0.5) / (df + 0.5))
-            boost = PREFIX_BOOST if row["expansion"] else 1.0
-            terms.append(row["term"])
-            weights.append(idf * boost * (1.0 + sql.BM25_K1))
-        if not terms:
-            return None
-        filters = sorted({filter_lexeme(position, value) for position, value in self._filters})
-        self._plan = (terms, weights, sql.BM25_K1 * sql.BM25_B / average, filters)
-        return self._plan
-
     # -- reading -----------------------------------------------------------------------------
 
     async def _ranked(
         self, after: tuple[float, float, str] | None, until: tuple[float, float, str] | None, limit: int
     ) -> list[tuple[tuple[float, float, str], dict[str, Any]]]:
-        plan = await self._make_plan()
-        if plan is None or limit <= 0:
+        if not self._read_recorded:
+            self._read_recorded = True
+            self._record_reads()
+        if not self._terms or limit <= 0:
             return []
-        terms, weights, length_factor, filters = plan
+        prefix = self._terms[-1] if self._prefix is None else self._prefix
+        filters = sorted({filter_lexeme(position, value) for position, value in self._filters})
         statement = sql.search_rank(
             self._info.name, self._index.postings, bool(filters), after is not None, until is not None
         )
-        args: list[Any] = [terms, weights, length_factor, limit]
+        args: list[Any] = [self._index.stats, self._terms, prefix, prefix + chr(0x10FFFF), limit]
         if filters:
             args.append(filters)
         if after is not None:
@@ -238,21 +200,6 @@ class SearchQuery:
                 if len(out) >= n:
                     break
         return out
-
-    async def collect(self) -> list[dict[str, Any]]:
-        return [doc async for doc in self]
-
-    async def first(self) -> dict[str, Any] | None:
-        docs = await self.take(1)
-        return docs[0] if docs else None
-
-    async def unique(self) -> dict[str, Any] | None:
-        docs = await self.take(2)
-        if len(docs) > 1:
-            raise RippleUsageError(
-                f"unique() found more than one document in {self._info.name} ({docs[0]['_id']}, {docs[1]['_id']})"
-            )
-        return docs[0] if docs else None
 
     # -- pagination --------------------------------------------------------------------------
 

@@ -33,7 +33,6 @@ from server.core.search.derived import Column, DerivedIndex, Execute
 MAX_TERM_BYTES = 32  # a term of this many UTF-8 bytes or more is dropped (Convex: MAX_TEXT_TERM_LENGTH)
 MAX_QUERY_TERMS = 16  # terms of a search string past the 16th are ignored (Convex: MAX_QUERY_TERMS)
 MAX_FILTER_CONDITIONS = 8  # equality filters in one search (Convex: MAX_FILTER_CONDITIONS)
-MAX_UNIQUE_QUERY_TERMS = 64  # index terms one search scores: the query's own, then prefix expansions
 MAX_CANDIDATES = 1024  # results one search can reach, all pages together (Convex: MAX_CANDIDATE_REVISIONS)
 
 _RUN = re.compile(r"[^\W_]+")  # runs of characters for which str.isalnum() holds
@@ -51,14 +50,7 @@ def tokenize(text: str) -> list[str]:
 
 def query_terms(text: str) -> list[str]:
     """The terms a search string asks for: its first MAX_QUERY_TERMS terms."""
-    out = []
-    for match in _RUN.finditer(text):
-        run = match.group()
-        if len(run.encode("utf-8")) < MAX_TERM_BYTES:
-            out.append(run.lower())
-            if len(out) == MAX_QUERY_TERMS:
-                break
-    return out
+    return tokenize(text)[:MAX_QUERY_TERMS]
 
 
 def filter_lexeme(position: int, value: Any) -> str:
@@ -121,7 +113,10 @@ class TextIndex(DerivedIndex):
         self.filter_fields = list(filter_fields)
         self.stats = stats_name(table, name)
         self.postings = sql.postings_table(table, name)
-        self.write_statement = sql.write_postings(self.postings)
+        self.write_statements = {
+            (remove, put, new): sql.write_postings(self.postings, remove, put, new)
+            for remove in (False, True) for put in (False, True) for new in (False, True)
+        }
 
     def columns(self) -> list[Column]:
         return []  # everything is in the postings table
@@ -197,11 +192,16 @@ class TextIndex(DerivedIndex):
         assert doc is not None
         params = self._parameters(doc["_id"], doc["_creationTime"], old, new)
         if params is not None:
-            await execute("execute", self.write_statement, *params)
+            await execute("execute", self._statement(params, old is None), *params)
 
     async def after_backfill(self, execute: Execute, batch: list[dict[str, Any]]) -> None:
-        rows = [self._parameters(d["_id"], d["_creationTime"], None, d) for d in batch]
-        await execute("executemany", self.write_statement, [r for r in rows if r is not None])
+        rows = [r for r in (self._parameters(d["_id"], d["_creationTime"], None, d) for d in batch) if r is not None]
+        for statement in {self._statement(r, True) for r in rows}:
+            await execute("executemany", statement, [r for r in rows if self._statement(r, True) == statement])
+
+    def _statement(self, params: tuple[Any, ...], new: bool) -> str:
+        """write_postings for `_parameters`' result: which parts have something to do."""
+        return self.write_statements[(bool(params[1]), bool(params[9]), new)]
 
     @staticmethod
     async def forget(execute: Execute, table: str, name: str, definition: Mapping[str, Any]) -> None:
