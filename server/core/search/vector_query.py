@@ -177,6 +177,17 @@ async def run(conn: Any, query: VectorQuery, exact: bool, ef_search: int) -> tup
     index = query.index
     filtered = bool(query.tokens)
     args: list[Any] = [query.vector, query.limit] + ([query.tokens] if filtered else [])
+    # A plan for these values: a generic plan of a prepared statement guesses how many documents
+    # the filter selects (0.5%) and would then sort them all rather than walk the HNSW index.
+    names, values = ["plan_cache_mode"], ["force_custom_plan"]
+    approximate = index.pgvector and not exact and index.method != "exact"
+    if approximate:
+        names.append("hnsw.ef_search")
+        values.append(str(max(ef_search, query.limit)))
+        if filtered and index.iterative_scan:
+            names.append("hnsw.iterative_scan")
+            values.append("relaxed_order")
+    await conn.execute(sql.SET_LOCAL, names, values)
     if not index.pgvector:
         rows = await conn.fetch(sql.vector_search_float8(index.table, index.name, filtered), *args)
         path = "exact"
@@ -185,14 +196,9 @@ async def run(conn: Any, query: VectorQuery, exact: bool, ef_search: int) -> tup
             return sql.vector_search_pgvector(index.table, index.name, index.vector_schema, index.dimensions,
                                               filtered, order)
 
-        if exact or index.method == "exact":
+        if not approximate:
             rows, path = await conn.fetch(statement("exact"), *args), "exact"
         else:
-            names, values = ["hnsw.ef_search"], [str(max(ef_search, query.limit))]
-            if filtered and index.iterative_scan:
-                names.append("hnsw.iterative_scan")
-                values.append("relaxed_order")
-            await conn.execute(sql.SET_LOCAL, names, values)
             rows, path = await conn.fetch(statement(index.method), *args), "approximate"
             if len(rows) < query.limit:
                 rows, path = await conn.fetch(statement("exact"), *args), "approximate+exact"
