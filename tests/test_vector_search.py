@@ -307,3 +307,33 @@ def test_official_npm_clients_run_a_filtered_vector_search(start_server: Callabl
     case = {"args": {"vector": vector, "limit": 12, "genres": genres},
             "expected": [{"_id": i, "_score": s} for s, i in expected], "tolerance": 1e-6}
     run_node_tests("vector_search.test.mjs", server, timeout=120, env={"RIPPLE_VECTOR_CASE": json.dumps(case)})
+
+
+@pytest.mark.parametrize(("dimensions", "method", "relation"), [
+    (2048, "hnsw-halfvec", "items__by_v_hnsw"),  # over 2,000: pgvector's HNSW indexes a halfvec cast
+    (4096, "exact", None),  # over 4,000: no HNSW index at all
+])
+async def test_many_dimensions(tmp_path: Path, namespace: str, pg_url: str, dimensions: int, method: str,
+                               relation: str | None) -> None:
+    app = tmp_path / "app"
+    write_app(app, f"{{'by_v': {{'vectorField': 'v', 'dimensions': {dimensions}, 'filterFields': ['tag']}}}}")
+    rng = random.Random(dimensions)
+    items = [{"v": [rng.gauss(0, 1) for _ in range(dimensions)], "tag": "a"} for _ in range(30)]
+    vector = [rng.gauss(0, 1) for _ in range(dimensions)]
+    async with open_runtime(app, namespace) as rt:
+        index = index_of(rt, "items", "by_v")
+        if not index.pgvector:
+            pytest.skip("this PostgreSQL has no pgvector (unset RIPPLE_TEST_DATABASE_URL: the embedded one has it)")
+        assert index.method == method
+        ids = (await rt.call("mutation", "items:add", {"items": items})).value
+        expected = sorted(((cosine(i["v"], vector), doc_id) for doc_id, i in zip(ids, items, strict=True)), reverse=True)
+        results = (await rt.call("action", "items:search", {"vector": vector, "tag": "a"})).value
+        assert_matches(results, expected, {i: s for s, i in expected}, 1e-6)
+    conn = await asyncpg.connect(pg_url)
+    try:
+        rows = await conn.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND indexdef LIKE '%hnsw%'", namespace)
+    finally:
+        await conn.close()
+    assert [r["indexname"] for r in rows] == ([relation] if relation else [])
+    if relation:
+        assert f"halfvec({dimensions})" in rows[0]["indexdef"]
