@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from server import Int64
+from server.config import Config
 from server.core import sql
 from server.core.runtime import Runtime
 from server.core.search.derived import Features
@@ -337,3 +338,20 @@ async def test_many_dimensions(tmp_path: Path, namespace: str, pg_url: str, dime
     assert [r["indexname"] for r in rows] == ([relation] if relation else [])
     if relation:
         assert f"halfvec({dimensions})" in rows[0]["indexdef"]
+
+
+def test_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RIPPLE_VECTOR_SEARCH", raising=False)
+    monkeypatch.delenv("RIPPLE_VECTOR_EF_SEARCH", raising=False)
+    assert (Config.from_env().vector_search, Config.from_env().vector_ef_search) == ("auto", 100)
+    monkeypatch.setenv("RIPPLE_VECTOR_SEARCH", "Exact")
+    monkeypatch.setenv("RIPPLE_VECTOR_EF_SEARCH", "400")
+    assert (Config.from_env().vector_search, Config.from_env().vector_ef_search) == ("exact", 400)
+    monkeypatch.setenv("RIPPLE_VECTOR_SEARCH", "hnsw")
+    with pytest.raises(ValueError, match="RIPPLE_VECTOR_SEARCH must be one of auto, exact, not 'hnsw'"):
+        Config.from_env()
+    monkeypatch.setenv("RIPPLE_VECTOR_SEARCH", "auto")
+    for bad, message in (("1001", "at most 1000"), ("0", "at least 1"), ("many", "a whole number")):
+        monkeypatch.setenv("RIPPLE_VECTOR_EF_SEARCH", bad)
+        with pytest.raises(ValueError, match=f"RIPPLE_VECTOR_EF_SEARCH must be {message}"):
+            Config.from_env()
