@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from server import Int64
+from server import UNSET, Int64
 from server.config import Config
 from server.core import sql
 from server.core.runtime import Runtime
@@ -156,6 +156,12 @@ async def test_which_documents_are_in_the_index(rt: Runtime) -> None:
     assert [r["_id"] for r in results] == [good[0].value, good[1].value]
     assert results[0]["_score"] == pytest.approx(1.0) and results[1]["_score"] == pytest.approx(1 / math.sqrt(14))
     assert (await rt.call("action", "vectors:search_loose", {"vector": [1.0, 0.0, 0.0], "tag": "other"})).value == []
+    # A missing filter field is its own value (UNSET), apart from null.
+    untagged = (await rt.call("mutation", "vectors:add_loose", {"doc": {"v": [0.0, 1.0, 0.0]}})).value
+    null = (await rt.call("mutation", "vectors:add_loose", {"doc": {"v": [0.0, 0.0, 1.0], "tag": None}})).value
+    for value, expected in ((UNSET, untagged), (None, null)):
+        found = await rt.vector_search("loose", "by_v", [1.0, 1.0, 1.0], None, lambda q, v=value: q.eq("tag", v))
+        assert [r["_id"] for r in found] == [expected]
     # Writes move documents in and out of the index.
     (doc_id,) = (await add_docs(rt, [{"embedding": [1.0] * 8, "genre": "jazz"}]))
     search = {"vector": [1.0] * 8, "genres": ["jazz"]}
