@@ -86,6 +86,26 @@ def _event_loop(raw: str | None) -> str:
     return name
 
 
+VECTOR_SEARCH_MODES = ("auto", "exact")
+
+
+def _vector_search(raw: str | None) -> str:
+    """RIPPLE_VECTOR_SEARCH: `auto` (pgvector's HNSW index where there is one, else an exact
+    scan) or `exact` (always an exact scan; docs/search.md)."""
+    mode = (raw or "auto").strip().lower()
+    if mode not in VECTOR_SEARCH_MODES:
+        raise ValueError(f"RIPPLE_VECTOR_SEARCH must be one of {', '.join(VECTOR_SEARCH_MODES)}, not {raw!r}")
+    return mode
+
+
+def _ef_search() -> int:
+    """RIPPLE_VECTOR_EF_SEARCH: 1 to 1000 (pgvector's range for hnsw.ef_search)."""
+    value = _env_int("RIPPLE_VECTOR_EF_SEARCH", 100)
+    if value > 1000:
+        raise ValueError(f"RIPPLE_VECTOR_EF_SEARCH must be at most 1000 (pgvector's limit), not {value}")
+    return value
+
+
 MiB = 1024 * 1024
 
 
@@ -212,6 +232,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
     event_loop: str = "uvloop"  # or "asyncio" (server/loops.py)
+    vector_search: str = "auto"  # or "exact": how ctx.vector_search runs (docs/search.md)
+    vector_ef_search: int = 100  # pgvector's hnsw.ef_search for approximate searches (at least their limit)
 
     @property
     def base_url(self) -> str:
@@ -244,6 +266,8 @@ class Config:
             auth=AuthConfig.from_env(),
             cors_origins=_cors_origins(os.environ.get("RIPPLE_CORS_ORIGINS")),
             event_loop=_event_loop(os.environ.get("RIPPLE_EVENT_LOOP")),
+            vector_search=_vector_search(os.environ.get("RIPPLE_VECTOR_SEARCH")),
+            vector_ef_search=_ef_search(),
         )
         for key, value in overrides.items():
             if value is not None:

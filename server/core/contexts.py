@@ -4,8 +4,8 @@
                            transaction)
     mutation  MutationCtx  db (reads and writes), auth, env, scheduler and storage (commit with
                            the mutation), run_query / run_mutation (in the same transaction)
-    action    ActionCtx    run_query / run_mutation / run_action, auth, env, scheduler and storage
-                           (commit at once)
+    action    ActionCtx    run_query / run_mutation / run_action, vector_search, auth, env,
+                           scheduler and storage (commit at once)
 
 Also who called (`caller_key`) and what an idempotent mutation call stored (`StoredCall`).
 
@@ -18,7 +18,7 @@ it is given. The database and scheduler types are imported for annotations only,
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -144,6 +144,8 @@ class Auth:
 NestedCall = Callable[[Kind, "FunctionDef | str", dict[str, Any], "Identity | None"], Awaitable[Outcome]]
 # The same inside a query's or mutation's transaction, which fixes the identity.
 InnerCall = Callable[[Kind, "FunctionDef | str", dict[str, Any]], Awaitable[Outcome]]
+# (table, index, vector, limit, filter) -> [{"_id", "_score"}] (search/vector_query.py).
+VectorSearch = Callable[[Any, Any, Any, Any, Any], Awaitable[list[dict[str, Any]]]]
 
 
 async def _result(call: Awaitable[Outcome], logs: LogBuffer) -> Any:
@@ -168,6 +170,8 @@ _REFUSED = {
     ("MutationCtx", "run_action"): "a mutation cannot run an action (its side effects would not roll back with the "
                                    "transaction); schedule it instead: await ctx.scheduler.run_after(0, ref, args) "
                                    "runs it once this mutation committed",
+    ("QueryCtx", "vector_search"): "vector search runs in actions only (as in Convex); call it from an action and "
+                                   "load the documents it finds with ctx.run_query",
 }
 
 
@@ -227,8 +231,10 @@ class ActionCtx:
     storage: StorageActionWriter
 
     def __init__(self, call: NestedCall, identity: Identity | None, logs: LogBuffer, scheduler: ActionScheduler,
-                 storage: StorageActionWriter | None = None, env: Env | None = None) -> None:
+                 storage: StorageActionWriter | None = None, env: Env | None = None,
+                 vector_search: VectorSearch | None = None) -> None:
         self._call = call
+        self._vector_search = vector_search
         self._identity = identity
         self._logs = logs
         self.auth = Auth(identity)
@@ -248,3 +254,15 @@ class ActionCtx:
 
     async def run_action(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         return await self._nested("action", ref, args)
+
+    async def vector_search(self, table: str, index: str, vector: Sequence[float] | Mapping[str, Any],
+                            limit: int | None = None, filter: Callable[[Any], Any] | None = None,
+                            ) -> list[dict[str, Any]]:
+        """The documents of `table` whose vectors in vector index `index` are most similar to
+        `vector` (cosine similarity): `[{"_id": id, "_score": similarity}]`, best first.
+        `limit`: 1 to 256 (default 10); `filter`: `lambda q: q.eq(field, value)` or
+        `q.or_(q.eq(...), ...)` on the index's filter fields. `vector` may also be Convex's
+        `{"vector": [...], "limit": n, "filter": fn}`. docs/search.md, Vector search."""
+        if self._vector_search is None:
+            raise RippleUsageError("ctx.vector_search is not available on this context")
+        return await self._vector_search(table, index, vector, limit, filter)

@@ -98,6 +98,7 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_commit_resolutions_total", "counter",
                "COMMITs whose answer a lost database connection cut off, by what resolving them found")
     m.describe("ripple_actions_total", "counter", "Action executions by outcome")
+    m.describe("ripple_vector_searches_total", "counter", "ctx.vector_search calls by how they ran")
     m.describe("ripple_function_errors_total", "counter", "Function calls that ended in an error")
     m.describe("ripple_function_timeouts_total", "counter", "Function calls stopped by a time limit")
     m.describe("ripple_event_loop_blocks_total", "counter", "Blocks of the event loop of at least RIPPLE_BLOCKED_LOOP_WARNING, by who blocked it")

@@ -61,6 +61,7 @@ from server.core.readsets import check_unchanged_since
 from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
 from server.core.schema_apply import apply_schema
+from server.core.search import vector_query
 from server.core.storage.api import StorageActionWriter, StorageReader, StorageWriter
 from server.core.storage.files import Files, blob_store
 from server.core.supervise import Supervised
@@ -506,7 +507,20 @@ class Runtime:
         scheduler = ActionScheduler(self.app.registry, self.jobs_channel, self.metrics, self.system_transaction,
                                     self.config.scheduler.horizon_seconds)
         return ActionCtx(self._nested_call, identity, buffer, scheduler, StorageActionWriter(self.files, lambda: self.catalog),
-                         Env(self.env_values))
+                         Env(self.env_values), self.vector_search)
+
+    async def vector_search(self, table: Any, index: Any, vector: Any, limit: Any = None,
+                            filter_fn: Any = None) -> list[dict[str, Any]]:
+        """An action's ctx.vector_search, in a read-only snapshot of its own (search/vector_query.py)."""
+        search = vector_query.prepare(self.catalog, table, index, vector, limit, filter_fn)
+        snapshot = await self.db.snapshot()
+        try:
+            results, path = await vector_query.run(
+                snapshot.conn, search, self.config.vector_search == "exact", self.config.vector_ef_search)
+        finally:
+            await snapshot.close()
+        self.metrics.inc("ripple_vector_searches_total", path=path)
+        return results
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
         buffer = self.log_buffer(fn)

@@ -4,6 +4,7 @@ columns, each built (backfilled) for the documents already stored, under the sch
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import asyncpg
@@ -28,8 +29,12 @@ def _check_relation_names(tables: list[Table]) -> None:
     are created IF NOT EXISTS, so a clash would silently leave an index out: refuse it."""
     owners = {t.name: f"table {t.name}" for t in tables}
     for t in tables:
-        for index in t.index_fields():
-            me, pg_name = f"index {t.name}.{index}", sql.index_name(t.name, index)
+        relations = [(f"index {t.name}.{index}", sql.index_name(t.name, index)) for index in t.index_fields()]
+        relations += [
+            (f"{d.kind} index {t.name}.{d.name}", pg_name)
+            for d in derived_indexes(t, Features()) for pg_name in d.relations()
+        ]
+        for me, pg_name in relations:
             other = owners.setdefault(pg_name, me)
             if other != me:
                 raise SchemaError(
@@ -65,8 +70,25 @@ async def apply_schema(db: Database, schema: Schema) -> Catalog:
         return Catalog(infos)
 
 async def _features(conn: asyncpg.Connection, schema: Schema) -> Features:
-    """What the database offers that the schema could use."""
-    return Features()
+    """What the database offers that the schema could use: pgvector, for vector indexes. When
+    the schema has one and the extension is not installed, try to install it (in a savepoint:
+    the database may not have it, or the role may not be allowed to)."""
+    if not any(t.vector_indexes for t in schema.tables.values()):
+        return Features()
+    row = await conn.fetchrow(sql.PGVECTOR)
+    if row is None:
+        try:
+            async with conn.transaction():
+                await conn.execute(sql.CREATE_PGVECTOR)
+        except asyncpg.PostgresError as exc:  # then maybe another process installed it meanwhile
+            log.info("pgvector could not be installed (%s: %s)", type(exc).__name__, exc)
+        row = await conn.fetchrow(sql.PGVECTOR)
+    if row is None:
+        log.info("vector indexes: no pgvector in this database, searches are exact scans")
+        return Features()
+    version = tuple(int(part) for part in re.findall(r"\d+", row["extversion"])[:3])
+    log.info("vector indexes: pgvector %s (schema %s)", row["extversion"], row["nspname"])
+    return Features(pgvector=True, vector_schema=row["nspname"], pgvector_version=version)
 
 async def _apply_table(
     conn: asyncpg.Connection, number: int, table: Table, row: Any, names: dict[int, str],

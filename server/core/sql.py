@@ -391,6 +391,83 @@ ORDER BY r.score DESC, r.creation_time DESC, r.id DESC
 """
 
 
+# -- vector search (search/vector.py, search/vector_query.py) ------------------------------------------
+# pgvector's types and operators are named with their schema: Ripple's search_path holds only its own.
+PGVECTOR = """
+SELECT e.extversion, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'vector'
+"""
+# In `public`, not in a deployment's schema: dropping that would drop the extension for all.
+CREATE_PGVECTOR = "CREATE EXTENSION IF NOT EXISTS vector SCHEMA public"
+# Settings ($1 names, $2 values) for the rest of the transaction only, as SET LOCAL makes them.
+SET_LOCAL = "SELECT set_config(name, value, true) FROM unnest($1::text[], $2::text[]) AS s(name, value)"
+
+
+def pgvector_type(schema: str, name: str, dimensions: int) -> str:
+    """`"public".vector(768)`: pgvector's `vector` or `halfvec` of a number of dimensions."""
+    return f"{quote_ident(schema)}.{name}({int(dimensions)})"
+
+
+def hnsw_index_name(table: str, index: str) -> str:
+    return index_name(table, index + "_hnsw")
+
+
+def create_hnsw_index(table: str, index: str, schema: str, dimensions: int, halfvec: bool) -> str:
+    """pgvector's HNSW index (cosine distance) over vector index `index`'s column `v_<index>`;
+    `halfvec`: over its 16-bit `halfvec` cast instead (HNSW takes `vector`s of up to 2,000
+    dimensions, `halfvec`s of up to 4,000)."""
+    column = quote_ident("v_" + index)
+    if halfvec:
+        target = f"({column}::{pgvector_type(schema, 'halfvec', dimensions)}) {quote_ident(schema)}.halfvec_cosine_ops"
+    else:
+        target = f"{column} {quote_ident(schema)}.vector_cosine_ops"
+    name = quote_ident(hnsw_index_name(table, index))
+    return f"CREATE INDEX IF NOT EXISTS {name} ON {quote_ident(table)} USING hnsw ({target})"
+
+
+def _vector_where(index: str, filtered: bool) -> str:
+    where = f"{quote_ident('v_' + index)} IS NOT NULL"
+    return where + (f" AND {quote_ident('f_' + index)} && $3::text[]" if filtered else "")
+
+
+def vector_search_float8(table: str, index: str, filtered: bool) -> str:
+    """Exact search without pgvector: the documents of `table` in vector index `index` (float8[]
+    unit vectors) by their dot product with $1 (the query's unit vector): their cosine
+    similarity, best first (then by id, descending), at most $2; `filtered`: only those with a
+    filter token in $3."""
+    v = quote_ident("v_" + index)
+    return (
+        f"SELECT id, (SELECT sum(x * y) FROM unnest({v}, $1::float8[]) AS u(x, y)) AS score "
+        f"FROM {quote_ident(table)} WHERE {_vector_where(index, filtered)} ORDER BY score DESC, id DESC LIMIT $2"
+    )
+
+
+def vector_search_pgvector(table: str, index: str, schema: str, dimensions: int, filtered: bool, order: str) -> str:
+    """The same with pgvector (score: 1 - cosine distance). `order`: "exact" sorts every
+    matching document by score (no index can give that order); "hnsw" orders by the distance
+    operator over the column, "hnsw-halfvec" over its halfvec cast, so that the HNSW index made
+    by create_hnsw_index can produce the order (approximately). The query vector is a scalar
+    subquery: computed once, never per row."""
+    v, op = quote_ident("v_" + index), f"OPERATOR({quote_ident(schema)}.<=>)"
+    query = f"(SELECT $1::float8[]::{pgvector_type(schema, 'vector', dimensions)})"
+    if order == "exact":
+        order_by = "score DESC, id DESC"
+    elif order == "hnsw":
+        order_by = f"{v} {op} {query}"
+    else:
+        half = pgvector_type(schema, "halfvec", dimensions)
+        order_by = f"({v}::{half}) {op} (SELECT $1::float8[]::{half})"
+    return (
+        f"SELECT id, 1 - ({v} {op} {query}) AS score FROM {quote_ident(table)} "
+        f"WHERE {_vector_where(index, filtered)} ORDER BY {order_by} LIMIT $2"
+    )
+
+
+def create_gin_index(table: str, index: str, column: str) -> str:
+    name = quote_ident(index_name(table, index))
+    return f"CREATE INDEX IF NOT EXISTS {name} ON {quote_ident(table)} USING gin ({quote_ident(column)})"
+
+
 class TableSql:
     """The statements for one document table."""
 

@@ -9,12 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from server.core import sql
+
 
 @dataclass(frozen=True)
 class Features:
-    """What the database offers beyond plain PostgreSQL (found by Database.apply_schema)."""
+    """What the database offers beyond plain PostgreSQL (found by schema_apply._features)."""
 
     pgvector: bool = False
+    vector_schema: str = ""  # the PostgreSQL schema pgvector's types and operators live in
+    pgvector_version: tuple[int, ...] = ()  # (0, 8, 1)
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,11 @@ class DerivedIndex:
     def create_statements(self) -> list[str]:
         """PostgreSQL indexes over the columns, run after they were filled."""
         return []
+
+    def relations(self) -> list[str]:
+        """The names of the PostgreSQL indexes `create_statements` makes (one namespace with the
+        tables and the other indexes: schema_apply refuses a clash)."""
+        return [sql.index_name(self.table, self.name)]
 
     async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         """In the writing transaction, after a document's row was written (old None: inserted;

@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 from server.core import sql
-from server.core.schema import SearchIndex, Table
+from server.core.schema import SearchIndex, Table, VectorIndex
 from server.core.search.derived import DerivedIndex, Execute, Features
 from server.core.search.text import TextIndex
+from server.core.search.vector import VectorColumns
 
 log = logging.getLogger("ripple.database")
 
-KINDS: dict[str, type[DerivedIndex]] = {TextIndex.kind: TextIndex}
+KINDS: dict[str, type[DerivedIndex]] = {TextIndex.kind: TextIndex, VectorColumns.kind: VectorColumns}
 
 
 def derived_indexes(table: Table, features: Features) -> list[DerivedIndex]:
@@ -21,6 +22,9 @@ def derived_indexes(table: Table, features: Features) -> list[DerivedIndex]:
     for name, declared in table.search_indexes.items():
         index = cast(SearchIndex, declared)  # Table.bind normalized it
         out.append(TextIndex(table.name, name, index.search_field, index.filter_fields))
+    for name, vector_declared in table.vector_indexes.items():
+        vector = cast(VectorIndex, vector_declared)
+        out.append(VectorColumns(table.name, name, vector.vector_field, vector.dimensions, vector.filter_fields, features))
     return out
 
 
