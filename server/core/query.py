@@ -13,7 +13,6 @@ of those (or of a transaction's read limits) or past 6,144 documents, and always
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -23,12 +22,12 @@ from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
 from server.core.ids import ID_LENGTH, table_number_of
 from server.core.limits import stored_bytes, value_size
-from server.core.reading import Reads
+from server.core.reading import Reads, cursor_body, make_cursor
 from server.core.schema import BY_CREATION_TIME, BY_ID
 from server.core.search.query import SearchFilter, SearchQuery, search_query
 from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
 from server.core.values import to_convex_json
-from server.errors import InvalidIdError, PaginationError, RippleUsageError
+from server.errors import InvalidIdError, RippleUsageError
 
 SCAN_BATCH = 128
 MAX_PAGE_ITEMS = 8_192
@@ -282,18 +281,10 @@ class Query(Reads):
         return h.digest()
 
     def _encode_cursor(self, key: bytes) -> str:
-        return base64.urlsafe_b64encode(b"\x01" + self._fingerprint() + key).decode().rstrip("=")
+        return make_cursor(1, self._fingerprint(), key)
 
     def _decode_cursor(self, cursor: object) -> bytes:
-        if not isinstance(cursor, str):
-            raise PaginationError("InvalidCursor", f"pagination cursor must be a string, not {cursor!r}")
-        try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        except ValueError as exc:
-            raise PaginationError("InvalidCursor", "pagination cursor is not valid") from exc
-        if len(raw) < 7 or raw[0] != 1 or raw[1:7] != self._fingerprint():
-            raise PaginationError("InvalidCursor", "pagination cursor belongs to a different query")
-        return raw[7:]
+        return cursor_body(cursor, 1, self._fingerprint())
 
     async def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(opts, Mapping):

@@ -1,13 +1,34 @@
-"""What every query reads with besides `take`: `collect`, `first` and `unique`, the same for an
-index range (query.py) and a search (search/query.py)."""
+"""What an index range (query.py) and a search (search/query.py) share: reading with `collect`,
+`first` and `unique` besides `take`, and the envelope of their pagination cursors."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
 from server.core.database import TableInfo
-from server.errors import RippleUsageError
+from server.errors import PaginationError, RippleUsageError
+
+
+def make_cursor(kind: int, fingerprint: bytes, body: bytes) -> str:
+    """A pagination cursor: its kind (1 index range, 2 search), the query's 6-byte fingerprint,
+    then the position, url-safe base64 without padding."""
+    return base64.urlsafe_b64encode(bytes([kind]) + fingerprint + body).decode().rstrip("=")
+
+
+def cursor_body(cursor: object, kind: int, fingerprint: bytes) -> bytes:
+    """The position in a cursor made by `make_cursor` for the same kind of query and the same
+    query; PaginationError("InvalidCursor") otherwise."""
+    if not isinstance(cursor, str):
+        raise PaginationError("InvalidCursor", f"pagination cursor must be a string, not {cursor!r}")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except ValueError as exc:
+        raise PaginationError("InvalidCursor", "pagination cursor is not valid") from exc
+    if len(raw) < 7 or raw[0] != kind or raw[1:7] != fingerprint:
+        raise PaginationError("InvalidCursor", "pagination cursor belongs to a different query")
+    return raw[7:]
 
 
 class Reads:

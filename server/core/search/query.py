@@ -16,7 +16,6 @@ the leading filter fields the search gives) has its filter values.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import struct
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -25,7 +24,7 @@ from typing import Any
 from server.core import keys, sql
 from server.core.database import TableInfo, decode_doc
 from server.core.limits import stored_bytes
-from server.core.reading import Reads
+from server.core.reading import Reads, cursor_body, make_cursor
 from server.core.search.text import (
     MAX_CANDIDATES,
     MAX_FILTER_CONDITIONS,
@@ -218,19 +217,11 @@ class SearchQuery(Reads):
             body = _END
         else:
             body = b"" if position is None else _CURSOR.pack(position[0], position[1], seen) + position[2].encode()
-        return base64.urlsafe_b64encode(b"\x02" + self._fingerprint() + body).decode().rstrip("=")
+        return make_cursor(2, self._fingerprint(), body)
 
     def _decode_cursor(self, cursor: object) -> tuple[tuple[float, float, str] | None, int, bool]:
         """(position, results ranked up to it, whether it is the end cursor)."""
-        if not isinstance(cursor, str):
-            raise PaginationError("InvalidCursor", f"pagination cursor must be a string, not {cursor!r}")
-        try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        except ValueError as exc:
-            raise PaginationError("InvalidCursor", "pagination cursor is not valid") from exc
-        if len(raw) < 7 or raw[0] != 2 or raw[1:7] != self._fingerprint():
-            raise PaginationError("InvalidCursor", "pagination cursor belongs to a different query")
-        body = raw[7:]
+        body = cursor_body(cursor, 2, self._fingerprint())
         if not body or body == _END:
             return None, 0, body == _END
         if len(body) < _CURSOR.size:
