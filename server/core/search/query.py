@@ -8,10 +8,11 @@ matches when it holds at least one of those terms and equals every filter. Its s
 first, then newest first, at most 1,024 of them over all pages.
 
 A search is one statement (server/core/sql.py `search_rank`: the statistics, then the postings),
-so it needs no transaction of its own. What the search read is recorded per term, as ranges of the index's write-set keys (a term, then
-the filter values: search/text.py): a committed write re-runs a live search when the document
-holds one of its terms (or one starting with its last term), before or after the write, and (for
-the leading filter fields the search gives) has its filter values.
+so it needs no transaction of its own. What it read is recorded per term, as ranges of the
+index's write-set keys (search/text.py: the term and the filter values, in two orders): a
+committed write re-runs a live search when the document holds one of its terms (or one starting
+with its last term), before or after the write, and has the filter values the search gives (when
+it gives all of them or the first; otherwise those of the leading filter fields).
 """
 
 from __future__ import annotations
