@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from server import adminkey, devserver
+from server import adminkey, devserver, scaffold
 from server.config import Config
 from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
 
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "admin key; a UserIdentity as ctx.auth.get_user_identity() returns it: tokenIdentifier, or issuer "
                           "and subject; under ripple dev the issuer defaults to its development issuer)")
     _client(run)
+    init = sub.add_parser("init", help="write a new app (schema.py, functions/, README.md, .gitignore) into DIR")
+    init.add_argument("dir", nargs="?", default=".", help="where (default: this directory; made if missing)")
     env = sub.add_parser("env", help="set, get, list or remove the environment variables functions read (ctx.env)")
     verbs = env.add_subparsers(dest="verb", required=True)
     env_set = verbs.add_parser("set", help="set a variable: ripple env set NAME VALUE (without VALUE: read from stdin, "
@@ -317,6 +319,20 @@ def cmd_env(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    directory = Path(args.dir)
+    try:
+        written = scaffold.create_app(directory)
+    except scaffold.AppExists as exc:
+        print(f"ripple init: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    print(f"next: {where}ripple dev")
+    return 0
+
+
 def _as_js(value: Any) -> Any:
     """A result shown as JavaScript shows it: the wire writes every number as a float (`2.0`),
     a person reads `2`."""
@@ -339,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         cmd_serve(args)
     elif args.command == "env":
         sys.exit(cmd_env(args))
+    elif args.command == "init":
+        sys.exit(cmd_init(args))
     else:
         sys.exit(cmd_run(args))
 

@@ -371,3 +371,21 @@ def test_version_comes_from_the_ripple_backend_distribution(tmp_path: Path) -> N
     assert out.stdout == f"ripple-backend {metadata.version('ripple-backend')}\n"
     scripts = metadata.distribution("ripple-backend").entry_points.select(group="console_scripts")
     assert [(e.name, e.value) for e in scripts] == [("ripple", "server.cli:main")]
+
+
+def test_init_writes_an_app_that_serves_and_never_overwrites(start_server: object, tmp_path: Path) -> None:
+    out = ripple("init", "chat", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    app = tmp_path / "chat"
+    assert sorted(p.relative_to(app).as_posix() for p in app.rglob("*") if p.is_file()) == [
+        ".gitignore", "README.md", "functions/messages.py", "schema.py"]
+    assert "next: cd chat && ripple dev" in out.stdout
+    again = ripple("init", "chat", cwd=tmp_path)
+    assert again.returncode == 1 and "already holds" in again.stderr and "schema.py" in again.stderr
+    server = start_server("serve", app_dir=app)  # type: ignore[operator]
+    sent = ripple("run", "messages:send", '{"author": "ann", "body": "hello there"}', "--url", server.url, cwd=app)
+    assert sent.returncode == 0, sent.stderr
+    listed = ripple("run", "messages:latest", "--url", server.url, cwd=app)
+    assert [m["body"] for m in json.loads(listed.stdout)] == ["hello there"]
+    found = ripple("run", "messages:search", '{"text": "hel"}', "--url", server.url, cwd=app)
+    assert [m["body"] for m in json.loads(found.stdout)] == ["hello there"]
