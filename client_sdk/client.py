@@ -106,7 +106,11 @@ def _query_value(result: QueryResult) -> Any:
 
 
 class RippleClient:
-    def __init__(self, url: str, *, token: str | None = None) -> None:
+    def __init__(self, url: str, *, token: str | None = None, admin_key: str | None = None,
+                 acting_as: dict[str, Any] | None = None) -> None:
+        """`token`: a user's JWT. `admin_key` (for tools, never in an app's client): the
+        deployment's admin key instead, acting as the user `acting_as` (identity attributes:
+        `{"subject": ...}` with an issuer or a tokenIdentifier) or, without it, as the admin."""
         base = url.rstrip("/")
         if base.startswith("http://"):
             base = "ws://" + base[len("http://"):]
@@ -115,6 +119,8 @@ class RippleClient:
         self.ws_url = base + "/api/sync"
         self.protocol = ClientProtocol()
         self.protocol.auth_token = token
+        self.protocol.admin_key = admin_key
+        self.protocol.acting_as = acting_as
         self.state = State.DISCONNECTED
         self.reconnects = 0
         self._ws: ClientConnection | None = None

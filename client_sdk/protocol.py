@@ -112,6 +112,10 @@ class ClientProtocol:
         self.query_set_version = 0
         self.identity_version = 0
         self.auth_token: str | None = None
+        # An admin's credentials instead (tools such as `ripple run --watch`): the deployment's admin
+        # key, and the user identity attributes to act as (None: as the admin).
+        self.admin_key: str | None = None
+        self.acting_as: dict[str, Any] | None = None
         self.requests: dict[int, PendingRequest] = {}
         self.remote_version = (0, 0, 0)  # (querySet, identity, ts) of the last Transition
         self.results: dict[int, QueryResult] = {}
@@ -133,8 +137,9 @@ class ClientProtocol:
         }]
         self.connection_count += 1
         self.identity_version = 0
-        if self.auth_token is not None:
-            messages.append({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": self.auth_token})
+        authenticate = self._authenticate(0)
+        if authenticate is not None:
+            messages.append(authenticate)
             self.identity_version = 1
         self.query_set_version = 1
         messages.append({
@@ -204,9 +209,18 @@ class ClientProtocol:
             return None
         base = self.identity_version
         self.identity_version += 1
-        if token is None:
-            return {"type": "Authenticate", "baseVersion": base, "tokenType": "None"}
-        return {"type": "Authenticate", "baseVersion": base, "tokenType": "User", "value": token}
+        return self._authenticate(base) or {"type": "Authenticate", "baseVersion": base, "tokenType": "None"}
+
+    def _authenticate(self, base: int) -> dict[str, Any] | None:
+        """The Authenticate message for the credentials set (None: none are)."""
+        if self.admin_key is not None:
+            message = {"type": "Authenticate", "baseVersion": base, "tokenType": "Admin", "value": self.admin_key}
+            if self.acting_as is not None:
+                message["impersonating"] = self.acting_as
+            return message
+        if self.auth_token is not None:
+            return {"type": "Authenticate", "baseVersion": base, "tokenType": "User", "value": self.auth_token}
+        return None
 
     # -- server messages ----------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import errno
 import getpass
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help='run as this user, e.g. \'{"subject": "u1", "name": "Uma", "role": "reviewer"}\' (needs the '
                           "admin key; a UserIdentity as ctx.auth.get_user_identity() returns it: tokenIdentifier, or issuer "
                           "and subject; under ripple dev the issuer defaults to its development issuer)")
+    run.add_argument("--watch", action="store_true",
+                     help="subscribe to the query and print its result again each time it changes (until Ctrl-C)")
     _client(run)
     init = sub.add_parser("init", help="write a new app (schema.py, functions/, README.md, .gitignore) into DIR")
     init.add_argument("dir", nargs="?", default=".", help="where (default: this directory; made if missing)")
@@ -220,6 +223,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         print(f"ripple run: the server URL {url!r} ({source}) is not an http:// URL, such as {DEFAULT_URL}", file=sys.stderr)
         return 2
+    if args.watch:
+        acting_as = None if args.identity is None else json.loads(args.identity)
+        return watch(url, source, args.path, fn_args, key, acting_as)
     request = urllib.request.Request(f"{url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=660) as response:
@@ -240,6 +246,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "errorData" in result:
         print(json.dumps(_as_js(result["errorData"]), indent=2), file=sys.stderr)
     return 1
+
+
+def watch(url: str, source: str, path: str, fn_args: Any, key: str | None, acting_as: dict[str, Any] | None) -> int:
+    """`ripple run --watch`: the query's result, then again after every change, over the sync
+    protocol (as an admin acting as `acting_as` when there is an admin key), until Ctrl-C."""
+    from client_sdk import RippleClient, RippleClientError
+
+    try:  # the client would keep trying to connect: say at once that nothing answers
+        urllib.request.urlopen(f"{url.rstrip('/')}/_ripple/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        pass  # something answers: the subscription tells what is wrong
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"ripple run --watch: no Ripple server at {url} ({source}): {reason}; start one with `ripple dev`, "
+              "or choose the server with --url or RIPPLE_URL", file=sys.stderr)
+        return 1
+
+    async def follow() -> None:
+        async with RippleClient(url, admin_key=key, acting_as=acting_as) as client:
+            async for value in client.subscribe(path, fn_args):
+                print(json.dumps(_as_js(value), indent=2), flush=True)
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        return 0
+    except RippleClientError as exc:
+        print(f"ripple run --watch: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:
@@ -319,25 +355,13 @@ def cmd_env(args: argparse.Namespace) -> int:
         return 1
 
 
-def cmd_init(args: argparse.Namespace) -> int:
-    directory = Path(args.dir)
-    try:
-        written = scaffold.create_app(directory)
-    except scaffold.AppExists as exc:
-        print(f"ripple init: {exc}", file=sys.stderr)
-        return 1
-    for path in written:
-        print(f"wrote {path}")
-    where = "" if directory == Path(".") else f"cd {directory} && "
-    print(f"next: {where}ripple dev")
-    return 0
-
-
 def _as_js(value: Any) -> Any:
     """A result shown as JavaScript shows it: the wire writes every number as a float (`2.0`),
     a person reads `2`."""
     if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
         return int(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
     if isinstance(value, list):
         return [_as_js(v) for v in value]
     if isinstance(value, dict):
@@ -356,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "env":
         sys.exit(cmd_env(args))
     elif args.command == "init":
-        sys.exit(cmd_init(args))
+        sys.exit(scaffold.init_command(Path(args.dir)))
     else:
         sys.exit(cmd_run(args))
 

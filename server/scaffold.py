@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 SCHEMA = '''"""The app's tables: each a pydantic model, with indexes (docs/schema.md)."""
@@ -89,3 +90,17 @@ def create_app(directory: Path) -> list[Path]:
     for path, text in files.items():
         path.write_text(text)
     return list(files)
+
+
+def init_command(directory: Path) -> int:
+    """`ripple init DIR`: the files written, or why not; the exit status."""
+    try:
+        written = create_app(directory)
+    except AppExists as exc:
+        print(f"ripple init: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"wrote {path}")
+    where = "" if directory == Path(".") else f"cd {directory} && "
+    print(f"next: {where}ripple dev")
+    return 0

@@ -389,3 +389,27 @@ def test_init_writes_an_app_that_serves_and_never_overwrites(start_server: objec
     assert [m["body"] for m in json.loads(listed.stdout)] == ["hello there"]
     found = ripple("run", "messages:search", '{"text": "hel"}', "--url", server.url, cwd=app)
     assert [m["body"] for m in json.loads(found.stdout)] == ["hello there"]
+
+
+def test_run_watch_prints_each_new_result(start_server: object, tmp_path: Path) -> None:
+    server = start_server("serve", extra_env={"RIPPLE_ADMIN_KEY": "k-watch"})  # type: ignore[operator]
+    env = {**clean_env(), "RIPPLE_ADMIN_KEY": "k-watch", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "server.cli", "run", "--watch", "counters:get", '{"name": "w"}', "--url", server.url]
+    with subprocess.Popen(cmd, cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "0"
+            for expected in ("1", "2"):
+                assert ripple("run", "counters:inc", '{"name": "w"}', "--url", server.url, cwd=tmp_path).returncode == 0
+                assert proc.stdout.readline().strip() == expected
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # without the admin key, an internal query is refused, named
+    out = subprocess.run([*cmd[:4], "counters:reset", "{}", "--url", server.url], cwd=str(tmp_path), env=clean_env(),
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "counters:reset" in out.stderr
+    nowhere = ripple("run", "--watch", "counters:get", "{}", "--url", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    assert nowhere.returncode == 1 and "no Ripple server" in nowhere.stderr

@@ -164,9 +164,8 @@ class HttpApi:
             attributes = orjson.loads(base64.b64decode(acting_as, validate=True))
             if not isinstance(attributes, dict):
                 raise ValueError("not a JSON object")
-            if self.runtime.config.dev and "issuer" not in attributes and "tokenIdentifier" not in attributes:
-                attributes["issuer"] = dev_issuer.issuer_url(self.runtime.config.base_url)
-            return acting_as_identity(attributes), True
+            config = self.runtime.config
+            return acting_as_identity(dev_issuer.with_default_issuer(attributes, config.dev, config.base_url)), True
         except (ValueError, AuthFailed) as exc:  # binascii.Error and JSON errors are ValueErrors
             raise HttpError(401, "BadAdminKey", f"the identity to act as (after the admin key) is not valid: {exc}") from None
 

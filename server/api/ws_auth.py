@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from server import adminkey
+from server.core.auth import dev_issuer
 from server.core.auth.claims import acting_as_identity
 from server.core.contexts import Identity
 from server.core.runtime import Runtime
@@ -89,7 +90,10 @@ class ConnectionAuth:
                 adminkey.verify(self.runtime.config.admin_key, request.value)
             except adminkey.AdminKeyRefused as exc:
                 raise AuthFailed(str(exc)) from None
-            return (None if request.acting_as is None else acting_as_identity(request.acting_as)), True
+            if request.acting_as is None:
+                return None, True
+            config = self.runtime.config
+            return acting_as_identity(dev_issuer.with_default_issuer(request.acting_as, config.dev, config.base_url)), True
         assert request.value is not None
         return await self.runtime.authenticate(request.value), False
 

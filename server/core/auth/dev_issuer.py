@@ -45,6 +45,15 @@ def issuer_url(base_url: str) -> str:
     return base_url.rstrip("/") + PATH
 
 
+def with_default_issuer(attributes: dict[str, Any], dev: bool, base_url: str) -> dict[str, Any]:
+    """The identity an admin acts as, with the development issuer's `issuer` when in dev mode it
+    names a subject and neither an issuer nor a tokenIdentifier: the same user as that issuer's
+    token for the subject (`ripple run --identity '{"subject": "u1"}'`, over HTTP or websocket)."""
+    if dev and "issuer" not in attributes and "tokenIdentifier" not in attributes:
+        return {**attributes, "issuer": issuer_url(base_url)}
+    return attributes
+
+
 def load_or_create_key(app_dir: Path) -> ec.EllipticCurvePrivateKey:
     """The app directory's signing key, made (P-256, 0600) the first time."""
     path = app_dir / KEY_FILE
