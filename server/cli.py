@@ -1,4 +1,4 @@
-"""`ripple dev`, `ripple serve`, `ripple run`, `ripple env`."""
+"""`ripple dev`, `ripple serve`, `ripple run`, `ripple env`, `ripple codegen`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from typing import Any
 from server import adminkey, devserver
 from server.config import Config
 from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
+from server.errors import RippleError
 
 DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
 DEFAULT_URL = "http://127.0.0.1:3210"
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the app in development mode (embedded PostgreSQL unless a database URL is set)")
     _common(dev, 3210)
+    dev.add_argument("--codegen", action="store_true",
+                     help="write <dir>/_generated (as `ripple codegen` does) at start and after each successful reload")
     srv = sub.add_parser("serve", help="run the app in production mode (database URL required)")
     _common(srv, 3210)
     run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
@@ -83,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("remove", help="remove a variable").add_argument("name")
     for verb in verbs.choices.values():
         _client(verb)
+    gen = sub.add_parser("codegen", help="write TypeScript types of the app's functions and schema for a frontend (docs/codegen.md)")
+    gen.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory holding schema.py and functions/ (default: current directory)")
+    gen.add_argument("--out", type=Path, default=None, help="where to write api.js, api.d.ts, dataModel.d.ts (default: <dir>/_generated)")
     return parser
 
 
@@ -129,6 +135,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from server.runner import serve
 
     config = _config(args, dev=True)
+    if args.codegen:
+        from server.codegen import GENERATED_DIR
+
+        config.codegen_dir = config.app_dir / GENERATED_DIR
     if not (config.app_dir / "functions").is_dir() and not (config.app_dir / "schema.py").exists():
         sys.exit(f"ripple dev: {config.app_dir} has no schema.py or functions/; run it in your app directory or pass --dir")
     sock = _listen(config, "dev")  # first: a start that cannot serve prints and makes nothing
@@ -317,6 +327,17 @@ def cmd_env(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_codegen(args: argparse.Namespace) -> int:
+    from server.codegen import generate
+
+    try:
+        print(generate(args.dir.resolve(), args.out), file=sys.stderr)
+    except RippleError as exc:
+        print(f"ripple codegen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _as_js(value: Any) -> Any:
     """A result shown as JavaScript shows it: the wire writes every number as a float (`2.0`),
     a person reads `2`."""
@@ -339,6 +360,8 @@ def main(argv: list[str] | None = None) -> None:
         cmd_serve(args)
     elif args.command == "env":
         sys.exit(cmd_env(args))
+    elif args.command == "codegen":
+        sys.exit(cmd_codegen(args))
     else:
         sys.exit(cmd_run(args))
 
