@@ -107,8 +107,9 @@ export function Campaigns() {
   const campaigns = useQuery(api.campaigns.list, STATUS);
   const create = useMutation(api.campaigns.create);
   const status: Doc<"videos">["status"] = "approved";
+  const me = useQuery(api.users.me);
   void create({ name: "Summer", brand: "Acme" });
-  return <p>{campaigns?.length} {status}</p>;
+  return <p>{campaigns?.length} {status} {me === undefined}</p>;
 }
 """
 
@@ -122,6 +123,88 @@ def test_example_app_compiles_and_a_wrong_literal_does_not(frontend: Path) -> No
     assert wrong.returncode != 0
     expected = position(page, 'status: "archived"') + """: error TS2322: Type '"archived"'"""
     assert expected in wrong.stdout, wrong.stdout
+
+
+MAPPING_APP = """
+import enum
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from typing_extensions import TypedDict
+
+from pydantic import BaseModel, Field
+
+from server import Id, Int64, Schema, Table, internal_query, mutation, query
+
+class Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+class Point(TypedDict):
+    x: float
+    label: str | None
+
+@dataclass
+class Box:
+    corner: Point
+    size: Int64
+
+class Note(BaseModel):
+    body: str = Field(alias="text")
+    color: Color = Color.RED
+    parent: Id["notes"] | None = None
+
+schema = Schema(notes=Table(Note, indexes={"by_color": ["color"]}))
+
+@query
+async def everything(ctx, s: str, i: int, f: float, big: Int64, b: bool, raw: bytes, xs: list[int],
+                     pair: tuple[str, int], counts: dict[str, float], maybe: str | None, kind: Literal["a", "b"],
+                     color: Color, box: Box, note: Note, anything: Any, opt: int = 3) -> tuple[Box, None]:
+    return (box, None)
+
+@mutation(returns=Note)
+async def make(ctx) -> Note:
+    return Note(body="x")
+
+@internal_query
+async def hidden(ctx, id: Id["notes"]) -> None:
+    return None
+"""
+
+
+def test_python_types_map_to_typescript(frontend: Path, tmp_path: Path) -> None:
+    app = tmp_path / "app"
+    (app / "functions").mkdir(parents=True)
+    schema, functions = MAPPING_APP.split("@query", 1)
+    (app / "schema.py").write_text(schema)
+    (app / "functions" / "kinds.py").write_text(schema.replace("schema = Schema", "_schema = Schema") + "@query" + functions)
+    codegen(app, frontend / "_generated")
+    api = " ".join((frontend / "_generated" / "api.d.ts").read_text().split())
+    for expected in ['s: string;', 'i: number;', 'f: number;', 'big: bigint;', 'b: boolean;', 'raw: ArrayBuffer;',
+                     'xs: Array<number>;', 'pair: [string, number];', 'counts: Record<string, number>;',
+                     'maybe: string | null;', 'kind: "a" | "b";', 'color: "red" | "blue";',
+                     'box: { corner: { x: number; label: string | null; }; size: bigint; };',
+                     'anything: any;', 'opt?: number;', 'parent?: Id<"notes"> | null;',
+                     ', [{ corner: { x: number; label: string | null; }; size: bigint; }, null]>',
+                     'make: FunctionReference<"mutation", "public", Record<string, never>, { text: string; color: "red" | "blue";',
+                     'internal: { kinds: { hidden: FunctionReference<"query", "internal", { id: Id<"notes">; }, null>;']:
+        assert expected in api, (expected, api)
+    model = " ".join((frontend / "_generated" / "dataModel.d.ts").read_text().split())
+    assert ('document: { text: string; color: "red" | "blue"; parent?: Id<"notes"> | null; '
+            '_id: Id<"notes">; _creationTime: number; };') in model, model
+    assert 'by_color: ["color", "_creationTime"];' in model
+    page = """
+import { useQuery } from "convex/react";
+import { api } from "./_generated/api";
+export function Page() {
+  const made = useQuery(api.kinds.everything, { s: "", i: 1, f: 1.5, big: 2n, b: true, raw: new ArrayBuffer(1), xs: [],
+    pair: ["a", 1], counts: {}, maybe: null, kind: "a", color: "red", anything: 1,
+    box: { corner: { x: 1, label: null }, size: 3n }, note: { text: "b" } });
+  return <p>{made?.[0].size.toString()}</p>;
+}
+"""
+    result = tsc(frontend, page)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_codegen_of_a_directory_without_an_app_says_so(tmp_path: Path) -> None:
