@@ -20,7 +20,7 @@ from pydantic.errors import (
     PydanticSchemaGenerationError,
     PydanticUserError,
 )
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
 from pydantic_core import core_schema
 
 from server.core.loader import FUNCTIONS_PACKAGE, App, load_app
@@ -45,6 +45,10 @@ HEADER = """/* eslint-disable */
  */
 """
 _Schema = Mapping[str, Any] | bool
+TS_TYPE = "x-typescript"  # a JSON schema key naming the TypeScript type outright
+# Convex's convention for paginated queries (usePaginatedQuery needs both types): an argument of
+# this name that is a plain dict is `PaginationOptions`, and then an untyped result is a page.
+PAGINATION_ARG = "paginationOpts"
 
 
 class _Generator(GenerateJsonSchema):
@@ -94,6 +98,8 @@ class _Translator:
     def ts(self, s: _Schema, indent: str = "") -> str:
         if isinstance(s, bool):
             return "any" if s else "never"
+        if TS_TYPE in s:
+            return str(s[TS_TYPE])
         if "$ref" in s:
             name = str(s["$ref"]).rsplit("/", 1)[-1]
             if name in self.stack or name not in self.defs:
@@ -145,10 +151,10 @@ class _Translator:
         return "{\n" + "\n".join(lines) + f"\n{indent}}}"
 
 
-def _json_schema(adapter: TypeAdapter[Any], mode: str) -> dict[str, Any] | None:
+def _json_schema(adapter: TypeAdapter[Any], mode: JsonSchemaMode) -> dict[str, Any] | None:
     """The JSON schema of a type, or None when pydantic cannot make one (such a type is `any`)."""
     try:
-        return adapter.json_schema(mode=mode, schema_generator=_Generator)  # type: ignore[arg-type]
+        return adapter.json_schema(mode=mode, schema_generator=_Generator)
     except (PydanticInvalidForJsonSchema, PydanticSchemaGenerationError, PydanticUserError):
         return None
 
@@ -175,13 +181,26 @@ def returns_of(fn: FunctionDef) -> Any:
         return None
 
 
+def _plain_dict(schema: Any) -> bool:
+    """A `dict[str, Any]` (or `dict`): an object of no declared fields and values of any type."""
+    return (isinstance(schema, Mapping) and schema.get("type") == "object" and "properties" not in schema
+            and schema.get("additionalProperties", True) in (True, {}))
+
+
 def reference(fn: FunctionDef, indent: str) -> str:
     """`FunctionReference<kind, visibility, Args, Return>` of one function."""
-    args = _type_of(_json_schema(TypeAdapter(fn.args_model), "validation"), indent)
+    schema = _json_schema(TypeAdapter(fn.args_model), "validation")
+    paginated = schema is not None and _plain_dict(schema.get("properties", {}).get(PAGINATION_ARG))
+    if paginated:
+        assert schema is not None
+        schema["properties"][PAGINATION_ARG] = {TS_TYPE: "PaginationOptions"}
+    args = _type_of(schema, indent)
     if fn.explicit_args is False and not fn.args_model.model_fields:
         args = "Record<string, never>"
     adapter = returns_of(fn)
     result = "any" if adapter is None else _type_of(_json_schema(adapter, "serialization"), indent)
+    if paginated and result in ("any", "Record<string, any>"):
+        result = "PaginationResult<any>"
     visibility = "internal" if fn.internal else "public"
     return f'FunctionReference<"{fn.kind}", "{visibility}", {args}, {result}>'
 
@@ -220,7 +239,7 @@ def api_dts(app: App) -> str:
     functions = app.registry.functions
     return (
         HEADER.format(what="function signatures (functions/)")
-        + 'import type { FunctionReference } from "convex/server";\n'
+        + 'import type { FunctionReference, PaginationOptions, PaginationResult } from "convex/server";\n'
         + 'import type { Id } from "./dataModel.js";\n\n'
         + "/** The public functions: `useQuery(api.videos.list, {...})`. */\n"
         + f"export declare const api: {_render_tree(_tree(functions, internal=False), '')};\n\n"

@@ -99,17 +99,18 @@ def test_typed_app_compiles_and_wrong_arguments_do_not(frontend: Path) -> None:
 
 
 EXAMPLE_PAGE = """
-import { useMutation, useQuery } from "convex/react";
+import { useMutation, usePaginatedQuery, useQuery } from "convex/react";
 import { api } from "./_generated/api";
 import type { Doc } from "./_generated/dataModel";
 
 export function Campaigns() {
+  const { results, loadMore } = usePaginatedQuery(api.videos.listMine, { status: "approved" }, { initialNumItems: 5 });
   const campaigns = useQuery(api.campaigns.list, STATUS);
   const create = useMutation(api.campaigns.create);
   const status: Doc<"videos">["status"] = "approved";
   const me = useQuery(api.users.me);
   void create({ name: "Summer", brand: "Acme" });
-  return <p>{campaigns?.length} {status} {me === undefined}</p>;
+  return <p onClick={() => loadMore(5)}>{campaigns?.length} {status} {me === undefined} {results.length}</p>;
 }
 """
 
