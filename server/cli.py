@@ -1,9 +1,8 @@
-"""`ripple dev`, `ripple serve`, `ripple run`, `ripple env`."""
+"""`ripple dev`, `ripple serve`, `ripple run`, `ripple env`, `ripple codegen`."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import errno
 import getpass
@@ -20,9 +19,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from server import adminkey, devserver, scaffold
+from server import adminkey, cli_watch, devserver, scaffold
 from server.config import Config
 from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
+from server.errors import RippleError
 
 DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
 DEFAULT_URL = "http://127.0.0.1:3210"
@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     dev = sub.add_parser("dev", help="run the app in development mode (embedded PostgreSQL unless a database URL is set)")
     _common(dev, 3210)
+    dev.add_argument("--codegen", action="store_true",
+                     help="write <dir>/_generated (as `ripple codegen` does) at start and after each successful reload")
     srv = sub.add_parser("serve", help="run the app in production mode (database URL required)")
     _common(srv, 3210)
     run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
@@ -88,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     verbs.add_parser("remove", help="remove a variable").add_argument("name")
     for verb in verbs.choices.values():
         _client(verb)
+    gen = sub.add_parser("codegen", help="write TypeScript types of the app's functions and schema for a frontend (docs/codegen.md)")
+    gen.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory holding schema.py and functions/ (default: current directory)")
+    gen.add_argument("--out", type=Path, default=None, help="where to write api.js, api.d.ts, dataModel.d.ts (default: <dir>/_generated)")
     return parser
 
 
@@ -134,6 +139,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
     from server.runner import serve
 
     config = _config(args, dev=True)
+    if args.codegen:
+        from server.codegen import GENERATED_DIR
+
+        config.codegen_dir = config.app_dir / GENERATED_DIR
     if not (config.app_dir / "functions").is_dir() and not (config.app_dir / "schema.py").exists():
         sys.exit(f"ripple dev: {config.app_dir} has no schema.py or functions/; run it in your app directory or pass --dir")
     sock = _listen(config, "dev")  # first: a start that cannot serve prints and makes nothing
@@ -225,7 +234,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     if args.watch:
         acting_as = None if args.identity is None else json.loads(args.identity)
-        return watch(url, source, args.path, fn_args, key, acting_as)
+        return cli_watch.watch(url, source, args.path, fn_args, key, acting_as)
     request = urllib.request.Request(f"{url.rstrip('/')}/api/function", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=660) as response:
@@ -240,42 +249,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for line in result.get("logLines", []):
         print(line, file=sys.stderr)
     if result.get("status") == "success":
-        print(json.dumps(_as_js(result["value"]), indent=2))
+        print(json.dumps(cli_watch.as_js(result["value"]), indent=2))
         return 0
     print(result.get("errorMessage", "function failed"), file=sys.stderr)
     if "errorData" in result:
-        print(json.dumps(_as_js(result["errorData"]), indent=2), file=sys.stderr)
+        print(json.dumps(cli_watch.as_js(result["errorData"]), indent=2), file=sys.stderr)
     return 1
-
-
-def watch(url: str, source: str, path: str, fn_args: Any, key: str | None, acting_as: dict[str, Any] | None) -> int:
-    """`ripple run --watch`: the query's result, then again after every change, over the sync
-    protocol (as an admin acting as `acting_as` when there is an admin key), until Ctrl-C."""
-    from client_sdk import RippleClient, RippleClientError
-
-    try:  # the client would keep trying to connect: say at once that nothing answers
-        urllib.request.urlopen(f"{url.rstrip('/')}/_ripple/health", timeout=10).close()
-    except urllib.error.HTTPError:
-        pass  # something answers: the subscription tells what is wrong
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"ripple run --watch: no Ripple server at {url} ({source}): {reason}; start one with `ripple dev`, "
-              "or choose the server with --url or RIPPLE_URL", file=sys.stderr)
-        return 1
-
-    async def follow() -> None:
-        async with RippleClient(url, admin_key=key, acting_as=acting_as) as client:
-            async for value in client.subscribe(path, fn_args):
-                print(json.dumps(_as_js(value), indent=2), flush=True)
-
-    try:
-        asyncio.run(follow())
-    except KeyboardInterrupt:
-        return 0
-    except RippleClientError as exc:
-        print(f"ripple run --watch: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:
@@ -355,18 +334,15 @@ def cmd_env(args: argparse.Namespace) -> int:
         return 1
 
 
-def _as_js(value: Any) -> Any:
-    """A result shown as JavaScript shows it: the wire writes every number as a float (`2.0`),
-    a person reads `2`."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
-        return int(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, list):
-        return [_as_js(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _as_js(v) for k, v in value.items()}
-    return value
+def cmd_codegen(args: argparse.Namespace) -> int:
+    from server.codegen import generate
+
+    try:
+        print(generate(args.dir.resolve(), args.out), file=sys.stderr)
+    except RippleError as exc:
+        print(f"ripple codegen: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -381,6 +357,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_env(args))
     elif args.command == "init":
         sys.exit(scaffold.init_command(Path(args.dir)))
+    elif args.command == "codegen":
+        sys.exit(cmd_codegen(args))
     else:
         sys.exit(cmd_run(args))
 

@@ -233,6 +233,8 @@ class Config:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the HTTP API; () = any
     event_loop: str = "uvloop"  # or "asyncio" (server/loops.py)
     vector_search: str = "auto"  # or "exact": how ctx.vector_search runs (docs/search.md)
+    # `ripple dev --codegen`: write the TypeScript types here after each complete load (server/codegen.py).
+    codegen_dir: Path | None = None
     vector_ef_search: int = 100  # pgvector's hnsw.ef_search for approximate searches (at least their limit)
 
     @property

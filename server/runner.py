@@ -16,7 +16,7 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
-from server import adminkey, devserver, loops
+from server import adminkey, codegen, devserver, loops
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
 from server.config import Config, connect_url
@@ -24,6 +24,7 @@ from server.core import sql, watchdog
 from server.core.auth import dev_issuer
 from server.core.database import Database
 from server.core.env import EnvVarError, parse_env_file
+from server.core.loader import App
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
 from server.core.search.text import compact_forever
@@ -101,11 +102,29 @@ class AppLoader:
             log.info("loaded %d functions from %s", len(app.registry.functions), app.directory)
         else:
             log.info("reloaded after change to %s: %d functions", changed, len(app.registry.functions))
+        if self.runtime.config.codegen_dir is not None:
+            self._codegen(app)
         try:
             await self._start_services()
         except Exception as exc:
             log.error("live queries or the scheduler did not start; a change to the app retries: %s",
                       describe_load_error(exc))
+
+    def _codegen(self, app: App) -> None:
+        """`ripple dev --codegen`: rewrite the TypeScript types; only from a complete load, so
+        that a module failing to import does not take its functions out of the frontend's types."""
+        out = self.runtime.config.codegen_dir
+        assert out is not None
+        if app.load_errors:
+            log.error("codegen skipped: %s failed to load; %s is left as it was", ", ".join(app.load_errors), out)
+            return
+        try:
+            written = codegen.write(app, out)
+        except (RippleError, OSError) as exc:
+            log.error("codegen into %s failed: %s", out, exc)
+            return
+        if written:
+            log.info("codegen: wrote %s into %s", ", ".join(written), out)
 
     async def watch(self) -> None:
         """Reload whenever a .py file of the app changes. The app directory itself is watched
