@@ -44,6 +44,7 @@ MODES = ("empty", "append", "replace")  # what an import does with documents alr
 FORMATS = ("jsonl", "json", "csv")
 _DOCUMENTS = re.compile(r"^([^/]+)/documents\.jsonl$")
 _STORAGE_FIELDS = ("size", "sha256", "contentType")
+EXPORT_BATCH = 1000  # rows fetched, and lines written, at a time
 
 
 class ImportRefused(RippleUsageError):
@@ -73,7 +74,8 @@ def _line(value: Any) -> bytes:
 
 
 async def export_zip(runtime: Runtime, out: IO[bytes]) -> dict[str, int]:
-    """Write the user tables and the stored files, as of one snapshot, to `out`; counts by table."""
+    """Write the user tables and the stored files, as of one snapshot, to `out`; counts by table.
+    Rows come through a cursor in batches; compressing and writing run on a worker thread."""
     catalog = runtime.catalog
     tables = sorted(name for name in catalog.by_name if not name.startswith("_"))
     counts: dict[str, int] = {}
@@ -84,25 +86,33 @@ async def export_zip(runtime: Runtime, out: IO[bytes]) -> dict[str, int]:
                              "table, _storage/ holding the files. Import it with `ripple import`.\n")
             archive.writestr("_tables/documents.jsonl", b"".join(
                 _line({"name": name, "id": catalog.by_name[name].number}) for name in tables))
-            for name in tables:
-                rows = await snap.conn.fetch(catalog.by_name[name].sql.scan_all)
+            for name in [*tables, STORAGE.name]:
                 with archive.open(f"{name}/documents.jsonl", "w") as entry:
-                    for row in rows:
-                        entry.write(_line({**row["doc"], "_id": row["id"], "_creationTime": row["creation_time"]}))
-                counts[name] = len(rows)
-            files = await snap.conn.fetch(catalog.by_name[STORAGE.name].sql.scan_all)
-            with archive.open("_storage/documents.jsonl", "w") as entry:
-                for row in files:
-                    meta = {k: row["doc"][k] for k in _STORAGE_FIELDS if k in row["doc"]}
-                    entry.write(_line({"_id": row["id"], "_creationTime": row["creation_time"], **meta}))
-            for row in files:
+                    counts[name] = await _write_rows(snap.conn, catalog.by_name[name].sql.scan_all, entry,
+                                                     name == STORAGE.name)
+            async for row in snap.conn.cursor(catalog.by_name[STORAGE.name].sql.scan_all, prefetch=EXPORT_BATCH):
                 with archive.open(f"_storage/{row['id']}", "w") as entry:
                     async for chunk in await runtime.files.store.read(row["id"]):
-                        entry.write(chunk)
-            counts[STORAGE.name] = len(files)
+                        await asyncio.to_thread(entry.write, chunk)
     finally:
         await snap.close()
     return counts
+
+
+async def _write_rows(conn: Any, statement: str, entry: IO[bytes], storage: bool) -> int:
+    """A table's rows as documents.jsonl lines (`_storage`: the files' metadata); how many."""
+    count, batch = 0, []
+    async for row in conn.cursor(statement, prefetch=EXPORT_BATCH):
+        doc = row["doc"]
+        if storage:
+            doc = {k: doc[k] for k in _STORAGE_FIELDS if k in doc}
+        batch.append(_line({"_id": row["id"], "_creationTime": row["creation_time"], **doc}))
+        count += 1
+        if len(batch) >= EXPORT_BATCH:
+            await asyncio.to_thread(entry.write, b"".join(batch))
+            batch = []
+    await asyncio.to_thread(entry.write, b"".join(batch))
+    return count
 
 
 # -- reading what is imported -----------------------------------------------------------------
