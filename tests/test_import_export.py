@@ -41,9 +41,9 @@ def serve(start_server: StartServer, pg_url: str, tmp_path: Path) -> Iterator[Ca
     drop_schemas(pg_url, *schemas)
 
 
-def ripple(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+def ripple(server: ServerProcess, *args: str, key: str = KEY) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
-    environment.update(PYTHONPATH=str(ROOT), RIPPLE_ADMIN_KEY=KEY, RIPPLE_URL=server.url)
+    environment.update(PYTHONPATH=str(ROOT), RIPPLE_ADMIN_KEY=key, RIPPLE_URL=server.url)
     return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=str(ROOT), env=environment,
                           capture_output=True, text=True, timeout=60)
 
@@ -69,6 +69,8 @@ def test_export_then_import_into_an_empty_database_gives_identical_documents_and
     source, target = serve(), serve()
     fill(source)
     path = tmp_path / "snapshot.zip"
+    refused = ripple(source, "export", "--path", str(path), key="k-wrong")
+    assert refused.returncode == 1 and "401" in refused.stderr and not path.exists()
     exported = ripple(source, "export", "--path", str(path))
     assert exported.returncode == 0, exported.stderr
     names = zipfile.ZipFile(path).namelist()
@@ -153,7 +155,8 @@ def test_a_line_violating_the_schema_refuses_the_whole_import(serve: Callable[[]
                        {"_id": "jd7ad0kzt3bn8s4gq1a9k0p7c16zz3xy", "author": author, "title": 12}])
     refused = ripple(target, "import", str(path))
     assert refused.returncode == 1
-    assert "posts/documents.jsonl line 2" in refused.stderr and "title" in refused.stderr, refused.stderr
+    assert "posts/documents.jsonl line 2 (table posts)" in refused.stderr, refused.stderr
+    assert "`title`: Input should be a valid string (got 12)" in refused.stderr, refused.stderr
     assert "nothing was imported" in refused.stderr
     assert call(target, "query", "dump") == {"authors": [], "posts": [], "files": []}
     assert not [f for f in tmp_path.glob("t_*/**/*") if f.is_file()]  # the file's bytes removed again
