@@ -76,6 +76,11 @@ def test_export_then_import_into_an_empty_database_gives_identical_documents_and
     names = zipfile.ZipFile(path).namelist()
     assert {"_tables/documents.jsonl", "authors/documents.jsonl", "posts/documents.jsonl",
             "_storage/documents.jsonl"} <= set(names)
+    with zipfile.ZipFile(path) as archive:  # Convex's uniform encoding: int64 an integer, float64 a fraction
+        assert archive.read("posts/generated_schema.jsonl") == b'"uniform"\n'
+        posts = [json.loads(line) for line in archive.read("posts/documents.jsonl").splitlines()]
+        assert sorted(p["likes"] for p in posts) == [5, 7] and all(type(p["likes"]) is int for p in posts)
+        assert b'"age":36.0' in archive.read("authors/documents.jsonl")
 
     imported = ripple(target, "import", str(path))
     assert imported.returncode == 0, imported.stderr
@@ -106,7 +111,7 @@ def _convex_zip(path: Path, posts: list[dict[str, Any]]) -> None:
     lines = {
         "_tables/documents.jsonl": [{"name": "authors", "id": 10001}, {"name": "posts", "id": 10002}],
         "authors/documents.jsonl": [
-            {"_id": "j57f3kqb1tqgkyrq1fwp3h0a2h6zz9a8", "_creationTime": 1712345678901.123, "name": "Ada", "age": 36},
+            {"_id": "j57f3kqb1tqgkyrq1fwp3h0a2h6zz9a8", "_creationTime": 1712345678901.123, "name": "Ada", "age": 36.0},
             {"_id": "j57b2z9vbx6p4jqsn9h1qm0g6n6zyz1c", "_creationTime": 1712345679000.5, "name": "Bob", "age": 41.5},
         ],
         "posts/documents.jsonl": posts,
@@ -131,7 +136,7 @@ def test_a_snapshot_in_convex_format_imports_with_references_rewritten(
     path = tmp_path / "convex.zip"
     _convex_zip(path, [{"_id": "jd7ad0kzt3bn8s4gq1a9k0p7c16zz3xw", "_creationTime": 1712345680000.0,
                         "author": "j57f3kqb1tqgkyrq1fwp3h0a2h6zz9a8", "title": "Notes",
-                        "likes": {"$integer": base64.b64encode((5).to_bytes(8, "little")).decode()},
+                        "likes": 5, "data": {"$bytes": base64.b64encode(b"raw").decode()},
                         "file": "kg2c3hb6x5p1jb3f2d8xzqsbk96zzab9"}])
     imported = ripple(target, "import", str(path))
     assert imported.returncode == 0, imported.stderr
@@ -142,6 +147,7 @@ def test_a_snapshot_in_convex_format_imports_with_references_rewritten(
     (file,) = dump["files"]
     assert post["author"] == ada["_id"] and post["file"] == file["_id"]  # Convex ids mapped to Ripple ids
     assert post["_creationTime"] == 1712345680000.0 and post["likes"] == "5"  # an int64 (a float reads 5.0)
+    assert post["data"] == base64.b64encode(b"raw").decode()
     assert file["_creationTime"] == 1712345670000.25 and file["contentType"] == "text/plain"
     assert call(target, "action", "read", id=file["_id"]) == "bytes from convex"
     assert [f for f in tmp_path.glob("t_*/**/*") if f.is_file()]  # where the bytes are (see the next test)
@@ -152,11 +158,11 @@ def test_a_line_violating_the_schema_refuses_the_whole_import(serve: Callable[[]
     path = tmp_path / "bad.zip"
     author = "j57f3kqb1tqgkyrq1fwp3h0a2h6zz9a8"
     _convex_zip(path, [{"_id": "jd7ad0kzt3bn8s4gq1a9k0p7c16zz3xw", "author": author, "title": "fine"},
-                       {"_id": "jd7ad0kzt3bn8s4gq1a9k0p7c16zz3xy", "author": author, "title": 12}])
+                       {"_id": "jd7ad0kzt3bn8s4gq1a9k0p7c16zz3xy", "author": author, "title": 12.5}])
     refused = ripple(target, "import", str(path))
     assert refused.returncode == 1
     assert "posts/documents.jsonl line 2 (table posts)" in refused.stderr, refused.stderr
-    assert "`title`: Input should be a valid string (got 12)" in refused.stderr, refused.stderr
+    assert "`title`: Input should be a valid string (got 12.5)" in refused.stderr, refused.stderr
     assert "nothing was imported" in refused.stderr
     assert call(target, "query", "dump") == {"authors": [], "posts": [], "files": []}
     assert not [f for f in tmp_path.glob("t_*/**/*") if f.is_file()]  # the file's bytes removed again

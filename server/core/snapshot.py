@@ -32,6 +32,7 @@ import orjson
 from server.core import sql
 from server.core.database import Catalog
 from server.core.documents import DatabaseWriter
+from server.core.export_json import NotInt64, from_uniform, to_uniform
 from server.core.ids import new_id, table_number_of
 from server.core.runtime import Runtime
 from server.core.storage.blobs import CHUNK_BYTES, Written
@@ -43,6 +44,7 @@ from server.errors import InvalidIdError, RippleError, RippleUsageError
 MODES = ("empty", "append", "replace")  # what an import does with documents already there
 FORMATS = ("jsonl", "json", "csv")
 _DOCUMENTS = re.compile(r"^([^/]+)/documents\.jsonl$")
+_GENERATED_SCHEMA = "{}/generated_schema.jsonl"
 _STORAGE_FIELDS = ("size", "sha256", "contentType")
 EXPORT_BATCH = 1000  # rows fetched, and lines written, at a time
 
@@ -57,6 +59,7 @@ class Source:
 
     table: str
     lines: Callable[[], Iterator[tuple[str, dict[str, Any]]]]
+    uniform: bool = False  # values in Convex's uniform export encoding (server/core/export_json.py)
 
 
 @dataclass
@@ -86,6 +89,8 @@ async def export_zip(runtime: Runtime, out: IO[bytes]) -> dict[str, int]:
                              "table, _storage/ holding the files. Import it with `ripple import`.\n")
             archive.writestr("_tables/documents.jsonl", b"".join(
                 _line({"name": name, "id": catalog.by_name[name].number}) for name in tables))
+            for name in tables:
+                archive.writestr(f"{name}/generated_schema.jsonl", _line("uniform"))
             for name in [*tables, STORAGE.name]:
                 with archive.open(f"{name}/documents.jsonl", "w") as entry:
                     counts[name] = await _write_rows(snap.conn, catalog.by_name[name].sql.scan_all, entry,
@@ -105,7 +110,9 @@ async def _write_rows(conn: Any, statement: str, entry: IO[bytes], storage: bool
     async for row in conn.cursor(statement, prefetch=EXPORT_BATCH):
         doc = row["doc"]
         if storage:
-            doc = {k: doc[k] for k in _STORAGE_FIELDS if k in doc}
+            doc = {k: int(doc[k]) if k == "size" else doc[k] for k in _STORAGE_FIELDS if k in doc}
+        else:
+            doc = to_uniform(doc)
         batch.append(_line({"_id": row["id"], "_creationTime": row["creation_time"], **doc}))
         count += 1
         if len(batch) >= EXPORT_BATCH:
@@ -149,7 +156,7 @@ def snapshot_plan(archive: zipfile.ZipFile, catalog: Catalog) -> Plan:
                 plan.blobs[name.split("/", 1)[1].split(".", 1)[0]] = name
             continue
         table = match.group(1)
-        source = Source(table, _zip_lines(archive, name))
+        source = Source(table, _zip_lines(archive, name), _uniform(archive, table))
         if table == STORAGE.name:
             plan.storage = source
         elif not table.startswith("_"):  # _tables: numbers are this deployment's; other system tables are not data
@@ -158,6 +165,20 @@ def snapshot_plan(archive: zipfile.ZipFile, catalog: Catalog) -> Plan:
                                     f"{', '.join(sorted(n for n in catalog.by_name if not n.startswith('_'))) or 'none'})")
             plan.tables.append(source)
     return plan
+
+
+def _uniform(archive: zipfile.ZipFile, table: str) -> bool:
+    """Whether the table's generated_schema.jsonl marks its values as Convex's uniform encoding
+    (any other content: an older Convex export's inferred types, not read; values as encoded JSON)."""
+    try:
+        with archive.open(_GENERATED_SCHEMA.format(table)) as f:
+            first = f.readline()
+    except KeyError:
+        return False
+    try:
+        return bool(orjson.loads(first) == "uniform")
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _csv_cell(text: str) -> Any:
@@ -333,12 +354,12 @@ async def run_import(runtime: Runtime, plan: Plan, mode: str) -> dict[str, int]:
                     if mode == "append" and old is not None and await tx.execute("fetchrow", info.sql.get, ids[old]):
                         raise ImportRefused(f"{where}: table {source.table} already has a document {ids[old]}")
                     try:
-                        value = _remap(from_convex_json(fields), ids)
+                        value = _remap(from_convex_json(from_uniform(fields) if source.uniform else fields), ids)
                         await writer.insert(source.table, value, doc_id=None if old is None else ids[old],
                                             creation_time=_creation_time(where, raw))
                     except ImportRefused:
                         raise
-                    except RippleError as exc:
+                    except (RippleError, NotInt64) as exc:
                         raise ImportRefused(f"{where} (table {source.table}): {exc}") from None
                     n += 1
                 counts[source.table] = counts.get(source.table, 0) + n
