@@ -195,3 +195,13 @@ def test_one_table_from_jsonl_json_and_csv_appended_or_replaced(serve: Callable[
     assert names() == [("Di", 50)]
     unknown = ripple(target, "import", "--table", "nope", "--append", str(jsonl))
     assert unknown.returncode == 1 and "'nope' is not a table" in unknown.stderr
+
+
+def test_an_import_is_not_held_to_one_mutations_write_limits(serve: Callable[[], ServerProcess], tmp_path: Path) -> None:
+    """19 documents of ~950 KB: more than the 16 MiB a mutation may write, in one transaction."""
+    target = serve()
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"text": f"{i:02}" + "x" * 950_000}) + "\n" for i in range(19)))
+    imported = ripple(target, "import", "--table", "notes", str(big))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 19 documents into notes" in imported.stderr
