@@ -91,6 +91,11 @@ def test_export_then_import_into_an_empty_database_gives_identical_documents_and
     assert call(target, "action", "read", id=after["files"][0]["_id"]) == "hello, file"
     assert call(target, "query", "author_named", name="Bob") == before["authors"][1]  # index keys written
 
+    appended = ripple(target, "import", "--append", str(path))  # the same ids again
+    assert appended.returncode == 1 and "already has a document" in appended.stderr, appended.stderr
+    assert call(target, "action", "read", id=after["files"][0]["_id"]) == "hello, file"  # its bytes untouched
+    assert call(target, "query", "dump") == before
+
     again = ripple(target, "import", str(path))  # the tables hold documents now
     assert again.returncode == 1 and "already has documents" in again.stderr
     replaced = ripple(target, "import", "--replace", str(path))

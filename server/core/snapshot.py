@@ -259,8 +259,9 @@ def _creation_time(where: str, raw: dict[str, Any]) -> float | None:
 
 
 def _ids(plan: Plan, catalog: Catalog, mode: str) -> dict[str, str]:
-    """First pass: every `_id` in the import -> the id it gets here. Replacing, a file gets a new
-    id: the bytes under its old one are removed once the import commits."""
+    """First pass: every `_id` in the import -> the id it gets here. Replacing or appending, a file
+    gets a new id: its bytes are written before the transaction, so they must not land on a file
+    that exists (replacing: whose bytes are removed once the import commits)."""
     ids: dict[str, str] = {}
     sources = [*plan.tables, *([plan.storage] if plan.storage else [])]
     for source in sources:
@@ -273,7 +274,7 @@ def _ids(plan: Plan, catalog: Catalog, mode: str) -> dict[str, str]:
                 raise ImportRefused(f"{where}: field _id must be a string, not {old!r}")
             if old in ids:
                 raise ImportRefused(f"{where}: _id {old} appears twice in the import")
-            fresh = mode == "replace" and source is plan.storage
+            fresh = mode != "empty" and source is plan.storage
             ids[old] = new_id(number) if fresh else _keep_or_draw(old, number)
     return ids
 
