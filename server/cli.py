@@ -1,4 +1,5 @@
-"""`ripple dev`, `ripple serve`, `ripple run`, `ripple env`, `ripple codegen`."""
+"""`ripple dev`, `ripple serve`, `ripple run`, `ripple env`, `ripple init`, `ripple codegen`,
+`ripple export`, `ripple import`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from server import adminkey, cli_watch, devserver, scaffold
+from server import adminkey, cli_watch, devserver, portable_cli, scaffold
 from server.config import Config
 from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
 from server.errors import RippleError
@@ -93,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("codegen", help="write TypeScript types of the app's functions and schema for a frontend (docs/codegen.md)")
     gen.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory holding schema.py and functions/ (default: current directory)")
     gen.add_argument("--out", type=Path, default=None, help="where to write api.js, api.d.ts, dataModel.d.ts (default: <dir>/_generated)")
+    exp = sub.add_parser("export", help="write a snapshot ZIP of the tables and files (Convex's export layout)")
+    exp.add_argument("--path", type=Path, required=True, help="the ZIP file to write, e.g. snapshot.zip")
+    _client(exp)
+    imp = sub.add_parser("import", help="import a snapshot ZIP, or one table's JSONL, JSON or CSV (--table), all or nothing")
+    imp.add_argument("path", type=Path, help="snapshot.zip, or with --table a .jsonl, .json or .csv file")
+    imp.add_argument("--table", default=None, help="import the file into this one table")
+    imp.add_argument("--format", choices=("jsonl", "json", "csv"), default=None, help="the file's format (default: its extension)")
+    mode = imp.add_mutually_exclusive_group()
+    mode.add_argument("--replace", action="store_const", dest="mode", const="replace",
+                      help="delete the documents of the imported tables first")
+    mode.add_argument("--append", action="store_const", dest="mode", const="append",
+                      help="add to the documents already there")
+    _client(imp)
     return parser
 
 
@@ -359,6 +373,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(scaffold.init_command(Path(args.dir)))
     elif args.command == "codegen":
         sys.exit(cmd_codegen(args))
+    elif args.command == "export":
+        sys.exit(portable_cli.export(*server_url(args), client_admin_key(args), args.path))
+    elif args.command == "import":
+        sys.exit(portable_cli.import_(*server_url(args), client_admin_key(args), args.path, args.table, args.format,
+                                      args.mode or "empty"))
     else:
         sys.exit(cmd_run(args))
 

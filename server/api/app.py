@@ -19,6 +19,7 @@ from server.api.dev_auth import dev_auth_routes
 from server.api.env_http import EnvRoutes
 from server.api.http_actions import HttpActions
 from server.api.http_api import HttpApi, error_response, json_response, not_ready
+from server.api.snapshot_http import SnapshotRoutes
 from server.api.static_files import SdkFiles, StaticFiles
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
@@ -108,6 +109,7 @@ def build_app(
     api = HttpApi(runtime)
     storage = StorageRoutes(runtime)
     env = EnvRoutes(runtime)
+    snapshots = SnapshotRoutes(runtime)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
@@ -194,6 +196,8 @@ def build_app(
         Route("/api/storage/{storage_id}", endpoint(storage.download), methods=["GET", "HEAD"]),
         *(Route(f"/api{version}/update_environment_variables", endpoint(env.update), methods=["POST"]) for version in ("", "/v1")),
         *(Route(f"/api{version}/list_environment_variables", endpoint(env.list), methods=["GET"]) for version in ("", "/v1")),
+        Route("/_ripple/export", endpoint(snapshots.export), methods=["GET"]),
+        Route("/_ripple/import", endpoint(snapshots.import_), methods=["POST"]),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
         Route("/_ripple/sdk/{name}", SdkFiles(), methods=["GET", "HEAD"]),

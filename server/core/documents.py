@@ -159,10 +159,12 @@ class DatabaseWriter(DatabaseReader):
         for d in info.derived:
             await d.after_write(self._tx.execute, old, new)
 
-    async def insert(self, table: str, doc: Mapping[str, Any], *, doc_id: str | None = None) -> str:
+    async def insert(self, table: str, doc: Mapping[str, Any], *, doc_id: str | None = None,
+                     creation_time: float | None = None) -> str:
         """Insert `doc`; returns its new id. `doc_id`: the runtime's own writers only, an id it
-        drew itself (a stored file's id names its bytes, written before the document)."""
-        if doc_id is not None and not self._system_access:
+        drew itself (a stored file's id names its bytes, written before the document), or one
+        an import keeps; `creation_time`: an import's, kept as the snapshot has it."""
+        if (doc_id is not None or creation_time is not None) and not self._system_access:
             raise ForbiddenOperation("only the runtime chooses a document's id")
         if not isinstance(table, str) or (table.startswith("_") and not self._system_access):
             raise RippleUsageError(f"cannot insert into {table!r}: not a user table")
@@ -177,7 +179,8 @@ class DatabaseWriter(DatabaseReader):
             doc_id = new_id(info.number)
         elif table_number_of(doc_id) != info.number:
             raise RippleUsageError(f"insert into {table}: {doc_id} is not an id of {table}")
-        creation_time = self._tx.next_creation_time()
+        if creation_time is None:
+            creation_time = self._tx.next_creation_time()
         full = {"_id": doc_id, CREATION_TIME: creation_time, **stored}
         new_keys = self._keys(info, full)
         encoded = to_convex_json(stored)

@@ -107,6 +107,8 @@ class Transaction:
     bytes_read: int = 0
     docs_written: int = 0  # writes, as Convex counts them: a document written twice counts twice
     bytes_written: int = 0
+    # An import (server/core/snapshot.py) writes a whole snapshot in one transaction: no write limit.
+    unlimited_writes: bool = False
     conflicted: bool = False
     lost: bool = False  # the connection failed: nothing of this transaction can commit any more
     ts: int | None = None  # the commit's ts, when committing found it (commit.py)
@@ -220,6 +222,8 @@ class Transaction:
         this and every later write fails, so nothing of it reaches PostgreSQL."""
         self.docs_written += 1
         self.bytes_written += nbytes
+        if self.unlimited_writes:
+            return
         if self.docs_written > MAX_DOCS_WRITTEN:
             raise LimitExceeded(
                 f"too many writes in one mutation: {self.docs_written}, over the limit of {MAX_DOCS_WRITTEN}"

@@ -193,6 +193,10 @@ class Files:
         async with self.db.acquire() as conn:
             return await conn.fetchval(statement, *args)
 
+    async def discard_upload(self, key: str) -> None:
+        """Remove the bytes of an upload that will not be registered (an import that failed)."""
+        await self._discard(key, "upload")
+
     async def _discard(self, key: str, reason: str) -> None:
         """Remove bytes that never got (or no longer have) a document, then their pending row.
         A failure leaves the row for the sweeper."""

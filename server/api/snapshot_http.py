@@ -1,0 +1,85 @@
+"""`GET /_ripple/export` (a snapshot ZIP) and `POST /_ripple/import` (a snapshot ZIP, or one
+table's JSONL, JSON or CSV with `?table=&format=`; `?mode=empty|append|replace`), both behind
+the admin key (docs/import-export.md). Both spool through a temporary file: the export is
+written as of one snapshot before its first byte goes out, the import read twice (ids, then
+documents)."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import zipfile
+from collections.abc import AsyncIterator
+from typing import IO
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from server.api import http_api
+from server.api.http_api import HttpError, error_response, json_response
+from server.core import snapshot
+from server.core.runtime import Runtime
+
+CHUNK = 1 << 20
+
+
+class SnapshotRoutes:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def _require_admin(self, request: Request) -> None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme and scheme != "Convex":
+            raise HttpError(401, "BadAuthHeader", "export and import need the admin key: `Authorization: Convex <admin key>`")
+        http_api.require_admin_key(self.runtime.config.admin_key, key)
+
+    async def export(self, request: Request) -> Response:
+        try:
+            self._require_admin(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        spool = tempfile.TemporaryFile()
+        try:
+            await snapshot.export_zip(self.runtime, spool)
+            size = spool.tell()
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return StreamingResponse(_stream(spool), media_type="application/zip",
+                                 headers={"Content-Length": str(size),
+                                          "Content-Disposition": 'attachment; filename="snapshot.zip"'})
+
+    async def import_(self, request: Request) -> Response:
+        table = request.query_params.get("table")
+        mode = request.query_params.get("mode", "empty")
+        with tempfile.TemporaryFile() as spool:
+            try:
+                self._require_admin(request)
+                async for piece in request.stream():
+                    await asyncio.to_thread(spool.write, piece)
+                spool.seek(0)
+                if table is None:
+                    try:
+                        archive = zipfile.ZipFile(spool)
+                    except zipfile.BadZipFile:
+                        raise snapshot.ImportRefused("the body is not a ZIP file; a single table's file needs "
+                                                     "?table=<name>&format=jsonl|json|csv") from None
+                    plan = snapshot.snapshot_plan(archive, self.runtime.catalog)
+                else:
+                    plan = snapshot.table_plan(table, request.query_params.get("format", "jsonl"), spool,
+                                               self.runtime.catalog, request.query_params.get("name"))
+                counts = await snapshot.run_import(self.runtime, plan, mode)
+            except HttpError as exc:
+                return error_response(exc.status, exc.code, exc.message)
+            except snapshot.ImportRefused as exc:
+                return error_response(400, "ImportRefused", str(exc))
+        return json_response({"imported": counts})
+
+
+async def _stream(spool: IO[bytes]) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await asyncio.to_thread(spool.read, CHUNK):
+            yield chunk
+    finally:
+        spool.close()

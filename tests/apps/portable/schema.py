@@ -1,0 +1,27 @@
+"""Schema of the import/export test app (tests/test_import_export.py)."""
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from server import Id, Int64, Schema, Table
+
+
+class Author(BaseModel):
+    name: str
+    age: float
+
+
+class Post(BaseModel):
+    author: Id[Literal["authors"]]
+    title: str
+    likes: Int64 | None = None
+    data: bytes | None = None
+    file: Id[Literal["_storage"]] | None = None
+
+
+schema = Schema(
+    authors=Table(Author, indexes={"by_name": ["name"]}),
+    posts=Table(Post, indexes={"by_author": ["author"]}),
+    notes=Table(),  # any document
+)
