@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write a snapshot ZIP of the tables and files (Convex's export layout)")
     exp.add_argument("--path", type=Path, required=True, help="the ZIP file to write, e.g. snapshot.zip")
     _client(exp)
+    dat = sub.add_parser("data", help="list the tables, or print a page of a table's documents (newest first)")
+    dat.add_argument("table", nargs="?", default=None, help="the table (without it: list the tables)")
+    dat.add_argument("--limit", type=int, default=100, help="documents to print, 1 to 1000 (default 100)")
+    dat.add_argument("--order", choices=("asc", "desc"), default="desc", help="by creation time (default desc: newest first)")
+    _client(dat)
     imp = sub.add_parser("import", help="import a snapshot ZIP, or one table's JSONL, JSON or CSV (--table), all or nothing")
     imp.add_argument("path", type=Path, help="snapshot.zip, or with --table a .jsonl, .json or .csv file")
     imp.add_argument("--table", default=None, help="import the file into this one table")
@@ -375,6 +380,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_codegen(args))
     elif args.command == "export":
         sys.exit(portable_cli.export(*server_url(args), client_admin_key(args), args.path))
+    elif args.command == "data":
+        sys.exit(portable_cli.data(*server_url(args), client_admin_key(args), args.table, args.limit, args.order))
     elif args.command == "import":
         sys.exit(portable_cli.import_(*server_url(args), client_admin_key(args), args.path, args.table, args.format,
                                       args.mode or "empty"))

@@ -133,3 +133,30 @@ def import_(url: str, source: str, key: str | None, path: Path, table: str | Non
     for name, count in sorted(result["imported"].items()):
         print(f"imported {count} documents into {name}", file=sys.stderr)
     return 0
+
+
+def data(url: str, source: str, key: str | None, table: str | None, limit: int, order: str) -> int:
+    """`ripple data`: the tables, one a line; `ripple data TABLE`: a page of its documents, as
+    indented JSON, newest first unless `--order asc` (as `npx convex data`)."""
+    problem = _check(url, source, key)
+    if problem:
+        print(f"ripple data: {problem}", file=sys.stderr)
+        return 1
+    query = "" if table is None else "/" + urllib.parse.quote(table, safe="") + "?" + urllib.parse.urlencode(
+        {"limit": limit, "order": order})
+    request = urllib.request.Request(f"{url.rstrip('/')}/_ripple/data{query}", headers={"Authorization": f"Convex {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        print(f"ripple data: {exc.code}: {_message(exc)}", file=sys.stderr)
+        return 1
+    except urllib.error.URLError as exc:
+        print(f"ripple data: no Ripple server at {url} ({source}): {exc.reason}", file=sys.stderr)
+        return 1
+    if table is None:
+        for name in body["tables"]:
+            print(name)
+    else:
+        print(json.dumps(body["documents"], indent=2))
+    return 0

@@ -210,3 +210,22 @@ def test_an_import_is_not_held_to_one_mutations_write_limits(serve: Callable[[],
     imported = ripple(target, "import", "--table", "notes", str(big))
     assert imported.returncode == 0, imported.stderr
     assert "imported 19 documents into notes" in imported.stderr
+
+
+def test_data_lists_tables_and_pages_of_documents(serve: Callable[[], ServerProcess]) -> None:
+    server = serve()
+    fill(server)
+    tables = ripple(server, "data")
+    assert tables.returncode == 0, tables.stderr
+    names = tables.stdout.split()
+    assert {"authors", "posts", "_storage", "_scheduled_functions"} <= set(names)
+    assert "_environment_variables" not in names and names.index("posts") < names.index("_storage")
+    newest = json.loads(ripple(server, "data", "authors", "--limit", "1").stdout)
+    oldest = json.loads(ripple(server, "data", "authors", "--order", "asc").stdout)
+    assert [d["name"] for d in newest] == ["Bob"] and [d["name"] for d in oldest] == ["Ada", "Bob"]
+    assert oldest[0]["age"] == 36 and {"_id", "_creationTime"} <= set(oldest[0])
+    unknown = ripple(server, "data", "nope")
+    assert unknown.returncode == 1 and "no table 'nope'" in unknown.stderr and "authors" in unknown.stderr
+    hidden = ripple(server, "data", "_environment_variables")
+    assert hidden.returncode == 1 and "no table" in hidden.stderr
+    assert ripple(server, "data", "authors", key="k-wrong").returncode == 1

@@ -198,6 +198,8 @@ def build_app(
         *(Route(f"/api{version}/list_environment_variables", endpoint(env.list), methods=["GET"]) for version in ("", "/v1")),
         Route("/_ripple/export", endpoint(snapshots.export), methods=["GET"]),
         Route("/_ripple/import", endpoint(snapshots.import_), methods=["POST"]),
+        Route("/_ripple/data", endpoint(snapshots.data), methods=["GET"]),
+        Route("/_ripple/data/{table}", endpoint(snapshots.data), methods=["GET"]),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
         Route("/_ripple/sdk/{name}", SdkFiles(), methods=["GET", "HEAD"]),

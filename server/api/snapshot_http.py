@@ -19,8 +19,12 @@ from server.api import http_api
 from server.api.http_api import HttpError, error_response, json_response
 from server.core import snapshot
 from server.core.runtime import Runtime
+from server.core.values import to_plain_json
 
 CHUNK = 1 << 20
+
+
+MAX_DATA_PAGE = 1000
 
 
 class SnapshotRoutes:
@@ -49,6 +53,29 @@ class SnapshotRoutes:
         return StreamingResponse(_stream(spool), media_type="application/zip",
                                  headers={"Content-Length": str(size),
                                           "Content-Disposition": 'attachment; filename="snapshot.zip"'})
+
+    async def data(self, request: Request) -> Response:
+        """`GET /_ripple/data`: the tables, `{"tables": [...]}` (user tables, then the readable
+        system ones). `GET /_ripple/data/{table}?limit=&order=`: a page of its documents, newest
+        first unless `order=asc` (`ripple data`, as `npx convex data`)."""
+        try:
+            self._require_admin(request)
+            table = request.path_params.get("table")
+            if table is None:
+                return json_response({"tables": snapshot.table_names(self.runtime.catalog)})
+            limit = request.query_params.get("limit", "100")
+            order = request.query_params.get("order", "desc")
+            if not limit.isdigit() or not 1 <= int(limit) <= MAX_DATA_PAGE:
+                raise HttpError(400, "BadLimit", f"limit must be a whole number from 1 to {MAX_DATA_PAGE}, not {limit!r}")
+            if order not in ("asc", "desc"):
+                raise HttpError(400, "BadOrder", f"order must be 'asc' or 'desc', not {order!r}")
+            if table not in snapshot.table_names(self.runtime.catalog):
+                raise HttpError(404, "TableNotFound", f"no table {table!r} to show (tables: "
+                                f"{', '.join(snapshot.table_names(self.runtime.catalog))})")
+            docs = await snapshot.page(self.runtime, table, int(limit), order == "desc")
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        return json_response({"documents": [to_plain_json(d) for d in docs]})
 
     async def import_(self, request: Request) -> Response:
         table = request.query_params.get("table")

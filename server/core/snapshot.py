@@ -29,14 +29,15 @@ from typing import IO, Any
 
 import orjson
 
-from server.core import sql
-from server.core.database import Catalog
+from server.core import keys, sql
+from server.core.database import Catalog, decode_doc
 from server.core.documents import DatabaseWriter
 from server.core.export_json import NotInt64, from_uniform, to_uniform
 from server.core.ids import new_id, table_number_of
 from server.core.runtime import Runtime
+from server.core.schema import BY_CREATION_TIME
 from server.core.storage.blobs import CHUNK_BYTES, Written
-from server.core.system_tables import STORAGE
+from server.core.system_tables import STORAGE, UNREADABLE
 from server.core.transaction import Transaction
 from server.core.values import from_convex_json
 from server.errors import InvalidIdError, RippleError, RippleUsageError
@@ -371,3 +372,18 @@ async def run_import(runtime: Runtime, plan: Plan, mode: str) -> dict[str, int]:
         for key in blobs:
             await asyncio.shield(runtime.files.discard_upload(key))
         raise
+
+
+def table_names(catalog: Catalog) -> list[str]:
+    """What `ripple data` lists: the user tables, then the system tables functions may read."""
+    user = sorted(n for n in catalog.by_name if not n.startswith("_"))
+    return user + sorted(n for n in catalog.by_name if n.startswith("_") and n not in UNREADABLE)
+
+
+async def page(runtime: Runtime, table: str, limit: int, newest_first: bool) -> list[dict[str, Any]]:
+    """The first `limit` documents of `table` by creation time, in one snapshot."""
+    info = runtime.catalog.table(table)
+    statement = info.sql.range[(BY_CREATION_TIME, newest_first)]
+    async with runtime.db.acquire() as conn:
+        rows = await conn.fetch(statement, b"", keys.AFTER_PREFIX, limit)
+    return [decode_doc(r["id"], r["creation_time"], r["doc"]) for r in rows]
