@@ -21,10 +21,7 @@ class EnvRoutes:
         self.runtime = runtime
 
     def _require_admin(self, request: Request) -> None:
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme and scheme != "Convex":
-            raise HttpError(401, "BadAuthHeader", "environment variables need the admin key: `Authorization: Convex <admin key>`")
-        http_api.require_admin_key(self.runtime.config.admin_key, key)
+        http_api.require_admin_header(request, self.runtime.config.admin_key, "environment variables")
 
     async def update(self, request: Request) -> Response:
         try:

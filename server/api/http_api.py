@@ -129,6 +129,14 @@ def require_admin_key(configured: str | None, presented: str | None) -> None:
         raise HttpError(401, exc.code, str(exc)) from None
 
 
+def require_admin_header(request: Request, configured: str | None, what: str) -> None:
+    """The admin endpoints' check: `Authorization: Convex <admin key>`; `what` names what needs it."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme and scheme != "Convex":
+        raise HttpError(401, "BadAuthHeader", f"{what} need the admin key: `Authorization: Convex <admin key>`")
+    require_admin_key(configured, key)
+
+
 class HttpApi:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -32,10 +32,7 @@ class SnapshotRoutes:
         self.runtime = runtime
 
     def _require_admin(self, request: Request) -> None:
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme and scheme != "Convex":
-            raise HttpError(401, "BadAuthHeader", "export and import need the admin key: `Authorization: Convex <admin key>`")
-        http_api.require_admin_key(self.runtime.config.admin_key, key)
+        http_api.require_admin_header(request, self.runtime.config.admin_key, "export and import")
 
     async def export(self, request: Request) -> Response:
         try:
