@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -45,6 +47,11 @@ def watch(url: str, source: str, path: str, fn_args: Any, key: str | None, actin
             async for value in client.subscribe(path, fn_args):
                 print(json.dumps(as_js(value), indent=2), flush=True)
 
+    # Ctrl-C (or SIGTERM) ends it at once, with status 0: a subscription has nothing to undo, and
+    # every result printed was flushed. (Letting asyncio cancel the client and close its socket
+    # could wait on the connection.)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: os._exit(0))
     try:
         asyncio.run(follow())
     except KeyboardInterrupt:
