@@ -8,7 +8,7 @@ Writes are validated against the table's model and refuse index keys PostgreSQL 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, overload
+from typing import Any, cast, overload
 
 from server.core import keys, limits
 from server.core.database import Catalog, TableInfo, decode_doc
@@ -148,6 +148,8 @@ class DatabaseWriter(DatabaseReader):
         indexes (several per document: one per term)."""
         if index_keys is None or doc is None:
             return None
+        if not info.derived:  # most tables: the keys as they are, no copy on every write
+            return cast(WriteKeys, index_keys)
         out: WriteKeys = dict(index_keys)
         for d in info.derived:
             derived = d.keys(doc)

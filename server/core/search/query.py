@@ -95,8 +95,9 @@ class SearchQuery(Reads):
                 f"search index {info.name}.{index.name}: the query needs q.search({index.search_field!r}, text)"
             )
         self._tx, self._info, self._index = tx, info, index
-        self._terms = list(dict.fromkeys(query_terms(spec.text)))
-        self._prefix = query_terms(spec.text)[-1] if self._terms else None
+        asked = query_terms(spec.text)
+        self._terms = list(dict.fromkeys(asked))
+        self._prefix = asked[-1] if asked else None
         self._filters = spec.filters
         self._predicates: list[Predicate] = []
         self._read_recorded = False
