@@ -22,7 +22,7 @@ from server.core.absent import UNSET
 from server.core.database import TableInfo, decode_doc
 from server.core.ids import ID_LENGTH, table_number_of
 from server.core.limits import stored_bytes, value_size
-from server.core.reading import Reads, cursor_body, make_cursor
+from server.core.reading import Reads, cursor_body, make_cursor, num_items
 from server.core.schema import BY_CREATION_TIME, BY_ID
 from server.core.search.query import SearchFilter, SearchQuery, search_query
 from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
@@ -287,13 +287,7 @@ class Query(Reads):
         return cursor_body(cursor, 1, self._fingerprint())
 
     async def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
-        if not isinstance(opts, Mapping):
-            raise RippleUsageError("paginate expects {'numItems': n, 'cursor': str | None}")
-        num = opts.get("numItems")
-        if isinstance(num, float) and num.is_integer():
-            num = int(num)
-        if not isinstance(num, int) or isinstance(num, bool) or num < 0:
-            raise RippleUsageError(f"paginationOpts.numItems must be a non-negative integer, not {num!r}")
+        num = num_items(opts)
         num = min(num, MAX_PAGE_ITEMS)
         max_rows, max_bytes = _read_limit(opts, "maximumRowsRead"), _read_limit(opts, "maximumBytesRead")
         lo, hi = self._lo, self._hi

@@ -4,11 +4,23 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from server.core.database import TableInfo
 from server.errors import PaginationError, RippleUsageError
+
+
+def num_items(opts: object) -> int:
+    """`paginationOpts.numItems`, a non-negative whole number (2.0 counts: JSON clients send floats)."""
+    if not isinstance(opts, Mapping):
+        raise RippleUsageError("paginate expects {'numItems': n, 'cursor': str | None}")
+    num = opts.get("numItems")
+    if isinstance(num, float) and num.is_integer():
+        num = int(num)
+    if not isinstance(num, int) or isinstance(num, bool) or num < 0:
+        raise RippleUsageError(f"paginationOpts.numItems must be a non-negative integer, not {num!r}")
+    return num
 
 
 def make_cursor(kind: int, fingerprint: bytes, body: bytes) -> str:

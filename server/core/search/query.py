@@ -25,7 +25,7 @@ from typing import Any
 from server.core import keys, sql
 from server.core.database import TableInfo, decode_doc
 from server.core.limits import stored_bytes
-from server.core.reading import Reads, cursor_body, make_cursor
+from server.core.reading import Reads, cursor_body, make_cursor, num_items
 from server.core.search.text import (
     MAX_CANDIDATES,
     MAX_FILTER_CONDITIONS,
@@ -232,13 +232,7 @@ class SearchQuery(Reads):
         return (score, creation_time, body[_CURSOR.size:].decode()), seen, False
 
     async def paginate(self, opts: Mapping[str, Any]) -> dict[str, Any]:
-        if not isinstance(opts, Mapping):
-            raise RippleUsageError("paginate expects {'numItems': n, 'cursor': str | None}")
-        num = opts.get("numItems")
-        if isinstance(num, float) and num.is_integer():
-            num = int(num)
-        if not isinstance(num, int) or isinstance(num, bool) or num < 0:
-            raise RippleUsageError(f"paginationOpts.numItems must be a non-negative integer, not {num!r}")
+        num = num_items(opts)
         cursor, end_cursor = opts.get("cursor"), opts.get("endCursor")
         first_paginate = not self._tx.paginated
         self._tx.paginated = True
