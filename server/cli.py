@@ -18,7 +18,6 @@ import urllib.parse
 import urllib.request
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from server import adminkey, cli_watch, devserver, portable_cli, scaffold
 from server.config import Config
@@ -26,7 +25,7 @@ from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
 from server.errors import RippleError
 
 DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
-DEFAULT_URL = "http://127.0.0.1:3210"
+DEFAULT_URL = portable_cli.DEFAULT_URL
 
 
 def version() -> str:
@@ -259,7 +258,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=660) as response:
             result = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        print(f"ripple run: {exc.code}: {_error_message(exc)}", file=sys.stderr)
+        print(f"ripple run: {exc.code}: {portable_cli.error_message(exc)}", file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
         print(f"ripple run: no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
@@ -274,43 +273,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if "errorData" in result:
         print(json.dumps(cli_watch.as_js(result["errorData"]), indent=2), file=sys.stderr)
     return 1
-
-
-def _error_message(exc: urllib.error.HTTPError) -> str:
-    """What a refused request says: the `message` of Ripple's JSON error, else the body as is."""
-    payload = exc.read().decode(errors="replace")
-    try:
-        return str(json.loads(payload)["message"])
-    except (ValueError, KeyError, TypeError):
-        return payload
-
-
-class EnvCommandFailed(Exception):
-    """What `ripple env` prints before exiting with status 1."""
-
-
-def _admin_call(args: argparse.Namespace, method: str, endpoint: str, body: Any = None) -> Any:
-    """An admin endpoint's JSON answer, or EnvCommandFailed saying what went wrong: no key, no
-    server, a key refused, a change refused."""
-    key = client_admin_key(args)
-    url, source = server_url(args)
-    if not key:
-        raise EnvCommandFailed(f"no admin key: pass --admin-key, set RIPPLE_ADMIN_KEY, or run in (or --dir to) the app "
-                               f"directory of a `ripple dev`, which keeps it in {adminkey.KEY_FILE}")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise EnvCommandFailed(f"the server URL {url!r} ({source}) is not an http:// URL, such as {DEFAULT_URL}")
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url.rstrip('/')}{endpoint}", data=data, method=method,
-                                     headers={"Content-Type": "application/json", "Authorization": f"Convex {key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        raise EnvCommandFailed(f"{exc.code}: {_error_message(exc)}") from None
-    except urllib.error.URLError as exc:
-        raise EnvCommandFailed(f"no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
-                               "or choose the server with --url or RIPPLE_URL") from None
 
 
 def _read_value(name: str) -> str:
@@ -329,26 +291,26 @@ def cmd_env(args: argparse.Namespace) -> int:
         elif args.verb == "get":
             check_name(args.name)
             if args.name in BUILT_IN:
-                raise EnvCommandFailed(f"{args.name} is built-in, not stored: functions read it as the server's URL "
+                raise portable_cli.AdminCallFailed(f"{args.name} is built-in, not stored: functions read it as the server's URL "
                                        "(docs/env.md, Built-in variables)")
         if args.verb == "set":
             value = args.value if args.value is not None else _read_value(args.name)
-            _admin_call(args, "POST", "/api/update_environment_variables", {"changes": [{"name": args.name, "value": value}]})
+            portable_cli.admin_call(*server_url(args), client_admin_key(args), "POST", "/api/update_environment_variables", {"changes": [{"name": args.name, "value": value}]})
             print(f"set {args.name}", file=sys.stderr)
             return 0
-        variables = _admin_call(args, "GET", "/api/list_environment_variables")["environmentVariables"]
+        variables = portable_cli.admin_call(*server_url(args), client_admin_key(args), "GET", "/api/list_environment_variables")["environmentVariables"]
         if args.verb == "list":
             for name in sorted(variables):
                 print(f"{name}={variables[name]}")
         elif args.name not in variables:
-            raise EnvCommandFailed(f"{args.name} is not set")
+            raise portable_cli.AdminCallFailed(f"{args.name} is not set")
         elif args.verb == "get":
             print(variables[args.name])
         else:
-            _admin_call(args, "POST", "/api/update_environment_variables", {"changes": [{"name": args.name}]})
+            portable_cli.admin_call(*server_url(args), client_admin_key(args), "POST", "/api/update_environment_variables", {"changes": [{"name": args.name}]})
             print(f"removed {args.name}", file=sys.stderr)
         return 0
-    except (EnvCommandFailed, EnvVarError) as exc:
+    except (portable_cli.AdminCallFailed, EnvVarError) as exc:
         print(f"ripple env {args.verb}: {exc}", file=sys.stderr)
         return 1
 

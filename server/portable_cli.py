@@ -1,6 +1,7 @@
-"""`ripple export` and `ripple import`: a snapshot ZIP (or one table's file) to and from a running
-server's admin endpoints (server/api/snapshot_http.py, docs/import-export.md). Progress goes to
-stderr; the server URL and admin key come from server/cli.py, which calls these."""
+"""The commands that talk to a running server's admin endpoints: `ripple export` and `ripple import`
+(a snapshot ZIP, or one table's file: server/api/snapshot_http.py, docs/import-export.md),
+`ripple data`, and `admin_call`, which `ripple env` uses too. Progress goes to stderr; the server
+URL and admin key come from server/cli.py, which calls these."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import IO, Any
+
+from server import adminkey
 
 CHUNK = 1 << 20
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
@@ -49,7 +52,15 @@ class _Reading:
         return chunk
 
 
-def _message(exc: urllib.error.HTTPError) -> str:
+DEFAULT_URL = "http://127.0.0.1:3210"
+
+
+class AdminCallFailed(Exception):
+    """What a command using an admin endpoint prints before exiting with status 1."""
+
+
+def error_message(exc: urllib.error.HTTPError) -> str:
+    """What a refused request says: the `message` of Ripple's JSON error, else the body as is."""
     payload = exc.read().decode(errors="replace")
     try:
         return str(json.loads(payload)["message"])
@@ -57,20 +68,40 @@ def _message(exc: urllib.error.HTTPError) -> str:
         return payload
 
 
-def _check(url: str, source: str, key: str | None) -> str | None:
+def problem(url: str, source: str, key: str | None) -> str | None:
+    """Why an admin endpoint cannot be called: no admin key, or a URL that is not http(s)."""
     if not key:
         return ("no admin key: pass --admin-key, set RIPPLE_ADMIN_KEY, or run in (or --dir to) the app directory "
-                "of a `ripple dev`")
+                f"of a `ripple dev`, which keeps it in {adminkey.KEY_FILE}")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        return f"the server URL {url!r} ({source}) is not an http:// URL"
+        return f"the server URL {url!r} ({source}) is not an http:// URL, such as {DEFAULT_URL}"
     return None
 
 
+def admin_call(url: str, source: str, key: str | None, method: str, endpoint: str, body: Any = None) -> Any:
+    """An admin endpoint's JSON answer, or AdminCallFailed saying what went wrong: no key, no
+    server, a key refused, a request refused."""
+    refusal = problem(url, source, key)
+    if refusal:
+        raise AdminCallFailed(refusal)
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url.rstrip('/')}{endpoint}", data=data, method=method,
+                                     headers={"Content-Type": "application/json", "Authorization": f"Convex {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise AdminCallFailed(f"{exc.code}: {error_message(exc)}") from None
+    except urllib.error.URLError as exc:
+        raise AdminCallFailed(f"no Ripple server at {url} ({source}): {exc.reason}; start one with `ripple dev`, "
+                              "or choose the server with --url or RIPPLE_URL") from None
+
+
 def export(url: str, source: str, key: str | None, path: Path) -> int:
-    problem = _check(url, source, key)
-    if problem:
-        print(f"ripple export: {problem}", file=sys.stderr)
+    refusal = problem(url, source, key)
+    if refusal:
+        print(f"ripple export: {refusal}", file=sys.stderr)
         return 1
     partial = path.with_name(path.name + ".partial")
     request = urllib.request.Request(f"{url.rstrip('/')}/_ripple/export", headers={"Authorization": f"Convex {key}"})
@@ -84,7 +115,7 @@ def export(url: str, source: str, key: str | None, path: Path) -> int:
         progress.finish()
     except urllib.error.HTTPError as exc:
         partial.unlink(missing_ok=True)
-        print(f"ripple export: {exc.code}: {_message(exc)}", file=sys.stderr)
+        print(f"ripple export: {exc.code}: {error_message(exc)}", file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
         partial.unlink(missing_ok=True)
@@ -96,20 +127,20 @@ def export(url: str, source: str, key: str | None, path: Path) -> int:
 
 
 def import_(url: str, source: str, key: str | None, path: Path, table: str | None, fmt: str | None, mode: str) -> int:
-    problem = _check(url, source, key)
-    if problem is None and not path.is_file():
-        problem = f"{path} is not a file"
+    refusal = problem(url, source, key)
+    if refusal is None and not path.is_file():
+        refusal = f"{path} is not a file"
     query: dict[str, str] = {"mode": mode}
-    if problem is None and table is not None:
+    if refusal is None and table is not None:
         fmt = fmt or FORMATS.get(path.suffix.lower())
         if fmt is None:
-            problem = f"cannot tell the format of {path.name} from its extension; pass --format jsonl, json or csv"
+            refusal = f"cannot tell the format of {path.name} from its extension; pass --format jsonl, json or csv"
         else:
             query.update(table=table, format=fmt, name=path.name)
-    elif problem is None and fmt is not None:
-        problem = "--format is for a single table's file (with --table); a snapshot is a ZIP"
-    if problem:
-        print(f"ripple import: {problem}", file=sys.stderr)
+    elif refusal is None and fmt is not None:
+        refusal = "--format is for a single table's file (with --table); a snapshot is a ZIP"
+    if refusal:
+        print(f"ripple import: {refusal}", file=sys.stderr)
         return 1
     size = path.stat().st_size
     progress = Progress("uploaded", size)
@@ -124,7 +155,7 @@ def import_(url: str, source: str, key: str | None, path: Path, table: str | Non
                 result = json.loads(response.read())
         progress.finish()
     except urllib.error.HTTPError as exc:
-        print(("\n" if progress.live else "") + f"ripple import: {exc.code}: {_message(exc)}; nothing was imported",
+        print(("\n" if progress.live else "") + f"ripple import: {exc.code}: {error_message(exc)}; nothing was imported",
               file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
@@ -138,21 +169,12 @@ def import_(url: str, source: str, key: str | None, path: Path, table: str | Non
 def data(url: str, source: str, key: str | None, table: str | None, limit: int, order: str) -> int:
     """`ripple data`: the tables, one a line; `ripple data TABLE`: a page of its documents, as
     indented JSON, newest first unless `--order asc` (as `npx convex data`)."""
-    problem = _check(url, source, key)
-    if problem:
-        print(f"ripple data: {problem}", file=sys.stderr)
-        return 1
     query = "" if table is None else "/" + urllib.parse.quote(table, safe="") + "?" + urllib.parse.urlencode(
         {"limit": limit, "order": order})
-    request = urllib.request.Request(f"{url.rstrip('/')}/_ripple/data{query}", headers={"Authorization": f"Convex {key}"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        print(f"ripple data: {exc.code}: {_message(exc)}", file=sys.stderr)
-        return 1
-    except urllib.error.URLError as exc:
-        print(f"ripple data: no Ripple server at {url} ({source}): {exc.reason}", file=sys.stderr)
+        body = admin_call(url, source, key, "GET", f"/_ripple/data{query}")
+    except AdminCallFailed as exc:
+        print(f"ripple data: {exc}", file=sys.stderr)
         return 1
     if table is None:
         for name in body["tables"]:
