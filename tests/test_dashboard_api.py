@@ -178,3 +178,11 @@ async def test_a_page_is_live_over_the_websocket(server: ServerProcess) -> None:
         new_id = response.json()["value"]
         page = (await asyncio.wait_for(anext(updates), 10))["page"]
         assert [(d["_id"], d["name"]) for d in page] == [(new_id, name)]
+
+
+def test_the_admin_sees_what_was_wrong_outside_dev_mode(server: ServerProcess) -> None:
+    """`ripple serve` redacts internal errors, but a document the schema refuses is the admin's
+    own mistake: the dashboard shows which field."""
+    body = {"path": "_system/dashboard:insert", "args": {"table": "authors", "document": {"name": "B", "age": "old"}}}
+    answer = httpx.post(f"{server.url}/api/mutation", json=body, headers={"Authorization": f"Convex {KEY}"}).json()
+    assert answer["status"] == "error" and "`age`" in answer["errorMessage"] and "Request ID" not in answer["errorMessage"]

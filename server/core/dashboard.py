@@ -24,7 +24,8 @@ The page at /_ripple/ (server/dashboard/, docs/dashboard.md) calls them:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -37,7 +38,7 @@ from server.core.registry import (
     Registry,
 )
 from server.core.system_tables import SYSTEM_TABLES
-from server.errors import RippleUsageError
+from server.errors import ConvexError, RippleUsageError
 
 MODULE = f"{SYSTEM_PREFIX}dashboard"
 Op = Literal["eq", "neq", "lt", "lte", "gt", "gte"]
@@ -155,11 +156,26 @@ async def deleteFile(ctx: Any, storageId: str) -> None:
     await ctx.storage.delete(storageId)
 
 
+def _shown(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The admin sees what was wrong with what they typed even outside dev mode: Ripple's own
+    messages about a caller's mistake (a document the schema refuses, an unknown table, a bad
+    filter) become ConvexErrors, which are not redacted. Anything else stays an internal error."""
+
+    @functools.wraps(handler)
+    async def run(ctx: Any, **kwargs: Any) -> Any:
+        try:
+            return await handler(ctx, **kwargs)
+        except RippleUsageError as exc:
+            raise ConvexError(str(exc)) from exc
+
+    return run
+
+
 QUERIES = (page, document, scheduled, crons, files)
 MUTATIONS = (insert, patch, replace, delete, cancel, generateUploadUrl, deleteFile)
 FIXED: dict[str, FunctionDef] = {
-    **{fn.__name__: FunctionDef(fn, "query", internal=True) for fn in QUERIES},
-    **{fn.__name__: FunctionDef(fn, "mutation", internal=True) for fn in MUTATIONS},
+    **{fn.__name__: FunctionDef(_shown(fn), "query", internal=True) for fn in QUERIES},
+    **{fn.__name__: FunctionDef(_shown(fn), "mutation", internal=True) for fn in MUTATIONS},
 }
 
 
