@@ -220,13 +220,13 @@ def register(app: App) -> None:
     registry: Registry = app.registry
     for name, fn in FIXED.items():
         registry.add(f"{MODULE}:{name}", fn)
-    functions_list, tables_list = describe_functions(app), describe_tables(app)
+    described = functools.cache(lambda: (describe_functions(app), describe_tables(app)))  # at first use, not per load
 
     async def functions(ctx: Any) -> list[dict[str, Any]]:
-        return functions_list
+        return described()[0]
 
     async def tables(ctx: Any) -> list[dict[str, Any]]:
-        return tables_list
+        return described()[1]
 
     registry.add(f"{MODULE}:functions", FunctionDef(functions, "query", internal=True))
     registry.add(f"{MODULE}:tables", FunctionDef(tables, "query", internal=True))
