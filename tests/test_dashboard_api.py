@@ -42,8 +42,10 @@ async def test_tables_lists_user_tables_then_the_readable_system_ones(portable: 
     tables = await system(portable, "query", "tables")
     assert [t["name"] for t in tables] == ["authors", "posts", "notes", "_scheduled_functions", "_cron_jobs", "_storage"]
     authors = tables[0]
-    assert authors == {"name": "authors", "system": False, "indexes": ["by_id", "by_creation_time", "by_name"],
-                       "searchIndexes": []}
+    assert authors["schema"]["required"] == ["name", "age"] and tables[2]["schema"] is None  # notes: any object
+    assert "likes" in tables[1]["schema"]["properties"]  # an Int64 field: its bounds are no float64, yet sent
+    assert {k: v for k, v in authors.items() if k != "schema"} == {
+        "name": "authors", "system": False, "indexes": ["by_id", "by_creation_time", "by_name"], "searchIndexes": []}
     assert all(t["system"] for t in tables[3:])
 
 

@@ -6,7 +6,7 @@ change log and the subscriptions exactly as `ctx.db.insert` in a mutation does.
 
 The page at /_ripple/ (server/dashboard/, docs/dashboard.md) calls them:
 
-    tables      {}                                   -> [{name, system, indexes, searchIndexes}]
+    tables      {}                                   -> [{name, system, indexes, searchIndexes, schema}]
     page        {table, paginationOpts, order, filters} -> a page (filters: [{field, op, value}])
     document    {id}                                 -> the document or null
     insert      {table, document}                    -> the new id
@@ -179,13 +179,24 @@ FIXED: dict[str, FunctionDef] = {
 }
 
 
-def _json_schema(make: Callable[[], Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """A JSON schema for the runner's form, or None where pydantic cannot draw one (a custom
-    type): the runner then starts from `{}`."""
+def _json_schema(make: Callable[[], Mapping[str, Any]]) -> Any:
+    """A JSON schema for the dashboard's forms, or None where pydantic cannot draw one (a custom
+    type): the form then starts from `{}`. Integers beyond a float64's exact range (an Int64's
+    bounds) become floats, so the schema is a Convex value."""
     try:
-        return make()
+        return _as_value(make())
     except Exception:
         return None
+
+
+def _as_value(schema: Any) -> Any:
+    if isinstance(schema, Mapping):
+        return {key: _as_value(value) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_as_value(item) for item in schema]
+    if isinstance(schema, int) and not isinstance(schema, bool) and abs(schema) > 2**53:
+        return float(schema)
+    return schema
 
 
 def describe_functions(app: App) -> list[dict[str, Any]]:
@@ -209,10 +220,14 @@ def describe_functions(app: App) -> list[dict[str, Any]]:
 
 
 def describe_tables(app: App) -> list[dict[str, Any]]:
+    """User tables then the readable system ones; `schema`: the JSON schema of a user table's
+    documents (None: any object), which the dashboard's "add document" starts from."""
     tables = [{"name": name, "system": False, "indexes": ["by_id", "by_creation_time", *table.indexes],
-               "searchIndexes": list(table.search_indexes)} for name, table in app.schema.tables.items()]
+               "searchIndexes": list(table.search_indexes),
+               "schema": None if (model := table.model) is None else _json_schema(model.model_json_schema)}
+              for name, table in app.schema.tables.items()]
     return tables + [{"name": t.name, "system": True, "indexes": ["by_id", "by_creation_time", *t.table.indexes],
-                      "searchIndexes": []} for t in SYSTEM_TABLES if t.readable]
+                      "searchIndexes": [], "schema": None} for t in SYSTEM_TABLES if t.readable]
 
 
 def register(app: App) -> None:
