@@ -24,7 +24,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaV
 from pydantic_core import core_schema
 
 from server.core.loader import FUNCTIONS_PACKAGE, App, load_app
-from server.core.registry import FunctionDef
+from server.core.registry import SYSTEM_PREFIX, FunctionDef
 from server.core.schema import (
     BY_CREATION_TIME,
     BY_ID,
@@ -236,7 +236,8 @@ def _render_tree(tree: Mapping[str, Any], indent: str) -> str:
 
 
 def api_dts(app: App) -> str:
-    functions = app.registry.functions
+    # Not Ripple's own `_system/` functions (the dashboard's), which a loaded runtime's registry holds.
+    functions = {path: fn for path, fn in app.registry.functions.items() if not path.startswith(SYSTEM_PREFIX)}
     return (
         HEADER.format(what="function signatures (functions/)")
         + 'import type { FunctionReference, PaginationOptions, PaginationResult } from "convex/server";\n'

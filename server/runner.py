@@ -99,9 +99,9 @@ class AppLoader:
         for file, error in app.load_errors.items():
             log.error("%s failed to load; its functions are not served until a change fixes it: %s", file, error)
         if changed is None:
-            log.info("loaded %d functions from %s", len(app.registry.functions), app.directory)
+            log.info("loaded %d functions from %s", app.registry.app_function_count, app.directory)
         else:
-            log.info("reloaded after change to %s: %d functions", changed, len(app.registry.functions))
+            log.info("reloaded after change to %s: %d functions", changed, app.registry.app_function_count)
         if self.runtime.config.codegen_dir is not None:
             self._codegen(app)
         try:
@@ -232,7 +232,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             await start_services()
         except (RippleError, *_DATABASE_ERRORS) as exc:
             return f"the app in {config.app_dir} failed to load: {describe_load_error(exc)}"
-        log.info("loaded %d functions from %s", len(runtime.app.registry.functions), config.app_dir)
+        log.info("loaded %d functions from %s", runtime.app.registry.app_function_count, config.app_dir)
         return None
 
     def count_block(kind: str, seconds: float) -> None:

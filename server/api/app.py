@@ -20,7 +20,7 @@ from server.api.env_http import EnvRoutes
 from server.api.http_actions import HttpActions
 from server.api.http_api import HttpApi, error_response, json_response, not_ready
 from server.api.snapshot_http import SnapshotRoutes
-from server.api.static_files import SdkFiles, StaticFiles
+from server.api.static_files import DashboardFiles, SdkFiles, StaticFiles
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
 from server.core.http_router import RESERVED_PREFIXES
@@ -110,6 +110,7 @@ def build_app(
     storage = StorageRoutes(runtime)
     env = EnvRoutes(runtime)
     snapshots = SnapshotRoutes(runtime)
+    dashboard = DashboardFiles()
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
@@ -170,7 +171,7 @@ def build_app(
             log.exception("health check could not reach the database")
             return json_response({"status": "database unavailable"}, 503)
         app = runtime.app
-        body: dict[str, Any] = {"status": "ok", "functions": len(app.registry.functions)}
+        body: dict[str, Any] = {"status": "ok", "functions": app.registry.app_function_count}
         if app.load_errors:  # dev mode serves the modules that loaded
             body["loadErrors"] = app.load_errors
         return json_response(body)
@@ -203,6 +204,8 @@ def build_app(
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
         Route("/_ripple/sdk/{name}", SdkFiles(), methods=["GET", "HEAD"]),
+        Route("/_ripple/", dashboard, methods=["GET", "HEAD"]),
+        Route("/_ripple/dashboard/{path:path}", dashboard, methods=["GET", "HEAD"]),
         # `ripple dev` only: `ripple serve` never signs tokens (docs/auth.md, Development issuer).
         *(dev_auth_routes(runtime.config.app_dir, runtime.config.base_url) if runtime.config.dev else ()),
     ]

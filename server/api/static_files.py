@@ -4,6 +4,8 @@
 * `public/` of the app directory, at `/`: a GET or HEAD that no HTTP action's route takes gets
   the file at that path (`/` and any directory: its `index.html`). HttpActions asks here before
   answering 404 or 405, so routes always win.
+* server/dashboard/ at `/_ripple/` (its index.html) and `/_ripple/dashboard/<file>`: the
+  dashboard (docs/dashboard.md), plain files with no build step.
 * client_sdk/js at `/_ripple/sdk/<name>.js`, so a page needs no copy of it and no build step:
   `import { RippleClient } from "/_ripple/sdk/ripple.js"` (its modules import each other
   relatively, so they resolve there too).
@@ -111,6 +113,26 @@ class SdkFiles:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = self.find(scope["path_params"]["name"])
+        if found is None:
+            await error_response(404, "NotFound", f"no route for {scope['method']} {scope['path']}")(scope, receive, send)
+            return
+        await StaticFiles.send(found, scope, receive, send)
+
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+
+
+class DashboardFiles:
+    """`/_ripple/` (the dashboard's page) and `/_ripple/dashboard/<file>` (its scripts and
+    styles): the files of server/dashboard/. The page asks for the admin key itself; the files
+    hold no secret, so serving them needs none."""
+
+    def __init__(self, root: Path = DASHBOARD_DIR) -> None:
+        self.files = StaticFiles(root)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = scope.get("path_params", {}).get("path")
+        found = self.files.find("/" if name is None else "/" + name)
         if found is None:
             await error_response(404, "NotFound", f"no route for {scope['method']} {scope['path']}")(scope, receive, send)
             return

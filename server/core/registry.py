@@ -164,6 +164,7 @@ internal_action = _decorator("action", True)
 
 
 MAX_PATH_CHARS = 1024
+SYSTEM_PREFIX = "_system/"  # Ripple's own functions (server/core/dashboard.py)
 
 
 def canonical_path(path: object) -> str:
@@ -196,6 +197,12 @@ class Registry:
         # Modules left out of a partial load: Convex module path -> why ("functions/x.py failed
         # to load: ..."). Their functions are absent; calling one says so.
         self.unavailable: dict[str, str] = {}
+
+    @property
+    def app_function_count(self) -> int:
+        """The app's own functions, without Ripple's `_system/` ones (app modules never start
+        with `_`, so the prefix is Ripple's alone)."""
+        return sum(1 for path in self.functions if not path.startswith(SYSTEM_PREFIX))
 
     def bind_tables(self, tables: TableNames) -> None:
         """Give every function the deployment's table names by number, once the schema is

@@ -37,7 +37,7 @@ import asyncpg
 import orjson
 
 from server.config import Config
-from server.core import env_store, logs, sandbox, sql, watchdog
+from server.core import dashboard, env_store, logs, sandbox, sql, watchdog
 from server.core.auth.keys import KeyStore
 from server.core.auth.verify import Verifier, app_verifier
 from server.core.commit import Committer
@@ -148,6 +148,7 @@ class Runtime:
         """Import the app and apply its schema; on any failure the previous version stays.
         `partial`: serve the function modules that import (see loader.load_app)."""
         app = load_app(directory or self.config.app_dir, partial=partial)
+        dashboard.register(app)
         verifier = app_verifier(app, self.auth_keys, self.config.auth, partial=partial)
         catalog = await apply_schema(self.db, app.schema)
         app.registry.bind_tables(catalog.names)

@@ -13,8 +13,10 @@ variable and is NOT checked. The hook is a guard against mistakes, not a securit
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from server.errors import ForbiddenOperation
@@ -52,6 +54,18 @@ def refuse(what: str, operation: str) -> None:
         raise ForbiddenOperation(
             f"a {kind} may not {what} ({operation}); do network I/O in an action instead"
         )
+
+
+@contextlib.contextmanager
+def runtime_io() -> Iterator[None]:
+    """Ripple's own I/O on behalf of the running function, which the function's kind does not
+    restrict: e.g. the first `ctx.storage.generate_upload_url()` of a process reading the
+    storage secret, which may open a pool connection from inside a mutation."""
+    token = running_kind.set(None)
+    try:
+        yield
+    finally:
+        running_kind.reset(token)
 
 
 def _hook(event: str, args: tuple[Any, ...]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from server.config import Config
-from server.core import sql
+from server.core import sandbox, sql
 from server.core.database import Database
 from server.core.documents import DatabaseWriter
 from server.core.ids import new_id
@@ -129,8 +129,9 @@ class Files:
 
     async def secret(self) -> bytes:
         while self._secret is None:
-            async with self.db.acquire() as conn:
-                value = await conn.fetchval(sql.STORAGE_SECRET, secrets.token_hex(32))
+            with sandbox.runtime_io():  # read once per process, possibly from inside a mutation
+                async with self.db.acquire() as conn:
+                    value = await conn.fetchval(sql.STORAGE_SECRET, secrets.token_hex(32))
             # None: another process drew it concurrently, after this statement's snapshot.
             if value is not None:
                 self._secret = bytes.fromhex(value)
