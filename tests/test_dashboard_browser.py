@@ -6,7 +6,7 @@ Logs tail, an image uploaded in Files with its preview rendered; and the same pa
 size without sideways scrolling. No page is reloaded (a marker set on `window` must survive).
 
 Set RIPPLE_DASHBOARD_SCREENSHOT=docs/images/dashboard.png to refresh the documentation's
-screenshot from a run (the Data section after the live insert).
+screenshot from a run (the Data section with an edited document open).
 """
 
 from __future__ import annotations
@@ -153,8 +153,6 @@ def test_dashboard_shows_live_data_runs_functions_tails_logs_and_uploads(deploym
         expect(page.locator(f'[data-testid="doc-row"][data-id="{new_id}"]')).to_contain_text("written by Python")
         expect(rows).to_have_count(2)
         expect(rows.first).to_have_attribute("data-id", new_id)  # newest first
-        if target := os.environ.get("RIPPLE_DASHBOARD_SCREENSHOT"):
-            page.screenshot(path=str(ROOT / target))
 
         # A filter narrows the live list; removing it gives the list back.
         page.get_by_test_id("filter-field").fill("author")
@@ -173,6 +171,8 @@ def test_dashboard_shows_live_data_runs_functions_tails_logs_and_uploads(deploym
         page.get_by_test_id("doc-save").click()
         expect(page.get_by_test_id("doc-json")).to_contain_text('"likes": 7n')
         expect(page.locator(f'[data-testid="doc-row"][data-id="{new_id}"]')).to_contain_text("edited")
+        if target := os.environ.get("RIPPLE_DASHBOARD_SCREENSHOT"):
+            page.screenshot(path=str(ROOT / target))
         page.get_by_test_id("doc-edit").click()
         page.get_by_test_id("doc-editor").fill('{"author": "bo", "body": 5}')
         page.get_by_test_id("doc-save").click()

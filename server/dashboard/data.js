@@ -72,9 +72,11 @@ export function mount({ client }, container, params) {
   let filters = [];
   let docs = null; // the paginated subscription
   let panel = null; // {stop?} of the open panel
+  let schemas = new Map(); // table -> the JSON schema of its documents (null: any object)
 
   const stopTables = client.onUpdate("_system/dashboard:tables", {}, (tables) => {
     showError(tablesError, null);
+    schemas = new Map(tables.map((t) => [t.name, t.schema ?? null]));
     const link = (t) => h("li", {}, h("a", { href: `#/data/${encodeURIComponent(t.name)}`, testid: "table-link",
                                              dataset: { table: t.name }, "aria-current": t.name === table ? "page" : null },
                                       t.name, t.system ? h("span", { class: "tag" }, "system") : null));
@@ -171,7 +173,7 @@ export function mount({ client }, container, params) {
   more.addEventListener("click", () => docs?.loadMore(PAGE_SIZE));
   addButton.addEventListener("click", () => {
     closePanel();
-    const editor = newDocumentPanel(client, table, (id) => {
+    const editor = newDocumentPanel(client, table, schemas.get(table) ?? null, (id) => {
       closePanel();
       if (id !== null) openDoc(id);
     });

@@ -4,6 +4,7 @@
 // the app's own writes and its message (naming the field) is shown here.
 
 import { confirmButton, errorText, fill, h, parseEditText, showError, toEditText } from "./dom.js";
+import { sampleOf } from "./jsonschema.js";
 
 const SYSTEM_FIELDS = new Set(["_id", "_creationTime"]);
 
@@ -76,7 +77,8 @@ export function documentPanel(client, table, id, close) {
       return;
     }
     edit.disabled = remove.disabled = false;
-    fill(json, toEditText(value));
+    const { _id, _creationTime, ...fields } = value;
+    fill(json, toEditText({ _id, _creationTime, ...fields })); // the system fields first, as Convex shows them
     if (editing) {
       note.hidden = false;
       note.textContent = "The document changed while you were editing it; saving replaces it with your text.";
@@ -92,11 +94,13 @@ export function documentPanel(client, table, id, close) {
   return { element, stop };
 }
 
-/** The editor of a new document of `table`; `done(id)` after the insert. Returns {element}. */
-export function newDocumentPanel(client, table, done) {
+/** The editor of a new document of `table`, prefilled with the fields its `schema` requires
+ * (a JSON schema; null: any object); `done(id)` after the insert. Returns {element}. */
+export function newDocumentPanel(client, table, schema, done) {
   const editor = h("textarea", { class: "editor", testid: "new-doc-editor", rows: 10, spellcheck: "false",
                                  "aria-label": "New document JSON" });
-  editor.value = "{\n  \n}";
+  const start = schema ? sampleOf(schema) : null;
+  editor.value = start && Object.keys(start).length ? toEditText(start) : "{\n  \n}";
   const error = h("p", { class: "error", testid: "new-doc-error", role: "alert", hidden: true });
   const insert = h("button", { type: "button", testid: "new-doc-insert" }, "Insert");
   insert.addEventListener("click", async () => {

@@ -57,6 +57,7 @@ export function errorText(error) {
   const data = error.data;
   const message = error.message || String(error);
   if (data === undefined) return message;
+  if (typeof data === "string") return data; // ConvexError("...") : the message as its author wrote it
   const shown = compact(data);
   return message.includes(shown) ? message : `${message} (data: ${shown})`;
 }

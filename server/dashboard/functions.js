@@ -7,6 +7,7 @@
 import { convexToJson, jsonToConvex } from "/_ripple/sdk/ripple.js";
 import { adminFetch, runFunction } from "./api.js";
 import { errorText, fill, h, parseEditText, showError, toEditText } from "./dom.js";
+import { sampleOf } from "./jsonschema.js";
 
 const KIND_LETTER = { query: "Q", mutation: "M", action: "A", httpAction: "H" };
 const DEFAULT_IDENTITY = '{\n  "subject": "user1",\n  "name": "User One"\n}';
@@ -17,35 +18,6 @@ export function update(params) {
   if (active === null) return false;
   active(params);
   return true;
-}
-
-/** A value to start from for a JSON schema: its default, else an empty value of its type. */
-export function sampleOf(schema, defs = {}) {
-  if (!schema || typeof schema !== "object") return null;
-  if ("default" in schema) return schema.default;
-  if (schema.$ref) return sampleOf(defs[schema.$ref.split("/").pop()], defs);
-  if (schema.const !== undefined) return schema.const;
-  if (Array.isArray(schema.enum) && schema.enum.length) return schema.enum[0];
-  const options = schema.anyOf ?? schema.oneOf;
-  if (Array.isArray(options) && options.length) {
-    return sampleOf(options.find((o) => o.type !== "null") ?? options[0], defs);
-  }
-  switch (Array.isArray(schema.type) ? schema.type[0] : schema.type) {
-    case "string": return "";
-    case "integer": case "number": return 0;
-    case "boolean": return false;
-    case "array": return [];
-    case "null": return null;
-    case "object": {
-      const out = {};
-      const required = new Set(schema.required ?? []);
-      for (const [name, prop] of Object.entries(schema.properties ?? {})) {
-        if (required.has(name)) out[name] = sampleOf(prop, { ...defs, ...(schema.$defs ?? {}) });
-      }
-      return out;
-    }
-    default: return null;
-  }
 }
 
 function moduleOf(fn) {
