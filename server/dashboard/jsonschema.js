@@ -24,7 +24,9 @@ export function sampleOf(schema, defs = {}) {
       const out = {};
       const required = new Set(schema.required ?? []);
       for (const [name, prop] of Object.entries(schema.properties ?? {})) {
-        if (required.has(name)) out[name] = sampleOf(prop, { ...defs, ...(schema.$defs ?? {}) });
+        if (!required.has(name)) continue;
+        // A paginated query's options are a plain object to pydantic; start from the first page.
+        out[name] = name === "paginationOpts" ? { numItems: 10, cursor: null } : sampleOf(prop, { ...defs, ...(schema.$defs ?? {}) });
       }
       return out;
     }

@@ -1,6 +1,6 @@
-"""What the dashboard test runs: a mutation that logs, a query, one that fails."""
+"""What the dashboard test runs: a mutation that logs, queries, one that fails, and what a cron runs."""
 
-from server import ConvexError, mutation, query
+from server import ConvexError, internal_mutation, mutation, query
 
 
 @query
@@ -24,3 +24,12 @@ async def whoami(ctx) -> str | None:
 @mutation
 async def refuse(ctx, reason: str) -> None:
     raise ConvexError({"reason": reason})
+
+
+@internal_mutation
+async def prune(ctx, keep: int = 100) -> int:
+    """Deletes all but the newest `keep` messages (what the hourly cron runs)."""
+    old = [doc async for doc in ctx.db.query("messages").order("desc")][keep:]
+    for doc in old:
+        await ctx.db.delete(doc["_id"])
+    return len(old)
