@@ -7,17 +7,26 @@ import { confirmButton, errorText, fill, formatBytes, formatTime, h, showError }
 
 const PAGE_SIZE = 20;
 
+/** A URL of this server's storage endpoints, on the origin the page was loaded from. The server
+ * builds its URLs from the address it knows itself by (127.0.0.1 under `ripple dev --host
+ * 0.0.0.0`), which a phone on the network cannot reach; the page's own origin it can. Other
+ * URLs (a proxy's public URL with a path of its own) are left as they are. */
+export function sameOrigin(url) {
+  const parsed = new URL(url, location.href);
+  return parsed.pathname.startsWith("/api/storage/") ? `${location.origin}${parsed.pathname}${parsed.search}` : url;
+}
+
 function preview(file) {
   const type = file.contentType ?? "";
   if (!file.url) return h("span", { class: "muted" }, "—");
   if (type.startsWith("image/")) {
-    return h("img", { src: file.url, alt: `preview of ${file._id}`, loading: "lazy", class: "preview", testid: "file-preview" });
+    return h("img", { src: sameOrigin(file.url), alt: `preview of ${file._id}`, loading: "lazy", class: "preview", testid: "file-preview" });
   }
   if (type.startsWith("video/")) {
-    return h("video", { src: file.url, controls: true, muted: true, preload: "metadata", playsinline: true,
+    return h("video", { src: sameOrigin(file.url), controls: true, muted: true, preload: "metadata", playsinline: true,
                         class: "preview", testid: "file-preview" });
   }
-  return h("a", { href: file.url, target: "_blank", rel: "noopener" }, "open");
+  return h("a", { href: sameOrigin(file.url), target: "_blank", rel: "noopener" }, "open");
 }
 
 export function mount({ client }, container) {
@@ -42,7 +51,7 @@ export function mount({ client }, container) {
     uploadState.textContent = `Uploading ${file.name} (${formatBytes(file.size)})…`;
     try {
       const url = await client.mutation("_system/dashboard:generateUploadUrl", {});
-      const response = await fetch(url, { method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" },
+      const response = await fetch(sameOrigin(url), { method: "POST", headers: { "Content-Type": file.type || "application/octet-stream" },
                                           body: file });
       const text = await response.text();
       let body = null;
