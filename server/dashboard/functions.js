@@ -24,11 +24,20 @@ function moduleOf(fn) {
   return fn.kind === "httpAction" ? "HTTP routes" : fn.path.slice(0, fn.path.lastIndexOf(":"));
 }
 
-/** The log stream's entry for a call (when the answer carried no log lines: not dev mode). */
+/** The log stream's entry for a call of `path` that started at `since` (ms), read from `cursor`
+ * on (the stream's position before the call) for up to 3 s: other executions (live queries the
+ * call's writes re-ran) may come first. Null when none shows up. */
 async function streamEntry(path, since, cursor) {
-  const query = cursor === null ? "timeout=2" : `cursor=${cursor}&timeout=2`;
-  const answer = await adminFetch("GET", `/_ripple/logs?${query}`);
-  return answer.entries.filter((e) => e.function === path && e.timestamp >= since).pop() ?? null;
+  const deadline = Date.now() + 3000;
+  let at = cursor;
+  while (Date.now() < deadline) {
+    const wait = Math.max(0, (deadline - Date.now()) / 1000).toFixed(1);
+    const answer = await adminFetch("GET", `/_ripple/logs?cursor=${at}&timeout=${wait}`);
+    const entry = answer.entries.find((e) => e.function === path && e.timestamp >= since);
+    if (entry !== undefined) return entry;
+    at = answer.cursor;
+  }
+  return null;
 }
 
 export function mount({ client }, container, params) {
@@ -120,11 +129,11 @@ export function mount({ client }, container, params) {
     }
     button.disabled = true;
     const started = Date.now();
-    let cursor = null;
+    let cursor = null; // where the log stream is before the call (no cursor: from now on)
     try {
       cursor = (await adminFetch("GET", "/_ripple/logs?timeout=0")).cursor;
-    } catch {
-      cursor = null; // no log stream: the answer's log lines are all there is
+    } catch (e) {
+      cursor = e; // no log stream: the answer's log lines are all there is
     }
     let answer;
     try {
@@ -150,6 +159,7 @@ export function mount({ client }, container, params) {
     if ((answer.logLines ?? []).length === 0) {
       fill(lines, h("li", { class: "hint" }, "Looking in the log stream…"));
       try {
+        if (cursor instanceof Error) throw cursor;
         const entry = await streamEntry(fn.path, started - 1000, cursor);
         const found = entry?.lines ?? [];
         fill(lines, found.length ? found.map((l) => h("li", {}, `[${l.level}] ${l.message}`))
