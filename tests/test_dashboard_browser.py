@@ -35,6 +35,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-component-update", "--disable-sync"]
 APP = ROOT / "tests" / "apps" / "dashboard"
 WAIT_MS = 10_000
+MARKUP = '<img src="x" onerror="window.__injected = 1"><b>bold?</b>'
 
 
 @dataclass
@@ -149,8 +150,8 @@ def test_dashboard_shows_live_data_runs_functions_tails_logs_and_uploads(deploym
         expect(page.get_by_test_id("table-name")).to_have_text("messages")
         rows = page.get_by_test_id("doc-row")
         expect(rows).to_have_count(1)
-        new_id = send(deployment, "bo", "written by Python")
-        expect(page.locator(f'[data-testid="doc-row"][data-id="{new_id}"]')).to_contain_text("written by Python")
+        new_id = send(deployment, "bo", f"written by Python {MARKUP}")  # shown as text, never run
+        expect(page.locator(f'[data-testid="doc-row"][data-id="{new_id}"]')).to_contain_text(f"written by Python {MARKUP}")
         expect(rows).to_have_count(2)
         expect(rows.first).to_have_attribute("data-id", new_id)  # newest first
 
@@ -211,6 +212,7 @@ def test_dashboard_shows_live_data_runs_functions_tails_logs_and_uploads(deploym
             "data-status", "failure")
 
         assert page.evaluate("window.__loadedOnce") == "marker", "the page was reloaded"
+        assert page.evaluate("window.__injected") is None, "a document's content ran as markup"
         expect(page.get_by_test_id("page-error")).to_be_hidden()
         assert not errors, f"errors in the page: {errors}"
     except BaseException:
@@ -241,6 +243,53 @@ def test_dashboard_fits_a_phone(deployment: Deployment, browser: Browser) -> Non
         page.get_by_test_id("nav-health").click()
         expect(page.get_by_test_id("health-status")).to_have_attribute("data-status", "ok")
         no_horizontal_overflow(page)
+        assert not errors, f"errors in the page: {errors}"
+    finally:
+        page.context.close()
+
+
+def test_editor_json_round_trips_convex_values(deployment: Deployment, browser: Browser) -> None:
+    """The editors' JSON (server/dashboard/dom.js): Int64 as 42n and bytes as {"$bytes": ...} come
+    back as the same values, an `n` inside a string stays text, and a bad text is refused with
+    the place it is wrong; the runner's forms start from a schema's required fields."""
+    errors: list[str] = []
+    page = open_page(browser, {"width": 800, "height": 600}, errors)
+    try:
+        page.goto(f"{deployment.server.url}/_ripple/")
+        checked = page.evaluate("""async () => {
+          const dom = await import("/_ripple/dashboard/dom.js");
+          const { sampleOf } = await import("/_ripple/dashboard/jsonschema.js");
+          const value = { big: -(2n ** 63n), bytes: new Uint8Array([0, 255, 7]).buffer, text: "5n and \\"7n\\"",
+                          nested: [1.5, { n: 12n }, null, true], nan: NaN };
+          const text = dom.toEditText(value);
+          const back = dom.parseEditText(text);
+          let refused = "";
+          try { dom.parseEditText('{"a": 1.5n}'); } catch (e) { refused = e.name; }
+          return {
+            text,
+            big: back.big === value.big,
+            bytes: Array.from(new Uint8Array(back.bytes)),
+            stringKept: back.text === value.text,
+            nested: back.nested[1].n === 12n && back.nested[0] === 1.5,
+            nan: Number.isNaN(back.nan),
+            loose: [dom.parseLoose("amy"), dom.parseLoose("5"), typeof dom.parseLoose("5n"), dom.parseLoose('"5"')],
+            compact: dom.compact({ a: 5n, b: "x", c: new ArrayBuffer(4) }),
+            refused,
+            sample: ((sample) => ({ ...sample, count: typeof sample.count }))(sampleOf({ type: "object", required: ["name", "when", "opts", "kind", "count"],
+                               properties: { name: { type: "string" }, when: { anyOf: [{ type: "null" }, { type: "number" }] },
+                                             opts: { $ref: "#/$defs/Opts" }, kind: { enum: ["a", "b"] },
+                                             count: { type: "integer", maximum: 9223372036854775807 },
+                                             extra: { type: "string" } },
+                               $defs: { Opts: { type: "object", required: ["on"], properties: { on: { type: "boolean" } } } } })),
+          };
+        }""")
+        assert '"big": -9223372036854775808n' in checked["text"]
+        assert checked["big"] and checked["stringKept"] and checked["nested"] and checked["nan"]
+        assert checked["bytes"] == [0, 255, 7]
+        assert checked["loose"] == ["amy", 5, "bigint", "5"]
+        assert checked["compact"] == '{a: 5n, b: "x", c: bytes(4)}'
+        assert checked["refused"] == "SyntaxError"
+        assert checked["sample"] == {"name": "", "when": 0, "opts": {"on": False}, "kind": "a", "count": "bigint"}
         assert not errors, f"errors in the page: {errors}"
     finally:
         page.context.close()

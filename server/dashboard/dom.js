@@ -146,6 +146,11 @@ export function formatTime(ms) {
     + `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}.${pad(date.getMilliseconds(), 3)}`;
 }
 
+/** Only the time of day (HH:MM:SS.mmm), for the log tail: the date is in its title. */
+export function formatClock(ms) {
+  return formatTime(ms).slice(11);
+}
+
 export function formatBytes(size) {
   const n = Number(size);
   if (!Number.isFinite(n)) return "";

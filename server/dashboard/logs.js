@@ -8,7 +8,7 @@
 // were read are reported as such.
 
 import { adminFetch } from "./api.js";
-import { errorText, fill, formatTime, h, showError } from "./dom.js";
+import { errorText, fill, formatClock, formatTime, h, showError } from "./dom.js";
 
 const KIND_LETTER = { query: "Q", mutation: "M", action: "A", httpAction: "H" };
 const POLL_SECONDS = 20;
@@ -25,7 +25,7 @@ function row(entry) {
   return h("li", { class: `log-row${failed ? " failure" : ""}`, testid: "log-row",
                    dataset: { status: entry.status, function: entry.function, seq: String(entry.seq) } },
     h("div", { class: "log-head" },
-      h("time", { class: "muted" }, formatTime(entry.timestamp)),
+      h("time", { class: "muted", title: formatTime(entry.timestamp) }, formatClock(entry.timestamp)),
       h("span", { class: `kind kind-${entry.kind}`, title: entry.kind }, KIND_LETTER[entry.kind] ?? "?"),
       h("strong", { class: "log-fn" }, entry.function),
       h("span", { class: "log-status" }, entry.status),
