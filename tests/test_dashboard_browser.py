@@ -1,9 +1,10 @@
 """The dashboard (server/dashboard/, docs/dashboard.md) in headless Chromium against a real
 `ripple dev` of tests/apps/dashboard, as a developer uses it: the admin key refused when wrong,
 then a table that changes live while Python writes to it over HTTP, a document edited (and an
-edit the schema refuses), the function runner as the admin and as a user, the call's line in the
-Logs tail, an image uploaded in Files with its preview rendered; and the same page at a phone's
-size without sideways scrolling. No page is reloaded (a marker set on `window` must survive).
+edit the schema refuses), the function runner as the admin and as a user, a pending job
+cancelled, an environment variable added, an image uploaded in Files with its preview rendered,
+the runner's call in the Logs tail; and the same page at a phone's size without sideways
+scrolling. No page is reloaded (a marker set on `window` must survive).
 
 Set RIPPLE_DASHBOARD_SCREENSHOT=docs/images/dashboard.png to refresh the documentation's
 screenshot from a run (the Data section with an edited document open).
@@ -190,6 +191,30 @@ def test_dashboard_shows_live_data_runs_functions_tails_logs_and_uploads(deploym
         run_function(page, "messages:refuse", '{"reason": "nope"}')
         expect(page.get_by_test_id("run-status")).to_have_attribute("data-status", "error")
         expect(page.get_by_test_id("run-error-data")).to_contain_text('"reason": "nope"')
+
+        # Schedules: a job scheduled for later is pending, and cancelled from the page.
+        job_id = httpx.post(f"{deployment.server.url}/api/mutation", timeout=10,
+                            json={"path": "messages:remind", "args": {"body": "later"}}).json()["value"]
+        page.get_by_test_id("nav-schedules").click()
+        job = page.locator(f'[data-testid="job-row"][data-id="{job_id}"]')
+        expect(job).to_have_attribute("data-state", "pending")
+        expect(page.get_by_test_id("cron-row")).to_contain_text("every 1 h")
+        job.get_by_test_id("job-cancel").click()
+        job.get_by_test_id("job-cancel").click()  # the second click confirms
+        expect(job).to_have_attribute("data-state", "canceled")
+
+        # Env: a variable added; its value hidden until clicked; the server has it.
+        page.get_by_test_id("nav-env").click()
+        page.get_by_test_id("env-name").fill("GREETING")
+        page.get_by_test_id("env-value").fill("hello there")
+        page.get_by_test_id("env-add").click()
+        value = page.locator('[data-testid="env-row"][data-name="GREETING"]').get_by_test_id("env-reveal")
+        expect(value).not_to_contain_text("hello there")
+        value.click()
+        expect(value).to_have_text("hello there")
+        listed = httpx.get(f"{deployment.server.url}/api/list_environment_variables", timeout=10,
+                           headers={"Authorization": f"Convex {deployment.admin_key}"}).json()
+        assert listed["environmentVariables"]["GREETING"] == "hello there"
 
         # Files: a PNG uploaded through an upload URL; its preview loads.
         page.get_by_test_id("nav-files").click()

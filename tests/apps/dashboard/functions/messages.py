@@ -33,3 +33,9 @@ async def prune(ctx, keep: int = 100) -> int:
     for doc in old:
         await ctx.db.delete(doc["_id"])
     return len(old)
+
+
+@mutation
+async def remind(ctx, body: str, seconds: float = 3600) -> str:
+    """Schedules a message `seconds` from now (a pending job for the Schedules section)."""
+    return await ctx.scheduler.run_after(seconds, "messages:send", {"author": "reminder", "body": body})
