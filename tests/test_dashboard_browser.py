@@ -267,6 +267,10 @@ def test_dashboard_fits_a_phone(deployment: Deployment, browser: Browser) -> Non
         no_horizontal_overflow(page)
         page.get_by_test_id("nav-health").click()
         expect(page.get_by_test_id("health-status")).to_have_attribute("data-status", "ok")
+        expect(page.get_by_test_id("loop-restarts")).to_have_text("No background loop has had to be restarted.")
+        # The calls chart has a line once two samples of the metrics are 2 s apart.
+        expect(page.get_by_test_id("chart-calls").locator("polyline").first).to_have_attribute(
+            "points", re.compile(r"\S+,\S+ \S+,\S+"))
         no_horizontal_overflow(page)
         assert not errors, f"errors in the page: {errors}"
     finally:

@@ -1,5 +1,6 @@
 // The Health section: GET /_ripple/health (status, background loops down, load errors) and
-// GET /_ripple/metrics (Prometheus text) every 2 s, with small live charts drawn as inline SVG:
+// GET /_ripple/metrics (Prometheus text) every 2 s: background loops restarted after a failure
+// (ripple_loop_restarts_total), and small live charts drawn as inline SVG:
 // function calls per second (queries + mutations + actions, from the counters' increase) and
 // websocket clients / subscriptions (gauges). The last few minutes are kept in memory only.
 
@@ -61,11 +62,12 @@ function format(value) {
 export function mount(ctx, container) {
   const status = h("p", { class: "health-status", testid: "health-status", dataset: { status: "unknown" } }, "Checking…");
   const details = h("pre", { class: "json", testid: "health-details" });
+  const restarts = h("p", { class: "hint", testid: "loop-restarts" });
   const error = h("p", { class: "error", testid: "health-error", role: "alert", hidden: true });
   const calls = chart("Function calls / s", "chart-calls");
   const clients = chart("Live connections", "chart-clients");
   const table = h("tbody", { testid: "metric-rows" });
-  fill(container, h("h2", {}, "Health"), status, details, error,
+  fill(container, h("h2", {}, "Health"), status, details, restarts, error,
     h("div", { class: "charts" }, calls.element, clients.element),
     h("details", {}, h("summary", {}, "All metrics"),
       h("div", { class: "scroll-x" }, h("table", { class: "docs" }, table))));
@@ -112,6 +114,10 @@ export function mount(ctx, container) {
                 { label: "errors", points: history.errors, color: "#c62828" }]);
     clients.draw([{ label: "websocket clients", points: history.websockets, color: "#2e7d32" },
                   { label: "subscriptions", points: history.subscriptions, color: "#8e24aa" }]);
+    const restarted = samples.filter((s) => s.name === "ripple_loop_restarts_total" && s.value > 0)
+      .map((s) => `${/loop="([^"]*)"/.exec(s.labels)?.[1] ?? s.labels} ${s.value}×`);
+    restarts.textContent = restarted.length ? `Background loops restarted after a failure: ${restarted.join(", ")}`
+      : "No background loop has had to be restarted.";
     fill(table, samples.map((s) => h("tr", {}, h("td", { class: "mono" }, s.name + s.labels), h("td", {}, format(s.value)))));
   }
 
