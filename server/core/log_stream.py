@@ -44,14 +44,16 @@ caller: contextvars.ContextVar[str] = contextvars.ContextVar("ripple_caller", de
 
 @dataclass(slots=True)
 class Entry:
-    """One finished execution. `lines` are the buffer's own list, formatted as `[LEVEL] text`."""
+    """One finished execution. `lines` are the buffer's own list, formatted as `[LEVEL] text`.
+    `request_id` None: no redacted failure names one, and the first reader draws a fresh one
+    (recording stays cheap)."""
 
     seq: int
     timestamp: float  # ms since the epoch, when it finished
     kind: str
     function: str
     duration_ms: float
-    request_id: str
+    request_id: str | None
     lines: list[str]
     error: str | None
     caller: str
@@ -59,6 +61,8 @@ class Entry:
 
     def to_json(self) -> dict[str, Any]:
         """The entry as the endpoint sends it (the contract docs/logs.md states)."""
+        if self.request_id is None:
+            self.request_id = secrets.token_hex(8)
         return {
             "seq": self.seq,
             "timestamp": self.timestamp,
@@ -127,7 +131,7 @@ class LogStream:
         self._seq += 1
         self._entries.append(Entry(
             self._seq, time.time() * 1000.0, kind, function, (time.perf_counter() - buffer.started) * 1000.0,
-            buffer.request_id or secrets.token_hex(8), lines, error, caller.get(), size))
+            buffer.request_id, lines, error, caller.get(), size))
         self._bytes += size
         while len(self._entries) > self.max_entries or (self._bytes > self.max_bytes and len(self._entries) > 1):
             self._bytes -= self._entries.popleft().size
