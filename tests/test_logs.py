@@ -33,6 +33,18 @@ ADMIN = {"Authorization": f"Convex {KEY}"}
 StartServer = Callable[..., ServerProcess]
 
 
+class HTTP:
+    """httpx's one-off requests with a longer timeout: a loaded machine may answer slower than 5 s."""
+
+    @staticmethod
+    def get(url: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(url, **{"timeout": 60, **kwargs})
+
+    @staticmethod
+    def post(url: str, **kwargs: Any) -> httpx.Response:
+        return httpx.post(url, **{"timeout": 60, **kwargs})
+
+
 @pytest.fixture(scope="module")
 def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """`ripple serve` (production mode: errors redacted, no logLines for clients) of the app."""
@@ -40,7 +52,7 @@ def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 
 
 def read(url: str, **params: Any) -> dict[str, Any]:
-    response = httpx.get(f"{url}/_ripple/logs", params=params, headers=ADMIN, timeout=90)
+    response = HTTP.get(f"{url}/_ripple/logs", params=params, headers=ADMIN, timeout=90)
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -79,10 +91,10 @@ def messages(entry: dict[str, Any]) -> list[tuple[str, str]]:
 
 def test_the_admin_key_is_required_and_bad_parameters_are_named(server: ServerProcess) -> None:
     url = f"{server.url}/_ripple/logs"
-    assert httpx.get(url, params={"timeout": 0}).status_code == 401
-    wrong = httpx.get(url, params={"timeout": 0}, headers={"Authorization": "Convex not-the-key"})
+    assert HTTP.get(url, params={"timeout": 0}).status_code == 401
+    wrong = HTTP.get(url, params={"timeout": 0}, headers={"Authorization": "Convex not-the-key"})
     assert wrong.status_code == 401
-    bearer = httpx.get(url, params={"timeout": 0}, headers={"Authorization": "Bearer abc"})
+    bearer = HTTP.get(url, params={"timeout": 0}, headers={"Authorization": "Bearer abc"})
     assert bearer.status_code == 401 and "admin key" in bearer.json()["message"]
     for params, named in (({"cursor": "x"}, "`cursor` must be a whole number"),
                           ({"cursor": "-1"}, "`cursor` must be from 0"),
@@ -90,7 +102,7 @@ def test_the_admin_key_is_required_and_bad_parameters_are_named(server: ServerPr
                           ({"timeout": "nan"}, "`timeout` must be from 0 to 60"),
                           ({"limit": "0"}, "`limit` must be from 1 to 10000"),
                           ({"since": "1"}, "unknown parameter `since`")):
-        response = httpx.get(url, params=params, headers=ADMIN)
+        response = HTTP.get(url, params=params, headers=ADMIN)
         assert response.status_code == 400, (params, response.text)
         assert response.json()["code"] == "BadLogsRequest" and named in response.json()["message"], response.json()
 
@@ -192,11 +204,11 @@ def test_a_waiting_read_answers_as_soon_as_a_function_runs(server: ServerProcess
 
 def test_env_values_are_masked_in_the_lines(server: ServerProcess) -> None:
     token = "sk_live_logs_test_value_1234567890"
-    response = httpx.post(f"{server.url}/api/update_environment_variables",
+    response = HTTP.post(f"{server.url}/api/update_environment_variables",
                           json={"changes": [{"name": "LOGS_TEST_TOKEN", "value": token}]}, headers=ADMIN)
     assert response.status_code == 200, response.text
     cursor = now_cursor(server.url)
-    httpx.post(f"{server.url}/api/query", json={"path": "chat:secret", "args": {}})
+    HTTP.post(f"{server.url}/api/query", json={"path": "chat:secret", "args": {}})
     entries = entries_until(server.url, cursor, lambda seen: any(e["function"] == "chat:secret" for e in seen))
     assert messages(one(entries, "chat:secret")) == [("LOG", "the token is [env LOGS_TEST_TOKEN]")]
     assert token not in json.dumps(entries)
@@ -237,6 +249,8 @@ def test_the_byte_cap_keeps_the_newest_entries() -> None:
     huge.add("LOG", "x" * 10_000)
     stream.record("query", "t:huge", huge)
     assert [e.function for e in stream.page(0, 100).entries] == ["t:huge"]
+    stream.record("query", "_system/dashboard:tables", logs.LogBuffer("Q _system/dashboard:tables"))
+    assert stream.last_seq == 6  # Ripple's own functions are not the app's executions
 
 
 def test_an_open_read_does_not_hold_up_a_stop(start_server: StartServer) -> None:
@@ -326,8 +340,8 @@ class RippleLogs:
 def test_ripple_logs_prints_lines_and_failures_of_calls_made_after_it_started_and_ends_on_ctrl_c(
         server: ServerProcess) -> None:
     def poke() -> None:
-        httpx.post(f"{server.url}/api/mutation", json={"path": "chat:note", "args": {"text": "cli"}})
-        httpx.post(f"{server.url}/api/query", json={"path": "chat:broken", "args": {"tag": "cli"}})
+        HTTP.post(f"{server.url}/api/mutation", json={"path": "chat:note", "args": {"text": "cli"}})
+        HTTP.post(f"{server.url}/api/query", json={"path": "chat:broken", "args": {"tag": "cli"}})
 
     with RippleLogs(server.url) as command:
         got = command.until(lambda line: "chat:broken  failure" in line, poke)
@@ -349,7 +363,7 @@ def test_ripple_logs_history_success_and_jsonl(server: ServerProcess) -> None:
         assert command.interrupt() == 0
     with RippleLogs(server.url, "--success") as command:
         got = command.until(lambda line: "chat:count  success" in line,
-                            lambda: httpx.post(f"{server.url}/api/query", json={"path": "chat:count", "args": {}}))
+                            lambda: HTTP.post(f"{server.url}/api/query", json={"path": "chat:count", "args": {}}))
         assert re.search(r" Q chat:count  success \d+\.\dms$", got[-1])
         assert command.interrupt() == 0
 
@@ -359,11 +373,11 @@ def test_ripple_logs_rides_out_a_server_restart(start_server: StartServer) -> No
     env = {"RIPPLE_ADMIN_KEY": KEY}
     server = start_server("serve", APP, extra_env=env, port=port)
     with RippleLogs(server.url) as command:
-        command.until(lambda line: "noting before" in line, lambda: httpx.post(
+        command.until(lambda line: "noting before" in line, lambda: HTTP.post(
             f"{server.url}/api/mutation", json={"path": "chat:note", "args": {"text": "before"}}))
         server.stop()
         server = start_server("serve", APP, extra_env=env, port=port)
-        command.until(lambda line: "noting after" in line, lambda: httpx.post(
+        command.until(lambda line: "noting after" in line, lambda: HTTP.post(
             f"{server.url}/api/mutation", json={"path": "chat:note", "args": {"text": "after"}}), timeout=60)
         assert command.interrupt() == 0
         assert "ripple logs: lost the server at" in command.stderr, command.stderr

@@ -35,6 +35,7 @@ from server.core.logs import LogBuffer
 from server.errors import FunctionFailure
 
 KINDS = ("query", "mutation", "action", "httpAction")
+SYSTEM_PREFIX = "_system/"  # Ripple's own functions (a dashboard's), not the app's: never recorded, as in Convex
 ENTRY_OVERHEAD = 256  # bytes an entry costs besides its lines and error text (an estimate)
 CANCELED = "Canceled: the call ended before the function did (its client left, or the server is shutting down)"
 INTERNAL = "Server Error: the call failed inside Ripple (see the server log)"
@@ -120,6 +121,8 @@ class LogStream:
         """An execution of `function` ended; `buffer` holds its lines, start, and error if it
         failed; `exc`: what ended it when that is no failure the runtime made (a cancellation,
         the database staying away)."""
+        if function.startswith(SYSTEM_PREFIX):
+            return
         error = buffer.error
         if error is None and exc is not None:
             if isinstance(exc, FunctionFailure):
