@@ -24,8 +24,9 @@ import pytest
 
 from client_sdk import RippleClient
 from server.core import log_stream, logs
+from server.errors import FunctionFailure
 
-from conftest import APPS, ROOT, ServerProcess, free_port, module_server
+from conftest import APPS, BASIC_APP, ROOT, ServerProcess, free_port, module_server, open_runtime
 
 APP = APPS / "logstream"
 KEY = "logs-test-admin-key-0123456789"
@@ -251,6 +252,32 @@ def test_the_byte_cap_keeps_the_newest_entries() -> None:
     assert [e.function for e in stream.page(0, 100).entries] == ["t:huge"]
     stream.record("query", "_system/dashboard:tables", logs.LogBuffer("Q _system/dashboard:tables"))
     assert stream.last_seq == 6  # Ripple's own functions are not the app's executions
+
+
+async def test_in_dev_mode_the_error_is_the_dev_message_and_clients_keep_their_lines(namespace: str) -> None:
+    async with open_runtime(APP, namespace, dev=True) as runtime:
+        with pytest.raises(FunctionFailure) as failed:
+            await runtime.call("query", "chat:broken", {"tag": "dev"})
+        outcome = await runtime.call("action", "chat:fetch", {"tag": "dev"})
+        entries = [e.to_json() for e in runtime.log_stream.page(0, 100).entries]
+    broken = one(entries, "chat:broken")
+    assert broken["error"] == failed.value.message and "ValueError: internal detail dev" in broken["error"]
+    assert broken["error"].startswith(f"[Request ID: {broken['requestId']}] Uncaught ")
+    assert failed.value.log_lines == ["[LOG] about to fail dev"] and messages(broken) == [("LOG", "about to fail dev")]
+    # The client (dev mode) gets the action's lines and those of the query it ran; the log
+    # stream has each in its own entry.
+    assert outcome.log_lines[:2] == ["[LOG] action dev", "[LOG] hello dev"]
+    assert messages(one(entries, "chat:fetch")) == [("LOG", "action dev")]
+    assert one(entries, "chat:hello")["caller"] == "action"
+
+
+async def test_calls_inside_a_transaction_are_their_callers_lines_in_production(namespace: str) -> None:
+    async with open_runtime(BASIC_APP, namespace, dev=False) as runtime:
+        outcome = await runtime.call("mutation", "calls:outer", {"name": "z"})
+        entries = [e.to_json() for e in runtime.log_stream.page(0, 100).entries]
+    assert outcome.log_lines == []  # production: clients get none
+    assert [e["function"] for e in entries] == ["calls:outer"]  # its ctx.run_mutation / run_query are part of it
+    assert messages(entries[0]) == [("LOG", "outer before"), ("LOG", "add z")]
 
 
 def test_an_open_read_does_not_hold_up_a_stop(start_server: StartServer) -> None:
