@@ -1,5 +1,5 @@
 """`ripple dev`, `ripple serve`, `ripple run`, `ripple env`, `ripple init`, `ripple codegen`,
-`ripple export`, `ripple import`."""
+`ripple export`, `ripple import`, `ripple data`, `ripple logs`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from server import adminkey, cli_watch, devserver, portable_cli, scaffold
+from server import adminkey, cli_logs, cli_watch, devserver, portable_cli, scaffold
 from server.config import Config
 from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
 from server.errors import RippleError
@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--append", action="store_const", dest="mode", const="append",
                       help="add to the documents already there")
     _client(imp)
+    logs = sub.add_parser("logs", help="print the functions' log lines and failures as they happen (until Ctrl-C)")
+    logs.add_argument("--history", type=int, nargs="?", const=-1, default=0, metavar="N",
+                      help="first print the last N executions the server keeps (without N: all of them)")
+    logs.add_argument("--success", action="store_true",
+                      help="also print a line for each successful execution (by default only log lines and failures)")
+    logs.add_argument("--jsonl", action="store_true", help="print every entry as it comes, one JSON object a line")
+    _client(logs)
     return parser
 
 
@@ -344,6 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(portable_cli.export(*server_url(args), client_admin_key(args), args.path))
     elif args.command == "data":
         sys.exit(portable_cli.data(*server_url(args), client_admin_key(args), args.table, args.limit, args.order))
+    elif args.command == "logs":
+        show = cli_logs.Show(success=args.success, jsonl=args.jsonl, color=cli_logs.use_color(sys.stdout))
+        sys.exit(cli_logs.follow(*server_url(args), client_admin_key(args), show, None if args.history < 0 else args.history))
     elif args.command == "import":
         sys.exit(portable_cli.import_(*server_url(args), client_admin_key(args), args.path, args.table, args.format,
                                       args.mode or "empty"))

@@ -236,6 +236,10 @@ class Config:
     # `ripple dev --codegen`: write the TypeScript types here after each complete load (server/codegen.py).
     codegen_dir: Path | None = None
     vector_ef_search: int = 100  # pgvector's hnsw.ef_search for approximate searches (at least their limit)
+    # The log stream's memory (server/core/log_stream.py, docs/logs.md): its newest entries, at most
+    # this many and about this many bytes of lines and errors; older ones are dropped.
+    log_stream_entries: int = 10_000
+    log_stream_bytes: int = 32 * MiB
 
     @property
     def base_url(self) -> str:
@@ -270,6 +274,8 @@ class Config:
             event_loop=_event_loop(os.environ.get("RIPPLE_EVENT_LOOP")),
             vector_search=_vector_search(os.environ.get("RIPPLE_VECTOR_SEARCH")),
             vector_ef_search=_ef_search(),
+            log_stream_entries=_env_int("RIPPLE_LOG_STREAM_ENTRIES", 10_000),
+            log_stream_bytes=_env_int("RIPPLE_LOG_STREAM_BYTES", 32 * MiB),
         )
         for key, value in overrides.items():
             if value is not None:

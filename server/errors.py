@@ -191,14 +191,15 @@ class DatabaseUnavailable(FunctionFailure):
 # -- what a client sees of an internal error -------------------------------------------------------
 
 def redact(exc: BaseException, what: str, *, dev: bool, app_dir: Path | None = None,
-           mask: Callable[[str], str] | None = None) -> str:
+           mask: Callable[[str], str] | None = None, request_id: str | None = None) -> str:
     """Log `exc` (with its traceback and a fresh request id) as the failure of `what`, and return
     the message a client may see: in dev mode the error and the frames of the app's own files
     under `app_dir` (never Ripple's, the standard library's or installed packages'); otherwise
     only the request id, to find the log entry by (and a FunctionTimedOut's message, which says
     nothing but the function and its limit). `mask` hides secrets in both (a function's failure
-    may quote an environment variable's value: core/env.py, EnvValues.mask)."""
-    request_id = secrets.token_hex(8)
+    may quote an environment variable's value: core/env.py, EnvValues.mask). `request_id`: the id
+    to use (the log stream's entry of a failed function names the same one), else a fresh one."""
+    request_id = request_id or secrets.token_hex(8)
     if mask is None:
         log.error("%s failed [request %s]", what, request_id, exc_info=exc)
     else:

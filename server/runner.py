@@ -324,6 +324,20 @@ def uvicorn_config(app: Any, config: Config) -> uvicorn.Config:
     )
 
 
+class StoppingServer(uvicorn.Server):
+    """uvicorn's server, telling `on_stop` first when it stops: uvicorn lets requests in flight
+    finish before the lifespan ends, and a long poll of `GET /_ripple/logs` would hold a stop
+    up for as long as it waits (log_stream.LogStream.close answers them at once)."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_stop = on_stop
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_stop()
+        await super().shutdown(sockets)
+
+
 def event_loop(config: Config) -> str:
     """The loop `serve` runs on: the one configured, asyncio where uvloop is not installed."""
     return config.event_loop if config.event_loop != "uvloop" or _installed("uvloop") else "asyncio"
@@ -341,7 +355,8 @@ def serve(config: Config, sock: socket.socket) -> None:
 
     if config.dev:  # before the app loads: functions/auth_config.py may list it (docs/auth.md)
         os.environ[dev_issuer.ENV_VAR] = dev_issuer.issuer_url(config.base_url)
-    server = uvicorn.Server(uvicorn_config(create_server_app(config, on_fatal=stop), config))
+    app = create_server_app(config, on_fatal=stop)
+    server = StoppingServer(uvicorn_config(app, config), app.runtime.log_stream.close)
     if config.dev:
         print(f"Ripple dev server: {listen_url(config)}  (app: {config.app_dir})", flush=True)
     server.run(sockets=[sock])

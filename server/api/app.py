@@ -19,10 +19,12 @@ from server.api.dev_auth import dev_auth_routes
 from server.api.env_http import EnvRoutes
 from server.api.http_actions import HttpActions
 from server.api.http_api import HttpApi, error_response, json_response, not_ready
+from server.api.logs_http import LogRoutes
 from server.api.snapshot_http import SnapshotRoutes
 from server.api.static_files import DashboardFiles, SdkFiles, StaticFiles
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
+from server.core import log_stream
 from server.core.http_router import RESERVED_PREFIXES
 from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
@@ -111,6 +113,7 @@ def build_app(
     env = EnvRoutes(runtime)
     snapshots = SnapshotRoutes(runtime)
     dashboard = DashboardFiles()
+    logs = LogRoutes(runtime)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
@@ -201,6 +204,7 @@ def build_app(
         Route("/_ripple/import", endpoint(snapshots.import_), methods=["POST"]),
         Route("/_ripple/data", endpoint(snapshots.data), methods=["GET"]),
         Route("/_ripple/data/{table}", endpoint(snapshots.data), methods=["GET"]),
+        Route("/_ripple/logs", endpoint(logs.logs), methods=["GET"]),
         Route("/_ripple/health", health, methods=["GET"]),
         Route("/_ripple/metrics", metrics, methods=["GET"]),
         Route("/_ripple/sdk/{name}", SdkFiles(), methods=["GET", "HEAD"]),
@@ -235,7 +239,22 @@ class RippleApp:
         self._runtime, self._subscriptions, self._clients = runtime, subscriptions, clients
         self._http_actions = http_actions
 
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):  # the lifespan: its tasks are no client's
+            await self._serve(scope, receive, send)
+            return
+        # Who started the calls this request or connection makes, for the log stream (core/log_stream.py).
+        token = log_stream.caller.set(scope["type"])
+        try:
+            await self._serve(scope, receive, send)
+        finally:
+            log_stream.caller.reset(token)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and SYNC_PATH.match(scope["path"]):
             if not self._runtime.ready:
                 await send({"type": "websocket.close", "code": 1013})  # try again later

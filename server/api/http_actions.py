@@ -40,6 +40,7 @@ from server.api.http_api import HttpApi, HttpError, error_response, not_ready
 from server.api.static_files import StaticFiles
 from server.core.contexts import Auth, Identity
 from server.core.http_router import ROUTABLE_METHODS, Cors, HttpRouter, Route
+from server.core.logs import LogBuffer
 from server.core.runtime import Runtime
 from server.core.webhooks import WebhookVerificationError
 from server.errors import AuthFailed, RippleError
@@ -216,11 +217,20 @@ class HttpActions:
         await send({"type": "http.response.body", "body": b""})
 
     async def run(self, route: Route, scope: Scope, body: BodyLimit, send: Send) -> None:
-        """Run the route's handler and send its response, both as app code (module doc)."""
+        """Run the route's handler and send its response, both as app code (module doc): one
+        execution, one entry of the log stream, named by the route (`GET /files/*`)."""
+        buffer = self.runtime.app_log_buffer(f"H {route.label}", keep=False)  # no client reads an HTTP action's logs
+        try:
+            await self.execute(route, scope, body, send, buffer)
+        except BaseException as exc:
+            self.runtime.log_stream.record("httpAction", route.label, buffer, exc)
+            raise
+        self.runtime.log_stream.record("httpAction", route.label, buffer)
+
+    async def execute(self, route: Route, scope: Scope, body: BodyLimit, send: Send, buffer: LogBuffer) -> None:
         runtime = self.runtime
         request = Request(scope, body)
         identity, failed = await self.identity(request)
-        buffer = runtime.app_log_buffer(f"H {route.label}", keep=False)  # no client reads an HTTP action's logs
         ctx = runtime.action_context(identity, buffer)
         if failed is not None:
             ctx.auth = FailedAuth(failed)
@@ -236,10 +246,11 @@ class HttpActions:
                 raise TypeError(f"HTTP action {route.label} returned {type(response).__name__}, not a "
                                 "starlette.responses.Response")
         except Exception as exc:
-            await self.failed(route, scope, send, exc, body)
+            await self.failed(route, scope, send, exc, body, buffer)
             return
         if body.exceeded:  # the handler swallowed the error of its read
-            await self.answer(route, scope, send, 413, "BodyTooLarge", str(body.error()))
+            buffer.error = str(body.error())
+            await self.answer(route, scope, send, 413, "BodyTooLarge", buffer.error)
             return
         started = False
         origin = request.headers.get("origin")
@@ -256,11 +267,11 @@ class HttpActions:
             await runtime.guarded(call, response(scope, body.after_body, send_with_cors), buffer, _as_is)
         except Exception as exc:
             if not started:
-                await self.failed(route, scope, send, exc, body)
+                await self.failed(route, scope, send, exc, body, buffer)
                 return
             # Nothing can be answered any more: log it, and end without completing the
             # response, so the server cuts the connection and the client sees it broken.
-            runtime.redact(exc, f"HTTP action {route.label} (its response was cut)")
+            runtime.redact(exc, f"HTTP action {route.label} (its response was cut)", buffer)
 
     async def identity(self, request: Request) -> tuple[Identity | None, str | None]:
         """(identity, why a Bearer token failed) from the Authorization header; a header that is
@@ -271,19 +282,26 @@ class HttpActions:
             return None, exc.message if exc.code == "Unauthenticated" else None
         return identity, None
 
-    async def failed(self, route: Route, scope: Scope, send: Send, exc: Exception, body: BodyLimit) -> None:
+    async def failed(self, route: Route, scope: Scope, send: Send, exc: Exception, body: BodyLimit,
+                     buffer: LogBuffer) -> None:
+        """Answer the failure of a route's handler or response; `buffer` keeps what was answered
+        for the log stream."""
         if isinstance(exc, ClientDisconnect):  # the client left while the handler read its body: no one to answer
+            buffer.error = "the client disconnected before the request body was read"
             return
         if body.exceeded or isinstance(exc, RequestBodyTooLarge):
-            await self.answer(route, scope, send, 413, "BodyTooLarge", str(body.error()))
+            buffer.error = str(body.error())
+            await self.answer(route, scope, send, 413, "BodyTooLarge", buffer.error)
         elif isinstance(exc, WebhookVerificationError):
-            await self.answer(route, scope, send, 401, "WebhookVerificationFailed", str(exc))
+            buffer.error = str(exc)
+            await self.answer(route, scope, send, 401, "WebhookVerificationFailed", buffer.error)
         elif isinstance(exc, AuthFailed):  # the handler asked who sent a token that proves no one
-            await self.answer(route, scope, send, 401, "Unauthenticated", str(exc))
+            buffer.error = str(exc)
+            await self.answer(route, scope, send, 401, "Unauthenticated", buffer.error)
         else:
             runtime = self.runtime
             runtime.metrics.inc("ripple_function_errors_total", kind="http_action")
-            message = runtime.redact(exc, f"HTTP action {route.label}")
+            message = runtime.redact(exc, f"HTTP action {route.label}", buffer)
             found = _REQUEST_ID.match(message)
             extra = [(REQUEST_ID_HEADER.lower().encode(), found.group(1).encode())] if found else []
             await self.answer(route, scope, send, 500, "InternalServerError", message, extra)

@@ -148,17 +148,18 @@ InnerCall = Callable[[Kind, "FunctionDef | str", dict[str, Any]], Awaitable[Outc
 VectorSearch = Callable[[Any, Any, Any, Any, Any], Awaitable[list[dict[str, Any]]]]
 
 
-async def _result(call: Awaitable[Outcome], logs: LogBuffer) -> Any:
-    """A nested call's value, its log lines appended to the caller's. Its failure is raised in
-    the caller as ConvexError with the same data, or else as RuntimeError with its message."""
+async def _result(call: Awaitable[Outcome], logs: LogBuffer, recorded: bool = False) -> Any:
+    """A nested call's value, its log lines appended to the caller's (`recorded`: the call is an
+    entry of the log stream of its own, see LogBuffer.extend). Its failure is raised in the
+    caller as ConvexError with the same data, or else as RuntimeError with its message."""
     try:
         outcome = await call
     except FunctionFailure as failure:
-        logs.extend(failure.log_lines)
+        logs.extend(failure.log_lines, recorded=recorded)
         if failure.has_data:
             raise ConvexError(from_convex_json(failure.data)) from None
         raise RuntimeError(failure.message) from None
-    logs.extend(outcome.log_lines)
+    logs.extend(outcome.log_lines, recorded=recorded)
     return outcome.value
 
 
@@ -244,7 +245,7 @@ class ActionCtx:
             self.storage = storage
 
     async def _nested(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any] | None) -> Any:
-        return await _result(self._call(kind, ref, args or {}, self._identity), self._logs)
+        return await _result(self._call(kind, ref, args or {}, self._identity), self._logs, recorded=True)
 
     async def run_query(self, ref: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         return await self._nested("query", ref, args)

@@ -13,8 +13,9 @@ loggers (`ripple.*`) and records outside functions are handled as usual.
 
 This module is also the one place that decides where those lines go: each line is written to
 the server log (logger `ripple.functions.log`, so `ripple dev` shows it in its terminal as it
-happens, as `npx convex dev` streams logs), and it is kept for the client (`logLines`) only in
-dev mode; in production clients get none, as from Convex.
+happens, as `npx convex dev` streams logs), it is kept for the log stream an admin reads
+(core/log_stream.py) in every mode, and for the client (`logLines`) only in dev mode; in
+production clients get none, as from Convex.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import builtins
 import contextvars
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,15 +37,36 @@ stream = logging.getLogger("ripple.functions.log")
 class LogBuffer:
     """The log lines of one function execution. `label` names it in the server log (e.g.
     `Q videos:list`); `keep`: whether its lines are kept for the client; `mask`: hides secrets
-    in each line (environment variables' values: core/env.py, EnvValues.mask)."""
+    in each line (environment variables' values: core/env.py, EnvValues.mask).
+
+    `lines` are kept whatever `keep` says: the log stream's entry of the execution holds them
+    (admins only). `shown` is what the client gets (`finish`). So is the rest of what the entry
+    says: when it `started`, and, once it failed, the `error` a client sees and the `request_id`
+    that message names (Runtime.failure)."""
+
+    __slots__ = ("attempts", "count", "error", "keep", "label", "lines", "mask", "overflowed", "request_id", "shown",
+                 "started")
 
     def __init__(self, label: str = "", keep: bool = True, mask: Callable[[str], str] | None = None) -> None:
         self.label = label
         self.keep = keep
         self.mask = mask
         self.lines: list[str] = []
+        self.shown: list[str] = []
         self.count = 0
         self.overflowed = False
+        self.started = time.perf_counter()
+        self.attempts = 0
+        self.error: str | None = None
+        self.request_id: str | None = None
+
+    def begin(self) -> None:
+        """An attempt of the execution begins: a mutation retried after a conflict starts its lines
+        again (those of the attempt that lost stay in the server log only); its start time stays."""
+        self.attempts += 1
+        if self.count:
+            self.lines, self.shown, self.count, self.overflowed = [], [], 0, False
+        self.error = self.request_id = None
 
     def add(self, level: str, message: str) -> None:
         if self.mask is not None:
@@ -54,12 +77,15 @@ class LogBuffer:
         if self._append(line):
             stream.info("[%s] %s", self.label, line)
 
-    def extend(self, lines: list[str]) -> None:
-        """Lines of a nested call, already written to the server log by that call."""
+    def extend(self, lines: list[str], *, recorded: bool = False) -> None:
+        """Lines of a nested call, already written to the server log by that call. `recorded`:
+        that call has an entry of its own in the log stream (an action's ctx.run_query ...), so
+        its lines join only what the client is shown; a call inside the caller's transaction
+        has none, and its lines are the caller's."""
         for line in lines:
-            self._append(line)
+            self._append(line, recorded)
 
-    def _append(self, line: str) -> bool:
+    def _append(self, line: str, recorded: bool = False) -> bool:
         if self.overflowed:
             return False
         if self.count >= MAX_LINES - 1:
@@ -67,12 +93,15 @@ class LogBuffer:
             stream.info("[%s] %s", self.label, line)
             self.overflowed = True
         self.count += 1
-        if self.keep:
+        if not recorded or self.overflowed:
             self.lines.append(line)
+        if self.keep:
+            self.shown.append(line)
         return not self.overflowed
 
     def finish(self) -> list[str]:
-        return self.lines
+        """The lines the client gets: all of them in dev mode (`keep`), none otherwise."""
+        return self.shown
 
 
 current: contextvars.ContextVar[LogBuffer | None] = contextvars.ContextVar("ripple_logs", default=None)

@@ -20,6 +20,9 @@ The Runtime: one loaded app over one database, and the one way functions are run
 the live-query tick (one snapshot for many queries) and the scheduler (a job's claim and its
 mutation commit together). A failure becomes a `FunctionFailure` whose message `redact` made
 safe for clients.
+
+Every execution that ends is an entry of the log stream (`log_stream`, core/log_stream.py, which
+lists the one place per kind that records it).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import astuple, dataclass
@@ -37,7 +41,7 @@ import asyncpg
 import orjson
 
 from server.config import Config
-from server.core import dashboard, env_store, logs, sandbox, sql, watchdog
+from server.core import dashboard, env_store, log_stream, logs, sandbox, sql, watchdog
 from server.core.auth.keys import KeyStore
 from server.core.auth.verify import Verifier, app_verifier
 from server.core.commit import Committer
@@ -123,6 +127,7 @@ class Runtime:
         self.env_values = EnvValues(built_in_values(config.base_url))
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
+        self.log_stream = log_stream.LogStream(config.log_stream_entries, config.log_stream_bytes)
         logs.install()
         sandbox.install()
 
@@ -196,7 +201,11 @@ class Runtime:
     async def _nested_call(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any], identity: Identity | None) -> Outcome:
         """An action's run_query / run_mutation / run_action."""
         path = self.app.registry.path_of(ref)
-        return await self.call(kind, path, args, identity, allow_internal=True, commit_ts=False)
+        token = log_stream.caller.set("action")
+        try:
+            return await self.call(kind, path, args, identity, allow_internal=True, commit_ts=False)
+        finally:
+            log_stream.caller.reset(token)
 
     def inner_calls(self, tx: Transaction, identity: Identity | None, depth: int,
                     scheduler: MutationScheduler | None) -> InnerCall:
@@ -234,19 +243,26 @@ class Runtime:
 
     # -- running user code --------------------------------------------------------------------
 
-    def log_buffer(self, fn: FunctionDef) -> logs.LogBuffer:
-        """Where a run's print() lines go: the server log always, the client in dev mode."""
-        return self.app_log_buffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev)
+    def log_buffer(self, fn: FunctionDef, depth: int = 0) -> logs.LogBuffer:
+        """Where a run's print() lines go: the server log and the log stream always, the client
+        in dev mode; a call `depth` > 0 deep in a transaction hands all of them to its caller."""
+        return self.app_log_buffer(f"{KIND_LABELS[fn.kind]} {fn.path}", keep=self.config.dev or depth > 0)
 
     def app_log_buffer(self, label: str, keep: bool) -> logs.LogBuffer:
         """The log lines of a run of app code labelled `label`, with the values of environment
         variables masked (docs/env.md, Secrets hygiene)."""
         return logs.LogBuffer(label, keep=keep, mask=self.env_values.mask)
 
-    def redact(self, exc: BaseException, what: str) -> str:
+    def redact(self, exc: BaseException, what: str, buffer: logs.LogBuffer | None = None) -> str:
         """errors.redact for a failure of app code: its frames shown in dev mode, the values of
-        environment variables masked in the log and the message."""
-        return redact(exc, what, dev=self.config.dev, app_dir=self.app.directory, mask=self.env_values.mask)
+        environment variables masked in the log and the message. `buffer`: the failed
+        execution's, which keeps the message and its request id for the log stream."""
+        if buffer is None:
+            return redact(exc, what, dev=self.config.dev, app_dir=self.app.directory, mask=self.env_values.mask)
+        buffer.request_id = secrets.token_hex(8)
+        buffer.error = redact(exc, what, dev=self.config.dev, app_dir=self.app.directory, mask=self.env_values.mask,
+                              request_id=buffer.request_id)
+        return buffer.error
 
     async def invoke(
         self, fn: FunctionDef, ctx: Any, kwargs: dict[str, Any], buffer: logs.LogBuffer, timeout: float,
@@ -304,8 +320,9 @@ class Runtime:
                 exc = ValueValidationError(f"ConvexError data is not a Convex value: {bad}")
             else:
                 text = exc.data if isinstance(exc.data, str) else orjson.dumps(data).decode()
-                return FunctionFailure(f"Uncaught ConvexError: {text}", lines, data=to_wire_json(exc.data), has_data=True)
-        message = self.redact(exc, str(fn.path))
+                buffer.error = f"Uncaught ConvexError: {text}"
+                return FunctionFailure(buffer.error, lines, data=to_wire_json(exc.data), has_data=True)
+        message = self.redact(exc, str(fn.path), buffer)
         return FunctionFailure(message, lines)
 
     # -- queries ------------------------------------------------------------------------------
@@ -324,8 +341,10 @@ class Runtime:
 
     async def query_in(self, tx: Transaction, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
                        depth: int) -> QueryRun:
-        """`execute_query` in `tx`, `depth` calls deep (ctx.run_query: `call_inside`)."""
-        buffer = self.log_buffer(fn)
+        """`execute_query` in `tx`, `depth` calls deep (ctx.run_query: `call_inside`). A run at the
+        top that is final (not run again in a snapshot or on a new connection) is the query's
+        one entry in the log stream."""
+        buffer = self.log_buffer(fn, depth)
         try:
             ctx = QueryCtx(DatabaseReader(tx), Auth(identity), self.inner_calls(tx, identity, depth, None), buffer,
                            StorageReader(tx, self.files), self.env_in(tx))
@@ -340,10 +359,14 @@ class Runtime:
             self.metrics.inc("ripple_query_executions_total")
             failure = self.failure(fn, exc, buffer)
             failure.__cause__ = exc
+            if depth == 0 and not tx.conflicted:
+                self.log_stream.record("query", str(fn.path), buffer)
             return QueryRun(None, failure.log_lines, tx.reads, tx.journal_out, failure, broken=tx.conflicted)
         if tx.needs_snapshot or tx.lost:  # noticed even when function code swallowed the error
             return QueryRun(None, [], [], None, None, needs_snapshot=tx.needs_snapshot, broken=tx.lost)
         self.metrics.inc("ripple_query_executions_total")
+        if depth == 0:
+            self.log_stream.record("query", str(fn.path), buffer)
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None)
 
     async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
@@ -369,13 +392,17 @@ class Runtime:
     async def execute_mutation(
         self, tx: Transaction, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
         *, running_job: str | None = None, parent: MutationScheduler | None = None, depth: int = 0,
+        buffer: logs.LogBuffer | None = None,
     ) -> tuple[Any, list[str], MutationScheduler]:
         """Run a mutation inside the caller's writable transaction. Returns its value, log lines
         and scheduler (call `scheduler.committed()` once the transaction committed). Raises
         TransactionConflict on a conflict (even one the function swallowed), FunctionFailure
         when the function fails. `running_job`: the scheduled job this transaction runs;
-        `parent`, `depth`: the scheduler and depth of the mutation that called this one."""
-        buffer = self.log_buffer(fn)
+        `parent`, `depth`: the scheduler and depth of the mutation that called this one;
+        `buffer`: the execution's, across its attempts (`retried_mutation`)."""
+        if buffer is None:
+            buffer = self.log_buffer(fn, depth)
+        buffer.begin()
         scheduler = parent.nested() if parent is not None else MutationScheduler(
             tx, self.app.registry, self.jobs_channel, self.metrics, running_job, self.config.scheduler.horizon_seconds)
         ctx = MutationCtx(DatabaseWriter(tx), Auth(identity), scheduler, self.inner_calls(tx, identity, depth, scheduler),
@@ -398,7 +425,7 @@ class Runtime:
         self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
         key: StoredCall | None, commit_ts: bool, before_commit: Callable[[], None] | None = None,
     ) -> Outcome:
-        async def attempt() -> tuple[Outcome, MutationScheduler | None]:
+        async def attempt(buffer: logs.LogBuffer) -> tuple[Outcome, MutationScheduler | None]:
             async with self.db.acquire() as conn:
                 if key is not None:
                     done = await conn.fetchrow(sql.GET_MUTATION_RESULT, key.session_id, key.request_id, key.caller)
@@ -406,7 +433,7 @@ class Runtime:
                         key.check_resend(done["function"], done["args_hash"])
                         return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"])), None
                 async with self.transaction(conn, "serializable") as tx:
-                    value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity)
+                    value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity, buffer=buffer)
                     if key is not None:
                         await tx.execute("execute", sql.PUT_MUTATION_RESULT, *astuple(key), [to_convex_json(value)], lines)
                     if before_commit is not None:
@@ -418,17 +445,36 @@ class Runtime:
             return Outcome(value, lines, ts), scheduler
 
         try:
-            outcome, scheduler = await self.retry_transaction(attempt, str(fn.path), retries_metrics=("ripple_mutation_retries_total",))
+            outcome, scheduler = await self.retried_mutation(fn, attempt, str(fn.path), ("ripple_mutation_retries_total",))
         except FunctionFailure:
             self.metrics.inc("ripple_mutations_total", outcome="error")
             raise
-        except TooManyConflicts as exc:
-            self.metrics.inc("ripple_mutations_total", outcome="error")
-            raise self.failure(fn, exc, self.log_buffer(fn)) from None
         if scheduler is not None:  # None: the stored result of an earlier run
             scheduler.committed()
             self.metrics.inc("ripple_mutations_total", outcome="success")
         return outcome
+
+    async def retried_mutation(self, fn: FunctionDef, attempt: Callable[[logs.LogBuffer], Awaitable[T]], what: str,
+                               retries_metrics: tuple[str, ...]) -> T:
+        """A top-level mutation (a client's, an action's or a scheduled one) run to its end:
+        `attempt` is one transaction that runs it with `execute_mutation(..., buffer=)`, tried
+        again by `retry_transaction`; TooManyConflicts comes out as the mutation's failure. Its
+        one entry in the log stream has the lines of its last attempt and the time of all of
+        them; a call that ran nothing (the stored result of a resent mutation, a job another
+        worker claimed) has none."""
+        buffer = self.log_buffer(fn)
+        ended: BaseException | None = None
+        try:
+            return await self.retry_transaction(lambda: attempt(buffer), what, retries_metrics=retries_metrics)
+        except TooManyConflicts as exc:
+            ended = self.failure(fn, exc, buffer)
+            raise ended from None
+        except BaseException as exc:
+            ended = exc
+            raise
+        finally:
+            if buffer.attempts:
+                self.log_stream.record("mutation", str(fn.path), buffer, ended)
 
     async def retry_transaction(self, attempt: Callable[[], Awaitable[T]], what: str, *,
                                 retries_metrics: tuple[str, ...] = (), writes: bool = True) -> T:
@@ -524,12 +570,19 @@ class Runtime:
         return results
 
     async def _run_action(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None) -> Outcome:
+        """An action's run; its end is its entry in the log stream."""
         buffer = self.log_buffer(fn)
         ctx = self.action_context(identity, buffer)
         try:
             value = await self.invoke(fn, ctx, kwargs, buffer, self.config.action_timeout)
         except Exception as exc:
             self.metrics.inc("ripple_actions_total", outcome="error")
-            raise self.failure(fn, exc, buffer) from exc
+            failure = self.failure(fn, exc, buffer)
+            self.log_stream.record("action", str(fn.path), buffer)
+            raise failure from exc
+        except BaseException as exc:  # cancelled: the client left, the server stops
+            self.log_stream.record("action", str(fn.path), buffer, exc)
+            raise
         self.metrics.inc("ripple_actions_total", outcome="success")
+        self.log_stream.record("action", str(fn.path), buffer)
         return Outcome(value, buffer.finish())

@@ -19,8 +19,7 @@ computed its subscribers get no Transition (their queries move together); everyo
 A query that timed out is not run again on every write: it rests REST_FIRST seconds, doubling
 up to REST_MAX while it keeps timing out, its timeout error standing meanwhile.
 
-Ticks are woken by the commit listener (NOTIFY), by new subscriptions, by local mutations, by a
-run finished apart, and by a poll timer (fast when the listener is down).
+Ticks wake on commits (NOTIFY), subscriptions, local mutations, runs apart and a poll timer.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from server.core import sql
+from server.core import log_stream, sql
 from server.core.backoff import reconnect_delays
 from server.core.commit import prune_commit_records
 from server.core.contexts import Identity
@@ -179,6 +178,7 @@ class SubscriptionManager:
     # -- the tick loop ------------------------------------------------------------------------
 
     async def _loop(self) -> None:
+        log_stream.caller.set("live")  # the log stream's caller of what this task runs, and its runs apart
         delays = reconnect_delays(first=0.05, cap=2.0)
         self.trigger()  # (re)started: catch up at once
         while not self._stopping:

@@ -21,15 +21,16 @@ from typing import Any
 import asyncpg
 
 from server.config import SchedulerConfig
-from server.core import sql
+from server.core import log_stream, sql
 from server.core.database import Database, usable
 from server.core.documents import DatabaseWriter
+from server.core.logs import LogBuffer
 from server.core.registry import FunctionDef
 from server.core.runtime import Runtime
 from server.core.scheduler import table
 from server.core.scheduler.api import current_job
 from server.core.transaction import Transaction
-from server.errors import FunctionFailure, RippleUsageError, TooManyConflicts
+from server.errors import DatabaseUnavailable, FunctionFailure, RippleUsageError
 
 log = logging.getLogger("ripple.scheduler")
 
@@ -77,6 +78,14 @@ class JobRunner:
 
     async def run(self, candidate: Candidate, conn: HeldConnection) -> None:
         job = candidate.job
+        token = log_stream.caller.set("cron" if job.get("cronName") else "scheduler")
+        try:
+            await self._run(candidate, conn)
+        finally:
+            log_stream.caller.reset(token)
+
+    async def _run(self, candidate: Candidate, conn: HeldConnection) -> None:
+        job = candidate.job
         try:
             fn = self.runtime.app.registry.resolve(job["name"], allow_internal=True)
             if fn.kind == "query":
@@ -92,18 +101,21 @@ class JobRunner:
                 await self._run_action(claimed, fn)
             return
         try:
-            state = await self.runtime.retry_transaction(
-                lambda: self._run_mutation_job(conn, candidate, fn), f"scheduled job {job['_id']} ({job['name']})",
-                retries_metrics=("ripple_scheduler_conflicts_total", "ripple_mutation_retries_total"),
+            state = await self.runtime.retried_mutation(
+                fn, lambda buffer: self._run_mutation_job(conn, candidate, fn, buffer), f"scheduled job {job['_id']} ({job['name']})",
+                ("ripple_scheduler_conflicts_total", "ripple_mutation_retries_total"),
             )
-        except TooManyConflicts as exc:
-            if await self._finish_if(job["_id"], (table.PENDING,), table.FAILED, str(exc)):
+        except DatabaseUnavailable:
+            raise
+        except FunctionFailure as failure:  # it kept conflicting (Runtime.retried_mutation): nothing committed
+            if await self._finish_if(job["_id"], (table.PENDING,), table.FAILED, failure.message):
                 self.runtime.metrics.inc("ripple_mutations_total", outcome="error")
             return
         if state is not None:
             self.runtime.metrics.inc("ripple_scheduled_jobs_total", state=state)
 
-    async def _run_mutation_job(self, held: HeldConnection, candidate: Candidate, fn: FunctionDef) -> str | None:
+    async def _run_mutation_job(self, held: HeldConnection, candidate: Candidate, fn: FunctionDef,
+                                buffer: LogBuffer) -> str | None:
         """Claim a scheduled mutation and run it in the same SERIALIZABLE transaction, which also
         records the job's final state: it commits exactly once. The mutation runs under a
         savepoint, so if it fails its writes roll back and the failure commits. Returns the
@@ -121,9 +133,12 @@ class JobRunner:
             try:
                 kwargs = fn.validate_args(job["args"][0])
                 async with tx.savepoint():
-                    _, _, scheduler = await runtime.execute_mutation(tx, fn, kwargs, None, running_job=job_id)
+                    _, _, scheduler = await runtime.execute_mutation(tx, fn, kwargs, None, running_job=job_id, buffer=buffer)
             except (RippleUsageError, FunctionFailure) as exc:
                 error = exc.message if isinstance(exc, FunctionFailure) else str(exc)
+                if not buffer.attempts:  # its arguments no longer validate: a failed run all the same
+                    buffer.begin()
+                    buffer.error = error
             finally:
                 current_job.reset(token)
             final = table.final_fields(table.SUCCESS if error is None else table.FAILED, error, startedTime=started)
