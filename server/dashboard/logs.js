@@ -1,11 +1,10 @@
 // The Logs section: a live tail of function executions from the log stream
 // (GET /_ripple/logs?cursor=&timeout=, a long poll with the admin key), starting with what the
 // server still holds. Each entry is a row: time, kind letter, function, status, duration,
-// request id, its log lines; failures in red. A text filter hides rows that do not contain it;
-// the dashboard's own calls (`_system/...`, which every change on this page causes) are hidden
-// unless asked for. "Pause" holds new entries back (counted) until "Resume". The poll keeps its
-// cursor, so nothing is missed while paused; entries the server's buffer dropped before they
-// were read are reported as such.
+// request id, its log lines; failures in red. A text filter hides rows that do not contain it
+// (the dashboard's own `_system/` calls are not in the stream: docs/logs.md). "Pause" holds new
+// entries back (counted) until "Resume". The poll keeps its cursor, so nothing is missed while
+// paused; entries the server's buffer dropped before they were read are reported as such.
 
 import { adminFetch } from "./api.js";
 import { errorText, fill, formatClock, formatTime, h, showError } from "./dom.js";
@@ -46,10 +45,7 @@ export function mount(ctx, container) {
   const state = h("span", { class: "muted", testid: "log-state" }, "connecting…");
   const error = h("p", { class: "error", testid: "log-error", role: "alert", hidden: true });
   const clear = h("button", { type: "button", class: "secondary", testid: "log-clear" }, "Clear");
-  const system = h("input", { type: "checkbox", testid: "log-system" });
-  const systemLabel = h("label", { class: "check", title: "The dashboard's own queries and mutations (_system/...)" },
-                        system, "Ripple's own");
-  fill(container, h("div", { class: "toolbar" }, h("h2", {}, "Logs"), filter, systemLabel, pause, clear, state), error,
+  fill(container, h("div", { class: "toolbar" }, h("h2", {}, "Logs"), filter, pause, clear, state), error,
     h("p", { class: "hint", testid: "log-empty" }, "Function calls appear here as they run."), rows);
   const emptyNote = container.querySelector('[data-testid="log-empty"]');
 
@@ -59,7 +55,6 @@ export function mount(ctx, container) {
   let cursor = 0; // 0: everything the server still holds, then what comes
 
   function matches(entry) {
-    if (!system.checked && entry.function.startsWith("_system/")) return false;
     const wanted = filter.value.trim().toLowerCase();
     return wanted === "" || textOf(entry).includes(wanted);
   }
@@ -117,7 +112,6 @@ export function mount(ctx, container) {
     for (const el of rows.children) el.hidden = !matches(el._entry);
   };
   filter.addEventListener("input", refilter);
-  system.addEventListener("change", refilter);
   pause.addEventListener("click", () => {
     paused = !paused;
     if (!paused) {
