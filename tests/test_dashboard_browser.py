@@ -57,23 +57,36 @@ def tiny_png(path: Path, width: int = 3, height: int = 2) -> Path:
     return path
 
 
-@pytest.fixture
-def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    """`ripple dev` of a copy of tests/apps/dashboard (its .ripple/ with the admin key is written
-    there, not into the checkout) on a PostgreSQL schema of its own."""
+def start_deployment(pg_url: str, tmp_path: Path, mode: str) -> Iterator[Deployment]:
+    """`ripple <mode>` of a copy of tests/apps/dashboard (its .ripple/ is written there, not into
+    the checkout) on a PostgreSQL schema of its own. `ripple dev` makes the admin key in
+    .ripple/admin_key; `ripple serve` is given one."""
     app = tmp_path / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", ".ripple"))
     schema = "t_" + secrets.token_hex(6)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
-    cmd = [sys.executable, "-m", "server.cli", "dev", "--port", str(port), "--dir", str(app),
+    if mode == "serve":
+        env["RIPPLE_ADMIN_KEY"] = secrets.token_urlsafe(24)
+    cmd = [sys.executable, "-m", "server.cli", mode, "--port", str(port), "--dir", str(app),
            "--database-url", pg_url, "--db-schema", schema]
     server = launch(cmd, port, tmp_path / "server.log", env)
     try:
-        yield Deployment(server, (app / ".ripple" / "admin_key").read_text().strip())
+        key = env.get("RIPPLE_ADMIN_KEY") or (app / ".ripple" / "admin_key").read_text().strip()
+        yield Deployment(server, key)
     finally:
         server.stop()
         drop_schemas(pg_url, schema)
+
+
+@pytest.fixture
+def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    yield from start_deployment(pg_url, tmp_path, "dev")
+
+
+@pytest.fixture
+def production(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    yield from start_deployment(pg_url, tmp_path, "serve")
 
 
 @pytest.fixture
@@ -319,6 +332,23 @@ def test_editor_json_round_trips_convex_values(deployment: Deployment, browser: 
         assert checked["compact"] == '{a: 5n, b: "x", c: bytes(4)}'
         assert checked["refused"] == "SyntaxError"
         assert checked["sample"] == {"name": "", "when": 0, "opts": {"on": False}, "kind": "a", "count": "bigint"}
+        assert not errors, f"errors in the page: {errors}"
+    finally:
+        page.context.close()
+
+
+def test_runner_finds_log_lines_in_the_stream_under_ripple_serve(production: Deployment, browser: Browser) -> None:
+    """`ripple serve` gives clients no log lines; the runner shows the call's lines from the log
+    stream instead (the entry of that function, at or after the call's start)."""
+    errors: list[str] = []
+    page = open_page(browser, {"width": 1000, "height": 800}, errors)
+    expect.set_options(timeout=WAIT_MS)
+    try:
+        log_in(page, production)
+        send(production, "earlier", "a call before the runner's")  # in the stream, not the one shown
+        run_function(page, "messages:send", '{"author": "prod", "body": "in production"}')
+        expect(page.get_by_test_id("run-status")).to_have_attribute("data-status", "success")
+        expect(page.get_by_test_id("run-logs")).to_have_text("[LOG] sending 'in production' by prod")
         assert not errors, f"errors in the page: {errors}"
     finally:
         page.context.close()
