@@ -43,7 +43,8 @@ function render() {
   const key = `${section}/${params.join("/")}`;
   if (key === mountedRoute) return;
   for (const link of document.querySelectorAll(".nav a")) {
-    link.toggleAttribute("aria-current", link.dataset.section === section);
+    if (link.dataset.section === section) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
   }
   // A section that understands a change of its own parameters (Data: another table or a
   // document) keeps its subscriptions; any other change mounts the section afresh.

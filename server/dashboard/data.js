@@ -37,6 +37,7 @@ function cell(value, column) {
 
 export function mount({ client }, container, params) {
   const tableList = h("ul", { class: "list", testid: "table-list" });
+  const systemList = h("ul", { class: "list", testid: "system-table-list" });
   const tablesError = h("p", { class: "error", role: "alert", hidden: true });
   const heading = h("h2", { testid: "table-name" });
   const panelSlot = h("div", { class: "panel-slot" });
@@ -65,7 +66,8 @@ export function mount({ client }, container, params) {
     h("div", { class: "more" }, status, more));
   const empty = h("p", { class: "hint", testid: "no-table" }, "Pick a table.");
   fill(container, h("div", { class: "split" },
-    h("aside", { class: "side" }, h("h2", {}, "Tables"), tableList, tablesError),
+    h("aside", { class: "side" }, h("h2", {}, "Tables"), tableList, h("h3", { class: "muted" }, "System tables"), systemList,
+      tablesError),
     h("div", { class: "main" }, empty, tableView)));
 
   let table = null;
@@ -79,10 +81,11 @@ export function mount({ client }, container, params) {
     schemas = new Map(tables.map((t) => [t.name, t.schema ?? null]));
     const link = (t) => h("li", {}, h("a", { href: `#/data/${encodeURIComponent(t.name)}`, testid: "table-link",
                                              dataset: { table: t.name }, "aria-current": t.name === table ? "page" : null },
-                                      t.name, t.system ? h("span", { class: "tag" }, "system") : null));
-    fill(tableList, tables.map(link));
-    if (tables.length === 0) fill(tableList, h("li", { class: "hint" }, "No tables: schema.py declares none."));
-    else if (table === null) location.replace(`#/data/${encodeURIComponent(tables[0].name)}`); // as Convex: the first table
+                                      t.name));
+    const user = tables.filter((t) => !t.system);
+    fill(tableList, user.length ? user.map(link) : h("li", { class: "hint" }, "No tables: schema.py declares none."));
+    fill(systemList, tables.filter((t) => t.system).map(link));
+    if (table === null && user.length) location.replace(`#/data/${encodeURIComponent(user[0].name)}`); // as Convex: the first table
   }, (e) => showError(tablesError, e));
 
   function renderRows({ results, status: state }) {
@@ -138,7 +141,10 @@ export function mount({ client }, container, params) {
       table = name ?? null;
       filters = [];
       renderChips();
-      for (const link of tableList.querySelectorAll("a")) link.toggleAttribute("aria-current", link.dataset.table === table);
+      for (const link of container.querySelectorAll(".side a")) {
+        if (link.dataset.table === table) link.setAttribute("aria-current", "page");
+        else link.removeAttribute("aria-current");
+      }
       empty.hidden = table !== null;
       tableView.hidden = table === null;
       heading.textContent = table ?? "";
