@@ -160,6 +160,7 @@ export function mount({ client }, container, params) {
     if (table !== null && id !== undefined) {
       panel = documentPanel(client, table, id, () => { location.hash = `#/data/${encodeURIComponent(table)}`; });
       fill(panelSlot, panel.element);
+      panel.element.scrollIntoView({ block: "nearest" }); // a row far down a phone's page: show its panel
     }
   }
 
@@ -185,6 +186,7 @@ export function mount({ client }, container, params) {
     });
     panel = {};
     fill(panelSlot, editor.element);
+    editor.element.scrollIntoView({ block: "nearest" });
     editor.element.querySelector("textarea").focus();
   });
 

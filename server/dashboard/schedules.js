@@ -33,7 +33,7 @@ export function mount({ client }, container) {
   fill(container,
     h("h2", {}, "Scheduled functions"), jobsError,
     h("div", { class: "scroll-x" }, h("table", { class: "docs" },
-      h("thead", {}, h("tr", {}, ["Function", "Scheduled for", "State", "Completed", "Arguments", ""].map((c) => h("th", {}, c)))),
+      h("thead", {}, h("tr", {}, ["Function", "State", "Scheduled for", "Completed", "Arguments"].map((c) => h("th", {}, c)))),
       jobs)),
     h("div", { class: "more" }, more),
     h("h2", {}, "Cron jobs"), cronsError,
@@ -53,14 +53,16 @@ export function mount({ client }, container) {
     showError(jobsError, null);
     fill(jobs, results.map((job) => h("tr", { testid: "job-row", dataset: { id: job._id, state: job.state?.kind } },
       h("td", {}, h("code", {}, job.name)),
+      // The state first and a pending job's Cancel beside it: on a phone the rest scrolls.
+      h("td", { class: "state-cell" }, stateBadge(job.state),
+        job.state?.kind === "pending"
+          ? confirmButton("Cancel", "Really cancel?", () => void cancel(job._id), { testid: "job-cancel" }) : null,
+        job.state?.error ? h("div", { class: "error small" }, job.state.error) : null),
       h("td", {}, formatTime(job.scheduledTime)),
-      h("td", {}, stateBadge(job.state), job.state?.error ? h("div", { class: "error small" }, job.state.error) : null),
       h("td", {}, formatTime(job.completedTime)),
-      h("td", { class: "mono" }, compact(job.args?.length === 1 ? job.args[0] : job.args, false)),
-      h("td", {}, job.state?.kind === "pending"
-        ? confirmButton("Cancel", "Really cancel?", () => void cancel(job._id), { testid: "job-cancel" }) : null))));
+      h("td", { class: "mono" }, compact(job.args?.length === 1 ? job.args[0] : job.args, false)))));
     if (results.length === 0) {
-      fill(jobs, h("tr", {}, h("td", { colspan: 6, class: "hint" }, status === "LoadingFirstPage" ? "Loading…" : "None scheduled.")));
+      fill(jobs, h("tr", {}, h("td", { colspan: 5, class: "hint" }, status === "LoadingFirstPage" ? "Loading…" : "None scheduled.")));
     }
     more.hidden = status === "Exhausted";
     more.disabled = status !== "CanLoadMore";
