@@ -213,7 +213,7 @@ async def run_import(runtime: Runtime, plan: Plan, mode: str, report: Report | N
         blobs = await _put_blobs(runtime, plan, ids)
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> dict[str, int]:
-            tx.unlimited_writes = True
+            tx.unlimited = True
             counts: dict[str, int] = {}
             tables = [s.table for s in plan.tables] + ([STORAGE.name] if plan.storage else [])
             for table in tables:
