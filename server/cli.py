@@ -232,7 +232,7 @@ def server_url(args: argparse.Namespace) -> tuple[str, str]:
 def client_admin_key(args: argparse.Namespace) -> str | None:
     """The admin key `ripple run` and `ripple env` send: --admin-key, else $RIPPLE_ADMIN_KEY,
     else the one `ripple dev` made in --dir."""
-    key = args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY")
+    key = args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY") or None  # an empty variable counts as unset
     key_file = args.dir / adminkey.KEY_FILE
     if key is None and key_file.exists():
         key = key_file.read_text().strip()
