@@ -176,6 +176,14 @@ def import_(url: str, source: str, key: str | None, path: Path, table: str | Non
             query.update(table=table, format=fmt, name=path.name)
     elif refusal is None and fmt is not None:
         refusal = "--format is for a single table's file (with --table); a snapshot is a ZIP"
+    if refusal is None:
+        # Before sending what may be gigabytes: a server answers and takes the key. (It refuses a
+        # wrong key without reading the body, which an upload in progress sees only as a broken
+        # connection, not as the 401 it is.)
+        try:
+            admin_call(url, source, key, "GET", "/_ripple/data")
+        except AdminCallFailed as exc:
+            refusal = str(exc)
     if refusal:
         print(f"ripple import: {refusal}", file=sys.stderr)
         return 1

@@ -326,6 +326,10 @@ def test_import_shows_progress_and_the_counts(serve: Callable[[], ServerProcess]
     assert f"100%  {size} / {size} MiB" in piped.stderr and "MiB/s" in piped.stderr, piped.stderr
     assert "imported 40000 documents into notes" in piped.stderr
     assert "\r" not in piped.stderr  # no redrawing into a log
+    # A wrong key is refused before the upload: sent anyway, the server's early 401 reached the
+    # CLI as a broken connection ("no Ripple server at ...").
+    refused = ripple(target, "import", "--table", "notes", "--replace", str(path), key="k-wrong")
+    assert refused.returncode == 1 and "401: the admin key is not valid" in refused.stderr, refused.stderr
 
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
     environment.update(PYTHONPATH=str(ROOT), RIPPLE_ADMIN_KEY=KEY, RIPPLE_URL=target.url)
