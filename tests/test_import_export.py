@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -308,6 +309,28 @@ def test_a_failure_after_progress_lines_leaves_the_tables_and_search_unchanged(
     assert refused.returncode == 1
     assert "late.jsonl line 25001 (table messages)" in refused.stderr and "nothing was imported" in refused.stderr
     assert "the server is writing 25,001 documents" in refused.stderr, refused.stderr
+
+
+def test_an_import_whose_client_went_away_after_progress_lines_still_commits(
+        serve: Callable[[], ServerProcess], tmp_path: Path) -> None:
+    """The import runs as its own task: a client that hangs up mid-stream (Ctrl-C) does not cut it
+    short, as a client that hangs up while waiting for the plain JSON answer does not."""
+    import httpx
+
+    target = serve()
+    path = tmp_path / "messages.jsonl"
+    _messages(path, 12_000)
+    query = {"table": "messages", "format": "jsonl", "mode": "empty"}
+    with httpx.stream("POST", f"{target.url}/_ripple/import", params=query, content=path.read_bytes(), timeout=120,
+                      headers={"Authorization": f"Convex {KEY}", "Accept": "application/x-ndjson"}) as response:
+        for line in response.iter_lines():
+            if json.loads(line) == {"table": "messages", "written": 10_000}:
+                break  # hang up here, 2,000 documents before the end
+    deadline = time.monotonic() + 60
+    while call(target, "query", "count_messages") != 12_000:
+        assert time.monotonic() < deadline, "the import did not commit after its client went away"
+        time.sleep(0.2)
+    assert "import committed: {'messages': 12000}" in target.log()
 
 
 def test_import_shows_progress_and_the_counts(serve: Callable[[], ServerProcess], tmp_path: Path) -> None:

@@ -57,3 +57,8 @@ async def search(ctx, text: str, channel: str | None = None) -> list[dict[str, A
         return q if channel is None else q.eq("channel", channel)
 
     return await ctx.db.query("messages").with_search_index("search_body", build).collect()
+
+
+@query
+async def count_messages(ctx) -> int:
+    return len(await ctx.db.query("messages").collect())
