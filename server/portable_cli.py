@@ -26,7 +26,8 @@ FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
 class Progress:
     """`<verb> [#######-----]  56%  12.3 / 22.0 MiB  8.1 MiB/s` on stderr: redrawn in place (at
     most ten times a second) on a terminal, else one line at the end; then, for an import, what
-    the server is doing. Plain text: no dependency beyond a terminal's carriage return."""
+    the server is doing. Plain text, no dependency (rich is none of Ripple's): a carriage return
+    and the erase-to-end-of-line escape."""
 
     BAR = 24
     EVERY = 0.1  # seconds between two redraws
