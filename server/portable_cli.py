@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,38 +18,75 @@ from typing import IO, Any
 from server import adminkey
 
 CHUNK = 1 << 20
+UPLOAD_CHUNK = 256 << 10
+NDJSON = "application/x-ndjson"
 FORMATS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
 
 
 class Progress:
-    """`<verb> <done> / <total> MiB` on stderr: rewritten in place on a terminal, else only at the end."""
+    """`<verb> [#######-----]  56%  12.3 / 22.0 MiB  8.1 MiB/s` on stderr: redrawn in place (at
+    most ten times a second) on a terminal, else one line at the end; then, for an import, what
+    the server is doing. Plain text, no dependency (rich is none of Ripple's): a carriage return
+    and the erase-to-end-of-line escape."""
+
+    BAR = 24
+    EVERY = 0.1  # seconds between two redraws
 
     def __init__(self, verb: str, total: int | None) -> None:
         self.verb, self.total, self.done = verb, total, 0
         self.live = sys.stderr.isatty()
+        self.started = self.drawn = time.monotonic()
 
     def add(self, n: int) -> None:
         self.done += n
-        if self.live:
-            print(f"\r{self.text()}", end="", file=sys.stderr, flush=True)
+        if self.live and time.monotonic() - self.drawn >= self.EVERY:
+            self.show(self.text())
 
     def text(self) -> str:
-        of = f" / {self.total / 2**20:.1f}" if self.total is not None else ""
-        return f"{self.verb} {self.done / 2**20:.1f}{of} MiB"
+        rate = self.done / 2**20 / max(time.monotonic() - self.started, 1e-3)
+        if not self.total:
+            return f"{self.verb} {self.done / 2**20:.1f} MiB  {rate:.1f} MiB/s"
+        filled = self.BAR * self.done // self.total
+        return (f"{self.verb} [{'#' * filled}{'-' * (self.BAR - filled)}] {100 * self.done // self.total:3d}%  "
+                f"{self.done / 2**20:.1f} / {self.total / 2**20:.1f} MiB  {rate:.1f} MiB/s")
+
+    def show(self, text: str) -> None:
+        """Redraw the line (on a terminal; elsewhere nothing, so logs get only the lines that end)."""
+        if self.live:
+            self.drawn = time.monotonic()
+            print(f"\r{text}\033[K", end="", file=sys.stderr, flush=True)
 
     def finish(self) -> None:
-        print(("\r" if self.live else "") + self.text(), file=sys.stderr, flush=True)
+        """End the line with the transfer's totals."""
+        print(("\r" if self.live else "") + self.text() + ("\033[K" if self.live else ""), file=sys.stderr, flush=True)
+
+    def note(self, text: str) -> None:
+        """A status: a line redrawn by the next `show` on a terminal, a line of its own elsewhere."""
+        if self.live:
+            self.show(text)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.live:
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
 class _Reading:
-    """A file handed to urllib as a request body, counting what it sends."""
+    """A file handed to urllib as a request body, read a chunk at a time (never whole), counting
+    what it sends; at its end the upload's line is finished and `then` said."""
 
-    def __init__(self, f: IO[bytes], progress: Progress) -> None:
-        self.f, self.progress = f, progress
+    def __init__(self, f: IO[bytes], progress: Progress, then: str) -> None:
+        self.f, self.progress, self.then = f, progress, then
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self.f.read(CHUNK if size is None or size < 0 else size)
-        self.progress.add(len(chunk))
+        chunk = self.f.read(max(size, UPLOAD_CHUNK))  # http.client asks for 8 KiB: too many small writes
+        if chunk:
+            self.progress.add(len(chunk))
+        elif self.then:
+            self.progress.finish()
+            self.progress.note(self.then)
+            self.then = ""
         return chunk
 
 
@@ -139,6 +177,14 @@ def import_(url: str, source: str, key: str | None, path: Path, table: str | Non
             query.update(table=table, format=fmt, name=path.name)
     elif refusal is None and fmt is not None:
         refusal = "--format is for a single table's file (with --table); a snapshot is a ZIP"
+    if refusal is None:
+        # Before sending what may be gigabytes: a server answers and takes the key. (It refuses a
+        # wrong key without reading the body, which an upload in progress sees only as a broken
+        # connection, not as the 401 it is.)
+        try:
+            admin_call(url, source, key, "GET", "/_ripple/data")
+        except AdminCallFailed as exc:
+            refusal = str(exc)
     if refusal:
         print(f"ripple import: {refusal}", file=sys.stderr)
         return 1
@@ -147,23 +193,55 @@ def import_(url: str, source: str, key: str | None, path: Path, table: str | Non
     endpoint = f"{url.rstrip('/')}/_ripple/import?{urllib.parse.urlencode(query)}"
     try:
         with path.open("rb") as f:
-            body: Any = _Reading(f, progress)
+            body: Any = _Reading(f, progress, "the server is checking and writing the documents, in one transaction ...")
             request = urllib.request.Request(endpoint, data=body, method="POST", headers={
                 "Authorization": f"Convex {key}", "Content-Length": str(size),
-                "Content-Type": "application/octet-stream"})
+                "Content-Type": "application/octet-stream", "Accept": f"{NDJSON}, application/json"})
             with urllib.request.urlopen(request, timeout=3600) as response:
-                result = json.loads(response.read())
-        progress.finish()
+                if response.headers.get_content_type() == NDJSON:
+                    result = _follow(response, progress)
+                else:  # a server from before progress lines: one answer at the end
+                    result = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        print(("\n" if progress.live else "") + f"ripple import: {exc.code}: {error_message(exc)}; nothing was imported",
-              file=sys.stderr)
+        progress.clear()
+        print(f"ripple import: {exc.code}: {error_message(exc)}; nothing was imported", file=sys.stderr)
         return 1
     except urllib.error.URLError as exc:
+        progress.clear()
         print(f"ripple import: no Ripple server at {url} ({source}): {exc.reason}", file=sys.stderr)
+        return 1
+    except AdminCallFailed as exc:
+        progress.clear()
+        print(f"ripple import: {exc}", file=sys.stderr)
+        return 1
+    progress.clear()
+    if "error" in result:  # the same words as a refusal before the import started (HTTP 400)
+        print(f"ripple import: {result['error']['message']}; nothing was imported", file=sys.stderr)
         return 1
     for name, count in sorted(result["imported"].items()):
         print(f"imported {count} documents into {name}", file=sys.stderr)
     return 0
+
+
+def _follow(response: IO[bytes], progress: Progress) -> dict[str, Any]:
+    """Show the server's progress lines (server/api/snapshot_http.py) until the last one, which
+    says how the import ended: `{"imported": ...}` or `{"error": ...}`. A stream cut before that
+    (a server stopped) leaves the outcome unknown, and says so."""
+    totals: dict[str, int] = {}
+    for raw in response:
+        line = json.loads(raw)
+        if "documents" in line:
+            totals = line["documents"]
+            progress.note(f"the server is writing {sum(totals.values()):,} documents, in one transaction ...")
+        elif "table" in line:
+            of = f" / {totals[line['table']]:,}" if line["table"] in totals else ""
+            progress.show(f"writing {line['table']}: {line['written']:,}{of} documents")
+        elif line.get("phase") == "committing":
+            progress.show("committing ...")
+        elif "imported" in line or "error" in line:
+            return dict(line)
+    raise AdminCallFailed("the server closed the connection before saying how the import ended; it commits all "
+                          "or nothing, and `ripple data TABLE` shows whether it did")
 
 
 def data(url: str, source: str, key: str | None, table: str | None, limit: int, order: str) -> int:

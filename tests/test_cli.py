@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import httpx
 import pytest
 
 from server import devserver
-from server.cli import DEFAULT_URL, build_parser, server_url
+from server.cli import DEFAULT_URL, build_parser, client_admin_key, server_url
 
 from conftest import BASIC_APP, ROOT, ServerProcess, free_port, wait_healthy
 
@@ -361,6 +363,51 @@ def test_run_chooses_url_then_env_then_the_dev_record_then_the_default(tmp_path:
     assert chosen() == DEFAULT_URL  # its `ripple dev` is gone (killed: it could not remove it)
     devserver.forget(tmp_path)
     assert record.exists()  # not this process's record: left to its owner
+
+
+def test_admin_key_comes_from_the_flag_then_the_env_then_the_dev_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def chosen(*extra: str) -> str | None:
+        return client_admin_key(build_parser().parse_args(["data", "--dir", str(tmp_path), *extra]))
+
+    monkeypatch.delenv("RIPPLE_ADMIN_KEY", raising=False)
+    assert chosen() is None
+    (tmp_path / ".ripple").mkdir()
+    (tmp_path / ".ripple" / "admin_key").write_text("from-file\n")
+    assert chosen() == "from-file"
+    monkeypatch.setenv("RIPPLE_ADMIN_KEY", "")  # empty counts as unset, as for every RIPPLE_ variable
+    assert chosen() == "from-file"
+    monkeypatch.setenv("RIPPLE_ADMIN_KEY", "from-env")
+    assert chosen() == "from-env" and chosen("--admin-key", "from-flag") == "from-flag"
+
+
+# -- help and docs/cli.md ------------------------------------------------------------------------------
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "ripple") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from _commands(sub, f"{prefix} {name}")
+
+
+def test_help_lists_every_command_and_docs_cli_md_every_option(tmp_path: Path) -> None:
+    """`ripple --help` names each command with a one-line summary, each command's --help starts
+    with a description, and docs/cli.md has a section per command that shows every option its
+    --help prints (a command or option added without its documentation fails here)."""
+    listing = ripple("--help", cwd=tmp_path).stdout
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    for command, parser in _commands(build_parser()):
+        assert parser.description, f"{command} --help has no description"
+        if command.count(" ") == 1:
+            name = command.split()[1]
+            assert any(line.split()[:1] == [name] and len(line.split()) > 1 for line in listing.splitlines()), listing
+            assert f"\n### {command}\n" in doc, f"docs/cli.md has no section for {command}"
+        top = " ".join(command.split()[:2])
+        section = doc.split(f"\n### {top}\n", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option not in ("-h", "--help"):
+                    assert option in section, f"docs/cli.md, section {top}, does not mention {option}"
 
 
 # -- version and distribution --------------------------------------------------------------------------

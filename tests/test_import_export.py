@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -229,3 +230,149 @@ def test_data_lists_tables_and_pages_of_documents(serve: Callable[[], ServerProc
     hidden = ripple(server, "data", "_environment_variables")
     assert hidden.returncode == 1 and "no table" in hidden.stderr
     assert ripple(server, "data", "authors", key="k-wrong").returncode == 1
+
+
+def _bodies(server: ServerProcess, text: str, channel: str | None = None) -> list[str]:
+    args: dict[str, Any] = {"text": text} if channel is None else {"text": text, "channel": channel}
+    return [m["body"] for m in call(server, "query", "search", **args)]
+
+
+def test_imported_documents_are_searchable_and_a_replace_takes_the_old_ones_out_of_search(
+        serve: Callable[[], ServerProcess], tmp_path: Path) -> None:
+    target = serve()
+    first = tmp_path / "messages.jsonl"
+    first.write_text("".join(json.dumps(m) + "\n" for m in [
+        {"body": "the quick brown fox", "channel": "a"},
+        {"body": "a lazy dog sleeps", "channel": "a"},
+        {"body": "quick thinking wins", "channel": "b"},
+    ]))
+    assert ripple(target, "import", "--table", "messages", str(first)).returncode == 0
+    assert sorted(_bodies(target, "quick")) == ["quick thinking wins", "the quick brown fox"]
+    assert _bodies(target, "quick", "b") == ["quick thinking wins"]  # filter fields written too
+    assert _bodies(target, "lazy dog") == ["a lazy dog sleeps"]
+
+    second = tmp_path / "replacement.jsonl"
+    second.write_text(json.dumps({"body": "a quick rabbit", "channel": "a"}) + "\n")
+    replaced = ripple(target, "import", "--table", "messages", "--replace", str(second))
+    assert replaced.returncode == 0, replaced.stderr
+    assert _bodies(target, "quick") == ["a quick rabbit"]
+    assert _bodies(target, "fox") == [] and _bodies(target, "lazy dog") == []
+
+
+def test_export_then_import_keeps_search_results_identical(serve: Callable[[], ServerProcess], tmp_path: Path) -> None:
+    source, target = serve(), serve()
+    words = ["river", "stone", "quick", "silver", "moon", "garden", "quiet", "storm"]
+    for i in range(40):  # term frequencies and lengths differ, so BM25 ranks them in a definite order
+        body = " ".join(words[(i * k) % len(words)] for k in range(1, 2 + i % 5))
+        call(source, "mutation", "add_message", body=body, channel="ab"[i % 2])
+    queries = [("quick", None), ("moon storm", None), ("river", "a"), ("sil", None), ("garden quiet", "b")]
+    before = {q: call(source, "query", "search", text=q[0], channel=q[1]) for q in queries}
+    assert all(before.values()) and len(before[("quick", None)]) > 5
+    path = tmp_path / "snapshot.zip"
+    assert ripple(source, "export", "--path", str(path)).returncode == 0
+    imported = ripple(target, "import", str(path))
+    assert imported.returncode == 0, imported.stderr
+    assert "imported 40 documents into messages" in imported.stderr
+    after = {q: call(target, "query", "search", text=q[0], channel=q[1]) for q in queries}
+    assert after == before  # the same documents (ids, creation times) in the same relevance order
+
+
+def _messages(path: Path, count: int, bad_at: int | None = None) -> None:
+    with path.open("w") as out:
+        for i in range(count):
+            body: Any = 12.5 if i + 1 == bad_at else f"message number {i} about " + "words " * 10
+            out.write(json.dumps({"body": body, "channel": "c"}) + "\n")
+
+
+def test_a_failure_after_progress_lines_leaves_the_tables_and_search_unchanged(
+        serve: Callable[[], ServerProcess], tmp_path: Path) -> None:
+    """The NDJSON answer: progress for 25,000 documents, then the bad last line's error; the
+    transaction rolled back all the same."""
+    import httpx
+
+    target = serve()
+    path = tmp_path / "late.jsonl"
+    _messages(path, 25_001, bad_at=25_001)
+    query = {"table": "messages", "format": "jsonl", "mode": "empty", "name": path.name}
+    with httpx.stream("POST", f"{target.url}/_ripple/import", params=query, content=path.read_bytes(), timeout=120,
+                      headers={"Authorization": f"Convex {KEY}", "Accept": "application/x-ndjson"}) as response:
+        assert response.status_code == 200 and response.headers["content-type"] == "application/x-ndjson"
+        lines = [json.loads(line) for line in response.iter_lines()]
+    assert lines[0] == {"documents": {"messages": 25_001}}
+    assert lines[1:3] == [{"table": "messages", "written": 10_000}, {"table": "messages", "written": 20_000}]
+    assert lines[-1]["error"]["code"] == "ImportRefused" and len(lines) == 4
+    assert "late.jsonl line 25001 (table messages)" in lines[-1]["error"]["message"], lines[-1]
+    assert "`body`: Input should be a valid string" in lines[-1]["error"]["message"], lines[-1]
+    assert _bodies(target, "message") == [] and ripple(target, "data", "messages").stdout.strip() == "[]"
+
+    refused = ripple(target, "import", "--table", "messages", str(path))  # the CLI reads the same lines
+    assert refused.returncode == 1
+    assert "late.jsonl line 25001 (table messages)" in refused.stderr and "nothing was imported" in refused.stderr
+    assert "the server is writing 25,001 documents" in refused.stderr, refused.stderr
+
+
+def test_an_import_whose_client_went_away_after_progress_lines_still_commits(
+        serve: Callable[[], ServerProcess], tmp_path: Path) -> None:
+    """The import runs as its own task: a client that hangs up mid-stream (Ctrl-C) does not cut it
+    short, as a client that hangs up while waiting for the plain JSON answer does not."""
+    import httpx
+
+    target = serve()
+    path = tmp_path / "messages.jsonl"
+    _messages(path, 12_000)
+    query = {"table": "messages", "format": "jsonl", "mode": "empty"}
+    with httpx.stream("POST", f"{target.url}/_ripple/import", params=query, content=path.read_bytes(), timeout=120,
+                      headers={"Authorization": f"Convex {KEY}", "Accept": "application/x-ndjson"}) as response:
+        for line in response.iter_lines():
+            if json.loads(line) == {"table": "messages", "written": 10_000}:
+                break  # hang up here, 2,000 documents before the end
+    deadline = time.monotonic() + 60
+    while call(target, "query", "count_messages") != 12_000:
+        assert time.monotonic() < deadline, "the import did not commit after its client went away"
+        time.sleep(0.2)
+    assert "import committed: {'messages': 12000}" in target.log()
+
+
+def test_import_shows_progress_and_the_counts(serve: Callable[[], ServerProcess], tmp_path: Path) -> None:
+    """A few MB through `ripple import`: on a pipe, the finished lines and the counts; on a
+    terminal (a pseudo-tty), the bar redrawn in place and the server's progress too. The second
+    import replaces 40,000 documents: more than the 32,000 a function may read, which a
+    --replace reads to delete them (it failed with a Server Error before imports were exempt)."""
+    import pty
+
+    target = serve()
+    path = tmp_path / "notes.jsonl"
+    path.write_text("".join(json.dumps({"n": i, "text": "x" * 100}) + "\n" for i in range(40_000)))
+    piped = ripple(target, "import", "--table", "notes", str(path))
+    assert piped.returncode == 0, piped.stderr
+    size = f"{path.stat().st_size / 2**20:.1f}"
+    assert f"100%  {size} / {size} MiB" in piped.stderr and "MiB/s" in piped.stderr, piped.stderr
+    assert "imported 40000 documents into notes" in piped.stderr
+    assert "\r" not in piped.stderr  # no redrawing into a log
+    # A wrong key is refused before the upload: sent anyway, the server's early 401 reached the
+    # CLI as a broken connection ("no Ripple server at ...").
+    refused = ripple(target, "import", "--table", "notes", "--replace", str(path), key="k-wrong")
+    assert refused.returncode == 1 and "401: the admin key is not valid" in refused.stderr, refused.stderr
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
+    environment.update(PYTHONPATH=str(ROOT), RIPPLE_ADMIN_KEY=KEY, RIPPLE_URL=target.url)
+    main, other = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "server.cli", "import", "--table", "notes", "--replace", str(path)],
+                               cwd=str(ROOT), env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=other)
+    os.close(other)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert process.wait(timeout=60) == 0, (shown, target.log()[-3000:])
+    text = shown.decode()
+    assert f"\ruploaded [{'#' * 24}] 100%  {size} / {size} MiB" in text, text
+    assert "\rwriting notes: 10,000 / 40,000 documents" in text, text
+    assert "imported 40000 documents into notes" in text

@@ -2,26 +2,32 @@
 table's JSONL, JSON or CSV with `?table=&format=`; `?mode=empty|append|replace`), both behind
 the admin key (docs/import-export.md). Both spool through a temporary file: the export is
 written as of one snapshot before its first byte goes out, the import read twice (ids, then
-documents)."""
+documents), with its progress streamed as NDJSON to clients that ask for it."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 import zipfile
 from collections.abc import AsyncIterator
-from typing import IO
+from typing import IO, Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from server.api import http_api
 from server.api.http_api import HttpError, error_response, json_response
-from server.core import snapshot
+from server.core import snapshot, snapshot_read
 from server.core.runtime import Runtime
+from server.core.snapshot_read import ImportRefused
 from server.core.values import to_plain_json
+from server.errors import redact
 
 CHUNK = 1 << 20
+NDJSON = "application/x-ndjson"
+log = logging.getLogger("ripple")
 
 
 MAX_DATA_PAGE = 1000
@@ -30,6 +36,7 @@ MAX_DATA_PAGE = 1000
 class SnapshotRoutes:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.imports: set[asyncio.Task[None]] = set()  # imports streaming progress, held until they end
 
     def _require_admin(self, request: Request) -> None:
         http_api.require_admin_header(request, self.runtime.config.admin_key, "export and import")
@@ -75,30 +82,67 @@ class SnapshotRoutes:
         return json_response({"documents": [to_plain_json(d) for d in docs]})
 
     async def import_(self, request: Request) -> Response:
+        """The import, answered `{"imported": {...}}` when it has committed; or, for a client that
+        sends `Accept: application/x-ndjson`, a stream of progress lines ending in that line or in
+        `{"error": {"code", "message"}}` (refusals before the import starts, such as a wrong
+        key or a body that is no ZIP, are plain 4xx answers either way)."""
         table = request.query_params.get("table")
         mode = request.query_params.get("mode", "empty")
-        with tempfile.TemporaryFile() as spool:
-            try:
-                self._require_admin(request)
-                async for piece in request.stream():
-                    await asyncio.to_thread(spool.write, piece)
-                spool.seek(0)
-                if table is None:
-                    try:
-                        archive = zipfile.ZipFile(spool)
-                    except zipfile.BadZipFile:
-                        raise snapshot.ImportRefused("the body is not a ZIP file; a single table's file needs "
-                                                     "?table=<name>&format=jsonl|json|csv") from None
-                    plan = snapshot.snapshot_plan(archive, self.runtime.catalog)
-                else:
-                    plan = snapshot.table_plan(table, request.query_params.get("format", "jsonl"), spool,
-                                               self.runtime.catalog, request.query_params.get("name"))
-                counts = await snapshot.run_import(self.runtime, plan, mode)
-            except HttpError as exc:
-                return error_response(exc.status, exc.code, exc.message)
-            except snapshot.ImportRefused as exc:
-                return error_response(400, "ImportRefused", str(exc))
+        spool, streaming = tempfile.TemporaryFile(), False
+        try:
+            self._require_admin(request)
+            async for piece in request.stream():
+                await asyncio.to_thread(spool.write, piece)
+            spool.seek(0)
+            if table is None:
+                try:
+                    archive = zipfile.ZipFile(spool)
+                except zipfile.BadZipFile:
+                    raise ImportRefused("the body is not a ZIP file; a single table's file needs "
+                                        "?table=<name>&format=jsonl|json|csv") from None
+                plan = snapshot_read.snapshot_plan(archive, self.runtime.catalog)
+            else:
+                plan = snapshot_read.table_plan(table, request.query_params.get("format", "jsonl"), spool,
+                                                self.runtime.catalog, request.query_params.get("name"))
+            if NDJSON in request.headers.get("accept", ""):
+                streaming = True  # the stream closes the spool
+                return StreamingResponse(self._progress(plan, mode, spool), media_type=NDJSON)
+            counts = await snapshot.run_import(self.runtime, plan, mode)
+        except HttpError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        except ImportRefused as exc:
+            return error_response(400, "ImportRefused", str(exc))
+        finally:
+            if not streaming:
+                spool.close()
         return json_response({"imported": counts})
+
+    async def _progress(self, plan: snapshot_read.Plan, mode: str, spool: IO[bytes]) -> AsyncIterator[bytes]:
+        """The import as NDJSON lines. It runs as a task of its own, so that a client gone away
+        mid-import changes nothing: the import still ends (committed, or not at all) as it would
+        have for a client that waited, and is logged."""
+        lines: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        async def run() -> None:
+            try:
+                counts = await snapshot.run_import(self.runtime, plan, mode, lines.put_nowait)
+                log.info("import committed: %s", counts)
+                lines.put_nowait({"imported": counts})
+            except ImportRefused as exc:
+                log.info("import refused, nothing written: %s", exc)
+                lines.put_nowait({"error": {"code": "ImportRefused", "message": str(exc)}})
+            except Exception as exc:  # never leak internals: the log has it under the request id
+                message = redact(exc, "POST /_ripple/import", dev=self.runtime.config.dev)
+                lines.put_nowait({"error": {"code": "InternalServerError", "message": message}})
+            finally:
+                spool.close()
+                lines.put_nowait(None)
+
+        task = asyncio.create_task(run(), name="ripple import")
+        self.imports.add(task)
+        task.add_done_callback(self.imports.discard)
+        while (line := await lines.get()) is not None:
+            yield orjson.dumps(line) + b"\n"
 
 
 async def _stream(spool: IO[bytes]) -> AsyncIterator[bytes]:

@@ -9,7 +9,8 @@ An import writes everything in ONE transaction through a system `DatabaseWriter`
 is validated against the schema and its index keys and search postings written as for any
 insert; a line that fails refuses the whole import, named by file, line and field. A file's
 bytes go to the blob store first (each with a pending-upload row, as uploads do: the sweeper
-removes them if the process dies) and are removed again when the transaction fails.
+removes them if the process dies) and are removed again when the transaction fails. What an
+import reads (the plan of tables and their lines) is server/core/snapshot_read.py.
 
 Ids: a Ripple id embeds its table's number. An `_id` that is a valid id of the same table here
 is kept verbatim; any other (a Convex id, or a table numbered differently) gets a new id, and
@@ -19,12 +20,8 @@ every string in the imported documents equal to an old id is rewritten to the ne
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
-import re
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
 import orjson
@@ -36,39 +33,18 @@ from server.core.export_json import NotInt64, from_uniform, to_uniform
 from server.core.ids import new_id, table_number_of
 from server.core.runtime import Runtime
 from server.core.schema import BY_CREATION_TIME
+from server.core.snapshot_read import ImportRefused, Plan
 from server.core.storage.blobs import CHUNK_BYTES, Written
 from server.core.system_tables import STORAGE, UNREADABLE
 from server.core.transaction import Transaction
 from server.core.values import from_convex_json
-from server.errors import InvalidIdError, RippleError, RippleUsageError
+from server.errors import InvalidIdError, RippleError
 
 MODES = ("empty", "append", "replace")  # what an import does with documents already there
-FORMATS = ("jsonl", "json", "csv")
-_DOCUMENTS = re.compile(r"^([^/]+)/documents\.jsonl$")
-_GENERATED_SCHEMA = "{}/generated_schema.jsonl"
 _STORAGE_FIELDS = ("size", "sha256", "contentType")
 EXPORT_BATCH = 1000  # rows fetched, and lines written, at a time
-
-
-class ImportRefused(RippleUsageError):
-    """An import that changed nothing, and why (the file, line and field when a document is bad)."""
-
-
-@dataclass
-class Source:
-    """The documents of one table: `(where, raw JSON object)` pairs, read again on each pass."""
-
-    table: str
-    lines: Callable[[], Iterator[tuple[str, dict[str, Any]]]]
-    uniform: bool = False  # values in Convex's uniform export encoding (server/core/export_json.py)
-
-
-@dataclass
-class Plan:
-    tables: list[Source]
-    storage: Source | None = None
-    blobs: dict[str, str] = field(default_factory=dict)  # old storage id -> zip entry
-    archive: zipfile.ZipFile | None = None
+PROGRESS_EVERY = 10_000  # documents between two progress reports of an import
+Report = Callable[[dict[str, Any]], None]
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -123,112 +99,6 @@ async def _write_rows(conn: Any, statement: str, entry: IO[bytes], storage: bool
     return count
 
 
-# -- reading what is imported -----------------------------------------------------------------
-
-def _jsonl(name: str, lines: Iterable[bytes]) -> Iterator[tuple[str, dict[str, Any]]]:
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        where = f"{name} line {number}"
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ImportRefused(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(value, dict):
-            raise ImportRefused(f"{where}: a document must be a JSON object, not {type(value).__name__}")
-        yield where, value
-
-
-def _zip_lines(archive: zipfile.ZipFile, entry: str) -> Callable[[], Iterator[tuple[str, dict[str, Any]]]]:
-    def lines() -> Iterator[tuple[str, dict[str, Any]]]:
-        with archive.open(entry) as f:
-            yield from _jsonl(entry, f)
-
-    return lines
-
-
-def snapshot_plan(archive: zipfile.ZipFile, catalog: Catalog) -> Plan:
-    """What a snapshot ZIP holds; refused when it names a table the schema lacks."""
-    plan = Plan(tables=[], archive=archive)
-    for name in archive.namelist():
-        match = _DOCUMENTS.match(name)
-        if match is None:
-            if name.startswith("_storage/") and name != "_storage/documents.jsonl":
-                plan.blobs[name.split("/", 1)[1].split(".", 1)[0]] = name
-            continue
-        table = match.group(1)
-        source = Source(table, _zip_lines(archive, name), _uniform(archive, table))
-        if table == STORAGE.name:
-            plan.storage = source
-        elif not table.startswith("_"):  # _tables: numbers are this deployment's; other system tables are not data
-            if table not in catalog.by_name:
-                raise ImportRefused(f"{name}: table {table!r} is not in the schema (known tables: "
-                                    f"{', '.join(sorted(n for n in catalog.by_name if not n.startswith('_'))) or 'none'})")
-            plan.tables.append(source)
-    return plan
-
-
-def _uniform(archive: zipfile.ZipFile, table: str) -> bool:
-    """Whether the table's generated_schema.jsonl marks its values as Convex's uniform encoding
-    (any other content: an older Convex export's inferred types, not read; values as encoded JSON)."""
-    try:
-        with archive.open(_GENERATED_SCHEMA.format(table)) as f:
-            first = f.readline()
-    except KeyError:
-        return False
-    try:
-        return bool(orjson.loads(first) == "uniform")
-    except orjson.JSONDecodeError:
-        return False
-
-
-def _csv_cell(text: str) -> Any:
-    """A CSV cell as Convex's CSV import reads it: numbers as float64, true/false as booleans,
-    anything else a string."""
-    if text in ("true", "false"):
-        return text == "true"
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def table_plan(table: str, fmt: str, data: IO[bytes], catalog: Catalog, name: str | None = None) -> Plan:
-    """One table's documents from a JSONL, JSON (an array of objects) or CSV (a header row) file;
-    `name`: the file's, for error messages."""
-    if fmt not in FORMATS:
-        raise ImportRefused(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if table.startswith("_") or table not in catalog.by_name:
-        raise ImportRefused(f"table {table!r} is not a table of the schema")
-    name = name or f"{table}.{fmt}"
-
-    def lines() -> Iterator[tuple[str, dict[str, Any]]]:
-        data.seek(0)
-        if fmt == "jsonl":
-            yield from _jsonl(name, data)
-        elif fmt == "json":
-            try:
-                docs = orjson.loads(data.read())
-            except orjson.JSONDecodeError as exc:
-                raise ImportRefused(f"{name}: not valid JSON ({exc})") from None
-            if not isinstance(docs, list):
-                raise ImportRefused(f"{name}: a JSON import is an array of objects")
-            for number, doc in enumerate(docs, start=1):
-                if not isinstance(doc, dict):
-                    raise ImportRefused(f"{name} element {number}: a document must be a JSON object")
-                yield f"{name} element {number}", doc
-        else:
-            text = io.TextIOWrapper(data, encoding="utf-8", newline="")
-            try:
-                reader = csv.DictReader(text)
-                for row in reader:
-                    yield f"{name} line {reader.line_num}", {k: _csv_cell(v) for k, v in row.items() if v != ""}
-            finally:
-                text.detach()  # `data` stays open: the next pass reads it again
-
-    return Plan(tables=[Source(table, lines)])
-
-
 # -- importing --------------------------------------------------------------------------------
 
 def _keep_or_draw(doc_id: Any, number: int) -> str:
@@ -259,15 +129,18 @@ def _creation_time(where: str, raw: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def _ids(plan: Plan, catalog: Catalog, mode: str) -> dict[str, str]:
-    """First pass: every `_id` in the import -> the id it gets here. Replacing or appending, a file
-    gets a new id: its bytes are written before the transaction, so they must not land on a file
-    that exists (replacing: whose bytes are removed once the import commits)."""
+def _ids(plan: Plan, catalog: Catalog, mode: str) -> tuple[dict[str, str], dict[str, int]]:
+    """First pass: every `_id` in the import -> the id it gets here, and the documents per table.
+    Replacing or appending, a file gets a new id: its bytes are written before the transaction,
+    so they must not land on a file that exists (replacing: whose bytes are removed once the
+    import commits)."""
     ids: dict[str, str] = {}
+    totals: dict[str, int] = {}
     sources = [*plan.tables, *([plan.storage] if plan.storage else [])]
     for source in sources:
         number = catalog.by_name[source.table].number
         for where, raw in source.lines():
+            totals[source.table] = totals.get(source.table, 0) + 1
             old = raw.get("_id")
             if old is None:
                 continue
@@ -277,7 +150,7 @@ def _ids(plan: Plan, catalog: Catalog, mode: str) -> dict[str, str]:
                 raise ImportRefused(f"{where}: _id {old} appears twice in the import")
             fresh = mode != "empty" and source is plan.storage
             ids[old] = new_id(number) if fresh else _keep_or_draw(old, number)
-    return ids
+    return ids, totals
 
 
 async def _chunks(archive: zipfile.ZipFile, entry: str) -> AsyncIterator[bytes]:
@@ -323,18 +196,24 @@ async def _clear_or_check(writer: DatabaseWriter, tx: Transaction, runtime: Runt
             await writer.delete(table, row["id"])
 
 
-async def run_import(runtime: Runtime, plan: Plan, mode: str) -> dict[str, int]:
-    """Import `plan` all or nothing; the documents written, by table."""
+async def run_import(runtime: Runtime, plan: Plan, mode: str, report: Report | None = None) -> dict[str, int]:
+    """Import `plan` all or nothing; the documents written, by table. `report` hears how far it
+    got: `{"documents": {table: n}}` once the file is read, `{"table", "written"}` every
+    PROGRESS_EVERY documents and at each table's end (from 0 again if the transaction is retried
+    after a conflict), `{"phase": "committing"}`. Progress promises nothing: only the return
+    (committed) or an exception (nothing written) says how it ended."""
     if mode not in MODES:
         raise ImportRefused(f"mode {mode!r} is not one of {', '.join(MODES)}")
     catalog = runtime.catalog
-    ids = _ids(plan, catalog, mode)
+    say = report or (lambda line: None)
+    ids, totals = _ids(plan, catalog, mode)
+    say({"documents": totals})
     blobs: dict[str, tuple[str, Written, Any]] = {}
     try:
         blobs = await _put_blobs(runtime, plan, ids)
 
         async def body(writer: DatabaseWriter, tx: Transaction) -> dict[str, int]:
-            tx.unlimited_writes = True
+            tx.unlimited = True
             counts: dict[str, int] = {}
             tables = [s.table for s in plan.tables] + ([STORAGE.name] if plan.storage else [])
             for table in tables:
@@ -364,7 +243,11 @@ async def run_import(runtime: Runtime, plan: Plan, mode: str) -> dict[str, int]:
                     except (RippleError, NotInt64) as exc:
                         raise ImportRefused(f"{where} (table {source.table}): {exc}") from None
                     n += 1
+                    if n % PROGRESS_EVERY == 0:
+                        say({"table": source.table, "written": n})
+                say({"table": source.table, "written": n})
                 counts[source.table] = counts.get(source.table, 0) + n
+            say({"phase": "committing"})
             return counts
 
         return await runtime.system_transaction(body)

@@ -107,8 +107,9 @@ class Transaction:
     bytes_read: int = 0
     docs_written: int = 0  # writes, as Convex counts them: a document written twice counts twice
     bytes_written: int = 0
-    # An import (server/core/snapshot.py) writes a whole snapshot in one transaction: no write limit.
-    unlimited_writes: bool = False
+    # An import (server/core/snapshot.py) writes a whole snapshot in one transaction, and a
+    # --replace reads (to delete) every document of a table: no read or write limit.
+    unlimited: bool = False
     conflicted: bool = False
     lost: bool = False  # the connection failed: nothing of this transaction can commit any more
     ts: int | None = None  # the commit's ts, when committing found it (commit.py)
@@ -206,6 +207,8 @@ class Transaction:
         """`n` documents of `nbytes` in all read; past a limit, this and every later read fails."""
         self.docs_read += n
         self.bytes_read += nbytes
+        if self.unlimited:
+            return
         if self.docs_read > MAX_DOCS_READ:
             raise LimitExceeded(
                 f"too many documents read in one function: {self.docs_read}, over the limit of "
@@ -222,7 +225,7 @@ class Transaction:
         this and every later write fails, so nothing of it reaches PostgreSQL."""
         self.docs_written += 1
         self.bytes_written += nbytes
-        if self.unlimited_writes:
+        if self.unlimited:
             return
         if self.docs_written > MAX_DOCS_WRITTEN:
             raise LimitExceeded(

@@ -4,12 +4,17 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from server import Id, Int64, Schema, Table
+from server import Id, Int64, Schema, SearchIndex, Table
 
 
 class Author(BaseModel):
     name: str
     age: float
+
+
+class Message(BaseModel):
+    body: str
+    channel: str
 
 
 class Post(BaseModel):
@@ -24,4 +29,5 @@ schema = Schema(
     authors=Table(Author, indexes={"by_name": ["name"]}),
     posts=Table(Post, indexes={"by_author": ["author"]}),
     notes=Table(),  # any document
+    messages=Table(Message, search_indexes={"search_body": SearchIndex(search_field="body", filter_fields=["channel"])}),
 )

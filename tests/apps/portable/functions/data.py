@@ -42,3 +42,23 @@ async def store(ctx, text: str) -> str:
 async def read(ctx, id: str) -> str | None:
     blob = await ctx.storage.get(id)
     return None if blob is None else (await blob.read()).decode()
+
+
+@mutation
+async def add_message(ctx, body: str, channel: str) -> str:
+    return await ctx.db.insert("messages", {"body": body, "channel": channel})
+
+
+@query
+async def search(ctx, text: str, channel: str | None = None) -> list[dict[str, Any]]:
+    """Every message matching `text` (within `channel`), most relevant first."""
+    def build(q: Any) -> Any:
+        q = q.search("body", text)
+        return q if channel is None else q.eq("channel", channel)
+
+    return await ctx.db.query("messages").with_search_index("search_body", build).collect()
+
+
+@query
+async def count_messages(ctx) -> int:
+    return len(await ctx.db.query("messages").collect())
