@@ -1,12 +1,11 @@
 """`ripple dev`, `ripple serve`, `ripple run`, `ripple env`, `ripple init`, `ripple codegen`,
-`ripple export`, `ripple import`, `ripple data`, `ripple logs`."""
+`ripple export`, `ripple import`, `ripple data`, `ripple logs`, `ripple dashboard`."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import errno
-import getpass
 import json
 import logging
 import os
@@ -21,7 +20,6 @@ from pathlib import Path
 
 from server import adminkey, cli_logs, cli_watch, devserver, portable_cli, scaffold
 from server.config import Config
-from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
 from server.errors import RippleError
 
 DISTRIBUTION = "ripple-backend"  # the name on PyPI; the command and the packages are `ripple`, `server`
@@ -65,9 +63,20 @@ def _common(p: argparse.ArgumentParser, default_port: int | None) -> None:
                          "file URLs functions hand out (default: $RIPPLE_PUBLIC_URL, else http://<host>:<port>)")
 
 
+class _Help(argparse.HelpFormatter):
+    """argparse measures command names without the indent it lists them with, so the longest
+    (`dashboard`) would push its summary to the next line: leave room for that indent."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction):
+            self._action_max_length += 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ripple", description="Ripple: a reactive backend that speaks the Convex protocol",
-                                     epilog="`ripple COMMAND --help` shows a command's options; docs/cli.md describes them all.")
+                                     epilog="`ripple COMMAND --help` shows a command's options; docs/cli.md describes them all.",
+                                     formatter_class=_Help)
     parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev = _command(sub, "dev", "run the app in development mode (embedded PostgreSQL unless a database URL is set)")
@@ -130,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also print a line for each successful execution (by default only log lines and failures)")
     logs.add_argument("--jsonl", action="store_true", help="print every entry as it comes, one JSON object a line")
     _client(logs)
+    board = _command(sub, "dashboard", "open the dashboard (/_ripple/) in a browser, signed in with the admin key")
+    board.add_argument("--no-open", action="store_true", help="print the signed-in address instead of opening a browser")
+    _client(board)
     return parser
 
 
@@ -304,46 +316,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1
 
 
-def _read_value(name: str) -> str:
-    """A value from stdin (a prompt without echo on a terminal), so it stays out of shell history."""
-    if sys.stdin.isatty():
-        return getpass.getpass(f"Value of {name}: ")
-    value = sys.stdin.read()
-    return value[:-1] if value.endswith("\n") else value  # the newline `echo` and here-strings add
-
-
-def cmd_env(args: argparse.Namespace) -> int:
-    """`ripple env set|get|list|remove` through the server's admin endpoints (docs/env.md)."""
-    try:
-        if args.verb in ("set", "remove"):
-            check_settable(args.name)
-        elif args.verb == "get":
-            check_name(args.name)
-            if args.name in BUILT_IN:
-                raise portable_cli.AdminCallFailed(f"{args.name} is built-in, not stored: functions read it as the server's URL "
-                                       "(docs/env.md, Built-in variables)")
-        if args.verb == "set":
-            value = args.value if args.value is not None else _read_value(args.name)
-            portable_cli.admin_call(*server_url(args), client_admin_key(args), "POST", "/api/update_environment_variables", {"changes": [{"name": args.name, "value": value}]})
-            print(f"set {args.name}", file=sys.stderr)
-            return 0
-        variables = portable_cli.admin_call(*server_url(args), client_admin_key(args), "GET", "/api/list_environment_variables")["environmentVariables"]
-        if args.verb == "list":
-            for name in sorted(variables):
-                print(f"{name}={variables[name]}")
-        elif args.name not in variables:
-            raise portable_cli.AdminCallFailed(f"{args.name} is not set")
-        elif args.verb == "get":
-            print(variables[args.name])
-        else:
-            portable_cli.admin_call(*server_url(args), client_admin_key(args), "POST", "/api/update_environment_variables", {"changes": [{"name": args.name}]})
-            print(f"removed {args.name}", file=sys.stderr)
-        return 0
-    except (portable_cli.AdminCallFailed, EnvVarError) as exc:
-        print(f"ripple env {args.verb}: {exc}", file=sys.stderr)
-        return 1
-
-
 def cmd_codegen(args: argparse.Namespace) -> int:
     from server.codegen import generate
 
@@ -365,7 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down gracefully, then passed the signal on
             sys.exit(128 + signal.SIGINT)
     elif args.command == "env":
-        sys.exit(cmd_env(args))
+        sys.exit(portable_cli.env(*server_url(args), client_admin_key(args), args.verb, getattr(args, "name", None),
+                                  getattr(args, "value", None)))
     elif args.command == "init":
         sys.exit(scaffold.init_command(Path(args.dir)))
     elif args.command == "codegen":
@@ -377,6 +350,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "logs":
         show = cli_logs.Show(success=args.success, jsonl=args.jsonl, color=cli_logs.use_color(sys.stdout))
         sys.exit(cli_logs.follow(*server_url(args), client_admin_key(args), show, None if args.history < 0 else args.history))
+    elif args.command == "dashboard":
+        sys.exit(portable_cli.dashboard(*server_url(args), client_admin_key(args), not args.no_open))
     elif args.command == "import":
         sys.exit(portable_cli.import_(*server_url(args), client_admin_key(args), args.path, args.table, args.format,
                                       args.mode or "empty"))

@@ -1,10 +1,11 @@
 """The commands that talk to a running server's admin endpoints: `ripple export` and `ripple import`
 (a snapshot ZIP, or one table's file: server/api/snapshot_http.py, docs/import-export.md),
-`ripple data`, and `admin_call`, which `ripple env` uses too. Progress goes to stderr; the server
-URL and admin key come from server/cli.py, which calls these."""
+`ripple data`, `ripple env`, `ripple dashboard`, and `admin_call`, which they share. Progress
+goes to stderr; the server URL and admin key come from server/cli.py, which calls these."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import sys
@@ -12,10 +13,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import webbrowser
 from pathlib import Path
 from typing import IO, Any
 
 from server import adminkey
+from server.core.env import BUILT_IN, EnvVarError, check_name, check_settable
 
 CHUNK = 1 << 20
 UPLOAD_CHUNK = 256 << 10
@@ -259,4 +262,64 @@ def data(url: str, source: str, key: str | None, table: str | None, limit: int, 
             print(name)
     else:
         print(json.dumps(body["documents"], indent=2))
+    return 0
+
+
+def _read_value(name: str) -> str:
+    """A value from stdin (a prompt without echo on a terminal), so it stays out of shell history."""
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Value of {name}: ")
+    value = sys.stdin.read()
+    return value[:-1] if value.endswith("\n") else value  # the newline `echo` and here-strings add
+
+
+def env(url: str, source: str, key: str | None, verb: str, name: str | None, value: str | None) -> int:
+    """`ripple env set|get|list|remove` through the server's admin endpoints (docs/env.md)."""
+    try:
+        if verb in ("set", "remove"):
+            check_settable(name)
+        elif verb == "get":
+            check_name(name)
+            if name in BUILT_IN:
+                raise AdminCallFailed(f"{name} is built-in, not stored: functions read it as the server's URL "
+                                      "(docs/env.md, Built-in variables)")
+        assert verb == "list" or name is not None
+        if verb == "set":
+            value = value if value is not None else _read_value(str(name))
+            admin_call(url, source, key, "POST", "/api/update_environment_variables", {"changes": [{"name": name, "value": value}]})
+            print(f"set {name}", file=sys.stderr)
+            return 0
+        variables = admin_call(url, source, key, "GET", "/api/list_environment_variables")["environmentVariables"]
+        if verb == "list":
+            for listed in sorted(variables):
+                print(f"{listed}={variables[listed]}")
+        elif name not in variables:
+            raise AdminCallFailed(f"{name} is not set")
+        elif verb == "get":
+            print(variables[name])
+        else:
+            admin_call(url, source, key, "POST", "/api/update_environment_variables", {"changes": [{"name": name}]})
+            print(f"removed {name}", file=sys.stderr)
+        return 0
+    except (AdminCallFailed, EnvVarError) as exc:
+        print(f"ripple env {verb}: {exc}", file=sys.stderr)
+        return 1
+
+
+def dashboard(url: str, source: str, key: str | None, open_browser: bool) -> int:
+    """`ripple dashboard` (as `npx convex dashboard`): the dashboard's address, signed in: the key
+    travels in the fragment (`#key=`), which the browser never sends to a server and the page
+    removes from the address bar and history at once. The key is checked first, so a wrong one
+    is said here rather than on the page."""
+    try:
+        admin_call(url, source, key, "GET", "/_ripple/data")
+    except AdminCallFailed as exc:
+        print(f"ripple dashboard: {exc}", file=sys.stderr)
+        return 1
+    page = f"{url.rstrip('/')}/_ripple/"
+    signed_in = f"{page}#key={urllib.parse.quote(key or '', safe='')}"
+    if open_browser and webbrowser.open(signed_in):
+        print(f"Opened the dashboard at {page} in your browser, signed in.")
+        return 0
+    print(f"The dashboard, signed in (this address holds the admin key: keep it to yourself):\n{signed_in}")
     return 0

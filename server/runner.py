@@ -258,6 +258,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                     recorded = True
                     if (config.app_dir / "public" / "index.html").is_file():
                         print(f"App page: {config.base_url}/", flush=True)
+                    print(f"Dashboard: {config.base_url}/_ripple/ (`ripple dashboard` opens it signed in)", flush=True)
                 log.info("serving %s (%s mode, event loop %s)", listen_url(config),
                          "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__)
                 tune_gc()

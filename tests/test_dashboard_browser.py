@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import struct
+import subprocess
 import sys
 import zlib
 from collections.abc import Iterator
@@ -119,6 +120,21 @@ def log_in(page: Page, deployment: Deployment) -> None:
     expect(page.get_by_test_id("shell")).to_be_visible()
     expect(page.get_by_test_id("connection-state")).to_have_attribute("data-state", "connected")
     page.evaluate("window.__loadedOnce = 'marker'")
+
+
+def signed_in_address(deployment: Deployment) -> str:
+    """What `ripple dashboard --no-open` prints (after refusing a wrong key)."""
+    def dashboard(key: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server.cli", "dashboard", "--no-open", "--url", deployment.server.url,
+                               "--admin-key", key], capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    refused = dashboard("not-the-key")
+    assert refused.returncode == 1 and "401" in refused.stderr, refused
+    printed = dashboard(deployment.admin_key)
+    assert printed.returncode == 0, printed.stderr
+    address = printed.stdout.strip().splitlines()[-1]
+    assert address.startswith(f"{deployment.server.url}/_ripple/#key="), printed.stdout
+    return address
 
 
 def send(deployment: Deployment, author: str, body: str) -> str:
@@ -270,7 +286,10 @@ def test_dashboard_fits_a_phone(deployment: Deployment, browser: Browser) -> Non
     try:
         for n in range(3):
             send(deployment, "phone", f"a message long enough to need more width than a phone has, number {n}")
-        log_in(page, deployment)
+        # Signed in by the address `ripple dashboard` prints; the key leaves the address bar at once.
+        page.goto(signed_in_address(deployment))
+        expect(page.get_by_test_id("shell")).to_be_visible()
+        assert "key=" not in page.url and deployment.admin_key not in page.url
         expect(page.get_by_test_id("doc-row")).to_have_count(3)
         no_horizontal_overflow(page)
         page.get_by_test_id("nav-functions").click()  # in the nav row, which scrolls on its own

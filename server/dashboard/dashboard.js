@@ -122,8 +122,18 @@ async function login(event) {
   start(key);
 }
 
+/** `#key=<admin key>`, as `ripple dashboard` opens the page: taken into this tab's session and
+ * out of the address bar and history at once (a fragment never reaches the server). */
+function keyFromAddress() {
+  const match = /^#key=([^&]*)$/.exec(location.hash);
+  if (match === null) return;
+  history.replaceState(null, "", `${location.pathname}${location.search}#/`);
+  session.key = decodeURIComponent(match[1]);
+}
+
 /** A key kept from earlier in this tab is checked again: the server may have a new one. */
 async function resume() {
+  keyFromAddress();
   const key = session.key;
   if (key === null) {
     showLogin(null);
