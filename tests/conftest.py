@@ -43,6 +43,32 @@ COMPAT_APP = APPS / "compat"
 AUTH_APP = APPS / "auth"
 EMBEDDED_PG_HOME = ROOT / ".pytest-pg"  # gitignored; the data survives runs, the server does not
 
+def _share_httpx_default_tls_context() -> None:
+    """Every httpx client the tests make (httpx.get, a client per test or per request, the
+    health polls of a server's start) would build its own TLS context, loading a CA bundle: 40 ms
+    of CPU each, thousands in a run, taken from the server starting on the other core. Clients
+    asking for the default (verify=True, no client certificate) share one context per CA source
+    (certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR as httpx reads them), built by httpx as
+    before. The suite speaks plain HTTP to loopback servers; TLS would verify exactly as before."""
+    from httpx._transports import default as transports  # where HTTPTransport looks the function up
+
+    create = transports.create_ssl_context
+    shared: dict[tuple[str | None, ...], Any] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return create(verify=verify, cert=cert, trust_env=trust_env)
+        source = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if trust_env else (None, None)
+        if source not in shared:
+            shared[source] = create(verify=verify, cert=cert, trust_env=trust_env)
+        return shared[source]
+
+    transports.create_ssl_context = create_ssl_context
+
+
+_share_httpx_default_tls_context()
+
+
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """In-process tests run on the guarded asyncio loop a server runs with RIPPLE_EVENT_LOOP=asyncio
     (server/loops.py), so a runtime under test refuses network I/O in queries as a server does."""
