@@ -42,7 +42,7 @@ class ForkServer:
     """The test side: one fork server process per test session, shared by every thread."""
 
     def __init__(self, root: Path, log_path: Path) -> None:
-        self.root = root
+        self.root, self.log_path = root, log_path
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen([sys.executable, __file__], cwd=str(root), stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, stderr=log)
@@ -93,6 +93,8 @@ class ForkServer:
             self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.log_path.stat().st_size == 0:  # kept only when the fork server had something to say
+            self.log_path.unlink()
 
 
 class Forked:
