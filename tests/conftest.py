@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
@@ -32,6 +33,7 @@ from server.core.runtime import Runtime
 from server.embedded import start_embedded_postgres
 
 from oidc_issuer import OidcIssuer
+from server_forks import Forked, ForkServer, ForkServerError
 
 if TYPE_CHECKING:
     from client_sdk import RippleClient
@@ -42,6 +44,32 @@ BASIC_APP = APPS / "basic"
 COMPAT_APP = APPS / "compat"
 AUTH_APP = APPS / "auth"
 EMBEDDED_PG_HOME = ROOT / ".pytest-pg"  # gitignored; the data survives runs, the server does not
+
+def _share_httpx_default_tls_context() -> None:
+    """Every httpx client the tests make (httpx.get, a client per test or per request, the
+    health polls of a server's start) would build its own TLS context, loading a CA bundle: 40 ms
+    of CPU each, thousands in a run, taken from the server starting on the other core. Clients
+    asking for the default (verify=True, no client certificate) share one context per CA source
+    (certifi's bundle, or SSL_CERT_FILE / SSL_CERT_DIR as httpx reads them), built by httpx as
+    before. The suite speaks plain HTTP to loopback servers; TLS would verify exactly as before."""
+    from httpx._transports import default as transports  # where HTTPTransport looks the function up
+
+    create = transports.create_ssl_context
+    shared: dict[tuple[str | None, ...], Any] = {}
+
+    def create_ssl_context(verify: Any = True, cert: Any = None, trust_env: bool = True) -> Any:
+        if verify is not True or cert is not None:
+            return create(verify=verify, cert=cert, trust_env=trust_env)
+        source = (os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")) if trust_env else (None, None)
+        if source not in shared:
+            shared[source] = create(verify=verify, cert=cert, trust_env=trust_env)
+        return shared[source]
+
+    transports.create_ssl_context = create_ssl_context
+
+
+_share_httpx_default_tls_context()
+
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
     """In-process tests run on the guarded asyncio loop a server runs with RIPPLE_EVENT_LOOP=asyncio
@@ -161,7 +189,7 @@ async def runtime(namespace: str) -> AsyncIterator[Runtime]:
 
 
 class ServerProcess:
-    def __init__(self, proc: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes] | Forked, url: str, log_path: Path) -> None:
         self.proc, self.url, self.log_path = proc, url, log_path
 
     def log(self) -> str:
@@ -186,7 +214,7 @@ class ServerProcess:
                 self.proc.wait()
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes] | Forked, log_path: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -215,6 +243,9 @@ def start_server(tmp_path: Path, namespace: str, pg_url: str) -> Iterator[Callab
         return server
 
     yield start
+    for server in started:  # all asked to stop first: their shutdowns (0.2 s each) overlap
+        if server.proc.poll() is None:
+            server.proc.terminate()
     for server in started:
         server.stop()
 
@@ -274,10 +305,45 @@ def run_node_tests(script: str, server: ServerProcess, timeout: float = 180, env
                     f"--- stderr ---\n{result.stderr[-3000:]}\n--- server log ---\n{server.log()[-4000:]}")
 
 
+_forks: ForkServer | None = None  # started at the first server start, unless RIPPLE_TEST_EXEC_SERVERS is set
+_forks_failed = False
+
+
+def _fork_server() -> ForkServer | None:
+    """The session's fork server (tests/server_forks.py), or None: servers are then exec'd."""
+    global _forks, _forks_failed
+    if _forks is None and not _forks_failed and not os.environ.get("RIPPLE_TEST_EXEC_SERVERS"):
+        log_path = Path(tempfile.gettempdir()) / f"ripple-fork-server-{os.getpid()}.log"
+        try:
+            _forks = ForkServer(ROOT, log_path)
+        except (OSError, ForkServerError) as exc:
+            _forks_failed = True
+            logging.getLogger("tests").warning("no fork server (%s; see %s): servers start by exec", exc, log_path)
+    return _forks
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _forks is not None:
+        _forks.close()
+
+
 def launch(cmd: list[str], port: int, log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    """Start a server process on loopback `port` (output to `log_path`) and wait until healthy."""
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    """Start a server process on loopback `port` (output to `log_path`) and wait until healthy.
+    `python -m server.cli ...` is forked from the fork server (tests/server_forks.py: the same
+    start-up without importing the server again, half a second less per start); anything else,
+    or every server with RIPPLE_TEST_EXEC_SERVERS=1, is exec'd."""
+    env = dict(os.environ) if env is None else env
+    forks = _fork_server()
+    proc: subprocess.Popen[bytes] | Forked | None = None
+    if forks is not None and forks.can_spawn(cmd, env):
+        log_path.write_bytes(b"")
+        try:
+            proc = forks.spawn(cmd, env, ROOT, log_path)
+        except ForkServerError as exc:
+            logging.getLogger("tests").warning("fork server failed (%s): this server starts by exec", exc)
+    if proc is None:
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
     server = ServerProcess(proc, f"http://127.0.0.1:{port}", log_path)
     try:
         wait_healthy(server.url, proc, log_path)

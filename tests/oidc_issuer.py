@@ -54,6 +54,9 @@ def jwks(*keys: SigningKey) -> dict[str, Any]:
     return {"keys": [k.jwk() for k in keys]}
 
 
+POLL_SECONDS = 0.02  # how often the serving thread looks for a shutdown
+
+
 class OidcIssuer:
     def __init__(self) -> None:
         self.key = SigningKey("RS256")
@@ -64,7 +67,10 @@ class OidcIssuer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.custom_issuer = self.url + "/custom"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="oidc-issuer")
+        # shutdown() waits for serve_forever's next poll: at the default half second, closing the
+        # issuer would be most of what a test of tests/test_auth.py takes.
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(POLL_SECONDS,), daemon=True,
+                                        name="oidc-issuer")
         self._thread.start()
 
     def close(self) -> None:

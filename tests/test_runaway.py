@@ -67,12 +67,14 @@ async def test_runaway_functions_time_out_and_the_server_goes_on(start_server: C
         for _ in range(5):  # the watchdog's signal, sent by someone else: nothing happens
             os.kill(server.proc.pid, watchdog.SIGNAL)
         assert (await call(c, "query", "counters:get", {"name": "after"})).json()["value"] == len(RUNAWAYS)
+    # The watchdog reports a block when it next looks, after the loop ran again (the log line, then
+    # the count): read the counts once the last runaway's block is reported, not before.
+    await until(lambda: "task of query runaway:spin_in_task" in server.log())
     metrics = await metric_samples(server.url)
     for kind, count in (("query", 3), ("mutation", 2), ("action", 1)):
         assert metrics[f'ripple_function_timeouts_total{{kind="{kind}"}}'] == count
         assert metrics[f'ripple_event_loop_blocks_total{{kind="{kind}"}}'] >= count
         assert metrics[f'ripple_event_loop_blocked_seconds_total{{kind="{kind}"}}'] >= count * LIMIT * 0.9
-    await until(lambda: "task of query runaway:spin_in_task" in server.log())
     log = server.log()
     for who in ("query runaway:spin", "mutation runaway:sleep", "mutation runaway:spin_then_write",
                 "query runaway:stubborn", "action runaway:spin_in_action"):

@@ -14,14 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import jwt
 
 from server.config import AuthConfig
 from server.core.auth.providers import Provider
 from server.errors import AuthFailed
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("ripple.auth")
 
@@ -90,6 +92,10 @@ class KeySource:
             self.keys, self.fetched_at, self.error = keys, time.monotonic(), None
 
     async def _fetch(self) -> jwt.PyJWKSet:
+        # Imported here, not at the top: httpx and what it loads (ssl, certifi) take a fifth of a
+        # second, a third of a server's start, and only apps whose providers fetch keys need it.
+        import httpx
+
         timeout = httpx.Timeout(self.settings.fetch_timeout_seconds)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as client:
             url = self.jwks_url
@@ -105,6 +111,8 @@ class KeySource:
             raise self._failed(f"{url} holds no usable JWKS: {exc}") from None
 
     async def _get_json(self, client: httpx.AsyncClient, url: str) -> Any:
+        import httpx  # loaded by _fetch already: a lookup in sys.modules
+
         try:
             response = await client.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:

@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import urllib3
-from minio import Minio
-
 from server.config import StorageConfig
 from server.core.storage.blobs import BlobStore, LocalDisk
-from server.core.storage.s3 import PART_BYTES, S3Store
 
 DEFAULT_REGION = "us-east-1"  # AWS buckets elsewhere need RIPPLE_S3_REGION
 
 
-def open_store(config: StorageConfig, app_dir: Path, part_bytes: int = PART_BYTES) -> BlobStore:
+def open_store(config: StorageConfig, app_dir: Path, part_bytes: int | None = None) -> BlobStore:
     """LocalDisk under `config.local_dir` (default `<app_dir>/.ripple/storage`), or S3Store on
-    `config.s3_endpoint`. Settings missing or malformed raise ValueError naming the variable; the
-    endpoint itself is first contacted by the store's first call (S3Store.ready)."""
+    `config.s3_endpoint` (parts of `part_bytes`, default s3.PART_BYTES). Settings missing or
+    malformed raise ValueError naming the variable; the endpoint itself is first contacted by the
+    store's first call (S3Store.ready)."""
     if config.backend == "local":
         return LocalDisk(config.local_dir or app_dir / ".ripple" / "storage")
     if config.backend != "s3":
         raise ValueError(f"RIPPLE_STORAGE must be 'local' or 's3', not {config.backend!r}")
+    # Imported only for S3: the minio SDK (with urllib3 and its crypto) takes a tenth of a second,
+    # a server started on local disk, the default, need not wait for it.
+    import urllib3
+    from minio import Minio
+
+    from server.core.storage.s3 import PART_BYTES, S3Store
+
     endpoint, secure = _endpoint(config.s3_endpoint, config.s3_secure)
     missing = [name for name, value in (("RIPPLE_S3_ACCESS_KEY", config.s3_access_key),
                                         ("RIPPLE_S3_SECRET_KEY", config.s3_secret_key)) if not value]
@@ -38,7 +42,7 @@ def open_store(config: StorageConfig, app_dir: Path, part_bytes: int = PART_BYTE
     # pool, rather than on one of ours, which would have to copy its timeouts and CA bundle.
     client._http.connection_pool_kw["retries"] = urllib3.Retry(
         total=config.s3_retries, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504])
-    return S3Store(client, config.s3_bucket, endpoint, part_bytes)
+    return S3Store(client, config.s3_bucket, endpoint, part_bytes or PART_BYTES)
 
 
 def _endpoint(value: str, secure: bool) -> tuple[str, bool]:

@@ -3,8 +3,6 @@ and mutations on every loop Ripple runs (server/loops.py), allowed in actions.""
 
 import asyncio
 
-import httpx
-
 from server import action, mutation, query
 
 
@@ -19,6 +17,8 @@ async def reach(how: str, port: int) -> str:
         infos = await asyncio.get_running_loop().getaddrinfo("localhost", port)
         return f"resolved {len(infos)} addresses"
     if how == "httpx":
+        import httpx  # here, not at the top: most servers of the suite serve this app, few use httpx
+
         async with httpx.AsyncClient(trust_env=False) as client:
             response = await client.get(f"http://127.0.0.1:{port}/_ripple/health")
         return f"HTTP {response.status_code}"
