@@ -140,6 +140,7 @@ def _child(request: dict[str, Any]) -> None:
     """In the forked child: become `python -m server.cli <argv>`; ends in SystemExit."""
     import random
     import runpy
+    import warnings
 
     random.seed()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
@@ -158,6 +159,8 @@ def _child(request: dict[str, Any]) -> None:
     os.close(devnull)
     sys.path[0] = os.getcwd()  # what `python -m` puts first
     sys.argv = ["server.cli", *request["argv"]]
+    # server.cli is imported already (the point of the fork server); runpy says so on every start.
+    warnings.filterwarnings("ignore", message="'server.cli' found in sys.modules", category=RuntimeWarning)
     runpy.run_module("server.cli", run_name="__main__", alter_sys=True)
     sys.exit(0)
 
