@@ -12,15 +12,19 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from client_sdk import RippleClient
-from server import Crons, codegen
+from server import Crons, Int64, codegen
 from server.config import StorageConfig
+from server.core import dashboard
+from server.core.loader import load_app
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
+from server.core.values import to_convex_json
 from server.errors import FunctionFailure, FunctionNotFound
 
-from conftest import APPS, ServerProcess, module_server, open_runtime
+from conftest import APPS, ROOT, ServerProcess, module_server, open_runtime
 
 PORTABLE = APPS / "portable"
 SCHEDULER = APPS / "scheduler"
@@ -188,3 +192,29 @@ def test_the_admin_sees_what_was_wrong_outside_dev_mode(server: ServerProcess) -
     body = {"path": "_system/dashboard:insert", "args": {"table": "authors", "document": {"name": "B", "age": "old"}}}
     answer = httpx.post(f"{server.url}/api/mutation", json=body, headers={"Authorization": f"Convex {KEY}"}).json()
     assert answer["status"] == "error" and "`age`" in answer["errorMessage"] and "Request ID" not in answer["errorMessage"]
+
+
+class Node(BaseModel):
+    label: str
+    children: list[Node] = []
+
+
+class Tree(BaseModel):
+    root: Node
+    weight: Int64
+
+
+def test_schemas_become_convex_values_nested_and_recursive_models_included() -> None:
+    """pydantic's schemas hold `$defs`/`$ref` (field names Convex refuses) and an Int64's bounds:
+    the definitions are inlined, a recursive one down to a depth, and every answer is a value."""
+    schema = dashboard._json_schema(Tree.model_json_schema)
+    to_convex_json(schema)
+    root = schema["properties"]["root"]
+    assert root["properties"]["label"] == {"title": "Label", "type": "string"}
+    depth, node = 0, root
+    while node:  # each level inlines Node again, until the limit leaves `{}`
+        node = node["properties"]["children"]["items"]
+        depth += 1
+    assert depth == dashboard.MAX_SCHEMA_DEPTH
+    app = load_app(ROOT)  # the example app: nested models, enums, Int64
+    to_convex_json([dashboard.describe_tables(app), dashboard.describe_functions(app)])

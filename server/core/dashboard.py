@@ -181,19 +181,30 @@ FIXED: dict[str, FunctionDef] = {
 
 def _json_schema(make: Callable[[], Mapping[str, Any]]) -> Any:
     """A JSON schema for the dashboard's forms, or None where pydantic cannot draw one (a custom
-    type): the form then starts from `{}`. Integers beyond a float64's exact range (an Int64's
-    bounds) become floats, so the schema is a Convex value."""
+    type): the form then starts from `{}`. Made a Convex value (`_as_value`)."""
     try:
-        return _as_value(make())
+        schema = make()
+        return _as_value(schema, schema.get("$defs", {}), 0)
     except Exception:
         return None
 
 
-def _as_value(schema: Any) -> Any:
+MAX_SCHEMA_DEPTH = 8  # of nested `$ref`s followed: a recursive model's schema ends in `{}` (any value)
+
+
+def _as_value(schema: Any, defs: Mapping[str, Any], depth: int) -> Any:
+    """`schema` as a Convex value: field names may not start with `$`, so each `$ref` is replaced
+    by the definition it names (and `$defs`, `$schema` dropped); integers beyond a float64's exact
+    range (an Int64's bounds) become floats."""
     if isinstance(schema, Mapping):
-        return {key: _as_value(value) for key, value in schema.items()}
+        if isinstance(ref := schema.get("$ref"), str):
+            target = defs.get(ref.rpartition("/")[2])
+            if target is None or depth >= MAX_SCHEMA_DEPTH:
+                return {}
+            return _as_value({**target, **{k: v for k, v in schema.items() if k != "$ref"}}, defs, depth + 1)
+        return {key: _as_value(value, defs, depth) for key, value in schema.items() if not key.startswith("$")}
     if isinstance(schema, list):
-        return [_as_value(item) for item in schema]
+        return [_as_value(item, defs, depth) for item in schema]
     if isinstance(schema, int) and not isinstance(schema, bool) and abs(schema) > 2**53:
         return float(schema)
     return schema
