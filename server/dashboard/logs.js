@@ -78,8 +78,9 @@ export function mount(ctx, container) {
 
   async function poll() {
     let failures = 0;
+    let first = true; // answered at once, so the tail says "live" without waiting for a first call
     while (!abort.signal.aborted) {
-      const query = `cursor=${cursor}&timeout=${POLL_SECONDS}`;
+      const query = `cursor=${cursor}&timeout=${first ? 0 : POLL_SECONDS}`;
       let answer;
       try {
         answer = await adminFetch("GET", `/_ripple/logs?${query}`, { signal: abort.signal });
@@ -94,6 +95,7 @@ export function mount(ctx, container) {
         continue;
       }
       failures = 0;
+      first = false;
       showError(error, null);
       if (answer.dropped > 0) {
         show([{ seq: -1, timestamp: Date.now(), kind: "", function: `${answer.dropped} entries dropped`,
