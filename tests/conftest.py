@@ -36,6 +36,8 @@ from oidc_issuer import OidcIssuer
 from server_forks import Forked, ForkServer, ForkServerError
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
     from client_sdk import RippleClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -475,3 +477,26 @@ def oidc_issuer() -> Iterator[OidcIssuer]:
 def unreachable_url() -> str:
     """The URL of a loopback port nobody listens on."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's, which .ci/run installs; Playwright never downloads one here
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Headless Chromium through Playwright (the page tests: test_demo_browser, test_dashboard_browser).
+    Skipped outside CI when Chromium is not installed; in CI its absence fails."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run installs Debian's chromium package")
+        pytest.skip(f"headless Chromium is not installed ({CHROMIUM}; `apt-get install chromium`, as .ci/run does)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()

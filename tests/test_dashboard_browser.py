@@ -26,15 +26,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from conftest import ROOT, ServerProcess, drop_schemas, free_port, launch
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 APP = ROOT / "tests" / "apps" / "dashboard"
 WAIT_MS = 10_000
 MARKUP = '<img src="x" onerror="window.__injected = 1"><b>bold?</b>'
@@ -88,20 +85,6 @@ def deployment(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
 @pytest.fixture
 def production(pg_url: str, tmp_path: Path) -> Iterator[Deployment]:
     yield from start_deployment(pg_url, tmp_path, "serve")
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run installs Debian's chromium package")
-        pytest.skip(f"headless Chromium is not installed ({CHROMIUM}; `apt-get install chromium`, as .ci/run does)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def open_page(browser: Browser, viewport: dict[str, int], errors: list[str]) -> Page:

@@ -24,15 +24,12 @@ from typing import Any
 
 import av
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from conftest import ROOT, ServerProcess, drop_schemas, free_port, launch
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 PAGE_SIZE = 2
 WAIT_MS = 20_000  # the most any expected change may take to show (processing included)
 
@@ -310,20 +307,6 @@ def demo_server(pg_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     finally:
         server.stop()
         drop_schemas(pg_url, schema)
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing in CI: .ci/run installs Debian's chromium package")
-        pytest.skip(f"headless Chromium is not installed ({CHROMIUM}; `apt-get install chromium`, as .ci/run does)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_creator_and_reviewer_pages_follow_the_workflow_live(demo_server: ServerProcess, browser: Browser,

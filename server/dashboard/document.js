@@ -12,6 +12,16 @@ function withoutSystemFields(doc) {
   return Object.fromEntries(Object.entries(doc).filter(([k]) => !SYSTEM_FIELDS.has(k)));
 }
 
+/** The document in an editor, or undefined (and `error` says why) when its JSON is not valid. */
+function editedDocument(editor, error) {
+  try {
+    return parseEditText(editor.value);
+  } catch (e) {
+    showError(error, `The JSON is not valid: ${e.message}`);
+    return undefined;
+  }
+}
+
 /** A live panel of document `id` of `table`; `close()` goes back to the table. Returns
  * {element, stop}. */
 export function documentPanel(client, table, id, close) {
@@ -42,13 +52,8 @@ export function documentPanel(client, table, id, close) {
   }
 
   async function saveEdit() {
-    let document;
-    try {
-      document = parseEditText(editor.value);
-    } catch (e) {
-      showError(error, `The JSON is not valid: ${e.message}`);
-      return;
-    }
+    const document = editedDocument(editor, error);
+    if (document === undefined) return;
     save.disabled = true;
     try {
       await client.mutation("_system/dashboard:replace", { id, document });
@@ -104,13 +109,8 @@ export function newDocumentPanel(client, table, schema, done) {
   const error = h("p", { class: "error", testid: "new-doc-error", role: "alert", hidden: true });
   const insert = h("button", { type: "button", testid: "new-doc-insert" }, "Insert");
   insert.addEventListener("click", async () => {
-    let document;
-    try {
-      document = parseEditText(editor.value);
-    } catch (e) {
-      showError(error, `The JSON is not valid: ${e.message}`);
-      return;
-    }
+    const document = editedDocument(editor, error);
+    if (document === undefined) return;
     insert.disabled = true;
     try {
       done(await client.mutation("_system/dashboard:insert", { table, document }));
