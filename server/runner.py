@@ -16,7 +16,7 @@ import asyncpg
 import uvicorn
 from starlette.applications import Starlette
 
-from server import adminkey, codegen, devserver, loops
+from server import adminkey, codegen, devserver, loops, workers
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
 from server.config import Config, connect_url
@@ -261,6 +261,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                     print(f"Dashboard: {config.base_url}/_ripple/ (`ripple dashboard` opens it signed in)", flush=True)
                 log.info("serving %s (%s mode, event loop %s)", listen_url(config),
                          "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__)
+                if ready_file := os.environ.get(workers.READY_ENV):  # the supervisor waits for it
+                    Path(ready_file).touch()  # noqa: ASYNC240 - a file created once, at start
                 tune_gc()
             dog.start()  # after the start-up's own long steps (importing the app, tune_gc)
             yield
@@ -291,7 +293,10 @@ def listen_url(config: Config) -> str:
 
 def listen(host: str, port: int) -> socket.socket:
     """The server's listening socket. Bound before anything else starts, so that a port in use
-    fails at once (an OSError with errno EADDRINUSE), before anything claims to serve."""
+    fails at once (an OSError with errno EADDRINUSE), before anything claims to serve. A worker
+    of `ripple serve --workers N` serves the socket its supervisor listens on (server/workers.py)."""
+    if inherited := os.environ.get(workers.LISTEN_FD_ENV):
+        return socket.socket(fileno=int(inherited))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -325,6 +330,9 @@ def uvicorn_config(app: Any, config: Config) -> uvicorn.Config:
     )
 
 
+ACCEPTED_GRACE = 0.25  # seconds between no longer accepting and closing idle connections, at a stop
+
+
 class StoppingServer(uvicorn.Server):
     """uvicorn's server, telling `on_stop` first when it stops: uvicorn lets requests in flight
     finish before the lifespan ends, and a long poll of `GET /_ripple/logs` would hold a stop
@@ -336,6 +344,14 @@ class StoppingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.on_stop()
+        if os.environ.get(workers.WORKER_ENV):
+            # A worker of a group (a rolling restart: the others take new connections meanwhile)
+            # stops accepting first, then gives connections it accepted a moment ago time to send
+            # their request: uvicorn closes a connection with no request yet as idle, and a client
+            # whose request was on its way would see it dropped unanswered.
+            for listening in self.servers:
+                listening.close()
+            await asyncio.sleep(ACCEPTED_GRACE)
         await super().shutdown(sockets)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import AbstractAsyncContextManager
@@ -29,6 +30,7 @@ from server.core.http_router import RESERVED_PREFIXES
 from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
 from server.errors import redact
+from server.workers import WORKER_ENV
 
 log = logging.getLogger("ripple.app")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
@@ -119,6 +121,8 @@ def build_app(
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
     runtime.metrics.gauge("ripple_shared_queries", lambda: float(len(subscriptions.queries)))
     runtime.metrics.gauge("ripple_websocket_clients", lambda: float(len(websocket_clients)))
+    worker_number = float(os.environ.get(WORKER_ENV) or 0)
+    runtime.metrics.gauge("ripple_worker", lambda: worker_number)
     runtime.metrics.gauge("ripple_websocket_outbox_bytes", lambda: float(sum(c.outbox.bytes for c in websocket_clients)))
     runtime.metrics.gauge("ripple_websocket_pending_mutations", lambda: float(sum(len(c.mutations) for c in websocket_clients)))
     runtime.metrics.gauge("ripple_websocket_actions", lambda: float(sum(len(c.actions) for c in websocket_clients)))
@@ -175,6 +179,8 @@ def build_app(
             return json_response({"status": "database unavailable"}, 503)
         app = runtime.app
         body: dict[str, Any] = {"status": "ok", "functions": app.registry.app_function_count}
+        if worker := os.environ.get(WORKER_ENV):  # which of `ripple serve --workers N` answered
+            body["worker"] = int(worker)
         if app.load_errors:  # dev mode serves the modules that loaded
             body["loadErrors"] = app.load_errors
         return json_response(body)

@@ -1,0 +1,179 @@
+"""`ripple serve --workers N` (server/workers.py): N real worker processes behind one port, their
+supervisor's restarts and shutdown; and separate servers on one database (the scale-out path)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from client_sdk import RippleClient
+
+from conftest import BASIC_APP, ROOT, ServerProcess, free_port, launch
+
+pytestmark = pytest.mark.e2e
+StartServer = Callable[..., ServerProcess]
+
+
+def health(url: str) -> dict[str, object]:
+    """One request on a connection of its own, so the kernel may hand it to any worker."""
+    with httpx.Client() as client:
+        answer: dict[str, object] = client.get(f"{url}/_ripple/health", timeout=30).json()
+        return answer
+
+
+def workers_seen(url: str, tries: int = 60) -> set[object]:
+    return {health(url).get("worker") for _ in range(tries)}
+
+
+def group(pg_url: str, namespace: str, tmp_path: Path, workers: int = 2) -> ServerProcess:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": namespace}
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--dir", str(BASIC_APP),
+           "--workers", str(workers)]
+    server = launch(cmd, port, tmp_path / "group.log", env)
+    # launch returns once one worker answers; the group says when all of them serve
+    deadline = time.monotonic() + 60
+    while f"{workers} workers serving" not in server.log():
+        assert server.proc.poll() is None and time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    return server
+
+
+def websocket_clients(url: str) -> dict[int, float]:
+    """Connected websocket clients by worker, from each worker's metrics (fresh connections until
+    both answered)."""
+    seen: dict[int, float] = {}
+    for _ in range(60):
+        with httpx.Client() as client:
+            samples = dict(line.rsplit(" ", 1) for line in client.get(f"{url}/_ripple/metrics").text.splitlines()
+                           if line and not line.startswith("#"))
+        seen[int(float(samples["ripple_worker"]))] = float(samples["ripple_websocket_clients"])
+        if len(seen) == 2:
+            break
+    return seen
+
+
+def pids_of_workers(server: ServerProcess) -> set[int]:
+    line = next(line for line in reversed(server.log().splitlines()) if "workers serving" in line)
+    return {int(p) for p in line.split("(pids ")[1].rstrip(")").split(", ")}
+
+
+def test_workers_share_the_port_and_a_write_reaches_subscribers_on_every_worker(
+        pg_url: str, namespace: str, tmp_path: Path) -> None:
+    server = group(pg_url, namespace, tmp_path)
+    try:
+        assert workers_seen(server.url) == {1, 2}  # the kernel spreads new connections over both
+
+        async def scenario() -> None:
+            # Clients on connections of their own until each worker holds at least one.
+            clients: list[RippleClient] = []
+            async with asyncio.timeout(60):
+                while len(clients) < 64 and min(websocket_clients(server.url).values(), default=0) < 1:
+                    client = RippleClient(server.url)
+                    client.start()
+                    await client.wait_connected()
+                    clients.append(client)
+                assert set(websocket_clients(server.url)) == {1, 2} and min(websocket_clients(server.url).values()) >= 1
+                subscriptions = [c.subscribe("counters:get", {"name": "workers"}) for c in clients]
+                assert {await s.__anext__() for s in subscriptions} == {0}
+                async with httpx.AsyncClient() as http:
+                    await http.post(f"{server.url}/api/mutation", json={"path": "counters:inc", "args": {"name": "workers"}})
+                assert [await s.__anext__() for s in subscriptions] == [1] * len(clients)
+            for client in clients:
+                await client.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+    assert server.proc.poll() is not None
+
+
+def test_sighup_restarts_the_workers_one_at_a_time_without_a_refused_request(
+        pg_url: str, namespace: str, tmp_path: Path) -> None:
+    server = group(pg_url, namespace, tmp_path)
+    try:
+        before = pids_of_workers(server)
+        statuses: list[int] = []
+        done = threading.Event()
+
+        def hammer() -> None:
+            while not done.is_set():
+                try:
+                    statuses.append(httpx.get(f"{server.url}/_ripple/health", timeout=30).status_code)
+                except httpx.HTTPError as exc:  # a refused or reset connection counts as a failure
+                    statuses.append(-1)
+                    print("request failed:", exc)
+
+        thread = threading.Thread(target=hammer)
+        thread.start()
+        try:
+            os.kill(server.proc.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while "all workers restarted" not in server.log():
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.05)
+        finally:
+            done.set()
+            thread.join()
+        assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, failures: {statuses.count(-1)}"
+        after = {int(p) for p in subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                                text=True).stdout.split()}
+        assert len(after) == 2 and not after & before
+    finally:
+        server.stop()
+
+
+def test_a_dead_worker_is_replaced_and_sigterm_stops_the_group(pg_url: str, namespace: str, tmp_path: Path) -> None:
+    server = group(pg_url, namespace, tmp_path)
+    victim = sorted(pids_of_workers(server))[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while "starting it again" not in server.log():
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.05)
+    assert health(server.url)["status"] == "ok"  # the other worker serves meanwhile
+    while workers_seen(server.url, 20) != {1, 2}:  # and the replacement joins it
+        assert time.monotonic() < deadline + 30, server.log()
+    children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
+    server.proc.terminate()
+    assert server.proc.wait(30) == 128 + signal.SIGTERM
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
+
+
+def test_a_group_whose_workers_cannot_start_exits_with_the_reason(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
+    broken = tmp_path / "app"
+    (broken / "functions").mkdir(parents=True)
+    (broken / "schema.py").write_text("raise RuntimeError('no schema today')\n")
+    done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--port", "0", "--dir", str(broken),
+                           "--workers", "2", "--database-url", "postgresql://nobody@127.0.0.1:1/none"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert "did not start" in done.stderr
+    bad = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--workers", "0", "--database-url", "postgresql://x/y"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--workers must be at least 1" in bad.stderr
+
+
+async def test_servers_on_separate_ports_are_one_deployment(start_server: StartServer) -> None:
+    """The scale-out path: processes on other machines (here: other ports) against one database.
+    A subscriber on one sees a write made through the other (scheduled jobs shared by several
+    processes: tests/test_scheduler.py)."""
+    first, second = start_server("serve"), start_server("serve")
+    async with asyncio.timeout(60), RippleClient(first.url) as subscriber, RippleClient(second.url) as writer:
+        updates = subscriber.subscribe("counters:get", {"name": "apart"})
+        assert await updates.__anext__() == 0
+        assert await writer.mutation("counters:inc", {"name": "apart"}) == 1
+        assert await updates.__anext__() == 1
