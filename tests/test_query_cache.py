@@ -4,12 +4,16 @@ in another process drops this process's entry before its next answer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.core.subscriptions import SubscriptionManager
+
+from conftest import ServerProcess, call
 
 READS: list[tuple[str, dict[str, Any]]] = [
     ("items:by_range", {"index": "by_a", "eq": ["x"]}),
@@ -74,3 +78,31 @@ async def test_cached_answers_equal_cacheless_runs(runtime: Any, plan: list[tupl
         await manager.stop()
     if any(kind == "read" for kind, _ in plan):
         assert runtime.metrics.value("ripple_query_cache_hits_total") > hits
+
+
+def _cache_counts(server: ServerProcess) -> tuple[float, float]:
+    m = server.metrics()
+    return m.get("ripple_query_cache_hits_total", 0.0), m.get("ripple_query_cache_misses_total", 0.0)
+
+
+async def test_http_hits_survive_unrelated_writes_and_a_write_in_another_process_invalidates(
+    start_server: Callable[..., ServerProcess],
+) -> None:
+    """A repeated HTTP query is a hit; a write to another table keeps it one; a write into what it
+    read, made through a second process on the same database, is seen by the first process's
+    very next call (a miss with the new value), without waiting."""
+    a = start_server()
+    b = start_server()
+    async with httpx.AsyncClient(base_url=a.url) as ca, httpx.AsyncClient(base_url=b.url) as cb:
+        assert (await call(ca, "query", "counters:get", {"name": "q"})).json()["value"] == 0
+        hits, misses = _cache_counts(a)
+        assert (await call(ca, "query", "counters:get", {"name": "q"})).json()["value"] == 0
+        assert _cache_counts(a) == (hits + 1, misses)
+        await call(ca, "mutation", "items:insert_many", {"docs": [{"a": "unrelated"}]})
+        await call(ca, "mutation", "counters:inc", {"name": "other"})  # same table, another index key
+        assert (await call(ca, "query", "counters:get", {"name": "q"})).json()["value"] == 0
+        assert _cache_counts(a) == (hits + 2, misses)
+        for expected in (1, 2, 3):
+            assert (await call(cb, "mutation", "counters:inc", {"name": "q"})).status_code == 200
+            assert (await call(ca, "query", "counters:get", {"name": "q"})).json()["value"] == expected
+        assert _cache_counts(a)[1] == misses + 3
