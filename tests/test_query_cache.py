@@ -106,3 +106,19 @@ async def test_http_hits_survive_unrelated_writes_and_a_write_in_another_process
             assert (await call(cb, "mutation", "counters:inc", {"name": "q"})).status_code == 200
             assert (await call(ca, "query", "counters:get", {"name": "q"})).json()["value"] == expected
         assert _cache_counts(a)[1] == misses + 3
+
+
+async def test_a_hit_is_a_cached_log_stream_entry_with_the_runs_lines(runtime: Any) -> None:
+    """In dev mode a hit gives the client the lines of the run that computed the result, and its
+    log stream entry says `cached` with those lines; the first call's entry does not."""
+    manager = SubscriptionManager(runtime)
+    await manager.start()
+    try:
+        first = await runtime.call("query", "loglevels:levels", {"tag": "cache"})
+        second = await runtime.call("query", "loglevels:levels", {"tag": "cache"})
+    finally:
+        await manager.stop()
+    assert first.log_lines and second.log_lines == first.log_lines
+    entries = [e.to_json() for e in runtime.log_stream.page(0, 100).entries if e.function == "loglevels:levels"]
+    assert [e["cached"] for e in entries] == [False, True]
+    assert entries[1]["lines"] == entries[0]["lines"] != []
