@@ -12,6 +12,7 @@ import orjson
 
 from server.core.contexts import Identity
 from server.core.query_cache import CacheKey, cache_key
+from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
 from server.core.transaction import ReadRange
 from server.core.values import dumps, from_client_json, to_wire_json
@@ -67,33 +68,36 @@ class FinishedApart:
     generation: int  # of the functions it ran; a reload since makes it worthless
 
 
-def _cache_key(runtime: Runtime, sq: SharedQuery) -> CacheKey | None:
+def _cache_key(runtime: Runtime, sq: SharedQuery) -> tuple[FunctionDef, CacheKey] | None:
+    """The function `sq` may run (internal ones only for the admin key) and its cache key."""
     if sq.journal is not None or not runtime.query_cache.enabled:
         return None  # a page pinned to where it ended is this subscription's own
     try:
-        return cache_key(runtime.app.registry.path_of(sq.path), from_client_json(sq.args, path="args"), sq.identity)
-    except RippleUsageError:  # bad arguments, unknown function: its run reports it
+        fn = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=sq.admin)
+        return fn, cache_key(str(fn.path), from_client_json(sq.args, path="args"), sq.identity)
+    except RippleUsageError:  # unknown or internal function, bad arguments: its run reports it
         return None
 
 
 def cached_run(runtime: Runtime, sq: SharedQuery, ts: int) -> QueryRun | None:
     """The query cache's result for `sq` at the tick's `ts`, if it has one (query_cache.py)."""
-    key = _cache_key(runtime, sq)
-    entry = runtime.query_cache.peek(key, ts) if key is not None else None
-    if entry is None:
+    found = _cache_key(runtime, sq)
+    entry = runtime.query_cache.peek(found[1], ts) if found is not None else None
+    if found is None or entry is None:
         return None
-    buffer = runtime.log_buffer(runtime.app.registry.resolve(sq.path, kind="query", allow_internal=True))
+    buffer = runtime.log_buffer(found[0])
     buffer.lines = list(entry.stream_lines)
-    runtime.log_stream.record("query", sq.path, buffer, cached=True)
+    runtime.log_stream.record("query", str(found[0].path), buffer, cached=True)
     return QueryRun(entry.value(), list(entry.log_lines), entry.reads, None, None)
 
 
 def keep_run(runtime: Runtime, sq: SharedQuery, outcome: QueryRun | QueryResult, begun: tuple[int, int] | None, ts: int) -> None:
     """Store a tick's successful run of `sq` at `ts` in the query cache."""
-    key = _cache_key(runtime, sq) if begun is not None and isinstance(outcome, QueryRun) else None
-    if key is not None and begun is not None and isinstance(outcome, QueryRun) and outcome.failure is None \
-            and outcome.journal is None:
-        runtime.query_cache.store(key, begun, outcome.value, outcome.log_lines, outcome.stream_lines, outcome.reads, at=ts)
+    if begun is None or not isinstance(outcome, QueryRun) or outcome.failure is not None or outcome.journal is not None:
+        return
+    found = _cache_key(runtime, sq)
+    if found is not None:
+        runtime.query_cache.store(found[1], begun, outcome.value, outcome.log_lines, outcome.stream_lines, outcome.reads, at=ts)
 
 
 def round_robin(queries: list[SharedQuery]) -> list[SharedQuery]:
