@@ -194,10 +194,12 @@ class Runtime:
         live-query results may hold the mutation's writes (the websocket holds its Transitions
         back from then until the MutationResponse, server/sync/protocol.py)."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
+        if kind == "query" and at_ts is None and self.query_cache.enabled:
+            # A hit needs no validation: the same arguments passed it when the result was stored.
+            return await self._run_query(fn, args, identity, at_ts, cache_key(str(fn.path), args, identity))
         kwargs = fn.validate_args(args)
         if kind == "query":
-            cached = at_ts is None and self.query_cache.enabled
-            return await self._run_query(fn, kwargs, identity, at_ts, cache_key(str(fn.path), args, identity) if cached else None)
+            return await self._run_query(fn, kwargs, identity, at_ts)
         if kind == "mutation":
             key = None if idempotency_key is None else StoredCall(
                 *idempotency_key, caller_key(identity, allow_internal), str(fn.path), digest(args))
@@ -375,10 +377,11 @@ class Runtime:
             self.log_stream.record("query", str(fn.path), buffer)
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None, stream_lines=buffer.lines)
 
-    async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None,
+    async def _run_query(self, fn: FunctionDef, kwargs: Any, identity: Identity | None, at_ts: int | None,
                          key: CacheKey | None = None) -> Outcome:
-        """A client's or an action's query; with a cache `key` (a call at the latest ts), answered
-        from the query cache when it holds a result no commit since touched, else run and stored."""
+        """A client's or an action's query. With a cache `key` (a call at the latest ts), `kwargs`
+        are the arguments as sent, validated only when the query cache cannot answer (a result
+        no commit since touched), and the run is stored."""
         cache = self.query_cache
         if key is not None:
             hit = await cache.lookup(key)
@@ -387,6 +390,7 @@ class Runtime:
                 buffer.lines = list(hit.stream_lines)
                 self.log_stream.record("query", str(fn.path), buffer, cached=True)
                 return Outcome(hit.value(), list(hit.log_lines), None)
+            kwargs = fn.validate_args(kwargs)
         begun = cache.begin() if key is not None else None
 
         async def attempt() -> QueryRun:
