@@ -29,6 +29,15 @@ Each is measured three ways in the same invocation:
                   pay asyncpg's reset-on-release round trip).
 * asyncpg bare -- context only: the single SELECT, or the single INSERT, in autocommit.
 
+The query result cache (docs/query-cache.md) gets three more Ripple query cases: "cache hit"
+(each client asks for one key again and again: every call after its first is a hit), "cache
+miss" (the 10,000-key workload on a second server with RIPPLE_QUERY_CACHE_BYTES=1: every lookup
+misses and every result is refused as too large, the miss path's whole cost) and "cache off"
+(a third server with RIPPLE_QUERY_CACHE_BYTES=0: the path before the cache). The two extra
+servers share the schema and start only when their cases run (`--only`, a comma-separated list
+of case keys, runs a subset). With the cache on, the plain "query ripple HTTP" case becomes
+mostly hits once its clients have asked for each of their 256 keys.
+
 Ripple does more per mutation than the baseline: its commit listener wakes on the NOTIFY and
 runs a read-only transaction over the change log (coalesced under load); that cost is part of
 what the "ripple" insert figures measure.
