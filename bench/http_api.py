@@ -29,6 +29,15 @@ Each is measured three ways in the same invocation:
                   pay asyncpg's reset-on-release round trip).
 * asyncpg bare -- context only: the single SELECT, or the single INSERT, in autocommit.
 
+The query result cache (docs/query-cache.md) gets three more Ripple query cases: "cache hit"
+(each client asks for one key again and again: every call after its first is a hit), "cache
+miss" (the 10,000-key workload on a second server with RIPPLE_QUERY_CACHE_BYTES=1: every lookup
+misses and every result is refused as too large, the miss path's whole cost) and "cache off"
+(a third server with RIPPLE_QUERY_CACHE_BYTES=0: the path before the cache). The two extra
+servers share the schema and start only when their cases run (`--only`, a comma-separated list
+of case keys, runs a subset). With the cache on, the plain "query ripple HTTP" case becomes
+mostly hits once its clients have asked for each of their 256 keys.
+
 Ripple does more per mutation than the baseline: its commit listener wakes on the NOTIFY and
 runs a read-only transaction over the change log (coalesced under load); that cost is part of
 what the "ripple" insert figures measure.
@@ -138,6 +147,8 @@ def http_request(path: str, body: dict[str, Any], port: int) -> bytes:
 
 
 def build_requests(workload: str, client: int, n_seed: int, port: int) -> list[bytes]:
+    if workload == "query_hit":  # one key per client, asked again and again: query cache hits
+        return [http_request("/api/query", {"path": "bench:get", "args": {"key": query_key(client, 0, n_seed)}, "format": "json"}, port)]
     if workload == "query":
         return [
             http_request("/api/query", {"path": "bench:get", "args": {"key": query_key(client, j, n_seed)}, "format": "json"}, port)
@@ -525,6 +536,9 @@ CASES = [
     ("floor_raw", "floor: raw asyncio server", "query"),
     ("floor_starlette", "floor: uvicorn+starlette", "query"),
     ("query_ripple", "query  ripple HTTP", "query"),
+    ("query_hit_ripple", "query  ripple cache hit", "query_hit"),
+    ("query_miss_ripple", "query  ripple cache miss", "query"),
+    ("query_nocache_ripple", "query  ripple cache off", "query"),
     ("query_asyncpg_tx", "query  asyncpg tx", "query"),
     ("query_asyncpg_bare", "query  asyncpg bare", "query"),
     ("insert_ripple", "insert ripple HTTP", "insert"),
@@ -567,6 +581,13 @@ def ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
             a, b = results.get(f"{op}_ripple"), results.get(f"{op}_{base}")
             if a and b and b["rps"]:
                 out[f"{op}_ripple_over_{base}"] = a["rps"] / b["rps"]
+    for case in ("query_hit_ripple", "query_miss_ripple"):
+        a, b = results.get(case), results.get("query_asyncpg_bare")
+        if a and b and b["rps"]:
+            out[f"{case}_over_asyncpg_bare"] = a["rps"] / b["rps"]
+    a, b = results.get("query_miss_ripple"), results.get("query_nocache_ripple")
+    if a and b and b["rps"]:
+        out["query_miss_over_cache_off"] = a["rps"] / b["rps"]
     a, b = results.get("query_ripple"), results.get("floor_starlette")
     if a and b and b["rps"]:
         out["query_ripple_over_floor_starlette"] = a["rps"] / b["rps"]
@@ -613,6 +634,20 @@ async def bench(args: argparse.Namespace) -> None:
 
         server = await start_server()
         server_restarts: list[str] = []
+        # The same app and data with the query cache (docs/query-cache.md) at 1 byte (every lookup
+        # misses and every result is refused as too large: the miss path's cost) and off (0).
+        variants: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        # Started only when measured: each follows the change log too (a tick per insert batch).
+        for name, cache_bytes in (("miss", "1"), ("nocache", "0")):
+            if args.only and f"query_{name}_ripple" not in args.only:
+                continue
+            vport = free_port()
+            proc = processes.start(f"ripple-{name}", [sys.executable, "-m", "server.cli", "serve", "--port", str(vport),
+                                                     "--dir", str(APP_DIR), "--database-url", args.database_url,
+                                                     "--db-schema", namespace],
+                                   env={**env, "RIPPLE_QUERY_CACHE_BYTES": cache_bytes}, cwd=APP_DIR)
+            await wait_ready(proc, vport, "/_ripple/health")
+            variants[name] = (proc, vport)
 
         async def ensure_server() -> None:
             """On a shared machine something may kill the server; start it again (same schema and
@@ -664,6 +699,9 @@ async def bench(args: argparse.Namespace) -> None:
             if key.startswith("floor_"):
                 proc, fport = floors[key.removeprefix("floor_")]
                 result = await run_loadgen(fport, workload, args, CpuSampler({"server": proc.pid}, admin), loadgens)
+            elif key.removesuffix("_ripple").removeprefix("query_") in variants:
+                proc, vport = variants[key.removesuffix("_ripple").removeprefix("query_")]
+                result = await run_loadgen(vport, workload, args, CpuSampler({"server": proc.pid}, admin), loadgens)
             elif key.endswith("_ripple"):
                 while True:
                     await ensure_server()
@@ -684,11 +722,13 @@ async def bench(args: argparse.Namespace) -> None:
             result["worker_cpu_us_per_req"] = round(result[f"{worker}_cpu_pct"] / 100 * 1e6 / result["rps"], 1)
             return result
 
-        per_run: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in CASES}
+        per_run: dict[str, list[dict[str, Any]]] = {key: [] for key, _, _ in CASES if not args.only or key in args.only}
         discarded: list[dict[str, Any]] = []
         for run in range(1, args.runs + 1):
             print(f"\n-- run {run}/{args.runs}", flush=True)
             for key, label, workload in CASES:
+                if args.only and key not in args.only:
+                    continue
                 attempts = []
                 for attempt in range(1, args.retries_disturbed + 2):
                     result = await measure(key, workload)
@@ -795,6 +835,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="measurement window per case, seconds (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up per case before the window, seconds (default 2)")
     parser.add_argument("--runs", type=int, default=3, help="repetitions of the whole set of cases (default 3)")
+    parser.add_argument("--only", type=lambda v: set(v.split(",")), default=None,
+                        help="comma-separated case keys to run (default all), e.g. query_hit_ripple,query_asyncpg_bare")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--seed", type=int, default=10_000, help="documents seeded before measuring (default 10000)")
     parser.add_argument("--database-url", default=DEFAULT_DB, help=f"PostgreSQL URL (default {DEFAULT_DB})")

@@ -240,6 +240,8 @@ class Config:
     # this many and about this many bytes of lines and errors; older ones are dropped.
     log_stream_entries: int = 10_000
     log_stream_bytes: int = 32 * MiB
+    # The query result cache's memory (server/core/query_cache.py, docs/query-cache.md); 0: off.
+    query_cache_bytes: int = 64 * MiB
 
     @property
     def base_url(self) -> str:
@@ -276,6 +278,7 @@ class Config:
             vector_ef_search=_ef_search(),
             log_stream_entries=_env_int("RIPPLE_LOG_STREAM_ENTRIES", 10_000),
             log_stream_bytes=_env_int("RIPPLE_LOG_STREAM_BYTES", 32 * MiB),
+            query_cache_bytes=_env_int("RIPPLE_QUERY_CACHE_BYTES", 64 * MiB, minimum=0),
         )
         for key, value in overrides.items():
             if value is not None:

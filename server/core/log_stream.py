@@ -59,6 +59,7 @@ class Entry:
     error: str | None
     caller: str
     size: int
+    cached: bool = False  # answered from the query cache (server/core/query_cache.py)
 
     def to_json(self) -> dict[str, Any]:
         """The entry as the endpoint sends it (the contract docs/logs.md states)."""
@@ -74,7 +75,7 @@ class Entry:
             "requestId": self.request_id,
             "lines": [split_line(line) for line in self.lines],
             "error": self.error,
-            "cached": False,
+            "cached": self.cached,
             "caller": self.caller,
         }
 
@@ -117,10 +118,12 @@ class LogStream:
     def last_seq(self) -> int:
         return self._seq
 
-    def record(self, kind: str, function: str, buffer: LogBuffer, exc: BaseException | None = None) -> None:
+    def record(self, kind: str, function: str, buffer: LogBuffer, exc: BaseException | None = None, *,
+               cached: bool = False) -> None:
         """An execution of `function` ended; `buffer` holds its lines, start, and error if it
         failed; `exc`: what ended it when that is no failure the runtime made (a cancellation,
-        the database staying away)."""
+        the database staying away). `cached`: a query answered from the query cache, with the
+        lines of the run that computed it."""
         if function.startswith(SYSTEM_PREFIX):
             return
         error = buffer.error
@@ -134,7 +137,7 @@ class LogStream:
         self._seq += 1
         self._entries.append(Entry(
             self._seq, time.time() * 1000.0, kind, function, (time.perf_counter() - buffer.started) * 1000.0,
-            buffer.request_id, lines, error, caller.get(), size))
+            buffer.request_id, lines, error, caller.get(), size, cached))
         self._bytes += size
         while len(self._entries) > self.max_entries or (self._bytes > self.max_bytes and len(self._entries) > 1):
             self._bytes -= self._entries.popleft().size

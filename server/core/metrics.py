@@ -97,6 +97,11 @@ def standard_metrics() -> Metrics:
                "Transactions and queries run again after losing the database connection before COMMIT")
     m.describe("ripple_commit_resolutions_total", "counter",
                "COMMITs whose answer a lost database connection cut off, by what resolving them found")
+    m.describe("ripple_query_cache_hits_total", "counter", "Queries at the latest ts answered from the query cache")
+    m.describe("ripple_query_cache_misses_total", "counter", "Queries at the latest ts the query cache could not answer (run)")
+    m.describe("ripple_query_cache_evictions_total", "counter", "Query cache entries dropped to stay within RIPPLE_QUERY_CACHE_BYTES")
+    m.describe("ripple_query_cache_invalidations_total", "counter", "Query cache entries dropped because a commit wrote into what they read")
+    m.describe("ripple_query_cache_bytes", "gauge", "Bytes of results held by the query cache")
     m.describe("ripple_actions_total", "counter", "Action executions by outcome")
     m.describe("ripple_vector_searches_total", "counter", "ctx.vector_search calls by how they ran")
     m.describe("ripple_function_errors_total", "counter", "Function calls that ended in an error")

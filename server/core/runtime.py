@@ -33,7 +33,7 @@ import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -61,6 +61,7 @@ from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.env import Change, Env, EnvValues, built_in_values
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
+from server.core.query_cache import CacheKey, QueryCache, cache_key
 from server.core.readsets import check_unchanged_since
 from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
@@ -99,6 +100,7 @@ class QueryRun:
     failure: FunctionFailure | None
     broken: bool = False  # the transaction it ran in can no longer be used
     needs_snapshot: bool = False  # a one-statement run wanted more: run it again in a snapshot
+    stream_lines: list[str] = field(default_factory=list)  # its log stream entry's (all, dev mode or not)
 
     def outcome(self, ts: int | None) -> Outcome:
         """What the caller gets; a run whose connection was lost is run again (ConnectionLost)."""
@@ -128,6 +130,8 @@ class Runtime:
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         self.log_stream = log_stream.LogStream(config.log_stream_entries, config.log_stream_bytes)
+        # Results of queries at the latest ts; the live-query tick keeps it fresh (query_cache.py).
+        self.query_cache = QueryCache(config.query_cache_bytes, self.metrics, self.latest_ts)
         logs.install()
         sandbox.install()
 
@@ -158,6 +162,7 @@ class Runtime:
         catalog = await apply_schema(self.db, app.schema)
         app.registry.bind_tables(catalog.names)
         self._app, self._catalog, self.verifier = app, catalog, verifier
+        self.query_cache.clear()  # results of the old code (and schema)
         await self.refresh_env()
         for callback in self.on_reload:
             callback()
@@ -189,6 +194,9 @@ class Runtime:
         live-query results may hold the mutation's writes (the websocket holds its Transitions
         back from then until the MutationResponse, server/sync/protocol.py)."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
+        if kind == "query" and at_ts is None and self.query_cache.enabled:
+            # A hit needs no validation: the same arguments passed it when the result was stored.
+            return await self._run_query(fn, args, identity, at_ts, cache_key(str(fn.path), args, identity))
         kwargs = fn.validate_args(args)
         if kind == "query":
             return await self._run_query(fn, kwargs, identity, at_ts)
@@ -367,25 +375,45 @@ class Runtime:
         self.metrics.inc("ripple_query_executions_total")
         if depth == 0:
             self.log_stream.record("query", str(fn.path), buffer)
-        return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None)
+        return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None, stream_lines=buffer.lines)
 
-    async def _run_query(self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None, at_ts: int | None) -> Outcome:
-        async def attempt() -> Outcome:
+    async def _run_query(self, fn: FunctionDef, kwargs: Any, identity: Identity | None, at_ts: int | None,
+                         key: CacheKey | None = None) -> Outcome:
+        """A client's or an action's query. With a cache `key` (a call at the latest ts), `kwargs`
+        are the arguments as sent, validated only when the query cache cannot answer (a result
+        no commit since touched), and the run is stored."""
+        cache = self.query_cache
+        if key is not None:
+            hit = await cache.lookup(key)
+            if hit is not None:
+                buffer = self.log_buffer(fn)
+                buffer.lines = list(hit.stream_lines)
+                self.log_stream.record("query", str(fn.path), buffer, cached=True)
+                return Outcome(hit.value(), list(hit.log_lines), None)
+            kwargs = fn.validate_args(kwargs)
+        begun = cache.begin() if key is not None else None
+
+        async def attempt() -> QueryRun:
             if at_ts is None:
                 # Most queries issue one statement (a get, one index range): run it on its own,
                 # with no BEGIN and COMMIT round trips; a query that needs more runs again below.
                 async with self.db.acquire() as conn:
                     run = await self.execute_query(conn, fn, kwargs, identity, single_statement=True)
                 if not run.needs_snapshot:
-                    return run.outcome(None)
+                    run.outcome(None)  # raises its failure, or ConnectionLost to run it again
+                    return run
             async with self.db.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
                 snapshot_ts = int(await conn.fetchval(sql.LATEST_TS)) if at_ts is not None else None
                 run = await self.execute_query(conn, fn, kwargs, identity)
                 if run.failure is None and at_ts is not None and snapshot_ts is not None:
                     await check_unchanged_since(conn, run.reads, at_ts, snapshot_ts)
-            return run.outcome(at_ts)
+            run.outcome(at_ts)
+            return run
 
-        return await self.retry_transaction(attempt, str(fn.path), writes=False)
+        run = await self.retry_transaction(attempt, str(fn.path), writes=False)
+        if key is not None and begun is not None:
+            cache.store(key, begun, run.value, run.log_lines, run.stream_lines, run.reads)
+        return Outcome(run.value, run.log_lines, at_ts)
 
     # -- mutations and writing transactions ---------------------------------------------------
 

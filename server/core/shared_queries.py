@@ -11,9 +11,12 @@ from typing import Any, Protocol
 import orjson
 
 from server.core.contexts import Identity
-from server.core.runtime import QueryRun
+from server.core.query_cache import CacheKey, cache_key
+from server.core.registry import FunctionDef
+from server.core.runtime import QueryRun, Runtime
 from server.core.transaction import ReadRange
-from server.core.values import dumps, to_wire_json
+from server.core.values import dumps, from_client_json, to_wire_json
+from server.errors import RippleUsageError
 from server.wire import QueryResult
 
 
@@ -53,6 +56,48 @@ class SharedQuery:
         self.timeouts = self.timeouts + 1 if timed_out else 0
         self.rest_until = now + min(first * 2 ** (self.timeouts - 1), most) if timed_out else 0.0
         return timed_out
+
+
+@dataclass
+class FinishedApart:
+    """A run that finished apart from the ticks: its outcome is valid at `ts`."""
+
+    sq: SharedQuery
+    outcome: QueryRun | QueryResult | None  # None: it failed to run (it runs again)
+    ts: int
+    generation: int  # of the functions it ran; a reload since makes it worthless
+
+
+def _cache_key(runtime: Runtime, sq: SharedQuery) -> tuple[FunctionDef, CacheKey] | None:
+    """The function `sq` may run (internal ones only for the admin key) and its cache key."""
+    if sq.journal is not None or not runtime.query_cache.enabled:
+        return None  # a page pinned to where it ended is this subscription's own
+    try:
+        fn = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=sq.admin)
+        return fn, cache_key(str(fn.path), from_client_json(sq.args, path="args"), sq.identity)
+    except RippleUsageError:  # unknown or internal function, bad arguments: its run reports it
+        return None
+
+
+def cached_run(runtime: Runtime, sq: SharedQuery, ts: int) -> QueryRun | None:
+    """The query cache's result for `sq` at the tick's `ts`, if it has one (query_cache.py)."""
+    found = _cache_key(runtime, sq)
+    entry = runtime.query_cache.peek(found[1], ts) if found is not None else None
+    if found is None or entry is None:
+        return None
+    buffer = runtime.log_buffer(found[0])
+    buffer.lines = list(entry.stream_lines)
+    runtime.log_stream.record("query", str(found[0].path), buffer, cached=True)
+    return QueryRun(entry.value(), list(entry.log_lines), entry.reads, None, None)
+
+
+def keep_run(runtime: Runtime, sq: SharedQuery, outcome: QueryRun | QueryResult, begun: tuple[int, int] | None, ts: int) -> None:
+    """Store a tick's successful run of `sq` at `ts` in the query cache."""
+    if begun is None or not isinstance(outcome, QueryRun) or outcome.failure is not None or outcome.journal is not None:
+        return
+    found = _cache_key(runtime, sq)
+    if found is not None:
+        runtime.query_cache.store(found[1], begun, outcome.value, outcome.log_lines, outcome.stream_lines, outcome.reads, at=ts)
 
 
 def round_robin(queries: list[SharedQuery]) -> list[SharedQuery]:

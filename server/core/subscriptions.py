@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from server.core import log_stream, sql
@@ -40,9 +39,12 @@ from server.core.readsets import ReadIndex, check_unchanged_since
 from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
 from server.core.shared_queries import (
+    FinishedApart,
     SharedQuery,
     SubKey,
     Subscriber,
+    cached_run,
+    keep_run,
     query_result,
     round_robin,
     subscription_key,
@@ -61,16 +63,6 @@ MAX_APART = 4  # runs finishing apart at once (each holds a pooled connection)
 REST_FIRST, REST_MAX = 2.0, 60.0  # a query that timed out rests this long, doubling while it keeps timing out
 POLL_WHEN_LISTENING, POLL_WHEN_DOWN = 5.0, 0.5
 PRUNE_EVERY = 60.0
-
-
-@dataclass
-class FinishedApart:
-    """A run that finished apart from the ticks: its outcome is valid at `ts`."""
-
-    sq: SharedQuery
-    outcome: QueryRun | QueryResult | None  # None: it failed to run (it runs again)
-    ts: int
-    generation: int  # of the functions it ran; a reload since makes it worthless
 
 
 class SubscriptionManager:
@@ -93,14 +85,15 @@ class SubscriptionManager:
         self._listener: Listener | None = None
         self._ts_waiters: set[Subscriber] = set()
         self.encode_cache: dict[Any, Any] = {}
-        self._last_prune = 0.0
-        self._stopping = False
+        self._last_prune, self._stopping = 0.0, False
         runtime.on_reload.append(self._functions_reloaded)
+        runtime.query_cache.wake = self.trigger  # it waits for ticks to have read the latest commits
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._processed_ts = self.current_ts = await self.runtime.latest_ts()
+        self.runtime.query_cache.follow(self._processed_ts)
         db = self.runtime.db
         self._listener = Listener(db.url, db.channel, self._notified, {"search_path": db.search_path}, self.runtime.loops)
         self._listener.start()
@@ -109,6 +102,7 @@ class SubscriptionManager:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.runtime.query_cache.unfollow()
         if self._listener is not None:
             await self._listener.stop()
         if self._ticker is not None:
@@ -222,6 +216,7 @@ class SubscriptionManager:
             else:
                 snapshot_ts = int(rows[-1]["ts"]) if rows else self._processed_ts
             await runtime.commits_seen(conn, snapshot_ts, None if everything else rows)  # before any re-run
+            runtime.query_cache.advance(snapshot_ts, None if everything else rows)  # after the env's copy moved
             if rows and not everything:  # only live queries are filed in the index: unsubscribe removes them
                 self.stale.update(self._not_resting(self._reads.touched_by(w for r in rows for w in r["writes"])))
             for done in finished:
@@ -272,7 +267,10 @@ class SubscriptionManager:
             if loop.time() - tick_started > TICK_BUDGET:
                 self.trigger()  # the rest at the next tick
                 break
-            started = loop.time()
+            if (hit := cached_run(self.runtime, sq, snapshot_ts)) is not None:
+                new_results.append((sq, hit))
+                continue
+            started, begun = loop.time(), self.runtime.query_cache.begin()
             run = asyncio.ensure_future(self._execute(snapshot.conn, sq))
             try:
                 done, _ = await asyncio.wait({run}, timeout=LIVE_SLICE)
@@ -290,6 +288,7 @@ class SubscriptionManager:
             if isinstance(outcome, QueryRun) and outcome.broken:
                 raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
             new_results.append((sq, outcome))
+            keep_run(self.runtime, sq, outcome, begun, snapshot_ts)
         return False
 
     def _run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None:
