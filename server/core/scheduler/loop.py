@@ -30,10 +30,12 @@ from server.core import sql
 from server.core.backoff import reconnect_delays
 from server.core.documents import DatabaseWriter
 from server.core.listener import Listener
+from server.core.registry import FunctionDef
 from server.core.runtime import Runtime
 from server.core.scheduler import table
 from server.core.scheduler.crons import Crons, app_crons
-from server.core.scheduler.runs import Candidate, HeldConnection, JobRunner
+from server.core.scheduler.runs import HeldConnection, JobRunner
+from server.core.scheduler.table import Candidate
 from server.core.supervise import Supervised
 from server.core.transaction import Transaction
 from server.errors import RippleUsageError
@@ -104,6 +106,8 @@ class Scheduler:
         metrics.describe("ripple_scheduler_running_jobs", "gauge", "Scheduled jobs running in this process")
         metrics.describe("ripple_scheduler_listener_connected", "gauge", "1 while the scheduler's LISTEN connection is up")
         metrics.describe("ripple_scheduler_conflicts_total", "counter", "Scheduled-mutation runs retried after a conflict")
+        metrics.describe("ripple_scheduler_batch_splits_total", "counter",
+                         "Batches of scheduled mutations that conflicted and were run again job by job")
         metrics.describe("ripple_scheduler_claim_misses_total", "counter", "Claims that found their job taken by another process")
         metrics.describe("ripple_scheduler_lost_actions_total", "counter", "Actions failed because their lease expired")
         metrics.describe("ripple_scheduler_pruned_total", "counter", "Finished jobs deleted after the retention")
@@ -282,12 +286,7 @@ class Scheduler:
                         await self._refresh_timer()
                         await self._doorbell.wait()
                         continue
-                    self._busy += 1
-                    try:
-                        await self.runner.run(candidate, conn)
-                    finally:
-                        self._busy -= 1
-                        self._in_flight.discard(candidate.job["_id"])
+                    await self._run(candidate, conn)
                     errors = reconnect_delays(0.1, 5.0)
                 except asyncio.CancelledError:
                     raise
@@ -298,6 +297,53 @@ class Scheduler:
                     await asyncio.sleep(delay)
         finally:
             await conn.release()
+
+    async def _run(self, first: Candidate, conn: HeldConnection) -> None:
+        """Run `first`: alone if it is an action (or names no runnable mutation), else in a batch
+        with more due mutations from the queue (batch.py), this worker's share of it."""
+        fn = self.runner.mutation_of(first)
+        if fn is None:
+            self._busy += 1
+            try:
+                await self.runner.run(first, conn)
+            finally:
+                self._busy -= 1
+                self._in_flight.discard(first.job["_id"])
+            return
+        jobs = [(first, fn), *self._take_mutations()]
+        self._busy += len(jobs)
+        try:
+            while jobs:
+                unstarted = {c.job["_id"] for c in await self.runner.run_batch(jobs, conn)}
+                for candidate, _ in jobs:
+                    if candidate.job["_id"] not in unstarted:
+                        self._in_flight.discard(candidate.job["_id"])
+                        self._busy -= 1
+                jobs = [(c, f) for c, f in jobs if c.job["_id"] in unstarted]
+        finally:
+            for candidate, _ in jobs:
+                self._in_flight.discard(candidate.job["_id"])
+            self._busy -= len(jobs)
+
+    def _take_mutations(self) -> list[tuple[Candidate, FunctionDef]]:
+        """Due mutations at the head of the queue to join a batch: up to `batch_size` in all,
+        and no more than an even share of the queue among the workers (so a short queue is
+        spread over several workers, whose transactions overlap)."""
+        share = -(-(len(self._queue) + 1) // self.settings.concurrency)
+        room = min(self.settings.batch_size, max(1, share)) - 1
+        taken: list[tuple[Candidate, FunctionDef]] = []
+        while len(taken) < room and self._queue:
+            candidate = self._queue[0]
+            if candidate.job["_id"] in self._in_flight:
+                self._queue.popleft()
+                continue
+            fn = self.runner.mutation_of(candidate)
+            if fn is None:
+                break
+            self._queue.popleft()
+            self._in_flight.add(candidate.job["_id"])
+            taken.append((candidate, fn))
+        return taken
 
     async def _next_candidate(self) -> Candidate | None:
         """A due job no other worker of this process is on. Candidates come from a plain read
@@ -322,7 +368,7 @@ class Scheduler:
         its head (up to PEEK_SPREAD windows deep), so processes mostly work on different jobs
         rather than all reaching for the same earliest ones: due jobs start roughly, not
         strictly, in due order. The window is shuffled for the same reason."""
-        window = 2 * self.settings.concurrency
+        window = 2 * self.settings.concurrency * self.settings.batch_size
         offset = random.randrange(PEEK_SPREAD * window) if self._backlog else 0
         self._peeked_through = table.now_ms()
         async with self.runtime.db.acquire() as conn:
