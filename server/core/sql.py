@@ -581,8 +581,8 @@ CLAIM_JOB_AT = (
 # A batch's claim (scheduler/batch.py): the same, for several row versions at once (a TID scan
 # over the array); the caller keeps only the rows whose id is the one it peeked at that ctid.
 CLAIM_JOBS_AT = (
-    f"SELECT id, ctid FROM {_JOBS} WHERE ctid = ANY($1::tid[]) AND id = ANY($2::text[]) "
-    "AND k_by_state >= $3 AND k_by_state < $4 FOR UPDATE SKIP LOCKED"
+    f"SELECT id, ctid FROM {_JOBS} WHERE ctid = ANY($1::tid[]) "
+    "AND k_by_state >= $2 AND k_by_state < $3 FOR UPDATE SKIP LOCKED"
 )
 # The earliest pending job in a by_state range, unlocked (to arm the timer).
 FIRST_JOB_IN_RANGE = (

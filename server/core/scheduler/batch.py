@@ -47,7 +47,7 @@ from server.core.scheduler.table import Candidate
 from server.core.transaction import CONFLICTS, Transaction
 from server.errors import FunctionFailure, RippleUsageError
 
-BATCH_SECONDS = 0.05
+BATCH_SECONDS = 0.2
 MAX_BATCH = 32
 
 

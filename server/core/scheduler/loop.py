@@ -34,6 +34,7 @@ from server.core.registry import FunctionDef
 from server.core.runtime import Runtime
 from server.core.scheduler import table
 from server.core.scheduler.crons import Crons, app_crons
+from server.core.scheduler.doorbell import Doorbell
 from server.core.scheduler.runs import HeldConnection, JobRunner
 from server.core.scheduler.table import Candidate
 from server.core.supervise import Supervised
@@ -44,37 +45,6 @@ log = logging.getLogger("ripple.scheduler")
 CRONS_FILE = "functions/crons.py"
 
 PEEK_SPREAD = 4
-
-
-class Doorbell:
-    """Wakes idle workers one at a time. A ring with nobody waiting is kept (up to `cap`), so a
-    wake-up that arrives while every worker is busy is not lost."""
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._permits = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def ring(self, times: int = 1) -> None:
-        for _ in range(times):
-            while self._waiters and self._waiters[0].done():
-                self._waiters.popleft()
-            if self._waiters:
-                self._waiters.popleft().set_result(None)
-            else:
-                self._permits = min(self._permits + 1, self._cap)
-
-    async def wait(self) -> None:
-        if self._permits:
-            self._permits -= 1
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if not waiter.done():
-                waiter.cancel()
 
 
 class Scheduler:
@@ -96,6 +66,7 @@ class Scheduler:
         self._busy = 0
         self._queue: deque[Candidate] = deque()
         self._in_flight: set[str] = set()
+        self._done_while_peeking: set[str] | None = None  # None: no peek in flight
         self._peek_lock = asyncio.Lock()
         self._backlog = False  # the last peek found a full window of due jobs
         self._workers: list[Supervised] = []
@@ -308,7 +279,7 @@ class Scheduler:
                 await self.runner.run(first, conn)
             finally:
                 self._busy -= 1
-                self._in_flight.discard(first.job["_id"])
+                self._done(first.job["_id"])
             return
         jobs = [(first, fn), *self._take_mutations()]
         self._busy += len(jobs)
@@ -317,13 +288,20 @@ class Scheduler:
                 unstarted = {c.job["_id"] for c in await self.runner.run_batch(jobs, conn)}
                 for candidate, _ in jobs:
                     if candidate.job["_id"] not in unstarted:
-                        self._in_flight.discard(candidate.job["_id"])
+                        self._done(candidate.job["_id"])
                         self._busy -= 1
                 jobs = [(c, f) for c, f in jobs if c.job["_id"] in unstarted]
         finally:
             for candidate, _ in jobs:
-                self._in_flight.discard(candidate.job["_id"])
+                self._done(candidate.job["_id"])
             self._busy -= len(jobs)
+
+    def _done(self, job_id: str) -> None:
+        """A worker is through with a job (run, or released for others). A peek in flight may
+        have read it still pending: that peek must not queue it (see _peek)."""
+        self._in_flight.discard(job_id)
+        if self._done_while_peeking is not None:
+            self._done_while_peeking.add(job_id)
 
     def _take_mutations(self) -> list[tuple[Candidate, FunctionDef]]:
         """Due mutations at the head of the queue to join a batch: up to `batch_size` in all,
@@ -371,12 +349,19 @@ class Scheduler:
         window = 2 * self.settings.concurrency * self.settings.batch_size
         offset = random.randrange(PEEK_SPREAD * window) if self._backlog else 0
         self._peeked_through = table.now_ms()
-        async with self.runtime.db.acquire() as conn:
-            found = await table.peek_due(conn, window, offset)
-            if not found and offset:
-                found = await table.peek_due(conn, window, 0)
+        self._done_while_peeking = done = set[str]()
+        try:
+            async with self.runtime.db.acquire() as conn:
+                found = await table.peek_due(conn, window, offset)
+                if not found and offset:
+                    found = await table.peek_due(conn, window, 0)
+        finally:
+            self._done_while_peeking = None
         self._backlog = len(found) == window
-        fresh = [Candidate(job, ctid) for job, ctid in found if job["_id"] not in self._in_flight]
+        # Not a job in flight here, nor one finished while the peek ran: the peek may have read
+        # it before its commit, and a claim of that stale row version would read a version a
+        # concurrent transaction replaced (an SSI rw-conflict that can abort a whole batch).
+        fresh = [Candidate(job, ctid) for job, ctid in found if job["_id"] not in self._in_flight and job["_id"] not in done]
         random.shuffle(fresh)
         return fresh
 

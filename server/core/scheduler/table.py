@@ -116,8 +116,7 @@ async def claim_many(tx: Transaction, candidates: list[Candidate]) -> set[str]:
     now holds another job than the one peeked there is locked too (until the transaction ends)
     but not returned: it is not run, its current document was not read."""
     lo, hi = due_range(now_ms())
-    rows = await tx.execute("fetch", sql.CLAIM_JOBS_AT, [c.ctid for c in candidates],
-                            [c.job["_id"] for c in candidates], lo, hi)
+    rows = await tx.execute("fetch", sql.CLAIM_JOBS_AT, [c.ctid for c in candidates], lo, hi)
     peeked = {c.job["_id"]: c.ctid for c in candidates}
     return {r["id"] for r in rows if peeked.get(r["id"]) == r["ctid"]}
 
