@@ -80,8 +80,11 @@ async def test_a_failing_mutation_fails_alone_and_its_batch_mates_commit(namespa
         assert all(jobs[i]["state"] == {"kind": "success"} for i in ids if i != ids[2])
         assert await call(rt, "query", "jobs:counter", key="boom") == 0  # its write rolled back
         assert await call(rt, "query", "jobs:counters", prefix="ok-") == {f"ok-{i}": 1 for i in range(5)}
+        # Batches take at most 2 jobs of one heap page (loop.py, PER_HEAP_PAGE), and these few
+        # jobs share a page or two: the failing job committed with a batch-mate that succeeded.
         xids = await transactions_of(rt)
-        assert len({xids[i] for i in ids}) == 1, xids  # one transaction: the batch
+        mates = [i for i in ids if i != ids[2] and xids[i] == xids[ids[2]]]
+        assert mates, xids
         assert rt.metrics.value("ripple_scheduled_jobs_total", state="failed") == 1
         assert rt.metrics.value("ripple_scheduled_jobs_total", state="success") == 5
         assert rt.metrics.value("ripple_scheduler_batch_splits_total") == 0
@@ -160,8 +163,9 @@ async def test_a_batch_whose_commit_was_cut_off_runs_each_job_once(
     assert await call(rt, "query", "jobs:counters", prefix="c-") == {f"c-{i}": 1 for i in range(n)}
     outcome = "committed" if ran else "not_committed"
     assert rt.metrics.value("ripple_commit_resolutions_total", outcome=outcome) == 1
-    xids = await transactions_of(rt)
-    assert len({xids[i] for i in ids}) == 1, xids  # committed as one batch, once
+    per_tx = collections.Counter((await transactions_of(rt)).values())
+    assert len(per_tx) < n, per_tx  # they ran in batches
+    assert len(ids) == n
 
 
 async def test_two_processes_batching_from_one_table_run_each_job_once(namespace: str) -> None:

@@ -18,6 +18,7 @@ Settings: server/config.py (SchedulerConfig). See docs/scheduler.md.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import random
@@ -45,6 +46,7 @@ log = logging.getLogger("ripple.scheduler")
 CRONS_FILE = "functions/crons.py"
 
 PEEK_SPREAD = 4
+PER_HEAP_PAGE = 2  # see _take_mutations
 
 
 class Scheduler:
@@ -281,7 +283,7 @@ class Scheduler:
                 self._busy -= 1
                 self._done(first.job["_id"])
             return
-        jobs = [(first, fn), *self._take_mutations()]
+        jobs = [(first, fn), *self._take_mutations(first)]
         self._busy += len(jobs)
         try:
             while jobs:
@@ -303,24 +305,35 @@ class Scheduler:
         if self._done_while_peeking is not None:
             self._done_while_peeking.add(job_id)
 
-    def _take_mutations(self) -> list[tuple[Candidate, FunctionDef]]:
-        """Due mutations at the head of the queue to join a batch: up to `batch_size` in all,
-        and no more than an even share of the queue among the workers (so a short queue is
-        spread over several workers, whose transactions overlap)."""
+    def _take_mutations(self, first: Candidate) -> list[tuple[Candidate, FunctionDef]]:
+        """Due mutations from the queue to join `first` in a batch: up to `batch_size` in all, no more than
+        an even share of the queue among the workers (so a short queue is spread over several
+        workers, whose transactions overlap), and at most PER_HEAP_PAGE from one heap page.
+        The last because SERIALIZABLE records what a transaction read per row only up to
+        PostgreSQL's `max_pred_locks_per_page` (2) rows of one page; past that it locks the
+        whole page, and another batch finishing any job on that page is then a conflict
+        (measured: about one batch in four aborted and split)."""
         share = -(-(len(self._queue) + 1) // self.settings.concurrency)
         room = min(self.settings.batch_size, max(1, share)) - 1
         taken: list[tuple[Candidate, FunctionDef]] = []
+        pages: collections.Counter[int] = collections.Counter([first.ctid[0]])
+        left: deque[Candidate] = deque()
         while len(taken) < room and self._queue:
-            candidate = self._queue[0]
+            candidate = self._queue.popleft()
             if candidate.job["_id"] in self._in_flight:
-                self._queue.popleft()
                 continue
             fn = self.runner.mutation_of(candidate)
             if fn is None:
+                self._queue.appendleft(candidate)
                 break
-            self._queue.popleft()
+            page = candidate.ctid[0]
+            if pages[page] >= PER_HEAP_PAGE:
+                left.append(candidate)
+                continue
+            pages[page] += 1
             self._in_flight.add(candidate.job["_id"])
             taken.append((candidate, fn))
+        self._queue.extendleft(reversed(left))
         return taken
 
     async def _next_candidate(self) -> Candidate | None:
