@@ -312,7 +312,7 @@ class Scheduler:
         The last because SERIALIZABLE records what a transaction read per row only up to
         PostgreSQL's `max_pred_locks_per_page` (2) rows of one page; past that it locks the
         whole page, and another batch finishing any job on that page is then a conflict
-        (measured: about one batch in four aborted and split)."""
+        (an in-process drain of 3,000 no-op jobs: 65 batches split before this rule, none after)."""
         share = -(-(len(self._queue) + 1) // self.settings.concurrency)
         room = min(self.settings.batch_size, max(1, share)) - 1
         taken: list[tuple[Candidate, FunctionDef]] = []
