@@ -42,6 +42,7 @@ class SchedulerConfig:
 
     enabled: bool = True
     concurrency: int = 10  # jobs running at once in this process
+    batch_size: int = 16  # scheduled mutations a worker claims and commits together (1..16)
     poll_seconds: float = 5.0  # safety poll while the listener is connected
     fallback_poll_seconds: float = 1.0  # poll while it is not
     lease_seconds: float = 30.0  # a running action's lease; renewed every third of it
@@ -54,6 +55,9 @@ class SchedulerConfig:
         return cls(
             enabled=_env_flag("RIPPLE_SCHEDULER", True),
             concurrency=max(1, int(_env_float("RIPPLE_SCHEDULER_CONCURRENCY", 10))),
+            # at most 16: past 32 rows of one table read, SERIALIZABLE locks the whole table
+            # (max_pred_locks_per_relation) and batches conflict (scheduler/batch.py)
+            batch_size=min(16, max(1, int(_env_float("RIPPLE_SCHEDULER_BATCH", 16)))),
             poll_seconds=_env_float("RIPPLE_SCHEDULER_POLL_SECONDS", 5.0),
             fallback_poll_seconds=_env_float("RIPPLE_SCHEDULER_FALLBACK_POLL_SECONDS", 1.0),
             lease_seconds=_env_float("RIPPLE_SCHEDULER_LEASE_SECONDS", 30.0),

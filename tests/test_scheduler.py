@@ -26,7 +26,8 @@ from server.core.documents import DatabaseWriter
 from server.core.runtime import Runtime
 from server.core.scheduler import crons
 from server.core.scheduler import table as jobs
-from server.core.scheduler.loop import Doorbell, Scheduler
+from server.core.scheduler.doorbell import Doorbell
+from server.core.scheduler.loop import Scheduler
 from server.core.scheduler.runs import LOST_ACTION_ERROR, SHUTDOWN_ACTION_ERROR
 from server.core.transaction import Transaction
 from server.errors import FunctionFailure, RippleUsageError

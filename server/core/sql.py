@@ -578,6 +578,12 @@ CLAIM_JOB_AT = (
     f"SELECT id FROM {_JOBS} WHERE ctid = $1 AND id = $2 "
     "AND k_by_state >= $3 AND k_by_state < $4 FOR UPDATE SKIP LOCKED"
 )
+# A batch's claim (scheduler/batch.py): the same, for several row versions at once (a TID scan
+# over the array); the caller keeps only the rows whose id is the one it peeked at that ctid.
+CLAIM_JOBS_AT = (
+    f"SELECT id, ctid FROM {_JOBS} WHERE ctid = ANY($1::tid[]) "
+    "AND k_by_state >= $2 AND k_by_state < $3 FOR UPDATE SKIP LOCKED"
+)
 # The earliest pending job in a by_state range, unlocked (to arm the timer).
 FIRST_JOB_IN_RANGE = (
     f"SELECT id, creation_time, doc FROM {_JOBS} WHERE k_by_state >= $1 AND k_by_state < $2 "
@@ -606,6 +612,10 @@ FIRST_CRON = f"SELECT id, creation_time, doc FROM {_CRONS} ORDER BY k_by_next_ru
 # savepoint of that name, the one its block opened, and undoes every deeper one with it.
 def savepoint(level: int) -> str:
     return f"SAVEPOINT ripple_savepoint_{level}"
+
+
+def release_savepoint(level: int) -> str:
+    return f"RELEASE SAVEPOINT ripple_savepoint_{level}"
 
 
 def rollback_to_savepoint(level: int) -> str:

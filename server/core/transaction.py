@@ -182,11 +182,13 @@ class Transaction:
             call.done.set()
 
     @contextlib.asynccontextmanager
-    async def savepoint(self) -> AsyncIterator[None]:
+    async def savepoint(self, *, release: bool = False) -> AsyncIterator[None]:
         """Writes in the block are undone, in PostgreSQL and in the write set (and its
         after-commit hooks dropped), if it raises
         (a conflict excepted: that aborts the whole transaction). Reads stay in the read set:
-        what the block read decided what the caller saw, its failure included. Blocks nest."""
+        what the block read decided what the caller saw, its failure included. Blocks nest.
+        `release`: end the savepoint after the block (else what follows still runs inside it),
+        for a caller that opens many in turn (a scheduler batch: no nesting one per job)."""
         saved = {doc_id: replace(w) for doc_id, w in self.writes.items()}
         hooks = len(self.after_commit)
         level = self._savepoints
@@ -199,9 +201,22 @@ class Transaction:
                 await self.execute("execute", sql.rollback_to_savepoint(level))
                 self.writes = saved
                 del self.after_commit[hooks:]
+                if release:
+                    await self.execute("execute", sql.release_savepoint(level))
             raise
+        else:
+            if release:
+                await self.execute("execute", sql.release_savepoint(level))
         finally:
             self._savepoints = level
+
+    def next_execution(self) -> None:
+        """Another top-level function runs next in this transaction (a scheduler batch,
+        scheduler/batch.py): Convex's read and write limits are per execution, so the counts
+        start again; so does reactive pagination's journal."""
+        self.docs_read = self.bytes_read = self.docs_written = self.bytes_written = 0
+        self.journal_in = self.journal_out = None
+        self.paginated = False
 
     def count_read(self, n: int, nbytes: int = 0) -> None:
         """`n` documents of `nbytes` in all read; past a limit, this and every later read fails."""

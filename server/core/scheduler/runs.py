@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -27,8 +26,9 @@ from server.core.documents import DatabaseWriter
 from server.core.logs import LogBuffer
 from server.core.registry import FunctionDef
 from server.core.runtime import Runtime
-from server.core.scheduler import table
+from server.core.scheduler import batch, table
 from server.core.scheduler.api import current_job
+from server.core.scheduler.table import Candidate
 from server.core.transaction import Transaction
 from server.errors import DatabaseUnavailable, FunctionFailure, RippleUsageError
 
@@ -38,12 +38,6 @@ LOST_ACTION_ERROR = "the server running this action stopped before it finished; 
 SHUTDOWN_ACTION_ERROR = "the server shut down before this action finished; actions are not retried"
 RECOVER_BATCH = 100
 PRUNE_BATCH = 500
-
-
-@dataclass
-class Candidate:
-    job: dict[str, Any]  # as read, unlocked
-    ctid: Any  # the physical address of that row version; the claim locks exactly it
 
 
 class HeldConnection:
@@ -76,9 +70,49 @@ class JobRunner:
         self.owner = owner
         self.running_actions: set[str] = set()
 
+    def mutation_of(self, candidate: Candidate) -> FunctionDef | None:
+        """The mutation a job runs, if it is one that can join a batch (an action, or a job
+        naming no runnable function, runs alone through `run`)."""
+        try:
+            fn = self.runtime.app.registry.resolve(candidate.job["name"], allow_internal=True)
+        except RippleUsageError:
+            return None
+        return fn if fn.kind == "mutation" else None
+
+    async def run_batch(self, jobs: list[tuple[Candidate, FunctionDef]], conn: HeldConnection) -> list[Candidate]:
+        """Run scheduled mutations claimed and committed together (batch.py). Returns the
+        claimed jobs the batch did not start (its time ran out): still pending, for the caller
+        to run next. A batch that conflicts is run again job by job (each retried on its own)."""
+        if len(jobs) == 1:
+            await self.run(jobs[0][0], conn)
+            return []
+        try:
+            outcome = await self.runtime.retry_transaction(
+                lambda: self._attempt_batch(jobs, conn), f"a batch of {len(jobs)} scheduled mutations")
+        except batch.Conflicted:
+            self.runtime.metrics.inc("ripple_scheduler_batch_splits_total")
+            for candidate, _ in jobs:
+                await self.run(candidate, conn)
+            return []
+        metrics = self.runtime.metrics
+        if outcome.misses:
+            metrics.inc("ripple_scheduler_claim_misses_total", outcome.misses)
+        for run in outcome.ran:
+            if run.scheduler is not None:
+                run.scheduler.committed()
+            metrics.inc("ripple_mutations_total", outcome="success" if run.state == table.SUCCESS else "error")
+            metrics.inc("ripple_scheduled_jobs_total", state=run.state)
+            token = log_stream.caller.set(batch.caller_of(run.candidate.job))
+            self.runtime.log_stream.record("mutation", str(run.fn.path), run.buffer)
+            log_stream.caller.reset(token)
+        return outcome.unstarted
+
+    async def _attempt_batch(self, jobs: list[tuple[Candidate, FunctionDef]], conn: HeldConnection) -> batch.Outcome:
+        return await batch.run_batch(self.runtime, await conn.get(), jobs)
+
     async def run(self, candidate: Candidate, conn: HeldConnection) -> None:
         job = candidate.job
-        token = log_stream.caller.set("cron" if job.get("cronName") else "scheduler")
+        token = log_stream.caller.set(batch.caller_of(job))
         try:
             await self._run(candidate, conn)
         finally:

@@ -90,6 +90,15 @@ def check_job_id(job_id: object) -> str:
 
 # -- rows found and locked by the scheduler's own statements --------------------------------------
 
+@dataclass
+class Candidate:
+    """A due job as a peek read it (unlocked: a hint), with the physical address (ctid) of that
+    row version; a claim locks exactly that version, so the document run is the one read."""
+
+    job: dict[str, Any]
+    ctid: Any
+
+
 async def fetch_locked(tx: Transaction, statement: str, *args: Any) -> list[dict[str, Any]]:
     rows = await tx.execute("fetch", statement, *args)
     return [decode_doc(r["id"], r["creation_time"], r["doc"]) for r in rows]
@@ -100,6 +109,16 @@ async def claim(tx: Transaction, job_id: str, ctid: Any) -> bool:
     still that job, pending, due and free."""
     lo, hi = due_range(now_ms())
     return await tx.execute("fetchval", sql.CLAIM_JOB_AT, ctid, job_id, lo, hi) is not None
+
+
+async def claim_many(tx: Transaction, candidates: list[Candidate]) -> set[str]:
+    """`claim` for several jobs in one statement; returns the ids it locked. A row whose ctid
+    now holds another job than the one peeked there is locked too (until the transaction ends)
+    but not returned: it is not run, its current document was not read."""
+    lo, hi = due_range(now_ms())
+    rows = await tx.execute("fetch", sql.CLAIM_JOBS_AT, [c.ctid for c in candidates], lo, hi)
+    peeked = {c.job["_id"]: c.ctid for c in candidates}
+    return {r["id"] for r in rows if peeked.get(r["id"]) == r["ctid"]}
 
 
 async def peek_due(conn: asyncpg.Connection, limit: int, offset: int) -> list[tuple[dict[str, Any], Any]]:
