@@ -32,6 +32,7 @@ from server.core.database import Database
 from server.core.runtime import Runtime
 from server.embedded import start_embedded_postgres
 
+from faultproxy import FaultProxy, backend_of, through
 from oidc_issuer import OidcIssuer
 from server_forks import Forked, ForkServer, ForkServerError
 
@@ -181,6 +182,28 @@ async def open_runtime(app_dir: Path, namespace: str, **config: Any) -> AsyncIte
         yield runtime
     finally:
         await db.close()
+
+
+@asynccontextmanager
+async def open_proxied_runtime(app_dir: Path, namespace: str, *, pool_max: int,
+                               retry_seconds: float) -> AsyncIterator[tuple[Runtime, FaultProxy]]:
+    """`app_dir` loaded in process over a fresh schema, its database reached only through a
+    FaultProxy (tests/faultproxy.py) that the test cuts and refuses; `retry_seconds`: how long
+    the runtime rides out a database that is away."""
+    pg_url = database_url()
+    proxy = FaultProxy(backend_of(pg_url)).start()
+    url = through(pg_url, proxy.port)
+    db = Database(url, namespace)
+    await db.connect(min_size=1, max_size=pool_max)
+    runtime = Runtime(Config(app_dir=app_dir, database_url=url, db_schema=namespace, dev=True,
+                             database_retry_seconds=retry_seconds), db)
+    try:
+        await runtime.load()
+        yield runtime, proxy
+    finally:
+        proxy.refuse(False)
+        await db.close()
+        proxy.stop()
 
 
 @pytest.fixture

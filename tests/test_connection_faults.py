@@ -47,12 +47,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server.api.app import build_app
-from server.config import Config
-from server.core.database import Database, connection_failure, rollback
+from server.core.database import connection_failure, rollback
 from server.core.runtime import Runtime
 from server.errors import DatabaseUnavailable
 
-from conftest import APPS, ServerProcess
+from conftest import APPS, ServerProcess, open_proxied_runtime
 from faultproxy import FaultProxy, backend_of, through
 
 FAULTS_APP = APPS / "faults"
@@ -131,21 +130,10 @@ class Faulty:
 # -- in process: the commit path broken exactly where it matters ----------------------------------
 
 @pytest.fixture
-async def proxied(namespace: str, pg_url: str) -> AsyncIterator[tuple[Runtime, FaultProxy]]:
+async def proxied(namespace: str) -> AsyncIterator[tuple[Runtime, FaultProxy]]:
     """The faults app loaded in process over a FaultProxy, with a 1-second retry budget."""
-    proxy = FaultProxy(backend_of(pg_url)).start()
-    url = through(pg_url, proxy.port)
-    db = Database(url, namespace)
-    await db.connect(min_size=1, max_size=5)
-    runtime = Runtime(Config(app_dir=FAULTS_APP, database_url=url, db_schema=namespace, dev=True,
-                             database_retry_seconds=1.0), db)
-    try:
-        await runtime.load()
-        yield runtime, proxy
-    finally:
-        proxy.refuse(False)
-        await db.close()
-        proxy.stop()
+    async with open_proxied_runtime(FAULTS_APP, namespace, pool_max=5, retry_seconds=1.0) as pair:
+        yield pair
 
 
 def lose_commits(monkeypatch: pytest.MonkeyPatch, *, ran: bool, then: Callable[[], None] = lambda: None) -> None:

@@ -19,13 +19,12 @@ import asyncpg
 import pytest
 from asyncpg.pool import PoolConnectionProxy
 
-from server.config import Config, SchedulerConfig
-from server.core.database import Database
+from server.config import SchedulerConfig
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
 
-from conftest import APPS, database_url, open_runtime
-from faultproxy import FaultProxy, backend_of, through
+from conftest import APPS, open_proxied_runtime, open_runtime
+from faultproxy import FaultProxy
 
 SCHED_APP = APPS / "scheduler"
 ONE_WORKER = SchedulerConfig(concurrency=1, batch_size=16, poll_seconds=30.0, fallback_poll_seconds=0.2,
@@ -96,20 +95,8 @@ async def test_a_failing_mutation_fails_alone_and_its_batch_mates_commit(namespa
 @pytest.fixture
 async def proxied_runtime(namespace: str) -> AsyncIterator[tuple[Runtime, FaultProxy]]:
     """The scheduler app in process, its database reached only through a FaultProxy."""
-    pg_url = database_url()
-    proxy = FaultProxy(backend_of(pg_url)).start()
-    url = through(pg_url, proxy.port)
-    db = Database(url, namespace)
-    await db.connect(min_size=1, max_size=8)
-    rt = Runtime(Config(app_dir=SCHED_APP, database_url=url, db_schema=namespace, dev=True,
-                        database_retry_seconds=10.0), db)
-    try:
-        await rt.load()
-        yield rt, proxy
-    finally:
-        proxy.refuse(False)
-        await db.close()
-        proxy.stop()
+    async with open_proxied_runtime(SCHED_APP, namespace, pool_max=8, retry_seconds=10.0) as pair:
+        yield pair
 
 
 async def test_connections_cut_mid_batch_lose_no_job_and_run_none_twice(

@@ -111,6 +111,15 @@ class QueryRun:
         return Outcome(self.value, self.log_lines, ts)
 
 
+def _key_of(fn: FunctionDef, args: Any, identity: Identity | None) -> CacheKey | None:
+    """The query cache's key of a call, or None when its arguments are no Convex value (an UNSET
+    in an array): such a call runs uncached, and its validation says what is wrong."""
+    try:
+        return cache_key(str(fn.path), args, identity)
+    except ValueValidationError:
+        return None
+
+
 class Runtime:
     """One loaded app over one database."""
 
@@ -194,9 +203,9 @@ class Runtime:
         live-query results may hold the mutation's writes (the websocket holds its Transitions
         back from then until the MutationResponse, server/sync/protocol.py)."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
-        if kind == "query" and at_ts is None and self.query_cache.enabled:
+        if kind == "query" and at_ts is None and self.query_cache.enabled and (cache := _key_of(fn, args, identity)):
             # A hit needs no validation: the same arguments passed it when the result was stored.
-            return await self._run_query(fn, args, identity, at_ts, cache_key(str(fn.path), args, identity))
+            return await self._run_query(fn, args, identity, at_ts, cache)
         kwargs = fn.validate_args(args)
         if kind == "query":
             return await self._run_query(fn, kwargs, identity, at_ts)
