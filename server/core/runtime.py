@@ -61,7 +61,7 @@ from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.env import Change, Env, EnvValues, built_in_values
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
-from server.core.query_cache import CacheKey, QueryCache, cache_key
+from server.core.query_cache import Cached, CacheKey, QueryCache, cache_key
 from server.core.readsets import check_unchanged_since
 from server.core.registry import FunctionDef, Kind
 from server.core.scheduler.api import ActionScheduler, MutationScheduler
@@ -386,6 +386,13 @@ class Runtime:
             self.log_stream.record("query", str(fn.path), buffer)
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None, stream_lines=buffer.lines)
 
+    def record_cached(self, fn: FunctionDef, hit: Cached) -> None:
+        """A query answered from the query cache: its log stream entry, `cached`, with the lines
+        of the run that computed the result."""
+        buffer = self.log_buffer(fn)
+        buffer.lines = list(hit.stream_lines)
+        self.log_stream.record("query", str(fn.path), buffer, cached=True)
+
     async def _run_query(self, fn: FunctionDef, kwargs: Any, identity: Identity | None, at_ts: int | None,
                          key: CacheKey | None = None) -> Outcome:
         """A client's or an action's query. With a cache `key` (a call at the latest ts), `kwargs`
@@ -395,9 +402,7 @@ class Runtime:
         if key is not None:
             hit = await cache.lookup(key)
             if hit is not None:
-                buffer = self.log_buffer(fn)
-                buffer.lines = list(hit.stream_lines)
-                self.log_stream.record("query", str(fn.path), buffer, cached=True)
+                self.record_cached(fn, hit)
                 return Outcome(hit.value(), list(hit.log_lines), None)
             kwargs = fn.validate_args(kwargs)
         begun = cache.begin() if key is not None else None

@@ -68,8 +68,12 @@ class FinishedApart:
     generation: int  # of the functions it ran; a reload since makes it worthless
 
 
-def _cache_key(runtime: Runtime, sq: SharedQuery) -> tuple[FunctionDef, CacheKey] | None:
-    """The function `sq` may run (internal ones only for the admin key) and its cache key."""
+CacheSlot = tuple[FunctionDef, CacheKey] | None  # a subscription's function and query cache key
+
+
+def cache_slot(runtime: Runtime, sq: SharedQuery) -> CacheSlot:
+    """The function `sq` may run (internal ones only for the admin key) and its cache key; None
+    when the cache is off or cannot hold it."""
     if sq.journal is not None or not runtime.query_cache.enabled:
         return None  # a page pinned to where it ended is this subscription's own
     try:
@@ -79,25 +83,23 @@ def _cache_key(runtime: Runtime, sq: SharedQuery) -> tuple[FunctionDef, CacheKey
         return None
 
 
-def cached_run(runtime: Runtime, sq: SharedQuery, ts: int) -> QueryRun | None:
-    """The query cache's result for `sq` at the tick's `ts`, if it has one (query_cache.py)."""
-    found = _cache_key(runtime, sq)
-    entry = runtime.query_cache.peek(found[1], ts) if found is not None else None
-    if found is None or entry is None:
+def cached_run(runtime: Runtime, slot: CacheSlot, ts: int) -> QueryRun | None:
+    """The query cache's result for a subscription's `slot` at the tick's `ts`, if it has one
+    (query_cache.py)."""
+    entry = runtime.query_cache.peek(slot[1], ts) if slot is not None else None
+    if slot is None or entry is None:
         return None
-    buffer = runtime.log_buffer(found[0])
-    buffer.lines = list(entry.stream_lines)
-    runtime.log_stream.record("query", str(found[0].path), buffer, cached=True)
+    runtime.record_cached(slot[0], entry)
     return QueryRun(entry.value(), list(entry.log_lines), entry.reads, None, None)
 
 
-def keep_run(runtime: Runtime, sq: SharedQuery, outcome: QueryRun | QueryResult, begun: tuple[int, int] | None, ts: int) -> None:
-    """Store a tick's successful run of `sq` at `ts` in the query cache."""
-    if begun is None or not isinstance(outcome, QueryRun) or outcome.failure is not None or outcome.journal is not None:
+def keep_run(runtime: Runtime, slot: CacheSlot, outcome: QueryRun | QueryResult, begun: tuple[int, int] | None,
+             ts: int) -> None:
+    """Store a tick's successful run of a subscription's `slot` at `ts` in the query cache."""
+    if slot is None or begun is None or not isinstance(outcome, QueryRun) or outcome.failure is not None \
+            or outcome.journal is not None:
         return
-    found = _cache_key(runtime, sq)
-    if found is not None:
-        runtime.query_cache.store(found[1], begun, outcome.value, outcome.log_lines, outcome.stream_lines, outcome.reads, at=ts)
+    runtime.query_cache.store(slot[1], begun, outcome.value, outcome.log_lines, outcome.stream_lines, outcome.reads, at=ts)
 
 
 def round_robin(queries: list[SharedQuery]) -> list[SharedQuery]:

@@ -43,6 +43,7 @@ from server.core.shared_queries import (
     SharedQuery,
     SubKey,
     Subscriber,
+    cache_slot,
     cached_run,
     keep_run,
     query_result,
@@ -267,7 +268,7 @@ class SubscriptionManager:
             if loop.time() - tick_started > TICK_BUDGET:
                 self.trigger()  # the rest at the next tick
                 break
-            if (hit := cached_run(self.runtime, sq, snapshot_ts)) is not None:
+            if (hit := cached_run(self.runtime, slot := cache_slot(self.runtime, sq), snapshot_ts)) is not None:
                 new_results.append((sq, hit))
                 continue
             started, begun = loop.time(), self.runtime.query_cache.begin()
@@ -288,7 +289,7 @@ class SubscriptionManager:
             if isinstance(outcome, QueryRun) and outcome.broken:
                 raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
             new_results.append((sq, outcome))
-            keep_run(self.runtime, sq, outcome, begun, snapshot_ts)
+            keep_run(self.runtime, slot, outcome, begun, snapshot_ts)
         return False
 
     def _run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None:
