@@ -31,6 +31,7 @@ from server.core.search.text import (
     MAX_FILTER_CONDITIONS,
     TextIndex,
     filter_lexeme,
+    filter_position,
     filtered_term_key,
     prefix_range,
     query_terms,
@@ -70,14 +71,10 @@ class SearchFilter:
 
     def eq(self, field: str, value: Any) -> SearchFilter:
         index = self._index
-        if field not in index.filter_fields:
-            raise RippleUsageError(
-                f"search index {index.table}.{index.name} has no filter field {field!r} "
-                f"(filter fields: {', '.join(index.filter_fields) or 'none'})"
-            )
-        if value is not keys.UNDEFINED:
-            to_convex_json(value, field)
-        self.filters.append((index.filter_fields.index(field), value))
+        position = filter_position(index.filter_fields, field, value,
+                                   f"search index {index.table}.{index.name} has no filter field {field!r} "
+                                   f"(filter fields: {', '.join(index.filter_fields) or 'none'})")
+        self.filters.append((position, value))
         if len(self.filters) > MAX_FILTER_CONDITIONS:
             raise RippleUsageError(
                 f"search index {index.table}.{index.name}: more than {MAX_FILTER_CONDITIONS} filter conditions"

@@ -29,6 +29,8 @@ from typing import Any
 
 from server.core import keys, sql
 from server.core.search.derived import Column, DerivedIndex, Execute
+from server.core.values import to_convex_json
+from server.errors import RippleUsageError
 
 MAX_TERM_BYTES = 32  # a term of this many UTF-8 bytes or more is dropped (Convex: MAX_TEXT_TERM_LENGTH)
 MAX_QUERY_TERMS = 16  # terms of a search string past the 16th are ignored (Convex: MAX_QUERY_TERMS)
@@ -58,6 +60,17 @@ def filter_lexeme(position: int, value: Any) -> str:
     encoded = bytearray()
     keys.encode_value(value, encoded)
     return f"={position}:{hashlib.blake2b(bytes(encoded), digest_size=16).hexdigest()}"
+
+
+def filter_position(filter_fields: Sequence[str], field: str, value: Any, refused: str) -> int:
+    """Where `field` is among an index's filter fields, for an `eq(field, value)` of a text or a
+    vector search: RippleUsageError(`refused`) when it is none of them, ValueValidationError when
+    `value` is no Convex value (`keys.UNDEFINED`, an absent field, is one to filter on)."""
+    if field not in filter_fields:
+        raise RippleUsageError(refused)
+    if value is not keys.UNDEFINED:
+        to_convex_json(value, field)
+    return list(filter_fields).index(field)
 
 
 TERM_FIRST = b"\x01"  # write-set keys: the term, then every filter value

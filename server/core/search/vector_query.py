@@ -27,11 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from server.core import keys, sql
+from server.core import sql
 from server.core.database import Catalog
-from server.core.search.text import filter_lexeme
+from server.core.search.text import filter_lexeme, filter_position
 from server.core.search.vector import VectorColumns
-from server.core.values import to_convex_json
 from server.errors import RippleUsageError, ValueValidationError
 
 MAX_LIMIT = 256  # Convex: MAX_VECTOR_RESULTS
@@ -63,17 +62,13 @@ class VectorFilter:
 
     def eq(self, field: str, value: Any) -> FilterExpression:
         index = self._index
-        if field not in index.filter_fields:
-            raise RippleUsageError(
-                f"{self._where}: filter on {field!r}, which is not a filter field of the index "
-                f"(filter_fields: {', '.join(index.filter_fields) or 'none'})"
-            )
-        if value is not keys.UNDEFINED:
-            try:
-                to_convex_json(value, field)
-            except ValueValidationError as exc:
-                raise RippleUsageError(f"{self._where}: q.eq({field!r}, ...): {exc}") from None
-        return FilterExpression([(index.filter_fields.index(field), value)])
+        try:
+            position = filter_position(index.filter_fields, field, value,
+                                       f"{self._where}: filter on {field!r}, which is not a filter field of the index "
+                                       f"(filter_fields: {', '.join(index.filter_fields) or 'none'})")
+        except ValueValidationError as exc:
+            raise RippleUsageError(f"{self._where}: q.eq({field!r}, ...): {exc}") from None
+        return FilterExpression([(position, value)])
 
     def or_(self, *expressions: FilterExpression) -> FilterExpression:
         if not expressions:
