@@ -139,6 +139,12 @@ def admin_call(url: str, source: str, key: str | None, method: str, endpoint: st
                               "or choose the server with --url or RIPPLE_URL") from None
 
 
+def check_admin(url: str, source: str, key: str | None) -> None:
+    """A server answers there and takes the key (AdminCallFailed saying why not), checked before
+    work that would show a refusal late or badly: an upload, opening a browser."""
+    admin_call(url, source, key, "GET", "/_ripple/data")
+
+
 def export(url: str, source: str, key: str | None, path: Path) -> int:
     refusal = problem(url, source, key)
     if refusal:
@@ -185,7 +191,7 @@ def import_(url: str, source: str, key: str | None, path: Path, table: str | Non
         # wrong key without reading the body, which an upload in progress sees only as a broken
         # connection, not as the 401 it is.)
         try:
-            admin_call(url, source, key, "GET", "/_ripple/data")
+            check_admin(url, source, key)
         except AdminCallFailed as exc:
             refusal = str(exc)
     if refusal:
@@ -309,10 +315,10 @@ def env(url: str, source: str, key: str | None, verb: str, name: str | None, val
 def dashboard(url: str, source: str, key: str | None, open_browser: bool) -> int:
     """`ripple dashboard` (as `npx convex dashboard`): the dashboard's address, signed in: the key
     travels in the fragment (`#key=`), which the browser never sends to a server and the page
-    removes from the address bar and history at once. The key is checked first, so a wrong one
-    is said here rather than on the page."""
+    removes from the address bar and history at once. The key is checked first (check_admin),
+    so a wrong one is said here rather than on the page."""
     try:
-        admin_call(url, source, key, "GET", "/_ripple/data")
+        check_admin(url, source, key)
     except AdminCallFailed as exc:
         print(f"ripple dashboard: {exc}", file=sys.stderr)
         return 1
