@@ -58,7 +58,7 @@ def _digest(body: Any) -> bytes:
     return hashlib.blake2b(orjson.dumps(body), digest_size=16).digest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class QueryResult:
     """What a client receives for a query: QueryUpdated or QueryFailed."""
 

@@ -31,7 +31,7 @@ import orjson
 from server.core.metrics import Metrics
 from server.core.readsets import ReadIndex, overlaps
 from server.core.transaction import ReadRange
-from server.core.values import digest, from_convex_json, to_convex_json
+from server.core.values import digest, from_convex_json, kept, to_convex_json
 
 WAIT_FOR_COMMITS = 0.05  # seconds a call waits for the tick to apply commits it must know of
 RECENT_COMMITS = 4096  # writes of the newest commits kept to check results stored after them
@@ -66,7 +66,7 @@ def cache_key(path: str, args: Any, identity: Any) -> CacheKey:
         args_key = b"j" + orjson.dumps(args, option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONEncodeError, TypeError):
         args_key = b"d" + digest(args).encode()
-    identity_key = orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS) if identity is not None else b""
+    identity_key = kept(orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS)) if identity is not None else b""
     return path, args_key, identity_key
 
 
@@ -233,7 +233,7 @@ class QueryCache:
             return
         if base < self.applied_ts and overlaps(reads, (w for ts, writes in self._recent if ts > base for w in writes)):
             return
-        encoded = orjson.dumps(to_convex_json(value))
+        encoded = kept(orjson.dumps(to_convex_json(value)))
         size = ENTRY_OVERHEAD + len(encoded) + sum(map(len, log_lines)) + sum(map(len, stream_lines)) + \
             len(key[1]) + len(key[2]) + sum(64 + len(r.lo) + len(r.hi) for r in reads)
         if size > self.max_bytes:

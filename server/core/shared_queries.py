@@ -15,7 +15,7 @@ from server.core.query_cache import CacheKey, cache_key
 from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
 from server.core.transaction import ReadRange
-from server.core.values import dumps, from_client_json, to_wire_json
+from server.core.values import dumps, from_client_json, kept, to_wire_json
 from server.errors import RippleUsageError
 from server.wire import QueryResult
 
@@ -27,7 +27,7 @@ class Subscriber(Protocol):
 def query_result(run: QueryRun) -> QueryResult:
     """A query run as clients receive it; the value is serialized once for every subscriber."""
     if run.failure is None:
-        return QueryResult.success(dumps(to_wire_json(run.value)), run.log_lines, run.journal)
+        return QueryResult.success(kept(dumps(to_wire_json(run.value))), run.log_lines, run.journal)
     failure = run.failure
     return QueryResult.failed(failure.message, failure.log_lines, run.journal, failure.data, failure.has_data)
 
@@ -35,7 +35,7 @@ def query_result(run: QueryRun) -> QueryResult:
 SubKey = tuple[str, bytes, bytes, str | None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class SharedQuery:
     key: SubKey
     path: str
@@ -121,8 +121,8 @@ def round_robin(queries: list[SharedQuery]) -> list[SharedQuery]:
 
 def subscription_key(path: str, args_json: Any, identity: Identity | None, journal: str | None, admin: bool = False) -> SubKey:
     try:
-        args_key = orjson.dumps(args_json, option=orjson.OPT_SORT_KEYS)
+        args_key = kept(orjson.dumps(args_json, option=orjson.OPT_SORT_KEYS))
     except orjson.JSONEncodeError:  # an integer beyond 64 bits: the query's run will refuse it
         args_key = json.dumps(args_json, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-    identity_key = orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS) if identity is not None else b""
+    identity_key = kept(orjson.dumps(dict(identity), option=orjson.OPT_SORT_KEYS)) if identity is not None else b""
     return (path, args_key, b"admin|" + identity_key if admin else identity_key, journal)

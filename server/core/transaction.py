@@ -41,7 +41,7 @@ CONFLICTS: tuple[type[BaseException], ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReadRange:
     table: str
     index: str

@@ -451,6 +451,13 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
 
 
+def kept(encoded: bytes) -> bytes:
+    """orjson's output as bytes to keep (a result, a key): orjson hands back its whole growth
+    buffer, at least 4 KB of memory however short the text, so a small value held for as long
+    as a subscription lives is copied into a bytes object of its own size."""
+    return bytes(memoryview(encoded))
+
+
 def from_plain_json(value: Any, path: str = "") -> Value:
     """The `json` input format: plain JSON, no `$` encodings; keys starting with '$' refused.
     Only clients send it, so Convex's limits apply (`from_client_json`)."""

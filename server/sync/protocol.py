@@ -33,7 +33,7 @@ class LimitExceeded(ProtocolError):
         self.limit = limit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Version:
     query_set: int = 0
     identity: int = 0
@@ -50,7 +50,7 @@ def _decode_ts(raw: Any, what: str) -> int:
         raise ProtocolError(f"{what}: {exc}") from exc
 
 
-@dataclass
+@dataclass(slots=True)
 class ClientQuery:
     query_id: int
     udf_path: str
