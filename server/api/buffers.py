@@ -34,48 +34,65 @@ M = TypeVar("M", bound=Sized)
 
 class _ByteBounded(Generic[T]):
     """Items in order with their total size in bytes; `wait_for_room` waits while the total is at
-    `byte_limit` or more. `peak`: the most it held at once (did the connection hold large buffers?)."""
+    `byte_limit` or more. `peak`: the most it held at once (did the connection hold large buffers?).
+
+    Most connections never queue anything: the deque and the event exist only while needed
+    (an empty deque or asyncio.Event costs over 600 bytes, times every idle connection)."""
+
+    __slots__ = ("_items", "_room", "byte_limit", "bytes", "peak")
 
     def __init__(self, byte_limit: int) -> None:
         self.byte_limit = byte_limit
         self.bytes = 0
         self.peak = 0
-        self._items: deque[tuple[T, int]] = deque()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._items: deque[tuple[T, int]] | None = None
+        self._room: asyncio.Event | None = None  # while someone waits for room
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0
 
     @property
     def over_bytes(self) -> bool:
         return self.bytes >= self.byte_limit
 
     def _append(self, item: T, size: int) -> None:
+        if self._items is None:
+            self._items = deque()
         self._items.append((item, size))
         self.bytes += size
         self.peak = max(self.peak, self.bytes)
-        if self.over_bytes:
-            self._room.clear()
 
     def _popleft(self) -> T:
+        assert self._items is not None
         item, size = self._items.popleft()
         self.bytes -= size
-        if not self.over_bytes:
-            self._room.set()
+        if not self._items:
+            self._items = None
+        self._wake_room()
         return item
 
+    def _wake_room(self) -> None:
+        room = self._room
+        if room is not None and not self.over_bytes:
+            self._room = None
+            room.set()
+
     async def wait_for_room(self) -> None:
-        await self._room.wait()
+        while self.over_bytes:
+            if self._room is None:
+                self._room = asyncio.Event()
+            await self._room.wait()
 
     def clear(self) -> None:
-        self._items.clear()
+        self._items = None
         self.bytes = 0
-        self._room.set()
+        self._wake_room()
 
 
 class Outbox(_ByteBounded[bytes]):
     """Encoded messages for one client, in order, bounded in bytes."""
+
+    __slots__ = ()
 
     def __init__(self, limit: int) -> None:
         super().__init__(limit)
@@ -98,10 +115,12 @@ class MutationQueue(_ByteBounded[M]):
     keeps with it), with the size of the messages they came in; `wait_for_room` waits until they
     hold less than `max_bytes`."""
 
+    __slots__ = ("_ready", "max_count")
+
     def __init__(self, max_count: int, max_bytes: int) -> None:
         super().__init__(max_bytes)
         self.max_count = max_count
-        self._ready = asyncio.Event()
+        self._ready: asyncio.Event | None = None  # while `get` waits
 
     @property
     def full(self) -> bool:
@@ -110,10 +129,17 @@ class MutationQueue(_ByteBounded[M]):
 
     def put(self, request: M) -> None:
         self._append(request, request.size)
-        self._ready.set()
+        ready, self._ready = self._ready, None
+        if ready is not None:
+            ready.set()
+
+    def pop(self) -> M:
+        """The first one waiting (there must be one)."""
+        return self._popleft()
 
     async def get(self) -> M:
         while not self._items:
-            self._ready.clear()
+            if self._ready is None:
+                self._ready = asyncio.Event()
             await self._ready.wait()
         return self._popleft()

@@ -1,12 +1,20 @@
 """The websocket route of the Convex sync protocol: pumps bytes between a socket and a
 `SyncSession`, and runs what the session asks for (subscriptions, mutations, actions).
 
-Per connection: a reader (client messages in order), a sender (one message at a time; a
-Transition is built only when the socket can take it, from the latest shared results, so a slow
-client gets coalesced transitions and never an unbounded queue; a large one goes to the npm
-client as TransitionChunk parts, each serialized when the socket can take it), a mutation
-worker (mutations run one at a time, in order, idempotent per (session id, request id)), action
-tasks (concurrent), and a keep-alive ping.
+Longer than 400 lines because the connection's reader, sender, mutation worker and actions share
+its state and its ordering rules (a MutationResponse before the Transitions it held back, the
+parts of a chunked Transition before anything else, a task only while there is work); split,
+each part would reach into the others' state.
+
+Per connection: a reader (client messages in order; the ASGI task itself), a sender (one
+message at a time; a Transition is built only when the socket can take it, from the latest
+shared results, so a slow client gets coalesced transitions and never an unbounded queue; a
+large one goes to the npm client as TransitionChunk parts, each serialized when the socket can
+take it), a mutation worker (mutations run one at a time, in order, idempotent per (session id,
+request id)), action tasks (concurrent), and a keep-alive ping (a timer). An idle connection
+holds one task, the reader's: the sender and the mutation worker are tasks only while they
+have work (a Transition a client can take at once is written without one), so that thousands
+of idle clients cost little memory (docs/operations.md, Sizing).
 
 Everything a connection holds is bounded (`Config.ws_limits`, docs/operations.md, Limits): the
 outbox of responses in bytes (the mutation worker and finishing actions wait for room: a slow
@@ -53,6 +61,8 @@ from server.wire import FunctionResult, QueryResult
 log = logging.getLogger("ripple.sync")
 
 PING_INTERVAL = 15.0
+PING = dumps(SyncSession.ping())
+CLOSE_FLUSH_SECONDS = 5.0  # at most this long to send a FatalError or AuthError before closing
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 # The setting behind each limit, named in the errors a client gets.
@@ -66,6 +76,10 @@ SETTINGS = {
 
 
 class ClientConnection:
+    __slots__ = ("_asgi_send", "_close_code", "_closing", "_dirty", "_main", "_parts", "_ping", "_sender",
+                 "_sending", "_worker", "_writer", "actions", "auth", "limits", "manager", "mutations", "outbox",
+                 "runtime", "session", "subs", "ws")
+
     def __init__(self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager) -> None:
         self.ws = WebSocket(scope, receive, send)
         self._asgi_send = send
@@ -79,7 +93,11 @@ class ClientConnection:
         self.outbox = Outbox(limits.outbox_bytes)  # encoded messages waiting for the socket
         self.mutations: MutationQueue[QueuedMutation] = MutationQueue(limits.pending_mutations, limits.pending_mutation_bytes)
         self.actions: set[asyncio.Task[None]] = set()
-        self._dirty = asyncio.Event()
+        self._dirty = False  # the sender has something to look at
+        self._sender: asyncio.Task[None] | None = None  # while it has
+        self._worker: asyncio.Task[None] | None = None  # while mutations wait
+        self._main: asyncio.Task[Any] | None = None  # the reader's (ASGI) task, until it leaves the reader
+        self._ping: asyncio.TimerHandle | None = None
         self._closing = False
         self._close_code = 1000
         self._sending = False
@@ -97,7 +115,7 @@ class ClientConnection:
         writer = self._writer
         if (self._sending or self._parts is not None or self.outbox or self._closing or writer is None
                 or not writer.writable_now()):
-            self._dirty.set()
+            self._wake()
             return
         ts = self.manager.current_ts
         encoded = self.session.encoded_transition(ts, self._result_of, self.manager.encode_cache)
@@ -106,7 +124,7 @@ class ClientConnection:
             if self._parts is None:
                 writer.write(encoded)
             else:  # parts go out one at a time, as the socket takes them: the sender's work
-                self._dirty.set()
+                self._wake()
         elif self.session.owes_transition and not self.session.holds(ts):  # held: the response wakes the sender
             self.manager.wait_for_ts(self)
 
@@ -115,22 +133,26 @@ class ClientConnection:
     async def run(self) -> None:
         await self.ws.accept()
         self._writer = frame_writer(self._asgi_send)
-        tasks = [
-            asyncio.create_task(self._reader(), name="ripple-ws-reader"),
-            asyncio.create_task(self._sender(), name="ripple-ws-sender"),
-            asyncio.create_task(self._mutation_worker(), name="ripple-ws-mutations"),
-        ]
+        self._main = asyncio.current_task()
+        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._ping_due)
         self.runtime.metrics.inc("ripple_websocket_connections_total")
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("websocket connection task failed", exc_info=task.exception())
+            try:
+                await self._reader()
+            except asyncio.CancelledError:
+                if self._main is not None or not self._ended_here():  # cancelled from outside: the server stops
+                    raise
+            self._main = None
+            if self._closing and self._sender is not None:  # a FatalError or AuthError on its way out
+                await asyncio.wait({self._sender}, timeout=CLOSE_FLUSH_SECONDS)
         finally:
-            actions = list(self.actions)  # the client fails them on disconnect and never resends them
-            for task in (*tasks, *actions):
+            self._main = None
+            if self._ping is not None:
+                self._ping.cancel()
+            tasks = [t for t in (self._sender, self._worker, *self.actions) if t is not None]  # actions: the
+            for task in tasks:  # client fails them on disconnect and never resends them
                 task.cancel()
-            for task in (*tasks, *actions):
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.auth.cancel()
@@ -138,6 +160,19 @@ class ClientConnection:
             if self.ws.application_state != WebSocketState.DISCONNECTED:
                 with contextlib.suppress(Exception):
                     await self.ws.close(self._close_code)
+
+    def _ended_here(self) -> bool:
+        """After `_end` cancelled the reader: take that cancellation back (the task goes on to
+        close the connection); False when someone else cancelled it too."""
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
+
+    def _end(self) -> None:
+        """The sender or the mutation worker ended the connection (closing, or the client is
+        gone): stop the reader, which then closes it."""
+        main, self._main = self._main, None
+        if main is not None:
+            main.cancel()
 
     def _release(self) -> None:
         """Drop everything the connection holds, now rather than whenever the garbage collector
@@ -154,7 +189,7 @@ class ClientConnection:
 
     def _send_soon(self, message: dict[str, Any]) -> None:
         self.outbox.put(dumps(message))  # encoded now: its size is known, its values freed
-        self._dirty.set()
+        self._wake()
 
     def _fatal(self, error: str) -> None:
         log.info("closing websocket: %s", error)
@@ -212,6 +247,8 @@ class ClientConnection:
                                                               "sent and not run yet on one connection")
                         return
                     self.mutations.put(QueuedMutation(request, self.auth.caller))
+                    if self._worker is None:
+                        self._worker = asyncio.create_task(self._mutation_worker(), name="ripple-ws-mutations")
                     if self.mutations.over_bytes:  # stop reading: TCP slows the client down
                         self._limit_reached("pending_mutation_bytes")
                         await self.mutations.wait_for_room()
@@ -234,7 +271,7 @@ class ClientConnection:
             if query_id not in self.subs:
                 self.subs[query_id] = self.manager.subscribe(query.udf_path, query.args, self.auth.identity,
                                                              query.journal, self, admin=self.auth.admin)
-        self._dirty.set()
+        self._wake()
 
     async def _authenticate(self, request: Authenticate) -> bool:
         """Switch to the identity `request` proves: every query runs again under it, the next
@@ -259,33 +296,62 @@ class ClientConnection:
 
     # -- sender -----------------------------------------------------------------------------------
 
-    async def _sender(self) -> None:
-        with contextlib.suppress(WebSocketDisconnect):  # the client is gone: the end, not a failure
-            while True:
-                try:
-                    await asyncio.wait_for(self._dirty.wait(), PING_INTERVAL)
-                except TimeoutError:
-                    await self._send(SyncSession.ping())
-                    continue
-                self._dirty.clear()
+    def _wake(self) -> None:
+        """Have the sender look at the outbox, the parts and the query set (started if needed)."""
+        self._dirty = True
+        if self._sender is None and self._main is not None:
+            self._sender = asyncio.create_task(self._sender_loop(), name="ripple-ws-sender")
+
+    def _ping_due(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ping = loop.call_later(PING_INTERVAL, self._ping_due)
+        writer = self._writer
+        if (writer is not None and not (self._sending or self._parts is not None or self.outbox or self._closing)
+                and writer.writable_now()):
+            writer.write(PING)
+        else:
+            self.outbox.put(PING)
+            self._wake()
+
+    async def _sender_loop(self) -> None:
+        """Send until there is nothing left to send; ends the connection when it is closing or
+        the client is gone."""
+        end = False
+        try:
+            while self._dirty and not end:
+                self._dirty = False
+                end = await self._send_pending()
+        except WebSocketDisconnect:  # the client is gone: the end, not a failure
+            end = True
+        except Exception:
+            log.error("websocket sender failed", exc_info=True)
+            end = True
+        finally:
+            self._sender = None
+        if end:
+            self._end()
+
+    async def _send_pending(self) -> bool:
+        """One round of the sender; True when the connection is to close."""
+        await self._send_parts()
+        while self.outbox:
+            await self._send_encoded(self.outbox.pop())
+        if self._closing:
+            return True
+        # Encoded through the publish's cache: slow clients in the same state share one
+        # encoding of a large result (which their parts are cut from) instead of each
+        # holding a copy until it is sent.
+        ts = self.manager.current_ts
+        encoded = self.session.encoded_transition(ts, self._result_of, self.manager.encode_cache)
+        if encoded is not None:
+            self._parts = self.session.chunks(encoded)
+            if self._parts is None:
+                await self._send_encoded(encoded)
+            else:
                 await self._send_parts()
-                while self.outbox:
-                    await self._send_encoded(self.outbox.pop())
-                if self._closing:
-                    return
-                # Encoded through the publish's cache: slow clients in the same state share one
-                # encoding of a large result (which their parts are cut from) instead of each
-                # holding a copy until it is sent.
-                ts = self.manager.current_ts
-                encoded = self.session.encoded_transition(ts, self._result_of, self.manager.encode_cache)
-                if encoded is not None:
-                    self._parts = self.session.chunks(encoded)
-                    if self._parts is None:
-                        await self._send_encoded(encoded)
-                    else:
-                        await self._send_parts()
-                elif self.session.owes_transition and not self.session.holds(ts):
-                    self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
+        elif self.session.owes_transition and not self.session.holds(ts):
+            self.manager.wait_for_ts(self)  # a mutation's ts is not covered by a tick yet
+        return False
 
     async def _send_parts(self) -> None:
         """Send the rest of a chunked Transition, each part made when the socket can take it.
@@ -305,10 +371,6 @@ class ClientConnection:
             return None
         return sq.result
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        """Raises WebSocketDisconnect when the client is gone."""
-        await self._send_encoded(dumps(message))
-
     async def _send_encoded(self, data: bytes) -> None:
         writer = self._writer
         if writer is None:
@@ -325,21 +387,31 @@ class ClientConnection:
     # -- mutations and actions --------------------------------------------------------------------
 
     async def _mutation_worker(self) -> None:
-        while True:
-            queued = await self.mutations.get()
-            await self._room_in_outbox()  # backpressure: no new result while the client is behind
-            if queued.caller.expired:  # not run nor answered (resent after reconnecting): wait for the end
-                self._expired()
-                await asyncio.Event().wait()
-            request = queued.request
-            key = (self.session.session_id or "", request.request_id)
-            result = await self._call("mutation", request, queued.caller, idempotency_key=key,
-                                      before_commit=self._committing)
-            # No await between the result and the response in the outbox (which goes out before
-            # any Transition): what the session held back while it committed follows it.
-            self._send_soon(self.session.mutation_response(request.request_id, result))
-            if result.success:
-                self.manager.trigger()  # do not wait for the NOTIFY round trip
+        """Runs the mutations waiting, then ends (the reader starts it again)."""
+        try:
+            while self.mutations:
+                await self._run_mutation()
+        except Exception:
+            log.error("websocket mutation worker failed", exc_info=True)
+            self._end()
+        finally:
+            self._worker = None
+
+    async def _run_mutation(self) -> None:
+        queued = self.mutations.pop()
+        await self._room_in_outbox()  # backpressure: no new result while the client is behind
+        if queued.caller.expired:  # not run nor answered (resent after reconnecting): wait for the end
+            self._expired()
+            await asyncio.Event().wait()
+        request = queued.request
+        key = (self.session.session_id or "", request.request_id)
+        result = await self._call("mutation", request, queued.caller, idempotency_key=key,
+                                  before_commit=self._committing)
+        # No await between the result and the response in the outbox (which goes out before
+        # any Transition): what the session held back while it committed follows it.
+        self._send_soon(self.session.mutation_response(request.request_id, result))
+        if result.success:
+            self.manager.trigger()  # do not wait for the NOTIFY round trip
 
     def _committing(self) -> None:
         """The running mutation is about to commit: Transitions past what was published until
