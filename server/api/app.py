@@ -24,7 +24,7 @@ from server.api.logs_http import LogRoutes
 from server.api.snapshot_http import SnapshotRoutes
 from server.api.static_files import DashboardFiles, SdkFiles, StaticFiles
 from server.api.storage_http import StorageRoutes
-from server.api.sync_ws import serve_sync
+from server.api.sync_ws import Connections, serve_sync
 from server.core import log_stream
 from server.core.http_router import RESERVED_PREFIXES
 from server.core.runtime import Runtime
@@ -117,7 +117,7 @@ def build_app(
     dashboard = DashboardFiles()
     logs = LogRoutes(runtime)
     subscriptions = subscriptions or SubscriptionManager(runtime)
-    websocket_clients: set[Any] = set()
+    websocket_clients: set[Any] = Connections()  # (and their keep-alive Pings)
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
     runtime.metrics.gauge("ripple_shared_queries", lambda: float(len(subscriptions.queries)))
     runtime.metrics.gauge("ripple_websocket_clients", lambda: float(len(websocket_clients)))

@@ -11,7 +11,8 @@ message at a time; a Transition is built only when the socket can take it, from 
 shared results, so a slow client gets coalesced transitions and never an unbounded queue; a
 large one goes to the npm client as TransitionChunk parts, each serialized when the socket can
 take it), a mutation worker (mutations run one at a time, in order, idempotent per (session id,
-request id)), action tasks (concurrent), and a keep-alive ping (a timer). An idle connection
+request id)), action tasks (concurrent), and a keep-alive Ping (one timer for all of a
+process's connections: `Connections`). An idle connection
 holds one task, the reader's: the sender and the mutation worker are tasks only while they
 have work (a Transition a client can take at once is written without one), so that thousands
 of idle clients cost little memory (docs/operations.md, Sizing).
@@ -76,7 +77,7 @@ SETTINGS = {
 
 
 class ClientConnection:
-    __slots__ = ("_asgi_send", "_close_code", "_closing", "_dirty", "_main", "_parts", "_ping", "_sender",
+    __slots__ = ("_asgi_send", "_close_code", "_closing", "_dirty", "_main", "_parts", "_sender",
                  "_sending", "_worker", "_writer", "actions", "auth", "limits", "manager", "mutations", "outbox",
                  "runtime", "session", "subs", "ws")
 
@@ -97,7 +98,6 @@ class ClientConnection:
         self._sender: asyncio.Task[None] | None = None  # while it has
         self._worker: asyncio.Task[None] | None = None  # while mutations wait
         self._main: asyncio.Task[Any] | None = None  # the reader's (ASGI) task, until it leaves the reader
-        self._ping: asyncio.TimerHandle | None = None
         self._closing = False
         self._close_code = 1000
         self._sending = False
@@ -134,7 +134,6 @@ class ClientConnection:
         await self.ws.accept()
         self._writer = frame_writer(self._asgi_send)
         self._main = asyncio.current_task()
-        self._ping = asyncio.get_running_loop().call_later(PING_INTERVAL, self._ping_due)
         self.runtime.metrics.inc("ripple_websocket_connections_total")
         try:
             try:
@@ -147,8 +146,6 @@ class ClientConnection:
                 await asyncio.wait({self._sender}, timeout=CLOSE_FLUSH_SECONDS)
         finally:
             self._main = None
-            if self._ping is not None:
-                self._ping.cancel()
             tasks = [t for t in (self._sender, self._worker, *self.actions) if t is not None]  # actions: the
             for task in tasks:  # client fails them on disconnect and never resends them
                 task.cancel()
@@ -302,10 +299,11 @@ class ClientConnection:
         if self._sender is None and self._main is not None:
             self._sender = asyncio.create_task(self._sender_loop(), name="ripple-ws-sender")
 
-    def _ping_due(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ping = loop.call_later(PING_INTERVAL, self._ping_due)
+    def ping(self) -> None:
+        """Send the keep-alive Ping (`Connections` calls it every PING_INTERVAL)."""
         writer = self._writer
+        if self._main is None:  # not accepted yet, or ending
+            return
         if (writer is not None and not (self._sending or self._parts is not None or self.outbox or self._closing)
                 and writer.writable_now()):
             writer.write(PING)
@@ -458,6 +456,28 @@ class ClientConnection:
             return FunctionResult(False, redact(exc, f"{kind} {shown(path)}", dev=self.runtime.config.dev))
         ts = outcome.ts if outcome.ts is not None else self.manager.current_ts
         return FunctionResult(True, to_wire_json(outcome.value), tuple(outcome.log_lines), ts=ts)
+
+
+class Connections(set[Any]):
+    """A process's websocket connections, and the one timer that sends each of them the
+    keep-alive Ping every PING_INTERVAL while there are any (a timer per connection would
+    cost every idle connection some 700 bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, connection: Any) -> None:
+        super().add(connection)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL, self._ping_all)
+
+    def _ping_all(self) -> None:
+        self._timer = None
+        for connection in list(self):
+            connection.ping()
+        if self:
+            self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL, self._ping_all)
 
 
 async def serve_sync(scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager,

@@ -18,6 +18,8 @@ no longer behaves so:
 - that object's attributes `transport` (the asyncio transport, set once in `connection_made`),
   `writable` (an `asyncio.Event`: cleared by `pause_writing`, set by `resume_writing` and by
   `connection_lost`), and the flags `handshake_complete`, `disconnected` and `close_sent`;
+- its `response`, the handshake's response, which it reads only while accepting: `frame_writer`
+  drops it (its headers cost an idle connection about a kilobyte);
 - its `conn`, a websockets sans-I/O `ServerProtocol`: `conn.extensions` (the extensions
   negotiated in the handshake, set before the application runs; read once per connection). Without extensions, frames are built here (RFC 6455 5.2,
   unmasked) and `conn` never sees them; every message is complete (FIN on its last frame), so
@@ -146,6 +148,8 @@ def frame_writer(send: Callable[[Any], Awaitable[None]]) -> FrameWriter | None:
     if not missing:
         missing = [f"conn.{name}" for name in CONN_ATTRIBUTES if not hasattr(proto.conn, name)]
     if not missing:
+        if getattr(proto, "handshake_complete", False) and hasattr(proto, "response"):
+            proto.response = None  # read only while accepting; kept for the connection's life otherwise
         return FrameWriter(proto)
     owner = type(proto) if proto is not None else send
     if getattr(owner, "__module__", "").startswith("uvicorn."):
