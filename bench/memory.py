@@ -432,8 +432,8 @@ def main() -> None:
     args.subs = [int(x) for x in (args.subs or ("10000" if args.quick else "10000,50000,100000")).split(",") if x]
     args.trees = args.trees or [Tree("this", ROOT)]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * max(args.clients, default=0) + 1024
-    if soft < need:  # every socket is an fd in the Node process and in the server; children inherit it
+    need = max(args.clients, default=0) + 1024  # per process: the server and the Node clients each hold one fd a socket
+    if soft < need:  # children inherit it
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
         if hard < need:
             print(f"warning: fd limit {hard} is below the {need} this run needs", file=sys.stderr)

@@ -242,3 +242,29 @@ async def test_a_connection_that_ends_cancels_its_running_actions(start_server: 
 def complaints(server: ServerProcess) -> list[str]:
     return [line for line in server.log().splitlines()
             if any(word in line for word in (" WARNING ", " ERROR ", " CRITICAL ", "Traceback"))]
+
+
+async def test_idle_and_busy_connections_get_keepalive_pings_and_mutations_still_run(start_server: StartServer) -> None:
+    """An idle connection holds no sender or mutation task of its own (a process-wide timer
+    pings every connection): it still gets its Ping, and one that subscribes and sends a
+    mutation afterwards gets its MutationResponse and the Transition carrying the write."""
+    server = start_server("serve")
+    idle, busy = await connect(server), await connect(server)
+    await busy.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+        {"type": "Add", "queryId": 0, "udfPath": "counters:get", "args": [{"name": "pinged"}]}]}))
+    assert json.loads(await busy.recv())["type"] == "Transition"
+    for ws in (idle, busy):  # the server pings every 15 s
+        assert json.loads(await asyncio.wait_for(ws.recv(), 40)) == {"type": "Ping"}
+    await busy.send(mutation(0, "counters:inc", {"name": "pinged", "by": 7}))
+    seen: dict[str, Any] = {}
+    while "Transition" not in seen or "MutationResponse" not in seen:
+        message = json.loads(await asyncio.wait_for(busy.recv(), 30))
+        if message["type"] == "Transition" and message["modifications"]:
+            seen["Transition"] = message["modifications"][0]["value"]
+        elif message["type"] == "MutationResponse":
+            assert "Transition" not in seen  # the response comes first
+            seen["MutationResponse"] = message["success"]
+    assert seen == {"Transition": 7, "MutationResponse": True}
+    await idle.close()
+    await busy.close()
+    assert complaints(server) == []
