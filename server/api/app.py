@@ -25,12 +25,13 @@ from server.api.snapshot_http import SnapshotRoutes
 from server.api.static_files import DashboardFiles, SdkFiles, StaticFiles
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import serve_sync
+from server.api.worker_group import WorkerGroup
 from server.core import log_stream
 from server.core.http_router import RESERVED_PREFIXES
 from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
 from server.errors import redact
-from server.workers import WORKER_ENV
+from server.workers import WORKER_ENV, WORKERS_ENV
 
 log = logging.getLogger("ripple.app")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
@@ -106,16 +107,17 @@ class CorsMiddleware:
 
 def build_app(
     runtime: Runtime, subscriptions: SubscriptionManager | None = None, lifespan: Lifespan | None = None,
-    load_error: Callable[[], str | None] = lambda: None,
+    load_error: Callable[[], str | None] = lambda: None, group: WorkerGroup | None = None,
 ) -> RippleApp:
     """`load_error`: why no version of the app is loaded, when loading failed (dev mode keeps
-    serving and reports it here until a change fixes it)."""
+    serving and reports it here until a change fixes it). `group`: this worker's group of
+    `ripple serve --workers N`, whose logs and metrics the admin endpoints show."""
     api = HttpApi(runtime)
     storage = StorageRoutes(runtime)
     env = EnvRoutes(runtime)
     snapshots = SnapshotRoutes(runtime)
     dashboard = DashboardFiles()
-    logs = LogRoutes(runtime)
+    logs = LogRoutes(runtime, group)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = set()
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
@@ -181,12 +183,16 @@ def build_app(
         body: dict[str, Any] = {"status": "ok", "functions": app.registry.app_function_count}
         if worker := os.environ.get(WORKER_ENV):  # which of `ripple serve --workers N` answered
             body["worker"] = int(worker)
+            body["workers"] = int(os.environ.get(WORKERS_ENV) or 1)
         if app.load_errors:  # dev mode serves the modules that loaded
             body["loadErrors"] = app.load_errors
         return json_response(body)
 
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+        # A worker of a group answers for the group; `?scope=worker`: for itself only.
+        whole_group = group is not None and request.query_params.get("scope") != "worker"
+        text = await group.metrics() if whole_group and group is not None else runtime.metrics.render()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "NotFound", f"no route for {request.method} {request.url.path}")
