@@ -251,10 +251,8 @@ class HttpApi:
             # The HTTP API reports no commit ts: skip reading it back.
             outcome = await self.runtime.call(kind, path, args, identity, allow_internal=admin, at_ts=ts, commit_ts=False,
                                               looked_up=note is not None and note.looked_up)
-            if note is not None and kind == "query" and ts is None and self.runtime.app is app:
-                key = self.runtime.query_cache_key(path, args, identity, allow_internal=admin)
-                if key is not None:
-                    note.learned = (app, key, fmt, identity.expires_at if identity is not None else None)
+            if note is not None and outcome.cache_key is not None and self.runtime.app is app:
+                note.learned = (app, outcome.cache_key, fmt, identity.expires_at if identity is not None else None)
         except HttpError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except FunctionNotFound as exc:

@@ -261,13 +261,6 @@ class Runtime:
             scheduler.adopt(nested)
             return Outcome(value, lines)
 
-    def query_cache_key(self, path: str, args: Any, identity: Identity | None, *, allow_internal: bool = False) -> CacheKey | None:
-        """The query cache key the result of a query call at the latest ts is filed under (its
-        first part is the function's path); None when the cache is off or the call runs uncached."""
-        if not self.query_cache.enabled:
-            return None
-        return _key_of(self.app.registry.resolve(path, allow_internal=allow_internal, kind="query"), args, identity)
-
     async def latest_ts(self) -> int:
         async with self.db.acquire() as conn:
             return int(await conn.fetchval(sql.LATEST_TS))
@@ -416,7 +409,7 @@ class Runtime:
             hit = await cache.lookup(key)
             if hit is not None:
                 self.record_cached(key[0], hit)
-                return Outcome(hit.value(), list(hit.log_lines), None)
+                return Outcome(hit.value(), list(hit.log_lines), None, key)
             kwargs = fn.validate_args(kwargs)
         begun = cache.begin() if key is not None else None
 
@@ -440,7 +433,7 @@ class Runtime:
         run = await self.retry_transaction(attempt, str(fn.path), writes=False)
         if key is not None and begun is not None:
             cache.store(key, begun, run.value, run.log_lines, run.stream_lines, run.reads)
-        return Outcome(run.value, run.log_lines, at_ts)
+        return Outcome(run.value, run.log_lines, at_ts, key)
 
     # -- mutations and writing transactions ---------------------------------------------------
 
