@@ -83,9 +83,12 @@ async def test_a_fast_hit_answers_what_the_full_path_answers(runtime: Runtime, c
 async def test_a_write_is_seen_by_the_next_call_and_large_bodies_take_the_full_path(
     runtime: Runtime, client: httpx.AsyncClient
 ) -> None:
-    """A write into what a learned request read makes its next answer new (a miss counted once),
-    and a body larger than the fast path reads is answered, and hit, by the full path."""
+    """A write into what a learned request read makes its next answer new (a miss counted once);
+    so does a new entry stored for the same key by another request's bytes (the response encoded
+    for the old entry is not sent again). A body larger than the fast path reads is answered,
+    and hit, by the full path."""
     body = b'{"path": "counters:get", "args": {"name": "fast"}}'
+    respelled = b'{"args":{"name":"fast"},"path":"counters:get"}'
     assert (await _post(client, body)).json()["value"] == 0
     assert (await _post(client, body)).json()["value"] == 0
     for expected in (1, 2):
@@ -93,6 +96,12 @@ async def test_a_write_is_seen_by_the_next_call_and_large_bodies_take_the_full_p
         await runtime.call("mutation", "counters:inc", {"name": "fast"})
         assert (await _post(client, body)).json()["value"] == expected
         assert runtime.metrics.value("ripple_query_cache_misses_total") == misses + 1
+    assert (await _post(client, body)).json()["value"] == 2  # a fast hit: the response is encoded
+    await runtime.call("mutation", "counters:inc", {"name": "fast"})
+    assert (await _post(client, respelled)).json()["value"] == 3  # a miss: its run stores a new entry
+    hits = _hits(runtime)
+    assert (await _post(client, body)).json()["value"] == 3  # learned before, hit on the new entry
+    assert _hits(runtime) == hits + 1
     big = b'{"path": "values:echo", "args": {"value": "%s"}}' % (b"x" * FAST_BODY_BYTES)
     hits = _hits(runtime)
     assert (await _post(client, big)).json()["value"] == "x" * FAST_BODY_BYTES

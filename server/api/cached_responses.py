@@ -47,14 +47,14 @@ Request = tuple[bytes, bytes]  # (Authorization header, body)
 @dataclass(slots=True, eq=False)
 class Known:
     """What a request's bytes were learned to mean, and the response last encoded for them
-    (`entry`: the cache entry it encodes)."""
+    (`serial`: the cache entry it encodes, 0: none; the entry itself is not held)."""
 
     app: object
     key: CacheKey
     fmt: str
     expires_at: float | None
     size: int
-    entry: Cached | None = None
+    serial: int = 0
     response: bytes = b""
     length: bytes = b""
 
@@ -109,12 +109,12 @@ class CachedResponses:
 
     async def _answer(self, request: Request, known: Known, entry: Cached, origin: bytes | None, send: Send) -> None:
         learned = self._known.get(request) is known  # not forgotten while the lookup waited
-        if known.entry is not entry:
+        if known.serial != entry.serial:
             response = success_body(entry.value(), list(entry.log_lines), known.fmt)
             if learned:
                 self.bytes += len(response) - len(known.response)
             known.size += len(response) - len(known.response)
-            known.entry, known.response, known.length = entry, response, str(len(response)).encode()
+            known.serial, known.response, known.length = entry.serial, response, str(len(response)).encode()
         if learned:
             self._known.move_to_end(request)
         runtime = self.runtime
