@@ -20,7 +20,7 @@ from server.config import AuthConfig
 from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
 
-from conftest import AUTH_APP, open_runtime, unreachable_url, until
+from conftest import AUTH_APP, BASIC_APP, open_runtime, unreachable_url, until
 from oidc_issuer import OidcIssuer
 
 
@@ -107,6 +107,23 @@ async def test_a_write_is_seen_by_the_next_call_and_large_bodies_take_the_full_p
     assert (await _post(client, big)).json()["value"] == "x" * FAST_BODY_BYTES
     assert (await _post(client, big)).json()["value"] == "x" * FAST_BODY_BYTES
     assert _hits(runtime) == hits + 1
+
+
+async def test_fast_hits_carry_the_cors_headers_of_an_allow_list(namespace: str) -> None:
+    """With RIPPLE_CORS_ORIGINS, a fast hit from an allowed origin reflects it, one from another
+    origin gets only `Vary: Origin`, as the full path's answers do."""
+    async with open_runtime(BASIC_APP, namespace, cors_origins=("https://app.example",)) as runtime, \
+            _client(runtime) as client:
+        body = b'{"path": "counters:get", "args": {"name": "cors"}}'
+        for origin, allowed in (("https://app.example", "https://app.example"), ("https://evil.example", None)):
+            hits = _hits(runtime)
+            answers = [await _post(client, body, origin=origin) for _ in range(3)]
+            assert _hits(runtime) >= hits + 2
+            for answer in answers:
+                assert answer.status_code == 200 and answer.json()["value"] == 0
+                assert answer.headers.get("access-control-allow-origin") == allowed
+                assert answer.headers["vary"] == "Origin"
+                assert answer.headers.items() == answers[0].headers.items()
 
 
 @pytest.fixture
