@@ -231,6 +231,7 @@ class HttpApi:
     # -- endpoint bodies --------------------------------------------------------------------
 
     async def run(self, request: Request, kind: Kind | None, path_override: str | None = None, at_ts: bool = False) -> Response:
+        app = self.runtime.app  # what a QueryNote learns is true of this app (and its auth config) only
         try:
             raw = await read_body(request, self.runtime.config.max_body_bytes)
             body, call = await offload.decode(len(raw), decode_call, raw, path_override)
@@ -247,7 +248,6 @@ class HttpApi:
             if kind is None:
                 kind = self.runtime.app.registry.resolve(path, allow_internal=admin).kind
             note: QueryNote | None = request.scope.get(QUERY_NOTE)
-            app = self.runtime.app
             # The HTTP API reports no commit ts: skip reading it back.
             outcome = await self.runtime.call(kind, path, args, identity, allow_internal=admin, at_ts=ts, commit_ts=False,
                                               looked_up=note is not None and note.looked_up)
