@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.cached_responses import CachedResponses
 from server.api.dev_auth import dev_auth_routes
 from server.api.env_http import EnvRoutes
 from server.api.http_actions import HttpActions
@@ -66,20 +67,27 @@ class CorsMiddleware:
             return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"), EXPOSE_HEADERS]
         return None
 
+    def added_headers(self, origin: bytes | None) -> list[tuple[bytes, bytes]] | None:
+        """The headers a response (not a preflight's) to a request from `origin` gets; None: the
+        request passes through untouched (no Origin, no allow-list)."""
+        if origin is None and not self.allowed:
+            return None
+        cors = self.headers_for(origin)
+        return cors if cors is not None else [(b"vary", b"Origin")]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
-        if origin is None and not self.allowed:
+        added = self.added_headers(origin)
+        if added is None:
             await self.app(scope, receive, send)
             return
-        cors = self.headers_for(origin)
         if origin is not None and scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
-            await self.preflight(cors, headers.get(b"access-control-request-headers"), send)
+            await self.preflight(self.headers_for(origin), headers.get(b"access-control-request-headers"), send)
             return
-        added = cors if cors is not None else [(b"vary", b"Origin")]
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -232,7 +240,9 @@ def build_app(
         lifespan=lifespan,
     )
     public = StaticFiles(runtime.config.app_dir / "public")
-    return RippleApp(app, runtime, subscriptions, websocket_clients, HttpActions(runtime, api, load_error, public))
+    # POST /api/query goes through the query cache's fast path first (cached_responses.py).
+    queries = CachedResponses(runtime, app, CorsMiddleware(app, runtime.config.cors_origins).added_headers)
+    return RippleApp(app, runtime, subscriptions, websocket_clients, HttpActions(runtime, api, load_error, public), queries)
 
 
 SYNC_PATH = re.compile(r"^/api/(?:[^/]+/)?sync$")
@@ -243,13 +253,16 @@ class RippleApp:
     straight to the sync endpoint with the server's own `send`, which the fan-out fast path in
     server/api/sync_ws.py writes frames through; HTTP requests outside /api/ and /_ripple/ go to
     the app's HTTP actions (without the app-wide CORS: each route has its own), then to the
-    files of public/ when no route takes them; everything else goes to Starlette."""
+    files of public/ when no route takes them; `POST /api/query` goes to the query cache's fast
+    path (server/api/cached_responses.py), which hands what it does not answer to Starlette;
+    everything else goes to Starlette."""
 
     def __init__(self, starlette: Starlette, runtime: Runtime, subscriptions: SubscriptionManager, clients: set[Any],
-                 http_actions: HttpActions) -> None:
+                 http_actions: HttpActions, queries: CachedResponses) -> None:
         self.starlette = starlette
         self._runtime, self._subscriptions, self._clients = runtime, subscriptions, clients
         self._http_actions = http_actions
+        self._queries = queries
 
     @property
     def runtime(self) -> Runtime:
@@ -272,6 +285,9 @@ class RippleApp:
                 await send({"type": "websocket.close", "code": 1013})  # try again later
                 return
             await serve_sync(scope, receive, send, self._runtime, self._subscriptions, self._clients)
+            return
+        if scope["type"] == "http" and scope["path"] == "/api/query" and scope["method"] == "POST":
+            await self._queries(scope, receive, send)
             return
         if scope["type"] == "http" and not scope["path"].startswith(RESERVED_PREFIXES):
             await self._http_actions(scope, receive, send)
