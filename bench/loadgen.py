@@ -33,7 +33,8 @@ runfn  RunFunction in benchmark mode (workloads/benchmark_query.json, benchmark_
        /api/mutation over HTTP). Baselines in the same invocation: bench/http_api.py's raw asyncpg
        (imported): the same SQL from a C-connection pool (query: one REPEATABLE READ read-only
        transaction with the index range; insert: one SERIALIZABLE transaction with the INSERT and
-       `_ripple_commit`), closed-loop C tasks; and a floor (bench/loadgen_floor.py: canned protocol
+       `_ripple_commit`), closed-loop C tasks in this process, on the event loop the server runs on
+       (uvloop when installed, as http_api.py does); and a floor (bench/loadgen_floor.py: canned protocol
        replies, no database) that calibrates the Node clients. Printed: ops/s, p50/p99/max, the
        ratio Ripple / asyncpg ops/s.
 observe ObserveInsert (workloads/prod.json runs it at 5/s). One client, one iteration at a time
@@ -81,8 +82,8 @@ is split into server, Node, PostgreSQL, and "other" (neighbours: > 15% of a core
 Percentiles are nearest-rank over one run's samples. Results: bench/results/loadgen-<UTC>.json
 with the git commit, code digest and machine information.
 
-    python bench/loadgen.py                         # every scenario (~4 min)
-    python bench/loadgen.py --quick                 # ~1 min: smaller N, shorter windows
+    python bench/loadgen.py                         # every scenario (~5 min)
+    python bench/loadgen.py --quick                 # ~1.5 min: smaller N, shorter windows
     python bench/loadgen.py --scenarios observe,mi  # a subset
 """
 
@@ -118,7 +119,7 @@ from common import (
     wait_ready,
 )
 from fanout import OTHER_CPU_WARN, ensure_node_modules, metrics, rss_kb, wait_quiet
-from http_api import OUR_PIDS, CpuSampler, RawAsyncpg, closed_loop
+from http_api import OUR_PIDS, CpuSampler, RawAsyncpg, baseline_loop_factory, closed_loop
 
 SCRIPT = Path(__file__).resolve()
 BENCH = SCRIPT.parent
@@ -538,7 +539,9 @@ def main() -> None:
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, need), hard))
     ensure_node_modules()
-    run_cancellable(lambda: bench(args), "interrupted; processes stopped and the schema dropped")
+    # The asyncpg baselines run in this process on the loop uvicorn picks for the server (as in http_api.py).
+    run_cancellable(lambda: bench(args), "interrupted; processes stopped and the schema dropped",
+                    loop_factory=baseline_loop_factory())
 
 
 if __name__ == "__main__":
