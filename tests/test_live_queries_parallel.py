@@ -1,24 +1,30 @@
 """One tick's re-runs over several connections sharing its snapshot (server/core/tick_runs.py),
-in process against real PostgreSQL: results are consistent at the ts they are published with,
-more than one connection is used, a helper connection killed mid-tick costs nothing but a
-re-run, and stopping during a parallel tick leaves every pooled connection free."""
+against real PostgreSQL, in process and through a real server with websocket clients: results
+are consistent at the ts they are published with, more than one connection is used, a helper
+connection killed mid-tick costs nothing but a re-run, and stopping during a parallel tick
+leaves every pooled connection free."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
+import websockets
 
+from client_sdk.protocol import decode_ts
 from server.core.runtime import Runtime
 from server.core.shared_queries import SharedQuery
 from server.core.subscriptions import SubscriptionManager
 from server.core.tick_runs import helpers_wanted
 
-from conftest import BASIC_APP, open_runtime, until
+from conftest import BASIC_APP, ServerProcess, open_runtime, until
 
 POOL = 8  # connections of the runtime's pool: the shared test PostgreSQL allows 100 in all
 QUERIES = 32  # distinct subscriptions one write touches
@@ -190,3 +196,52 @@ async def test_stopping_during_a_parallel_tick_leaves_no_connection_out_of_the_p
         await observer.close()
         if not stopped:
             await manager.stop()
+
+
+async def watch_until(ws: Any, doc_id: str, left: int) -> int:
+    """Read `ws`'s Transitions until its query shows the pair with `left`; that Transition's
+    endVersion ts."""
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if message["type"] != "Transition":
+            continue
+        for mod in message["modifications"]:
+            assert mod["type"] == "QueryUpdated", mod
+            if mod["value"]["_id"] == doc_id and mod["value"]["left"] == left:
+                assert mod["value"]["right"] == left
+                return decode_ts(message["endVersion"]["ts"])
+
+
+@pytest.mark.e2e
+async def test_websocket_clients_of_many_queries_one_write_touched_all_get_its_ts(
+        start_server: Callable[..., ServerProcess]) -> None:
+    """QUERIES websocket clients of a real server, each subscribed to its own query over one of
+    two documents that every write bumps together: the Transitions carrying a write reach every
+    client with the same endVersion ts, though the server ran the queries on several
+    connections."""
+    server = start_server("serve")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        async def mutation(path: str, args: dict[str, Any]) -> Any:
+            body = (await http.post("/api/mutation", json={"path": path, "args": args})).json()
+            assert body["status"] == "success", body
+            return body["value"]
+
+        ids = [await mutation("pairs:setup", {}), await mutation("pairs:setup", {})]
+        url = server.url.replace("http://", "ws://") + "/api/sync"
+        sockets = [await websockets.connect(url) for _ in range(QUERIES)]
+        try:
+            for i, ws in enumerate(sockets):
+                await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4()), "connectionCount": 0}))
+                await ws.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+                    {"type": "Add", "queryId": 0, "udfPath": "pairs:read_slowly",
+                     "args": [{"id": ids[i % 2], "seconds": 0.01, "tag": i}]}]}))
+            await asyncio.gather(*(watch_until(ws, ids[i % 2], 0) for i, ws in enumerate(sockets)))
+            runs = server.metrics().get("ripple_live_query_parallel_runs_total", 0.0)
+            for bump in (1, 2):
+                await mutation("pairs:bump_two_docs", {"first": ids[0], "second": ids[1]})
+                seen = await asyncio.gather(*(watch_until(ws, ids[i % 2], bump) for i, ws in enumerate(sockets)))
+                assert len(set(seen)) == 1, seen
+            assert server.metrics()["ripple_live_query_parallel_runs_total"] > runs
+        finally:
+            for ws in sockets:
+                await ws.close()
