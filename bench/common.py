@@ -162,6 +162,24 @@ def process_ticks() -> dict[int, tuple[str, int]]:
     return out
 
 
+def group_pids(root: int) -> set[int]:
+    """`root` and every process descending from it (a `ripple serve --workers N` supervisor's workers)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{entry}/stat").read_bytes()
+                parents[int(entry)] = int(raw.rpartition(b")")[2].split()[1])
+    group, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in group and pid not in group:
+                group.add(pid)
+                grew = True
+    return group
+
+
 def machine_busy_ticks() -> tuple[int, int]:
     """(busy, total) jiffies over all CPUs from /proc/stat."""
     with open("/proc/stat") as f:

@@ -55,7 +55,10 @@ Figures, per write and per delivered update (one subscription receiving the writ
 
 Servers, each started fresh for every case (so RSS starts clean), one at a time:
 
-* ripple    `python -m server.cli serve` (its default configuration) on bench/fanout_app.
+* ripple    `python -m server.cli serve` (its default configuration but ONE process, as
+            bench/common.py pins for every script) on bench/fanout_app; with --ripple-workers N,
+            `serve --workers N`: RSS and CPU are then the supervisor's and its workers' together,
+            and the metrics (re-executions) the group's sums (docs/operations.md#workers).
 * ripple-k1 the same with RIPPLE_LIVE_QUERY_PARALLELISM=1 (case (d) only).
 * naive     BASELINE (bench/fanout_baselines.py naive): same stack as Ripple (uvicorn+Starlette,
             websockets-sansio); on every NOTIFY it re-runs the SQL of every subscription, then
@@ -126,6 +129,7 @@ from common import (
     command_output,
     describe_machine,
     free_port,
+    group_pids,
     http_call,
     local_tcp_ports,
     machine_busy_ticks,
@@ -188,12 +192,12 @@ class CpuWindow:
     everything else ("other": other users of the machine, their PostgreSQL backends included;
     it should stay near 0, else a neighbour disturbed the window)."""
 
-    def __init__(self, server_pid: int, node_pid: int, admin: Any) -> None:
-        self.server_pid, self.node_pid, self.admin = server_pid, node_pid, admin
+    def __init__(self, server_pids: set[int], node_pid: int, admin: Any) -> None:
+        self.server_pids, self.node_pid, self.admin = server_pids, node_pid, admin
         self.backends: set[int] = set()
 
     async def _classify(self) -> None:
-        ports = local_tcp_ports([self.server_pid])
+        ports = local_tcp_ports(sorted(self.server_pids))
         rows = await self.admin.fetch("SELECT pid, client_port, backend_type FROM pg_stat_activity")
         self.backends |= {r["pid"] for r in rows if r["client_port"] in ports or r["backend_type"] != "client backend"}
 
@@ -210,14 +214,15 @@ class CpuWindow:
         def pct(ticks: float) -> float:
             return round(100.0 * ticks / CLK_TCK / wall, 1)
 
-        ours = {self.server_pid, self.node_pid, os.getpid()}
+        ours = {*self.server_pids, self.node_pid, os.getpid()}
+        server_ticks = sum(used.get(pid, 0) for pid in self.server_pids)
         pg = self.backends
         others = sorted(((t, pid) for pid, t in used.items() if pid not in ours and pid not in pg and t > 0), reverse=True)
         busy, total = mb[0] - ma[0], mb[1] - ma[1]
         return {
             "window_s": round(wall, 3),
-            "server_cpu_s": used.get(self.server_pid, 0) / CLK_TCK,
-            "server_cpu_pct": pct(used.get(self.server_pid, 0)),
+            "server_cpu_s": server_ticks / CLK_TCK,
+            "server_cpu_pct": pct(server_ticks),
             "node_cpu_pct_proc": pct(used.get(self.node_pid, 0)),
             "postgres_cpu_pct": pct(sum(used.get(pid, 0) for pid in pg)),
             "other_cpu_pct": pct(sum(t for t, _ in others)),
@@ -257,6 +262,13 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
+    def pids(self) -> set[int]:
+        """The server's processes: with --ripple-workers N, the supervisor and its workers."""
+        return group_pids(self.proc.pid)
+
+    def rss_kb(self) -> int:
+        return sum(rss_kb(pid) for pid in self.pids())
+
 
 async def start_server(kind: str, processes: Processes, args: argparse.Namespace, ctx: dict[str, str]) -> Server:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -267,7 +279,9 @@ async def start_server(kind: str, processes: Processes, args: argparse.Namespace
         entry = [str(args.ripple_launcher)] if args.ripple_launcher else ["-m", "server.cli"]
         proc = processes.start("ripple", [sys.executable, *entry, "serve", "--port", str(port),
                                           "--dir", str(APP_DIR), "--database-url", args.database_url,
-                                          "--db-schema", ctx["ripple_schema"]], env=env)
+                                          "--db-schema", ctx["ripple_schema"],
+                                          *(["--workers", str(args.ripple_workers)] if args.ripple_workers != 1 else [])],
+                               env=env)
         server = Server(kind, proc, port, port)
     else:
         http_port = free_port()
@@ -356,7 +370,7 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
     spy: subprocess.Popen[bytes] | None = None
     try:
         await asyncio.sleep(0.5)
-        rss_before = rss_kb(server.pid)
+        rss_before = server.rss_kb()
         node = NodeClients({
             "wsUrl": f"ws://{HOST}:{server.ws_port}/api/sync",
             "writeUrl": f"http://{HOST}:{server.http_port}/api/mutation",
@@ -373,14 +387,14 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
         assert node.proc is not None
         ready = await node.expect("ready", 660)
         await asyncio.sleep(1.0)
-        rss_subscribed = rss_kb(server.pid)
+        rss_subscribed = server.rss_kb()
         m1 = await metrics(server.http_port)
         if profile_path is not None:
             spy = processes.start("py-spy", [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid),
                                              "--rate", "200", "--native", "--format", "raw",
                                              "--output", str(profile_path)])
             await asyncio.sleep(2.0)  # py-spy attaches
-        cpu = CpuWindow(server.pid, node.proc.pid, admin)
+        cpu = CpuWindow(server.pids(), node.proc.pid, admin)
         await cpu.begin()
         node.send("go")
         await node.expect("writing", 30)
@@ -394,7 +408,7 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
             Processes.stop(spy, keep_log=False)
         await asyncio.sleep(0.5)  # stray re-executions would show up in the counter
         m2 = await metrics(server.http_port)
-        rss_after_writes = rss_kb(server.pid)
+        rss_after_writes = server.rss_kb()
         sent = done["writes"] + done["warmup_writes"]
         seen_subs = m1.get("ripple_subscriptions")
         if not kind.startswith("floor") and seen_subs != subs:
@@ -957,6 +971,8 @@ def main() -> None:
                              "(default 1)")
     parser.add_argument("--servers", default="ripple,naive,floor,floor-ws",
                         help="which servers to run (default ripple,naive,floor,floor-ws)")
+    parser.add_argument("--ripple-workers", type=int, default=1, metavar="N",
+                        help="run Ripple as `ripple serve --workers N` (default 1; its RSS and CPU are the group's)")
     parser.add_argument("--profile", action="store_true", help="afterwards, profile Ripple's (a) and largest (b) case with py-spy")
     parser.add_argument("--profile-dir", default=None, help="keep the py-spy collapsed stacks in this directory")
     parser.add_argument("--ripple-launcher", default=None,

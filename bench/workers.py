@@ -58,6 +58,7 @@ from common import (
     command_output,
     describe_machine,
     free_port,
+    group_pids,
     http_call,
     machine_busy_ticks,
     process_ticks,
@@ -72,24 +73,6 @@ APP_DIR = BENCH / "fanout_app"
 CLIENTS_JS = BENCH / "workers_clients.mjs"
 RESULTS_DIR = BENCH / "results"
 PREFIX = "w"
-
-
-def group_pids(root: int) -> set[int]:
-    """`root` and every process descending from it (the supervisor's workers)."""
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                raw = Path(f"/proc/{entry}/stat").read_bytes()
-                parents[int(entry)] = int(raw.rpartition(b")")[2].split()[1])
-    group, grew = {root}, True
-    while grew:
-        grew = False
-        for pid, parent in parents.items():
-            if parent in group and pid not in group:
-                group.add(pid)
-                grew = True
-    return group
 
 
 def postgres_pids() -> set[int]:
