@@ -499,6 +499,17 @@ class TableSql:
         # The row version at ctid $2 only (one the transaction holds locked): no index lookup.
         at_ctid_sets = ", ".join(f"{c} = {p}" for c, p in zip(targets, params(4), strict=True))
         self.update_at_ctid = f"UPDATE {t} SET doc = $3, {at_ctid_sets} WHERE id = $1 AND ctid = $2"
+        # Several such row versions in one statement (a table without derived columns): $1 ids,
+        # $2 ctids, $3 docs, then one array per key column. `ctid = ANY($2)` makes it a TID scan.
+        key_types = ", ".join(f"${n}::bytea[]" for n in range(4, 4 + len(indexes)))
+        key_names = ", ".join(f"k{n}" for n in range(len(indexes)))
+        many_sets = ", ".join(f"{self.key_columns[i]} = v.k{n}" for n, i in enumerate(indexes))
+        self.update_many_at_ctid = (
+            f"UPDATE {t} AS t SET doc = v.doc{', ' if indexes else ''}{many_sets} "
+            f"FROM unnest($1::text[], $2::tid[], $3::jsonb[]{', ' if indexes else ''}{key_types}) "
+            f"AS v(id, ctid, doc{', ' if indexes else ''}{key_names}) "
+            "WHERE t.ctid = ANY($2::tid[]) AND t.ctid = v.ctid AND t.id = v.id"
+        )
         self.delete = f"DELETE FROM {t} WHERE id = $1"
         self.scan_all = f"SELECT id, creation_time, doc FROM {t}"
         self.range: dict[tuple[str, bool], str] = {}

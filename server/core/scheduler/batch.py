@@ -40,14 +40,14 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from server.core import log_stream
-from server.core.documents import DatabaseWriter
+from server.core.documents import DatabaseWriter, StagedRow, write_staged
 from server.core.logs import LogBuffer
 from server.core.registry import FunctionDef
 from server.core.runtime import Runtime
 from server.core.scheduler import table
 from server.core.scheduler.api import MutationScheduler, current_job
 from server.core.scheduler.table import Candidate
-from server.core.transaction import CONFLICTS, Transaction
+from server.core.transaction import CONFLICTS, Sender, Transaction
 from server.errors import FunctionFailure, RippleUsageError
 
 BATCH_SECONDS = 0.2
@@ -90,17 +90,39 @@ async def run_batch(runtime: Runtime, conn: asyncpg.Connection, batch: list[tupl
             mine = [(c, fn) for c, fn in batch if c.job["_id"] in claimed]
             outcome.misses = len(batch) - len(mine)
             deadline = time.monotonic() + BATCH_SECONDS
+            marks = Marks(tx)
             for candidate, fn in mine:
                 if outcome.ran and time.monotonic() > deadline:
                     outcome.unstarted.append(candidate)
                     continue
-                outcome.ran.append(await _run_one(runtime, tx, candidate, fn))
+                outcome.ran.append(await _run_one(runtime, tx, candidate, fn, marks))
     except CONFLICTS as exc:
         raise Conflicted(f"a batch of {len(batch)} scheduled mutations conflicted") from exc
     return outcome
 
 
-async def _run_one(runtime: Runtime, tx: Transaction, candidate: Candidate, fn: FunctionDef) -> Run:
+class Marks:
+    """The final states of a batch's jobs, written together in one statement (write_staged)
+    just before the next statement any job of the batch issues, or before the commit
+    (Transaction.defer): a job later in the batch reads the earlier ones done, as if each had
+    been written at once, and a batch of jobs that issue no statement of their own writes them
+    all in one round trip."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self.tx = tx
+        self.rows: list[StagedRow] = []
+
+    def add(self, job: dict[str, object], ctid: object, fields: dict[str, object]) -> None:
+        if not self.rows:
+            self.tx.defer(self._write)
+        self.rows.append(DatabaseWriter(self.tx, system=True).staged_patch_locked(job, ctid, fields))
+
+    async def _write(self, send: Sender) -> None:
+        rows, self.rows = self.rows, []
+        await write_staged(send, rows)
+
+
+async def _run_one(runtime: Runtime, tx: Transaction, candidate: Candidate, fn: FunctionDef, marks: Marks) -> Run:
     """One job of the batch, under its own savepoint, then its final state (not under the
     savepoint: a failure is recorded, not undone)."""
     job, job_id = candidate.job, candidate.job["_id"]
@@ -123,6 +145,5 @@ async def _run_one(runtime: Runtime, tx: Transaction, candidate: Candidate, fn: 
         log_stream.caller.reset(tokens[1])
         current_job.reset(tokens[0])
     run.state = table.SUCCESS if error is None else table.FAILED
-    final = table.final_fields(run.state, error, startedTime=started)
-    await DatabaseWriter(tx, system=True).patch_locked(job, candidate.ctid, final)
+    marks.add(job, candidate.ctid, table.final_fields(run.state, error, startedTime=started))
     return run
