@@ -21,6 +21,8 @@ import pytest
 from asyncpg.pool import PoolConnectionProxy
 
 from server.config import SchedulerConfig
+from server.core.database import decode_doc
+from server.core.keys import index_keys
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
 
@@ -106,6 +108,14 @@ async def test_a_job_sees_its_batch_mates_that_ran_before_it_finished(namespace:
         assert sorted(seen.values()) == list(range(n)), seen
         per_tx = collections.Counter((await transactions_of(rt)).values())
         assert max(per_tx.values()) > 1 and len(ids) == n, per_tx  # some ran together in a batch
+        # Their final states were written with the keys read from the claimed rows (those of
+        # indexes over no patched field kept): every index key stored is the document's.
+        info = rt.catalog.table("_scheduled_functions")
+        async with rt.db.acquire() as conn:
+            rows = await conn.fetch(f'SELECT * FROM "{rt.db.namespace}"._scheduled_functions')
+        for row in rows:
+            doc = decode_doc(row["id"], row["creation_time"], row["doc"])
+            assert {n: row[f"k_{n}"] for n in info.index_fields} == index_keys(doc, info.index_fields, info.name)
 
 
 @pytest.fixture

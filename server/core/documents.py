@@ -284,11 +284,14 @@ class DatabaseWriter(DatabaseReader):
         merged.update(fields)
         await self._store(info, current, merged, ctid)
 
-    def staged_patch_locked(self, current: dict[str, Any], ctid: Any, fields: Mapping[str, Any]) -> StagedRow:
+    def staged_patch_locked(self, current: dict[str, Any], ctid: Any, fields: Mapping[str, Any],
+                            stored_keys: Mapping[str, bytes] | None = None) -> StagedRow:
         """Runtime only: `patch_locked` whose statement is left to the caller: the new version is
         validated, counted and in the write set now, and the caller writes the returned row,
         with others of its table, by `write_staged` in this transaction before it commits (the
-        scheduler defers its batch's job marks this way, Transaction.defer)."""
+        scheduler defers its batch's job marks this way, Transaction.defer). `stored_keys`:
+        the index keys stored with the row version at `ctid` (read with it), which are its old
+        keys; an index over no patched field keeps its key."""
         if not self._system_access:
             raise ForbiddenOperation("staged_patch_locked is for the runtime's own system writes")
         info = _resolve_id(self._tx.catalog, current["_id"])
@@ -299,7 +302,13 @@ class DatabaseWriter(DatabaseReader):
         merged.update(fields)
         stored = info.table.validate(merged, doc_id=doc_id, tables=self._tx.catalog.names)
         full = {"_id": doc_id, CREATION_TIME: current[CREATION_TIME], **stored}
-        old_keys, new_keys = self._keys(info, current), self._keys(info, full)
+        if stored_keys is not None and stored_keys.keys() == info.index_fields.keys():
+            old_keys = dict(stored_keys)
+            patched = {f.split(".", 1)[0] for f in fields}
+            touched = {n: fs for n, fs in info.index_fields.items() if any(f.split(".", 1)[0] in patched for f in fs)}
+            new_keys = {**old_keys, **keys.index_keys(full, touched, info.name)}
+        else:
+            old_keys, new_keys = self._keys(info, current), self._keys(info, full)
         encoded = to_convex_json(stored)
         self._count_write(info, doc_id, encoded)
         self._tx.record_write(info.name, doc_id, cast(WriteKeys, old_keys), cast(WriteKeys, new_keys))

@@ -578,10 +578,12 @@ _CRONS = quote_ident("_cron_jobs")
 
 NOTIFY = "SELECT pg_notify($1, $2)"
 ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock($1)"
-# Candidates: the earliest due pending jobs, unlocked (a hint; the claim decides).
+# Candidates: the earliest due pending jobs, unlocked (a hint; the claim decides), with the index
+# keys stored with that row version (a batch's job marks reuse them as the old keys).
+JOB_KEY_COLUMNS = ("k_by_creation_time", "k_by_state", "k_by_parent", "k_by_completed_time")
 PEEK_DUE_JOBS = (
-    f"SELECT id, ctid, creation_time, doc FROM {_JOBS} WHERE k_by_state >= $1 AND k_by_state < $2 "
-    "ORDER BY k_by_state LIMIT $3 OFFSET $4"
+    f"SELECT id, ctid, creation_time, doc, {', '.join(JOB_KEY_COLUMNS)} FROM {_JOBS} "
+    "WHERE k_by_state >= $1 AND k_by_state < $2 ORDER BY k_by_state LIMIT $3 OFFSET $4"
 )
 # The claim: that very row version (so its document is the one peeked), if it is still pending
 # and due and nobody holds it.

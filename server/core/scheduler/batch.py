@@ -112,10 +112,11 @@ class Marks:
         self.tx = tx
         self.rows: list[StagedRow] = []
 
-    def add(self, job: dict[str, object], ctid: object, fields: dict[str, object]) -> None:
+    def add(self, candidate: Candidate, fields: dict[str, object]) -> None:
         if not self.rows:
             self.tx.defer(self._write)
-        self.rows.append(DatabaseWriter(self.tx, system=True).staged_patch_locked(job, ctid, fields))
+        writer = DatabaseWriter(self.tx, system=True)
+        self.rows.append(writer.staged_patch_locked(candidate.job, candidate.ctid, fields, candidate.keys))
 
     async def _write(self, send: Sender) -> None:
         rows, self.rows = self.rows, []
@@ -145,5 +146,5 @@ async def _run_one(runtime: Runtime, tx: Transaction, candidate: Candidate, fn: 
         log_stream.caller.reset(tokens[1])
         current_job.reset(tokens[0])
     run.state = table.SUCCESS if error is None else table.FAILED
-    marks.add(job, candidate.ctid, table.final_fields(run.state, error, startedTime=started))
+    marks.add(candidate, table.final_fields(run.state, error, startedTime=started))
     return run

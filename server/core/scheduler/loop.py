@@ -377,7 +377,7 @@ class Scheduler:
         # Not a job in flight here, nor one finished while the peek ran: the peek may have read
         # it before its commit, and a claim of that stale row version would read a version a
         # concurrent transaction replaced (an SSI rw-conflict that can abort a whole batch).
-        fresh = [Candidate(job, ctid) for job, ctid in found if job["_id"] not in self._in_flight and job["_id"] not in done]
+        fresh = [c for c in found if c.job["_id"] not in self._in_flight and c.job["_id"] not in done]
         random.shuffle(fresh)
         return fresh
 
