@@ -11,10 +11,13 @@ A batch is one SERIALIZABLE transaction that
 2. runs each claimed job's mutation in turn, under a savepoint of its own: a mutation that
    raises is rolled back to it (its writes and write-set entries go) and its job is recorded
    `failed` with the error, while its batch-mates keep theirs;
-3. records each job's final state in the same transaction, next to its writes, and commits.
+3. records each job's final state in the same transaction and commits. The final states wait
+   (`Marks`, Transaction.defer) and are written together in one statement just before the next
+   statement any job issues, or before the commit: one round trip per batch, not per job.
 Exactly once holds as for a lone job: a job's writes and its final state are in one commit, and
 a rollback leaves every job of the batch pending. Jobs run one after another, each seeing the
-writes of the ones before it: a serial order, as if each had committed alone.
+writes of the ones before it, and their final states: a serial order, as if each had committed
+alone (tests/test_scheduler_batch.py checks it with jobs that count the finished ones).
 
 What aborts the whole transaction is not retried as a batch here. A serialization conflict
 comes back as `Conflicted`, and runs.JobRunner then runs the batch's jobs one by one on the
@@ -28,8 +31,10 @@ mutation delays few others. The batch size is capped at 16 (server/config.py): a
 one job row per job, and past `max_pred_locks_per_relation` (32 by default) rows of one table
 SERIALIZABLE records a read of the whole table, after which other batches' job updates are
 conflicts (an in-process drain of 4,000 no-op jobs: 47 batches split with 32, none with 16). Savepoints are
-released after each job, so they never nest, and only those that write take a subtransaction id
-(PostgreSQL's snapshots slow down past 64 in one transaction).
+released after each job, so they never nest; a job that issues no statement opens none (its
+SAVEPOINT waits for a first statement, Transaction.savepoint). Those that were opened take a
+subtransaction id when they or the final states written inside them write: at most one per job,
+16 per batch (PostgreSQL's snapshots slow down past 64 in one transaction).
 """
 
 from __future__ import annotations
@@ -113,10 +118,11 @@ class Marks:
         self.rows: list[StagedRow] = []
 
     def add(self, candidate: Candidate, fields: dict[str, object]) -> None:
+        writer = DatabaseWriter(self.tx, system=True)
+        row = writer.staged_patch_locked(candidate.job, candidate.ctid, fields, candidate.keys)
         if not self.rows:
             self.tx.defer(self._write)
-        writer = DatabaseWriter(self.tx, system=True)
-        self.rows.append(writer.staged_patch_locked(candidate.job, candidate.ctid, fields, candidate.keys))
+        self.rows.append(row)
 
     async def _write(self, send: Sender) -> None:
         rows, self.rows = self.rows, []
