@@ -92,6 +92,10 @@ class Committer:
         tx = Transaction(conn, catalog, writable=True)
         try:
             yield tx
+            if not (tx.lost or tx.conflicted):
+                await tx.before_commit()  # deferred writes (Transaction.defer)
+            if tx.unfinished is not None:
+                raise RuntimeError("a deferred write of this transaction failed") from tx.unfinished
             if tx.lost:
                 raise ConnectionLost("the database connection was lost during the transaction")
             if tx.conflicted:
