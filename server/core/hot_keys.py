@@ -132,7 +132,8 @@ class HotKeys:
                 keep = bool(ticket.keys) and ticket.keys == tuple(name for name, _ in ticket.held)
             raise
         else:
-            if self._keys and ticket.tx is not None:
+            # Not queued although a key is hot: did it touch one? Then its kind queues next time.
+            if self._keys and not ticket.held and ticket.tx is not None:
                 touched = keys_of(ticket.tx)
                 if any(self._is_hot(key) for key in touched):
                     self._remember(ticket, touched)
