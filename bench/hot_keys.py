@@ -32,6 +32,10 @@ fresh PostgreSQL schema):
                    table, and nearly every increment then conflicts with every other (measured:
                    3-4 retries per increment and less than half the throughput).
 * asyncpg-naive -- the same server retrying at once, without backoff.
+* ripple-2w     -- `ripple serve --workers 2`: two Ripple processes on one socket, each with its own
+                   queues (conflicts between them are retried). Its retries and queued figures are
+                   what the worker that answered GET /_ripple/metrics counted (about half), and its
+                   server CPU is the supervisor's only (the workers are its children): not comparable.
 * floor         -- calibration: the baseline server answering a fixed success without touching
                    the database: what the Node generator and the HTTP stack can do at best.
 
@@ -168,6 +172,7 @@ CASES = {  # key: (label, server kind, counters' prefix)
     "ripple-noqueue": ("ripple, queue off (main)", "ripple-noqueue", HOT_PREFIX),
     "asyncpg": ("asyncpg HTTP, Ripple's backoff", "backoff", HOT_PREFIX),
     "asyncpg-naive": ("asyncpg HTTP, naive retry", "naive", HOT_PREFIX),
+    "ripple-2w": ("ripple --workers 2 (queue per worker)", "ripple-2w", HOT_PREFIX),
     "floor": ("floor (no database)", "floor", HOT_PREFIX),
     "cold-ripple": ("10,000 counters: ripple", "ripple", COLD_PREFIX),
     "cold-ripple-noqueue": ("10,000 counters: ripple, queue off", "ripple-noqueue", COLD_PREFIX),
@@ -193,9 +198,10 @@ class Bench:
         if kind.startswith("ripple"):
             env = {k: v for k, v in os.environ.items() if not k.startswith("RIPPLE_")}
             env.update(PYTHONUNBUFFERED="1", RIPPLE_HOT_KEY_QUEUE="0" if kind == "ripple-noqueue" else "1")
+            workers = ["--workers", "2"] if kind == "ripple-2w" else []
             proc = self.processes.start(kind, [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
                                                "--dir", str(APP_DIR), "--database-url", self.args.database_url,
-                                               "--db-schema", self.namespace], env=env, cwd=APP_DIR)
+                                               "--db-schema", self.namespace, *workers], env=env, cwd=APP_DIR)
             await wait_ready(proc, port, "/_ripple/health")
         else:
             proc = self.processes.start(kind, [sys.executable, str(SCRIPT), "_baseline", "--port", str(port),
