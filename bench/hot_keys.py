@@ -198,7 +198,8 @@ class Bench:
         if kind.startswith("ripple"):
             env = {k: v for k, v in os.environ.items() if not k.startswith("RIPPLE_")}
             env.update(PYTHONUNBUFFERED="1", RIPPLE_HOT_KEY_QUEUE="0" if kind == "ripple-noqueue" else "1")
-            workers = ["--workers", "2"] if kind == "ripple-2w" else []
+            # One process unless measuring workers (newer trees default to one worker per core).
+            workers = ["--workers", "2" if kind == "ripple-2w" else "1"]
             proc = self.processes.start(kind, [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
                                                "--dir", str(APP_DIR), "--database-url", self.args.database_url,
                                                "--db-schema", self.namespace, *workers], env=env, cwd=APP_DIR)
