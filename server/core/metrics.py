@@ -32,7 +32,7 @@ class Metrics:
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         for bound in self.buckets[name]:  # every bucket, so a series exists from the first observation
-            self.inc(f"{name}_bucket", 1.0 if value <= bound else 0.0, le=_number(bound), **labels)
+            self.inc(f"{name}_bucket", 1.0 if value <= bound else 0.0, le=exposition_number(bound), **labels)
         self.inc(f"{name}_bucket", 1.0, le="+Inf", **labels)
         self.inc(f"{name}_sum", value, **labels)
         self.inc(f"{name}_count", 1.0, **labels)
@@ -65,15 +65,15 @@ class Metrics:
         for (name, labels), value in sorted(self.counters.items()):
             header(name)
             label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels)
-            text = _number(value)
+            text = exposition_number(value)
             lines.append(f"{name}{{{label_text}}} {text}" if labels else f"{name} {text}")
         for name, read in sorted(self.gauges.items()):
             header(name)
-            lines.append(f"{name} {_number(read())}")
+            lines.append(f"{name} {exposition_number(read())}")
         return "\n".join(lines) + "\n"
 
 
-def _number(value: float) -> str:
+def exposition_number(value: float) -> str:
     """Exposition-format number: whole values in full (a counter of 1,234,567 is not 1.23457e+06)."""
     if value != value:
         return "NaN"

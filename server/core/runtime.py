@@ -202,6 +202,7 @@ class Runtime:
         idempotency_key: tuple[str, int] | None = None,
         commit_ts: bool = True,
         before_commit: Callable[[], None] | None = None,
+        looked_up: bool = False,
     ) -> Outcome:
         """Resolve, validate and run a function. Raises RippleUsageError for caller mistakes
         (unknown function, bad arguments) and FunctionFailure when the function itself fails.
@@ -213,9 +214,15 @@ class Runtime:
 
         `before_commit` (mutations): called just before each attempt's COMMIT is sent, after which
         live-query results may hold the mutation's writes (the websocket holds its Transitions
-        back from then until the MutationResponse, server/sync/protocol.py)."""
+        back from then until the MutationResponse, server/sync/protocol.py).
+
+        `looked_up` (a query at the latest ts): the query cache was asked for this very call and
+        could not answer (the HTTP fast path, server/api/cached_responses.py, counted the miss):
+        it is run and stored without asking again."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
         if kind == "query" and at_ts is None and self.query_cache.enabled and (cache := _key_of(fn, args, identity)):
+            if looked_up:
+                return await self._run_query(fn, fn.validate_args(args), identity, at_ts, cache, looked_up=True)
             # A hit needs no validation: the same arguments passed it when the result was stored.
             return await self._run_query(fn, args, identity, at_ts, cache)
         kwargs = fn.validate_args(args)
@@ -398,24 +405,23 @@ class Runtime:
             self.log_stream.record("query", str(fn.path), buffer)
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None, stream_lines=buffer.lines)
 
-    def record_cached(self, fn: FunctionDef, hit: Cached) -> None:
-        """A query answered from the query cache: its log stream entry, `cached`, with the lines
-        of the run that computed the result."""
-        buffer = self.log_buffer(fn)
-        buffer.lines = list(hit.stream_lines)
-        self.log_stream.record("query", str(fn.path), buffer, cached=True)
+    def record_cached(self, path: str, hit: Cached) -> None:
+        """A query of `path` answered from the query cache: its log stream entry, `cached`, with
+        the lines of the run that computed the result."""
+        self.log_stream.record_cached("query", path, list(hit.stream_lines))
 
     async def _run_query(self, fn: FunctionDef, kwargs: Any, identity: Identity | None, at_ts: int | None,
-                         key: CacheKey | None = None) -> Outcome:
+                         key: CacheKey | None = None, *, looked_up: bool = False) -> Outcome:
         """A client's or an action's query. With a cache `key` (a call at the latest ts), `kwargs`
         are the arguments as sent, validated only when the query cache cannot answer (a result
-        no commit since touched), and the run is stored."""
+        no commit since touched), and the run is stored. `looked_up`: the cache was asked
+        already and missed (`call`); `kwargs` are validated."""
         cache = self.query_cache
-        if key is not None:
+        if key is not None and not looked_up:
             hit = await cache.lookup(key)
             if hit is not None:
-                self.record_cached(fn, hit)
-                return Outcome(hit.value(), list(hit.log_lines), None)
+                self.record_cached(key[0], hit)
+                return Outcome(hit.value(), list(hit.log_lines), None, key)
             kwargs = fn.validate_args(kwargs)
         begun = cache.begin() if key is not None else None
 
@@ -439,7 +445,7 @@ class Runtime:
         run = await self.retry_transaction(attempt, str(fn.path), writes=False)
         if key is not None and begun is not None:
             cache.store(key, begun, run.value, run.log_lines, run.stream_lines, run.reads)
-        return Outcome(run.value, run.log_lines, at_ts)
+        return Outcome(run.value, run.log_lines, at_ts, key)
 
     # -- mutations and writing transactions ---------------------------------------------------
 
