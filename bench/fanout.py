@@ -26,6 +26,14 @@ clients do not offer permessage-deflate.
   subscriptions, not connections.) --b-writes (200) writes spread over all the queries.
 * (c) server RSS (VmRSS of the server process, /proc/<pid>/status): after start-up (+ one query)
   and after all subscriptions delivered their first result (+1 s settle); (after - before) / S.
+* (d) one write invalidates --d-queries (1,000) distinct subscribed queries, each with one client:
+  client i subscribes to `counters:with_shared(name=q<i>, shared="shared")`, which reads the
+  shared counter and its own one, so the queries are distinct executions (no shared result, no
+  query cache hit) and every write to "shared" (--d-writes (20) of them, --d-gap-ms (200) apart)
+  changes all 1,000 results. Run on Ripple twice in the same invocation: `ripple-k1`
+  (RIPPLE_LIVE_QUERY_PARALLELISM=1: a tick re-runs its queries one at a time on one connection,
+  as before issue 16 part 3) and `ripple` (its default: up to 4 connections sharing the tick's
+  snapshot). Only Ripple runs it (the baselines have no such query).
 
 Figures, per write and per delivered update (one subscription receiving the written value):
 
@@ -38,6 +46,8 @@ Figures, per write and per delivered update (one subscription receiving the writ
                  timestamps, and the baselines' own). Same machine, same clock; different
                  processes.
 * write complete t(last affected subscription received) - t0, one sample per write.
+* commit->last   per write: the largest commit->receive of its deliveries (the last client to get
+                 it), one sample per write; (d)'s figure.
 * mutation RTT   t0 -> HTTP response of the write (context).
 * re-executions / write: delta of `ripple_query_executions_total` (GET /_ripple/metrics) over
                  the write phase, divided by the writes sent (warm-up ones included).
@@ -46,6 +56,7 @@ Figures, per write and per delivered update (one subscription receiving the writ
 Servers, each started fresh for every case (so RSS starts clean), one at a time:
 
 * ripple    `python -m server.cli serve` (its default configuration) on bench/fanout_app.
+* ripple-k1 the same with RIPPLE_LIVE_QUERY_PARALLELISM=1 (case (d) only).
 * naive     BASELINE (bench/fanout_baselines.py naive): same stack as Ripple (uvicorn+Starlette,
             websockets-sansio); on every NOTIFY it re-runs the SQL of every subscription, then
             sends the changed results. No read sets, no shared executions.
@@ -57,7 +68,8 @@ Servers, each started fresh for every case (so RSS starts clean), one at a time:
 Targets (the issue, on this 2-core machine): (a) send->receive p99 <= 50 ms over all clients;
 (b) write-complete p50 <= 10 ms at every S, flat as S grows (p50 at the largest S <= 1.5x p50 at
 the smallest), exactly 1 re-execution per write (each write touches exactly one query);
-(c) <= 20 KB of server RSS per subscription (at the largest S of (b)).
+(c) <= 20 KB of server RSS per subscription (at the largest S of (b)); (d) commit->last client p99
+<= 150 ms with exactly --d-queries re-executions per write.
 
 Load generator calibration: the floors are driven by the same Node process; their figures are
 what the clients (and this machine) allow at best. "node ELU" is the Node event loop's
@@ -80,7 +92,7 @@ Everything is on this machine (loopback only): PostgreSQL, the server, the Node 
 this script share its cores. The script works in fresh PostgreSQL schemas and stops every
 process and drops the schemas at the end, also on errors and Ctrl-C.
 
-    python bench/fanout.py [--quick] [--runs 3] [--clients 1000] [--b-subs 1000,5000,10000] ...
+    python bench/fanout.py [--quick] [--runs 3] [--cases a,b,d] [--clients 1000] [--b-subs 1000,5000,10000] ...
 """
 
 from __future__ import annotations
@@ -131,10 +143,12 @@ CLIENTS_JS = BENCH / "fanout_clients.mjs"
 BASELINES = BENCH / "fanout_baselines.py"
 RESULTS_DIR = BENCH / "results"
 PREFIX = "q"
+SHARED = "shared"  # (d)'s counter every query reads
 OTHER_CPU_WARN = 15.0  # % of one core used by unrelated processes during a write phase
 
 SERVERS = {
     "ripple": "Ripple",
+    "ripple-k1": "Ripple, LIVE_QUERY_PARALLELISM=1",
     "naive": "baseline: naive re-run-all",
     "floor": "floor: NOTIFY->echo (asgi)",
     "floor-ws": "floor: NOTIFY->echo (websockets)",
@@ -247,7 +261,9 @@ class Server:
 async def start_server(kind: str, processes: Processes, args: argparse.Namespace, ctx: dict[str, str]) -> Server:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     port = free_port()
-    if kind == "ripple":
+    if kind in ("ripple", "ripple-k1"):
+        if kind == "ripple-k1":
+            env["RIPPLE_LIVE_QUERY_PARALLELISM"] = "1"
         entry = [str(args.ripple_launcher)] if args.ripple_launcher else ["-m", "server.cli"]
         proc = processes.start("ripple", [sys.executable, *entry, "serve", "--port", str(port),
                                           "--dir", str(APP_DIR), "--database-url", args.database_url,
@@ -262,7 +278,7 @@ async def start_server(kind: str, processes: Processes, args: argparse.Namespace
                                       "--db-schema", ctx["base_schema"], "--channel", ctx["base_channel"]], env=env)
         server = Server(kind, proc, port, http_port)
     await wait_ready(proc, server.http_port)
-    if kind == "ripple":  # load the query's code paths before the RSS baseline
+    if kind in ("ripple", "ripple-k1"):  # load the query's code paths before the RSS baseline
         status, body = await asyncio.to_thread(http_call, port, "POST", "/api/query",
                                                {"path": "counters:get", "args": {"name": PREFIX + "0"}, "format": "json"})
         if status != 200 or not body.startswith(b'{"status":"success"'):
@@ -344,10 +360,11 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
         node = NodeClients({
             "wsUrl": f"ws://{HOST}:{server.ws_port}/api/sync",
             "writeUrl": f"http://{HOST}:{server.http_port}/api/mutation",
-            "udfPath": "counters:get", "writePath": "counters:put", "prefix": PREFIX,
+            "udfPath": "counters:with_shared" if case["part"] == "d" else "counters:get", "writePath": "counters:put",
+            "prefix": PREFIX, "shared": SHARED if case["part"] == "d" else None,
             "clients": clients, "subsPerClient": subs // clients, "distinct": distinct,
             "writes": writes, "warmupWrites": args.warmup_writes,
-            "gapMs": args.a_gap_ms if case["part"] == "a" else args.b_gap_ms,
+            "gapMs": {"a": args.a_gap_ms, "b": args.b_gap_ms, "d": args.d_gap_ms}[case["part"]],
             "writeTimeoutMs": int(args.write_timeout * 1000), "maxWriteSeconds": args.case_seconds,
             "valueBase": value_base, "connectConcurrency": 64, "readyTimeoutMs": 600_000,
         })
@@ -380,7 +397,7 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
         rss_after_writes = rss_kb(server.pid)
         sent = done["writes"] + done["warmup_writes"]
         seen_subs = m1.get("ripple_subscriptions")
-        if kind in ("ripple", "naive") and seen_subs != subs:
+        if not kind.startswith("floor") and seen_subs != subs:
             print(f"  !! {kind} reports {seen_subs} subscriptions, expected {subs}", flush=True)
         result = {
             "server": kind, **{k: case[k] for k in ("part", "clients", "subs", "distinct")},
@@ -521,7 +538,8 @@ def med(runs: list[dict[str, Any]], path: str) -> float:
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": len(runs)}
-    for metric in ("send_to_receive_ms", "commit_to_receive_ms", "write_complete_ms", "first_delivery_ms", "write_rtt_ms"):
+    for metric in ("send_to_receive_ms", "commit_to_receive_ms", "commit_to_last_ms", "write_complete_ms", "first_delivery_ms",
+                   "write_rtt_ms"):
         out[metric] = {p: med(runs, f"{metric}.{p}") for p in ("p50", "p90", "p99", "max")}
         out[metric]["n"] = sum(r[metric]["n"] for r in runs)
     for key in ("executions_per_write", "deliveries_per_write", "rss_per_sub_kb", "rss_before_kb", "rss_subscribed_kb",
@@ -650,9 +668,10 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
     print("\n(c) server RSS: (RSS with all subscriptions - RSS after start-up) / subscriptions")
     print(f"  {'case':36} " + " ".join(f"{k:>16}" for k in servers))
     for c in cases:
-        key = "a" if c["part"] == "a" else f"b{c['subs']}"
-        label = (f"(a) {c['subs']:,} subs on {c['clients']:,} sockets" if c["part"] == "a"
-                 else f"(b) {c['subs']:,} subs on {c['clients']:,} sockets")
+        if c["part"] == "d":
+            continue
+        key = c["key"]
+        label = f"({c['part']}) {c['subs']:,} subs on {c['clients']:,} sockets"
         cells = []
         for kind in servers:
             r = agg.get((key, kind))
@@ -673,6 +692,35 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
             targets["c_rss_per_sub_le_20kb"] = {"value_kb": r["rss_per_sub_kb"], "subs": b_cases[-1]["subs"], "met": ok}
             print(f"  target (c) <= 20 KB per subscription at S={b_cases[-1]['subs']:,}: {fmt(r['rss_per_sub_kb'], 1)} KB "
                   f"{mark(ok)}")
+    d_case = next((c for c in cases if c["part"] == "d"), None)
+    if d_case is not None:
+        print(f"\n(d) {d_case['clients']:,} clients, each on its own query; every write changes all {d_case['distinct']:,} "
+              "results (distinct executions)")
+        print(f"  {'server':34} {'commit->last client ms':>24} {'last client ms':>15} {'commit->recv ms':>16} "
+              f"{'re-exec':>8} {'srv CPU':>8} {'pg CPU':>7}")
+        print(f"  {'':34} {'p50':>7} {'p99':>8} {'max':>7} {'p50':>7} {'p99':>7} {'p50':>7} {'p99':>8} {'/write':>8} "
+              f"{'ms/wr':>8} {'%':>7}")
+        for kind in ("ripple-k1", "ripple"):
+            r = agg.get(("d", kind))
+            if r:
+                cl, w, c = r["commit_to_last_ms"], r["write_complete_ms"], r["commit_to_receive_ms"]
+                lost = f"   !! {r['timed_out_writes']} writes timed out" if r["timed_out_writes"] else ""
+                print(f"  {SERVERS[kind]:34} {fmt(cl['p50'], 1):>7} {fmt(cl['p99'], 1):>8} {fmt(cl['max'], 0):>7} "
+                      f"{fmt(w['p50'], 1):>7} {fmt(w['p99'], 1):>7} {fmt(c['p50'], 1):>7} {fmt(c['p99'], 1):>8} "
+                      f"{fmt(r['executions_per_write'], 1):>8} {fmt(r['server_cpu_ms_per_write'], 1):>8} "
+                      f"{fmt(r['postgres_cpu_pct'], 0):>7}{lost}")
+        rip, k1 = agg.get(("d", "ripple")), agg.get(("d", "ripple-k1"))
+        if rip:
+            p99 = rip["commit_to_last_ms"]["p99"]
+            execs = rip["executions_per_write"]
+            ok = p99 <= 150.0 and not rip["timed_out_writes"]
+            targets["d_commit_to_last_p99_le_150ms"] = {"value_ms": p99, "met": ok,
+                                                        "k1_value_ms": k1["commit_to_last_ms"]["p99"] if k1 else None}
+            targets["d_executions_per_write"] = {"value": execs, "expected": d_case["distinct"],
+                                                 "met": abs(execs - d_case["distinct"]) < 1e-6}
+            vs = f" ({ratio(p99, k1['commit_to_last_ms']['p99'])} of parallelism 1)" if k1 else ""
+            print(f"  target (d) commit->last client p99 <= 150 ms: {fmt(p99, 1)} ms{vs} {mark(ok)}; "
+                  f"re-executions per write {fmt(execs, 1)} (expected {d_case['distinct']:,})")
     return targets
 
 
@@ -681,8 +729,11 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
 # ---------------------------------------------------------------------------------------------
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cases = [{"part": "a", "key": "a", "clients": args.clients, "subs": args.clients, "distinct": 1, "writes": args.a_writes}]
-    for s in args.b_subs:
+    cases = []
+    if "a" in args.cases:
+        cases.append({"part": "a", "key": "a", "clients": args.clients, "subs": args.clients, "distinct": 1,
+                      "writes": args.a_writes})
+    for s in args.b_subs if "b" in args.cases else []:
         if s % args.b_clients or s % args.b_subs_per_query:
             raise SystemExit(f"--b-subs {s} must be a multiple of --b-clients ({args.b_clients}) "
                              f"and of --b-subs-per-query ({args.b_subs_per_query})")
@@ -691,7 +742,17 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise SystemExit(f"--b-subs {s}: a client would hold the same query twice")
         cases.append({"part": "b", "key": f"b{s}", "clients": args.b_clients, "subs": s, "distinct": distinct,
                       "writes": args.b_writes})
+    if "d" in args.cases:
+        cases.append({"part": "d", "key": "d", "clients": args.d_queries, "subs": args.d_queries,
+                      "distinct": args.d_queries, "writes": args.d_writes})
     return cases
+
+
+def case_servers(case: dict[str, Any], servers: list[str]) -> list[str]:
+    """(d) runs on Ripple only, with parallelism 1 and its default; (a) and (b) on the rest."""
+    if case["part"] == "d":
+        return ["ripple-k1", "ripple"] if "ripple" in servers else []
+    return [kind for kind in servers if kind != "ripple-k1"]
 
 
 def ensure_node_modules() -> None:
@@ -747,7 +808,7 @@ async def bench(args: argparse.Namespace) -> None:
         for run in range(1, args.runs + 1):
             print(f"\n-- run {run}/{args.runs}", flush=True)
             for case in cases:
-                for kind in servers:
+                for kind in case_servers(case, servers):
                     attempts = []
                     for attempt in range(1, args.retries_disturbed + 2):
                         waited, before = await wait_quiet(args.quiet_wait)
@@ -879,6 +940,11 @@ def main() -> None:
     parser.add_argument("--a-gap-ms", type=float, default=200.0,
                         help="(a) pause after each completed write, so that each write meets an idle server (default 200)")
     parser.add_argument("--b-gap-ms", type=float, default=20.0, help="(b) pause after each completed write (default 20)")
+    parser.add_argument("--d-queries", type=int, default=None,
+                        help="(d) distinct queries, one client each, all invalidated by every write (default 1000)")
+    parser.add_argument("--d-writes", type=int, default=None, help="(d) counted writes per case (default 20)")
+    parser.add_argument("--d-gap-ms", type=float, default=200.0, help="(d) pause after each completed write (default 200)")
+    parser.add_argument("--cases", default="a,b,d", help="which cases to run, comma-separated (default a,b,d)")
     parser.add_argument("--write-timeout", type=float, default=30.0, help="seconds to wait for a write's deliveries (default 30)")
     parser.add_argument("--case-seconds", type=float, default=30.0,
                         help="cap on one case's write phase; slow servers (the naive baseline) do fewer writes (default 30)")
@@ -899,19 +965,24 @@ def main() -> None:
     parser.add_argument("--keep-server-logs", action="store_true", help="keep each server's log file and print its path")
     parser.add_argument("--database-url", default=DEFAULT_DB, help=f"PostgreSQL URL (default {DEFAULT_DB})")
     args = parser.parse_args()
-    quick = {"runs": 1, "clients": 100, "a_writes": 20, "b_clients": 100, "b_subs": "100,1000", "b_writes": 50}
-    full = {"runs": 3, "clients": 1000, "a_writes": 50, "b_clients": 1000, "b_subs": "1000,5000,10000", "b_writes": 200}
+    quick = {"runs": 1, "clients": 100, "a_writes": 20, "b_clients": 100, "b_subs": "100,1000", "b_writes": 50,
+             "d_queries": 200, "d_writes": 10}
+    full = {"runs": 3, "clients": 1000, "a_writes": 50, "b_clients": 1000, "b_subs": "1000,5000,10000", "b_writes": 200,
+            "d_queries": 1000, "d_writes": 20}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.b_subs = [int(x) for x in str(args.b_subs).split(",") if x.strip()]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if args.cases - {"a", "b", "d"}:
+        raise SystemExit(f"unknown cases: {', '.join(sorted(args.cases - {'a', 'b', 'd'}))} (choose from a, b, d)")
     unknown = set(args.servers) - set(SERVERS)
     if unknown:
         raise SystemExit(f"unknown servers: {', '.join(sorted(unknown))} (choose from {', '.join(SERVERS)})")
     # Every client socket is an fd in the Node process and in the server; children inherit this.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * max(args.clients, args.b_clients) + 1024
+    need = 2 * max(args.clients, args.b_clients, args.d_queries) + 1024
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
         if hard < need:

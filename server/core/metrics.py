@@ -119,6 +119,8 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_shared_queries", "gauge", "Distinct shared query executions kept live")
     m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")
     m.describe("ripple_live_query_runs_apart_total", "counter", "Live query runs that overran their slice or were known slow, run apart from the ticks")
+    m.describe("ripple_live_query_parallel_runs_total", "counter", "Live query runs a tick started on a helper connection sharing its snapshot (RIPPLE_LIVE_QUERY_PARALLELISM)")
+    m.describe("ripple_live_query_helpers_lost_total", "counter", "Helper connections of a tick that failed while running a query (the query runs again at the next tick)")
     m.describe("ripple_live_query_rests_total", "counter", "Live query runs that timed out, after which the query rests before writes make it run again")
     m.describe("ripple_live_queries_pending", "gauge", "Shared queries whose results are not valid at ripple_live_query_ts yet (being run, or waiting for a tick)")
     m.describe("ripple_websocket_limit_total", "counter",

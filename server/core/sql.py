@@ -642,6 +642,20 @@ BEGIN = {
 }
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
+# A live-query tick's snapshot shared with helper connections (subscriptions.py, tick_runs.py):
+# the tick's transaction exports it; a helper's transaction imports it as its first statement.
+EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
+_SNAPSHOT_ID_RE = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")
+
+
+def begin_imported_snapshot(snapshot_id: str) -> str:
+    """BEGIN a read-only snapshot transaction that imports `snapshot_id` (pg_export_snapshot()'s,
+    checked: SET TRANSACTION SNAPSHOT takes no parameter), as one simple-protocol message."""
+    if not _SNAPSHOT_ID_RE.match(snapshot_id):
+        raise ValueError(f"refusing to inline an unexpected snapshot id {snapshot_id!r}")
+    return f"{BEGIN['snapshot']}; SET TRANSACTION SNAPSHOT '{snapshot_id}'"
+
+
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9_]{1,63}$")
 
 
