@@ -93,6 +93,11 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_query_executions_total", "counter", "Query function executions")
     m.describe("ripple_mutations_total", "counter", "Mutation executions by outcome")
     m.describe("ripple_mutation_retries_total", "counter", "Mutation attempts retried after a conflict")
+    m.describe("ripple_mutation_queued_total", "counter",
+               "Mutation attempts that waited their turn in a hot-key queue behind a conflicting mutation")
+    m.describe("ripple_mutation_queue_timeouts_total", "counter",
+               "Keys a queued mutation attempt stopped waiting for (it ran without their turn)")
+    m.describe("ripple_hot_keys", "gauge", "Keys (documents, index ranges) this process queues mutations on")
     m.describe("ripple_connection_retries_total", "counter",
                "Transactions and queries run again after losing the database connection before COMMIT")
     m.describe("ripple_commit_resolutions_total", "counter",
