@@ -33,6 +33,11 @@ ROOT = COMMON.parent.parent
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/test"
 HOST = "127.0.0.1"
 
+# A `ripple serve` a script starts is ONE process unless the script asks for workers (`--workers`,
+# bench/workers.py): its figures, PIDs, RSS and CPU are one process's. `ripple serve` defaults to a
+# worker per core (docs/operations.md#workers); trees older than that ignore the variable.
+os.environ.setdefault("RIPPLE_WORKERS", "1")
+
 
 # ---------------------------------------------------------------------------------------------
 # Subprocesses, loopback HTTP
@@ -49,6 +54,8 @@ class Processes:
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None,
               cwd: Path = ROOT) -> subprocess.Popen[bytes]:
+        if env is not None:
+            env = {"RIPPLE_WORKERS": "1", **env}  # also where a script cleared RIPPLE_* (see above)
         fd, log_name = tempfile.mkstemp(prefix=f"{self.prefix}-{name}-", suffix=".log")
         with os.fdopen(fd, "wb") as log_file:
             # Own session: a Ctrl-C in the terminal reaches only the script, which stops them.
@@ -153,6 +160,24 @@ def process_ticks() -> dict[int, tuple[str, int]]:
             fields = rest.split()
             out[int(entry)] = (head.partition(b"(")[2].decode(errors="replace"), int(fields[11]) + int(fields[12]))
     return out
+
+
+def group_pids(root: int) -> set[int]:
+    """`root` and every process descending from it (a `ripple serve --workers N` supervisor's workers)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/{entry}/stat").read_bytes()
+                parents[int(entry)] = int(raw.rpartition(b")")[2].split()[1])
+    group, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in group and pid not in group:
+                group.add(pid)
+                grew = True
+    return group
 
 
 def machine_busy_ticks() -> tuple[int, int]:

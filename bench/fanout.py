@@ -26,6 +26,14 @@ clients do not offer permessage-deflate.
   subscriptions, not connections.) --b-writes (200) writes spread over all the queries.
 * (c) server RSS (VmRSS of the server process, /proc/<pid>/status): after start-up (+ one query)
   and after all subscriptions delivered their first result (+1 s settle); (after - before) / S.
+* (d) one write invalidates --d-queries (1,000) distinct subscribed queries, each with one client:
+  client i subscribes to `counters:with_shared(name=q<i>, shared="shared")`, which reads the
+  shared counter and its own one, so the queries are distinct executions (no shared result, no
+  query cache hit) and every write to "shared" (--d-writes (20) of them, --d-gap-ms (200) apart)
+  changes all 1,000 results. Run on Ripple twice in the same invocation: `ripple-k1`
+  (RIPPLE_LIVE_QUERY_PARALLELISM=1: a tick re-runs its queries one at a time on one connection,
+  as before issue 16 part 3) and `ripple` (its default: up to 4 connections sharing the tick's
+  snapshot). Only Ripple runs it (the baselines have no such query).
 
 Figures, per write and per delivered update (one subscription receiving the written value):
 
@@ -38,6 +46,8 @@ Figures, per write and per delivered update (one subscription receiving the writ
                  timestamps, and the baselines' own). Same machine, same clock; different
                  processes.
 * write complete t(last affected subscription received) - t0, one sample per write.
+* commit->last   per write: the largest commit->receive of its deliveries (the last client to get
+                 it), one sample per write; (d)'s figure.
 * mutation RTT   t0 -> HTTP response of the write (context).
 * re-executions / write: delta of `ripple_query_executions_total` (GET /_ripple/metrics) over
                  the write phase, divided by the writes sent (warm-up ones included).
@@ -45,7 +55,11 @@ Figures, per write and per delivered update (one subscription receiving the writ
 
 Servers, each started fresh for every case (so RSS starts clean), one at a time:
 
-* ripple    `python -m server.cli serve` (its default configuration) on bench/fanout_app.
+* ripple    `python -m server.cli serve` (its default configuration but ONE process, as
+            bench/common.py pins for every script) on bench/fanout_app; with --ripple-workers N,
+            `serve --workers N`: RSS and CPU are then the supervisor's and its workers' together,
+            and the metrics (re-executions) the group's sums (docs/operations.md#workers).
+* ripple-k1 the same with RIPPLE_LIVE_QUERY_PARALLELISM=1 (case (d) only).
 * naive     BASELINE (bench/fanout_baselines.py naive): same stack as Ripple (uvicorn+Starlette,
             websockets-sansio); on every NOTIFY it re-runs the SQL of every subscription, then
             sends the changed results. No read sets, no shared executions.
@@ -57,7 +71,8 @@ Servers, each started fresh for every case (so RSS starts clean), one at a time:
 Targets (the issue, on this 2-core machine): (a) send->receive p99 <= 50 ms over all clients;
 (b) write-complete p50 <= 10 ms at every S, flat as S grows (p50 at the largest S <= 1.5x p50 at
 the smallest), exactly 1 re-execution per write (each write touches exactly one query);
-(c) <= 20 KB of server RSS per subscription (at the largest S of (b)).
+(c) <= 20 KB of server RSS per subscription (at the largest S of (b)); (d) commit->last client p99
+<= 150 ms with exactly --d-queries re-executions per write.
 
 Load generator calibration: the floors are driven by the same Node process; their figures are
 what the clients (and this machine) allow at best. "node ELU" is the Node event loop's
@@ -80,7 +95,7 @@ Everything is on this machine (loopback only): PostgreSQL, the server, the Node 
 this script share its cores. The script works in fresh PostgreSQL schemas and stops every
 process and drops the schemas at the end, also on errors and Ctrl-C.
 
-    python bench/fanout.py [--quick] [--runs 3] [--clients 1000] [--b-subs 1000,5000,10000] ...
+    python bench/fanout.py [--quick] [--runs 3] [--cases a,b,d] [--clients 1000] [--b-subs 1000,5000,10000] ...
 """
 
 from __future__ import annotations
@@ -114,6 +129,7 @@ from common import (
     command_output,
     describe_machine,
     free_port,
+    group_pids,
     http_call,
     local_tcp_ports,
     machine_busy_ticks,
@@ -131,10 +147,12 @@ CLIENTS_JS = BENCH / "fanout_clients.mjs"
 BASELINES = BENCH / "fanout_baselines.py"
 RESULTS_DIR = BENCH / "results"
 PREFIX = "q"
+SHARED = "shared"  # (d)'s counter every query reads
 OTHER_CPU_WARN = 15.0  # % of one core used by unrelated processes during a write phase
 
 SERVERS = {
     "ripple": "Ripple",
+    "ripple-k1": "Ripple, LIVE_QUERY_PARALLELISM=1",
     "naive": "baseline: naive re-run-all",
     "floor": "floor: NOTIFY->echo (asgi)",
     "floor-ws": "floor: NOTIFY->echo (websockets)",
@@ -174,12 +192,12 @@ class CpuWindow:
     everything else ("other": other users of the machine, their PostgreSQL backends included;
     it should stay near 0, else a neighbour disturbed the window)."""
 
-    def __init__(self, server_pid: int, node_pid: int, admin: Any) -> None:
-        self.server_pid, self.node_pid, self.admin = server_pid, node_pid, admin
+    def __init__(self, server_pids: set[int], node_pid: int, admin: Any) -> None:
+        self.server_pids, self.node_pid, self.admin = server_pids, node_pid, admin
         self.backends: set[int] = set()
 
     async def _classify(self) -> None:
-        ports = local_tcp_ports([self.server_pid])
+        ports = local_tcp_ports(sorted(self.server_pids))
         rows = await self.admin.fetch("SELECT pid, client_port, backend_type FROM pg_stat_activity")
         self.backends |= {r["pid"] for r in rows if r["client_port"] in ports or r["backend_type"] != "client backend"}
 
@@ -196,14 +214,15 @@ class CpuWindow:
         def pct(ticks: float) -> float:
             return round(100.0 * ticks / CLK_TCK / wall, 1)
 
-        ours = {self.server_pid, self.node_pid, os.getpid()}
+        ours = {*self.server_pids, self.node_pid, os.getpid()}
+        server_ticks = sum(used.get(pid, 0) for pid in self.server_pids)
         pg = self.backends
         others = sorted(((t, pid) for pid, t in used.items() if pid not in ours and pid not in pg and t > 0), reverse=True)
         busy, total = mb[0] - ma[0], mb[1] - ma[1]
         return {
             "window_s": round(wall, 3),
-            "server_cpu_s": used.get(self.server_pid, 0) / CLK_TCK,
-            "server_cpu_pct": pct(used.get(self.server_pid, 0)),
+            "server_cpu_s": server_ticks / CLK_TCK,
+            "server_cpu_pct": pct(server_ticks),
             "node_cpu_pct_proc": pct(used.get(self.node_pid, 0)),
             "postgres_cpu_pct": pct(sum(used.get(pid, 0) for pid in pg)),
             "other_cpu_pct": pct(sum(t for t, _ in others)),
@@ -243,15 +262,26 @@ class Server:
     def pid(self) -> int:
         return self.proc.pid
 
+    def pids(self) -> set[int]:
+        """The server's processes: with --ripple-workers N, the supervisor and its workers."""
+        return group_pids(self.proc.pid)
+
+    def rss_kb(self) -> int:
+        return sum(rss_kb(pid) for pid in self.pids())
+
 
 async def start_server(kind: str, processes: Processes, args: argparse.Namespace, ctx: dict[str, str]) -> Server:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     port = free_port()
-    if kind == "ripple":
+    if kind in ("ripple", "ripple-k1"):
+        if kind == "ripple-k1":
+            env["RIPPLE_LIVE_QUERY_PARALLELISM"] = "1"
         entry = [str(args.ripple_launcher)] if args.ripple_launcher else ["-m", "server.cli"]
         proc = processes.start("ripple", [sys.executable, *entry, "serve", "--port", str(port),
                                           "--dir", str(APP_DIR), "--database-url", args.database_url,
-                                          "--db-schema", ctx["ripple_schema"]], env=env)
+                                          "--db-schema", ctx["ripple_schema"],
+                                          *(["--workers", str(args.ripple_workers)] if args.ripple_workers != 1 else [])],
+                               env=env)
         server = Server(kind, proc, port, port)
     else:
         http_port = free_port()
@@ -262,7 +292,7 @@ async def start_server(kind: str, processes: Processes, args: argparse.Namespace
                                       "--db-schema", ctx["base_schema"], "--channel", ctx["base_channel"]], env=env)
         server = Server(kind, proc, port, http_port)
     await wait_ready(proc, server.http_port)
-    if kind == "ripple":  # load the query's code paths before the RSS baseline
+    if kind in ("ripple", "ripple-k1"):  # load the query's code paths before the RSS baseline
         status, body = await asyncio.to_thread(http_call, port, "POST", "/api/query",
                                                {"path": "counters:get", "args": {"name": PREFIX + "0"}, "format": "json"})
         if status != 200 or not body.startswith(b'{"status":"success"'):
@@ -340,14 +370,15 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
     spy: subprocess.Popen[bytes] | None = None
     try:
         await asyncio.sleep(0.5)
-        rss_before = rss_kb(server.pid)
+        rss_before = server.rss_kb()
         node = NodeClients({
             "wsUrl": f"ws://{HOST}:{server.ws_port}/api/sync",
             "writeUrl": f"http://{HOST}:{server.http_port}/api/mutation",
-            "udfPath": "counters:get", "writePath": "counters:put", "prefix": PREFIX,
+            "udfPath": "counters:with_shared" if case["part"] == "d" else "counters:get", "writePath": "counters:put",
+            "prefix": PREFIX, "shared": SHARED if case["part"] == "d" else None,
             "clients": clients, "subsPerClient": subs // clients, "distinct": distinct,
             "writes": writes, "warmupWrites": args.warmup_writes,
-            "gapMs": args.a_gap_ms if case["part"] == "a" else args.b_gap_ms,
+            "gapMs": {"a": args.a_gap_ms, "b": args.b_gap_ms, "d": args.d_gap_ms}[case["part"]],
             "writeTimeoutMs": int(args.write_timeout * 1000), "maxWriteSeconds": args.case_seconds,
             "valueBase": value_base, "connectConcurrency": 64, "readyTimeoutMs": 600_000,
         })
@@ -356,14 +387,14 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
         assert node.proc is not None
         ready = await node.expect("ready", 660)
         await asyncio.sleep(1.0)
-        rss_subscribed = rss_kb(server.pid)
+        rss_subscribed = server.rss_kb()
         m1 = await metrics(server.http_port)
         if profile_path is not None:
             spy = processes.start("py-spy", [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid),
                                              "--rate", "200", "--native", "--format", "raw",
                                              "--output", str(profile_path)])
             await asyncio.sleep(2.0)  # py-spy attaches
-        cpu = CpuWindow(server.pid, node.proc.pid, admin)
+        cpu = CpuWindow(server.pids(), node.proc.pid, admin)
         await cpu.begin()
         node.send("go")
         await node.expect("writing", 30)
@@ -377,10 +408,10 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
             Processes.stop(spy, keep_log=False)
         await asyncio.sleep(0.5)  # stray re-executions would show up in the counter
         m2 = await metrics(server.http_port)
-        rss_after_writes = rss_kb(server.pid)
+        rss_after_writes = server.rss_kb()
         sent = done["writes"] + done["warmup_writes"]
         seen_subs = m1.get("ripple_subscriptions")
-        if kind in ("ripple", "naive") and seen_subs != subs:
+        if not kind.startswith("floor") and seen_subs != subs:
             print(f"  !! {kind} reports {seen_subs} subscriptions, expected {subs}", flush=True)
         result = {
             "server": kind, **{k: case[k] for k in ("part", "clients", "subs", "distinct")},
@@ -521,7 +552,8 @@ def med(runs: list[dict[str, Any]], path: str) -> float:
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": len(runs)}
-    for metric in ("send_to_receive_ms", "commit_to_receive_ms", "write_complete_ms", "first_delivery_ms", "write_rtt_ms"):
+    for metric in ("send_to_receive_ms", "commit_to_receive_ms", "commit_to_last_ms", "write_complete_ms", "first_delivery_ms",
+                   "write_rtt_ms"):
         out[metric] = {p: med(runs, f"{metric}.{p}") for p in ("p50", "p90", "p99", "max")}
         out[metric]["n"] = sum(r[metric]["n"] for r in runs)
     for key in ("executions_per_write", "deliveries_per_write", "rss_per_sub_kb", "rss_before_kb", "rss_subscribed_kb",
@@ -650,9 +682,10 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
     print("\n(c) server RSS: (RSS with all subscriptions - RSS after start-up) / subscriptions")
     print(f"  {'case':36} " + " ".join(f"{k:>16}" for k in servers))
     for c in cases:
-        key = "a" if c["part"] == "a" else f"b{c['subs']}"
-        label = (f"(a) {c['subs']:,} subs on {c['clients']:,} sockets" if c["part"] == "a"
-                 else f"(b) {c['subs']:,} subs on {c['clients']:,} sockets")
+        if c["part"] == "d":
+            continue
+        key = c["key"]
+        label = f"({c['part']}) {c['subs']:,} subs on {c['clients']:,} sockets"
         cells = []
         for kind in servers:
             r = agg.get((key, kind))
@@ -673,6 +706,35 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
             targets["c_rss_per_sub_le_20kb"] = {"value_kb": r["rss_per_sub_kb"], "subs": b_cases[-1]["subs"], "met": ok}
             print(f"  target (c) <= 20 KB per subscription at S={b_cases[-1]['subs']:,}: {fmt(r['rss_per_sub_kb'], 1)} KB "
                   f"{mark(ok)}")
+    d_case = next((c for c in cases if c["part"] == "d"), None)
+    if d_case is not None:
+        print(f"\n(d) {d_case['clients']:,} clients, each on its own query; every write changes all {d_case['distinct']:,} "
+              "results (distinct executions)")
+        print(f"  {'server':34} {'commit->last client ms':>24} {'last client ms':>15} {'commit->recv ms':>16} "
+              f"{'re-exec':>8} {'srv CPU':>8} {'pg CPU':>7}")
+        print(f"  {'':34} {'p50':>7} {'p99':>8} {'max':>7} {'p50':>7} {'p99':>7} {'p50':>7} {'p99':>8} {'/write':>8} "
+              f"{'ms/wr':>8} {'%':>7}")
+        for kind in ("ripple-k1", "ripple"):
+            r = agg.get(("d", kind))
+            if r:
+                cl, w, c = r["commit_to_last_ms"], r["write_complete_ms"], r["commit_to_receive_ms"]
+                lost = f"   !! {r['timed_out_writes']} writes timed out" if r["timed_out_writes"] else ""
+                print(f"  {SERVERS[kind]:34} {fmt(cl['p50'], 1):>7} {fmt(cl['p99'], 1):>8} {fmt(cl['max'], 0):>7} "
+                      f"{fmt(w['p50'], 1):>7} {fmt(w['p99'], 1):>7} {fmt(c['p50'], 1):>7} {fmt(c['p99'], 1):>8} "
+                      f"{fmt(r['executions_per_write'], 1):>8} {fmt(r['server_cpu_ms_per_write'], 1):>8} "
+                      f"{fmt(r['postgres_cpu_pct'], 0):>7}{lost}")
+        rip, k1 = agg.get(("d", "ripple")), agg.get(("d", "ripple-k1"))
+        if rip:
+            p99 = rip["commit_to_last_ms"]["p99"]
+            execs = rip["executions_per_write"]
+            ok = p99 <= 150.0 and not rip["timed_out_writes"]
+            targets["d_commit_to_last_p99_le_150ms"] = {"value_ms": p99, "met": ok,
+                                                        "k1_value_ms": k1["commit_to_last_ms"]["p99"] if k1 else None}
+            targets["d_executions_per_write"] = {"value": execs, "expected": d_case["distinct"],
+                                                 "met": abs(execs - d_case["distinct"]) < 1e-6}
+            vs = f" ({ratio(p99, k1['commit_to_last_ms']['p99'])} of parallelism 1)" if k1 else ""
+            print(f"  target (d) commit->last client p99 <= 150 ms: {fmt(p99, 1)} ms{vs} {mark(ok)}; "
+                  f"re-executions per write {fmt(execs, 1)} (expected {d_case['distinct']:,})")
     return targets
 
 
@@ -681,8 +743,11 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
 # ---------------------------------------------------------------------------------------------
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cases = [{"part": "a", "key": "a", "clients": args.clients, "subs": args.clients, "distinct": 1, "writes": args.a_writes}]
-    for s in args.b_subs:
+    cases = []
+    if "a" in args.cases:
+        cases.append({"part": "a", "key": "a", "clients": args.clients, "subs": args.clients, "distinct": 1,
+                      "writes": args.a_writes})
+    for s in args.b_subs if "b" in args.cases else []:
         if s % args.b_clients or s % args.b_subs_per_query:
             raise SystemExit(f"--b-subs {s} must be a multiple of --b-clients ({args.b_clients}) "
                              f"and of --b-subs-per-query ({args.b_subs_per_query})")
@@ -691,7 +756,17 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise SystemExit(f"--b-subs {s}: a client would hold the same query twice")
         cases.append({"part": "b", "key": f"b{s}", "clients": args.b_clients, "subs": s, "distinct": distinct,
                       "writes": args.b_writes})
+    if "d" in args.cases:
+        cases.append({"part": "d", "key": "d", "clients": args.d_queries, "subs": args.d_queries,
+                      "distinct": args.d_queries, "writes": args.d_writes})
     return cases
+
+
+def case_servers(case: dict[str, Any], servers: list[str]) -> list[str]:
+    """(d) runs on Ripple only, with parallelism 1 and its default; (a) and (b) on the rest."""
+    if case["part"] == "d":
+        return ["ripple-k1", "ripple"] if "ripple" in servers else []
+    return [kind for kind in servers if kind != "ripple-k1"]
 
 
 def ensure_node_modules() -> None:
@@ -747,7 +822,7 @@ async def bench(args: argparse.Namespace) -> None:
         for run in range(1, args.runs + 1):
             print(f"\n-- run {run}/{args.runs}", flush=True)
             for case in cases:
-                for kind in servers:
+                for kind in case_servers(case, servers):
                     attempts = []
                     for attempt in range(1, args.retries_disturbed + 2):
                         waited, before = await wait_quiet(args.quiet_wait)
@@ -879,6 +954,11 @@ def main() -> None:
     parser.add_argument("--a-gap-ms", type=float, default=200.0,
                         help="(a) pause after each completed write, so that each write meets an idle server (default 200)")
     parser.add_argument("--b-gap-ms", type=float, default=20.0, help="(b) pause after each completed write (default 20)")
+    parser.add_argument("--d-queries", type=int, default=None,
+                        help="(d) distinct queries, one client each, all invalidated by every write (default 1000)")
+    parser.add_argument("--d-writes", type=int, default=None, help="(d) counted writes per case (default 20)")
+    parser.add_argument("--d-gap-ms", type=float, default=200.0, help="(d) pause after each completed write (default 200)")
+    parser.add_argument("--cases", default="a,b,d", help="which cases to run, comma-separated (default a,b,d)")
     parser.add_argument("--write-timeout", type=float, default=30.0, help="seconds to wait for a write's deliveries (default 30)")
     parser.add_argument("--case-seconds", type=float, default=30.0,
                         help="cap on one case's write phase; slow servers (the naive baseline) do fewer writes (default 30)")
@@ -891,6 +971,8 @@ def main() -> None:
                              "(default 1)")
     parser.add_argument("--servers", default="ripple,naive,floor,floor-ws",
                         help="which servers to run (default ripple,naive,floor,floor-ws)")
+    parser.add_argument("--ripple-workers", type=int, default=1, metavar="N",
+                        help="run Ripple as `ripple serve --workers N` (default 1; its RSS and CPU are the group's)")
     parser.add_argument("--profile", action="store_true", help="afterwards, profile Ripple's (a) and largest (b) case with py-spy")
     parser.add_argument("--profile-dir", default=None, help="keep the py-spy collapsed stacks in this directory")
     parser.add_argument("--ripple-launcher", default=None,
@@ -899,19 +981,24 @@ def main() -> None:
     parser.add_argument("--keep-server-logs", action="store_true", help="keep each server's log file and print its path")
     parser.add_argument("--database-url", default=DEFAULT_DB, help=f"PostgreSQL URL (default {DEFAULT_DB})")
     args = parser.parse_args()
-    quick = {"runs": 1, "clients": 100, "a_writes": 20, "b_clients": 100, "b_subs": "100,1000", "b_writes": 50}
-    full = {"runs": 3, "clients": 1000, "a_writes": 50, "b_clients": 1000, "b_subs": "1000,5000,10000", "b_writes": 200}
+    quick = {"runs": 1, "clients": 100, "a_writes": 20, "b_clients": 100, "b_subs": "100,1000", "b_writes": 50,
+             "d_queries": 200, "d_writes": 10}
+    full = {"runs": 3, "clients": 1000, "a_writes": 50, "b_clients": 1000, "b_subs": "1000,5000,10000", "b_writes": 200,
+            "d_queries": 1000, "d_writes": 20}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.b_subs = [int(x) for x in str(args.b_subs).split(",") if x.strip()]
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    args.cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if args.cases - {"a", "b", "d"}:
+        raise SystemExit(f"unknown cases: {', '.join(sorted(args.cases - {'a', 'b', 'd'}))} (choose from a, b, d)")
     unknown = set(args.servers) - set(SERVERS)
     if unknown:
         raise SystemExit(f"unknown servers: {', '.join(sorted(unknown))} (choose from {', '.join(SERVERS)})")
     # Every client socket is an fd in the Node process and in the server; children inherit this.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    need = 2 * max(args.clients, args.b_clients) + 1024
+    need = 2 * max(args.clients, args.b_clients, args.d_queries) + 1024
     if soft < need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
         if hard < need:

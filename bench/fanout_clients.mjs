@@ -22,6 +22,9 @@
 // used before (valueBase + i + 1) with POST writeUrl {path: writePath, args: {name, value}},
 // then waits until every subscription of that query has received the new value (or
 // writeTimeoutMs), then sleeps gapMs. The first warmupWrites writes are not counted.
+//
+// With `shared` set (case (d)), every query's args are {name, shared} (each reads the counter
+// `shared` too), every write sets counter `shared`, and every subscription must receive it.
 
 import http from 'node:http';
 import { performance } from 'node:perf_hooks';
@@ -33,7 +36,7 @@ const cfg = JSON.parse(process.argv[2]);
 const {
   wsUrl, writeUrl, udfPath, writePath, clients: nClients, subsPerClient, distinct, prefix,
   writes, warmupWrites = 0, gapMs = 20, writeTimeoutMs = 30000, maxWriteSeconds = 1e9,
-  valueBase = 0, connectConcurrency = 64, readyTimeoutMs = 300000,
+  valueBase = 0, connectConcurrency = 64, readyTimeoutMs = 300000, shared = null,
 } = cfg;
 
 function emit(obj) {
@@ -101,7 +104,7 @@ function handleMessage(cl, data) {
       continue;
     }
     const w = current;
-    if (w !== null && m.value === w.value && cl.names[m.queryId] === w.name) {
+    if (w !== null && m.value === w.value && (shared !== null || cl.names[m.queryId] === w.name)) {
       w.deliveries.push(t1 - w.t0);
       // endVersion.ts: the commit timestamp (ns since the epoch, taken by PostgreSQL's
       // clock_timestamp() in the writing transaction), against this process's wall clock.
@@ -139,7 +142,9 @@ function openClient(index) {
       }));
       ws.send(JSON.stringify({
         type: 'ModifyQuerySet', baseVersion: 0, newVersion: 1,
-        modifications: names.map((name, k) => ({ type: 'Add', queryId: k, udfPath, args: [{ name }] })),
+        modifications: names.map((name, k) => ({
+          type: 'Add', queryId: k, udfPath, args: [shared === null ? { name } : { name, shared }],
+        })),
       }));
       settled = true;
       resolve();
@@ -224,6 +229,7 @@ function target(i) {
 async function runWrites() {
   const deliveries = [];
   const commitLags = [];
+  const commitToLast = []; // per write: the last affected subscription's commit->receive
   const completion = []; // per write: t(last affected subscription received) - t0
   const firstDelivery = [];
   const writeRtt = [];
@@ -241,7 +247,8 @@ async function runWrites() {
     if (i >= warmupWrites && now() - tStart > maxWriteSeconds * 1000) break;
     const q = target(i);
     const w = {
-      name: prefix + q, value: valueBase + i + 1, expected: subscribers[q], received: 0, t0: 0, first: 0, last: 0,
+      name: shared === null ? prefix + q : shared, value: valueBase + i + 1,
+      expected: shared === null ? subscribers[q] : nClients * subsPerClient, received: 0, t0: 0, first: 0, last: 0,
       deliveries: [], commitLags: [], resolve: null,
     };
     const done = new Promise((r) => { w.resolve = r; });
@@ -275,7 +282,10 @@ async function runWrites() {
       for (const d of w.deliveries) deliveries.push(d);
       for (const d of w.commitLags) commitLags.push(d);
       if (w.received > 0) firstDelivery.push(w.first - w.t0);
-      if (complete) completion.push(w.last - w.t0);
+      if (complete) {
+        completion.push(w.last - w.t0);
+        commitToLast.push(Math.max(...w.commitLags));
+      }
       else {
         timedOut += 1;
         missingDeliveries += w.expected - w.received;
@@ -292,6 +302,7 @@ async function runWrites() {
     deliveries_per_write: counted ? deliveries.length / counted : 0,
     send_to_receive_ms: summary(deliveries),
     commit_to_receive_ms: summary(commitLags),
+    commit_to_last_ms: summary(commitToLast),
     write_complete_ms: summary(completion),
     first_delivery_ms: summary(firstDelivery),
     write_rtt_ms: summary(writeRtt),

@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv = _command(sub, "serve", "run the app in production mode (database URL required)")
     _common(srv, 3210)
     srv.add_argument("--workers", type=int, default=None, metavar="N",
-                     help="run N worker processes on the port, each a full server (default: $RIPPLE_WORKERS, else 1; "
+                     help="run N worker processes on the port, each a full server (default: $RIPPLE_WORKERS, else the number of "
+                          "CPU cores this process may use; "
                           "docs/operations.md, Workers)")
     run = _command(sub, "run", "call a function on a running server, e.g. ripple run videos:list '{}'")
     run.add_argument("path", metavar="PATH", help="function path, e.g. videos:list")
@@ -233,10 +234,12 @@ def cmd_serve(args: argparse.Namespace) -> None:
     config = _config(args, dev=False)
     if not config.database_url:
         sys.exit("ripple serve: a database URL is required (--database-url or DATABASE_URL)")
-    count = args.workers if args.workers is not None else int(os.environ.get("RIPPLE_WORKERS") or 1)
+    count = args.workers if args.workers is not None else int(os.environ.get("RIPPLE_WORKERS") or workers.core_count())
     if count < 1:
         sys.exit(f"ripple serve: --workers must be at least 1, not {count}")
     if count > 1:  # a supervisor of `count` ordinary `ripple serve` processes on one port
+        if "RIPPLE_POOL_MAX" not in os.environ:  # the group holds about as many connections as one process would
+            os.environ["RIPPLE_POOL_MAX"] = str(workers.pool_share(config.pool_max, count))
         with _listen(config, "serve") as sock:
             sys.exit(workers.Supervisor([sys.executable, "-m", "server.cli", *args.argv], count, sock).run())
     from server.runner import serve

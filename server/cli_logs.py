@@ -63,7 +63,7 @@ class Show:
             yield f"{head}  " + self.paint(f"success {took}", GREEN)
 
 
-def fetch(url: str, key: str, cursor: int | None, timeout: float, limit: int = 1000) -> dict[str, Any]:
+def fetch(url: str, key: str, cursor: int | str | None, timeout: float, limit: int = 1000) -> dict[str, Any]:
     """One answer of `GET /_ripple/logs`; Refused for a 4xx, OSError (URLError) when there is no
     server, or it is starting or stopping."""
     query = {"timeout": f"{timeout:g}", "limit": str(limit)}
@@ -81,10 +81,10 @@ def fetch(url: str, key: str, cursor: int | None, timeout: float, limit: int = 1
         raise OSError(f"{exc.code}: {error_message(exc)}") from None
 
 
-def history(url: str, key: str, count: int | None) -> tuple[list[dict[str, Any]], int]:
+def history(url: str, key: str, count: int | None) -> tuple[list[dict[str, Any]], int | str]:
     """The last `count` entries the server keeps (None: all of them), and the cursor after them."""
     entries: list[dict[str, Any]] = []
-    cursor = 0
+    cursor: int | str = 0
     while True:
         page = fetch(url, key, cursor, 0, MAX_PAGE)
         entries.extend(page["entries"])
@@ -113,7 +113,7 @@ def follow(url: str, source: str, key: str | None, show: Show, backlog: int | No
 
     # SIGTERM ends it as Ctrl-C does: nothing is left to undo, everything printed was flushed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    cursor: int | None = None
+    cursor: int | str | None = None  # a string from a group of workers (server/api/worker_group.py)
     lost: str | None = None  # why the server is out of reach, while it is
     delays = reconnect_delays(first=0.5, cap=5.0)
     try:

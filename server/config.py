@@ -246,6 +246,11 @@ class Config:
     log_stream_bytes: int = 32 * MiB
     # The query result cache's memory (server/core/query_cache.py, docs/query-cache.md); 0: off.
     query_cache_bytes: int = 64 * MiB
+    # Mutations that keep conflicting over the same keys take turns in this process (core/hot_keys.py).
+    hot_key_queue: bool = True
+    # Connections a live-query tick re-runs its queries over at most, sharing its snapshot
+    # (server/core/tick_runs.py, docs/live-queries.md); 1: one connection, one run at a time.
+    live_query_parallelism: int = 4
 
     @property
     def base_url(self) -> str:
@@ -283,6 +288,8 @@ class Config:
             log_stream_entries=_env_int("RIPPLE_LOG_STREAM_ENTRIES", 10_000),
             log_stream_bytes=_env_int("RIPPLE_LOG_STREAM_BYTES", 32 * MiB),
             query_cache_bytes=_env_int("RIPPLE_QUERY_CACHE_BYTES", 64 * MiB, minimum=0),
+            hot_key_queue=_env_flag("RIPPLE_HOT_KEY_QUEUE", True),
+            live_query_parallelism=_env_int("RIPPLE_LIVE_QUERY_PARALLELISM", 4),
         )
         for key, value in overrides.items():
             if value is not None:

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from server import adminkey, codegen, devserver, loops, workers
 from server.api.app import RippleApp, build_app
 from server.api.uvicorn_frames import ws_implementation
+from server.api.worker_group import WorkerGroup
 from server.config import Config, connect_url
 from server.core import sql, watchdog
 from server.core.auth import dev_issuer
@@ -214,6 +215,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             folder.start()
 
     loader = AppLoader(runtime, start_services)
+    group = WorkerGroup.from_env(runtime)  # a worker of `ripple serve --workers N`: one view of the group
 
     async def start() -> str | None:
         """Connect and load; the reason start-up must stop, if any."""
@@ -261,6 +263,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                     print(f"Dashboard: {config.base_url}/_ripple/ (`ripple dashboard` opens it signed in)", flush=True)
                 log.info("serving %s (%s mode, event loop %s)", listen_url(config),
                          "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__)
+                if group is not None:
+                    await group.start()
                 if ready_file := os.environ.get(workers.READY_ENV):  # the supervisor waits for it
                     Path(ready_file).touch()  # noqa: ASYNC240 - a file created once, at start
                 tune_gc()
@@ -270,6 +274,8 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             try:
                 if recorded:
                     devserver.forget(config.app_dir)
+                if group is not None:
+                    await group.stop()
                 if watcher is not None:
                     await watcher.stop()
                 if scheduling:
@@ -283,7 +289,7 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
             finally:
                 dog.stop()  # last: functions still running (scheduled jobs finishing) stay guarded
 
-    return build_app(runtime, subscriptions, lifespan=lifespan, load_error=lambda: loader.error)
+    return build_app(runtime, subscriptions, lifespan=lifespan, load_error=lambda: loader.error, group=group)
 
 
 def listen_url(config: Config) -> str:

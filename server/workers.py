@@ -42,10 +42,27 @@ from pathlib import Path
 READY_ENV = "RIPPLE_WORKER_READY_FILE"
 LISTEN_FD_ENV = "RIPPLE_LISTEN_FD"
 WORKER_ENV = "RIPPLE_WORKER"  # the worker's number, 1..N (its log lines can say which)
+WORKERS_ENV = "RIPPLE_WORKER_COUNT"  # N, for /_ripple/health
+WORKERS_DIR_ENV = "RIPPLE_WORKERS_DIR"  # the supervisor's private folder: workers' sockets for each other (api/worker_group.py)
 START_TIMEOUT = 120.0  # a worker not serving after this long has failed to start
 STOP_TIMEOUT = 20.0  # uvicorn's graceful shutdown is 10 s; then the lifespan's own stop
 RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
 POLL = 0.05
+
+
+MIN_POOL_SHARE = 5  # connections each worker may open at least, however many share the default pool
+
+
+def core_count() -> int:
+    """The cores this process may run on: `ripple serve`'s default number of workers."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pool_share(pool_max: int, workers: int) -> int:
+    """Each worker's connection pool when RIPPLE_POOL_MAX is not set: the default pool split
+    between the workers, so that a group on a many-core machine does not open N times as many
+    connections as one process (PostgreSQL's default limit is 100)."""
+    return max(MIN_POOL_SHARE, -(-pool_max // workers))
 
 
 @dataclass
@@ -81,6 +98,7 @@ class Supervisor:
     def spawn(self, number: int) -> Worker:
         ready = self.folder / f"ready-{number}-{time.monotonic_ns()}"
         env = {**os.environ, READY_ENV: str(ready), LISTEN_FD_ENV: str(self.sock.fileno()), WORKER_ENV: str(number),
+               WORKERS_ENV: str(self.count), WORKERS_DIR_ENV: str(self.folder),
                # libuv (uvloop) accepts one connection per turn of the loop, not all that are queued,
                # so that a burst of connections is shared with the other workers.
                "UV_TCP_SINGLE_ACCEPT": "1"}
@@ -92,11 +110,17 @@ class Supervisor:
         """Serve until stopped; the exit status of the group."""
         previous = {sig: signal.signal(sig, self._signalled) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
         try:
-            for number in range(1, self.count + 1):
-                self.workers[number] = self.spawn(number)
-            failed = self._wait_ready(list(self.workers.values()))
+            # The first worker alone first: it sets up the schema while nothing races it, and an app
+            # that cannot start (no database, a broken module) says why once, in one paragraph.
+            self.workers[1] = self.spawn(1)
+            failed = self._wait_ready([self.workers[1]])
+            if failed is None and self.stopping is None:
+                for number in range(2, self.count + 1):
+                    self.workers[number] = self.spawn(number)
+                failed = self._wait_ready(list(self.workers.values()))
             if failed is not None:
-                self.say(f"worker {failed.number} did not start (status {failed.proc.returncode}); stopping the others")
+                if len(self.workers) > 1:  # (the first one's own last line says why)
+                    self.say(f"worker {failed.number} did not start (status {failed.proc.returncode}); stopping the others")
                 self._stop_all(signal.SIGTERM)
                 return 1
             self.say(f"{self.count} workers serving on port {self.port} (pids "
@@ -143,6 +167,7 @@ class Supervisor:
             deaths = self.deaths[number] = self.deaths.get(number, 0) + 1 if time.monotonic() - worker.started < 60 else 1
             delay = RESTART_DELAYS[min(deaths, len(RESTART_DELAYS)) - 1]
             self.say(f"worker {number} (pid {worker.proc.pid}) exited with status {status}; starting it again in {delay:g} s")
+            (self.folder / f"worker-{number}-{worker.proc.pid}.sock").unlink(missing_ok=True)  # killed: left behind
             until = time.monotonic() + delay
             while time.monotonic() < until and self.stopping is None:
                 time.sleep(POLL)

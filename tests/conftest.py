@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
     from client_sdk import RippleClient
 
+# `ripple serve` runs a worker per core by default; tests of one server mean one process (its
+# metrics, log stream cursor, pid). Tests of groups pass --workers (tests/test_workers.py).
+os.environ.setdefault("RIPPLE_WORKERS", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BASIC_APP = APPS / "basic"

@@ -166,3 +166,24 @@ async def test_a_new_subscription_takes_a_ticks_cached_result_until_a_write_touc
         assert metrics.value("ripple_query_executions_total") == executions + 2
     finally:
         await manager.stop()
+
+
+async def test_read_your_writes_across_processes_round_after_round(start_server: Callable[..., ServerProcess]) -> None:
+    """A client that got its mutation's answer from one process, then asks either process the
+    same query (repeated: answered by the HTTP fast path when nothing changed), sees its write,
+    however soon it asks: the NOTIFY of the commit may not have reached the other process yet,
+    but a hit first reads the latest commit ts, after the request arrived (docs/query-cache.md)."""
+    a = start_server()
+    b = start_server()
+    async with httpx.AsyncClient(base_url=a.url) as ca, httpx.AsyncClient(base_url=b.url) as cb:
+        clients = (ca, cb)
+        for client in clients:
+            for _ in range(2):  # learned, then a hit
+                assert (await call(client, "query", "counters:get", {"name": "ryw"})).json()["value"] == 0
+        hits = _cache_counts(a)[0] + _cache_counts(b)[0]
+        for expected in range(1, 21):
+            writer, other = clients[expected % 2], clients[(expected + 1) % 2]
+            assert (await call(writer, "mutation", "counters:inc", {"name": "ryw"})).json()["value"] == expected
+            for reader in (other, writer, other):
+                assert (await call(reader, "query", "counters:get", {"name": "ryw"})).json()["value"] == expected
+        assert _cache_counts(a)[0] + _cache_counts(b)[0] >= hits + 20  # the third read of each round is a hit

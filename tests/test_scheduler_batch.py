@@ -2,8 +2,9 @@
 real PostgreSQL: a failing job among its batch-mates, a connection lost mid-batch and a COMMIT
 whose answer was lost (through tests/faultproxy.py), two processes' schedulers draining one table.
 
-That jobs shared a transaction is read from PostgreSQL itself: rows written by one transaction
-carry its id in `xmin`."""
+That jobs shared a transaction is read from the change log: each commit's row lists what it
+wrote (not from `xmin`: a batch writes jobs' final states inside their savepoints, whose
+subtransactions have ids of their own)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import pytest
 from asyncpg.pool import PoolConnectionProxy
 
 from server.config import SchedulerConfig
+from server.core.database import decode_doc
+from server.core.keys import index_keys
 from server.core.runtime import Runtime
 from server.core.scheduler.loop import Scheduler
 
@@ -50,11 +53,11 @@ async def wait_finished(rt: Runtime, n: int, timeout: float = 30.0) -> list[dict
         await asyncio.sleep(0.05)
 
 
-async def transactions_of(rt: Runtime) -> dict[str, str]:
-    """The id of the transaction that last wrote each job (its final state)."""
+async def transactions_of(rt: Runtime) -> dict[str, int]:
+    """The commit (its ts in the change log) that last wrote each job (its final state)."""
     async with rt.db.acquire() as conn:
-        rows = await conn.fetch(f'SELECT id, xmin::text AS xid FROM "{rt.db.namespace}"._scheduled_functions')
-    return {r["id"]: r["xid"] for r in rows}
+        rows = await conn.fetch(f'SELECT ts, writes FROM "{rt.db.namespace}"._ripple_commits ORDER BY ts')
+    return {w["id"]: r["ts"] for r in rows for w in r["writes"] if w["table"] == "_scheduled_functions"}
 
 
 @contextlib.asynccontextmanager
@@ -90,6 +93,29 @@ async def test_a_failing_mutation_fails_alone_and_its_batch_mates_commit(namespa
         logged = [e for e in rt.log_stream.page(0, 100).entries if e.function.startswith("jobs:bump")]
         assert len(logged) == 6 and {e.caller for e in logged} == {"scheduler"}
         assert [e.error for e in logged if e.error] == [failing["state"]["error"]]
+
+
+async def test_a_job_sees_its_batch_mates_that_ran_before_it_finished(namespace: str) -> None:
+    """A batch writes its jobs' final states together, before the next statement of any job
+    (batch.Marks): each job still sees those that ran before it done, as if each had committed
+    alone. Run serially, the n jobs see 0, 1, ..., n-1 finished jobs, whatever their order."""
+    async with open_runtime(SCHED_APP, namespace) as rt, scheduling(rt, ONE_WORKER):
+        n = 6
+        ids = await schedule_at(rt, time.time() + 1.0, [("jobs:count_finished", {"key": f"seen-{i}"}) for i in range(n)])
+        jobs = await wait_finished(rt, n)
+        assert all(j["state"] == {"kind": "success"} for j in jobs), jobs
+        seen = await call(rt, "query", "jobs:counters", prefix="seen-")
+        assert sorted(seen.values()) == list(range(n)), seen
+        per_tx = collections.Counter((await transactions_of(rt)).values())
+        assert max(per_tx.values()) > 1 and len(ids) == n, per_tx  # some ran together in a batch
+        # Their final states were written with the keys read from the claimed rows (those of
+        # indexes over no patched field kept): every index key stored is the document's.
+        info = rt.catalog.table("_scheduled_functions")
+        async with rt.db.acquire() as conn:
+            rows = await conn.fetch(f'SELECT * FROM "{rt.db.namespace}"._scheduled_functions')
+        for row in rows:
+            doc = decode_doc(row["id"], row["creation_time"], row["doc"])
+            assert {n: row[f"k_{n}"] for n in info.index_fields} == index_keys(doc, info.index_fields, info.name)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +36,9 @@ def workers_seen(url: str, tries: int = 60) -> set[object]:
     return {health(url).get("worker") for _ in range(tries)}
 
 
-def group(pg_url: str, namespace: str, tmp_path: Path, workers: int = 2) -> ServerProcess:
+def group(pg_url: str, namespace: str, tmp_path: Path, workers: int = 2, env: dict[str, str] | None = None) -> ServerProcess:
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": namespace}
+    env = {**os.environ, "DATABASE_URL": pg_url, "RIPPLE_DB_SCHEMA": namespace, **(env or {})}
     cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--dir", str(BASIC_APP),
            "--workers", str(workers)]
     server = launch(cmd, port, tmp_path / "group.log", env)
@@ -55,7 +56,7 @@ def websocket_clients(url: str) -> dict[int, float]:
     seen: dict[int, float] = {}
     for _ in range(60):
         with httpx.Client() as client:
-            samples = dict(line.rsplit(" ", 1) for line in client.get(f"{url}/_ripple/metrics").text.splitlines()
+            samples = dict(line.rsplit(" ", 1) for line in client.get(f"{url}/_ripple/metrics?scope=worker").text.splitlines()
                            if line and not line.startswith("#"))
         seen[int(float(samples["ripple_worker"]))] = float(samples["ripple_websocket_clients"])
         if len(seen) == 2:
@@ -96,6 +97,84 @@ def test_workers_share_the_port_and_a_write_reaches_subscribers_on_every_worker(
     finally:
         server.stop()
     assert server.proc.poll() is not None
+
+
+KEY = "workers-admin-key"
+
+
+def pinned_clients(url: str) -> dict[int, httpx.Client]:
+    """One keep-alive connection to each worker: new connections until both answered health."""
+    pinned: dict[int, httpx.Client] = {}
+    for _ in range(60):
+        client = httpx.Client(base_url=url, headers={"Authorization": f"Convex {KEY}"}, timeout=60,
+                              limits=httpx.Limits(max_connections=1))
+        number = int(client.get("/_ripple/health").json()["worker"])
+        if number in pinned:
+            client.close()
+        else:
+            pinned[number] = client
+        if len(pinned) == 2:
+            return pinned
+    raise AssertionError(f"no connection reached both workers: {sorted(pinned)}")
+
+
+def series(text: str, name: str) -> float:
+    """The sum of a metric's series in an exposition."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and line[len(name)] in " {")
+
+
+def test_the_log_stream_and_metrics_of_a_group_cover_every_worker(pg_url: str, namespace: str, tmp_path: Path) -> None:
+    server = group(pg_url, namespace, tmp_path, env={"RIPPLE_ADMIN_KEY": KEY})
+    pinned = pinned_clients(server.url)
+    try:
+        for number, client in pinned.items():
+            answer = client.post("/api/mutation", json={"path": "counters:inc", "args": {"name": f"via-{number}"}})
+            assert answer.json()["status"] == "success"
+        page = pinned[1].get("/_ripple/logs", params={"cursor": "0", "timeout": "0"}).json()
+        mine = {(e["worker"], e["function"]) for e in page["entries"] if e["kind"] == "mutation"}
+        assert mine == {(1, "counters:inc"), (2, "counters:inc")}
+        stamps = [e["timestamp"] for e in page["entries"]]
+        assert stamps == sorted(stamps)
+        again = pinned[2].get("/_ripple/logs", params={"cursor": page["cursor"], "timeout": "0"}).json()
+        assert again["entries"] == [] and again["cursor"] == page["cursor"]  # the cursor is good on any worker
+
+        # A long poll through worker 1 answers with what worker 2 records.
+        polled: list[dict[str, object]] = []
+        poll = threading.Thread(target=lambda: polled.append(pinned[1].get(
+            "/_ripple/logs", params={"cursor": page["cursor"], "timeout": "30"}).json()))
+        started = time.monotonic()
+        poll.start()
+        time.sleep(0.5)
+        pinned[2].post("/api/mutation", json={"path": "counters:inc", "args": {"name": "during-the-poll"}})
+        poll.join(40)
+        assert polled and time.monotonic() - started < 25, "the poll did not answer with the other worker's entry"
+        entries = polled[0]["entries"]
+        assert isinstance(entries, list) and [(e["worker"], e["function"]) for e in entries] == [(2, "counters:inc")]
+
+        # Metrics: the group's sum, each worker's own with ?scope=worker.
+        own = {n: c.get("/_ripple/metrics", params={"scope": "worker"}).text for n, c in pinned.items()}
+        whole = pinned[1].get("/_ripple/metrics").text
+        assert series(whole, "ripple_workers_answering") == 2 and "ripple_worker " not in whole
+        assert series(own[1], "ripple_mutations_total") >= 1 and series(own[2], "ripple_mutations_total") >= 2
+        assert series(whole, "ripple_mutations_total") == series(own[1], "ripple_mutations_total") + series(
+            own[2], "ripple_mutations_total")
+        assert pinned[1].get("/_ripple/health").json()["workers"] == 2
+
+        # A worker killed: the group's answers leave it out, neither failing nor hanging.
+        pids = pids_of_workers(server)
+        second = next(int(path.name.split("-")[2].split(".")[0]) for path in Path(tempfile.gettempdir()).glob(
+            "ripple-workers-*/worker-2-*.sock") if int(path.name.split("-")[2].split(".")[0]) in pids)
+        os.kill(second, signal.SIGKILL)
+        alone = pinned[1].get("/_ripple/logs", params={"cursor": "0", "timeout": "0"})
+        assert alone.status_code == 200 and {e["worker"] for e in alone.json()["entries"]} == {1}
+        assert series(pinned[1].get("/_ripple/metrics").text, "ripple_workers_answering") == 1
+        bad = pinned[1].get("/_ripple/logs", params={"cursor": "12.x", "timeout": "0"})
+        assert bad.status_code == 400 and "cursor" in bad.json()["message"]
+    finally:
+        for client in pinned.values():
+            client.close()
+        server.stop()
 
 
 def test_sighup_restarts_the_workers_one_at_a_time_without_a_refused_request(
@@ -161,7 +240,10 @@ def test_a_group_whose_workers_cannot_start_exits_with_the_reason(tmp_path: Path
                            "--workers", "2", "--database-url", "postgresql://nobody@127.0.0.1:1/none"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
-    assert "did not start" in done.stderr
+    # The first worker starts alone and says why it cannot, once, as its last line; no other started.
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("ripple serve: cannot connect to the database"), done.stderr
+    assert sum("cannot connect" in line for line in lines) == 1 and "did not start" not in done.stderr
     bad = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--workers", "0", "--database-url", "postgresql://x/y"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "--workers must be at least 1" in bad.stderr

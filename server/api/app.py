@@ -16,6 +16,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.api.cached_responses import CachedResponses
 from server.api.dev_auth import dev_auth_routes
 from server.api.env_http import EnvRoutes
 from server.api.http_actions import HttpActions
@@ -25,12 +26,13 @@ from server.api.snapshot_http import SnapshotRoutes
 from server.api.static_files import DashboardFiles, SdkFiles, StaticFiles
 from server.api.storage_http import StorageRoutes
 from server.api.sync_ws import Connections, serve_sync
+from server.api.worker_group import WorkerGroup
 from server.core import log_stream
 from server.core.http_router import RESERVED_PREFIXES
 from server.core.runtime import Runtime
 from server.core.subscriptions import SubscriptionManager
 from server.errors import redact
-from server.workers import WORKER_ENV
+from server.workers import WORKER_ENV, WORKERS_ENV
 
 log = logging.getLogger("ripple.app")
 Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
@@ -65,20 +67,27 @@ class CorsMiddleware:
             return [(b"access-control-allow-origin", origin), (b"vary", b"Origin"), EXPOSE_HEADERS]
         return None
 
+    def added_headers(self, origin: bytes | None) -> list[tuple[bytes, bytes]] | None:
+        """The headers a response (not a preflight's) to a request from `origin` gets; None: the
+        request passes through untouched (no Origin, no allow-list)."""
+        if origin is None and not self.allowed:
+            return None
+        cors = self.headers_for(origin)
+        return cors if cors is not None else [(b"vary", b"Origin")]
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
-        if origin is None and not self.allowed:
+        added = self.added_headers(origin)
+        if added is None:
             await self.app(scope, receive, send)
             return
-        cors = self.headers_for(origin)
         if origin is not None and scope["method"] == "OPTIONS" and b"access-control-request-method" in headers:
-            await self.preflight(cors, headers.get(b"access-control-request-headers"), send)
+            await self.preflight(self.headers_for(origin), headers.get(b"access-control-request-headers"), send)
             return
-        added = cors if cors is not None else [(b"vary", b"Origin")]
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -106,16 +115,17 @@ class CorsMiddleware:
 
 def build_app(
     runtime: Runtime, subscriptions: SubscriptionManager | None = None, lifespan: Lifespan | None = None,
-    load_error: Callable[[], str | None] = lambda: None,
+    load_error: Callable[[], str | None] = lambda: None, group: WorkerGroup | None = None,
 ) -> RippleApp:
     """`load_error`: why no version of the app is loaded, when loading failed (dev mode keeps
-    serving and reports it here until a change fixes it)."""
+    serving and reports it here until a change fixes it). `group`: this worker's group of
+    `ripple serve --workers N`, whose logs and metrics the admin endpoints show."""
     api = HttpApi(runtime)
     storage = StorageRoutes(runtime)
     env = EnvRoutes(runtime)
     snapshots = SnapshotRoutes(runtime)
     dashboard = DashboardFiles()
-    logs = LogRoutes(runtime)
+    logs = LogRoutes(runtime, group)
     subscriptions = subscriptions or SubscriptionManager(runtime)
     websocket_clients: set[Any] = Connections()  # (and their keep-alive Pings)
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
@@ -181,12 +191,16 @@ def build_app(
         body: dict[str, Any] = {"status": "ok", "functions": app.registry.app_function_count}
         if worker := os.environ.get(WORKER_ENV):  # which of `ripple serve --workers N` answered
             body["worker"] = int(worker)
+            body["workers"] = int(os.environ.get(WORKERS_ENV) or 1)
         if app.load_errors:  # dev mode serves the modules that loaded
             body["loadErrors"] = app.load_errors
         return json_response(body)
 
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+        # A worker of a group answers for the group; `?scope=worker`: for itself only.
+        whole_group = group is not None and request.query_params.get("scope") != "worker"
+        text = await group.metrics() if whole_group and group is not None else runtime.metrics.render()
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return error_response(404, "NotFound", f"no route for {request.method} {request.url.path}")
@@ -226,7 +240,9 @@ def build_app(
         lifespan=lifespan,
     )
     public = StaticFiles(runtime.config.app_dir / "public")
-    return RippleApp(app, runtime, subscriptions, websocket_clients, HttpActions(runtime, api, load_error, public))
+    # POST /api/query goes through the query cache's fast path first (cached_responses.py).
+    queries = CachedResponses(runtime, app, CorsMiddleware(app, runtime.config.cors_origins).added_headers)
+    return RippleApp(app, runtime, subscriptions, websocket_clients, HttpActions(runtime, api, load_error, public), queries)
 
 
 SYNC_PATH = re.compile(r"^/api/(?:[^/]+/)?sync$")
@@ -237,13 +253,16 @@ class RippleApp:
     straight to the sync endpoint with the server's own `send`, which the fan-out fast path in
     server/api/sync_ws.py writes frames through; HTTP requests outside /api/ and /_ripple/ go to
     the app's HTTP actions (without the app-wide CORS: each route has its own), then to the
-    files of public/ when no route takes them; everything else goes to Starlette."""
+    files of public/ when no route takes them; `POST /api/query` goes to the query cache's fast
+    path (server/api/cached_responses.py), which hands what it does not answer to Starlette;
+    everything else goes to Starlette."""
 
     def __init__(self, starlette: Starlette, runtime: Runtime, subscriptions: SubscriptionManager, clients: set[Any],
-                 http_actions: HttpActions) -> None:
+                 http_actions: HttpActions, queries: CachedResponses) -> None:
         self.starlette = starlette
         self._runtime, self._subscriptions, self._clients = runtime, subscriptions, clients
         self._http_actions = http_actions
+        self._queries = queries
 
     @property
     def runtime(self) -> Runtime:
@@ -266,6 +285,9 @@ class RippleApp:
                 await send({"type": "websocket.close", "code": 1013})  # try again later
                 return
             await serve_sync(scope, receive, send, self._runtime, self._subscriptions, self._clients)
+            return
+        if scope["type"] == "http" and scope["path"] == "/api/query" and scope["method"] == "POST":
+            await self._queries(scope, receive, send)
             return
         if scope["type"] == "http" and not scope["path"].startswith(RESERVED_PREFIXES):
             await self._http_actions(scope, receive, send)

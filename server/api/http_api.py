@@ -7,6 +7,7 @@ accept); mistakes by the caller are 4xx `{"code", "message"}`.
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from server.api import offload
 from server.core.auth import dev_issuer
 from server.core.auth.claims import acting_as_identity
 from server.core.contexts import Identity
+from server.core.query_cache import CacheKey
 from server.core.registry import Kind
 from server.core.runtime import Runtime
 from server.core.values import (
@@ -55,6 +57,27 @@ def value_json(value: Any) -> orjson.Fragment:
     """A value for a response body, its objects' fields in Convex's order (the envelope keeps
     Convex's: status, value, logLines)."""
     return orjson.Fragment(dumps(value))
+
+
+def success_body(value: Any, log_lines: list[str], fmt: str) -> bytes:
+    """The body answering a call that returned `value` (Python values) in `fmt`."""
+    wire = to_wire_json(value) if fmt == "convex_encoded_json" else to_plain_json(value)
+    return orjson.dumps({"status": "success", "value": value_json(wire), "logLines": log_lines})
+
+
+QUERY_NOTE = "ripple.query_note"  # the scope key of a QueryNote
+
+
+@dataclass(slots=True)
+class QueryNote:
+    """Between the HTTP fast path (server/api/cached_responses.py) and `HttpApi.run`, for one
+    `POST /api/query` the fast path handed on (in the ASGI scope, under QUERY_NOTE): whether
+    the fast path asked the query cache already (a miss it counted), and, once the call
+    succeeded at the latest ts, what it was: the app it ran under, its query cache key, the
+    response format, and when the caller's identity expires (None: it does not)."""
+
+    looked_up: bool = False
+    learned: tuple[object, CacheKey, str, float | None] | None = None
 
 
 def error_response(status: int, code: str, message: str) -> Response:
@@ -208,6 +231,7 @@ class HttpApi:
     # -- endpoint bodies --------------------------------------------------------------------
 
     async def run(self, request: Request, kind: Kind | None, path_override: str | None = None, at_ts: bool = False) -> Response:
+        app = self.runtime.app  # what a QueryNote learns is true of this app (and its auth config) only
         try:
             raw = await read_body(request, self.runtime.config.max_body_bytes)
             body, call = await offload.decode(len(raw), decode_call, raw, path_override)
@@ -223,8 +247,12 @@ class HttpApi:
                     raise HttpError(400, "InvalidTimestamp", f"timestamp {ts} is ahead of the server's latest ({latest})")
             if kind is None:
                 kind = self.runtime.app.registry.resolve(path, allow_internal=admin).kind
+            note: QueryNote | None = request.scope.get(QUERY_NOTE)
             # The HTTP API reports no commit ts: skip reading it back.
-            outcome = await self.runtime.call(kind, path, args, identity, allow_internal=admin, at_ts=ts, commit_ts=False)
+            outcome = await self.runtime.call(kind, path, args, identity, allow_internal=admin, at_ts=ts, commit_ts=False,
+                                              looked_up=note is not None and note.looked_up)
+            if note is not None and outcome.cache_key is not None and self.runtime.app is app:
+                note.learned = (app, outcome.cache_key, fmt, identity.expires_at if identity is not None else None)
         except HttpError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except FunctionNotFound as exc:
@@ -243,8 +271,7 @@ class HttpApi:
                 data = failure.data if fmt == "convex_encoded_json" else to_plain_json(from_convex_json(failure.data))
                 body_out["errorData"] = value_json(data)
             return json_response(body_out)
-        value = to_wire_json(outcome.value) if fmt == "convex_encoded_json" else to_plain_json(outcome.value)
-        return json_response({"status": "success", "value": value_json(value), "logLines": outcome.log_lines})
+        return Response(success_body(outcome.value, outcome.log_lines, fmt), media_type="application/json")
 
     async def query_ts(self, request: Request) -> Response:
         return json_response({"ts": encode_ts(await self.runtime.latest_ts())})

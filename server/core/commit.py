@@ -92,6 +92,10 @@ class Committer:
         tx = Transaction(conn, catalog, writable=True)
         try:
             yield tx
+            if not (tx.lost or tx.conflicted):
+                await tx.before_commit()  # deferred writes (Transaction.defer)
+            if tx.unfinished is not None:
+                raise RuntimeError("a deferred write of this transaction failed") from tx.unfinished
             if tx.lost:
                 raise ConnectionLost("the database connection was lost during the transaction")
             if tx.conflicted:
@@ -190,10 +194,12 @@ class Committer:
             return None
 
     async def retry(self, attempt: Callable[[], Awaitable[T]], what: str, *, retries_metrics: tuple[str, ...] = (),
-                    writes: bool = True) -> T:
+                    writes: bool = True, paced: Callable[[], bool] | None = None) -> T:
         """Run `attempt` (one whole transaction, or a query) until it neither loses a conflict
         nor its connection; TooManyConflicts after `max_mutation_attempts` conflicts,
-        DatabaseUnavailable once the database was unreachable for `database_retry_seconds`."""
+        DatabaseUnavailable once the database was unreachable for `database_retry_seconds`.
+        After a conflict, `paced()` true means the next attempt waits its turn in a hot-key
+        queue (hot_keys.py), which paces it better than a blind sleep: it runs at once."""
         conflicts = conflict_retry_delays()
         waits: Iterator[float] | None = None
         lost_since = 0.0
@@ -207,7 +213,8 @@ class Committer:
                     raise TooManyConflicts(f"{what} kept conflicting with concurrent writes ({conflicted} attempts)") from None
                 for name in retries_metrics:
                     self.metrics.inc(name)
-                await asyncio.sleep(next(conflicts))
+                if paced is None or not paced():
+                    await asyncio.sleep(next(conflicts))
             except OutcomeUnknown as exc:
                 budget = self.config.database_retry_seconds
                 raise DatabaseUnavailable(

@@ -47,6 +47,7 @@ class Outcome:
     value: Any
     log_lines: list[str]
     ts: int | None = None  # commit ts of a writing mutation (unless not asked for), or the ts read at
+    cache_key: tuple[str, bytes, bytes] | None = None  # a query at the latest ts: its query cache key
 
 
 # Convex's standard UserIdentity fields, by their Python names (identity.picture_url).

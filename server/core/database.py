@@ -153,11 +153,14 @@ class Snapshot:
     def __init__(self, db: Database) -> None:
         self._db = db
         self.conn: Any = None
+        self.handed_over = False  # to a run finishing apart, which closes it (not its opener)
 
-    async def open(self) -> Snapshot:
-        self.conn = await self._db.checkout()
+    async def open(self, imported: str | None = None, timeout: float | None = None) -> Snapshot:
+        """`imported`: a snapshot id another transaction exported (it must still be open);
+        `timeout`: how long to wait for a pooled connection (TimeoutError)."""
+        self.conn = await self._db.checkout(timeout)
         try:
-            await self.conn.execute(sql.BEGIN["snapshot"])
+            await self.conn.execute(sql.BEGIN["snapshot"] if imported is None else sql.begin_imported_snapshot(imported))
         except BaseException as exc:
             if spoils(exc) or not isinstance(exc, Exception):
                 discard(self.conn)
@@ -277,10 +280,15 @@ class Database:
         commit, say."""
         return _Lease(self)
 
-    async def checkout(self) -> Any:
+    async def checkout(self, timeout: float | None = None) -> Any:
         """A pooled connection to hold across several blocks; give it back with `checkin`."""
         assert self.pool is not None, "Database.connect() was not called"
-        return await self.pool.acquire()
+        return await self.pool.acquire(timeout=timeout)
+
+    def spare(self) -> int:
+        """Connections the pool could hand out now without waiting: idle ones and room to open more."""
+        assert self.pool is not None, "Database.connect() was not called"
+        return int(self.pool.get_idle_size() + self.pool.get_max_size() - self.pool.get_size())
 
     async def checkin(self, conn: Any) -> None:
         assert self.pool is not None, "Database.connect() was not called"
@@ -289,6 +297,7 @@ class Database:
         except Exception as exc:  # the pool closed the connection: nothing else to do
             log.warning("a connection could not be reset for reuse and was closed (%s: %s)", type(exc).__name__, exc)
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, imported: str | None = None, timeout: float | None = None) -> Snapshot:
+        """A read-only snapshot on a pooled connection: a new one, or the one exported as `imported`."""
         assert self.pool is not None, "Database.connect() was not called"
-        return await Snapshot(self).open()
+        return await Snapshot(self).open(imported, timeout)

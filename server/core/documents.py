@@ -7,8 +7,8 @@ Writes are validated against the table's model and refuse index keys PostgreSQL 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast, overload
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple, cast, overload
 
 from server.core import keys, limits
 from server.core.database import Catalog, TableInfo, decode_doc
@@ -125,6 +125,22 @@ class DatabaseReader:
         except InvalidIdError:
             return None
         return doc_id if info.name == table else None
+
+
+class StagedRow(NamedTuple):
+    """A new version of a locked row, validated and in the write set, not yet written."""
+
+    info: TableInfo
+    values: tuple[Any, ...]  # id, ctid, doc, then the table's index keys
+
+
+async def write_staged(send: Callable[..., Awaitable[Any]], rows: list[StagedRow]) -> None:
+    """Write staged rows of one table in one statement, `send` being the transaction's (the row
+    versions must still be the ones locked: a row that moved is an error, as in patch_locked)."""
+    info = rows[0].info
+    status = await send("execute", info.sql.update_many_at_ctid, *map(list, zip(*(r.values for r in rows), strict=True)))
+    if status != f"UPDATE {len(rows)}":
+        raise RuntimeError(f"rows of {info.name} moved while locked ({status} of {len(rows)})")
 
 
 class DatabaseWriter(DatabaseReader):
@@ -267,6 +283,36 @@ class DatabaseWriter(DatabaseReader):
         merged = {k: v for k, v in current.items() if k not in ("_id", "_creationTime")}
         merged.update(fields)
         await self._store(info, current, merged, ctid)
+
+    def staged_patch_locked(self, current: dict[str, Any], ctid: Any, fields: Mapping[str, Any],
+                            stored_keys: Mapping[str, bytes] | None = None) -> StagedRow:
+        """Runtime only: `patch_locked` whose statement is left to the caller: the new version is
+        validated, counted and in the write set now, and the caller writes the returned row,
+        with others of its table, by `write_staged` in this transaction before it commits (the
+        scheduler defers its batch's job marks this way, Transaction.defer). `stored_keys`:
+        the index keys stored with the row version at `ctid` (read with it), which are its old
+        keys; an index over no patched field keeps its key."""
+        if not self._system_access:
+            raise ForbiddenOperation("staged_patch_locked is for the runtime's own system writes")
+        info = _resolve_id(self._tx.catalog, current["_id"])
+        if info.derived:
+            raise RippleUsageError(f"{info.name} has search or vector indexes: its rows are written one by one")
+        doc_id = current["_id"]
+        merged = {k: v for k, v in current.items() if k not in ("_id", "_creationTime")}
+        merged.update(fields)
+        stored = info.table.validate(merged, doc_id=doc_id, tables=self._tx.catalog.names)
+        full = {"_id": doc_id, CREATION_TIME: current[CREATION_TIME], **stored}
+        if stored_keys is not None and stored_keys.keys() == info.index_fields.keys():
+            old_keys = dict(stored_keys)
+            patched = {f.split(".", 1)[0] for f in fields}
+            touched = {n: fs for n, fs in info.index_fields.items() if any(f.split(".", 1)[0] in patched for f in fs)}
+            new_keys = {**old_keys, **keys.index_keys(full, touched, info.name)}
+        else:
+            old_keys, new_keys = self._keys(info, current), self._keys(info, full)
+        encoded = to_convex_json(stored)
+        self._count_write(info, doc_id, encoded)
+        self._tx.record_write(info.name, doc_id, cast(WriteKeys, old_keys), cast(WriteKeys, new_keys))
+        return StagedRow(info, (doc_id, ctid, encoded, *new_keys.values()))
 
     @overload
     async def replace(self, doc_id: str, doc: Mapping[str, Any], /) -> None: ...

@@ -118,12 +118,10 @@ class LogStream:
     def last_seq(self) -> int:
         return self._seq
 
-    def record(self, kind: str, function: str, buffer: LogBuffer, exc: BaseException | None = None, *,
-               cached: bool = False) -> None:
+    def record(self, kind: str, function: str, buffer: LogBuffer, exc: BaseException | None = None) -> None:
         """An execution of `function` ended; `buffer` holds its lines, start, and error if it
         failed; `exc`: what ended it when that is no failure the runtime made (a cancellation,
-        the database staying away). `cached`: a query answered from the query cache, with the
-        lines of the run that computed it."""
+        the database staying away)."""
         if function.startswith(SYSTEM_PREFIX):
             return
         error = buffer.error
@@ -132,12 +130,21 @@ class LogStream:
                 error = exc.message
             else:
                 error = CANCELED if isinstance(exc, asyncio.CancelledError) else INTERNAL
-        lines = buffer.lines
+        self._append(kind, function, (time.perf_counter() - buffer.started) * 1000.0, buffer.request_id, buffer.lines,
+                     error, False)
+
+    def record_cached(self, kind: str, function: str, lines: list[str]) -> None:
+        """A call answered from the query cache with the result of a run whose entry had
+        `lines`: an entry with those lines, `cached`, taking no time (it ran nothing)."""
+        if not function.startswith(SYSTEM_PREFIX):
+            self._append(kind, function, 0.0, None, lines, None, True)
+
+    def _append(self, kind: str, function: str, duration_ms: float, request_id: str | None, lines: list[str],
+                error: str | None, cached: bool) -> None:
         size = ENTRY_OVERHEAD + len(function) + (sum(map(len, lines)) if lines else 0) + (len(error) if error else 0)
         self._seq += 1
-        self._entries.append(Entry(
-            self._seq, time.time() * 1000.0, kind, function, (time.perf_counter() - buffer.started) * 1000.0,
-            buffer.request_id, lines, error, caller.get(), size, cached))
+        self._entries.append(Entry(self._seq, time.time() * 1000.0, kind, function, duration_ms, request_id, lines,
+                                   error, caller.get(), size, cached))
         self._bytes += size
         while len(self._entries) > self.max_entries or (self._bytes > self.max_bytes and len(self._entries) > 1):
             self._bytes -= self._entries.popleft().size

@@ -32,7 +32,7 @@ class Metrics:
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         for bound in self.buckets[name]:  # every bucket, so a series exists from the first observation
-            self.inc(f"{name}_bucket", 1.0 if value <= bound else 0.0, le=_number(bound), **labels)
+            self.inc(f"{name}_bucket", 1.0 if value <= bound else 0.0, le=exposition_number(bound), **labels)
         self.inc(f"{name}_bucket", 1.0, le="+Inf", **labels)
         self.inc(f"{name}_sum", value, **labels)
         self.inc(f"{name}_count", 1.0, **labels)
@@ -65,15 +65,15 @@ class Metrics:
         for (name, labels), value in sorted(self.counters.items()):
             header(name)
             label_text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels)
-            text = _number(value)
+            text = exposition_number(value)
             lines.append(f"{name}{{{label_text}}} {text}" if labels else f"{name} {text}")
         for name, read in sorted(self.gauges.items()):
             header(name)
-            lines.append(f"{name} {_number(read())}")
+            lines.append(f"{name} {exposition_number(read())}")
         return "\n".join(lines) + "\n"
 
 
-def _number(value: float) -> str:
+def exposition_number(value: float) -> str:
     """Exposition-format number: whole values in full (a counter of 1,234,567 is not 1.23457e+06)."""
     if value != value:
         return "NaN"
@@ -93,6 +93,11 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_query_executions_total", "counter", "Query function executions")
     m.describe("ripple_mutations_total", "counter", "Mutation executions by outcome")
     m.describe("ripple_mutation_retries_total", "counter", "Mutation attempts retried after a conflict")
+    m.describe("ripple_mutation_queued_total", "counter",
+               "Mutation attempts that waited their turn in a hot-key queue behind a conflicting mutation")
+    m.describe("ripple_mutation_queue_timeouts_total", "counter",
+               "Keys a queued mutation attempt stopped waiting for (it ran without their turn)")
+    m.describe("ripple_hot_keys", "gauge", "Keys (documents, index ranges) this process queues mutations on")
     m.describe("ripple_connection_retries_total", "counter",
                "Transactions and queries run again after losing the database connection before COMMIT")
     m.describe("ripple_commit_resolutions_total", "counter",
@@ -114,6 +119,8 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_shared_queries", "gauge", "Distinct shared query executions kept live")
     m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")
     m.describe("ripple_live_query_runs_apart_total", "counter", "Live query runs that overran their slice or were known slow, run apart from the ticks")
+    m.describe("ripple_live_query_parallel_runs_total", "counter", "Live query runs a tick started on a helper connection sharing its snapshot (RIPPLE_LIVE_QUERY_PARALLELISM)")
+    m.describe("ripple_live_query_helpers_lost_total", "counter", "Helper connections of a tick that failed while running a query (the query runs again at the next tick)")
     m.describe("ripple_live_query_rests_total", "counter", "Live query runs that timed out, after which the query rests before writes make it run again")
     m.describe("ripple_live_queries_pending", "gauge", "Shared queries whose results are not valid at ripple_live_query_ts yet (being run, or waiting for a tick)")
     m.describe("ripple_websocket_limit_total", "counter",

@@ -53,6 +53,7 @@ class Cached:
     reads: list[ReadRange]
     size: int
     at: int | None  # the ts of the snapshot it ran in, when known (a live-query tick's run)
+    serial: int = 0  # unique among this process's entries: what a copy encoded from it was made from
 
     def value(self) -> Any:
         return from_convex_json(orjson.loads(self.encoded))
@@ -135,6 +136,7 @@ class QueryCache:
         self._recent: deque[tuple[int, list[dict[str, Any]]]] = deque()
         self._recent_from = 0  # _recent holds every commit in (_recent_from, applied_ts]
         self._generation = 0  # of the app's functions: a result of older code is not stored
+        self._serial = 0  # of the latest entry stored
         self._advanced = asyncio.Event()
         self.wake: Callable[[], None] | None = None  # asks the live-query tick to read the change log
         metrics.gauge("ripple_query_cache_bytes", lambda: float(self.bytes))
@@ -239,7 +241,8 @@ class QueryCache:
         if size > self.max_bytes:
             return
         self._drop(key)
-        self._entries[key] = Cached(key, encoded, log_lines, stream_lines, reads, size, at)
+        self._serial += 1
+        self._entries[key] = Cached(key, encoded, log_lines, stream_lines, reads, size, at, self._serial)
         self._reads.put(key, reads)
         self.bytes += size
         while self.bytes > self.max_bytes:

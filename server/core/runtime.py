@@ -59,6 +59,7 @@ from server.core.contexts import (
 from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.env import Change, Env, EnvValues, built_in_values
+from server.core.hot_keys import HotKeys, Ticket
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
 from server.core.query_cache import Cached, CacheKey, QueryCache, cache_key
@@ -120,6 +121,15 @@ def _key_of(fn: FunctionDef, args: Any, identity: Identity | None) -> CacheKey |
         return None
 
 
+def _call_id(fn: FunctionDef, args: Any, identity: Identity | None) -> tuple[str, str, str] | None:
+    """Who a mutation call is, for the hot-key queues: function, arguments and caller (None when
+    its arguments have no digest: it is not remembered)."""
+    try:
+        return str(fn.path), digest(args), identity.token_identifier if identity is not None else ""
+    except ValueValidationError:
+        return None
+
+
 class Runtime:
     """One loaded app over one database."""
 
@@ -141,6 +151,8 @@ class Runtime:
         self.log_stream = log_stream.LogStream(config.log_stream_entries, config.log_stream_bytes)
         # Results of queries at the latest ts; the live-query tick keeps it fresh (query_cache.py).
         self.query_cache = QueryCache(config.query_cache_bytes, self.metrics, self.latest_ts)
+        # This process's queues for mutations that conflict over the same keys (hot_keys.py).
+        self.hot_keys = HotKeys(self.metrics, enabled=config.hot_key_queue)
         logs.install()
         sandbox.install()
 
@@ -190,6 +202,7 @@ class Runtime:
         idempotency_key: tuple[str, int] | None = None,
         commit_ts: bool = True,
         before_commit: Callable[[], None] | None = None,
+        looked_up: bool = False,
     ) -> Outcome:
         """Resolve, validate and run a function. Raises RippleUsageError for caller mistakes
         (unknown function, bad arguments) and FunctionFailure when the function itself fails.
@@ -201,9 +214,15 @@ class Runtime:
 
         `before_commit` (mutations): called just before each attempt's COMMIT is sent, after which
         live-query results may hold the mutation's writes (the websocket holds its Transitions
-        back from then until the MutationResponse, server/sync/protocol.py)."""
+        back from then until the MutationResponse, server/sync/protocol.py).
+
+        `looked_up` (a query at the latest ts): the query cache was asked for this very call and
+        could not answer (the HTTP fast path, server/api/cached_responses.py, counted the miss):
+        it is run and stored without asking again."""
         fn = self.app.registry.resolve(path, allow_internal=allow_internal, kind=kind)
         if kind == "query" and at_ts is None and self.query_cache.enabled and (cache := _key_of(fn, args, identity)):
+            if looked_up:
+                return await self._run_query(fn, fn.validate_args(args), identity, at_ts, cache, looked_up=True)
             # A hit needs no validation: the same arguments passed it when the result was stored.
             return await self._run_query(fn, args, identity, at_ts, cache)
         kwargs = fn.validate_args(args)
@@ -212,7 +231,7 @@ class Runtime:
         if kind == "mutation":
             key = None if idempotency_key is None else StoredCall(
                 *idempotency_key, caller_key(identity, allow_internal), str(fn.path), digest(args))
-            return await self._run_mutation(fn, kwargs, identity, key, commit_ts, before_commit)
+            return await self._run_mutation(fn, args, kwargs, identity, key, commit_ts, before_commit)
         return await self._run_action(fn, kwargs, identity)
 
     async def _nested_call(self, kind: Kind, ref: FunctionDef | str, args: dict[str, Any], identity: Identity | None) -> Outcome:
@@ -386,24 +405,23 @@ class Runtime:
             self.log_stream.record("query", str(fn.path), buffer)
         return QueryRun(value, buffer.finish(), tx.reads, tx.journal_out, None, stream_lines=buffer.lines)
 
-    def record_cached(self, fn: FunctionDef, hit: Cached) -> None:
-        """A query answered from the query cache: its log stream entry, `cached`, with the lines
-        of the run that computed the result."""
-        buffer = self.log_buffer(fn)
-        buffer.lines = list(hit.stream_lines)
-        self.log_stream.record("query", str(fn.path), buffer, cached=True)
+    def record_cached(self, path: str, hit: Cached) -> None:
+        """A query of `path` answered from the query cache: its log stream entry, `cached`, with
+        the lines of the run that computed the result."""
+        self.log_stream.record_cached("query", path, list(hit.stream_lines))
 
     async def _run_query(self, fn: FunctionDef, kwargs: Any, identity: Identity | None, at_ts: int | None,
-                         key: CacheKey | None = None) -> Outcome:
+                         key: CacheKey | None = None, *, looked_up: bool = False) -> Outcome:
         """A client's or an action's query. With a cache `key` (a call at the latest ts), `kwargs`
         are the arguments as sent, validated only when the query cache cannot answer (a result
-        no commit since touched), and the run is stored."""
+        no commit since touched), and the run is stored. `looked_up`: the cache was asked
+        already and missed (`call`); `kwargs` are validated."""
         cache = self.query_cache
-        if key is not None:
+        if key is not None and not looked_up:
             hit = await cache.lookup(key)
             if hit is not None:
-                self.record_cached(fn, hit)
-                return Outcome(hit.value(), list(hit.log_lines), None)
+                self.record_cached(key[0], hit)
+                return Outcome(hit.value(), list(hit.log_lines), None, key)
             kwargs = fn.validate_args(kwargs)
         begun = cache.begin() if key is not None else None
 
@@ -427,7 +445,7 @@ class Runtime:
         run = await self.retry_transaction(attempt, str(fn.path), writes=False)
         if key is not None and begun is not None:
             cache.store(key, begun, run.value, run.log_lines, run.stream_lines, run.reads)
-        return Outcome(run.value, run.log_lines, at_ts)
+        return Outcome(run.value, run.log_lines, at_ts, key)
 
     # -- mutations and writing transactions ---------------------------------------------------
 
@@ -464,50 +482,58 @@ class Runtime:
         return value, buffer.finish(), scheduler
 
     async def _run_mutation(
-        self, fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
+        self, fn: FunctionDef, args: Any, kwargs: dict[str, Any], identity: Identity | None,
         key: StoredCall | None, commit_ts: bool, before_commit: Callable[[], None] | None = None,
     ) -> Outcome:
+        # Its way through the hot-key queues (hot_keys.py): who it is counts only once a key is hot.
+        ticket = Ticket(lambda: _call_id(fn, args, identity))
+
         async def attempt(buffer: logs.LogBuffer) -> tuple[Outcome, MutationScheduler | None]:
-            async with self.db.acquire() as conn:
+            async with self.hot_keys.turn(ticket), self.db.acquire() as conn:
                 if key is not None:
                     done = await conn.fetchrow(sql.GET_MUTATION_RESULT, key.session_id, key.request_id, key.caller)
                     if done is not None:  # a resend of a mutation that already committed
                         key.check_resend(done["function"], done["args_hash"])
                         return Outcome(from_convex_json(done["value"][0]), list(done["log_lines"]), int(done["ts"])), None
                 async with self.transaction(conn, "serializable") as tx:
+                    ticket.watch(tx)
                     value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity, buffer=buffer)
                     if key is not None:
                         await tx.execute("execute", sql.PUT_MUTATION_RESULT, *astuple(key), [to_convex_json(value)], lines)
                     if before_commit is not None:
                         before_commit()  # COMMIT follows when the block ends
                 # Committed: nothing from here on may fail the call (or run it again).
+                self.hot_keys.done(ticket)  # the next in its queues may begin
                 ts = tx.ts
                 if ts is None and ((commit_ts and tx.writes) or key is not None):
                     ts = await self.committer.ts_after_commit(conn, bool(tx.writes))
             return Outcome(value, lines, ts), scheduler
 
         try:
-            outcome, scheduler = await self.retried_mutation(fn, attempt, str(fn.path), ("ripple_mutation_retries_total",))
+            outcome, scheduler = await self.retried_mutation(fn, attempt, str(fn.path), ("ripple_mutation_retries_total",),
+                                                             paced=lambda: ticket.queued)
         except FunctionFailure:
             self.metrics.inc("ripple_mutations_total", outcome="error")
             raise
+        finally:
+            self.hot_keys.done(ticket)  # a last conflict kept its locks for an attempt that never came
         if scheduler is not None:  # None: the stored result of an earlier run
             scheduler.committed()
             self.metrics.inc("ripple_mutations_total", outcome="success")
         return outcome
 
     async def retried_mutation(self, fn: FunctionDef, attempt: Callable[[logs.LogBuffer], Awaitable[T]], what: str,
-                               retries_metrics: tuple[str, ...]) -> T:
+                               retries_metrics: tuple[str, ...], paced: Callable[[], bool] | None = None) -> T:
         """A top-level mutation (a client's, an action's or a scheduled one) run to its end:
         `attempt` is one transaction that runs it with `execute_mutation(..., buffer=)`, tried
         again by `retry_transaction`; TooManyConflicts comes out as the mutation's failure. Its
         one entry in the log stream has the lines of its last attempt and the time of all of
         them; a call that ran nothing (the stored result of a resent mutation, a job another
-        worker claimed) has none."""
+        worker claimed) has none. `paced`: see `retry_transaction`."""
         buffer = self.log_buffer(fn)
         ended: BaseException | None = None
         try:
-            return await self.retry_transaction(lambda: attempt(buffer), what, retries_metrics=retries_metrics)
+            return await self.retry_transaction(lambda: attempt(buffer), what, retries_metrics=retries_metrics, paced=paced)
         except TooManyConflicts as exc:
             ended = self.failure(fn, exc, buffer)
             raise ended from None
@@ -519,13 +545,15 @@ class Runtime:
                 self.log_stream.record("mutation", str(fn.path), buffer, ended)
 
     async def retry_transaction(self, attempt: Callable[[], Awaitable[T]], what: str, *,
-                                retries_metrics: tuple[str, ...] = (), writes: bool = True) -> T:
+                                retries_metrics: tuple[str, ...] = (), writes: bool = True,
+                                paced: Callable[[], bool] | None = None) -> T:
         """Run `attempt` (one whole transaction, or a query when not `writes`) until it neither
         loses a conflict (full-jitter backoff; TooManyConflicts after `max_mutation_attempts`)
         nor its database connection before COMMIT (reconnect backoff; DatabaseUnavailable after
         `database_retry_seconds`). An attempt raises a connection failure only before its COMMIT
-        was sent: `transaction` resolves a COMMIT cut off in flight (commit.py)."""
-        return await self.committer.retry(attempt, what, retries_metrics=retries_metrics, writes=writes)
+        was sent: `transaction` resolves a COMMIT cut off in flight (commit.py). `paced()` true
+        after a conflict: the next attempt waits its turn in a hot-key queue, no backoff sleep."""
+        return await self.committer.retry(attempt, what, retries_metrics=retries_metrics, writes=writes, paced=paced)
 
     def transaction(self, conn: asyncpg.Connection, isolation: str) -> contextlib.AbstractAsyncContextManager[Transaction]:
         """A writable transaction on `conn` (mutations, scheduler and system writes) that commits

@@ -89,7 +89,7 @@ def cached_run(runtime: Runtime, slot: CacheSlot, ts: int) -> QueryRun | None:
     entry = runtime.query_cache.peek(slot[1], ts) if slot is not None else None
     if slot is None or entry is None:
         return None
-    runtime.record_cached(slot[0], entry)
+    runtime.record_cached(str(slot[0].path), entry)
     return QueryRun(entry.value(), list(entry.log_lines), entry.reads, None, None)
 
 

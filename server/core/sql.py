@@ -499,6 +499,17 @@ class TableSql:
         # The row version at ctid $2 only (one the transaction holds locked): no index lookup.
         at_ctid_sets = ", ".join(f"{c} = {p}" for c, p in zip(targets, params(4), strict=True))
         self.update_at_ctid = f"UPDATE {t} SET doc = $3, {at_ctid_sets} WHERE id = $1 AND ctid = $2"
+        # Several such row versions in one statement (a table without derived columns): $1 ids,
+        # $2 ctids, $3 docs, then one array per key column. `ctid = ANY($2)` makes it a TID scan.
+        key_types = ", ".join(f"${n}::bytea[]" for n in range(4, 4 + len(indexes)))
+        key_names = ", ".join(f"k{n}" for n in range(len(indexes)))
+        many_sets = ", ".join(f"{self.key_columns[i]} = v.k{n}" for n, i in enumerate(indexes))
+        self.update_many_at_ctid = (
+            f"UPDATE {t} AS t SET doc = v.doc{', ' if indexes else ''}{many_sets} "
+            f"FROM unnest($1::text[], $2::tid[], $3::jsonb[]{', ' if indexes else ''}{key_types}) "
+            f"AS v(id, ctid, doc{', ' if indexes else ''}{key_names}) "
+            "WHERE t.ctid = ANY($2::tid[]) AND t.ctid = v.ctid AND t.id = v.id"
+        )
         self.delete = f"DELETE FROM {t} WHERE id = $1"
         self.scan_all = f"SELECT id, creation_time, doc FROM {t}"
         self.range: dict[tuple[str, bool], str] = {}
@@ -567,10 +578,12 @@ _CRONS = quote_ident("_cron_jobs")
 
 NOTIFY = "SELECT pg_notify($1, $2)"
 ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock($1)"
-# Candidates: the earliest due pending jobs, unlocked (a hint; the claim decides).
+# Candidates: the earliest due pending jobs, unlocked (a hint; the claim decides), with the index
+# keys stored with that row version (a batch's job marks reuse them as the old keys).
+JOB_KEY_COLUMNS = ("k_by_creation_time", "k_by_state", "k_by_parent", "k_by_completed_time")
 PEEK_DUE_JOBS = (
-    f"SELECT id, ctid, creation_time, doc FROM {_JOBS} WHERE k_by_state >= $1 AND k_by_state < $2 "
-    "ORDER BY k_by_state LIMIT $3 OFFSET $4"
+    f"SELECT id, ctid, creation_time, doc, {', '.join(JOB_KEY_COLUMNS)} FROM {_JOBS} "
+    "WHERE k_by_state >= $1 AND k_by_state < $2 ORDER BY k_by_state LIMIT $3 OFFSET $4"
 )
 # The claim: that very row version (so its document is the one peeked), if it is still pending
 # and due and nobody holds it.
@@ -642,6 +655,20 @@ BEGIN = {
 }
 COMMIT = "COMMIT"
 ROLLBACK = "ROLLBACK"
+# A live-query tick's snapshot shared with helper connections (subscriptions.py, tick_runs.py):
+# the tick's transaction exports it; a helper's transaction imports it as its first statement.
+EXPORT_SNAPSHOT = "SELECT pg_export_snapshot()"
+_SNAPSHOT_ID_RE = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")
+
+
+def begin_imported_snapshot(snapshot_id: str) -> str:
+    """BEGIN a read-only snapshot transaction that imports `snapshot_id` (pg_export_snapshot()'s,
+    checked: SET TRANSACTION SNAPSHOT takes no parameter), as one simple-protocol message."""
+    if not _SNAPSHOT_ID_RE.match(snapshot_id):
+        raise ValueError(f"refusing to inline an unexpected snapshot id {snapshot_id!r}")
+    return f"{BEGIN['snapshot']}; SET TRANSACTION SNAPSHOT '{snapshot_id}'"
+
+
 _CHANNEL_RE = re.compile(r"^[A-Za-z0-9_]{1,63}$")
 
 

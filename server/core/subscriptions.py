@@ -10,9 +10,9 @@ publishes their results at once with the snapshot's ts: every client's Transitio
 consistent state. Queries no commit touched keep their results, valid at the new ts.
 
 Fairness: a tick runs its queries one subscriber at a time in turn (round robin), each with a
-slice of LIVE_SLICE seconds, the whole tick with TICK_BUDGET; what it did not reach waits for the
-next tick. A run still going after its slice takes the tick's snapshot over and finishes
-*apart*; a query known to be slow runs apart from the start, in a snapshot of its own (at most
+slice of LIVE_SLICE seconds, the whole tick with TICK_BUDGET, over up to K connections sharing its
+snapshot (tick_runs.py); what it did not reach waits for the next tick. A run still going after
+its slice takes its connection's snapshot over and finishes *apart*; a query known to be slow runs apart from the start, in a snapshot of its own (at most
 MAX_APART at a time). A result from apart is valid at its snapshot's ts; a tick publishes it only
 if no commit since wrote into what it read (else it runs again). While a query is being
 computed its subscribers get no Transition (their queries move together); everyone else's do.
@@ -43,14 +43,11 @@ from server.core.shared_queries import (
     SharedQuery,
     SubKey,
     Subscriber,
-    cache_slot,
-    cached_run,
-    keep_run,
     query_result,
-    round_robin,
     subscription_key,
 )
 from server.core.supervise import Supervised
+from server.core.tick_runs import LIVE_SLICE, run_in_tick
 from server.core.values import from_client_json
 from server.errors import FunctionTimedOut, RippleUsageError, StaleTimestamp
 from server.wire import QueryResult
@@ -58,8 +55,6 @@ from server.wire import QueryResult
 log = logging.getLogger("ripple.subscriptions")
 
 MAX_COMMITS_PER_TICK = 5_000
-LIVE_SLICE = 0.1  # seconds a run may take inside a tick before it finishes apart
-TICK_BUDGET = 0.25  # seconds of runs a tick starts; the rest wait for the next tick
 MAX_APART = 4  # runs finishing apart at once (each holds a pooled connection)
 REST_FIRST, REST_MAX = 2.0, 60.0  # a query that timed out rests this long, doubling while it keeps timing out
 POLL_WHEN_LISTENING, POLL_WHEN_DOWN = 5.0, 0.5
@@ -203,7 +198,6 @@ class SubscriptionManager:
         finished, self._finished = self._finished, []
         self.stale.update(self._not_resting(set(self._resting)))
         snapshot = await runtime.db.snapshot()
-        handed_over = False
         try:
             conn = snapshot.conn
             rows = await conn.fetch(sql.COMMITS_AFTER, self._processed_ts, MAX_COMMITS_PER_TICK + 1)
@@ -229,10 +223,10 @@ class SubscriptionManager:
             for sq in slow:
                 if len(self._apart) >= MAX_APART:
                     break
-                self._run_apart(sq, snapshot=None, started=None)
-            handed_over = await self._run_in_tick(snapshot, [sq for sq in to_run if not sq.slow], snapshot_ts, new_results)
+                self.run_apart(sq, snapshot=None, started=None)
+            await run_in_tick(self, snapshot, [sq for sq in to_run if not sq.slow], snapshot_ts, new_results)
         finally:
-            if not handed_over:
+            if not snapshot.handed_over:
                 await snapshot.close()
         self._publish(new_results, snapshot_ts)
 
@@ -245,7 +239,7 @@ class SubscriptionManager:
         self._resting = (self._resting | resting) - (queries - resting)
         return queries - resting
 
-    def _note_run(self, sq: SharedQuery, outcome: QueryRun | QueryResult | None) -> None:
+    def note_run(self, sq: SharedQuery, outcome: QueryRun | QueryResult | None) -> None:
         failure = outcome.failure if isinstance(outcome, QueryRun) else None
         if sq.ran(isinstance(failure and failure.__cause__, FunctionTimedOut), asyncio.get_running_loop().time(), REST_FIRST, REST_MAX):
             self.runtime.metrics.inc("ripple_live_query_rests_total")  # rests even if the result goes unpublished
@@ -255,48 +249,13 @@ class SubscriptionManager:
         if handle is None or handle.cancelled() or not loop.time() < handle.when() <= when:
             self._wake_handle = loop.call_at(when, self.trigger)
 
-    async def _run_in_tick(
-        self, snapshot: Snapshot, to_run: list[SharedQuery], snapshot_ts: int,
-        new_results: list[tuple[SharedQuery, QueryRun | QueryResult]],
-    ) -> bool:
-        """Run `to_run` in the tick's snapshot, one subscriber's query at a time in turn, until
-        the tick's budget is spent. A run that overruns its slice takes the snapshot over and
-        finishes apart (returns True: the caller must not close the snapshot)."""
-        loop = asyncio.get_running_loop()
-        tick_started = loop.time()
-        for sq in round_robin(to_run):
-            if loop.time() - tick_started > TICK_BUDGET:
-                self.trigger()  # the rest at the next tick
-                break
-            if (hit := cached_run(self.runtime, slot := cache_slot(self.runtime, sq), snapshot_ts)) is not None:
-                new_results.append((sq, hit))
-                continue
-            started, begun = loop.time(), self.runtime.query_cache.begin()
-            run = asyncio.ensure_future(self._execute(snapshot.conn, sq))
-            try:
-                done, _ = await asyncio.wait({run}, timeout=LIVE_SLICE)
-            except asyncio.CancelledError:  # stopping: the run must end before its snapshot closes
-                run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                raise
-            if not done:
-                self._run_apart(sq, snapshot=snapshot, started=(run, snapshot_ts))
-                self.trigger()  # what is left runs at the next tick, on a new snapshot
-                return True
-            outcome = run.result()
-            sq.slow = loop.time() - started > LIVE_SLICE
-            self._note_run(sq, outcome)
-            if isinstance(outcome, QueryRun) and outcome.broken:
-                raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
-            new_results.append((sq, outcome))
-            keep_run(self.runtime, slot, outcome, begun, snapshot_ts)
-        return False
-
-    def _run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None:
+    def run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None:
         """Finish (`started`, in `snapshot`, which it then closes) or run (in a snapshot of its
         own) `sq` apart from the ticks; a tick picks the result up."""
         generation = self._generation
         self.runtime.metrics.inc("ripple_live_query_runs_apart_total")
+        if snapshot is not None:
+            snapshot.handed_over = True
 
         async def finish() -> None:
             loop = asyncio.get_running_loop()
@@ -311,13 +270,13 @@ class SubscriptionManager:
                         outcome = await run
                     else:
                         ts = int(await own.conn.fetchval(sql.LATEST_TS))
-                        outcome = await self._execute(own.conn, sq)
+                        outcome = await self.execute(own.conn, sq)
                 finally:
                     await own.close()
                 if isinstance(outcome, QueryRun) and outcome.broken:
                     outcome = None
                 sq.slow = loop.time() - begun > LIVE_SLICE
-                self._note_run(sq, outcome)
+                self.note_run(sq, outcome)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -383,7 +342,7 @@ class SubscriptionManager:
         for subscriber in changed | waiters:
             subscriber.notify()
 
-    async def _execute(self, conn: Any, sq: SharedQuery) -> QueryRun | QueryResult:
+    async def execute(self, conn: Any, sq: SharedQuery) -> QueryRun | QueryResult:
         runtime = self.runtime
         try:
             fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=sq.admin)

@@ -17,8 +17,8 @@ import base64
 import contextlib
 import contextvars
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -39,6 +39,9 @@ MAX_BYTES_WRITTEN = 1 << 24
 CONFLICTS: tuple[type[BaseException], ...] = (
     TransactionConflict, asyncpg.SerializationError, asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError,
 )
+
+
+Sender = Callable[..., Awaitable[Any]]  # Transaction._send: (method, query, *args) -> its result
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,10 @@ class Transaction:
     after_commit: list[Callable[[], None]] = field(default_factory=list)
     _calls: list[_Call] = field(default_factory=list)  # open nested calls, innermost last
     _savepoints: int = 0  # open savepoint blocks
+    _unsent: list[str] = field(default_factory=list)  # savepoint statements for the next message (savepoint())
+    _deferred: list[Callable[[Sender], Awaitable[None]]] = field(default_factory=list)  # defer()
+    _flushes: int = 0  # how many times what waited for the next statement was sent (_catch_up)
+    unfinished: Exception | None = None  # a deferred write failed: the transaction must not commit
 
     async def execute(self, method: str, query: str, *args: Any) -> Any:
         if self._calls:
@@ -140,19 +147,56 @@ class Transaction:
                 raise NeedsSnapshot()
             self.statement_budget -= 1
         async with self._lock:  # one statement at a time, even under asyncio.gather
+            if self._deferred or self._unsent:
+                await self._catch_up()
+            return await self._send(method, query, *args)
+
+    async def _send(self, method: str, query: str, *args: Any) -> Any:
+        try:
+            return await getattr(self.conn, method)(query, *args)
+        except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
+            self.conflicted = True
+            raise TransactionConflict("transaction conflict; it will be retried") from exc
+        except asyncpg.InFailedSQLTransactionError as exc:
+            self.conflicted = True
+            raise TransactionConflict("transaction aborted earlier") from exc
+        except Exception as exc:
+            if not connection_failure(exc):
+                raise
+            self.lost = True  # noticed even if function code swallows the exception
+            raise ConnectionLost("the database connection was lost; the transaction will be run again") from exc
+
+    async def _catch_up(self) -> None:
+        """Send what waits for the next statement, in order: deferred writes (`defer`), then the
+        savepoint statements not sent yet, these in one message. A deferred write that fails
+        for any reason but a conflict or a lost connection (which end the transaction anyway)
+        leaves it unable to commit (`unfinished`): the write is part of what it promised."""
+        self._flushes += 1
+        while self._deferred:
             try:
-                return await getattr(self.conn, method)(query, *args)
-            except (asyncpg.SerializationError, asyncpg.DeadlockDetectedError) as exc:
-                self.conflicted = True
-                raise TransactionConflict("transaction conflict; it will be retried") from exc
-            except asyncpg.InFailedSQLTransactionError as exc:
-                self.conflicted = True
-                raise TransactionConflict("transaction aborted earlier") from exc
+                await self._deferred.pop(0)(self._send)
             except Exception as exc:
-                if not connection_failure(exc):
-                    raise
-                self.lost = True  # noticed even if function code swallows the exception
-                raise ConnectionLost("the database connection was lost; the transaction will be run again") from exc
+                self.unfinished = exc
+                raise
+        if self._unsent:
+            text = "; ".join(self._unsent)
+            self._unsent.clear()
+            await self._send("execute", text)
+
+    def defer(self, write: Callable[[Sender], Awaitable[None]]) -> None:
+        """Run `write(send)` just before the next statement of this transaction, or before it
+        commits (`before_commit`), whichever comes first; `send(method, query, *args)` issues
+        a statement. For writes that may wait and travel together (a scheduler batch marks
+        its jobs done in one statement, scheduler/batch.py); statements issued after they
+        were deferred still see them, as if they had been written at once."""
+        self._deferred.append(write)
+
+    async def before_commit(self) -> None:
+        """Send the deferred writes; savepoint statements not sent yet are dropped (nothing
+        can roll back to a savepoint any more)."""
+        async with self._lock:
+            self._unsent.clear()
+            await self._catch_up()
 
     async def _turn(self) -> None:
         """Wait while a nested call other than the one running here is the innermost open one:
@@ -188,25 +232,40 @@ class Transaction:
         (a conflict excepted: that aborts the whole transaction). Reads stay in the read set:
         what the block read decided what the caller saw, its failure included. Blocks nest.
         `release`: end the savepoint after the block (else what follows still runs inside it),
-        for a caller that opens many in turn (a scheduler batch: no nesting one per job)."""
-        saved = {doc_id: replace(w) for doc_id, w in self.writes.items()}
+        for a caller that opens many in turn (a scheduler batch: no nesting one per job).
+
+        SAVEPOINT and RELEASE are not sent on their own: they wait (`_unsent`) and travel in
+        one message just before the next statement. A block that issues no statement costs no
+        round trip (nothing to undo in PostgreSQL if it raises), and a batch's RELEASE of one
+        job and SAVEPOINT of the next are one round trip. ROLLBACK TO is sent at once."""
+        saved = dict(self.writes)  # record_write replaces entries, never changes them
         hooks = len(self.after_commit)
-        level = self._savepoints
-        await self.execute("execute", sql.savepoint(level))
+        level, flushes, deferred = self._savepoints, self._flushes, len(self._deferred)
+        self._unsent.append(sql.savepoint(level))
+        start = len(self._unsent) - 1
         self._savepoints += 1
         try:
             yield
         except Exception:
             if not (self.conflicted or self.lost):
-                await self.execute("execute", sql.rollback_to_savepoint(level))
                 self.writes = saved
                 del self.after_commit[hooks:]
-                if release:
-                    await self.execute("execute", sql.release_savepoint(level))
+                del self._deferred[deferred if flushes == self._flushes else 0:]
+                if flushes == self._flushes:
+                    del self._unsent[start:]  # never sent: PostgreSQL has nothing to undo
+                else:
+                    self._unsent.clear()  # deeper savepoints' statements: the rollback undoes them
+                    await self.execute("execute", sql.rollback_to_savepoint(level))
+                    if release:
+                        self._unsent.append(sql.release_savepoint(level))
             raise
         else:
-            if release:
-                await self.execute("execute", sql.release_savepoint(level))
+            if flushes == self._flushes:
+                # The block sent nothing: its savepoint (and any deeper) need never exist;
+                # nothing rolls back to one whose block ended (a later block opens its own).
+                del self._unsent[start:]
+            elif release:
+                self._unsent.append(sql.release_savepoint(level))
         finally:
             self._savepoints = level
 
@@ -256,10 +315,8 @@ class Transaction:
         """Add a document's index keys before and after to the write set; a document written
         twice keeps the keys it had before the transaction as its old ones."""
         prior = self.writes.get(doc_id)
-        if prior is not None:
-            prior.new_keys = new
-            return
-        self.writes[doc_id] = Write(table, doc_id, old, new)
+        # A new entry, never a change to one: savepoint() keeps a shallow copy of the write set.
+        self.writes[doc_id] = Write(table, doc_id, old if prior is None else prior.old_keys, new)
 
     def next_creation_time(self) -> float:
         now = time.time() * 1000.0

@@ -30,3 +30,13 @@ async def seed(ctx, prefix: str, start: int, count: int) -> int:
     for i in range(start, start + count):
         await ctx.db.insert("counters", {"name": f"{prefix}{i}", "value": 0})
     return count
+
+
+@query
+async def with_shared(ctx, name: str, shared: str) -> int:
+    """The `shared` counter's value, read together with the counter `name` (case (d): every
+    subscriber's query reads the shared document plus a key of its own, so the queries are
+    distinct executions and one write to the shared counter changes all their results)."""
+    own = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", shared)).unique()
+    return (doc["value"] if doc else 0) + (own["value"] if own else 0)

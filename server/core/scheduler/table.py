@@ -93,10 +93,12 @@ def check_job_id(job_id: object) -> str:
 @dataclass
 class Candidate:
     """A due job as a peek read it (unlocked: a hint), with the physical address (ctid) of that
-    row version; a claim locks exactly that version, so the document run is the one read."""
+    row version; a claim locks exactly that version, so the document run is the one read.
+    `keys`: the index keys stored with that version (None: not read), by index name."""
 
     job: dict[str, Any]
     ctid: Any
+    keys: dict[str, bytes] | None = None
 
 
 async def fetch_locked(tx: Transaction, statement: str, *args: Any) -> list[dict[str, Any]]:
@@ -121,12 +123,13 @@ async def claim_many(tx: Transaction, candidates: list[Candidate]) -> set[str]:
     return {r["id"] for r in rows if peeked.get(r["id"]) == r["ctid"]}
 
 
-async def peek_due(conn: asyncpg.Connection, limit: int, offset: int) -> list[tuple[dict[str, Any], Any]]:
+async def peek_due(conn: asyncpg.Connection, limit: int, offset: int) -> list[Candidate]:
     """Due pending jobs, earliest first, unlocked (a hint; the claim decides), with the ctid of
-    the row version read."""
+    the row version read and its stored index keys."""
     lo, hi = due_range(now_ms())
     rows = await conn.fetch(sql.PEEK_DUE_JOBS, lo, hi, limit, offset)
-    return [(decode_doc(r["id"], r["creation_time"], r["doc"]), r["ctid"]) for r in rows]
+    return [Candidate(decode_doc(r["id"], r["creation_time"], r["doc"]), r["ctid"],
+                      {column[2:]: r[column] for column in sql.JOB_KEY_COLUMNS}) for r in rows]
 
 
 # -- state changes --------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """Two fields always written together: readers must never see them differ."""
 
+import asyncio
+
 from server import mutation, query
 
 
@@ -42,3 +44,11 @@ async def read_two_swallowing(ctx, first: str, second: str) -> list:
     except BaseException:
         out.append("swallowed")
     return out
+
+
+@query
+async def read_slowly(ctx, id: str, seconds: float = 0.0, tag: int = 0) -> dict:
+    """A pair, read after `seconds` (live-query parallelism tests: the read comes late in the
+    run; `tag` makes otherwise equal subscriptions distinct executions)."""
+    await asyncio.sleep(seconds)
+    return await ctx.db.get(id)

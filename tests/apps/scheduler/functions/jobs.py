@@ -35,6 +35,15 @@ async def noop(ctx) -> None:
     return None
 
 
+@internal_mutation
+async def count_finished(ctx, key: str) -> int:
+    """Record under `key` how many scheduled jobs this run sees finished."""
+    jobs = await ctx.db.system.query("_scheduled_functions").collect()
+    done = sum(j["state"]["kind"] in ("success", "failed") for j in jobs)
+    await ctx.db.insert("counters", {"key": key, "value": done})
+    return done
+
+
 @query
 async def read(ctx, key: str) -> int:
     return 0

@@ -1,0 +1,179 @@
+"""A live-query tick's re-runs (subscriptions.py): at the tick's snapshot, one subscriber's query
+at a time in turn, over up to `live_query_parallelism` connections that share the snapshot.
+
+The tick's own connection always works. When enough runs are left for more connections
+(RUNS_PER_HELPER each) and the pool has connections to spare (SPARE_FOR_OTHERS stay for
+mutations and HTTP calls), the tick's transaction exports its snapshot (pg_export_snapshot())
+and *helper* connections import it (SET TRANSACTION SNAPSHOT) as they open: every result of the
+tick is computed at the tick's snapshot_ts, whichever connection ran it. Runs are taken from one
+queue in round-robin order (one subscriber's query, then the next subscriber's, ...), so a
+client with many queries gets one turn in each round across all the connections, not one
+connection to itself.
+
+Each connection gives a run a slice of LIVE_SLICE seconds; a run still going after it takes
+that connection's snapshot over and finishes apart (the manager's `run_apart`), and that
+connection takes no more turns. The others go on until the queue is empty or TICK_BUDGET is
+spent; what is left waits for the next tick. A helper's transaction holds its imported snapshot
+by itself: once it is open, the tick's transaction may end (or finish apart) first. A helper
+that cannot open (no connection within HELPER_WAIT, the export already gone) is done without;
+one that fails while running (its connection lost) is closed and its query runs again at the
+next tick; the tick's own connection failing fails the tick, which is retried, as before.
+A tick cancelled (the manager stopping) cancels every run and closes every helper connection it
+did not hand over, discarding it: a cancelled statement's connection is never reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Protocol
+
+from server.core import sql
+from server.core.database import Snapshot, connection_failure, discard
+from server.core.runtime import QueryRun, Runtime
+from server.core.shared_queries import (
+    CacheSlot,
+    SharedQuery,
+    cache_slot,
+    cached_run,
+    keep_run,
+    round_robin,
+)
+from server.wire import QueryResult
+
+log = logging.getLogger("ripple.subscriptions")
+
+LIVE_SLICE = 0.1  # seconds a run may take inside a tick before it finishes apart
+TICK_BUDGET = 0.25  # seconds of runs a tick starts; the rest wait for the next tick
+RUNS_PER_HELPER = 2  # a tick takes a helper connection only with this many runs left per connection
+SPARE_FOR_OTHERS = 2  # pooled connections that helpers leave to mutations and HTTP calls
+HELPER_WAIT = 0.05  # seconds a helper waits for a pooled connection before the tick goes on without it
+
+Outcome = QueryRun | QueryResult
+Results = list[tuple[SharedQuery, Outcome]]
+
+
+class TickHost(Protocol):
+    """What the tick's runs need of the subscription manager."""
+
+    runtime: Runtime
+
+    def trigger(self) -> None: ...
+
+    async def execute(self, conn: Any, sq: SharedQuery) -> Outcome: ...
+
+    def note_run(self, sq: SharedQuery, outcome: Outcome | None) -> None: ...
+
+    def run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None: ...
+
+
+def helpers_wanted(runs: int, parallelism: int, spare: int) -> int:
+    """Helper connections for a tick with `runs` runs to do: at most `parallelism` - 1, only as
+    many as leave RUNS_PER_HELPER runs to every connection, and leaving SPARE_FOR_OTHERS of the
+    pool's `spare` connections (idle or yet to open) to everyone else."""
+    return max(0, min(parallelism - 1, runs // RUNS_PER_HELPER - 1, spare - SPARE_FOR_OTHERS))
+
+
+async def run_in_tick(host: TickHost, snapshot: Snapshot, to_run: list[SharedQuery], snapshot_ts: int,
+                      new_results: Results) -> None:
+    """Compute `to_run` at the tick's `snapshot` (at `snapshot_ts`) into `new_results`, until the
+    queue is empty or the tick's budget is spent. A run that overran its slice on `snapshot`
+    leaves it `handed_over` (the caller must not close it)."""
+    runtime = host.runtime
+    turns: deque[tuple[SharedQuery, CacheSlot]] = deque()
+    for sq in round_robin(to_run):
+        if (hit := cached_run(runtime, slot := cache_slot(runtime, sq), snapshot_ts)) is not None:
+            new_results.append((sq, hit))  # the query cache's result at this ts: no run
+        else:
+            turns.append((sq, slot))
+    helpers = helpers_wanted(len(turns), runtime.config.live_query_parallelism, runtime.db.spare())
+    exported = str(await snapshot.conn.fetchval(sql.EXPORT_SNAPSHOT)) if helpers else ""
+    tick = _Turns(host, turns, snapshot_ts, new_results)
+    tasks = [asyncio.ensure_future(tick.work(snapshot, helper=False))]
+    tasks += [asyncio.ensure_future(tick.helper(exported)) for _ in range(helpers)]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:  # a failed tick or stopping: every run ends before its connection goes back
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+class _Turns:
+    """One tick's queue of runs, taken by its connections in turn."""
+
+    def __init__(self, host: TickHost, turns: deque[tuple[SharedQuery, CacheSlot]], ts: int, results: Results) -> None:
+        self.host, self.turns, self.ts, self.results = host, turns, ts, results
+        self.started = asyncio.get_running_loop().time()
+
+    async def helper(self, exported: str) -> None:
+        """Open a connection at the exported snapshot and take turns on it."""
+        runtime = self.host.runtime
+        try:
+            snap = await runtime.db.snapshot(exported, timeout=HELPER_WAIT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # no connection in time, a lost one, the export already ended
+            log.debug("a live-query tick goes on without a helper connection (%s: %s)", type(exc).__name__, exc)
+            return
+        try:
+            await self.work(snap, helper=True)
+        except BaseException:
+            if not snap.handed_over:
+                discard(snap.conn)  # a cancelled or failed run spoils its connection
+            raise
+        finally:
+            if not snap.handed_over:
+                await snap.close()
+
+    async def work(self, snap: Snapshot, helper: bool) -> None:
+        """Take runs from the queue on `snap` until it is empty, the budget is spent, a run
+        overruns its slice (it keeps `snap`) or a helper's connection fails."""
+        host, runtime = self.host, self.host.runtime
+        loop = asyncio.get_running_loop()
+        while self.turns:
+            if loop.time() - self.started > TICK_BUDGET:
+                host.trigger()  # the rest at the next tick
+                return
+            sq, slot = self.turns.popleft()
+            started, begun = loop.time(), runtime.query_cache.begin()
+            run = asyncio.ensure_future(host.execute(snap.conn, sq))
+            try:
+                done, _ = await asyncio.wait({run}, timeout=LIVE_SLICE)
+            except asyncio.CancelledError:  # stopping: the run must end before its snapshot closes
+                run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                raise
+            if helper:
+                runtime.metrics.inc("ripple_live_query_parallel_runs_total")
+            if not done:
+                host.run_apart(sq, snapshot=snap, started=(run, self.ts))
+                host.trigger()  # what is left and no other connection reaches runs at the next tick
+                return
+            try:
+                outcome = run.result()
+            except Exception as exc:
+                if helper and connection_failure(exc):
+                    self._lost(sq, snap, exc)
+                    return
+                raise
+            sq.slow = loop.time() - started > LIVE_SLICE
+            host.note_run(sq, outcome)
+            if isinstance(outcome, QueryRun) and outcome.broken:
+                if helper:
+                    self._lost(sq, snap, None)
+                    return
+                raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
+            self.results.append((sq, outcome))
+            keep_run(runtime, slot, outcome, begun, self.ts)
+
+    def _lost(self, sq: SharedQuery, snap: Snapshot, exc: BaseException | None) -> None:
+        """A helper's connection failed running `sq`: it is closed, never reused; `sq` stays
+        stale and runs at the next tick."""
+        discard(snap.conn)
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "its transaction broke"
+        log.warning("a live-query helper connection failed running %s (%s); it runs again", sq.path, why)
+        self.host.runtime.metrics.inc("ripple_live_query_helpers_lost_total")
+        self.host.trigger()
