@@ -261,8 +261,10 @@ def create_server_app(config: Config, on_fatal: Callable[[str], None]) -> Ripple
                     if (config.app_dir / "public" / "index.html").is_file():
                         print(f"App page: {config.base_url}/", flush=True)
                     print(f"Dashboard: {config.base_url}/_ripple/ (`ripple dashboard` opens it signed in)", flush=True)
-                log.info("serving %s (%s mode, event loop %s)", listen_url(config),
-                         "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__)
+                worker = os.environ.get(workers.WORKER_ENV)  # which of `ripple serve --workers N`, if one
+                log.info("serving %s (%s mode, event loop %s%s)", listen_url(config),
+                         "dev" if config.dev else "production", type(asyncio.get_running_loop()).__name__,
+                         f", worker {worker} of {os.environ.get(workers.WORKERS_ENV, '?')}" if worker else "")
                 if group is not None:
                     await group.start()
                 if ready_file := os.environ.get(workers.READY_ENV):  # the supervisor waits for it
