@@ -198,8 +198,10 @@ def build_app(
 
     async def metrics(request: Request) -> Response:
         # A worker of a group answers for the group; `?scope=worker`: for itself only.
-        whole_group = group is not None and request.query_params.get("scope") != "worker"
-        text = await group.metrics() if whole_group and group is not None else runtime.metrics.render()
+        if group is not None and request.query_params.get("scope") != "worker":
+            text = await group.metrics()
+        else:
+            text = runtime.metrics.render()
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,12 +160,15 @@ class WorkerGroup:
     async def logs(self, cursor: dict[int, int] | int | None, limit: int, timeout: float) -> dict[str, Any]:
         """The group's answer to `GET /_ripple/logs` (logs_http.py has read the parameters)."""
         members = self._members()
-        if cursor is None:  # from now on: where every stream is now
-            cursor = {pid: page["cursor"] for pid, page in (await self._gather(members, {}, None, limit, 0.0)).items()}
-        elif isinstance(cursor, int):
-            cursor = dict.fromkeys(members, cursor)
-        positions = {pid: cursor.get(pid, 0) for pid in members}  # a worker not in the cursor is new: all of it
-        pages = await self._gather(members, positions, None, limit, 0.0)
+        pages: dict[int, dict[str, Any]] = {}
+        if cursor is None:  # from now on: where every stream is now, with nothing after it yet
+            cursor = {pid: page["cursor"] for pid, page in (await self._gather(members, dict.fromkeys(members), limit)).items()}
+            positions = {pid: cursor.get(pid, 0) for pid in members}
+        else:
+            if isinstance(cursor, int):
+                cursor = dict.fromkeys(members, cursor)
+            positions = {pid: cursor.get(pid, 0) for pid in members}  # a worker not in the cursor is new: all of it
+            pages = await self._gather(members, positions, limit)
         if not any(page["entries"] for page in pages.values()) and timeout > 0:
             pages = await self._first_with_entries(members, positions, limit, timeout)
         timed = sorted(((entry["timestamp"], pid, entry) for pid, page in pages.items() for entry in page["entries"]),
@@ -177,11 +181,11 @@ class WorkerGroup:
         return {"entries": [{**entry, "worker": pages[pid]["worker"]} for _, pid, entry in kept],
                 "cursor": format_cursor(positions), "dropped": dropped}
 
-    async def _gather(self, members: dict[int, Path], positions: dict[int, int], default: int | None, limit: int,
-                      timeout: float) -> dict[int, dict[str, Any]]:
+    async def _gather(self, members: dict[int, Path], positions: Mapping[int, int | None],
+                      limit: int) -> dict[int, dict[str, Any]]:
+        """Every worker's page after its position (None: from now on), without waiting."""
         pids = list(members)
-        answers = await asyncio.gather(*(self._page(pid, members[pid], positions.get(pid, default), limit, timeout)
-                                         for pid in pids))
+        answers = await asyncio.gather(*(self._page(pid, members[pid], positions[pid], limit, 0.0) for pid in pids))
         return {pid: page for pid, page in zip(pids, answers, strict=True) if page is not None}
 
     async def _first_with_entries(self, members: dict[int, Path], positions: dict[int, int], limit: int,
