@@ -8,6 +8,7 @@ requests it gets, and can rotate its key. Under `/custom` it is also a custom-JW
     issuer.token(sub="alice")       an RS256 ID token for audience "convex", valid one hour
     issuer.rotate()                 a new signing key; the JWKS serves only the new one
     issuer.requests["/jwks"]        how often the JWKS was fetched
+    issuer.endless_sent             bytes of the never-ending /endless/jwks sent before the reader left
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def jwks(*keys: SigningKey) -> dict[str, Any]:
     return {"keys": [k.jwk() for k in keys]}
 
 
+ENDLESS_BYTES = 256 * 1024 * 1024  # what /endless/jwks sends at most
 POLL_SECONDS = 0.02  # how often the serving thread looks for a shutdown
 
 
@@ -64,6 +66,7 @@ class OidcIssuer:
         self.inline_key = SigningKey("RS256")  # for a customJwt provider with the JWKS inline (a dict)
         self.data_uri_key = SigningKey("ES256")  # ... and with the JWKS in a data: URI
         self.requests: Counter[str] = Counter()
+        self.endless_sent = 0  # bytes of /endless/jwks written before the client went away
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.custom_issuer = self.url + "/custom"
@@ -124,8 +127,22 @@ class OidcIssuer:
                         head, body, _ = token.split(".")
                         token = f"{head}.{body}.{base64.urlsafe_b64encode(b'forged' * 40).decode().rstrip('=')}"
                     self._text(token)
+                elif url.path == "/endless/jwks":  # a body that does not end: how much gets read?
+                    self._endless()
                 else:
                     self.send_error(404)
+
+            def _endless(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()  # no Content-Length: the body ends when the connection does
+                chunk = b" " * 65536
+                try:
+                    while issuer.endless_sent < ENDLESS_BYTES:
+                        self.wfile.write(chunk)
+                        issuer.endless_sent += len(chunk)
+                except OSError:
+                    pass  # the client stopped reading and went away
 
             def _json(self, body: Any) -> None:
                 data = json.dumps(body).encode()

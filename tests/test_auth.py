@@ -20,7 +20,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from server.config import AuthConfig, Config
-from server.core.auth.providers import load_providers
+from server.core.auth.keys import MAX_DOCUMENT_BYTES, KeySource
+from server.core.auth.providers import Provider, load_providers
 from server.core.contexts import Identity
 from server.core.database import Database
 from server.core.runtime import Runtime
@@ -187,6 +188,18 @@ async def test_an_unreachable_issuer_is_a_clean_auth_failure(rt: Runtime, oidc_i
     message = await refused(rt, token, f"^could not fetch the keys of issuer {provider.issuer}: ")
     assert "ConnectError" in message and time.perf_counter() - started < 2
     await refused(rt, token, "could not fetch the keys")  # again, within the floor: from memory
+
+
+async def test_a_provider_answering_without_end_is_refused_after_a_megabyte(oidc_issuer: OidcIssuer) -> None:
+    # The keys' address answers a body that never ends (up to 256 MB): the fetch stops reading
+    # past MAX_DOCUMENT_BYTES and says so, instead of taking the body into memory first.
+    provider = Provider(index=0, kind="customJwt", issuer=oidc_issuer.url + "/endless", application_id=None,
+                        algorithms=("ES256",), jwks_url=oidc_issuer.url + "/endless/jwks")
+    source = KeySource(provider, SETTINGS)
+    with pytest.raises(AuthFailed, match=f"answered more than {MAX_DOCUMENT_BYTES} bytes"):
+        await source.key("any")
+    await asyncio.sleep(0.2)  # the issuer's thread notices the closed connection
+    assert 0 < oidc_issuer.endless_sent < 32 * MAX_DOCUMENT_BYTES, oidc_issuer.endless_sent
 
 
 # -- custom JWT providers ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ long. Concurrent look-ups share one fetch. Keys outlive reloads of the app (`Key
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -113,16 +114,21 @@ class KeySource:
     async def _get_json(self, client: httpx.AsyncClient, url: str) -> Any:
         import httpx  # loaded by _fetch already: a lookup in sys.modules
 
+        # Streamed, and read no further than MAX_DOCUMENT_BYTES: a provider (or whatever answers
+        # at its address) sending an endless or huge body costs that much memory, not all of it.
+        body = bytearray()
         try:
-            response = await client.get(url, headers={"Accept": "application/json"})
+            async with client.stream("GET", url, headers={"Accept": "application/json"}) as response:
+                if response.status_code != 200:
+                    raise self._failed(f"GET {url} answered HTTP {response.status_code}")
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_DOCUMENT_BYTES:
+                        raise self._failed(f"GET {url} answered more than {MAX_DOCUMENT_BYTES} bytes")
         except httpx.HTTPError as exc:
             raise self._failed(f"GET {url}: {type(exc).__name__} {exc}".rstrip()) from None
-        if response.status_code != 200:
-            raise self._failed(f"GET {url} answered HTTP {response.status_code}")
-        if len(response.content) > MAX_DOCUMENT_BYTES:
-            raise self._failed(f"GET {url} answered more than {MAX_DOCUMENT_BYTES} bytes")
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             raise self._failed(f"GET {url} did not answer JSON") from None
 
