@@ -168,7 +168,8 @@ def baseline_main(port: int, database_url: str, schema: str, policy: str) -> Non
 # ---------------------------------------------------------------------------------------------
 
 CASES = {  # key: (label, server kind, counters' prefix)
-    "ripple": ("ripple (hot-key queue)", "ripple", HOT_PREFIX),
+    "ripple": ("ripple (queue + group commit)", "ripple", HOT_PREFIX),
+    "ripple-nogroup": ("ripple, queue, no group commit", "ripple-nogroup", HOT_PREFIX),
     "ripple-noqueue": ("ripple, queue off (main)", "ripple-noqueue", HOT_PREFIX),
     "asyncpg": ("asyncpg HTTP, Ripple's backoff", "backoff", HOT_PREFIX),
     "asyncpg-naive": ("asyncpg HTTP, naive retry", "naive", HOT_PREFIX),
@@ -176,6 +177,7 @@ CASES = {  # key: (label, server kind, counters' prefix)
     "floor": ("floor (no database)", "floor", HOT_PREFIX),
     "cold-ripple": ("10,000 counters: ripple", "ripple", COLD_PREFIX),
     "cold-ripple-noqueue": ("10,000 counters: ripple, queue off", "ripple-noqueue", COLD_PREFIX),
+    "cold-ripple-nogroup": ("10,000 counters: ripple, no group", "ripple-nogroup", COLD_PREFIX),
 }
 
 
@@ -197,7 +199,8 @@ class Bench:
         port = free_port()
         if kind.startswith("ripple"):
             env = {k: v for k, v in os.environ.items() if not k.startswith("RIPPLE_")}
-            env.update(PYTHONUNBUFFERED="1", RIPPLE_HOT_KEY_QUEUE="0" if kind == "ripple-noqueue" else "1")
+            env.update(PYTHONUNBUFFERED="1", RIPPLE_HOT_KEY_QUEUE="0" if kind == "ripple-noqueue" else "1",
+                       RIPPLE_GROUP_COMMIT="0" if kind == "ripple-nogroup" else "1")
             # One process unless measuring workers (newer trees default to one worker per core).
             workers = ["--workers", "2" if kind == "ripple-2w" else "1"]
             proc = self.processes.start(kind, [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
@@ -227,7 +230,9 @@ class Bench:
             m = parse_metrics(body.decode())
             return {"retries": m.get("ripple_mutation_retries_total", 0.0),
                     "queued": m.get("ripple_mutation_queued_total", 0.0),
-                    "queue_timeouts": m.get("ripple_mutation_queue_timeouts_total", 0.0)}
+                    "queue_timeouts": m.get("ripple_mutation_queue_timeouts_total", 0.0),
+                    "grouped": m.get("ripple_mutation_grouped_total", 0.0),
+                    "group_commits": m.get("ripple_mutation_group_commits_total", 0.0)}
         _, body = await asyncio.to_thread(http_call, port, "GET", "/metrics")
         return {"retries": float(json.loads(body)["retries"])}
 
@@ -350,8 +355,9 @@ async def bench_main(args: argparse.Namespace) -> None:
         for key, row in medians.items():
             print_row(key, row)
         ratios = {}
-        for mine, base in (("ripple", "asyncpg"), ("ripple-noqueue", "asyncpg"), ("ripple", "ripple-noqueue"),
-                           ("ripple", "asyncpg-naive"), ("cold-ripple", "cold-ripple-noqueue")):
+        for mine, base in (("ripple", "asyncpg"), ("ripple-nogroup", "asyncpg"), ("ripple-noqueue", "asyncpg"),
+                           ("ripple", "ripple-nogroup"), ("ripple", "ripple-noqueue"), ("ripple", "asyncpg-naive"),
+                           ("cold-ripple", "cold-ripple-nogroup"), ("cold-ripple", "cold-ripple-noqueue")):
             if mine in medians and base in medians:
                 ratios[f"{mine} / {base}"] = medians[mine]["mutations_per_s"] / medians[base]["mutations_per_s"]
         for name, value in ratios.items():
