@@ -15,8 +15,12 @@ fresh PostgreSQL schema):
                    bench/hot_keys_app/, `POST /api/mutation` `counters:increment(name)`: read the
                    counter by the `by_name` index, patch count + 1 (one SERIALIZABLE transaction,
                    retried on conflicts by Ripple's policy, with the hot-key queue).
-* ripple-noqueue -- the same server with RIPPLE_HOT_KEY_QUEUE=0: main's behaviour (blind retry
-                   with full-jitter backoff). The "before" of issue 16 part 6.
+                   The increments queued on one counter commit together (group commit,
+                   server/core/group_commit.py): one transaction, a savepoint each.
+* ripple-nogroup -- the same server with RIPPLE_GROUP_COMMIT=0: the hot-key queue alone, one
+                   transaction per increment (the "before" of group commit).
+* ripple-noqueue -- the same server with RIPPLE_HOT_KEY_QUEUE=0: blind retry with full-jitter
+                   backoff (the "before" of the hot-key queue).
 * asyncpg       -- the baseline: a uvicorn + Starlette server on the same stack as Ripple (uvloop,
                    httptools, one process), an asyncpg pool of the same size as Ripple's (20),
                    `POST /increment` with the same body: BEGIN ISOLATION LEVEL SERIALIZABLE;
@@ -39,12 +43,13 @@ fresh PostgreSQL schema):
 * floor         -- calibration: the baseline server answering a fixed success without touching
                    the database: what the Node generator and the HTTP stack can do at best.
 
-With `--uncontended`, two more cases run the same workload over 10,000 counters (almost no two
-clients write one counter at once): `ripple` and `ripple-noqueue`, to show the queue costs
-uncontended mutations nothing.
+With `--uncontended`, three more cases run the same workload over 10,000 counters (almost no two
+clients write one counter at once): `ripple`, `ripple-nogroup` and `ripple-noqueue`, to show the
+queue and group commit cost uncontended mutations nothing.
 
 For every case the script reads the retries (Ripple: `ripple_mutation_retries_total`,
-`ripple_mutation_queued_total` from GET /_ripple/metrics; the baseline counts its own) and checks
+`ripple_mutation_queued_total`, `ripple_mutation_grouped_total` and
+`ripple_mutation_group_commits_total` from GET /_ripple/metrics; the baseline counts its own) and checks
 that each counter's count grew by exactly the number of successful increments the clients saw
 for it (nothing lost, nothing doubled). CPU: the machine's busy share over the window, and the
 server's and generator's CPU in % of one core (the machine is shared: other helpers' processes

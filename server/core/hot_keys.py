@@ -24,6 +24,9 @@ none with the connection pool (taken after the locks), and a lock holder waiting
 waits for a transaction that is running, not queued.
 
 With no hot key (the usual case) a call costs one dict lookup per attempt.
+
+With group commit on (group_commit.py), an attempt that would queue (`queue_keys`) joins the
+group of its keys instead, and the group's leader takes the turn (`acquire`, `done`) for all.
 """
 
 from __future__ import annotations
