@@ -118,6 +118,7 @@ class GroupCommit:
         if group is not None and len(group.members) < MAX_MEMBERS:
             group.members.append(member)
             self.metrics.inc("ripple_mutation_queued_total")  # it waits for the ones before it
+            self.hot_keys.heat(keys)  # contention goes on
         else:
             self._lead(Group(keys, [member]))
         return await member.future
