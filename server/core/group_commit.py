@@ -1,5 +1,5 @@
 """Group commit: the mutations of this process queued on the same hot keys run back to back in
-one transaction, each under a savepoint of its own, and commit together.
+one transaction and commit together; one that fails is undone alone.
 
 Why: once the hot-key queue (hot_keys.py) makes the increments of one counter take turns,
 contention no longer limits them; each still pays a transaction's fixed part (a pooled
@@ -10,23 +10,30 @@ How: a call whose keys are hot (`HotKeys.queue_keys`) becomes a `Member` of the 
 those keys, or opens one. A group is led by a task of its own (not any caller's: a caller that
 leaves cannot cancel the commit of the others). The leader takes the keys' turn (the queue's
 locks, behind the group before it), one connection, one SERIALIZABLE transaction, and runs the
-members in the order they joined, each under a savepoint and with Convex's limits counted
-anew (Transaction.next_execution): each sees the writes of the ones before it, a serial order.
+members in the order they joined, with Convex's limits counted anew for each
+(Transaction.next_execution): each sees the writes of the ones before it, a serial order.
 Callers keep joining while it runs. When no member is left to run, the group closes (the next
 caller opens the next group, which waits for this one's turn) and commits once.
+
+Savepoints only when needed: a savepoint costs a round trip per member (SAVEPOINT travels on its
+own before the member's first statement), as much as one of its statements, and members rarely
+fail. So a group first runs with none. If a member fails, the transaction is rolled back and
+run again without it (`_Redo`, counted in ripple_mutation_group_reruns_total): the members
+before it again, then the rest, now each under a savepoint of its own, so a second failure is
+undone alone. A failed member is not run again: its error stands as of its turn.
 
 What each caller gets, only once the COMMIT succeeded: its own value, log lines and scheduled
 jobs, and the group's commit ts (one ts for all: the commit log holds one row whose write set
 has each document once, the keys it had before the group and after it, and live queries see the
 members' writes together, as if no one had read between them). A member that fails (its
-function throws, its stored result belongs to another call) is rolled back to its savepoint and
-gets its own error; the others commit. What aborts the transaction (a conflict, a lost
+function throws, its stored result belongs to another call) is undone (as above) and gets its
+own error; the others commit. What aborts the transaction (a conflict, a lost
 connection) answers nobody as committed: each member gets the error and its caller retries it
 by Runtime's policy (as a member of the next group: its keys stay hot). A COMMIT whose answer
 was lost is resolved first (commit.py): committed, every member's result stands.
 
-A group runs at most `MAX_MEMBERS` members (each savepoint that writes takes a subtransaction
-id; PostgreSQL's snapshots slow down past 64 in one transaction) and starts none after it has
+A group runs at most `MAX_MEMBERS` members (in a rerun, each savepoint that writes takes a
+subtransaction id; PostgreSQL's snapshots slow down past 64 in one transaction) and starts none after it has
 run for `seconds` (Config.group_commit_seconds, 50 ms: a slow member holds up few others): the
 members it did not start open the next group, in their order.
 """
@@ -108,6 +115,8 @@ class GroupCommit:
                          "Transactions that committed the mutations of a hot-key group together")
         metrics.describe("ripple_mutation_grouped_total", "counter",
                          "Mutations that ran in a hot-key group's transaction (group commit)")
+        metrics.describe("ripple_mutation_group_reruns_total", "counter",
+                         "Hot-key groups run again, with savepoints, because a member failed")
 
     async def run(self, keys: tuple[str, ...], body: Body) -> tuple[Done, int | None]:
         """Run `body` as a member of the open group of `keys` (or of a new one); its Done and
@@ -181,24 +190,62 @@ class GroupCommit:
                 member.future.set_result((result, ts))
 
     async def _run(self, group: Group, ran: list[tuple[Member, Done | Exception]]) -> int | None:
-        """Run the group's members in one transaction and commit; the commit ts (when wanted)."""
+        """Run the group's members in one transaction and commit; the commit ts (when wanted).
+        First with no savepoints; if a member fails, the transaction is rolled back and run
+        again without it, each member under a savepoint of its own (`_Redo`)."""
+        deadline = time.monotonic() + self.seconds
+        failed: list[tuple[Member, Exception]] = []
         async with self.db.acquire() as conn:
-            async with self.opener(conn) as tx:
-                deadline = time.monotonic() + self.seconds
-                while (member := self._next(group, deadline)) is not None:
-                    tx.next_execution()
-                    try:
-                        async with tx.savepoint(release=True):
-                            ran.append((member, await asyncio.get_running_loop().create_task(
-                                member.body(tx), context=member.context)))
-                    except Exception as exc:
-                        if tx.conflicted or tx.lost:
-                            raise  # the transaction is over: no member commits
-                        ran.append((member, exc))  # rolled back to its savepoint: its own error
+            while True:
+                replay = [member for member, _ in ran if not member.future.done()]
+                ran.clear()
+                try:
+                    async with self.opener(conn) as tx:
+                        await self._members(tx, group, deadline, replay, ran, savepoints=bool(failed))
+                except _Redo as redo:
+                    failed.append((redo.member, redo.error))
+                    self.metrics.inc("ripple_mutation_group_reruns_total")
+                    continue
+                break
+            ran.extend(failed)
             ts = tx.ts
             if ts is None and any(isinstance(r, Done) and r.wants_ts for _, r in ran):
                 ts = await self.ts_after_commit(conn, bool(tx.writes))
         return ts
+
+    async def _members(self, tx: Transaction, group: Group, deadline: float, replay: list[Member],
+                       ran: list[tuple[Member, Done | Exception]], *, savepoints: bool) -> None:
+        """Run `replay` (the members that ran before a rerun), then the group's next members,
+        one after another in `tx`."""
+        queue = iter(replay)
+        while (member := next(queue, None) or self._next(group, deadline)) is not None:
+            tx.next_execution()
+            try:
+                if savepoints:
+                    async with tx.savepoint(release=True):
+                        ran.append((member, await self._body(member, tx)))
+                else:
+                    ran.append((member, await self._body(member, tx)))
+            except Exception as exc:
+                if tx.conflicted or tx.lost:
+                    raise  # the transaction is over: no member commits
+                if not savepoints:
+                    raise _Redo(member, exc) from exc
+                ran.append((member, exc))  # rolled back to its savepoint: its own error
+
+    @staticmethod
+    def _body(member: Member, tx: Transaction) -> asyncio.Task[Done]:
+        """The member's body, run in its caller's context."""
+        return asyncio.get_running_loop().create_task(member.body(tx), context=member.context)
+
+
+class _Redo(Exception):
+    """A member failed in a group running without savepoints: its writes cannot be undone
+    alone, so the transaction is rolled back and the group runs again without it."""
+
+    def __init__(self, member: Member, error: Exception) -> None:
+        super().__init__("a member of the group failed; running the others again")
+        self.member, self.error = member, error
 
 
 def _for_member(exc: BaseException) -> BaseException:
