@@ -228,6 +228,36 @@ async def test_many_callers_end_at_exact_totals_in_groups(rt: Runtime, hot: Bloc
     assert rt.hot_keys.held_count() == 0
 
 
+async def test_failures_among_many_callers_leave_exact_totals(rt: Runtime, hot: Blocker) -> None:
+    # inc_below(limit 0) always fails (after its write); remembered, it groups with the increments.
+    with pytest.raises(FunctionFailure):
+        await rt.call("mutation", "counters:inc_below", {"name": "a", "limit": 0})
+    assert (await rt.call("mutation", "counters:inc_below", {"name": "a", "limit": 10**9})).value == 4
+    groups = Groups(rt)
+    reruns = metric(rt, "ripple_mutation_group_reruns_total")
+    sem = asyncio.Semaphore(40)
+    succeeded = failed = 0
+
+    async def one(i: int) -> None:
+        nonlocal succeeded, failed
+        limit = 0 if i % 5 == 0 else 10**9
+        async with sem:
+            try:
+                await rt.call("mutation", "counters:inc_below" if i % 2 else "counters:inc",
+                              {"name": "a", "limit": limit} if i % 2 else {"name": "a"})
+            except FunctionFailure:
+                failed += 1
+            else:
+                succeeded += 1
+
+    await asyncio.gather(*(one(i) for i in range(300)))
+    assert failed == 30 and succeeded == 270  # i % 10 == 5: inc_below with limit 0
+    assert await value(rt, "a") == 4 + succeeded  # no failed member's write, every other one once
+    commits, grouped = groups.since()
+    assert grouped > commits > 0
+    assert metric(rt, "ripple_mutation_group_reruns_total") > reruns  # failures happened in groups
+
+
 async def test_group_commit_off_runs_one_transaction_each(namespace: str) -> None:
     async with open_runtime(APP, namespace, dev=False, group_commit=False) as rt:
         await rt.call("mutation", "counters:inc", {"name": "a"})
