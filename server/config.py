@@ -248,7 +248,7 @@ class Config:
     query_cache_bytes: int = 64 * MiB
     # Mutations that keep conflicting over the same keys take turns in this process (core/hot_keys.py).
     hot_key_queue: bool = True
-    # ... and those queued on the same keys run in one transaction each, committing together
+    # ... and those queued on the same keys run together in one transaction and one commit
     # (core/group_commit.py); needs hot_key_queue.
     group_commit: bool = True
     group_commit_seconds: float = 0.05  # a group starts no member after running this long
