@@ -15,8 +15,12 @@ fresh PostgreSQL schema):
                    bench/hot_keys_app/, `POST /api/mutation` `counters:increment(name)`: read the
                    counter by the `by_name` index, patch count + 1 (one SERIALIZABLE transaction,
                    retried on conflicts by Ripple's policy, with the hot-key queue).
-* ripple-noqueue -- the same server with RIPPLE_HOT_KEY_QUEUE=0: main's behaviour (blind retry
-                   with full-jitter backoff). The "before" of issue 16 part 6.
+                   The increments queued on one counter commit together (group commit,
+                   server/core/group_commit.py): one transaction, a savepoint each.
+* ripple-nogroup -- the same server with RIPPLE_GROUP_COMMIT=0: the hot-key queue alone, one
+                   transaction per increment (the "before" of group commit).
+* ripple-noqueue -- the same server with RIPPLE_HOT_KEY_QUEUE=0: blind retry with full-jitter
+                   backoff (the "before" of the hot-key queue).
 * asyncpg       -- the baseline: a uvicorn + Starlette server on the same stack as Ripple (uvloop,
                    httptools, one process), an asyncpg pool of the same size as Ripple's (20),
                    `POST /increment` with the same body: BEGIN ISOLATION LEVEL SERIALIZABLE;
@@ -39,12 +43,13 @@ fresh PostgreSQL schema):
 * floor         -- calibration: the baseline server answering a fixed success without touching
                    the database: what the Node generator and the HTTP stack can do at best.
 
-With `--uncontended`, two more cases run the same workload over 10,000 counters (almost no two
-clients write one counter at once): `ripple` and `ripple-noqueue`, to show the queue costs
-uncontended mutations nothing.
+With `--uncontended`, three more cases run the same workload over 10,000 counters (almost no two
+clients write one counter at once): `ripple`, `ripple-nogroup` and `ripple-noqueue`, to show the
+queue and group commit cost uncontended mutations nothing.
 
 For every case the script reads the retries (Ripple: `ripple_mutation_retries_total`,
-`ripple_mutation_queued_total` from GET /_ripple/metrics; the baseline counts its own) and checks
+`ripple_mutation_queued_total`, `ripple_mutation_grouped_total` and
+`ripple_mutation_group_commits_total` from GET /_ripple/metrics; the baseline counts its own) and checks
 that each counter's count grew by exactly the number of successful increments the clients saw
 for it (nothing lost, nothing doubled). CPU: the machine's busy share over the window, and the
 server's and generator's CPU in % of one core (the machine is shared: other helpers' processes
@@ -168,7 +173,8 @@ def baseline_main(port: int, database_url: str, schema: str, policy: str) -> Non
 # ---------------------------------------------------------------------------------------------
 
 CASES = {  # key: (label, server kind, counters' prefix)
-    "ripple": ("ripple (hot-key queue)", "ripple", HOT_PREFIX),
+    "ripple": ("ripple (queue + group commit)", "ripple", HOT_PREFIX),
+    "ripple-nogroup": ("ripple, queue, no group commit", "ripple-nogroup", HOT_PREFIX),
     "ripple-noqueue": ("ripple, queue off (main)", "ripple-noqueue", HOT_PREFIX),
     "asyncpg": ("asyncpg HTTP, Ripple's backoff", "backoff", HOT_PREFIX),
     "asyncpg-naive": ("asyncpg HTTP, naive retry", "naive", HOT_PREFIX),
@@ -176,6 +182,7 @@ CASES = {  # key: (label, server kind, counters' prefix)
     "floor": ("floor (no database)", "floor", HOT_PREFIX),
     "cold-ripple": ("10,000 counters: ripple", "ripple", COLD_PREFIX),
     "cold-ripple-noqueue": ("10,000 counters: ripple, queue off", "ripple-noqueue", COLD_PREFIX),
+    "cold-ripple-nogroup": ("10,000 counters: ripple, no group", "ripple-nogroup", COLD_PREFIX),
 }
 
 
@@ -197,7 +204,8 @@ class Bench:
         port = free_port()
         if kind.startswith("ripple"):
             env = {k: v for k, v in os.environ.items() if not k.startswith("RIPPLE_")}
-            env.update(PYTHONUNBUFFERED="1", RIPPLE_HOT_KEY_QUEUE="0" if kind == "ripple-noqueue" else "1")
+            env.update(PYTHONUNBUFFERED="1", RIPPLE_HOT_KEY_QUEUE="0" if kind == "ripple-noqueue" else "1",
+                       RIPPLE_GROUP_COMMIT="0" if kind == "ripple-nogroup" else "1")
             # One process unless measuring workers (newer trees default to one worker per core).
             workers = ["--workers", "2" if kind == "ripple-2w" else "1"]
             proc = self.processes.start(kind, [sys.executable, "-m", "server.cli", "serve", "--port", str(port),
@@ -227,7 +235,9 @@ class Bench:
             m = parse_metrics(body.decode())
             return {"retries": m.get("ripple_mutation_retries_total", 0.0),
                     "queued": m.get("ripple_mutation_queued_total", 0.0),
-                    "queue_timeouts": m.get("ripple_mutation_queue_timeouts_total", 0.0)}
+                    "queue_timeouts": m.get("ripple_mutation_queue_timeouts_total", 0.0),
+                    "grouped": m.get("ripple_mutation_grouped_total", 0.0),
+                    "group_commits": m.get("ripple_mutation_group_commits_total", 0.0)}
         _, body = await asyncio.to_thread(http_call, port, "GET", "/metrics")
         return {"retries": float(json.loads(body)["retries"])}
 
@@ -350,8 +360,9 @@ async def bench_main(args: argparse.Namespace) -> None:
         for key, row in medians.items():
             print_row(key, row)
         ratios = {}
-        for mine, base in (("ripple", "asyncpg"), ("ripple-noqueue", "asyncpg"), ("ripple", "ripple-noqueue"),
-                           ("ripple", "asyncpg-naive"), ("cold-ripple", "cold-ripple-noqueue")):
+        for mine, base in (("ripple", "asyncpg"), ("ripple-nogroup", "asyncpg"), ("ripple-noqueue", "asyncpg"),
+                           ("ripple", "ripple-nogroup"), ("ripple", "ripple-noqueue"), ("ripple", "asyncpg-naive"),
+                           ("cold-ripple", "cold-ripple-nogroup"), ("cold-ripple", "cold-ripple-noqueue")):
             if mine in medians and base in medians:
                 ratios[f"{mine} / {base}"] = medians[mine]["mutations_per_s"] / medians[base]["mutations_per_s"]
         for name, value in ratios.items():

@@ -248,6 +248,10 @@ class Config:
     query_cache_bytes: int = 64 * MiB
     # Mutations that keep conflicting over the same keys take turns in this process (core/hot_keys.py).
     hot_key_queue: bool = True
+    # ... and those queued on the same keys run together in one transaction and one commit
+    # (core/group_commit.py); needs hot_key_queue.
+    group_commit: bool = True
+    group_commit_seconds: float = 0.05  # a group starts no member after running this long
     # Connections a live-query tick re-runs its queries over at most, sharing its snapshot
     # (server/core/tick_runs.py, docs/live-queries.md); 1: one connection, one run at a time.
     live_query_parallelism: int = 4
@@ -289,6 +293,8 @@ class Config:
             log_stream_bytes=_env_int("RIPPLE_LOG_STREAM_BYTES", 32 * MiB),
             query_cache_bytes=_env_int("RIPPLE_QUERY_CACHE_BYTES", 64 * MiB, minimum=0),
             hot_key_queue=_env_flag("RIPPLE_HOT_KEY_QUEUE", True),
+            group_commit=_env_flag("RIPPLE_GROUP_COMMIT", True),
+            group_commit_seconds=max(0.0, _env_float("RIPPLE_GROUP_COMMIT_SECONDS", 0.05)),
             live_query_parallelism=_env_int("RIPPLE_LIVE_QUERY_PARALLELISM", 4),
         )
         for key, value in overrides.items():

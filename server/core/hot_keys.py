@@ -24,6 +24,9 @@ none with the connection pool (taken after the locks), and a lock holder waiting
 waits for a transaction that is running, not queued.
 
 With no hot key (the usual case) a call costs one dict lookup per attempt.
+
+With group commit on (group_commit.py), an attempt that would queue (`queue_keys`) joins the
+group of its keys instead, and the group's leader takes the turn (`acquire`, `done`) for all.
 """
 
 from __future__ import annotations
@@ -120,14 +123,14 @@ class HotKeys:
         keys = ticket.keys or self._predicted(ticket)
         if tuple(name for name, _ in ticket.held) != keys:
             self.done(ticket)
-            await self._acquire(ticket, keys)
+            await self.acquire(ticket, keys)
         keep = False
         try:
             yield
         except CONFLICTS:
             if ticket.tx is not None:
                 ticket.keys = keys_of(ticket.tx)
-                self._heat(ticket.keys)
+                self.heat(ticket.keys)
                 self._remember(ticket, ticket.keys)
                 keep = bool(ticket.keys) and ticket.keys == tuple(name for name, _ in ticket.held)
             raise
@@ -151,6 +154,14 @@ class HotKeys:
             if key.users == 0 and key.hot_until <= now:
                 del self._keys[name]
 
+    def queue_keys(self, ticket: Ticket) -> tuple[str, ...]:
+        """The keys `ticket`'s next attempt would queue on: after a conflict, those of its
+        failed attempt; else its call's remembered keys that are hot; () when none (or off).
+        Group commit (group_commit.py) runs such an attempt in the group of these keys."""
+        if not self.enabled:
+            return ()
+        return ticket.keys or self._predicted(ticket)
+
     def _predicted(self, ticket: Ticket) -> tuple[str, ...]:
         """The remembered keys of the ticket's call that are hot now."""
         if not self._keys or not self._calls:
@@ -166,7 +177,7 @@ class HotKeys:
         key = self._keys.get(name)
         return key is not None and key.hot_until > time.monotonic()
 
-    async def _acquire(self, ticket: Ticket, keys: tuple[str, ...]) -> None:
+    async def acquire(self, ticket: Ticket, keys: tuple[str, ...]) -> None:
         """Take the locks of `keys` in order, within `wait_seconds` for all; the ones not taken
         in time are skipped (the attempt runs anyway: PostgreSQL still checks it)."""
         if not keys:
@@ -196,7 +207,7 @@ class HotKeys:
                 raise
             ticket.held.append((name, key))
 
-    def _heat(self, keys: tuple[str, ...]) -> None:
+    def heat(self, keys: tuple[str, ...]) -> None:
         until = time.monotonic() + HOT_SECONDS
         for name in keys:
             key = self._keys.get(name)

@@ -59,6 +59,7 @@ from server.core.contexts import (
 from server.core.database import Catalog, Database
 from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.env import Change, Env, EnvValues, built_in_values
+from server.core.group_commit import Done, GroupCommit
 from server.core.hot_keys import HotKeys, Ticket
 from server.core.loader import App, load_app
 from server.core.metrics import Metrics, standard_metrics
@@ -153,6 +154,9 @@ class Runtime:
         self.query_cache = QueryCache(config.query_cache_bytes, self.metrics, self.latest_ts)
         # This process's queues for mutations that conflict over the same keys (hot_keys.py).
         self.hot_keys = HotKeys(self.metrics, enabled=config.hot_key_queue)
+        # ... whose queued calls on the same keys commit together (group_commit.py).
+        self.group_commit = GroupCommit(db, self.hot_keys, self.metrics, lambda conn: self.transaction(conn, "serializable"),
+                                        self.committer.ts_after_commit, config.group_commit_seconds) if config.group_commit else None
         logs.install()
         sandbox.install()
 
@@ -489,6 +493,8 @@ class Runtime:
         ticket = Ticket(lambda: _call_id(fn, args, identity))
 
         async def attempt(buffer: logs.LogBuffer) -> tuple[Outcome, MutationScheduler | None]:
+            if self.group_commit is not None and (keys := self.hot_keys.queue_keys(ticket)):
+                return await self._grouped(ticket, keys, fn, kwargs, identity, key, commit_ts, before_commit, buffer)
             async with self.hot_keys.turn(ticket), self.db.acquire() as conn:
                 if key is not None:
                     done = await conn.fetchrow(sql.GET_MUTATION_RESULT, key.session_id, key.request_id, key.caller)
@@ -521,6 +527,37 @@ class Runtime:
             scheduler.committed()
             self.metrics.inc("ripple_mutations_total", outcome="success")
         return outcome
+
+    async def _grouped(
+        self, ticket: Ticket, keys: tuple[str, ...], fn: FunctionDef, kwargs: dict[str, Any], identity: Identity | None,
+        key: StoredCall | None, commit_ts: bool, before_commit: Callable[[], None] | None, buffer: logs.LogBuffer,
+    ) -> tuple[Outcome, MutationScheduler | None]:
+        """One attempt of `_run_mutation` as a member of the group of its hot `keys`, committed
+        with the others queued on them (group_commit.py). Its stored result, when it has one,
+        is read in the group's transaction: a resend in the same group finds it too."""
+        assert self.group_commit is not None
+
+        async def body(tx: Transaction) -> Done:
+            if key is not None:
+                done = await tx.execute("fetchrow", sql.GET_STORED_RESULT, key.session_id, key.request_id, key.caller)
+                if done is not None:  # a resend of a mutation that already ran
+                    key.check_resend(done["function"], done["args_hash"])
+                    return Done(from_convex_json(done["value"][0]), list(done["log_lines"]), None, True)
+            recorded = tx.recorded
+            value, lines, scheduler = await self.execute_mutation(tx, fn, kwargs, identity, buffer=buffer)
+            if key is not None:
+                await tx.execute("execute", sql.PUT_MUTATION_RESULT, *astuple(key), [to_convex_json(value)], lines)
+            if before_commit is not None:
+                before_commit()  # the group's COMMIT follows its last member
+            return Done(value, lines, scheduler, key is not None or (commit_ts and tx.recorded > recorded))
+
+        self.hot_keys.done(ticket)  # group members take no turn of their own: their group's leader does
+        try:
+            done, ts = await self.group_commit.run(keys, body)
+        except CONFLICTS:
+            ticket.keys = keys  # its next attempt joins the next group: no backoff sleep
+            raise
+        return Outcome(done.value, done.log_lines, ts if done.wants_ts else None), done.scheduler
 
     async def retried_mutation(self, fn: FunctionDef, attempt: Callable[[logs.LogBuffer], Awaitable[T]], what: str,
                                retries_metrics: tuple[str, ...], paced: Callable[[], bool] | None = None) -> T:

@@ -185,6 +185,13 @@ SELECT value, log_lines, function, args_hash,
 FROM _ripple_mutation_results WHERE session_id = $1 AND request_id = $2 AND caller IN ($3, '')
 ORDER BY caller = '' LIMIT 1
 """
+# ... read inside a group commit's transaction (group_commit.py): the group's commit ts covers
+# it, and its reads stay off the change log (a read of its latest ts would conflict with every commit).
+GET_STORED_RESULT = """
+SELECT value, log_lines, function, args_hash
+FROM _ripple_mutation_results WHERE session_id = $1 AND request_id = $2 AND caller IN ($3, '')
+ORDER BY caller = '' LIMIT 1
+"""
 PUT_MUTATION_RESULT = """
 INSERT INTO _ripple_mutation_results (session_id, request_id, caller, function, args_hash, value, log_lines, ts)
 VALUES ($1, $2, $3, $4, $5, $6, $7, 0)

@@ -109,6 +109,7 @@ class Transaction:
     docs_read: int = 0
     bytes_read: int = 0
     docs_written: int = 0  # writes, as Convex counts them: a document written twice counts twice
+    recorded: int = 0  # record_write calls, never reset (a group member's own writes: group_commit.py)
     bytes_written: int = 0
     # An import (server/core/snapshot.py) writes a whole snapshot in one transaction, and a
     # --replace reads (to delete) every document of a table: no read or write limit.
@@ -315,6 +316,7 @@ class Transaction:
         """Add a document's index keys before and after to the write set; a document written
         twice keeps the keys it had before the transaction as its old ones."""
         prior = self.writes.get(doc_id)
+        self.recorded += 1
         # A new entry, never a change to one: savepoint() keeps a shallow copy of the write set.
         self.writes[doc_id] = Write(table, doc_id, old if prior is None else prior.old_keys, new)
 
