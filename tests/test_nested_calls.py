@@ -16,6 +16,7 @@ import pytest
 
 from client_sdk import RippleClient
 from server.core.runtime import Runtime
+from server.core.transaction import Transaction
 from server.errors import FunctionFailure
 
 from conftest import BASIC_APP, ServerProcess, call, open_runtime
@@ -164,3 +165,33 @@ async def test_nested_calls_over_http_and_live_queries(start_server: StartServer
         body = (await call(c, "mutation", "calls:spins_nested")).json()
         assert re.fullmatch(r"\[Request ID: \w+\] runaway:spin ran longer than 1 s without awaiting", body["value"]), body
         assert (await c.get("/_ripple/health")).status_code == 200
+
+
+# -- the rows a mutation keeps (Transaction.rows_seen) -------------------------------------------
+
+
+async def test_a_patch_of_a_document_just_read_sends_no_second_select(runtime: Runtime,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    await value(runtime, "mutation", "counters:inc", {"name": "seen"})
+    statements: list[str] = []
+    execute = Transaction.execute
+
+    async def counted(self: Transaction, method: str, statement: str, *args: Any) -> Any:
+        statements.append(statement)
+        return await execute(self, method, statement, *args)
+
+    monkeypatch.setattr(Transaction, "execute", counted)
+    assert await value(runtime, "mutation", "counters:inc", {"name": "seen"}) == 2  # index read, then patch
+    get = runtime.catalog.table("counters").sql.get
+    assert get not in statements and any(s.startswith("UPDATE") for s in statements), statements
+    assert await value(runtime, "query", "counters:get", {"name": "seen"}) == 2
+
+
+@pytest.mark.parametrize("concurrently", [False, True])
+async def test_a_rolled_back_nested_write_is_not_what_a_later_patch_merges_into(runtime: Runtime,
+                                                                                concurrently: bool) -> None:
+    await value(runtime, "mutation", "counters:inc", {"name": "kept"})
+    doc = await value(runtime, "mutation", "calls:renamed_after_a_failed_nested_write",
+                      {"name": "kept", "concurrently": concurrently})
+    assert (doc["name"], doc["value"]) == ("kept-renamed", 1)
+    assert await value(runtime, "query", "counters:get", {"name": "kept-renamed"}) == 1

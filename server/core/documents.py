@@ -83,12 +83,25 @@ class SystemReader:
 
 
 async def _get(tx: Transaction, info: TableInfo, doc_id: str) -> dict[str, Any] | None:
-    row = await tx.execute("fetchrow", info.sql.get, doc_id)
+    row = await _row(tx, info, doc_id)
     tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
     if row is None:
         return None
-    tx.count_read(1, limits.stored_bytes(row["doc"]))
-    return decode_doc(doc_id, row["creation_time"], row["doc"])
+    tx.count_read(1, limits.stored_bytes(row[1]))
+    return decode_doc(doc_id, *row)
+
+
+async def _row(tx: Transaction, info: TableInfo, doc_id: str) -> tuple[float, Any] | None:
+    """The document's (creation_time, stored fields) in `tx`: the row the transaction read
+    already, unless it wrote it since (Transaction.rows_seen), else one SELECT."""
+    seen = tx.rows_seen.get(doc_id)
+    if seen is not None:
+        return seen
+    row = await tx.execute("fetchrow", info.sql.get, doc_id)
+    if row is None:
+        return None
+    tx.saw_row(info.name, doc_id, row["creation_time"], row["doc"])
+    return row["creation_time"], row["doc"]
 
 
 class DatabaseReader:
@@ -213,12 +226,12 @@ class DatabaseWriter(DatabaseReader):
         info, doc_id, others = _addressed(self._tx.catalog, verb, address, rest)
         if info.name.startswith("_") and not self._system_access:
             raise ForbiddenOperation(f"cannot {verb} documents of system table {info.name}")
-        row = await self._tx.execute("fetchrow", info.sql.get, doc_id)
+        row = await _row(self._tx, info, doc_id)
         self._tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
         if row is None:
             raise RippleUsageError(f"cannot {verb} {doc_id}: no such document in {info.name}")
-        self._tx.count_read(1, limits.stored_bytes(row["doc"]))
-        return info, decode_doc(doc_id, row["creation_time"], row["doc"]), others
+        self._tx.count_read(1, limits.stored_bytes(row[1]))
+        return info, decode_doc(doc_id, *row), others
 
     async def _store(self, info: TableInfo, current: dict[str, Any], fields: dict[str, Any], ctid: Any = None) -> None:
         """Validate and write the new version of `current`; `ctid`: address exactly the row

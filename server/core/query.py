@@ -25,7 +25,7 @@ from server.core.limits import stored_bytes, value_size
 from server.core.reading import Reads, cursor_body, make_cursor, num_items
 from server.core.schema import BY_CREATION_TIME, BY_ID
 from server.core.search.query import SearchFilter, SearchQuery, search_query
-from server.core.transaction import MAX_DOCS_READ, ReadRange, Transaction
+from server.core.transaction import MAX_DOCS_READ, ROWS_SEEN, ReadRange, Transaction
 from server.core.values import to_convex_json
 from server.errors import InvalidIdError, RippleUsageError
 
@@ -225,6 +225,9 @@ class Query(Reads):
                 batch = SCAN_BATCH if limit is None else min(SCAN_BATCH, max(limit - yielded, 1))
                 rows = await tx.execute("fetch", statement, self._param(cur_lo), self._param(cur_hi), batch)
                 tx.count_read(len(rows), sum(stored_bytes(row["doc"]) for row in rows))
+                if tx.writable:  # a mutation: its patch of a document read here needs no second read
+                    for row in rows[:ROWS_SEEN]:  # noted before anything awaits (Transaction.savepoint)
+                        tx.saw_row(info.name, row["id"], row["creation_time"], row["doc"])
                 for row in rows:
                     key = bytes(row[3])
                     covered_to = key

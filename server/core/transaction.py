@@ -32,6 +32,7 @@ from server.errors import ConnectionLost, LimitExceeded, TransactionConflict
 MAX_DOCS_READ = 32_000
 MAX_BYTES_READ = 1 << 24
 MAX_DOCS_WRITTEN = 16_000
+ROWS_SEEN = 64  # rows a writable transaction keeps for its own writes (rows_seen)
 MAX_BYTES_WRITTEN = 1 << 24
 # What PostgreSQL tells apart as "this transaction lost a conflict; run it again". A unique
 # violation can only come from two runs of one idempotent mutation racing (ids are random):
@@ -132,6 +133,11 @@ class Transaction:
     # Run once the transaction committed, never if it did not (Committer.transaction): work
     # outside the database that must follow a commit, such as removing a deleted file's bytes.
     after_commit: list[Callable[[], None]] = field(default_factory=list)
+    # Rows of user tables a writable transaction read (by id or through an index) and has not
+    # written since, by id, as PostgreSQL returned them: (creation_time, stored fields). A
+    # patch, replace or delete of a document the function just read needs no second SELECT
+    # (documents.py). At most ROWS_SEEN; emptied when a savepoint rolls back.
+    rows_seen: dict[str, tuple[float, Any]] = field(default_factory=dict)
     _calls: list[_Call] = field(default_factory=list)  # open nested calls, innermost last
     _savepoints: int = 0  # open savepoint blocks
     _unsent: list[str] = field(default_factory=list)  # savepoint statements for the next message (savepoint())
@@ -250,6 +256,9 @@ class Transaction:
         except Exception:
             if not (self.conflicted or self.lost):
                 self.writes = saved
+                # A row read inside the block may be one it wrote; and a read under way in
+                # another task (asyncio.gather) may note its row until the rollback is sent.
+                self.rows_seen.clear()
                 del self.after_commit[hooks:]
                 del self._deferred[deferred if flushes == self._flushes else 0:]
                 if flushes == self._flushes:
@@ -257,6 +266,7 @@ class Transaction:
                 else:
                     self._unsent.clear()  # deeper savepoints' statements: the rollback undoes them
                     await self.execute("execute", sql.rollback_to_savepoint(level))
+                    self.rows_seen.clear()
                     if release:
                         self._unsent.append(sql.release_savepoint(level))
             raise
@@ -312,11 +322,17 @@ class Transaction:
                 f"{MAX_BYTES_WRITTEN} (16 MiB)"
             )
 
+    def saw_row(self, table: str, doc_id: str, creation_time: float, doc: Any) -> None:
+        """A row of `table` as a statement of this transaction just returned it (rows_seen)."""
+        if self.writable and len(self.rows_seen) < ROWS_SEEN and not table.startswith("_"):
+            self.rows_seen[doc_id] = (creation_time, doc)
+
     def record_write(self, table: str, doc_id: str, old: WriteKeys | None, new: WriteKeys | None) -> None:
         """Add a document's index keys before and after to the write set; a document written
         twice keeps the keys it had before the transaction as its old ones."""
         prior = self.writes.get(doc_id)
         self.recorded += 1
+        self.rows_seen.pop(doc_id, None)
         # A new entry, never a change to one: savepoint() keeps a shallow copy of the write set.
         self.writes[doc_id] = Write(table, doc_id, old if prior is None else prior.old_keys, new)
 

@@ -188,3 +188,38 @@ async def spins_nested(ctx) -> str:
     except RuntimeError as exc:
         return str(exc)
     return "not stopped"
+
+
+@internal_mutation
+async def set_value_then_fail(ctx, id: str, value: int, concurrently: bool = False) -> None:
+    """Patches counter `id`, reads it back (the transaction keeps that row), then fails: its
+    savepoint rolls back, and so must what the transaction kept of the row."""
+    await ctx.db.patch(id, {"value": value})
+    assert (await ctx.db.get(id))["value"] == value
+    raise ConvexError("rolled back")
+
+
+@mutation
+async def renamed_after_a_failed_nested_write(ctx, name: str, concurrently: bool = False) -> dict[str, Any]:
+    """Reads counter `name`, lets a nested mutation change its value and fail, then renames
+    it with patch: the patch must merge into the counter as it is after the rollback. With
+    `concurrently`, two other tasks read the counter over and over alongside the failing call."""
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+
+    async def failing() -> None:
+        try:
+            await ctx.run_mutation(set_value_then_fail, {"id": doc["_id"], "value": doc["value"] + 100})
+        except ConvexError:
+            pass
+
+    async def reading() -> None:  # reads of the row while the nested call writes and rolls back
+        for _ in range(20):
+            await ctx.db.get(doc["_id"])
+            await asyncio.sleep(0)
+
+    if concurrently:
+        await asyncio.gather(reading(), failing(), reading())
+    else:
+        await failing()
+    await ctx.db.patch(doc["_id"], {"name": f"{name}-renamed"})
+    return await ctx.db.get(doc["_id"])
