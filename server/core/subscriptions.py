@@ -250,8 +250,9 @@ class SubscriptionManager:
             self._wake_handle = loop.call_at(when, self.trigger)
 
     def run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None:
-        """Finish (`started`, in `snapshot`, which it then closes) or run (in a snapshot of its
-        own) `sq` apart from the ticks; a tick picks the result up."""
+        """Finish (`started`, in `snapshot`, which it then closes; None: the snapshot is another
+        run's) or run (in a snapshot of its own) `sq` apart from the ticks; a tick picks the
+        result up."""
         generation = self._generation
         self.runtime.metrics.inc("ripple_live_query_runs_apart_total")
         if snapshot is not None:
@@ -263,16 +264,20 @@ class SubscriptionManager:
             outcome: QueryRun | QueryResult | None = None
             ts = 0
             try:
-                own = snapshot or await self.runtime.db.snapshot()
-                try:
-                    if started is not None:
-                        run, ts = started
+                if started is not None:  # on a snapshot that `snapshot` holds, or another run of its batch
+                    run, ts = started
+                    try:
                         outcome = await run
-                    else:
+                    finally:
+                        if snapshot is not None:
+                            await snapshot.close()
+                else:
+                    own = await self.runtime.db.snapshot()
+                    try:
                         ts = int(await own.conn.fetchval(sql.LATEST_TS))
                         outcome = await self.execute(own.conn, sq)
-                finally:
-                    await own.close()
+                    finally:
+                        await own.close()
                 if isinstance(outcome, QueryRun) and outcome.broken:
                     outcome = None
                 sq.slow = loop.time() - begun > LIVE_SLICE
