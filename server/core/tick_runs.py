@@ -50,8 +50,8 @@ TICK_BUDGET = 0.25  # seconds of runs a tick starts; the rest wait for the next 
 RUNS_PER_HELPER = 2  # a tick takes a helper connection only with this many runs left per connection
 SPARE_FOR_OTHERS = 2  # pooled connections that helpers leave to mutations and HTTP calls
 BATCH_RUNS = 64  # runs a connection takes at once at most, their reads sent together
-FIRST_BATCH = 2  # ... at first in a tick; doubled while batches end within BATCH_TIME, cut when they do not
-BATCH_TIME = 0.02  # seconds a batch is meant to take: a client's turn does not hold the others' long
+FIRST_BATCH = 2  # ... at first in a tick; doubled while batches end within BATCH_TIME, cut past twice that
+BATCH_TIME = 0.025  # seconds of one connection's batch, times the connections sharing the event loop
 HELPER_WAIT = 0.05  # seconds a helper waits for a pooled connection before the tick goes on without it
 
 Outcome = QueryRun | QueryResult
@@ -113,6 +113,7 @@ class _Turns:
         self.host, self.turns, self.ts, self.results = host, turns, ts, results
         self.share = max(1, min(BATCH_RUNS, share))  # runs a connection takes at once: its share at most
         self.batch = min(FIRST_BATCH, self.share)
+        self.working = 0  # connections taking turns
         self.started = asyncio.get_running_loop().time()
 
     async def helper(self, exported: str) -> None:
@@ -140,13 +141,17 @@ class _Turns:
         a batch overruns its slice (its unfinished runs keep `snap`) or a helper's connection
         fails."""
         loop = asyncio.get_running_loop()
-        while self.turns:
-            if loop.time() - self.started > TICK_BUDGET:
-                self.host.trigger()  # the rest at the next tick
-                return
-            batch = [self.turns.popleft() for _ in range(min(self.batch, len(self.turns)))]
-            if not await self._batch(snap, helper, batch):
-                return
+        self.working += 1
+        try:
+            while self.turns:
+                if loop.time() - self.started > TICK_BUDGET:
+                    self.host.trigger()  # the rest at the next tick
+                    return
+                batch = [self.turns.popleft() for _ in range(min(self.batch, len(self.turns)))]
+                if not await self._batch(snap, helper, batch):
+                    return
+        finally:
+            self.working -= 1
 
     async def _batch(self, snap: Snapshot, helper: bool, batch: list[tuple[SharedQuery, CacheSlot]]) -> bool:
         """Run `batch` at once on `snap`, their reads sent together (batched_reads.py); False
@@ -158,7 +163,7 @@ class _Turns:
         begun = [runtime.query_cache.begin() for _ in batch]
         runs = [asyncio.ensure_future(host.execute(reads, sq)) for sq, _ in batch]
         try:
-            await asyncio.wait(runs, timeout=LIVE_SLICE)
+            await asyncio.wait(runs, timeout=LIVE_SLICE * self.working)  # the connections' batches share the loop
         except asyncio.CancelledError:  # stopping: the runs must end before their snapshot closes
             for run in runs:
                 run.cancel()
@@ -172,11 +177,11 @@ class _Turns:
         if unfinished:
             self._finish_apart(snap, reads, unfinished)
         took = loop.time() - started
-        slow = took > LIVE_SLICE
-        if took < BATCH_TIME / 2:
+        meant = BATCH_TIME * self.working  # the connections' batches take turns on one event loop
+        if took < meant:
             self.batch = min(self.share, max(self.batch, 2 * len(batch)))
-        elif took > BATCH_TIME:
-            self.batch = max(1, int(len(batch) * BATCH_TIME / took))
+        elif took > 2 * meant:
+            self.batch = max(1, int(len(batch) * meant / took))
         for (sq, slot), run, was in zip(batch, runs, begun, strict=True):
             if not run.done():
                 continue
@@ -187,7 +192,7 @@ class _Turns:
                     self._lost(sq, snap, exc)
                     return False
                 raise
-            sq.slow = slow
+            sq.slow = False  # it ended within its batch's slice
             host.note_run(sq, outcome)
             if isinstance(outcome, QueryRun) and outcome.broken:
                 if helper:
@@ -198,12 +203,12 @@ class _Turns:
             keep_run(runtime, slot, outcome, was, self.ts)
         return not unfinished
 
-    def _finish_apart(self, snap: Snapshot, reads: BatchedReads, unfinished: list[tuple[SharedQuery, asyncio.Future[Any]]]) -> None:
+    def _finish_apart(self, snap: Snapshot, reads: BatchedReads, unfinished: list[tuple[SharedQuery, asyncio.Task[Outcome]]]) -> None:
         """Runs of a batch still going after its slice finish apart (the manager's
         `run_apart`); the first takes `snap` over and closes it once all of them ended."""
         others = [run for _, run in unfinished]
 
-        async def first_then_all(run: asyncio.Future[Any]) -> Any:
+        async def first_then_all(run: asyncio.Task[Outcome]) -> Outcome:
             try:
                 return await run
             finally:
