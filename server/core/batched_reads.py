@@ -95,6 +95,8 @@ class BatchedReads:
         try:
             async with self._lock:
                 for query, reads in waiting.items():
+                    if all(future.done() for _, _, future in reads):
+                        continue  # their runs were cancelled
                     try:
                         rows = await self._statement(query, reads)
                     except Exception as exc:
