@@ -1,5 +1,5 @@
 """A live-query tick's re-runs (subscriptions.py): at the tick's snapshot, one subscriber's query
-at a time in turn, over up to `live_query_parallelism` connections that share the snapshot.
+after another in turn, over up to `live_query_parallelism` connections that share the snapshot.
 
 The tick's own connection always works. When enough runs are left for more connections
 (RUNS_PER_HELPER each) and the pool has connections to spare (SPARE_FOR_OTHERS stay for
@@ -10,11 +10,17 @@ queue in round-robin order (one subscriber's query, then the next subscriber's, 
 client with many queries gets one turn in each round across all the connections, not one
 connection to itself.
 
-Each connection gives a run a slice of LIVE_SLICE seconds; a run still going after it takes
-that connection's snapshot over and finishes apart (the manager's `run_apart`), and that
-connection takes no more turns. The others go on until the queue is empty or TICK_BUDGET is
-spent; what is left waits for the next tick. A helper's transaction holds its imported snapshot
-by itself: once it is open, the tick's transaction may end (or finish apart) first. A helper
+Each connection takes its runs in batches and runs a batch's queries at once, their document
+reads sent together (batched_reads.py: one statement per kind of read, exact rows and read
+sets). A batch starts at FIRST_BATCH runs and doubles while batches end within BATCH_TIME per
+connection sharing the event loop (at most BATCH_RUNS, or the connection's share of the tick),
+and is cut back when it takes over twice that: queries heavy on CPU go one or a few at a time.
+A batch has a slice of LIVE_SLICE seconds per connection sharing the loop; its runs still going
+after it take that connection's snapshot over and finish apart (the manager's `run_apart`; the
+first holds the snapshot until all of them ended), and that connection takes no more turns.
+The others go on until the queue is empty or TICK_BUDGET is spent; what is left waits for the
+next tick. A helper's transaction holds its imported snapshot by itself: once it is open, the
+tick's transaction may end (or finish apart) first. A helper
 that cannot open (no connection within HELPER_WAIT, the export already gone) is done without;
 one that fails while running (its connection lost) is closed and its query runs again at the
 next tick; the tick's own connection failing fails the tick, which is retried, as before.
