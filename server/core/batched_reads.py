@@ -26,6 +26,7 @@ class BatchedReads:
 
     def __init__(self, conn: Any, batched: dict[str, str]) -> None:
         self._conn, self._batched = conn, batched
+        self._loop = asyncio.get_running_loop()  # once: each call asks getpid(), a system call
         self._lock = asyncio.Lock()  # one statement at a time on the connection
         self._waiting: dict[str, list[tuple[tuple[Any, ...], bool, asyncio.Future[Any]]]] = {}
         self._count = 0  # reads waiting, as the last look saw them
@@ -68,13 +69,12 @@ class BatchedReads:
             return await getattr(self._conn, method)(query, *args)
 
     def _wait(self, query: str, args: tuple[Any, ...], one: bool) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._waiting.setdefault(query, []).append((args, one, future))
         if not self._looking:
             self._looking = True
             self._count = -1
-            loop.call_soon(self._look)
+            self._loop.call_soon(self._look)
         return future
 
     def _look(self) -> None:
@@ -83,11 +83,11 @@ class BatchedReads:
         count = sum(len(w) for w in self._waiting.values())
         if count != self._count:
             self._count = count
-            asyncio.get_running_loop().call_soon(self._look)
+            self._loop.call_soon(self._look)
             return
         self._looking = False
         waiting, self._waiting = self._waiting, {}
-        task = asyncio.ensure_future(self._send(waiting))
+        task = self._loop.create_task(self._send(waiting))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
 

@@ -241,7 +241,9 @@ class SubscriptionManager:
 
     def note_run(self, sq: SharedQuery, outcome: QueryRun | QueryResult | None) -> None:
         failure = outcome.failure if isinstance(outcome, QueryRun) else None
-        if sq.ran(isinstance(failure and failure.__cause__, FunctionTimedOut), asyncio.get_running_loop().time(), REST_FIRST, REST_MAX):
+        timed_out = isinstance(failure and failure.__cause__, FunctionTimedOut)
+        now = asyncio.get_running_loop().time() if timed_out else 0.0  # only then: it asks getpid(), a system call
+        if sq.ran(timed_out, now, REST_FIRST, REST_MAX):
             self.runtime.metrics.inc("ripple_live_query_rests_total")  # rests even if the result goes unpublished
 
     def _wake_at(self, when: float) -> None:

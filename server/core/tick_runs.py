@@ -167,7 +167,7 @@ class _Turns:
         reads = BatchedReads(snap.conn, runtime.catalog.batched)
         started = loop.time()
         begun = [runtime.query_cache.begin() for _ in batch]
-        runs = [asyncio.ensure_future(host.execute(reads, sq)) for sq, _ in batch]
+        runs = [loop.create_task(host.execute(reads, sq)) for sq, _ in batch]
         try:
             await asyncio.wait(runs, timeout=LIVE_SLICE * self.working)  # the connections' batches share the loop
         except asyncio.CancelledError:  # stopping: the runs must end before their snapshot closes
