@@ -195,6 +195,7 @@ class Catalog:
         self.by_name = {t.name: t for t in tables}
         self.by_number = {t.number: t for t in tables}
         self.names = {t.number: t.name for t in tables}  # for `Id[...]` validation
+        self.batched = {one: many for t in tables for one, many in t.sql.batched.items()}  # batched_reads.py
 
     def table(self, name: str) -> TableInfo:
         info = self.by_name.get(name)

@@ -534,6 +534,23 @@ class TableSql:
                 f"SELECT id, creation_time, doc, convert_to(id, 'UTF8') FROM {t} "
                 f"WHERE id >= $1 AND id < $2 ORDER BY id {'DESC' if desc else 'ASC'} LIMIT $3"
             )
+        # Many reads of one kind in one statement (batched_reads.py): statement -> its batched
+        # form, which takes one array per parameter and returns each read's rows as that
+        # statement alone would, followed by the read's position in the arrays (from 1).
+        self.batched: dict[str, str] = {self.get: (
+            f"SELECT t.creation_time, t.doc, b.i FROM unnest($1::text[]) WITH ORDINALITY AS b(id, i) "
+            f"JOIN {t} AS t ON t.id = b.id"
+        )}
+        for (name, desc), statement in self.range.items():
+            col, bound = ("id", "text") if name == "by_id" else (self.key_columns[name], "bytea")
+            key = "convert_to(r.id, 'UTF8')" if name == "by_id" else f"r.{col}"
+            order = "DESC" if desc else "ASC"
+            self.batched[statement] = (
+                f"SELECT r.id, r.creation_time, r.doc, {key}, b.i "
+                f"FROM unnest($1::{bound}[], $2::{bound}[], $3::int8[]) WITH ORDINALITY AS b(lo, hi, n, i) "
+                f"CROSS JOIN LATERAL (SELECT * FROM {t} WHERE {col} >= b.lo AND {col} < b.hi "
+                f"ORDER BY {col} {order} LIMIT b.n) AS r ORDER BY b.i, r.{col} {order}"
+            )
 
     def add_key_column(self, index: str) -> str:
         return f"ALTER TABLE {quote_ident(self.table)} ADD COLUMN IF NOT EXISTS {self.key_columns[index]} bytea"

@@ -241,7 +241,9 @@ class SubscriptionManager:
 
     def note_run(self, sq: SharedQuery, outcome: QueryRun | QueryResult | None) -> None:
         failure = outcome.failure if isinstance(outcome, QueryRun) else None
-        if sq.ran(isinstance(failure and failure.__cause__, FunctionTimedOut), asyncio.get_running_loop().time(), REST_FIRST, REST_MAX):
+        timed_out = isinstance(failure and failure.__cause__, FunctionTimedOut)
+        now = asyncio.get_running_loop().time() if timed_out else 0.0  # only then: it asks getpid(), a system call
+        if sq.ran(timed_out, now, REST_FIRST, REST_MAX):
             self.runtime.metrics.inc("ripple_live_query_rests_total")  # rests even if the result goes unpublished
 
     def _wake_at(self, when: float) -> None:
@@ -250,8 +252,9 @@ class SubscriptionManager:
             self._wake_handle = loop.call_at(when, self.trigger)
 
     def run_apart(self, sq: SharedQuery, snapshot: Snapshot | None, started: tuple[asyncio.Future[Any], int] | None) -> None:
-        """Finish (`started`, in `snapshot`, which it then closes) or run (in a snapshot of its
-        own) `sq` apart from the ticks; a tick picks the result up."""
+        """Finish (`started`, in `snapshot`, which it then closes; None: the snapshot is another
+        run's) or run (in a snapshot of its own) `sq` apart from the ticks; a tick picks the
+        result up."""
         generation = self._generation
         self.runtime.metrics.inc("ripple_live_query_runs_apart_total")
         if snapshot is not None:
@@ -263,16 +266,20 @@ class SubscriptionManager:
             outcome: QueryRun | QueryResult | None = None
             ts = 0
             try:
-                own = snapshot or await self.runtime.db.snapshot()
-                try:
-                    if started is not None:
-                        run, ts = started
+                if started is not None:  # on a snapshot that `snapshot` holds, or another run of its batch
+                    run, ts = started
+                    try:
                         outcome = await run
-                    else:
+                    finally:
+                        if snapshot is not None:
+                            await snapshot.close()
+                else:
+                    own = await self.runtime.db.snapshot()
+                    try:
                         ts = int(await own.conn.fetchval(sql.LATEST_TS))
                         outcome = await self.execute(own.conn, sq)
-                finally:
-                    await own.close()
+                    finally:
+                        await own.close()
                 if isinstance(outcome, QueryRun) and outcome.broken:
                     outcome = None
                 sq.slow = loop.time() - begun > LIVE_SLICE

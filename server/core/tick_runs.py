@@ -1,5 +1,5 @@
 """A live-query tick's re-runs (subscriptions.py): at the tick's snapshot, one subscriber's query
-at a time in turn, over up to `live_query_parallelism` connections that share the snapshot.
+after another in turn, over up to `live_query_parallelism` connections that share the snapshot.
 
 The tick's own connection always works. When enough runs are left for more connections
 (RUNS_PER_HELPER each) and the pool has connections to spare (SPARE_FOR_OTHERS stay for
@@ -10,11 +10,17 @@ queue in round-robin order (one subscriber's query, then the next subscriber's, 
 client with many queries gets one turn in each round across all the connections, not one
 connection to itself.
 
-Each connection gives a run a slice of LIVE_SLICE seconds; a run still going after it takes
-that connection's snapshot over and finishes apart (the manager's `run_apart`), and that
-connection takes no more turns. The others go on until the queue is empty or TICK_BUDGET is
-spent; what is left waits for the next tick. A helper's transaction holds its imported snapshot
-by itself: once it is open, the tick's transaction may end (or finish apart) first. A helper
+Each connection takes its runs in batches and runs a batch's queries at once, their document
+reads sent together (batched_reads.py: one statement per kind of read, exact rows and read
+sets). A batch starts at FIRST_BATCH runs and doubles while batches end within BATCH_TIME per
+connection sharing the event loop (at most BATCH_RUNS, or the connection's share of the tick),
+and is cut back when it takes over twice that: queries heavy on CPU go one or a few at a time.
+A batch has a slice of LIVE_SLICE seconds per connection sharing the loop; its runs still going
+after it take that connection's snapshot over and finish apart (the manager's `run_apart`; the
+first holds the snapshot until all of them ended), and that connection takes no more turns.
+The others go on until the queue is empty or TICK_BUDGET is spent; what is left waits for the
+next tick. A helper's transaction holds its imported snapshot by itself: once it is open, the
+tick's transaction may end (or finish apart) first. A helper
 that cannot open (no connection within HELPER_WAIT, the export already gone) is done without;
 one that fails while running (its connection lost) is closed and its query runs again at the
 next tick; the tick's own connection failing fails the tick, which is retried, as before.
@@ -30,6 +36,7 @@ from collections import deque
 from typing import Any, Protocol
 
 from server.core import sql
+from server.core.batched_reads import BatchedReads
 from server.core.database import Snapshot, connection_failure, discard
 from server.core.runtime import QueryRun, Runtime
 from server.core.shared_queries import (
@@ -48,6 +55,9 @@ LIVE_SLICE = 0.1  # seconds a run may take inside a tick before it finishes apar
 TICK_BUDGET = 0.25  # seconds of runs a tick starts; the rest wait for the next tick
 RUNS_PER_HELPER = 2  # a tick takes a helper connection only with this many runs left per connection
 SPARE_FOR_OTHERS = 2  # pooled connections that helpers leave to mutations and HTTP calls
+BATCH_RUNS = 64  # runs a connection takes at once at most, their reads sent together
+FIRST_BATCH = 2  # ... at first in a tick; doubled while batches end within BATCH_TIME, cut past twice that
+BATCH_TIME = 0.025  # seconds of one connection's batch, times the connections sharing the event loop
 HELPER_WAIT = 0.05  # seconds a helper waits for a pooled connection before the tick goes on without it
 
 Outcome = QueryRun | QueryResult
@@ -89,7 +99,7 @@ async def run_in_tick(host: TickHost, snapshot: Snapshot, to_run: list[SharedQue
             turns.append((sq, slot))
     helpers = helpers_wanted(len(turns), runtime.config.live_query_parallelism, runtime.db.spare())
     exported = str(await snapshot.conn.fetchval(sql.EXPORT_SNAPSHOT)) if helpers else ""
-    tick = _Turns(host, turns, snapshot_ts, new_results)
+    tick = _Turns(host, turns, snapshot_ts, new_results, -(-len(turns) // (helpers + 1)))
     tasks = [asyncio.ensure_future(tick.work(snapshot, helper=False))]
     tasks += [asyncio.ensure_future(tick.helper(exported)) for _ in range(helpers)]
     try:
@@ -104,8 +114,12 @@ async def run_in_tick(host: TickHost, snapshot: Snapshot, to_run: list[SharedQue
 class _Turns:
     """One tick's queue of runs, taken by its connections in turn."""
 
-    def __init__(self, host: TickHost, turns: deque[tuple[SharedQuery, CacheSlot]], ts: int, results: Results) -> None:
+    def __init__(self, host: TickHost, turns: deque[tuple[SharedQuery, CacheSlot]], ts: int, results: Results,
+                 share: int) -> None:
         self.host, self.turns, self.ts, self.results = host, turns, ts, results
+        self.share = max(1, min(BATCH_RUNS, share))  # runs a connection takes at once: its share at most
+        self.batch = min(FIRST_BATCH, self.share)
+        self.working = 0  # connections taking turns
         self.started = asyncio.get_running_loop().time()
 
     async def helper(self, exported: str) -> None:
@@ -129,45 +143,90 @@ class _Turns:
                 await snap.close()
 
     async def work(self, snap: Snapshot, helper: bool) -> None:
-        """Take runs from the queue on `snap` until it is empty, the budget is spent, a run
-        overruns its slice (it keeps `snap`) or a helper's connection fails."""
+        """Take batches of runs from the queue on `snap` until it is empty, the budget is spent,
+        a batch overruns its slice (its unfinished runs keep `snap`) or a helper's connection
+        fails."""
+        loop = asyncio.get_running_loop()
+        self.working += 1
+        try:
+            while self.turns:
+                if loop.time() - self.started > TICK_BUDGET:
+                    self.host.trigger()  # the rest at the next tick
+                    return
+                batch = [self.turns.popleft() for _ in range(min(self.batch, len(self.turns)))]
+                if not await self._batch(snap, helper, batch):
+                    return
+        finally:
+            self.working -= 1
+
+    async def _batch(self, snap: Snapshot, helper: bool, batch: list[tuple[SharedQuery, CacheSlot]]) -> bool:
+        """Run `batch` at once on `snap`, their reads sent together (batched_reads.py); False
+        when `snap` takes no more turns."""
         host, runtime = self.host, self.host.runtime
         loop = asyncio.get_running_loop()
-        while self.turns:
-            if loop.time() - self.started > TICK_BUDGET:
-                host.trigger()  # the rest at the next tick
-                return
-            sq, slot = self.turns.popleft()
-            started, begun = loop.time(), runtime.query_cache.begin()
-            run = asyncio.ensure_future(host.execute(snap.conn, sq))
-            try:
-                done, _ = await asyncio.wait({run}, timeout=LIVE_SLICE)
-            except asyncio.CancelledError:  # stopping: the run must end before its snapshot closes
+        reads = BatchedReads(snap.conn, runtime.catalog.batched)
+        started = loop.time()
+        begun = [runtime.query_cache.begin() for _ in batch]
+        runs = [loop.create_task(host.execute(reads, sq)) for sq, _ in batch]
+        try:
+            await asyncio.wait(runs, timeout=LIVE_SLICE * self.working)  # the connections' batches share the loop
+        except asyncio.CancelledError:  # stopping: the runs must end before their snapshot closes
+            for run in runs:
                 run.cancel()
-                await asyncio.gather(run, return_exceptions=True)
-                raise
-            if helper:
-                runtime.metrics.inc("ripple_live_query_parallel_runs_total")
-            if not done:
-                host.run_apart(sq, snapshot=snap, started=(run, self.ts))
-                host.trigger()  # what is left and no other connection reaches runs at the next tick
-                return
+            reads.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+            await reads.idle()
+            raise
+        if helper:
+            runtime.metrics.inc("ripple_live_query_parallel_runs_total", len(batch))
+        unfinished = [(sq, run) for (sq, _), run in zip(batch, runs, strict=True) if not run.done()]
+        if unfinished:
+            self._finish_apart(snap, reads, unfinished)
+        took = loop.time() - started
+        meant = BATCH_TIME * self.working  # the connections' batches take turns on one event loop
+        if took < meant:
+            self.batch = min(self.share, max(self.batch, 2 * len(batch)))
+        elif took > 2 * meant:
+            self.batch = max(1, int(len(batch) * meant / took))
+        for (sq, slot), run, was in zip(batch, runs, begun, strict=True):
+            if not run.done():
+                continue
             try:
                 outcome = run.result()
             except Exception as exc:
                 if helper and connection_failure(exc):
                     self._lost(sq, snap, exc)
-                    return
+                    return False
                 raise
-            sq.slow = loop.time() - started > LIVE_SLICE
+            sq.slow = False  # it ended within its batch's slice
             host.note_run(sq, outcome)
             if isinstance(outcome, QueryRun) and outcome.broken:
                 if helper:
                     self._lost(sq, snap, None)
-                    return
+                    return False
                 raise RuntimeError(f"snapshot transaction broke while running {sq.path}; the tick is retried")
             self.results.append((sq, outcome))
-            keep_run(runtime, slot, outcome, begun, self.ts)
+            keep_run(runtime, slot, outcome, was, self.ts)
+        return not unfinished
+
+    def _finish_apart(self, snap: Snapshot, reads: BatchedReads, unfinished: list[tuple[SharedQuery, asyncio.Task[Outcome]]]) -> None:
+        """Runs of a batch still going after its slice finish apart (the manager's
+        `run_apart`); the first takes `snap` over and closes it once all of them ended."""
+        others = [run for _, run in unfinished]
+
+        async def first_then_all(run: asyncio.Task[Outcome]) -> Outcome:
+            try:
+                return await run
+            finally:
+                await asyncio.wait(others)
+                await reads.idle()
+
+        for n, (sq, run) in enumerate(unfinished):
+            if n == 0:
+                self.host.run_apart(sq, snapshot=snap, started=(asyncio.ensure_future(first_then_all(run)), self.ts))
+            else:
+                self.host.run_apart(sq, snapshot=None, started=(run, self.ts))
+        self.host.trigger()  # what is left and no other connection reaches runs at the next tick
 
     def _lost(self, sq: SharedQuery, snap: Snapshot, exc: BaseException | None) -> None:
         """A helper's connection failed running `sq`: it is closed, never reused; `sq` stays

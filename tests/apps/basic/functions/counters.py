@@ -1,5 +1,6 @@
 import asyncio
 import socket
+import time
 
 from server import ConvexError, action, internal_mutation, internal_query, mutation, query
 
@@ -115,6 +116,17 @@ async def slow_get(ctx, name: str, seconds: float, tag: int = 0) -> int:
     makes otherwise equal subscriptions distinct executions)."""
     doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
     await asyncio.sleep(seconds)
+    return doc["value"] if doc else 0
+
+
+@query
+async def busy_get(ctx, name: str, seconds: float, tag: int = 0) -> int:
+    """A counter's value, then `seconds` of work holding the event loop (no await): what a
+    query heavy on CPU costs everyone else in the process (live-query fairness tests)."""
+    doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
     return doc["value"] if doc else 0
 
 
