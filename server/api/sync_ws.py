@@ -39,7 +39,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from server.api import heap, offload
 from server.api.buffers import MutationQueue, Outbox
-from server.api.uvicorn_frames import FrameWriter, frame_writer
+from server.api.uvicorn_frames import TextWriter, frame_writer
 from server.api.ws_auth import Caller, ConnectionAuth, QueuedMutation
 from server.core.contexts import Outcome
 from server.core.runtime import Runtime
@@ -102,9 +102,9 @@ class ClientConnection:
         self._close_code = 1000
         self._sending = False
         self._parts: Iterator[bytes] | None = None  # the rest of a Transition going out in chunks
-        # With uvicorn's sans-I/O websockets protocol, frames are written to its transport
-        # directly (server/api/uvicorn_frames.py); any other server gets ASGI sends.
-        self._writer: FrameWriter | None = None
+        # Under Ripple's own websocket protocol or uvicorn's sans-I/O one, frames are written to
+        # the transport directly (server/api/uvicorn_frames.py); any other server gets ASGI sends.
+        self._writer: TextWriter | None = None
 
     # -- Subscriber -----------------------------------------------------------------------------
 
