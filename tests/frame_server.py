@@ -10,7 +10,8 @@ none engaged. `GET /waits` answers how many times a write had to wait for the tr
 
 For tests/test_ws_protocol.py, other websocket paths: `/echo` answers each message with the
 same (text or bytes, through ASGI sends), accepting the first subprotocol offered; `/hold`
-does the same once `GET /release` was asked; `/close` closes at once with code 4000 and
+does the same once `GET /release` was asked; `/keepalive` too, calling the writer's
+`keepalive()` every 0.1 s; `/close` closes at once with code 4000 and
 reason "done"; `/refuse` closes before accepting (403); `/deny` answers HTTP 401 with body
 "no" (the ASGI websocket denial response). `GET /disconnects` lists the code and reason of
 each `websocket.disconnect` the application received.
@@ -35,6 +36,15 @@ disconnects: list[list[Any]] = []
 release = asyncio.Event()
 
 
+async def keepalive(send: Any) -> None:
+    """What sync_ws's process-wide timer does for each connection, every 0.1 s."""
+    writer = frame_writer(send)
+    assert writer is not None
+    while True:
+        await asyncio.sleep(0.1)
+        writer.keepalive()
+
+
 async def other(path: str, receive: Any, send: Any, subprotocols: list[str]) -> None:
     assert (await receive())["type"] == "websocket.connect"
     if path == "/refuse":
@@ -49,10 +59,13 @@ async def other(path: str, receive: Any, send: Any, subprotocols: list[str]) -> 
         await send({"type": "websocket.close", "code": 4000, "reason": "done"})
     if path == "/hold":
         await release.wait()
+    pinger = asyncio.create_task(keepalive(send)) if path == "/keepalive" else None
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
             disconnects.append([message["code"], message.get("reason", "")])
+            if pinger is not None:
+                pinger.cancel()
             return
         if message.get("text") is not None:
             await send({"type": "websocket.send", "text": message["text"]})

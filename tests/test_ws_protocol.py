@@ -326,6 +326,25 @@ async def test_websockets_client(server: Callable[..., ServerProcess]) -> None:
     assert ws.close_code == 1000
 
 
+async def test_keepalive_closes_a_client_that_answers_no_ping(server: Callable[..., ServerProcess]) -> None:
+    srv = server()
+    async with websockets.connect(srv.url.replace("http", "ws") + "/keepalive") as ws:  # answers pings itself
+        await asyncio.sleep(1.5)  # some fifteen keep-alive rounds
+        await ws.send("still here")
+        assert await ws.recv() == "still here"
+    raw = await Raw.open(srv)
+    await raw.open_ws("/keepalive")
+    pings = 0
+    while True:
+        _fin, opcode, payload = await raw.frame()
+        if opcode != PING:
+            break
+        pings += 1
+    assert (opcode, pings) == (CLOSE, 2)
+    assert int.from_bytes(payload[:2], "big") == 1011
+    raw.close()
+
+
 async def test_graceful_stop_closes_with_1012(server: Callable[..., ServerProcess]) -> None:
     srv = server()
     async with websockets.connect(srv.url.replace("http", "ws") + "/echo") as ws:

@@ -318,6 +318,8 @@ class ClientConnection:
         writer = self._writer
         if self._main is None:  # not accepted yet, or ending
             return
+        if writer is not None:
+            writer.keepalive()  # a websocket ping: a client gone without a word is found out
         if (writer is not None and not (self._sending or self._parts is not None or self.outbox or self._closing)
                 and writer.writable_now()):
             writer.write(PING)

@@ -74,6 +74,8 @@ class TextWriter(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
+    def keepalive(self) -> None: ...
+
 
 def ws_implementation(compression: bool = False) -> type[WebSocketProtocol] | str:
     """The `ws` setting for uvicorn.Config: Ripple's own protocol (server/api/ws_protocol.py),
@@ -114,6 +116,9 @@ class FrameWriter:
         proto = self._proto
         await proto.writable.wait()
         return not (proto.disconnected or proto.close_sent)
+
+    def keepalive(self) -> None:
+        """Nothing: uvicorn's protocol pings by itself (`ws_ping_interval`)."""
 
     def write(self, data: bytes) -> None:
         """One text message (UTF-8 `data`), in frames of at most FRAME_BYTES. Only when

@@ -1,6 +1,12 @@
 """Ripple's own websocket server protocol for uvicorn: RFC 6455 (without extensions) behind an
 ASGI interface, small enough per connection that thousands of idle clients cost little.
 
+Longer than 400 lines because the handshake, the frame reader, the close handshake, flow
+control both ways and the ASGI receive/send are one state machine over one connection's
+state (`__slots__` below); split into objects, each would reach into the others' state, and
+each object would cost every idle connection its own header (the framing itself, without
+I/O, is server/api/ws_frames.py).
+
 server/runner.py passes `WebSocketProtocol` to uvicorn as its `ws` protocol class when
 websocket compression is off (with RIPPLE_WS_COMPRESSION, permessage-deflate is uvicorn's
 websockets-sansio protocol's, and server/api/uvicorn_frames.py writes through that). The
@@ -18,12 +24,15 @@ any; reading pauses meanwhile, so a client that sends faster than the applicatio
 slowed by TCP), a future only while the application waits for a message or for the transport
 to drain. The handshake's request is parsed into the ASGI scope and not kept; the key for
 Sec-WebSocket-Accept only until the application accepts. No timers: keep-alive is the sync
-protocol's Ping (one timer per process, server/api/sync_ws.py), so uvicorn's `ws_ping_interval`
-does not apply; the only timer is the close handshake's (CLOSE_TIMEOUT) while it runs.
+protocol's one timer per process (server/api/sync_ws.py), which calls `keepalive` on each
+connection (a ping frame; a client that answered none of the last two is closed), so
+uvicorn's `ws_ping_interval`/`ws_ping_timeout` do not apply; the only timer of a connection is
+the close handshake's (CLOSE_TIMEOUT) while it runs.
 
 The fan-out fast path writes pre-built text frames straight to the transport through the
-`TextWriter` methods (`writable_now`, `wait_writable`, `write`); `writer_of(send)` finds them
-behind the ASGI `send` of a connection of this protocol.
+`TextWriter` methods (`writable_now`, `wait_writable`, `write`, and `keepalive` for the
+process-wide keep-alive timer); `writer_of(send)` finds them behind the ASGI `send` of a
+connection of this protocol.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from server.api.ws_frames import (
 log = logging.getLogger("uvicorn.error")
 
 CLOSE_TIMEOUT = 10.0  # seconds for the client to answer our close frame before the TCP close
+KEEPALIVE_MISSES = 2  # keep-alive pings unanswered when the next is due: the client is gone (1011)
 MAX_HEAD_BYTES = 64 * 1024
 
 # States: the request head not read yet; handed to the application, not accepted yet; open;
@@ -83,8 +93,8 @@ def _phrase(status: int) -> str:
 
 class WebSocketProtocol(asyncio.Protocol):
     __slots__ = ("_app_state", "_buf", "_closed", "_closer", "_config", "_drain", "_fragments", "_fragments_size",
-                 "_inbox", "_key", "_read_paused", "_response", "_server_state", "_state", "_waiter",
-                 "_write_paused", "transport")
+                 "_inbox", "_key", "_read_paused", "_response", "_server_state", "_state", "_unanswered",
+                 "_waiter", "_write_paused", "transport")
 
     def __init__(self, config: Any, server_state: Any, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -106,6 +116,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._response: tuple[int, list[tuple[bytes, bytes]], bytes] | None = None  # websocket.http.response
         self._read_paused = False
         self._write_paused = False
+        self._unanswered = 0  # keep-alive pings sent and not answered
         self._drain: asyncio.Future[None] | None = None  # while someone waits for the transport
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
@@ -288,6 +299,7 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._write(frame(PONG, payload))
             return
         if opcode == PONG:
+            self._unanswered = 0
             return
         if opcode == CLOSE:
             self._on_close(*parse_close(payload))
@@ -467,6 +479,21 @@ class WebSocketProtocol(asyncio.Protocol):
                 self._drain = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._drain)
         return self._state == OPEN
+
+    def keepalive(self) -> None:
+        """A websocket ping, from the application's one timer for all connections (sync_ws's
+        `Connections`, every PING_INTERVAL) instead of a timer per connection. When the
+        last KEEPALIVE_MISSES pings are still unanswered, the client is taken for gone (a
+        dead peer TCP would take many minutes to notice): close 1011, as uvicorn's own
+        keep-alive does. Not counted while reading is paused here (the answer may be waiting
+        behind messages the application has not taken)."""
+        if self._state != OPEN or self._read_paused:
+            return
+        if self._unanswered >= KEEPALIVE_MISSES:
+            self._fail(1011, "keepalive ping timeout")
+            return
+        self._unanswered += 1
+        self._write(frame(PING, b""))
 
     def write(self, data: bytes) -> None:
         """One text message (UTF-8 `data`), pre-built into frames here. Only when `writable_now()`
