@@ -318,12 +318,13 @@ class ClientConnection:
         writer = self._writer
         if self._main is None:  # not accepted yet, or ending
             return
-        if writer is not None:
-            writer.keepalive()  # a websocket ping: a client gone without a word is found out
+        # With it, a websocket ping: a client gone without a word is found out (ws_protocol.py).
         if (writer is not None and not (self._sending or self._parts is not None or self.outbox or self._closing)
                 and writer.writable_now()):
-            writer.write(PING)
+            writer.keepalive(PING)  # both in one write
         else:
+            if writer is not None:
+                writer.keepalive()
             self.outbox.put(PING)
             self._wake()
 

@@ -74,7 +74,7 @@ class TextWriter(Protocol):
 
     def write(self, data: bytes) -> None: ...
 
-    def keepalive(self) -> None: ...
+    def keepalive(self, message: bytes | None = None) -> None: ...
 
 
 def ws_implementation(compression: bool = False) -> type[WebSocketProtocol] | str:
@@ -117,8 +117,10 @@ class FrameWriter:
         await proto.writable.wait()
         return not (proto.disconnected or proto.close_sent)
 
-    def keepalive(self) -> None:
-        """Nothing: uvicorn's protocol pings by itself (`ws_ping_interval`)."""
+    def keepalive(self, message: bytes | None = None) -> None:
+        """No ping: uvicorn's protocol pings by itself (`ws_ping_interval`); `message` is written."""
+        if message is not None:
+            self.write(message)
 
     def write(self, data: bytes) -> None:
         """One text message (UTF-8 `data`), in frames of at most FRAME_BYTES. Only when

@@ -73,6 +73,8 @@ log = logging.getLogger("uvicorn.error")
 
 CLOSE_TIMEOUT = 10.0  # seconds for the client to answer our close frame before the TCP close
 KEEPALIVE_MISSES = 2  # keep-alive pings unanswered when the next is due: the client is gone (1011)
+EMPTY_PING = frame(PING, b"")
+EMPTY_PONG = b"\x8a\x80"  # a client's answer to it: FIN + pong, masked, no payload (then the mask)
 MAX_HEAD_BYTES = 64 * 1024
 
 # States: the request head not read yet; handed to the application, not accepted yet; open;
@@ -154,6 +156,9 @@ class WebSocketProtocol(asyncio.Protocol):
         if state == CLOSED:
             return
         buf = self._buf
+        if buf is None and len(data) == 6 and data.startswith(EMPTY_PONG) and state == OPEN:
+            self._unanswered = 0  # the answer to a keep-alive ping, alone: no parsing (a thousand at once)
+            return
         if buf is None:
             buf = data
         else:
@@ -480,20 +485,21 @@ class WebSocketProtocol(asyncio.Protocol):
             await asyncio.shield(self._drain)
         return self._state == OPEN
 
-    def keepalive(self) -> None:
+    def keepalive(self, message: bytes | None = None) -> None:
         """A websocket ping, from the application's one timer for all connections (sync_ws's
-        `Connections`, every PING_INTERVAL) instead of a timer per connection. When the
-        last KEEPALIVE_MISSES pings are still unanswered, the client is taken for gone (a
-        dead peer TCP would take many minutes to notice): close 1011, as uvicorn's own
-        keep-alive does. Not counted while reading is paused here (the answer may be waiting
-        behind messages the application has not taken)."""
-        if self._state != OPEN or self._read_paused:
+        `Connections`, every PING_INTERVAL) instead of a timer per connection; with
+        `message`, that text message too, in the same write (only when `writable_now()`).
+        When the last KEEPALIVE_MISSES pings are still unanswered, the client is taken for
+        gone (a dead peer TCP would take many minutes to notice): close 1011, as uvicorn's
+        own keep-alive does. Not counted while reading is paused here (the answer may be
+        waiting behind messages the application has not taken)."""
+        if self._state != OPEN:
             return
-        if self._unanswered >= KEEPALIVE_MISSES:
+        if self._unanswered >= KEEPALIVE_MISSES and not self._read_paused:
             self._fail(1011, "keepalive ping timeout")
             return
-        self._unanswered += 1
-        self._write(frame(PING, b""))
+        self._unanswered += not self._read_paused
+        self._write(EMPTY_PING if message is None else EMPTY_PING + text_frames(message))
 
     def write(self, data: bytes) -> None:
         """One text message (UTF-8 `data`), pre-built into frames here. Only when `writable_now()`
