@@ -361,3 +361,19 @@ async def test_graceful_stop_closes_with_1012(server: Callable[..., ServerProces
 def test_accept_value_is_the_rfc_example() -> None:
     assert accept_value(KEY) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     assert len(base64.b64decode(KEY)) == 16
+
+
+@pytest.mark.parametrize("compression", [False, True], ids=["own-protocol", "RIPPLE_WS_COMPRESSION"])
+async def test_the_sync_route_under_either_protocol(start_server: Callable[..., ServerProcess], compression: bool) -> None:
+    """Compression off: Ripple's own protocol, which negotiates no extension; on: uvicorn's
+    websockets-sansio with permessage-deflate. The sync protocol works the same over both."""
+    server = start_server("serve", extra_env={"RIPPLE_WS_COMPRESSION": "1"} if compression else None)
+    async with websockets.connect(server.url.replace("http://", "ws://") + "/api/sync", compression="deflate") as ws:
+        assert bool(ws.protocol.extensions) is compression
+        await ws.send(json.dumps({"type": "Connect", "sessionId": "00000000-0000-4000-8000-000000000000"}))
+        await ws.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
+            {"type": "Add", "queryId": 0, "udfPath": "counters:get", "args": [{"name": "either"}]}]}))
+        transition = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert transition["type"] == "Transition"
+        assert transition["modifications"][0]["value"] == 0
+    assert "Traceback" not in server.log(), server.log()
