@@ -327,7 +327,9 @@ def uvicorn_config(app: Any, config: Config) -> uvicorn.Config:
         lifespan="on",
         log_level="warning",  # uvicorn logs every websocket open/close at info; ours says what matters
         access_log=False,
-        ws=ws_implementation(),  # the websocket fan-out fast path needs it: server/api/uvicorn_frames.py
+        # Ripple's own websocket protocol (server/api/ws_protocol.py), or uvicorn's sans-I/O one
+        # with compression; the fan-out fast path writes through either (server/api/uvicorn_frames.py).
+        ws=ws_implementation(config.ws_compression),
         # permessage-deflate costs a zlib pass per frame per client: with a thousand clients on
         # one query that dominates fan-out. Off unless asked for (slow links, large results).
         ws_per_message_deflate=config.ws_compression,

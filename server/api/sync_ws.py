@@ -31,15 +31,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.types import Message, Receive, Scope, Send
 
 from server.api import heap, offload
 from server.api.buffers import MutationQueue, Outbox
-from server.api.uvicorn_frames import FrameWriter, frame_writer
+from server.api.uvicorn_frames import TextWriter, frame_writer
 from server.api.ws_auth import Caller, ConnectionAuth, QueuedMutation
 from server.core.contexts import Outcome
 from server.core.runtime import Runtime
@@ -77,23 +76,25 @@ SETTINGS = {
 
 
 class ClientConnection:
-    __slots__ = ("_asgi_send", "_close_code", "_closing", "_dirty", "_main", "_parts", "_sender",
+    __slots__ = ("_close_code", "_closing", "_dirty", "_main", "_parts", "_receive", "_send", "_sender",
                  "_sending", "_worker", "_writer", "actions", "auth", "limits", "manager", "mutations", "outbox",
-                 "runtime", "session", "subs", "ws")
+                 "runtime", "session", "subs")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager) -> None:
-        self.ws = WebSocket(scope, receive, send)
-        self._asgi_send = send
+        # The ASGI callables themselves (no Starlette WebSocket: its object, cached headers and
+        # receive frame would cost every idle connection some 600 bytes).
+        self._receive, self._send = receive, send
         self.runtime = runtime
         self.manager = manager
         self.limits = limits = runtime.config.ws_limits
-        chunked = accepts_chunks(scope["path"], self.ws.headers.get("convex-client"))
+        client = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"convex-client"), None)
+        chunked = accepts_chunks(scope["path"], client)
         self.session = SyncSession(max_queries=limits.subscriptions, chunk_bytes=CHUNK_BYTES if chunked else None)
         self.auth = ConnectionAuth(runtime, self._expired)
         self.subs: dict[int, SharedQuery] = {}
         self.outbox = Outbox(limits.outbox_bytes)  # encoded messages waiting for the socket
         self.mutations: MutationQueue[QueuedMutation] = MutationQueue(limits.pending_mutations, limits.pending_mutation_bytes)
-        self.actions: set[asyncio.Task[None]] = set()
+        self.actions: set[asyncio.Task[None]] | None = None  # while any runs
         self._dirty = False  # the sender has something to look at
         self._sender: asyncio.Task[None] | None = None  # while it has
         self._worker: asyncio.Task[None] | None = None  # while mutations wait
@@ -102,9 +103,9 @@ class ClientConnection:
         self._close_code = 1000
         self._sending = False
         self._parts: Iterator[bytes] | None = None  # the rest of a Transition going out in chunks
-        # With uvicorn's sans-I/O websockets protocol, frames are written to its transport
-        # directly (server/api/uvicorn_frames.py); any other server gets ASGI sends.
-        self._writer: FrameWriter | None = None
+        # Under Ripple's own websocket protocol or uvicorn's sans-I/O one, frames are written to
+        # the transport directly (server/api/uvicorn_frames.py); any other server gets ASGI sends.
+        self._writer: TextWriter | None = None
 
     # -- Subscriber -----------------------------------------------------------------------------
 
@@ -130,11 +131,15 @@ class ClientConnection:
 
     # -- main -------------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        await self.ws.accept()
-        self._writer = frame_writer(self._asgi_send)
+    async def run(self, clients: set[Any]) -> None:
+        """The connection from accept to close, one of `clients` meanwhile."""
+        if (await self._receive())["type"] != "websocket.connect":
+            return
+        await self._send({"type": "websocket.accept"})
+        self._writer = frame_writer(self._send)
         self._main = asyncio.current_task()
         self.runtime.metrics.inc("ripple_websocket_connections_total")
+        clients.add(self)
         try:
             try:
                 await self._reader()
@@ -146,7 +151,8 @@ class ClientConnection:
                 await asyncio.wait({self._sender}, timeout=CLOSE_FLUSH_SECONDS)
         finally:
             self._main = None
-            tasks = [t for t in (self._sender, self._worker, *self.actions) if t is not None]  # actions: the
+            clients.discard(self)
+            tasks = [t for t in (self._sender, self._worker, *(self.actions or ())) if t is not None]  # actions: the
             for task in tasks:  # client fails them on disconnect and never resends them
                 task.cancel()
             for task in tasks:
@@ -154,9 +160,8 @@ class ClientConnection:
                     await task
             self.auth.cancel()
             self._release()
-            if self.ws.application_state != WebSocketState.DISCONNECTED:
-                with contextlib.suppress(Exception):
-                    await self.ws.close(self._close_code)
+            with contextlib.suppress(Exception):  # the server ignores it once the connection is closed
+                await self._send({"type": "websocket.close", "code": self._close_code})
 
     def _ended_here(self) -> bool:
         """After `_end` cancelled the reader: take that cancellation back (the task goes on to
@@ -178,7 +183,7 @@ class ClientConnection:
         self.outbox.clear()
         self._parts = None
         self.mutations.clear()
-        self.actions.clear()
+        self.actions = None
         for sq in self.subs.values():
             self.manager.unsubscribe(sq, self)
         self.subs.clear()
@@ -213,47 +218,56 @@ class ClientConnection:
     async def _reader(self) -> None:
         while not self._closing:
             try:
-                message = await self.ws.receive()
-            except (WebSocketDisconnect, RuntimeError):
+                message = await self._receive()
+            except OSError:  # the server's ClientDisconnected
                 return
-            if message["type"] == "websocket.disconnect":
+            proceed = await self._on_message(message)
+            del message  # not kept while the connection idles
+            if not proceed:
                 return
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes")
-            if data is None:
-                continue
-            if len(data) > MAX_MESSAGE_BYTES:
-                self._fatal(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
-                return
-            try:
-                requests = self.session.receive(data)
-            except LimitExceeded as exc:
-                self._over_limit(exc.limit, str(exc))
-                return
-            except ProtocolError as exc:
-                self._fatal(str(exc))
-                return
-            del data
-            for request in requests:
-                if isinstance(request, QuerySetChanged):
-                    self._reconcile()
-                elif isinstance(request, RunMutation):
-                    if self.mutations.full:
-                        self._over_limit("pending_mutations", f"more than {self.limits.pending_mutations} mutations "
-                                                              "sent and not run yet on one connection")
-                        return
-                    self.mutations.put(QueuedMutation(request, self.auth.caller))
-                    if self._worker is None:
-                        self._worker = asyncio.create_task(self._mutation_worker(), name="ripple-ws-mutations")
-                    if self.mutations.over_bytes:  # stop reading: TCP slows the client down
-                        self._limit_reached("pending_mutation_bytes")
-                        await self.mutations.wait_for_room()
-                elif isinstance(request, RunAction):
-                    self._start_action(request)
-                elif isinstance(request, Authenticate):
-                    if not await self._authenticate(request):  # awaited: what follows it runs as its identity
-                        return
+
+    async def _on_message(self, message: Message) -> bool:
+        """Run what a client message asks for; False when the connection is to end."""
+        if message["type"] == "websocket.disconnect":
+            return False
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes")
+        del message
+        if data is None:
+            return True
+        if len(data) > MAX_MESSAGE_BYTES:
+            self._fatal(f"message of {len(data)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+            return False
+        try:
+            requests = self.session.receive(data)
+        except LimitExceeded as exc:
+            self._over_limit(exc.limit, str(exc))
+            return False
+        except ProtocolError as exc:
+            self._fatal(str(exc))
+            return False
+        del data
+        for request in requests:
+            if isinstance(request, QuerySetChanged):
+                self._reconcile()
+            elif isinstance(request, RunMutation):
+                if self.mutations.full:
+                    self._over_limit("pending_mutations", f"more than {self.limits.pending_mutations} mutations "
+                                                          "sent and not run yet on one connection")
+                    return False
+                self.mutations.put(QueuedMutation(request, self.auth.caller))
+                if self._worker is None:
+                    self._worker = asyncio.create_task(self._mutation_worker(), name="ripple-ws-mutations")
+                if self.mutations.over_bytes:  # stop reading: TCP slows the client down
+                    self._limit_reached("pending_mutation_bytes")
+                    await self.mutations.wait_for_room()
+            elif isinstance(request, RunAction):
+                self._start_action(request)
+            elif isinstance(request, Authenticate):
+                if not await self._authenticate(request):  # awaited: what follows it runs as its identity
+                    return False
+        return True
 
     def _reconcile(self) -> None:
         """Make subscriptions match the session's query set (and current identity)."""
@@ -304,10 +318,13 @@ class ClientConnection:
         writer = self._writer
         if self._main is None:  # not accepted yet, or ending
             return
+        # With it, a websocket ping: a client gone without a word is found out (ws_protocol.py).
         if (writer is not None and not (self._sending or self._parts is not None or self.outbox or self._closing)
                 and writer.writable_now()):
-            writer.write(PING)
+            writer.keepalive(PING)  # both in one write
         else:
+            if writer is not None:
+                writer.keepalive()
             self.outbox.put(PING)
             self._wake()
 
@@ -319,7 +336,7 @@ class ClientConnection:
             while self._dirty and not end:
                 self._dirty = False
                 end = await self._send_pending()
-        except WebSocketDisconnect:  # the client is gone: the end, not a failure
+        except OSError:  # the client is gone (the server's ClientDisconnected): the end, not a failure
             end = True
         except Exception:
             log.error("websocket sender failed", exc_info=True)
@@ -372,12 +389,12 @@ class ClientConnection:
     async def _send_encoded(self, data: bytes) -> None:
         writer = self._writer
         if writer is None:
-            await self.ws.send_text(data.decode())
+            await self._send({"type": "websocket.send", "text": data.decode()})
             return
         self._sending = True
         try:
             if not await writer.wait_writable():  # waits while the transport's buffer is full
-                raise WebSocketDisconnect(1006)
+                raise ConnectionResetError("the client is gone")
             writer.write(data)
         finally:
             self._sending = False
@@ -417,15 +434,23 @@ class ClientConnection:
         self.session.committing(self.manager.current_ts)
 
     def _start_action(self, request: RunAction) -> None:
-        if len(self.actions) >= self.limits.concurrent_actions:
+        if len(self.actions or ()) >= self.limits.concurrent_actions:
             self._limit_reached("concurrent_actions")
             refused = FunctionResult(False, f"more than {self.limits.concurrent_actions} actions running at once on "
                                             f"one connection ({SETTINGS['concurrent_actions']}); this one was not run")
             self._send_soon(SyncSession.action_response(request.request_id, refused))
             return
         task = asyncio.create_task(self._run_action(request, self.auth.caller))
+        if self.actions is None:
+            self.actions = set()
         self.actions.add(task)
-        task.add_done_callback(self.actions.discard)
+        task.add_done_callback(self._action_done)
+
+    def _action_done(self, task: asyncio.Task[None]) -> None:
+        if self.actions is not None:
+            self.actions.discard(task)
+            if not self.actions:
+                self.actions = None  # an empty set costs an idle connection 216 bytes
 
     async def _run_action(self, request: RunAction, caller: Caller) -> None:
         """Counts against the limit on actions until its response is in the outbox, so the
@@ -480,13 +505,9 @@ class Connections(set[Any]):
             self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL, self._ping_all)
 
 
-async def serve_sync(scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager,
-                     clients: set[Any]) -> None:
-    """One websocket connection of the sync protocol, from accept to close. `send` must be the
-    server's own (see server/api/uvicorn_frames.py)."""
-    connection = ClientConnection(scope, receive, send, runtime, manager)
-    clients.add(connection)
-    try:
-        await connection.run()
-    finally:
-        clients.discard(connection)
+def serve_sync(scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager,
+               clients: set[Any]) -> Coroutine[Any, Any, None]:
+    """One websocket connection of the sync protocol, from accept to close: the coroutine to
+    await (a plain function, so that each of thousands of idle connections holds no frame of
+    its own here). `send` must be the server's own (see server/api/uvicorn_frames.py)."""
+    return ClientConnection(scope, receive, send, runtime, manager).run(clients)

@@ -1,16 +1,22 @@
-"""Websocket frames written straight into uvicorn's connection: the fan-out fast path of
+"""Websocket frames written straight into the connection: the fan-out fast path of
 server/api/sync_ws.py, and the one place in Ripple that knows uvicorn's internals.
 
 Sending a message through ASGI (an awaited `send`, Starlette's state checks, a message dict,
-uvicorn's `send` through the websockets protocol object) costs several times more than writing
-the frame to the transport. Fanning one result out to a thousand clients, that difference is
-the server's time. A `FrameWriter` writes whole text messages to one connection, synchronously,
-when the transport can take them.
+the server's `send` through its websocket protocol object) costs several times more than
+writing the frame to the transport. Fanning one result out to a thousand clients, that
+difference is the server's time. `frame_writer(send)` gives what writes whole text messages to
+one connection, synchronously, when the transport can take them (a `TextWriter`):
 
-What it relies on, verified with uvicorn 0.54.0 (pyproject.toml pins `uvicorn>=0.54,<0.55`,
-`VERIFIED_UVICORN` below) and websockets 17.4, under httptools and uvloop as server/runner.py
-runs it; tests/test_uvicorn_frames.py fails when the installed uvicorn is outside that range or
-no longer behaves so:
+- Under Ripple's own websocket protocol (server/api/ws_protocol.py, the default: compression
+  off), the connection itself: its `writable_now`, `wait_writable` and `write` are a documented
+  part of that protocol, no internals of anyone's.
+- Under uvicorn's websockets-sansio protocol (RIPPLE_WS_COMPRESSION on: permessage-deflate is
+  its), a `FrameWriter`, which relies on uvicorn's internals as below.
+
+What a `FrameWriter` relies on, verified with uvicorn 0.54.0 (pyproject.toml pins
+`uvicorn>=0.54,<0.55`, `VERIFIED_UVICORN` below) and websockets 17.4, under httptools and uvloop
+as server/runner.py runs it; tests/test_uvicorn_frames.py fails when the installed uvicorn is
+outside that range or no longer behaves so:
 
 - uvicorn runs with `ws="websockets-sansio"` (`WS_IMPLEMENTATION`; server/runner.py), and the
   ASGI `send` it hands the application is the bound method `send` of the connection's
@@ -21,12 +27,13 @@ no longer behaves so:
 - its `response`, the handshake's response, which it reads only while accepting: `frame_writer`
   drops it (its headers cost an idle connection about a kilobyte);
 - its `conn`, a websockets sans-I/O `ServerProtocol`: `conn.extensions` (the extensions
-  negotiated in the handshake, set before the application runs; read once per connection). Without extensions, frames are built here (RFC 6455 5.2,
-  unmasked) and `conn` never sees them; every message is complete (FIN on its last frame), so
-  uvicorn's own frames through `conn` (pings, close) never land inside one. With an extension
-  (permessage-deflate, `ws_per_message_deflate=True`), every frame goes through
-  `conn.send_text(data, fin=...)`, `conn.send_continuation(data, fin=...)` and
-  `conn.data_to_send()`, so the extension encodes them in order.
+  negotiated in the handshake, set before the application runs; read once per connection).
+  Without extensions, frames are built here (RFC 6455 5.2, unmasked) and `conn` never sees
+  them; every message is complete (FIN on its last frame), so uvicorn's own frames through
+  `conn` (pings, close) never land inside one. With an extension (permessage-deflate,
+  `ws_per_message_deflate=True`), every frame goes through `conn.send_text(data, fin=...)`,
+  `conn.send_continuation(data, fin=...)` and `conn.data_to_send()`, so the extension encodes
+  them in order.
 
 When the `send` comes from uvicorn but its protocol object lacks any of this (another `ws`
 implementation, or a uvicorn that changed), `frame_writer` logs one WARNING per process naming
@@ -39,16 +46,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol
+
+from server.api.ws_frames import FRAME_BYTES, fragments, frame_header, text_frames
+from server.api.ws_protocol import WebSocketProtocol, writer_of
+
+__all__ = ["FRAME_BYTES", "FrameWriter", "TextWriter", "fragments", "frame_header", "frame_writer", "ws_implementation"]
 
 log = logging.getLogger("ripple.sync")
 
 WS_IMPLEMENTATION = "websockets-sansio"
 VERIFIED_UVICORN = ">=0.54,<0.55"
-
-# Larger messages go out as several frames of one message (RFC 6455 5.4): the official PyPI client
-# (Rust, tungstenite) refuses any single frame over 16 MiB and then reconnects forever.
-FRAME_BYTES = 1024 * 1024
 
 PROTOCOL_ATTRIBUTES = ("transport", "writable", "handshake_complete", "disconnected", "close_sent", "conn")
 CONN_ATTRIBUTES = ("extensions", "send_text", "send_continuation", "data_to_send")
@@ -56,38 +64,31 @@ CONN_ATTRIBUTES = ("extensions", "send_text", "send_continuation", "data_to_send
 _warned = False
 
 
-def ws_implementation() -> str:
-    """The `ws` setting for uvicorn.Config: the sans-I/O implementation the fast path needs, or
-    uvicorn's older websockets implementation where it does not exist (no fast path then)."""
+class TextWriter(Protocol):
+    """What the fan-out fast path writes through: `FrameWriter` here, or a connection of Ripple's
+    own protocol (server/api/ws_protocol.py)."""
+
+    def writable_now(self) -> bool: ...
+
+    async def wait_writable(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def keepalive(self, message: bytes | None = None) -> None: ...
+
+
+def ws_implementation(compression: bool = False) -> type[WebSocketProtocol] | str:
+    """The `ws` setting for uvicorn.Config: Ripple's own protocol (server/api/ws_protocol.py),
+    unless websocket compression is on: then uvicorn's sans-I/O implementation, whose
+    permessage-deflate the fast path here writes through, or uvicorn's older websockets
+    implementation where that does not exist (no fast path then)."""
+    if not compression:
+        return WebSocketProtocol
     try:
         from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
     except ImportError:
         return "websockets"
     return WS_IMPLEMENTATION
-
-
-def frame_header(first_byte: int, length: int) -> bytes:
-    """FIN/opcode byte, then the unmasked payload length (RFC 6455 5.2)."""
-    if length < 126:
-        return bytes((first_byte, length))
-    if length < 1 << 16:
-        return bytes((first_byte, 126)) + length.to_bytes(2, "big")
-    return bytes((first_byte, 127)) + length.to_bytes(8, "big")
-
-
-def fragments(data: bytes, size: int = FRAME_BYTES) -> list[bytes]:
-    """`data` cut into pieces of at most `size` bytes, never inside a UTF-8 sequence (clients
-    may validate text frame by frame)."""
-    assert size >= 4, "a UTF-8 sequence is up to 4 bytes"
-    pieces, start = [], 0
-    while len(data) - start > size:
-        cut = start + size
-        while data[cut] & 0xC0 == 0x80:  # a continuation byte: move the cut to the sequence's start
-            cut -= 1
-        pieces.append(data[start:cut])
-        start = cut
-    pieces.append(data[start:])
-    return pieces
 
 
 class FrameWriter:
@@ -116,6 +117,11 @@ class FrameWriter:
         await proto.writable.wait()
         return not (proto.disconnected or proto.close_sent)
 
+    def keepalive(self, message: bytes | None = None) -> None:
+        """No ping: uvicorn's protocol pings by itself (`ws_ping_interval`); `message` is written."""
+        if message is not None:
+            self.write(message)
+
     def write(self, data: bytes) -> None:
         """One text message (UTF-8 `data`), in frames of at most FRAME_BYTES. Only when
         `writable_now()` (or after `wait_writable()` returned True)."""
@@ -129,20 +135,17 @@ class FrameWriter:
                 else:
                     conn.send_continuation(piece, fin=i == last)
             self._transport.write(b"".join(conn.data_to_send()))
-        elif len(data) <= FRAME_BYTES:  # one unmasked text frame, as the protocol would write it
-            self._transport.write(frame_header(0x81, len(data)) + data)
-        else:  # a text frame, then continuation frames; FIN on the last
-            pieces = fragments(data)
-            last = len(pieces) - 1
-            self._transport.write(b"".join(
-                frame_header((0x80 if i == last else 0) | (0x1 if i == 0 else 0x0), len(piece)) + piece
-                for i, piece in enumerate(pieces)
-            ))
+        else:  # unmasked text frames, as the protocol would write them
+            self._transport.write(text_frames(data))
 
 
-def frame_writer(send: Callable[[Any], Awaitable[None]]) -> FrameWriter | None:
-    """A FrameWriter for the connection behind the server's ASGI `send` (call it after the
-    websocket is accepted), or None: then send through ASGI."""
+def frame_writer(send: Callable[[Any], Awaitable[None]]) -> TextWriter | None:
+    """What writes frames to the connection behind the server's ASGI `send` (call it after the
+    websocket is accepted): the connection itself under Ripple's own protocol, a FrameWriter
+    under uvicorn's websockets-sansio; else None: then send through ASGI."""
+    own = writer_of(send)
+    if own is not None:
+        return own
     proto: Any = getattr(send, "__self__", None)
     missing = [name for name in PROTOCOL_ATTRIBUTES if not hasattr(proto, name)]
     if not missing:
