@@ -211,6 +211,24 @@ async def open_proxied_runtime(app_dir: Path, namespace: str, *, pool_max: int,
 
 
 @pytest.fixture
+def frame_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Starts tests/frame_server.py (a bare uvicorn with Ripple's websocket settings and test
+    routes; its arguments as given) on a free port; each is stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        port = free_port()
+        cmd = [sys.executable, str(ROOT / "tests" / "frame_server.py"), str(port), *args]
+        server = launch(cmd, port, tmp_path / f"frames-{port}.log")
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 async def runtime(namespace: str) -> AsyncIterator[Runtime]:
     """The basic test app loaded in-process over a fresh schema."""
     async with open_runtime(BASIC_APP, namespace) as rt:

@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 import pytest
 import websockets
-from asyncpg.pool import PoolConnectionProxy
+from test_connection_faults import lose_commits
 from test_hot_keys import Blocker, blocker_for, heat, until_async
 
 from server.core.contexts import Outcome
@@ -158,29 +158,11 @@ async def test_a_group_that_conflicts_is_retried_and_applied_once(rt: Runtime, h
     assert grouped == 4 and 1 <= commits < 4  # the retries grouped again
 
 
-def lose_next_commit(monkeypatch: pytest.MonkeyPatch, *, ran: bool) -> None:
-    """The next commit tail and COMMIT loses its connection: after PostgreSQL ran it (`ran`: its
-    answer is lost) or before it was sent (as tests/test_connection_faults.py does)."""
-    original = PoolConnectionProxy.execute
-    armed = [True]
-
-    async def execute(self: PoolConnectionProxy, query: str, *args: Any, **kwargs: Any) -> Any:
-        if not (armed[0] and query.endswith("; COMMIT")):
-            return await original(self, query, *args, **kwargs)
-        armed[0] = False
-        if ran:
-            await original(self, query, *args, **kwargs)
-        self.terminate()
-        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
-
-    monkeypatch.setattr(PoolConnectionProxy, "execute", execute)
-
-
 @pytest.mark.parametrize("ran", [False, True], ids=["commit-never-arrived", "commit-answer-lost"])
 async def test_a_group_whose_commit_is_cut_answers_the_truth(rt: Runtime, hot: Blocker, monkeypatch: pytest.MonkeyPatch,
                                                             ran: bool) -> None:
     groups = Groups(rt)
-    lose_next_commit(monkeypatch, ran=ran)
+    lose_commits(monkeypatch, ran=ran)
     outcomes = await one_group(rt, hot, "a", [inc(rt, "a") for _ in range(3)])
     assert sorted(o.value for o in outcomes) == [4, 5, 6]
     assert await value(rt, "a") == 6  # nothing lost, nothing applied twice

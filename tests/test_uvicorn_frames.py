@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sys
 import tomllib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import metadata
-from pathlib import Path
 
 import httpx
 import pytest
@@ -30,7 +28,7 @@ from websockets.uri import parse_uri
 
 from server.api.uvicorn_frames import FRAME_BYTES, VERIFIED_UVICORN, fragments
 
-from conftest import ROOT, ServerProcess, free_port, launch
+from conftest import ROOT, ServerProcess
 
 SMALL = "héllo, wörld €"
 MEDIUM = "ü" * 200  # a 16-bit payload length
@@ -67,22 +65,6 @@ def test_the_big_message_has_a_frame_boundary_inside_a_utf8_sequence() -> None:
 
 
 # -- a real uvicorn -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def frame_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        port = free_port()
-        cmd = [sys.executable, str(ROOT / "tests" / "frame_server.py"), str(port), *args]
-        server = launch(cmd, port, tmp_path / f"frames-{port}.log")
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def ws_url(server: ServerProcess) -> str:

@@ -12,9 +12,7 @@ import os
 import select
 import signal
 import socket
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -24,28 +22,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from server.api.ws_frames import CLOSE, CONT, PING, PONG, TEXT, accept_value
 
-from conftest import ROOT, ServerProcess, free_port, launch
+from conftest import ServerProcess
 
 pytestmark = pytest.mark.e2e
 
 KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3's example
 MASK = b"\x11\x22\x33\x44"
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    started: list[ServerProcess] = []
-
-    def start(*args: str) -> ServerProcess:
-        port = free_port()
-        cmd = [sys.executable, str(ROOT / "tests" / "frame_server.py"), str(port), *args]
-        proc = launch(cmd, port, tmp_path / f"ws-{port}.log")
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
 
 
 async def get(server: ServerProcess, path: str) -> dict[str, Any]:
@@ -135,8 +117,8 @@ class Raw:
         self.writer.close()
 
 
-async def test_handshake_is_validated(server: Callable[..., ServerProcess]) -> None:
-    srv = server()
+async def test_handshake_is_validated(frame_server: Callable[..., ServerProcess]) -> None:
+    srv = frame_server()
     cases: list[tuple[dict[str, object], int]] = [
         ({"version": b"8"}, 426), ({"key": None}, 400), ({"key": b"c2hvcnQ="}, 400), ({"key": b"not base64!"}, 400),
         ({"method": "POST"}, 405),
@@ -156,8 +138,8 @@ async def test_handshake_is_validated(server: Callable[..., ServerProcess]) -> N
     raw.close()
 
 
-async def test_refused_and_denied_handshakes(server: Callable[..., ServerProcess]) -> None:
-    srv = server()
+async def test_refused_and_denied_handshakes(frame_server: Callable[..., ServerProcess]) -> None:
+    srv = frame_server()
     raw = await Raw.open(srv)
     status, _, _ = await raw.request("/refuse")
     assert status == 403
@@ -187,8 +169,8 @@ async def test_refused_and_denied_handshakes(server: Callable[..., ServerProcess
     (masked(TEXT, "€".encode()[:2], fin=False) + masked(CONT, b"x"), 1007),  # a character cut by a bad fragment
     (masked(CLOSE, (1000).to_bytes(2, "big") + b"\xff"), 1007),  # a close reason that is not UTF-8
 ])
-async def test_protocol_violations_close_the_connection(server: Callable[..., ServerProcess], bad: bytes, code: int) -> None:
-    srv = server()
+async def test_protocol_violations_close_the_connection(frame_server: Callable[..., ServerProcess], bad: bytes, code: int) -> None:
+    srv = frame_server()
     raw = await Raw.open(srv)
     await raw.open_ws()
     raw.send(masked(TEXT, b"before"))
@@ -200,8 +182,8 @@ async def test_protocol_violations_close_the_connection(server: Callable[..., Se
     assert [d[0] for d in disconnects] == [code]
 
 
-async def test_fragments_with_control_frames_between_them(server: Callable[..., ServerProcess]) -> None:
-    raw = await Raw.open(server())
+async def test_fragments_with_control_frames_between_them(frame_server: Callable[..., ServerProcess]) -> None:
+    raw = await Raw.open(frame_server())
     await raw.open_ws()
     text = "a€𝄞é" * 1000
     data = text.encode()
@@ -219,8 +201,8 @@ async def test_fragments_with_control_frames_between_them(server: Callable[..., 
     raw.close()
 
 
-async def test_close_handshakes(server: Callable[..., ServerProcess]) -> None:
-    srv = server()
+async def test_close_handshakes(frame_server: Callable[..., ServerProcess]) -> None:
+    srv = frame_server()
     raw = await Raw.open(srv)
     await raw.open_ws()
     raw.send(masked(CLOSE, (4001).to_bytes(2, "big") + "bye €".encode()))
@@ -248,8 +230,8 @@ async def test_close_handshakes(server: Callable[..., ServerProcess]) -> None:
     assert sorted(map(tuple, disconnects)) == [(1005, ""), (4000, "done"), (4001, "bye €")]
 
 
-async def test_messages_over_the_size_limit(server: Callable[..., ServerProcess]) -> None:
-    srv = server("--max-size", "1000")
+async def test_messages_over_the_size_limit(frame_server: Callable[..., ServerProcess]) -> None:
+    srv = frame_server("--max-size", "1000")
     raw = await Raw.open(srv)
     await raw.open_ws()
     raw.send(masked(TEXT, b"x" * 1000))
@@ -262,17 +244,17 @@ async def test_messages_over_the_size_limit(server: Callable[..., ServerProcess]
     raw.send(masked(TEXT, b"x" * 600, fin=False) + masked(CONT, b"x" * 600))
     assert (await raw.closed_with())[0] == 1009
     raw.close()
-    raw = await Raw.open(server())  # the default limit, 16 MiB: refused from the frame's header
+    raw = await Raw.open(frame_server())  # the default limit, 16 MiB: refused from the frame's header
     await raw.open_ws()
     raw.send(masked(TEXT, b"", fin=True)[:1] + bytes((0x80 | 127,)) + (16 * 1024 * 1024 + 1).to_bytes(8, "big") + MASK)
     assert (await raw.closed_with())[0] == 1009
     raw.close()
 
 
-async def test_reading_pauses_while_the_application_does_not_receive(server: Callable[..., ServerProcess]) -> None:
+async def test_reading_pauses_while_the_application_does_not_receive(frame_server: Callable[..., ServerProcess]) -> None:
     """The server stops reading while messages wait for the application, so a client that sends
     faster than it takes is slowed by TCP; once it takes them, every message arrives in order."""
-    srv = server()
+    srv = frame_server()
     sock = socket.create_connection(("127.0.0.1", int(srv.url.rsplit(":", 1)[1])))
     sock.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + KEY + b"\r\n\r\n")
@@ -309,8 +291,8 @@ async def test_reading_pauses_while_the_application_does_not_receive(server: Cal
     sock.close()
 
 
-async def test_websockets_client(server: Callable[..., ServerProcess]) -> None:
-    srv = server()
+async def test_websockets_client(frame_server: Callable[..., ServerProcess]) -> None:
+    srv = frame_server()
     url = srv.url.replace("http", "ws") + "/echo"
     async with websockets.connect(url, max_size=None, subprotocols=["one", "two"]) as ws:  # type: ignore[list-item]
         assert ws.subprotocol == "one"
@@ -326,8 +308,8 @@ async def test_websockets_client(server: Callable[..., ServerProcess]) -> None:
     assert ws.close_code == 1000
 
 
-async def test_keepalive_closes_a_client_that_answers_no_ping(server: Callable[..., ServerProcess]) -> None:
-    srv = server()
+async def test_keepalive_closes_a_client_that_answers_no_ping(frame_server: Callable[..., ServerProcess]) -> None:
+    srv = frame_server()
     async with websockets.connect(srv.url.replace("http", "ws") + "/keepalive") as ws:  # answers pings itself
         await asyncio.sleep(1.5)  # some fifteen keep-alive rounds
         await ws.send("still here")
@@ -345,8 +327,8 @@ async def test_keepalive_closes_a_client_that_answers_no_ping(server: Callable[.
     raw.close()
 
 
-async def test_graceful_stop_closes_with_1012(server: Callable[..., ServerProcess]) -> None:
-    srv = server()
+async def test_graceful_stop_closes_with_1012(frame_server: Callable[..., ServerProcess]) -> None:
+    srv = frame_server()
     async with websockets.connect(srv.url.replace("http", "ws") + "/echo") as ws:
         await ws.send("x")
         assert await ws.recv() == "x"
