@@ -10,6 +10,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +45,14 @@ if TYPE_CHECKING:
 # `ripple serve` runs a worker per core by default; tests of one server mean one process (its
 # metrics, log stream cursor, pid). Tests of groups pass --workers (tests/test_workers.py).
 os.environ.setdefault("RIPPLE_WORKERS", "1")
+
+# A test run started with SIGINT ignored (`nohup sh -c 'time .ci/run' &`: the shell's `time`
+# ignores SIGINT and SIGQUIT while it waits) hands that to every process it starts, across exec:
+# `ripple logs` would then not end on the Ctrl-C its tests send (tests/test_logs.py; seen so in
+# two CI runs, SigIgn 0x1001007, and reproduced). The suite takes the interpreter's
+# default back, so that what it starts behaves as when started from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
