@@ -300,3 +300,63 @@ def run_cancellable(main: Callable[[], Awaitable[None]], interrupted: str,
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"\n{interrupted}", file=sys.stderr)
         sys.exit(130)
+
+
+class NodeClients:
+    """One Node load-generator process (`script` with its JSON `config` as argument) that
+    reports JSON lines `{"event": ...}` on stdout and takes commands on stdin, one per line;
+    "close" makes it close its sockets, say "closed" and exit (bench/fanout_clients.mjs,
+    bench/memory_clients.mjs). Its stderr goes to a temporary file, shown when it dies."""
+
+    def __init__(self, script: Path, config: dict[str, Any], *, log_prefix: str, limit: int = 1 << 16) -> None:
+        self.script, self.config, self.limit = script, config, limit
+        self.proc: asyncio.subprocess.Process | None = None
+        fd, name = tempfile.mkstemp(prefix=log_prefix, suffix=".log")
+        self.stderr_path = Path(name)
+        self._stderr = os.fdopen(fd, "wb")
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            "node", str(self.script), json.dumps(self.config), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=self._stderr, cwd=self.script.parent, start_new_session=True,
+            limit=self.limit)
+
+    async def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next message of `event` (others are skipped); raises on an "error" message, on
+        the process's exit and after `timeout` seconds."""
+        assert self.proc is not None and self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"Node clients: no '{event}' within {timeout:.0f} s")
+            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
+            if not line:
+                await self.proc.wait()
+                raise RuntimeError(f"Node clients exited ({self.proc.returncode}) before '{event}':\n{tail(self.stderr_path)}")
+            message: dict[str, Any] = json.loads(line)
+            if message.get("event") == "error":
+                raise RuntimeError(f"Node clients failed: {message.get('message')}")
+            if message.get("event") == event:
+                return message
+
+    def send(self, command: str) -> None:
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+
+    async def close(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                self.send("close")
+                await self.expect("closed", 30)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.proc.wait(), 10)
+            if self.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        self._stderr.close()
+        with contextlib.suppress(OSError):
+            self.stderr_path.unlink()

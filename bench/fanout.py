@@ -135,10 +135,10 @@ from common import (
     machine_busy_ticks,
     process_ticks,
     run_cancellable,
-    tail,
     wait_port,
     wait_ready,
 )
+from common import NodeClients as NodeProcess
 
 SCRIPT = Path(__file__).resolve()
 BENCH = SCRIPT.parent
@@ -306,57 +306,11 @@ async def start_server(kind: str, processes: Processes, args: argparse.Namespace
 # One case: start a server, connect the Node clients, subscribe, write, measure
 # ---------------------------------------------------------------------------------------------
 
-class NodeClients:
+class NodeClients(NodeProcess):
+    """bench/fanout_clients.mjs (its messages can be large: a 16 MiB line limit)."""
+
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.proc: asyncio.subprocess.Process | None = None
-        fd, name = tempfile.mkstemp(prefix="fanout-node-", suffix=".log")
-        self.stderr_path = Path(name)
-        self._stderr = os.fdopen(fd, "wb")
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "node", str(CLIENTS_JS), json.dumps(self.config), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=self._stderr, cwd=BENCH, start_new_session=True,
-            limit=1 << 24)
-
-    async def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"Node clients: no '{event}' within {timeout:.0f} s")
-            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
-            if not line:
-                await self.proc.wait()
-                raise RuntimeError(f"Node clients exited ({self.proc.returncode}) before '{event}':\n{tail(self.stderr_path)}")
-            message: dict[str, Any] = json.loads(line)
-            if message.get("event") == "error":
-                raise RuntimeError(f"Node clients failed: {message.get('message')}")
-            if message.get("event") == event:
-                return message
-
-    def send(self, command: str) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-
-    async def close(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                self.send("close")
-                await self.expect("closed", 30)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.proc.wait(), 10)
-            if self.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        self._stderr.close()
-        with contextlib.suppress(OSError):
-            self.stderr_path.unlink()
+        super().__init__(CLIENTS_JS, config, log_prefix="fanout-node-", limit=1 << 24)
 
 
 LIVE_NODES: list[NodeClients] = []

@@ -69,6 +69,7 @@ from common import (
     DEFAULT_DB,
     HOST,
     ROOT,
+    NodeClients,
     Processes,
     command_output,
     describe_machine,
@@ -156,56 +157,18 @@ async def start_server(tree: Tree, processes: Processes, args: argparse.Namespac
     return Server(proc, port, snapshots)
 
 
-class Clients:
-    """One Node process of bench/memory_clients.mjs."""
+class Clients(NodeClients):
+    """One Node process of bench/memory_clients.mjs: a message reporting client errors fails
+    the case."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.proc: asyncio.subprocess.Process | None = None
-        fd, name = tempfile.mkstemp(prefix="memory-node-", suffix=".log")
-        self.stderr_path = Path(name)
-        self._stderr = os.fdopen(fd, "wb")
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "node", str(CLIENTS_JS), json.dumps(self.config), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=self._stderr, cwd=BENCH, start_new_session=True)
+        super().__init__(CLIENTS_JS, config, log_prefix="memory-node-")
 
     async def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RuntimeError(f"Node clients: no '{event}' within {timeout:.0f} s")
-            line = await asyncio.wait_for(self.proc.stdout.readline(), remaining)
-            if not line:
-                await self.proc.wait()
-                raise RuntimeError(f"Node clients exited ({self.proc.returncode}) before '{event}':\n{tail(self.stderr_path)}")
-            message: dict[str, Any] = json.loads(line)
-            if message.get("event") == "error":
-                raise RuntimeError(f"Node clients failed: {message.get('message')}")
-            if message.get("event") == event:
-                if message.get("errors"):
-                    raise RuntimeError(f"Node clients: {message['errors']} errors, first: {message.get('first_error')}")
-                return message
-
-    def send(self, command: str) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(Exception):
-                self.send("close")
-                await asyncio.wait_for(self.proc.wait(), 30)
-            if self.proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        self._stderr.close()
-        with contextlib.suppress(OSError):
-            self.stderr_path.unlink()
+        message = await super().expect(event, timeout)
+        if message.get("errors"):
+            raise RuntimeError(f"Node clients: {message['errors']} errors, first: {message.get('first_error')}")
+        return message
 
 
 def client_config(server: Server, clients: int, subs_per_client: int, distinct: int) -> dict[str, Any]:
