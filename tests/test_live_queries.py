@@ -329,6 +329,23 @@ async def test_only_affected_subscriptions_re_execute(start_server: StartServer)
             await w.stop()
 
 
+async def test_a_re_run_gets_the_arguments_as_sent_even_when_the_last_run_changed_them(basic_server: ServerProcess) -> None:
+    """A re-run of a live query does not validate its arguments again when they are all scalars
+    (shared_queries.prepare); a list it was given is validated afresh for every run, so a query
+    that appends to it sees the list as the client sent it each time."""
+    name = f"noting-{uuid.uuid4().hex[:8]}"
+    async with RippleClient(basic_server.url) as client:
+        watcher = Watcher(client, "counters:get_noting", {"name": name, "seen": ["sent"]})
+        plain = Watcher(client, "counters:get", {"name": name})
+        await until(lambda: watcher.values == [["sent", "0"]] and plain.values == [0])
+        for expected in (1, 2):
+            await client.mutation("counters:inc", {"name": name})
+            await until(lambda n=expected: watcher.latest == ["sent", str(n)] and plain.latest == n)
+        assert watcher.values == [["sent", "0"], ["sent", "1"], ["sent", "2"]]
+        await watcher.stop()
+        await plain.stop()
+
+
 async def test_no_write_missed_when_listener_connection_is_killed(start_server: StartServer, namespace: str, pg_url: str) -> None:
     server = start_server("serve")
     admin = await asyncpg.connect(pg_url)

@@ -215,24 +215,17 @@ class Query(Reads):
 
     async def _scan(self, lo: bytes, hi: bytes, limit: int | None) -> AsyncGenerator[tuple[bytes, dict[str, Any]], None]:
         """Yield (key, doc) in order within [lo, hi); record what was covered as read."""
-        tx, info = self._tx, self._info
-        statement = info.sql.range[(self._index, self._desc)]
+        statement = self._info.sql.range[(self._index, self._desc)]
         covered_to: bytes | None = None  # the position reached so far, for the read set
         cur_lo, cur_hi = lo, hi
         yielded = 0
         try:
             while True:
                 batch = SCAN_BATCH if limit is None else min(SCAN_BATCH, max(limit - yielded, 1))
-                rows = await tx.execute("fetch", statement, self._param(cur_lo), self._param(cur_hi), batch)
-                tx.count_read(len(rows), sum(stored_bytes(row["doc"]) for row in rows))
-                if tx.writable:  # a mutation: its patch of a document read here needs no second read
-                    for row in rows[:ROWS_SEEN]:  # noted before anything awaits (Transaction.savepoint)
-                        tx.saw_row(info.name, row["id"], row["creation_time"], row["doc"])
-                for row in rows:
-                    key = bytes(row[3])
-                    covered_to = key
-                    yielded_doc = decode_doc(row["id"], row["creation_time"], row["doc"])
-                    yield key, yielded_doc
+                rows = await self._tx.execute("fetch", statement, self._param(cur_lo), self._param(cur_hi), batch)
+                for row in self._taken(rows):
+                    covered_to = row[0]
+                    yield row
                     yielded += 1
                 if len(rows) < batch:
                     covered_to = None  # reached the end of the range
@@ -243,12 +236,41 @@ class Query(Reads):
                 else:
                     cur_lo = last + b"\x00"
         finally:
-            if covered_to is None:
-                tx.reads.append(ReadRange(info.name, self._index, lo, hi))
-            elif self._desc:
-                tx.reads.append(ReadRange(info.name, self._index, covered_to, hi))
-            else:
-                tx.reads.append(ReadRange(info.name, self._index, lo, covered_to + b"\x00"))
+            self._covered(lo, hi, covered_to)
+
+    async def _first(self, n: int) -> list[dict[str, Any]]:
+        """`take(n)` of a query without filters, n <= SCAN_BATCH: `_scan`'s first batch, read
+        with no generator to step through (the common `first()` and `unique()` of a live query)."""
+        statement = self._info.sql.range[(self._index, self._desc)]
+        lo, hi = self._lo, self._hi
+        covered_to: bytes | None = None
+        try:
+            rows = await self._tx.execute("fetch", statement, self._param(lo), self._param(hi), n)
+            taken = self._taken(rows)
+            if len(rows) == n:
+                covered_to = taken[-1][0]
+            return [doc for _, doc in taken]
+        finally:
+            self._covered(lo, hi, covered_to)
+
+    def _taken(self, rows: list[Any]) -> list[tuple[bytes, dict[str, Any]]]:
+        """A batch of range rows, counted as read, as (key, doc)."""
+        tx = self._tx
+        tx.count_read(len(rows), sum(stored_bytes(row["doc"]) for row in rows))
+        if tx.writable:  # a mutation: its patch of a document read here needs no second read
+            for row in rows[:ROWS_SEEN]:  # noted before anything awaits (Transaction.savepoint)
+                tx.saw_row(self._info.name, row["id"], row["creation_time"], row["doc"])
+        return [(bytes(row[3]), decode_doc(row["id"], row["creation_time"], row["doc"])) for row in rows]
+
+    def _covered(self, lo: bytes, hi: bytes, covered_to: bytes | None) -> None:
+        """Record the part of [lo, hi) a scan covered, through `covered_to` (None: all of it)."""
+        name = self._info.name
+        if covered_to is None:
+            self._tx.reads.append(ReadRange(name, self._index, lo, hi))
+        elif self._desc:
+            self._tx.reads.append(ReadRange(name, self._index, covered_to, hi))
+        else:
+            self._tx.reads.append(ReadRange(name, self._index, lo, covered_to + b"\x00"))
 
     def _matches(self, doc: dict[str, Any]) -> bool:
         return all(f(doc) for f in self._filters)
@@ -264,6 +286,8 @@ class Query(Reads):
         out: list[dict[str, Any]] = []
         if n == 0:
             return out
+        if not self._filters and n <= SCAN_BATCH:
+            return await self._first(n)
         scan = self._scan(self._lo, self._hi, None if self._filters else n)
         try:
             async for _, doc in scan:

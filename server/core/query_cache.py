@@ -240,10 +240,13 @@ class QueryCache:
             len(key[1]) + len(key[2]) + sum(64 + len(r.lo) + len(r.hi) for r in reads)
         if size > self.max_bytes:
             return
-        self._drop(key)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
         self._serial += 1
         self._entries[key] = Cached(key, encoded, log_lines, stream_lines, reads, size, at, self._serial)
-        self._reads.put(key, reads)
+        if old is None or old.reads != reads or key not in self._reads:  # a live query's re-run mostly reads the same
+            self._reads.put(key, reads)
         self.bytes += size
         while self.bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))

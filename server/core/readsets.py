@@ -85,6 +85,10 @@ class ReadIndex(Generic[Owner]):
     def __len__(self) -> int:
         return len(self._filed)
 
+    def __contains__(self, owner: object) -> bool:
+        """Has `owner` a read set filed (a non-empty one)?"""
+        return owner in self._filed
+
     def put(self, owner: Owner, reads: Iterable[ReadRange]) -> None:
         """File `owner`'s read set, replacing what it had."""
         self.discard(owner)

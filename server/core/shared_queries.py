@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import orjson
 
 from server.core.contexts import Identity
+from server.core.loader import App
 from server.core.query_cache import CacheKey, cache_key
 from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
@@ -49,6 +50,8 @@ class SharedQuery:
     slow: bool = False  # its last run overran LIVE_SLICE: it runs apart
     timeouts: int = 0  # runs in a row that timed out
     rest_until: float = 0.0  # loop time before which writes do not make it run again
+    prepared: Prepared | None = None  # its function and arguments as the app now loaded checked them
+
 
     def ran(self, timed_out: bool, now: float, first: float, most: float) -> bool:
         """Note whether a run timed out; True when the query now rests (`first` seconds, doubling
@@ -68,19 +71,58 @@ class FinishedApart:
     generation: int  # of the functions it ran; a reload since makes it worthless
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A subscription's function resolved and its arguments validated, once per loaded app (a
+    re-run of a live query repeats neither), and its query cache key."""
+
+    app: App  # the load it was resolved in: another load prepares it again
+    fn: FunctionDef
+    kwargs: dict[str, Any] | None  # validated; None: validated again for every run (see `prepare`)
+    key: CacheKey
+
+
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def prepare(runtime: Runtime, sq: SharedQuery) -> Prepared:
+    """`sq`'s function (internal ones only for the admin key) and arguments, as `sq.prepared`
+    holds them for the app now loaded. Validated arguments are kept only when all of them are
+    immutable: a run gets the same objects every time, so a query that changed a list it was
+    given would change its own later runs' arguments. Raises RippleUsageError (no such
+    function, arguments refused): the run reports it."""
+    app, prepared = runtime.app, sq.prepared
+    if prepared is not None and prepared.app is app:
+        return prepared
+    fn = app.registry.resolve(sq.path, kind="query", allow_internal=sq.admin)
+    args = from_client_json(sq.args, path="args")  # a client's, within its limits
+    kwargs = fn.validate_args(args)
+    key = cache_key(str(fn.path), args, sq.identity)
+    keep = all(type(value) in _SCALARS for value in kwargs.values())
+    sq.prepared = prepared = Prepared(app, fn, kwargs if keep else None, key)
+    return prepared
+
+
+def run_arguments(sq: SharedQuery, prepared: Prepared) -> dict[str, Any]:
+    """The validated arguments of a run of `sq`: the kept ones, or validated afresh."""
+    if prepared.kwargs is not None:
+        return prepared.kwargs
+    return prepared.fn.validate_args(from_client_json(sq.args, path="args"))
+
+
 CacheSlot = tuple[FunctionDef, CacheKey] | None  # a subscription's function and query cache key
 
 
 def cache_slot(runtime: Runtime, sq: SharedQuery) -> CacheSlot:
-    """The function `sq` may run (internal ones only for the admin key) and its cache key; None
-    when the cache is off or cannot hold it."""
+    """The function `sq` may run and its cache key; None when the cache is off or cannot hold
+    it."""
     if sq.journal is not None or not runtime.query_cache.enabled:
         return None  # a page pinned to where it ended is this subscription's own
     try:
-        fn = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=sq.admin)
-        return fn, cache_key(str(fn.path), from_client_json(sq.args, path="args"), sq.identity)
+        prepared = prepare(runtime, sq)
     except RippleUsageError:  # unknown or internal function, bad arguments: its run reports it
         return None
+    return prepared.fn, prepared.key
 
 
 def cached_run(runtime: Runtime, slot: CacheSlot, ts: int) -> QueryRun | None:

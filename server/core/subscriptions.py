@@ -36,19 +36,19 @@ from server.core.contexts import Identity
 from server.core.database import Snapshot, connection_failure
 from server.core.listener import Listener
 from server.core.readsets import ReadIndex, check_unchanged_since
-from server.core.registry import FunctionDef
 from server.core.runtime import QueryRun, Runtime
 from server.core.shared_queries import (
     FinishedApart,
     SharedQuery,
     SubKey,
     Subscriber,
+    prepare,
     query_result,
+    run_arguments,
     subscription_key,
 )
 from server.core.supervise import Supervised
 from server.core.tick_runs import LIVE_SLICE, run_in_tick
-from server.core.values import from_client_json
 from server.errors import FunctionTimedOut, RippleUsageError, StaleTimestamp
 from server.wire import QueryResult
 
@@ -321,6 +321,7 @@ class SubscriptionManager:
         half-applied tick."""
         changed: set[Subscriber] = set()
         for sq, outcome in new_results:
+            filed = sq.reads
             if isinstance(outcome, QueryRun):
                 result = query_result(outcome)
                 sq.reads = outcome.reads
@@ -340,8 +341,8 @@ class SubscriptionManager:
                 changed |= sq.subscribers
             sq.result = result
             self.stale.discard(sq)
-            if self.queries.get(sq.key) is sq:  # still subscribed after the tick's awaits
-                self._reads.put(sq, sq.reads)
+            if self.queries.get(sq.key) is sq and (sq.reads != filed or sq not in self._reads):
+                self._reads.put(sq, sq.reads)  # still subscribed after the tick's awaits, and it read elsewhere
         self._processed_ts = snapshot_ts
         self.current_ts = max(self.current_ts, snapshot_ts)
         self.encode_cache = {}  # Transitions shared by clients in the same state, this publish only
@@ -352,11 +353,11 @@ class SubscriptionManager:
     async def execute(self, conn: Any, sq: SharedQuery) -> QueryRun | QueryResult:
         runtime = self.runtime
         try:
-            fn: FunctionDef = runtime.app.registry.resolve(sq.path, kind="query", allow_internal=sq.admin)
-            kwargs = fn.validate_args(from_client_json(sq.args, path="args"))  # a client's, within its limits
+            prepared = prepare(runtime, sq)
+            kwargs = run_arguments(sq, prepared)
         except RippleUsageError as exc:
             return QueryResult.failed(str(exc), [], sq.journal)
-        return await runtime.execute_query(conn, fn, kwargs, sq.identity, sq.journal)
+        return await runtime.execute_query(conn, prepared.fn, kwargs, sq.identity, sq.journal)
 
     async def _maybe_prune(self) -> None:
         now = time.monotonic()

@@ -11,6 +11,14 @@ async def get(ctx, name: str) -> int:
     return doc["value"] if doc else 0
 
 
+@query
+async def get_noting(ctx, name: str, seen: list[str]) -> list[str]:
+    """The counter's value appended to `seen` -- the argument itself, changed in place: a live
+    query's re-run must get the arguments as the client sent them, not the last run's list."""
+    seen.append(str(await get.handler(ctx, name=name)))
+    return seen
+
+
 @mutation
 async def inc(ctx, name: str, by: int = 1) -> int:
     doc = await ctx.db.query("counters").with_index("by_name", lambda q: q.eq("name", name)).unique()
