@@ -64,10 +64,11 @@ async def pair(runtime: Runtime) -> str:
     return str((await runtime.call("mutation", "pairs:setup", {})).value)
 
 
-async def subscribe_all(manager: SubscriptionManager, ids: list[str], seconds: float) -> list[Recorder]:
-    """QUERIES distinct subscriptions, each reading one of `ids` after `seconds`; once all have
-    their first result."""
-    recorders = [Recorder(manager, "pairs:read_slowly", {"id": ids[i % len(ids)], "seconds": seconds, "tag": i})
+async def subscribe_all(manager: SubscriptionManager, ids: list[str], seconds: float,
+                        path: str = "pairs:read_slowly") -> list[Recorder]:
+    """QUERIES distinct subscriptions, each reading one of `ids` after `seconds` (waiting, or
+    with pairs:read_busily keeping the loop busy); once all have their first result."""
+    recorders = [Recorder(manager, path, {"id": ids[i % len(ids)], "seconds": seconds, "tag": i})
                  for i in range(QUERIES)]
     await until(lambda: all(r.notes for r in recorders) and not manager.stale, timeout=30)
     return recorders
@@ -140,6 +141,25 @@ async def test_one_connection_when_parallelism_is_1(namespace: str) -> None:
             assert runtime.metrics.value("ripple_live_query_parallel_runs_total") == 0
         finally:
             await manager.stop()
+
+
+async def test_queries_that_keep_the_loop_busy_get_no_helper_connections(rt: Runtime) -> None:
+    """Helpers join a tick only after a batch that mostly waited (tick_runs.WAITED): queries
+    that wait get them (the tests above), queries spending their time in Python do not, since
+    more connections would share the loop's one core."""
+    manager = SubscriptionManager(rt)
+    await manager.start()
+    try:
+        ids = [await pair(rt)]
+        recorders = await subscribe_all(manager, ids, seconds=0.004, path="pairs:read_busily")
+        helper_runs = rt.metrics.value("ripple_live_query_parallel_runs_total")
+        for bump in (1, 2, 3):
+            await rt.call("mutation", "pairs:bump", {"id": ids[0]})
+            await until(lambda b=bump: all(r.latest["left"] == b for r in recorders), timeout=30)
+        assert rt.metrics.value("ripple_live_query_parallel_runs_total") == helper_runs
+    finally:
+        await manager.stop()
+    await all_connections_free(rt)
 
 
 async def test_a_helper_connection_killed_mid_tick_costs_a_re_run_only(rt: Runtime, pg_url: str, namespace: str) -> None:

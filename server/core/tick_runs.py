@@ -1,11 +1,16 @@
 """A live-query tick's re-runs (subscriptions.py): at the tick's snapshot, one subscriber's query
 after another in turn, over up to `live_query_parallelism` connections that share the snapshot.
 
-The tick's own connection always works. When enough runs are left for more connections
-(RUNS_PER_HELPER each) and the pool has connections to spare (SPARE_FOR_OTHERS stay for
-mutations and HTTP calls), the tick's transaction exports its snapshot (pg_export_snapshot())
-and *helper* connections import it (SET TRANSACTION SNAPSHOT) as they open: every result of the
-tick is computed at the tick's snapshot_ts, whichever connection ran it. Runs are taken from one
+The tick's own connection always works, and at first alone. After a batch of its runs that
+spent most of its time waiting (its loop idle for over WAITED of the batch's duration: not on a
+CPU, nor waiting for one, so PostgreSQL or what the queries await is the limit, not Python; only
+batches of JUDGED seconds or more are judged, as a short one is mostly its statements' round trips), when enough runs are
+left for more connections (RUNS_PER_HELPER each) and the pool has connections to spare
+(SPARE_FOR_OTHERS stay for mutations and HTTP calls), the tick's transaction exports its
+snapshot (pg_export_snapshot()) and *helper* connections import it (SET TRANSACTION SNAPSHOT)
+as they open: every result of the tick is computed at the tick's snapshot_ts, whichever
+connection ran it. Queries that keep the loop busy get no helpers: more connections would
+share the one core the loop runs on, and split the batches into more statements. Runs are taken from one
 queue in round-robin order (one subscriber's query, then the next subscriber's, ...), so a
 client with many queries gets one turn in each round across all the connections, not one
 connection to itself.
@@ -32,6 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
+import time
 from collections import deque
 from typing import Any, Protocol
 
@@ -58,6 +66,8 @@ SPARE_FOR_OTHERS = 2  # pooled connections that helpers leave to mutations and H
 BATCH_RUNS = 64  # runs a connection takes at once at most, their reads sent together
 FIRST_BATCH = 2  # ... at first in a tick; doubled while batches end within BATCH_TIME, cut past twice that
 BATCH_TIME = 0.025  # seconds of one connection's batch, times the connections sharing the event loop
+WAITED = 0.5  # a batch whose loop was idle (_ThreadClock) for over this share of its duration mostly waited
+JUDGED = 0.005  # seconds a batch must take to be judged so: a short one is mostly its statements' round trips
 HELPER_WAIT = 0.05  # seconds a helper waits for a pooled connection before the tick goes on without it
 
 Outcome = QueryRun | QueryResult
@@ -97,30 +107,73 @@ async def run_in_tick(host: TickHost, snapshot: Snapshot, to_run: list[SharedQue
             new_results.append((sq, hit))  # the query cache's result at this ts: no run
         else:
             turns.append((sq, slot))
-    helpers = helpers_wanted(len(turns), runtime.config.live_query_parallelism, runtime.db.spare())
-    exported = str(await snapshot.conn.fetchval(sql.EXPORT_SNAPSHOT)) if helpers else ""
-    tick = _Turns(host, turns, snapshot_ts, new_results, -(-len(turns) // (helpers + 1)))
-    tasks = [asyncio.ensure_future(tick.work(snapshot, helper=False))]
-    tasks += [asyncio.ensure_future(tick.helper(exported)) for _ in range(helpers)]
+    tick = _Turns(host, turns, snapshot_ts, new_results)
+    own = asyncio.ensure_future(tick.work(snapshot, helper=False))
     try:
-        await asyncio.gather(*tasks)
+        await own  # helpers start only while it works: once it is done, the list is complete
+        await asyncio.gather(*tick.helpers)
     except BaseException:  # a failed tick or stopping: every run ends before its connection goes back
+        tasks = [own, *tick.helpers]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
 
 
+class _ThreadClock:
+    """The calling thread's time on a CPU and time spent waiting for one (runnable, but other
+    processes had the cores), in seconds: Linux's /proc/thread-self/schedstat, read with one
+    pread of a file kept open per thread; elsewhere its CPU time and no wait. A batch's duration
+    minus both is the time its loop was idle: waiting for PostgreSQL or what the queries await."""
+
+    _files: dict[tuple[int, int], int] = {}  # (process, thread) -> the open file, -1 if none
+
+    @classmethod
+    def read(cls) -> tuple[float, float]:
+        thread = (os.getpid(), threading.get_native_id())  # a forked process opens its own
+        fd = cls._files.get(thread)
+        if fd is None:
+            try:
+                fd = cls._files[thread] = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            except OSError:
+                fd = cls._files[thread] = -1
+        if fd >= 0:
+            try:
+                on_cpu, runnable, _ = os.pread(fd, 64, 0).split()
+                return int(on_cpu) / 1e9, int(runnable) / 1e9
+            except (OSError, ValueError):
+                pass
+        return time.thread_time(), 0.0
+
+
 class _Turns:
     """One tick's queue of runs, taken by its connections in turn."""
 
-    def __init__(self, host: TickHost, turns: deque[tuple[SharedQuery, CacheSlot]], ts: int, results: Results,
-                 share: int) -> None:
+    def __init__(self, host: TickHost, turns: deque[tuple[SharedQuery, CacheSlot]], ts: int, results: Results) -> None:
         self.host, self.turns, self.ts, self.results = host, turns, ts, results
-        self.share = max(1, min(BATCH_RUNS, share))  # runs a connection takes at once: its share at most
+        self.share = max(1, min(BATCH_RUNS, len(turns)))  # runs a connection takes at once: its share at most
         self.batch = min(FIRST_BATCH, self.share)
         self.working = 0  # connections taking turns
         self.started = asyncio.get_running_loop().time()
+        self.helpers: list[asyncio.Future[None]] = []
+        self.waited = False  # the last batch of the tick's own connection spent most of its time waiting
+
+    async def _call_helpers(self, snap: Snapshot) -> None:
+        """Between two batches of the tick's own connection: when the last one spent most of its
+        time waiting (for PostgreSQL, or on what its queries awaited) rather than running Python,
+        open helper connections at the tick's snapshot for the runs left. When the event loop was
+        busy running the queries, more connections would only share its one core (and split the
+        batches, their reads going out as more statements), so the tick goes on alone."""
+        runtime = self.host.runtime
+        if self.helpers or not self.waited:
+            return
+        n = helpers_wanted(len(self.turns), runtime.config.live_query_parallelism, runtime.db.spare())
+        if n == 0:
+            return
+        exported = str(await snap.conn.fetchval(sql.EXPORT_SNAPSHOT))
+        self.share = max(1, min(BATCH_RUNS, -(-len(self.turns) // (n + 1))))
+        self.batch = min(self.batch, self.share)
+        self.helpers = [asyncio.ensure_future(self.helper(exported)) for _ in range(n)]
 
     async def helper(self, exported: str) -> None:
         """Open a connection at the exported snapshot and take turns on it."""
@@ -156,6 +209,8 @@ class _Turns:
                 batch = [self.turns.popleft() for _ in range(min(self.batch, len(self.turns)))]
                 if not await self._batch(snap, helper, batch):
                     return
+                if not helper and self.turns:
+                    await self._call_helpers(snap)
         finally:
             self.working -= 1
 
@@ -165,7 +220,7 @@ class _Turns:
         host, runtime = self.host, self.host.runtime
         loop = asyncio.get_running_loop()
         reads = BatchedReads(snap.conn, runtime.catalog.batched)
-        started = loop.time()
+        started, (cpu, runnable) = loop.time(), _ThreadClock.read()
         begun = [runtime.query_cache.begin() for _ in batch]
         runs = [loop.create_task(host.execute(reads, sq)) for sq, _ in batch]
         try:
@@ -183,6 +238,9 @@ class _Turns:
         if unfinished:
             self._finish_apart(snap, reads, unfinished)
         took = loop.time() - started
+        if not helper and took >= JUDGED:
+            cpu_after, runnable_after = _ThreadClock.read()
+            self.waited = took - (cpu_after - cpu) - (runnable_after - runnable) > WAITED * took
         meant = BATCH_TIME * self.working  # the connections' batches take turns on one event loop
         if took < meant:
             self.batch = min(self.share, max(self.batch, 2 * len(batch)))

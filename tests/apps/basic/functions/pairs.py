@@ -1,6 +1,7 @@
 """Two fields always written together: readers must never see them differ."""
 
 import asyncio
+import time
 
 from server import mutation, query
 
@@ -51,4 +52,13 @@ async def read_slowly(ctx, id: str, seconds: float = 0.0, tag: int = 0) -> dict:
     """A pair, read after `seconds` (live-query parallelism tests: the read comes late in the
     run; `tag` makes otherwise equal subscriptions distinct executions)."""
     await asyncio.sleep(seconds)
+    return await ctx.db.get(id)
+
+
+@query
+async def read_busily(ctx, id: str, seconds: float = 0.0, tag: int = 0) -> dict:
+    """A pair, read after keeping the event loop busy for `seconds` (CPU, no await)."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        pass
     return await ctx.db.get(id)
