@@ -118,3 +118,21 @@ async def test_a_live_query_that_timed_out_rests_instead_of_running_away_on_ever
         assert metric(server.url, 'ripple_function_timeouts_total{kind="query"}') == 2
         await healthy.stop()
         await runaway.aclose()
+
+
+def test_round_robin_takes_one_query_of_each_subscriber_in_turn() -> None:
+    """The order a tick runs its queries in (shared_queries.round_robin): one of each
+    subscriber's in turn, a shared query counting for one of its subscribers; queries of
+    subscribers with one each keep their order."""
+    from server.core.shared_queries import SharedQuery, round_robin
+
+    a, b, c = object(), object(), object()
+
+    def sq(name: str, *subscribers: object) -> SharedQuery:
+        return SharedQuery((name, b"", b"", None), name, {}, None, None, subscribers=set(subscribers))  # type: ignore[arg-type]
+
+    many = [sq("a1", a), sq("a2", a), sq("a3", a), sq("b1", b), sq("c1", c), sq("b2", b)]
+    assert [q.path for q in round_robin(many)] == ["a1", "b1", "c1", "a2", "b2", "a3"]
+    single = [sq("c1", c), sq("a1", a), sq("b1", b)]
+    assert [q.path for q in round_robin(single)] == ["c1", "a1", "b1"]
+    assert [q.path for q in round_robin([sq("x"), sq("y")])] == ["x", "y"]  # no subscriber left: one owner, in order

@@ -154,6 +154,8 @@ def round_robin(queries: list[SharedQuery]) -> list[SharedQuery]:
     for sq in queries:
         owner = id(next(iter(sq.subscribers))) if sq.subscribers else 0
         by_owner.setdefault(owner, []).append(sq)
+    if len(by_owner) == len(queries):  # one query each: the order is theirs
+        return queries
     queues = list(by_owner.values())
     order: list[SharedQuery] = []
     for i in range(max(len(q) for q in queues)):
