@@ -27,11 +27,9 @@ lists the one place per kind that records it).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -57,6 +55,7 @@ from server.core.contexts import (
     caller_key,
 )
 from server.core.database import Catalog, Database
+from server.core.deadlines import Deadline
 from server.core.documents import DatabaseReader, DatabaseWriter
 from server.core.env import Change, Env, EnvValues, built_in_values
 from server.core.group_commit import Done, GroupCommit
@@ -329,7 +328,7 @@ class Runtime:
         log lines going to `buffer`; what it raises comes out as `invoke` says."""
         tokens = logs.current.set(buffer), sandbox.running_kind.set(call.kind), watchdog.current.set(call)
         try:
-            async with asyncio.timeout(call.deadline - time.monotonic()) as clock:
+            async with Deadline(call.deadline) as clock:
                 return await watchdog.run(call, body, finish)
         except (TimeoutError, watchdog.Runaway) as exc:
             if isinstance(exc, TimeoutError) and not clock.expired():  # the function's own

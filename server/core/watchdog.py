@@ -1,7 +1,7 @@
 """Runaway code: a function that holds the event loop past its limit is interrupted, and every
 long block of the loop is logged and counted.
 
-`asyncio.timeout` fires only when the code it bounds awaits: `while True: pass`, `time.sleep(15)`
+A call's deadline (deadlines.py, as `asyncio.timeout`) fires only when the code it bounds awaits: `while True: pass`, `time.sleep(15)`
 or a long computation would hold the event loop (every client of the process, health checks,
 live queries) until it ends, if ever. A `Watchdog` is a thread watching the loop's thread:
 
