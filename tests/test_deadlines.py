@@ -130,3 +130,29 @@ def test_many_deadlines_in_any_order_fire_for_exactly_the_calls_that_overran_the
         elif work < limit - 0.03:
             assert not timed_out, (limit, work)
     assert sum(t for _, _, t in results) > 100  # most limits are shorter than most work
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_calls_ended_behind_a_long_one_do_not_pile_up(loop: str) -> None:
+    """One long call's deadline stays at the top of the heap; 20,000 short calls end behind it:
+    the heap keeps within twice the calls running (plus COMPACT_PAST), holding no ended task."""
+    from server.core import deadlines
+
+    async def main() -> tuple[int, int]:
+        async def long_call() -> None:
+            async with Deadline(time.monotonic() + 0.001 + 60):
+                await asyncio.sleep(1)
+
+        longest = asyncio.create_task(long_call())
+        await asyncio.sleep(0)
+        for _ in range(20_000):
+            async with Deadline(time.monotonic() + 60):
+                await asyncio.sleep(0)
+        timers = deadlines._timers[asyncio.get_running_loop()]
+        size = len(timers._heap)
+        kept_tasks = sum(1 for _, _, d in timers._heap if d.done and d._task is not None)
+        longest.cancel()
+        return size, kept_tasks
+
+    size, kept_tasks = on(loop, main)
+    assert size <= 2 * 2 + deadlines.COMPACT_PAST + 1 and kept_tasks == 0
