@@ -109,7 +109,7 @@ def test_many_deadlines_in_any_order_fire_for_exactly_the_calls_that_overran_the
     one loop (one timer between them): a call whose work is well past its limit times out, one
     well within it does not, whatever ended or started around it."""
     rng = random.Random(7)
-    plans = [(rng.choice([0.02, 0.05, 0.1, 0.3]), rng.uniform(0.0, 0.4), rng.uniform(0.0, 0.1)) for _ in range(400)]
+    plans = [(rng.choice([0.05, 0.2, 0.5]), rng.uniform(0.0, 0.7), rng.uniform(0.0, 0.1)) for _ in range(400)]
 
     async def call(limit: float, work: float, start: float) -> tuple[float, float, bool]:
         await asyncio.sleep(start)
@@ -125,18 +125,20 @@ def test_many_deadlines_in_any_order_fire_for_exactly_the_calls_that_overran_the
 
     results = on(loop, main)
     for limit, work, timed_out in results:
-        if work > limit + 0.03:
+        if work > limit + 0.1:  # (timers run late on a busy machine: a margin either way)
             assert timed_out, (limit, work)
-        elif work < limit - 0.03:
+        elif work < limit - 0.1:
             assert not timed_out, (limit, work)
     assert sum(t for _, _, t in results) > 100  # most limits are shorter than most work
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_calls_ended_behind_a_long_one_do_not_pile_up(loop: str) -> None:
+def test_calls_ended_behind_a_long_one_do_not_pile_up(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """One long call's deadline stays at the top of the heap; 20,000 short calls end behind it:
     the heap keeps within twice the calls running (plus COMPACT_PAST), holding no ended task."""
     from server.core import deadlines
+
+    monkeypatch.setattr(deadlines, "COMPACT_PAST", 100)
 
     async def main() -> tuple[int, int]:
         async def long_call() -> None:
@@ -155,4 +157,4 @@ def test_calls_ended_behind_a_long_one_do_not_pile_up(loop: str) -> None:
         return size, kept_tasks
 
     size, kept_tasks = on(loop, main)
-    assert size <= 2 * 2 + deadlines.COMPACT_PAST + 1 and kept_tasks == 0
+    assert size <= 2 * 2 + 100 + 1 and kept_tasks == 0, size
