@@ -8,7 +8,9 @@ restart stops every worker). Here the signal wakes the main loop at once, and th
 connections and tasks still open every STOP_POLL seconds. What a stop does, and in which order, is
 uvicorn's: stop accepting, ask each connection to close (websocket clients get 1012), wait up to
 `timeout_graceful_shutdown` for connections and request tasks to end, cancel those left, then the
-lifespan's shutdown.
+lifespan's shutdown. It relies on `uvicorn.Server`'s structure (`main_loop`, `on_tick`,
+`handle_exit`, `shutdown`, `server_state`) as of uvicorn 0.54, which pyproject.toml pins as
+server/api/uvicorn_frames.py needs.
 """
 
 from __future__ import annotations
