@@ -110,6 +110,19 @@ def _ef_search() -> int:
     return value
 
 
+def _ping_seconds() -> float:
+    """RIPPLE_WS_PING_SECONDS: above 0. The official clients reconnect after 60 s without a
+    message, so more than about 30 s risks needless reconnects of idle clients."""
+    raw = os.environ.get("RIPPLE_WS_PING_SECONDS")
+    try:
+        value = float(raw) if raw else 15.0
+    except ValueError:
+        raise ValueError(f"RIPPLE_WS_PING_SECONDS must be a number of seconds, not {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"RIPPLE_WS_PING_SECONDS must be more than 0, not {raw!r}")
+    return value
+
+
 MiB = 1024 * 1024
 
 
@@ -230,6 +243,9 @@ class Config:
     max_mutation_attempts: int = 40
     database_retry_seconds: float = 10.0  # how long a call rides out a lost database connection
     ws_compression: bool = False
+    # How often every websocket connection gets the keep-alive Ping (server/api/sync_ws.py);
+    # clients take 60 s without a message for a lost connection.
+    ws_ping_seconds: float = 15.0
     ws_limits: WebsocketLimits = field(default_factory=WebsocketLimits)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -281,6 +297,7 @@ class Config:
             blocking_limit=_env_float("RIPPLE_BLOCKING_LIMIT", 1.0),
             blocked_loop_warning=_env_float("RIPPLE_BLOCKED_LOOP_WARNING", 0.1),
             ws_compression=_env_flag("RIPPLE_WS_COMPRESSION", False),
+            ws_ping_seconds=_ping_seconds(),
             ws_limits=WebsocketLimits.from_env(),
             scheduler=SchedulerConfig.from_env(),
             storage=StorageConfig.from_env(),

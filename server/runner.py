@@ -32,6 +32,7 @@ from server.core.search.text import compact_forever
 from server.core.subscriptions import SubscriptionManager
 from server.core.supervise import Supervised
 from server.errors import RippleError
+from server.stopping import StoppingServer
 
 log = logging.getLogger("ripple")
 BACKLOG = 2048
@@ -338,31 +339,6 @@ def uvicorn_config(app: Any, config: Config) -> uvicorn.Config:
         loop=loops.uvicorn_loop(event_loop(config)),
         timeout_graceful_shutdown=10,
     )
-
-
-ACCEPTED_GRACE = 0.25  # seconds between no longer accepting and closing idle connections, at a stop
-
-
-class StoppingServer(uvicorn.Server):
-    """uvicorn's server, telling `on_stop` first when it stops: uvicorn lets requests in flight
-    finish before the lifespan ends, and a long poll of `GET /_ripple/logs` would hold a stop
-    up for as long as it waits (log_stream.LogStream.close answers them at once)."""
-
-    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
-        super().__init__(config)
-        self.on_stop = on_stop
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.on_stop()
-        if os.environ.get(workers.WORKER_ENV):
-            # A worker of a group (a rolling restart: the others take new connections meanwhile)
-            # stops accepting first, then gives connections it accepted a moment ago time to send
-            # their request: uvicorn closes a connection with no request yet as idle, and a client
-            # whose request was on its way would see it dropped unanswered.
-            for listening in self.servers:
-                listening.close()
-            await asyncio.sleep(ACCEPTED_GRACE)
-        await super().shutdown(sockets)
 
 
 def event_loop(config: Config) -> str:

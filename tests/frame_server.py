@@ -1,5 +1,6 @@
-"""A real uvicorn server with Ripple's own uvicorn settings (`server.runner.uvicorn_config`)
-whose websocket writes through server/api/uvicorn_frames.py, for tests/test_uvicorn_frames.py.
+"""A real uvicorn server with Ripple's own uvicorn settings (`server.runner.uvicorn_config`),
+stopping as Ripple's does (`server.stopping.StoppingServer`), whose websocket writes through
+server/api/uvicorn_frames.py, for tests/test_uvicorn_frames.py.
 
     python tests/frame_server.py PORT [--deflate] [--ws IMPLEMENTATION]
 
@@ -25,11 +26,10 @@ import json
 import logging
 from typing import Any
 
-import uvicorn
-
 from server.api.uvicorn_frames import frame_writer
 from server.config import Config
 from server.runner import uvicorn_config
+from server.stopping import StoppingServer
 
 waits = 0
 disconnects: list[list[Any]] = []
@@ -124,7 +124,7 @@ def main() -> None:
         config.ws_max_size = args.max_size
     if args.ws:
         config.ws = args.ws  # read when the server loads its protocol classes
-    uvicorn.Server(config).run()
+    StoppingServer(config, on_stop=lambda: None).run()
 
 
 if __name__ == "__main__":

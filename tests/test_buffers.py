@@ -25,6 +25,16 @@ def test_the_limits_come_from_the_environment_and_refuse_nonsense(monkeypatch: p
             Config.from_env()
 
 
+def test_the_keepalive_ping_interval_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Config.from_env().ws_ping_seconds == 15.0
+    monkeypatch.setenv("RIPPLE_WS_PING_SECONDS", "2.5")
+    assert Config.from_env().ws_ping_seconds == 2.5
+    for bad, message in (("0", "must be more than 0, not '0'"), ("soon", "must be a number of seconds, not 'soon'")):
+        monkeypatch.setenv("RIPPLE_WS_PING_SECONDS", bad)
+        with pytest.raises(ValueError, match=f"RIPPLE_WS_PING_SECONDS {message}"):
+            Config.from_env()
+
+
 async def test_the_outbox_takes_any_message_and_makes_producers_wait_past_its_limit() -> None:
     outbox = Outbox(limit=100)
     outbox.put(b"a" * 60)

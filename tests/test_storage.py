@@ -523,6 +523,15 @@ async def test_the_example_app_creates_a_video_from_an_uploaded_file(files_serve
         r = await call(c, "mutation", "videos:createVideo", {"campaignId": campaign, "storageId": unknown})
         assert r.json()["errorData"]["code"] == "FILE_NOT_FOUND"
 
+        # The processing service fetched the file through its URL on this backend too: its bytes
+        # arrived (they are no playable video). The test also ends with no job running: a server
+        # stopped during one would wait for the job's callback, retried for 7 s to a server gone.
+        deadline = asyncio.get_running_loop().time() + 60
+        while (got := await value(c, "query", "videos:get", {"id": video}))["status"] in ("uploaded", "processing"):
+            assert asyncio.get_running_loop().time() < deadline, got
+            await asyncio.sleep(0.05)
+        assert got["status"] == "failed" and got["failureReason"].startswith("the file is not a playable video: "), got
+
 
 async def test_an_unreachable_s3_endpoint_answers_503_and_the_server_keeps_serving(
         start_server: Callable[..., ServerProcess], namespace: str) -> None:

@@ -247,13 +247,14 @@ def complaints(server: ServerProcess) -> list[str]:
 async def test_idle_and_busy_connections_get_keepalive_pings_and_mutations_still_run(start_server: StartServer) -> None:
     """An idle connection holds no sender or mutation task of its own (a process-wide timer
     pings every connection): it still gets its Ping, and one that subscribes and sends a
-    mutation afterwards gets its MutationResponse and the Transition carrying the write."""
-    server = start_server("serve")
+    mutation afterwards gets its MutationResponse and the Transition carrying the write. The
+    server pings every 2 s here (RIPPLE_WS_PING_SECONDS) instead of every 15 s."""
+    server = start_server("serve", extra_env={"RIPPLE_WS_PING_SECONDS": "2"})
     idle, busy = await connect(server), await connect(server)
     await busy.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [
         {"type": "Add", "queryId": 0, "udfPath": "counters:get", "args": [{"name": "pinged"}]}]}))
     assert json.loads(await busy.recv())["type"] == "Transition"
-    for ws in (idle, busy):  # the server pings every 15 s
+    for ws in (idle, busy):
         assert json.loads(await asyncio.wait_for(ws.recv(), 40)) == {"type": "Ping"}
     await busy.send(mutation(0, "counters:inc", {"name": "pinged", "by": 7}))
     seen: dict[str, Any] = {}

@@ -127,7 +127,7 @@ def build_app(
     dashboard = DashboardFiles()
     logs = LogRoutes(runtime, group)
     subscriptions = subscriptions or SubscriptionManager(runtime)
-    websocket_clients: set[Any] = Connections()  # (and their keep-alive Pings)
+    websocket_clients: set[Any] = Connections(runtime.config.ws_ping_seconds)  # (and their keep-alive Pings)
     runtime.metrics.gauge("ripple_subscriptions", lambda: float(subscriptions.subscription_count))
     runtime.metrics.gauge("ripple_shared_queries", lambda: float(len(subscriptions.queries)))
     runtime.metrics.gauge("ripple_websocket_clients", lambda: float(len(websocket_clients)))

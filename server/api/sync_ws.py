@@ -314,7 +314,7 @@ class ClientConnection:
             self._sender = asyncio.create_task(self._sender_loop(), name="ripple-ws-sender")
 
     def ping(self) -> None:
-        """Send the keep-alive Ping (`Connections` calls it every PING_INTERVAL)."""
+        """Send the keep-alive Ping (`Connections` calls it every RIPPLE_WS_PING_SECONDS)."""
         writer = self._writer
         if self._main is None:  # not accepted yet, or ending
             return
@@ -485,24 +485,26 @@ class ClientConnection:
 
 class Connections(set[Any]):
     """A process's websocket connections, and the one timer that sends each of them the
-    keep-alive Ping every PING_INTERVAL while there are any (a timer per connection would
-    cost every idle connection some 700 bytes)."""
+    keep-alive Ping every `ping_interval` seconds (RIPPLE_WS_PING_SECONDS, PING_INTERVAL by
+    default) while there are any (a timer per connection would cost every idle connection some
+    700 bytes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ping_interval: float = PING_INTERVAL) -> None:
         super().__init__()
+        self.ping_interval = ping_interval
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, connection: Any) -> None:
         super().add(connection)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL, self._ping_all)
+            self._timer = asyncio.get_running_loop().call_later(self.ping_interval, self._ping_all)
 
     def _ping_all(self) -> None:
         self._timer = None
         for connection in list(self):
             connection.ping()
         if self:
-            self._timer = asyncio.get_running_loop().call_later(PING_INTERVAL, self._ping_all)
+            self._timer = asyncio.get_running_loop().call_later(self.ping_interval, self._ping_all)
 
 
 def serve_sync(scope: Scope, receive: Receive, send: Send, runtime: Runtime, manager: SubscriptionManager,
