@@ -518,6 +518,17 @@ class TableSql:
             "WHERE t.ctid = ANY($2::tid[]) AND t.ctid = v.ctid AND t.id = v.id"
         )
         self.delete = f"DELETE FROM {t} WHERE id = $1"
+        # Many documents at once (an import, bulk_writes.py): $1 ids, $2 creation times, $3 docs,
+        # then one array per key column. None for a table with derived columns: a vector
+        # index's are arrays themselves, which unnest cannot carry per row (its rows go by
+        # executemany of `insert`).
+        many_types = ", ".join(f"${n}::bytea[]" for n in range(4, 4 + len(indexes)))
+        self.insert_many = None if derived else (
+            f"INSERT INTO {t} (id, creation_time, doc{', ' if indexes else ''}{cols}) "
+            f"SELECT * FROM unnest($1::text[], $2::float8[], $3::jsonb[]{', ' if indexes else ''}{many_types})"
+        )
+        self.delete_many = f"DELETE FROM {t} WHERE id = ANY($1::text[])"
+        self.present = f"SELECT id FROM {t} WHERE id = ANY($1::text[])"  # which of ids $1 are documents
         self.scan_all = f"SELECT id, creation_time, doc FROM {t}"
         self.range: dict[tuple[str, bool], str] = {}
         for name, col in self.key_columns.items():

@@ -200,17 +200,29 @@ class TextIndex(DerivedIndex):
             after_length, creation_time, after_filters, list(put), list(put.values()),
         )
 
-    async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+    def _change(self, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
         doc = new if new is not None else old
         assert doc is not None
-        params = self._parameters(doc["_id"], doc["_creationTime"], old, new)
+        return self._parameters(doc["_id"], doc["_creationTime"], old, new)
+
+    async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        params = self._change(old, new)
         if params is not None:
             await execute("execute", self._statement(params, old is None), *params)
 
+    async def after_writes(self, execute: Execute,
+                           changes: Sequence[tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]]) -> None:
+        """One executemany (pipelined) per form of write_postings the changes need."""
+        groups: dict[str, list[tuple[Any, ...]]] = {}
+        for old, new in changes:
+            params = self._change(old, new)
+            if params is not None:
+                groups.setdefault(self._statement(params, old is None), []).append(params)
+        for statement, rows in groups.items():
+            await execute("executemany", statement, rows)
+
     async def after_backfill(self, execute: Execute, batch: list[dict[str, Any]]) -> None:
-        rows = [r for r in (self._parameters(d["_id"], d["_creationTime"], None, d) for d in batch) if r is not None]
-        for statement in {self._statement(r, True) for r in rows}:
-            await execute("executemany", statement, [r for r in rows if self._statement(r, True) == statement])
+        await self.after_writes(execute, [(None, d) for d in batch])
 
     def _statement(self, params: tuple[Any, ...], new: bool) -> str:
         """write_postings for `_parameters`' result: which parts have something to do."""
