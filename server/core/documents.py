@@ -205,17 +205,21 @@ class DatabaseWriter(DatabaseReader):
         """Insert `doc`; returns its new id. `doc_id`: the runtime's own writers only, an id it
         drew itself (a stored file's id names its bytes, written before the document), or one
         an import keeps; `creation_time`: an import's, kept as the snapshot has it."""
-        staged = self.staged_insert(table, doc, doc_id=doc_id, creation_time=creation_time)
-        info, full = staged.info, staged.doc
-        await self._tx.execute("execute", info.sql.insert, *staged.values)
-        self._tx.record_write(info.name, full["_id"], None, staged.keys)
+        info, doc_id, full, write_keys, values = self._prepare_insert(table, doc, doc_id, creation_time)
+        await self._tx.execute("execute", info.sql.insert, *values)
+        self._tx.record_write(info.name, doc_id, None, write_keys)
         await self._after_write(info, None, full)
-        return cast(str, full["_id"])
+        return doc_id
 
     def staged_insert(self, table: str, doc: Mapping[str, Any], *, doc_id: str | None = None,
                       creation_time: float | None = None) -> Staged:
         """`insert` up to its statement (validated, id and creation time given, keys, size and
         count checked); an import writes many together (bulk_writes.insert_staged)."""
+        info, _, full, write_keys, values = self._prepare_insert(table, doc, doc_id, creation_time)
+        return Staged(info, full, write_keys, values)
+
+    def _prepare_insert(self, table: str, doc: Mapping[str, Any], doc_id: str | None, creation_time: float | None,
+                        ) -> tuple[TableInfo, str, dict[str, Any], WriteKeys | None, tuple[Any, ...]]:
         if (doc_id is not None or creation_time is not None) and not self._system_access:
             raise ForbiddenOperation("only the runtime chooses a document's id")
         if not isinstance(table, str) or (table.startswith("_") and not self._system_access):
@@ -238,7 +242,7 @@ class DatabaseWriter(DatabaseReader):
         encoded = to_convex_json(stored)
         self._count_write(info, doc_id, encoded)
         values = (doc_id, creation_time, encoded, *self._columns(info, new_keys, full))
-        return Staged(info, full, self._write_keys(info, new_keys, full), values)
+        return info, doc_id, full, self._write_keys(info, new_keys, full), values
 
     async def _load(self, address: tuple[Any, ...], verb: str, rest: int) -> tuple[TableInfo, dict[str, Any], tuple[Any, ...]]:
         """The document at `address` ((table,) id, then `rest` more arguments) and the rest."""
