@@ -220,6 +220,38 @@ async def test_append_refuses_an_id_already_present_in_any_batch(runtimes: tuple
     assert {r["id"] for r in rows} == {d["_id"] for d in present["notes"] + fresh["notes"]}
 
 
+async def test_search_postings_of_many_changes_at_once_are_those_of_one_change_at_a_time(
+        runtimes: tuple[Runtime, Runtime]) -> None:
+    """TextIndex.after_writes with inserts, updates (postings upserted and removed, a filter
+    value changed, a body emptied) and deletes together, against after_write for each in turn."""
+    one, other = runtimes
+    rng = random.Random(3)
+    docs = _documents(one, rng, {"messages": 60})
+    for rt in runtimes:
+        await _import(rt, docs, "empty")
+    olds = docs["messages"]
+    changes: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = [(d, None) for d in olds[:10]]
+    for i, d in enumerate(olds[10:50]):
+        body = "" if i % 13 == 0 else (d["body"] + " " + rng.choice(WORDS)) if i % 2 else " ".join(rng.sample(WORDS, 4))
+        changes.append((d, {**d, "body": body, "channel": d["channel"] if i % 3 else "z"}))
+    changes += [(None, d) for d in _documents(one, rng, {"messages": 10})["messages"]]
+    index = next(d for d in one.catalog.by_name["messages"].derived if isinstance(d, TextIndex))
+
+    async def one_at_a_time(writer: DatabaseWriter, tx: Transaction) -> None:
+        for old, new in changes:
+            await index.after_write(tx.execute, old, new)
+
+    async def all_at_once(writer: DatabaseWriter, tx: Transaction) -> None:
+        await index.after_writes(tx.execute, changes)
+
+    before = await _stored(one)
+    await one.system_transaction(one_at_a_time)
+    await other.system_transaction(all_at_once)
+    mine, theirs = await _stored(one), await _stored(other)
+    assert mine["postings"] != before["postings"] and mine["stats"] != before["stats"]
+    assert theirs["postings"] == mine["postings"] and theirs["stats"] == mine["stats"]
+
+
 def _search_keys_one_at_a_time(index: TextIndex, doc: dict[str, Any]) -> list[bytes]:
     """TextIndex.keys as its docstring defines it."""
     filters = index.filter_values(doc)

@@ -8,7 +8,7 @@ FROM unnest(...) of one array per column (a table with a vector index: its singl
 pipelined by executemany, since a vector column's values are arrays themselves), or a DELETE
 of the batch's ids. Then, as `insert` and `delete` do for one document, each goes into the
 write set and the table's search and vector indexes take their turn (`after_writes`: a search
-index writes its postings by executemany).
+index writes the batch's postings in one statement and their statistics in one more).
 """
 
 from __future__ import annotations
