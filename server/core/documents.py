@@ -147,6 +147,16 @@ class StagedRow(NamedTuple):
     values: tuple[Any, ...]  # id, ctid, doc, then the table's index keys
 
 
+class Staged(NamedTuple):
+    """A document to insert (validated) or delete (read), counted, not yet written or in the
+    write set (DatabaseWriter.staged_insert, staged_delete)."""
+
+    info: TableInfo
+    doc: dict[str, Any]  # with _id and _creationTime: as it will be stored, or as it was
+    keys: WriteKeys | None  # its write-set keys, new or old
+    values: tuple[Any, ...] = ()  # an insert's parameters: id, creation time, doc, index keys, derived columns
+
+
 async def write_staged(send: Callable[..., Awaitable[Any]], rows: list[StagedRow]) -> None:
     """Write staged rows of one table in one statement, `send` being the transaction's (the row
     versions must still be the ones locked: a row that moved is an error, as in patch_locked)."""
@@ -195,6 +205,21 @@ class DatabaseWriter(DatabaseReader):
         """Insert `doc`; returns its new id. `doc_id`: the runtime's own writers only, an id it
         drew itself (a stored file's id names its bytes, written before the document), or one
         an import keeps; `creation_time`: an import's, kept as the snapshot has it."""
+        info, doc_id, full, write_keys, values = self._prepare_insert(table, doc, doc_id, creation_time)
+        await self._tx.execute("execute", info.sql.insert, *values)
+        self._tx.record_write(info.name, doc_id, None, write_keys)
+        await self._after_write(info, None, full)
+        return doc_id
+
+    def staged_insert(self, table: str, doc: Mapping[str, Any], *, doc_id: str | None = None,
+                      creation_time: float | None = None) -> Staged:
+        """`insert` up to its statement (validated, id and creation time given, keys, size and
+        count checked); an import writes many together (bulk_writes.insert_staged)."""
+        info, _, full, write_keys, values = self._prepare_insert(table, doc, doc_id, creation_time)
+        return Staged(info, full, write_keys, values)
+
+    def _prepare_insert(self, table: str, doc: Mapping[str, Any], doc_id: str | None, creation_time: float | None,
+                        ) -> tuple[TableInfo, str, dict[str, Any], WriteKeys | None, tuple[Any, ...]]:
         if (doc_id is not None or creation_time is not None) and not self._system_access:
             raise ForbiddenOperation("only the runtime chooses a document's id")
         if not isinstance(table, str) or (table.startswith("_") and not self._system_access):
@@ -216,22 +241,26 @@ class DatabaseWriter(DatabaseReader):
         new_keys = self._keys(info, full)
         encoded = to_convex_json(stored)
         self._count_write(info, doc_id, encoded)
-        await self._tx.execute("execute", info.sql.insert, doc_id, creation_time, encoded, *self._columns(info, new_keys, full))
-        self._tx.record_write(info.name, doc_id, None, self._write_keys(info, new_keys, full))
-        await self._after_write(info, None, full)
-        return doc_id
+        values = (doc_id, creation_time, encoded, *self._columns(info, new_keys, full))
+        return info, doc_id, full, self._write_keys(info, new_keys, full), values
 
     async def _load(self, address: tuple[Any, ...], verb: str, rest: int) -> tuple[TableInfo, dict[str, Any], tuple[Any, ...]]:
         """The document at `address` ((table,) id, then `rest` more arguments) and the rest."""
         info, doc_id, others = _addressed(self._tx.catalog, verb, address, rest)
         if info.name.startswith("_") and not self._system_access:
             raise ForbiddenOperation(f"cannot {verb} documents of system table {info.name}")
-        row = await _row(self._tx, info, doc_id)
+        current = self._loaded(info, doc_id, await _row(self._tx, info, doc_id))
+        if current is None:
+            raise RippleUsageError(f"cannot {verb} {doc_id}: no such document in {info.name}")
+        return info, current, others
+
+    def _loaded(self, info: TableInfo, doc_id: str, row: tuple[float, Any] | None) -> dict[str, Any] | None:
+        """The document of a row read by id (None: there is none), in the read set and counted."""
         self._tx.reads.append(ReadRange(info.name, "by_id", doc_id.encode(), doc_id.encode() + b"\x00"))
         if row is None:
-            raise RippleUsageError(f"cannot {verb} {doc_id}: no such document in {info.name}")
+            return None
         self._tx.count_read(1, limits.stored_bytes(row[1]))
-        return info, decode_doc(doc_id, *row), others
+        return decode_doc(doc_id, *row)
 
     async def _store(self, info: TableInfo, current: dict[str, Any], fields: dict[str, Any], ctid: Any = None) -> None:
         """Validate and write the new version of `current`; `ctid`: address exactly the row
@@ -349,7 +378,21 @@ class DatabaseWriter(DatabaseReader):
     async def delete(self, *address: str) -> None:
         """`delete(id)` or `delete(table, id)`."""
         info, current, _ = await self._load(address, "delete", 0)
-        self._count_write(info, current["_id"], None)
+        staged = self._staged_delete(info, current)
         await self._tx.execute("execute", info.sql.delete, current["_id"])
-        self._tx.record_write(info.name, current["_id"], self._write_keys(info, self._keys(info, current), current), None)
+        self._tx.record_write(info.name, current["_id"], staged.keys, None)
         await self._after_write(info, current, None)
+
+    def staged_delete(self, info: TableInfo, doc_id: str, creation_time: float, stored: Any) -> Staged:
+        """Runtime only: `delete` up to its statement, of a row the caller read in this
+        transaction (an import's --replace: bulk_writes.delete_staged), read and counted as
+        `delete` reads and counts it."""
+        if not self._system_access:
+            raise ForbiddenOperation("staged_delete is for the runtime's own writes")
+        current = self._loaded(info, doc_id, (creation_time, stored))
+        assert current is not None
+        return self._staged_delete(info, current)
+
+    def _staged_delete(self, info: TableInfo, current: dict[str, Any]) -> Staged:
+        self._count_write(info, current["_id"], None)
+        return Staged(info, current, self._write_keys(info, self._keys(info, current), current))

@@ -7,7 +7,8 @@ Values are Convex's encoded JSON, which Convex's own import reads too.
 
 An import writes everything in ONE transaction through a system `DatabaseWriter`: each document
 is validated against the schema and its index keys and search postings written as for any
-insert; a line that fails refuses the whole import, named by file, line and field. A file's
+insert, 1,000 documents to a statement (server/core/bulk_writes.py; a --replace deletes the
+same way); a line that fails refuses the whole import, named by file, line and field. A file's
 bytes go to the blob store first (each with a pending-upload row, as uploads do: the sweeper
 removes them if the process dies) and are removed again when the transaction fails. What an
 import reads (the plan of tables and their lines) is server/core/snapshot_read.py.
@@ -26,14 +27,14 @@ from typing import IO, Any
 
 import orjson
 
-from server.core import keys, sql
+from server.core import bulk_writes, keys, sql
 from server.core.database import Catalog, decode_doc
 from server.core.documents import DatabaseWriter
 from server.core.export_json import NotInt64, from_uniform, to_uniform
 from server.core.ids import new_id, table_number_of
 from server.core.runtime import Runtime
 from server.core.schema import BY_CREATION_TIME
-from server.core.snapshot_read import ImportRefused, Plan
+from server.core.snapshot_read import ImportRefused, Plan, Source
 from server.core.storage.blobs import CHUNK_BYTES, Written
 from server.core.system_tables import STORAGE, UNREADABLE
 from server.core.transaction import Transaction
@@ -189,11 +190,41 @@ async def _clear_or_check(writer: DatabaseWriter, tx: Transaction, runtime: Runt
     if rows and mode == "empty":
         raise ImportRefused(f"table {table} already has documents; import with --replace to replace them "
                             "or --append (single tables) to add to them")
-    for row in rows:
-        if table == STORAGE.name:
+    if table == STORAGE.name:
+        for row in rows:
             await runtime.files.delete_in(writer, tx, row["id"])
-        else:
-            await writer.delete(table, row["id"])
+        return
+    for start in range(0, len(rows), bulk_writes.BATCH):
+        await bulk_writes.delete_staged(tx, [writer.staged_delete(info, r["id"], r["creation_time"], r["doc"])
+                                             for r in rows[start:start + bulk_writes.BATCH]])
+
+
+Lines = list[tuple[str, dict[str, Any]]]
+
+
+async def _write_batch(writer: DatabaseWriter, tx: Transaction, source: Source, batch: Lines, ids: dict[str, str],
+                       mode: str) -> None:
+    """Documents of `source`'s table, in a few statements (bulk_writes.py); a line that cannot
+    be written is refused by its place in the file, the first such line in the batch."""
+    info = tx.catalog.by_name[source.table]
+    taken: set[str] = set()
+    if mode == "append":
+        taken = await bulk_writes.present(tx, info, [ids[raw["_id"]] for _, raw in batch if raw.get("_id") is not None])
+    staged = []
+    for where, raw in batch:
+        old = raw.get("_id")
+        if old is not None and ids[old] in taken:
+            raise ImportRefused(f"{where}: table {source.table} already has a document {ids[old]}")
+        fields = {k: v for k, v in raw.items() if k not in ("_id", "_creationTime")}
+        try:
+            value = _remap(from_convex_json(from_uniform(fields) if source.uniform else fields), ids)
+            staged.append(writer.staged_insert(source.table, value, doc_id=None if old is None else ids[old],
+                                               creation_time=_creation_time(where, raw)))
+        except ImportRefused:
+            raise
+        except (RippleError, NotInt64) as exc:
+            raise ImportRefused(f"{where} (table {source.table}): {exc}") from None
+    await bulk_writes.insert_staged(tx, staged)
 
 
 async def run_import(runtime: Runtime, plan: Plan, mode: str, report: Report | None = None) -> dict[str, int]:
@@ -227,24 +258,16 @@ async def run_import(runtime: Runtime, plan: Plan, mode: str, report: Report | N
             if plan.storage:
                 counts[STORAGE.name] = len(blobs)
             for source in plan.tables:
-                n = 0
-                for where, raw in source.lines():
-                    fields = {k: v for k, v in raw.items() if k not in ("_id", "_creationTime")}
-                    old = raw.get("_id")
-                    info = catalog.by_name[source.table]
-                    if mode == "append" and old is not None and await tx.execute("fetchrow", info.sql.get, ids[old]):
-                        raise ImportRefused(f"{where}: table {source.table} already has a document {ids[old]}")
-                    try:
-                        value = _remap(from_convex_json(from_uniform(fields) if source.uniform else fields), ids)
-                        await writer.insert(source.table, value, doc_id=None if old is None else ids[old],
-                                            creation_time=_creation_time(where, raw))
-                    except ImportRefused:
-                        raise
-                    except (RippleError, NotInt64) as exc:
-                        raise ImportRefused(f"{where} (table {source.table}): {exc}") from None
-                    n += 1
-                    if n % PROGRESS_EVERY == 0:
-                        say({"table": source.table, "written": n})
+                n, batch = 0, []
+                for line in source.lines():
+                    batch.append(line)
+                    if len(batch) == bulk_writes.BATCH or (n + len(batch)) % PROGRESS_EVERY == 0:
+                        await _write_batch(writer, tx, source, batch, ids, mode)
+                        n, batch = n + len(batch), []
+                        if n % PROGRESS_EVERY == 0:
+                            say({"table": source.table, "written": n})
+                await _write_batch(writer, tx, source, batch, ids, mode)
+                n += len(batch)
                 say({"table": source.table, "written": n})
                 counts[source.table] = counts.get(source.table, 0) + n
             say({"phase": "committing"})

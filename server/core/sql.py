@@ -342,6 +342,26 @@ def write_postings(postings: str, remove: bool, put: bool, new: bool) -> str:
     )
 
 
+def delete_postings_many(postings: str) -> str:
+    """Many documents' postings removed: $1 terms, $2 the ids they go for (pairs)."""
+    return (f"DELETE FROM {quote_ident(postings)} AS p USING unnest($1::text[], $2::text[]) AS g(term, id) "
+            "WHERE p.term = g.term AND p.id = g.id")
+
+
+def put_postings_many(postings: str, new: bool) -> str:
+    """Many documents' postings written, one array element per posting: $1 term, $2 id, $3 its
+    count, $4 the document's length, $5 creation time, $6 filter lexemes joined by spaces
+    (lexemes hold none). Plain inserts when every document is `new`, else inserts or updates
+    (write_postings says why the two differ)."""
+    upsert = "" if new else " ON CONFLICT (term, id) DO UPDATE SET tf = EXCLUDED.tf, len = EXCLUDED.len, f = EXCLUDED.f"
+    return (
+        f"INSERT INTO {quote_ident(postings)} (term, id, tf, len, creation_time, f) "
+        "SELECT t, i, n, l, c, string_to_array(f, ' ') "
+        f"FROM unnest($1::text[], $2::text[], $3::integer[], $4::integer[], $5::float8[], $6::text[]) AS u(t, i, n, l, c, f)"
+        f"{upsert}"
+    )
+
+
 def search_rank(table: str, postings: str, filtered: bool, after: bool, until: bool) -> str:
     """A full-text search as one statement (one snapshot; a query's single-statement fast path).
 
@@ -518,6 +538,17 @@ class TableSql:
             "WHERE t.ctid = ANY($2::tid[]) AND t.ctid = v.ctid AND t.id = v.id"
         )
         self.delete = f"DELETE FROM {t} WHERE id = $1"
+        # Many documents at once (an import, bulk_writes.py): $1 ids, $2 creation times, $3 docs,
+        # then one array per key column. None for a table with derived columns: a vector
+        # index's are arrays themselves, which unnest cannot carry per row (its rows go by
+        # executemany of `insert`).
+        many_types = ", ".join(f"${n}::bytea[]" for n in range(4, 4 + len(indexes)))
+        self.insert_many = None if derived else (
+            f"INSERT INTO {t} (id, creation_time, doc{', ' if indexes else ''}{cols}) "
+            f"SELECT * FROM unnest($1::text[], $2::float8[], $3::jsonb[]{', ' if indexes else ''}{many_types})"
+        )
+        self.delete_many = f"DELETE FROM {t} WHERE id = ANY($1::text[])"
+        self.present = f"SELECT id FROM {t} WHERE id = ANY($1::text[])"  # which of ids $1 are documents
         self.scan_all = f"SELECT id, creation_time, doc FROM {t}"
         self.range: dict[tuple[str, bool], str] = {}
         for name, col in self.key_columns.items():

@@ -5,7 +5,7 @@ every document, readsets see its write-set keys. Search and vector indexes are s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,6 +77,13 @@ class DerivedIndex:
     async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
         """In the writing transaction, after a document's row was written (old None: inserted;
         new None: deleted). Rolled back with it."""
+
+    async def after_writes(self, execute: Execute,
+                           changes: Sequence[tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]]) -> None:
+        """`after_write` of many distinct documents, each `(old, new)`, in as few statements as
+        the kind can (an import, bulk_writes.py); the same effect as calling it for each in turn."""
+        for old, new in changes:
+            await self.after_write(execute, old, new)
 
     async def after_backfill(self, execute: Execute, docs: list[dict[str, Any]]) -> None:
         """While the index is built: after `docs` (a batch of stored documents) got their columns."""

@@ -41,13 +41,10 @@ _RUN = re.compile(r"[^\W_]+")  # runs of characters for which str.isalnum() hold
 
 
 def tokenize(text: str) -> list[str]:
-    """The terms of `text`, in order, repeats included."""
-    out = []
-    for match in _RUN.finditer(text):
-        run = match.group()
-        if len(run.encode("utf-8")) < MAX_TERM_BYTES:
-            out.append(run.lower())
-    return out
+    """The terms of `text`, in order, repeats included. (A run of fewer than MAX_TERM_BYTES / 4
+    characters is short enough in any encoding: UTF-8 takes at most 4 bytes a character.)"""
+    return [run.lower() for run in _RUN.findall(text)
+            if len(run) < MAX_TERM_BYTES // 4 or len(run.encode("utf-8")) < MAX_TERM_BYTES]
 
 
 def query_terms(text: str) -> list[str]:
@@ -130,6 +127,8 @@ class TextIndex(DerivedIndex):
             (remove, put, new): sql.write_postings(self.postings, remove, put, new)
             for remove in (False, True) for put in (False, True) for new in (False, True)
         }
+        self.delete_many = sql.delete_postings_many(self.postings)
+        self.put_many = {new: sql.put_postings_many(self.postings, new) for new in (False, True)}
 
     def columns(self) -> list[Column]:
         return []  # everything is in the postings table
@@ -148,11 +147,15 @@ class TextIndex(DerivedIndex):
         return [filter_lexeme(i, v) for i, v in enumerate(self.filter_values(doc))]
 
     def keys(self, doc: Mapping[str, Any]) -> list[bytes]:
+        """term_key(term, filters) for each term, then filtered_term_key(filters[:count], term)
+        for each count of filter_prefixes: the same bytes, each value encoded once."""
         filters = self.filter_values(doc)
-        terms = dict.fromkeys(self.terms(doc))
-        out = [term_key(t, filters) for t in terms]
+        terms = [keys.encode_values([t]) for t in dict.fromkeys(self.terms(doc))]
+        tail = keys.encode_values(filters)
+        out = [TERM_FIRST + t + tail for t in terms]
         for count in filter_prefixes(len(filters)):
-            out += [filtered_term_key(filters[:count], t) for t in terms]
+            head = filters_first(count) + keys.encode_values(filters[:count])
+            out += [head + t for t in terms]
         return out
 
     def definition(self) -> dict[str, Any]:
@@ -200,17 +203,52 @@ class TextIndex(DerivedIndex):
             after_length, creation_time, after_filters, list(put), list(put.values()),
         )
 
-    async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+    def _change(self, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
         doc = new if new is not None else old
         assert doc is not None
-        params = self._parameters(doc["_id"], doc["_creationTime"], old, new)
+        return self._parameters(doc["_id"], doc["_creationTime"], old, new)
+
+    async def after_write(self, execute: Execute, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> None:
+        params = self._change(old, new)
         if params is not None:
             await execute("execute", self._statement(params, old is None), *params)
 
+    async def after_writes(self, execute: Execute,
+                           changes: Sequence[tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]]) -> None:
+        """Every change's postings in one statement per part (removals; postings of new
+        documents, plain inserts; of other documents, upserts), and the statistics' deltas
+        summed per term in one more: the sums a statement per document leaves, in fewer rows."""
+        gone: tuple[list[str], list[str]] = ([], [])
+        puts: dict[bool, tuple[list[Any], ...]] = {True: ([], [], [], [], [], []), False: ([], [], [], [], [], [])}
+        docs: Counter[str] = Counter()
+        tokens: Counter[str] = Counter()
+        for old, new in changes:
+            params = self._change(old, new)
+            if params is None:
+                continue
+            doc_id, removed, _, stats_terms, stats_docs, stats_tokens, length, created, filters, put, counts = params
+            gone[0].extend(removed)
+            gone[1].extend([doc_id] * len(removed))
+            if put:
+                k = len(put)
+                for column, values in zip(puts[old is None], (put, [doc_id] * k, counts, [length] * k, [created] * k,
+                                                               [" ".join(filters)] * k), strict=True):
+                    column.extend(values)
+            for term, d, n in zip(stats_terms, stats_docs, stats_tokens, strict=True):
+                docs[term] += d
+                tokens[term] += n
+        if gone[0]:
+            await execute("execute", self.delete_many, *gone)
+        for is_new, columns in puts.items():
+            if columns[0]:
+                await execute("execute", self.put_many[is_new], *columns)
+        terms = [t for t in docs if docs[t] or tokens[t]]
+        if terms:
+            await execute("execute", sql.LOG_SEARCH_STATS, self.stats, terms, [docs[t] for t in terms],
+                          [tokens[t] for t in terms])
+
     async def after_backfill(self, execute: Execute, batch: list[dict[str, Any]]) -> None:
-        rows = [r for r in (self._parameters(d["_id"], d["_creationTime"], None, d) for d in batch) if r is not None]
-        for statement in {self._statement(r, True) for r in rows}:
-            await execute("executemany", statement, [r for r in rows if self._statement(r, True) == statement])
+        await self.after_writes(execute, [(None, d) for d in batch])
 
     def _statement(self, params: tuple[Any, ...], new: bool) -> str:
         """write_postings for `_parameters`' result: which parts have something to do."""

@@ -4,7 +4,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from server import Id, Int64, Schema, SearchIndex, Table
+from server import Id, Int64, Schema, SearchIndex, Table, VectorIndex
 
 
 class Author(BaseModel):
@@ -15,6 +15,11 @@ class Author(BaseModel):
 class Message(BaseModel):
     body: str
     channel: str
+
+
+class Point(BaseModel):
+    embedding: list[float]
+    kind: str
 
 
 class Post(BaseModel):
@@ -30,4 +35,6 @@ schema = Schema(
     posts=Table(Post, indexes={"by_author": ["author"]}),
     notes=Table(),  # any document
     messages=Table(Message, search_indexes={"search_body": SearchIndex(search_field="body", filter_fields=["channel"])}),
+    points=Table(Point, vector_indexes={"by_embedding": VectorIndex(vector_field="embedding", dimensions=3,
+                                                                      filter_fields=["kind"])}),
 )

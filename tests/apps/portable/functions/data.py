@@ -62,3 +62,9 @@ async def search(ctx, text: str, channel: str | None = None) -> list[dict[str, A
 @query
 async def count_messages(ctx) -> int:
     return len(await ctx.db.query("messages").collect())
+
+
+@action
+async def nearest(ctx, vector: list[float], kind: str | None = None) -> list[dict[str, Any]]:
+    flt = None if kind is None else (lambda q: q.eq("kind", kind))
+    return await ctx.vector_search("points", "by_embedding", vector, limit=50, filter=flt)
