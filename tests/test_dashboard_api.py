@@ -44,13 +44,14 @@ async def portable(namespace: str, tmp_path: Path) -> AsyncIterator[Runtime]:
 
 async def test_tables_lists_user_tables_then_the_readable_system_ones(portable: Runtime) -> None:
     tables = await system(portable, "query", "tables")
-    assert [t["name"] for t in tables] == ["authors", "posts", "notes", "messages", "_scheduled_functions", "_cron_jobs", "_storage"]
+    assert [t["name"] for t in tables] == ["authors", "posts", "notes", "messages", "points", "_scheduled_functions", "_cron_jobs",
+                                          "_storage"]
     authors = tables[0]
     assert authors["schema"]["required"] == ["name", "age"] and tables[2]["schema"] is None  # notes: any object
     assert "likes" in tables[1]["schema"]["properties"]  # an Int64 field: its bounds are no float64, yet sent
     assert {k: v for k, v in authors.items() if k != "schema"} == {
         "name": "authors", "system": False, "indexes": ["by_id", "by_creation_time", "by_name"], "searchIndexes": []}
-    assert all(t["system"] for t in tables[4:]) and tables[3]["searchIndexes"]
+    assert not tables[4]["system"] and all(t["system"] for t in tables[5:]) and tables[3]["searchIndexes"]
 
 
 async def test_insert_edit_and_delete_go_through_the_schema(portable: Runtime) -> None:
