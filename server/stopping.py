@@ -70,16 +70,14 @@ class StoppingServer(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.on_stop()
-        if os.environ.get(workers.WORKER_ENV):
-            # A worker of a group (a rolling restart: the others take new connections meanwhile)
-            # stops accepting first, then gives connections it accepted a moment ago time to send
-            # their request: uvicorn closes a connection with no request yet as idle, and a client
-            # whose request was on its way would see it dropped unanswered.
-            for listening in self.servers:
-                listening.close()
-            await asyncio.sleep(ACCEPTED_GRACE)
         for listening in self.servers:
             listening.close()
+        if os.environ.get(workers.WORKER_ENV):
+            # A worker of a group (a rolling restart: the others take new connections meanwhile)
+            # gives connections it accepted a moment ago time to send their request: uvicorn
+            # closes a connection with no request yet as idle, and a client whose request was on
+            # its way would see it dropped unanswered.
+            await asyncio.sleep(ACCEPTED_GRACE)
         for sock in sockets or []:
             sock.close()
         for connection in list(self.server_state.connections):

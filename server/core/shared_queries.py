@@ -52,7 +52,6 @@ class SharedQuery:
     rest_until: float = 0.0  # loop time before which writes do not make it run again
     prepared: Prepared | None = None  # its function and arguments as the app now loaded checked them
 
-
     def ran(self, timed_out: bool, now: float, first: float, most: float) -> bool:
         """Note whether a run timed out; True when the query now rests (`first` seconds, doubling
         while it keeps timing out, at `most`)."""
