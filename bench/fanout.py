@@ -65,8 +65,10 @@ Servers, each started fresh for every case (so RSS starts clean), one at a time:
             sends the changed results. No read sets, no shared executions.
 * floor     BASELINE (bench/fanout_baselines.py floor, same stack as Ripple): NOTIFY -> send the
             value from the payload, no query; calibrates the clients and the stack.
-* floor-ws  BASELINE: the same floor on the `websockets` library's own server with broadcast():
-            the least work that could deliver a write on this machine.
+* floor-ws  BASELINE: the same floor on the `websockets` library's own server with broadcast().
+* floor-raw BASELINE: the same floor on a bare asyncio Protocol (handshake, masked frames in,
+            each distinct message framed once and written straight to every transport): the
+            least work Python could do to deliver a write on this machine.
 
 Targets (the issue, on this 2-core machine): (a) send->receive p99 <= 50 ms over all clients;
 (b) write-complete p50 <= 10 ms at every S, flat as S grows (p50 at the largest S <= 1.5x p50 at
@@ -156,6 +158,7 @@ SERVERS = {
     "naive": "baseline: naive re-run-all",
     "floor": "floor: NOTIFY->echo (asgi)",
     "floor-ws": "floor: NOTIFY->echo (websockets)",
+    "floor-raw": "floor: NOTIFY->echo (raw asyncio)",
 }
 
 
@@ -286,7 +289,7 @@ async def start_server(kind: str, processes: Processes, args: argparse.Namespace
     else:
         http_port = free_port()
         mode = "naive" if kind == "naive" else "floor"
-        stack = "websockets" if kind == "floor-ws" else "asgi"
+        stack = {"floor-ws": "websockets", "floor-raw": "raw"}.get(kind, "asgi")
         proc = processes.start(kind, [sys.executable, str(BASELINES), mode, "--stack", stack, "--port", str(port),
                                       "--http-port", str(http_port), "--database-url", args.database_url,
                                       "--db-schema", ctx["base_schema"], "--channel", ctx["base_channel"]], env=env)
@@ -581,7 +584,7 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
         if rip:
             p99 = rip["send_to_receive_ms"]["p99"]
             parts = [f"Ripple p99 send->receive {fmt(p99, 1)} ms"]
-            for kind in ("floor", "floor-ws", "naive"):
+            for kind in ("floor", "floor-ws", "floor-raw", "naive"):
                 if ("a", kind) in agg:
                     parts.append(f"{ratio(p99, agg[('a', kind)]['send_to_receive_ms']['p99'])} {kind}")
             print("  " + parts[0] + " = " + ", ".join(parts[1:]) if len(parts) > 1 else "  " + parts[0])
@@ -608,7 +611,7 @@ def report(cases: list[dict[str, Any]], agg: dict[tuple[str, str], dict[str, Any
             rip = agg.get((f"b{c['subs']}", "ripple"))
             if rip:
                 parts = []
-                for kind in ("floor", "floor-ws", "naive"):
+                for kind in ("floor", "floor-ws", "floor-raw", "naive"):
                     other = agg.get((f"b{c['subs']}", kind))
                     if other:
                         parts.append(f"{ratio(rip['write_complete_ms']['p50'], other['write_complete_ms']['p50'])} {kind}")
@@ -924,7 +927,7 @@ def main() -> None:
                              f"{OTHER_CPU_WARN:g}%% of a core during its write phase; the least disturbed attempt is kept "
                              "(default 1)")
     parser.add_argument("--servers", default="ripple,naive,floor,floor-ws",
-                        help="which servers to run (default ripple,naive,floor,floor-ws)")
+                        help="which servers to run (default ripple,naive,floor,floor-ws; also ripple-k1, floor-raw)")
     parser.add_argument("--ripple-workers", type=int, default=1, metavar="N",
                         help="run Ripple as `ripple serve --workers N` (default 1; its RSS and CPU are the group's)")
     parser.add_argument("--profile", action="store_true", help="afterwards, profile Ripple's (a) and largest (b) case with py-spy")

@@ -22,8 +22,12 @@ Modes:
   `null` (never read from the database).
 
 Stacks (the websocket server): `asgi` = uvicorn + Starlette with ws="websockets-sansio", the
-stack Ripple uses (server/runner.py), sends awaited with asyncio.gather; `websockets` = the
-`websockets` library's own asyncio server, sends with `broadcast()` (writes without awaiting).
+stack Ripple used before its own protocol (server/api/ws_protocol.py), sends awaited with
+asyncio.gather; `websockets` = the `websockets` library's own asyncio server, sends with
+`broadcast()` (writes without awaiting); `raw` (floor only) = a bare asyncio Protocol that does
+the opening handshake, reads masked client frames and writes each distinct message's frame,
+encoded once, straight to every subscriber's transport: no framework, no per-client object
+beyond the transport -- what Python on this event loop costs at least to deliver a write.
 Writes, /_ripple/health and /_ripple/metrics are served on --http-port by a raw asyncio HTTP/1.1
 server in the same process and event loop (the same for every variant). The event loop is uvloop
 when it is installed, as for Ripple (server/runner.py).
@@ -38,6 +42,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import signal
 import struct
 import sys
@@ -98,7 +103,14 @@ class Hub:
     async def send_all(self, out: list[tuple[Client, str]]) -> None:
         if not out:
             return
-        if self.stack == "websockets":
+        if self.stack == "raw":
+            frames: dict[str, bytes] = {}
+            for client, message in out:
+                data = frames.get(message)
+                if data is None:
+                    data = frames[message] = text_frame(message.encode())
+                client.sender.transport.write(data)
+        elif self.stack == "websockets":
             from websockets.asyncio.server import broadcast
 
             groups: dict[str, list[Any]] = {}
@@ -258,6 +270,78 @@ class HttpProtocol(asyncio.Protocol):
                                  % (status, len(payload)) + payload)
 
 
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
+
+try:
+    from websockets.speedups import apply_mask  # C, as every stack here unmasks
+except ImportError:  # pragma: no cover - websockets ships it compiled on the usual platforms
+    def apply_mask(data: bytes, mask: bytes) -> bytes:
+        return bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+
+
+def text_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+class RawWebSocket(asyncio.Protocol):
+    """The `raw` stack: one websocket connection with as little as the bench's clients need --
+    the handshake, masked client frames (text, ping, close; no fragments, no extensions) and
+    unmasked server frames written to the transport."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+        self.buf = bytearray()
+        self.client: Client | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client is not None:
+            self.hub.remove(self.client)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if self.client is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            del buf[:end + 4]
+            key = next(v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
+                       if k.strip().lower() == "sec-websocket-key")
+            accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest())
+            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self.client = Client(self)
+            self.hub.clients.add(self.client)
+        while len(buf) >= 6:
+            opcode, length, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if length == 126:
+                length, at = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                length, at = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < at + 4 + length:
+                return
+            payload = apply_mask(bytes(buf[at + 4:at + 4 + length]), bytes(buf[at:at + 4]))
+            del buf[:at + 4 + length]
+            if opcode == 0x8:  # close: answer, then hang up
+                self.transport.write(bytes((0x88, len(payload[:2]))) + payload[:2])
+                self.transport.close()
+                return
+            if opcode == 0x9:
+                self.transport.write(bytes((0x8A, len(payload))) + payload)
+            elif opcode == 0x1:  # in order: a floor's on_message runs to its send without awaiting
+                task = asyncio.ensure_future(self.hub.on_message(self.client, payload))  # type: ignore[arg-type]
+                task.add_done_callback(lambda t: t.exception())
+
+
 CHANNEL = ""
 
 
@@ -284,7 +368,11 @@ async def main(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
 
-    if args.stack == "websockets":
+    if args.stack == "raw":
+        ws_server = await loop.create_server(lambda: RawWebSocket(hub), "127.0.0.1", args.port)
+        await stop.wait()
+        ws_server.close()
+    elif args.stack == "websockets":
         from websockets.asyncio.server import serve
 
         async def handler(ws: Any) -> None:
@@ -345,13 +433,15 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("mode", choices=("naive", "floor"))
-    parser.add_argument("--stack", choices=("asgi", "websockets"), default="asgi")
+    parser.add_argument("--stack", choices=("asgi", "websockets", "raw"), default="asgi")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--db-schema", required=True)
     parser.add_argument("--channel", required=True)
     parsed = parser.parse_args()
+    if parsed.stack == "raw" and parsed.mode != "floor":
+        parser.error("--stack raw serves the floor only")
     # The event loop uvicorn's "auto" (and server/runner.py) picks for Ripple: uvloop when installed.
     loop_factory: Any = None
     try:
