@@ -52,6 +52,7 @@ from server.api.ws_frames import (
     BINARY,
     CLOSE,
     CONT,
+    FRAME_BYTES,
     PING,
     PONG,
     TEXT,
@@ -501,10 +502,22 @@ class WebSocketProtocol(asyncio.Protocol):
         self._unanswered += not self._read_paused
         self._write(EMPTY_PING if message is None else EMPTY_PING + text_frames(message))
 
+    # The last message framed by `write`, and its frames. A fan-out writes the same bytes
+    # object to every client in the same state, one after another (the subscription manager's
+    # publish), so the frames are built once per message, not once per client. Compared by
+    # identity (no hashing), so only immutable `bytes` are kept, and only messages of one frame,
+    # so that what it holds alive is small.
+    _framed: tuple[bytes | None, bytes] = (None, b"")
+
     def write(self, data: bytes) -> None:
         """One text message (UTF-8 `data`), pre-built into frames here. Only when `writable_now()`
         (or after `wait_writable()` returned True)."""
-        self.transport.write(text_frames(data))
+        last, frames = WebSocketProtocol._framed
+        if data is not last:
+            frames = text_frames(data)
+            if type(data) is bytes and len(data) <= FRAME_BYTES:
+                WebSocketProtocol._framed = (data, frames)
+        self.transport.write(frames)
 
 
 def writer_of(send: Callable[[Any], Awaitable[None]]) -> WebSocketProtocol | None:
