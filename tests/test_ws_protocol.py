@@ -340,6 +340,47 @@ async def test_graceful_stop_closes_with_1012(frame_server: Callable[..., Server
     assert "Traceback" not in srv.log(), srv.log()
 
 
+class Written:
+    """A transport that keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(bytes(data))
+
+
+def test_a_message_written_to_many_connections_is_framed_once_and_right() -> None:
+    """write() keeps the frames of the last bytes object it framed: the same object to another
+    connection gets them again, a different message (even an equal one, or a bytearray changed
+    in place) is framed afresh."""
+    import uvicorn
+
+    from server.api.ws_frames import FRAME_BYTES, text_frames
+    from server.api.ws_protocol import WebSocketProtocol
+
+    config = uvicorn.Config(app=None)
+    first, second = (WebSocketProtocol(config, None, {}) for _ in range(2))
+    first.transport, second.transport = Written(), Written()  # type: ignore[assignment]
+    message = b'{"type":"Transition"}'
+    first.write(message)
+    second.write(message)
+    assert WebSocketProtocol._framed[0] is message
+    other = b'{"type":"Ping"}'
+    second.write(other)
+    changing = bytearray(b"abc")
+    first.write(changing)  # type: ignore[arg-type]
+    changing[:] = b"xyz!"
+    first.write(changing)  # type: ignore[arg-type]
+    large = b"x" * (FRAME_BYTES + 1)
+    first.write(large)
+    assert WebSocketProtocol._framed[0] is not large  # only one-frame messages are kept
+    assert first.transport.data == [text_frames(message), text_frames(b"abc"), text_frames(b"xyz!"),  # type: ignore[attr-defined]
+                                    text_frames(large)]
+    assert second.transport.data == [text_frames(message), text_frames(other)]  # type: ignore[attr-defined]
+    assert text_frames(message) == bytes((0x81, len(message))) + message
+
+
 def test_accept_value_is_the_rfc_example() -> None:
     assert accept_value(KEY) == b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
     assert len(base64.b64decode(KEY)) == 16
