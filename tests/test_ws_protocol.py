@@ -352,8 +352,8 @@ class Written:
 
 def test_a_message_written_to_many_connections_is_framed_once_and_right() -> None:
     """write() keeps the frames of the last bytes object it framed: the same object to another
-    connection gets them again, a different message (even an equal one, or a bytearray changed
-    in place) is framed afresh."""
+    connection gets them again; another message, or a bytearray changed in place, is framed
+    afresh."""
     import uvicorn
 
     from server.api.ws_frames import FRAME_BYTES, text_frames
