@@ -27,9 +27,10 @@ clients do not offer permessage-deflate.
 * (c) server RSS (VmRSS of the server process, /proc/<pid>/status): after start-up (+ one query)
   and after all subscriptions delivered their first result (+1 s settle); (after - before) / S.
 * (d) one write invalidates --d-queries (1,000) distinct subscribed queries, each with one client:
-  client i subscribes to `counters:with_shared(name=q<i>, shared="shared")`, which reads the
-  shared counter and its own one, so the queries are distinct executions (no shared result, no
-  query cache hit) and every write to "shared" (--d-writes (20) of them, --d-gap-ms (200) apart)
+  client i subscribes to `counters:with_shared(name=d<i>, shared="shared")`, which reads the
+  shared counter and its own one (absent: cases (a) and (b) write the q<i> counters, whose
+  values would add to the shared one's), so the queries are distinct executions (no shared
+  result, no query cache hit) and every write to "shared" (--d-writes (20) of them, --d-gap-ms (200) apart)
   changes all 1,000 results. Run on Ripple twice in the same invocation: `ripple-k1`
   (RIPPLE_LIVE_QUERY_PARALLELISM=1: a tick re-runs its queries one at a time on one connection,
   as before issue 16 part 3) and `ripple` (its default: up to 4 connections sharing the tick's
@@ -150,6 +151,7 @@ BASELINES = BENCH / "fanout_baselines.py"
 RESULTS_DIR = BENCH / "results"
 PREFIX = "q"
 SHARED = "shared"  # (d)'s counter every query reads
+D_PREFIX = "d"  # (d)'s own counters: never written, so each query's result is the shared value
 OTHER_CPU_WARN = 15.0  # % of one core used by unrelated processes during a write phase
 
 SERVERS = {
@@ -332,7 +334,7 @@ async def run_case(case: dict[str, Any], kind: str, processes: Processes, args: 
             "wsUrl": f"ws://{HOST}:{server.ws_port}/api/sync",
             "writeUrl": f"http://{HOST}:{server.http_port}/api/mutation",
             "udfPath": "counters:with_shared" if case["part"] == "d" else "counters:get", "writePath": "counters:put",
-            "prefix": PREFIX, "shared": SHARED if case["part"] == "d" else None,
+            "prefix": D_PREFIX if case["part"] == "d" else PREFIX, "shared": SHARED if case["part"] == "d" else None,
             "clients": clients, "subsPerClient": subs // clients, "distinct": distinct,
             "writes": writes, "warmupWrites": args.warmup_writes,
             "gapMs": {"a": args.a_gap_ms, "b": args.b_gap_ms, "d": args.d_gap_ms}[case["part"]],
