@@ -31,6 +31,7 @@ import { performance } from 'node:perf_hooks';
 import { randomUUID } from 'node:crypto';
 import readline from 'node:readline';
 import WebSocket from 'ws';
+import { postJson, summary } from './stats.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const {
@@ -190,36 +191,10 @@ async function connectAll() {
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 const writeTarget = new URL(writeUrl);
+const post = (body) => postJson(agent, writeTarget, body);
 
-function post(body) {
-  return new Promise((resolve, reject) => {
-    const payload = JSON.stringify(body);
-    const req = http.request({
-      host: writeTarget.hostname, port: writeTarget.port, path: writeTarget.pathname, method: 'POST', agent,
-      headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) },
-    }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
-    });
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
 
-function pct(sorted, p) {
-  if (sorted.length === 0) return null;
-  const rank = Math.max(1, Math.ceil((p / 100) * sorted.length));
-  return sorted[rank - 1];
-}
 
-function summary(values) {
-  const s = Float64Array.from(values).sort();
-  return {
-    n: s.length, min: s.length ? s[0] : null, p50: pct(s, 50), p90: pct(s, 90), p99: pct(s, 99),
-    max: s.length ? s[s.length - 1] : null,
-  };
-}
 
 // A fixed pseudo-random order over the queries (7919 is prime): writes spread over all of them.
 function target(i) {

@@ -30,6 +30,7 @@
 import { performance } from 'node:perf_hooks';
 import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
+import { summary } from './stats.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const now = () => performance.now();
@@ -143,11 +144,6 @@ class Client {
   }
 }
 
-function summary(values) {
-  const s = Float64Array.from(values).sort();
-  const pct = (p) => (s.length ? s[Math.max(1, Math.ceil((p / 100) * s.length)) - 1] : null);
-  return { n: s.length, p50: pct(50), p90: pct(90), p99: pct(99), max: s.length ? s[s.length - 1] : null };
-}
 
 async function openClients(n, firstIndex = 0) {
   const out = [];

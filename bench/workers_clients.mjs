@@ -22,6 +22,7 @@ import { performance } from 'node:perf_hooks';
 import { randomUUID } from 'node:crypto';
 import readline from 'node:readline';
 import WebSocket from 'ws';
+import { postJson as post, summary } from './stats.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const {
@@ -123,27 +124,7 @@ async function connectAll() {
   return { ready_ms: now() - t };
 }
 
-function post(agent, target, body) {
-  return new Promise((resolve, reject) => {
-    const payload = JSON.stringify(body);
-    const req = http.request({
-      host: target.hostname, port: target.port, path: target.pathname, method: 'POST', agent,
-      headers: { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(payload) },
-    }, (res) => {
-      const chunks = [];
-      res.on('data', (c) => chunks.push(c));
-      res.on('end', () => resolve({ status: res.statusCode, body: Buffer.concat(chunks).toString() }));
-    });
-    req.on('error', reject);
-    req.end(payload);
-  });
-}
 
-function summary(values) {
-  const s = Float64Array.from(values).sort();
-  const pct = (p) => (s.length ? s[Math.max(1, Math.ceil((p / 100) * s.length)) - 1] : null);
-  return { n: s.length, p50: pct(50), p90: pct(90), p99: pct(99), max: s.length ? s[s.length - 1] : null };
-}
 
 async function writer(q, stopAt, out) {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
