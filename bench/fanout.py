@@ -482,14 +482,14 @@ def summarize_profile(path: Path, top: int = 20) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 def machine_info(pg_version: str) -> dict[str, Any]:
-    """The shared machine description (the code digest covers server/, the app, the Node clients,
-    the baselines, this script and bench/common.py), plus Node, its `ws` package and the fd limit."""
+    """The shared machine description (the code digest covers server/, the app, the Node clients
+    and bench/stats.mjs, the baselines, this script and bench/common.py), plus Node, its `ws` package and the fd limit."""
     ws_version = None
     with contextlib.suppress(Exception):
         ws_version = json.loads((BENCH / "node_modules" / "ws" / "package.json").read_text())["version"]
     return {
         **describe_machine(pg_version, ("uvicorn", "starlette", "websockets", "asyncpg", "orjson", "uvloop", "httptools"),
-                           [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, BASELINES, SCRIPT],
+                           [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, BENCH / "stats.mjs", BASELINES, SCRIPT],
                            git_status_args=("--untracked-files=no", "--", "server", "bench")),
         "node": command_output(["node", "--version"]),
         "node_ws": ws_version,

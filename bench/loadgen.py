@@ -463,7 +463,7 @@ async def bench(args: argparse.Namespace) -> None:
         pg_version = await admin.fetchval("SELECT version()")
         ws_version = json.loads((BENCH / "node_modules" / "ws" / "package.json").read_text())["version"]
         info = {**describe_machine(pg_version, ("uvicorn", "starlette", "websockets", "asyncpg", "orjson", "uvloop"),
-                                   [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, FLOOR, SCRIPT],
+                                   [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, BENCH / "stats.mjs", FLOOR, SCRIPT],
                                    git_status_args=("--untracked-files=no", "--", "server", "bench")),
                 "node": command_output(["node", "--version"]), "node_ws": ws_version}
         print(f"commit {info['git_commit'][:12]}{' (dirty)' if info['git_dirty'] else ''}, code sha256 "

@@ -165,7 +165,7 @@ async def bench(args: argparse.Namespace) -> None:
     try:
         pg_version = await admin.fetchval("SELECT version()")
         info = {**describe_machine(pg_version, ("uvicorn", "starlette", "websockets", "asyncpg", "uvloop"),
-                                   [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, SCRIPT],
+                                   [*ROOT.joinpath("server").rglob("*.py"), *APP_DIR.rglob("*.py"), CLIENTS_JS, BENCH / "stats.mjs", SCRIPT],
                                    git_status_args=("--untracked-files=no", "--", "server", "bench")),
                 "node": command_output(["node", "--version"]), "fd_limit": hard}
         print(f"commit {info['git_commit'][:12]}; {info['nproc']} CPUs ({info['cpu_model']}); {pg_version.split(' on ')[0]}; "
