@@ -27,7 +27,9 @@ asyncio.gather; `websockets` = the `websockets` library's own asyncio server, se
 `broadcast()` (writes without awaiting); `raw` (floor only) = a bare asyncio Protocol that does
 the opening handshake, reads masked client frames and writes each distinct message's frame,
 encoded once, straight to every subscriber's transport: no framework, no per-client object
-beyond the transport -- what Python on this event loop costs at least to deliver a write.
+beyond the transport -- what Python on this event loop costs at least to deliver a write. Its
+RFC 6455 encoding (accept key, frame parsing and building) is server/api/ws_frames.py's, pure
+functions with no Ripple state, so the floor and Ripple frame alike.
 Writes, /_ripple/health and /_ripple/metrics are served on --http-port by a raw asyncio HTTP/1.1
 server in the same process and event loop (the same for every variant). The event loop is uvloop
 when it is installed, as for Ripple (server/runner.py).
@@ -42,7 +44,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import signal
 import struct
 import sys
@@ -50,6 +51,19 @@ from typing import Any
 
 import asyncpg
 import orjson
+from common import ROOT
+
+sys.path.insert(0, str(ROOT))
+from server.api.ws_frames import (  # after sys.path
+    CLOSE,
+    PING,
+    PONG,
+    TEXT,
+    accept_value,
+    frame,
+    read_frame,
+    text_frames,
+)
 
 WRITE_SQL = """
 WITH u AS (UPDATE counters SET value = $2 WHERE name = $1 RETURNING name)
@@ -108,7 +122,7 @@ class Hub:
             for client, message in out:
                 data = frames.get(message)
                 if data is None:
-                    data = frames[message] = text_frame(message.encode())
+                    data = frames[message] = text_frames(message.encode())
                 client.sender.transport.write(data)
         elif self.stack == "websockets":
             from websockets.asyncio.server import broadcast
@@ -270,24 +284,6 @@ class HttpProtocol(asyncio.Protocol):
                                  % (status, len(payload)) + payload)
 
 
-GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3
-
-try:
-    from websockets.speedups import apply_mask  # C, as every stack here unmasks
-except ImportError:  # pragma: no cover - websockets ships it compiled on the usual platforms
-    def apply_mask(data: bytes, mask: bytes) -> bytes:
-        return bytes(b ^ mask[i % 4] for i, b in enumerate(data))
-
-
-def text_frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
-
-
 class RawWebSocket(asyncio.Protocol):
     """The `raw` stack: one websocket connection with as little as the bench's clients need --
     the handshake, masked client frames (text, ping, close; no fragments, no extensions) and
@@ -316,29 +312,23 @@ class RawWebSocket(asyncio.Protocol):
             del buf[:end + 4]
             key = next(v.strip() for k, _, v in (line.partition(":") for line in lines[1:])
                        if k.strip().lower() == "sec-websocket-key")
-            accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest())
             self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept_value(key.encode())
+                                 + b"\r\n\r\n")
             self.client = Client(self)
             self.hub.clients.add(self.client)
-        while len(buf) >= 6:
-            opcode, length, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
-            if length == 126:
-                length, at = int.from_bytes(buf[2:4], "big"), 4
-            elif length == 127:
-                length, at = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < at + 4 + length:
-                return
-            payload = apply_mask(bytes(buf[at + 4:at + 4 + length]), bytes(buf[at:at + 4]))
-            del buf[:at + 4 + length]
-            if opcode == 0x8:  # close: answer, then hang up
-                self.transport.write(bytes((0x88, len(payload[:2]))) + payload[:2])
+        while (got := read_frame(buf, 0, None)) is not None:
+            received, end = got
+            del buf[:end]
+            opcode, payload = received.opcode, received.payload
+            if opcode == CLOSE:  # answer, then hang up
+                self.transport.write(frame(CLOSE, payload[:2]))
                 self.transport.close()
                 return
-            if opcode == 0x9:
-                self.transport.write(bytes((0x8A, len(payload))) + payload)
-            elif opcode == 0x1:  # in order: a floor's on_message runs to its send without awaiting
-                task = asyncio.ensure_future(self.hub.on_message(self.client, payload))  # type: ignore[arg-type]
+            if opcode == PING:
+                self.transport.write(frame(PONG, payload))
+            elif opcode == TEXT:  # in order: a floor's on_message runs to its send without awaiting
+                task = asyncio.ensure_future(self.hub.on_message(self.client, payload))
                 task.add_done_callback(lambda t: t.exception())
 
 
