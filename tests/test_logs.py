@@ -286,7 +286,12 @@ def test_an_open_read_does_not_hold_up_a_stop(start_server: StartServer) -> None
         async def scenario() -> float:
             waiting = asyncio.create_task(asyncio.to_thread(
                 client.get, f"{server.url}/_ripple/logs", params={"timeout": 60}, headers=ADMIN))
-            await asyncio.to_thread(read, server.url, timeout=0)  # the server answers: the first read is in
+            # The read must be in (waiting in the server) before the stop: a request sent later
+            # would meet a closed port.
+            deadline = time.monotonic() + 30
+            while (await asyncio.to_thread(server.metrics))["ripple_log_readers"] != 1:
+                assert not waiting.done() and time.monotonic() < deadline, "the long poll never began waiting"
+                await asyncio.sleep(0.02)
             began = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(server.proc.wait, 30)

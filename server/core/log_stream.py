@@ -113,6 +113,7 @@ class LogStream:
         self._seq = 0
         self._wake: asyncio.Event | None = None  # made by the first reader that waits, set by the next entry
         self._closed = False
+        self.waiting = 0  # readers waiting for an entry now (the gauge ripple_log_readers)
 
     @property
     def last_seq(self) -> int:
@@ -179,11 +180,14 @@ class LogStream:
                 return page
             if self._wake is None:
                 self._wake = asyncio.Event()
+            self.waiting += 1
             try:
                 async with asyncio.timeout(remaining):
                     await self._wake.wait()
             except TimeoutError:
                 return self.page(cursor, limit)
+            finally:
+                self.waiting -= 1
 
     def close(self) -> None:
         """The server is stopping: waiting readers answer now, and later ones at once, so that an

@@ -115,6 +115,7 @@ def standard_metrics() -> Metrics:
     m.describe("ripple_event_loop_blocked_seconds_total", "counter", "Seconds the event loop was blocked in those blocks")
     m.describe("ripple_subscriptions", "gauge", "Live query subscriptions")
     m.describe("ripple_websocket_clients", "gauge", "Connected websocket clients")
+    m.describe("ripple_log_readers", "gauge", "Long polls of GET /_ripple/logs waiting for an entry")
     m.describe("ripple_worker", "gauge", "Which worker of `ripple serve --workers N` this process is (1..N; 0: not one)")
     m.describe("ripple_shared_queries", "gauge", "Distinct shared query executions kept live")
     m.describe("ripple_websocket_connections_total", "counter", "Websocket connections accepted")

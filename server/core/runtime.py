@@ -149,6 +149,7 @@ class Runtime:
         self.on_reload: list[Callable[[], None]] = []
         self.loops: list[Supervised] = []  # every background loop of this process, for health
         self.log_stream = log_stream.LogStream(config.log_stream_entries, config.log_stream_bytes)
+        self.metrics.gauge("ripple_log_readers", lambda: float(self.log_stream.waiting))
         # Results of queries at the latest ts; the live-query tick keeps it fresh (query_cache.py).
         self.query_cache = QueryCache(config.query_cache_bytes, self.metrics, self.latest_ts)
         # This process's queues for mutations that conflict over the same keys (hot_keys.py).
