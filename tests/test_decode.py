@@ -23,6 +23,18 @@ pytestmark = pytest.mark.e2e
 StartServer = Callable[..., ServerProcess]
 
 
+def slow_to_convert(text_mib: int) -> list[Any]:
+    """A large argument within Convex's limits that takes about a second to convert on the
+    decode thread (server/api/offload.py): 655,360 small objects, each a few microseconds of
+    Python in server/core/values.py but a few bytes of JSON, and a `text_mib` MiB string that
+    makes the message large and costs its parse little. The one part that holds the GIL
+    whatever thread runs it, orjson's parse, is then about a tenth of the time the argument is
+    in flight. (Arrays of small numbers, as these tests sent before, parse in a quarter of it,
+    and on a machine where page faults are slow — the parse touches 150 MB — that came near the
+    half a stall is judged by.)"""
+    return [[{"n": 1}] * 8192 for _ in range(80)] + ["x" * (text_mib * 2**20)]
+
+
 def body_of(path: str, args: dict[str, Any]) -> bytes:
     return json.dumps({"path": path, "args": args}, separators=(",", ":")).encode()
 
@@ -59,19 +71,23 @@ async def small_queries_during(server: ServerProcess, big: asyncio.Future[Any]) 
 
 
 async def assert_not_stalled(server: ServerProcess, big: asyncio.Future[Any]) -> None:
-    """While `big` (sent just now) is decoded, small queries keep being answered. A server whose
-    event loop the decode held would answer a small query only after the whole decode, so that
-    query's wait would be most of the time `big` was in flight; decoded apart, each waits about a
-    round trip, except the one that meets orjson's parse of the message (C that holds the GIL: a
-    few hundred milliseconds on any thread, server/api/offload.py), about a third of the time in
-    flight here against nearly all of it for a stall. Relative, so neither a fast nor a loaded
-    machine decides it."""
+    """While `big` (sent just now, slow_to_convert) is decoded, small queries keep being
+    answered. A server whose event loop the decode held would answer a small query only after
+    the whole decode, so that query's wait would be most of the time `big` was in flight;
+    decoded apart, each waits about a round trip, except the one that meets orjson's parse of
+    the message (C that holds the GIL on any thread, server/api/offload.py): a tenth to a fifth
+    of the time in flight here, against nearly all of it for a stall. Relative, so neither a
+    fast nor a loaded machine decides it. A failure quotes the blocks of the event loop the
+    server logged (server/core/watchdog.py) meanwhile."""
+    logged = len(server.log().splitlines())
     started = time.perf_counter()
     count, longest = await small_queries_during(server, big)
     in_flight = time.perf_counter() - started
     assert in_flight >= 0.3, f"the large argument took only {in_flight:.2f} s: too short to show a stall"
+    blocks = [line for line in server.log().splitlines()[logged:] if "event loop was blocked" in line]
     assert count >= 2 and longest < in_flight / 2, (
-        f"{count} small queries answered in {in_flight:.2f} s, the slowest after {longest:.2f} s")
+        f"{count} small queries answered in {in_flight:.2f} s, the slowest after {longest:.2f} s; "
+        f"the server logged {blocks}")
 
 
 async def test_a_16_mb_body_over_the_limits_is_refused_at_once(basic_server: ServerProcess) -> None:
@@ -92,10 +108,10 @@ async def test_a_16_mb_body_over_the_limits_is_refused_at_once(basic_server: Ser
 
 
 async def test_small_requests_are_answered_while_a_16_mb_body_is_decoded(basic_server: ServerProcess) -> None:
-    """A body within the limits but large (about 8 million numbers) takes a while to decode:
-    small queries sent after it was uploaded are answered before it is."""
+    """A body within the limits but large (655,360 objects and a 10 MiB string) takes a while
+    to decode: small queries sent after it was uploaded are answered before it is."""
     server = basic_server
-    body = body_of("values:describe", {"value": [[1] * 8192 for _ in range(970)]})
+    body = body_of("values:describe", {"value": slow_to_convert(text_mib=10)})
     assert len(body) > 15 * 1024 * 1024
     big = asyncio.ensure_future(asyncio.to_thread(post_raw, server.url, "/api/query", body))
     await assert_not_stalled(server, big)
@@ -131,7 +147,7 @@ async def test_websocket_arguments_over_the_limits_are_refused_naming_them(basic
 async def test_a_large_websocket_argument_does_not_stall_other_clients(basic_server: ServerProcess) -> None:
     server = basic_server
     message = json.dumps({"type": "Action", "requestId": 0, "udfPath": "limits:describe",
-                          "args": [{"value": [[1] * 8192 for _ in range(900)]}]}, separators=(",", ":"))
+                          "args": [{"value": slow_to_convert(text_mib=9)}]}, separators=(",", ":"))
     assert len(message) > 14 * 1024 * 1024
     async with websockets.connect(server.url.replace("http://", "ws://") + "/api/sync", max_size=None) as ws:
         await ws.send(json.dumps({"type": "Connect", "sessionId": str(uuid.uuid4())}))
