@@ -145,7 +145,18 @@ def test_the_log_stream_and_metrics_of_a_group_cover_every_worker(pg_url: str, n
             "/_ripple/logs", params={"cursor": page["cursor"], "timeout": "30"}).json()))
         started = time.monotonic()
         poll.start()
-        time.sleep(0.5)
+        # It waits on both workers' streams: each counts it, and the group's gauge is the largest.
+        # (Watched through connections of their own: pinned[1]'s one connection carries the poll.)
+        watch = pinned_clients(server.url)
+        try:
+            while [series(c.get("/_ripple/metrics", params={"scope": "worker"}).text, "ripple_log_readers")
+                   for c in watch.values()] != [1, 1]:
+                assert poll.is_alive() and time.monotonic() - started < 20, "the poll never began waiting on both"
+                time.sleep(0.02)
+            assert series(watch[1].get("/_ripple/metrics").text, "ripple_log_readers") == 1
+        finally:
+            for client in watch.values():
+                client.close()
         pinned[2].post("/api/mutation", json={"path": "counters:inc", "args": {"name": "during-the-poll"}})
         poll.join(40)
         assert polled and time.monotonic() - started < 25, "the poll did not answer with the other worker's entry"

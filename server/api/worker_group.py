@@ -43,7 +43,9 @@ log = logging.getLogger("ripple.workers")
 
 ASK_TIMEOUT = 5.0  # seconds a sibling has to answer what does not wait (a page, metrics)
 MAX_LINE = 64 * 1024 * 1024  # one page of 10,000 entries with their lines
-MAX_GAUGES = {"ripple_live_query_ts"}  # the group's value is the largest worker's, not the sum
+# The group's value is the largest worker's, not the sum. A long poll of the group's logs waits on
+# every worker's stream, so each worker's ripple_log_readers counts every poll.
+MAX_GAUGES = {"ripple_live_query_ts", "ripple_log_readers"}
 OWN_ONLY = {"ripple_worker"}  # a worker's own number: no group value
 CURSOR = re.compile(r"^\d+\.\d+(-\d+\.\d+)*$")
 SOCKET = re.compile(r"^worker-(\d+)-(\d+)\.sock$")
