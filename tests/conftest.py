@@ -441,6 +441,17 @@ async def until(predicate: Callable[[], Any], timeout: float = 15.0, interval: f
         await asyncio.sleep(interval)
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float = 20) -> None:
+    """`until` for code that is not a coroutine: poll `predicate()` (a request or a file read:
+    cheap) until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
 async def call(client: httpx.AsyncClient, kind: str, path: str, args: Any = None, **body: Any) -> httpx.Response:
     return await client.post(f"/api/{kind}", json={"path": path, "args": args or {}, **body})
 

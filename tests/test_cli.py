@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 from server import devserver
 from server.cli import DEFAULT_URL, build_parser, client_admin_key, server_url
 
-from conftest import BASIC_APP, ROOT, ServerProcess, free_port, wait_healthy
+from conftest import BASIC_APP, ROOT, ServerProcess, free_port, wait_for, wait_healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -34,15 +33,6 @@ def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RIPPLE_", "DATABASE_URL"))}
     env["PYTHONPATH"] = str(ROOT)
     return env
-
-
-def wait_for(predicate: object, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)  # the predicates are a request or a file read: cheap
-    raise AssertionError("condition not met in time")
 
 
 def test_dev_on_embedded_postgres_with_reload_and_run(tmp_path: Path) -> None:

@@ -26,7 +26,16 @@ from client_sdk import RippleClient
 from server.core import log_stream, logs
 from server.errors import FunctionFailure
 
-from conftest import APPS, BASIC_APP, ROOT, ServerProcess, free_port, module_server, open_runtime
+from conftest import (
+    APPS,
+    BASIC_APP,
+    ROOT,
+    ServerProcess,
+    free_port,
+    module_server,
+    open_runtime,
+    until,
+)
 
 APP = APPS / "logstream"
 KEY = "logs-test-admin-key-0123456789"
@@ -288,10 +297,7 @@ def test_an_open_read_does_not_hold_up_a_stop(start_server: StartServer) -> None
                 client.get, f"{server.url}/_ripple/logs", params={"timeout": 60}, headers=ADMIN))
             # The read must be in (waiting in the server) before the stop: a request sent later
             # would meet a closed port.
-            deadline = time.monotonic() + 30
-            while (await asyncio.to_thread(server.metrics))["ripple_log_readers"] != 1:
-                assert not waiting.done() and time.monotonic() < deadline, "the long poll never began waiting"
-                await asyncio.sleep(0.02)
+            await until(lambda: server.metrics()["ripple_log_readers"] == 1, timeout=30)
             began = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(server.proc.wait, 30)
